@@ -1,0 +1,144 @@
+//! The `patchcast` command line: argument parsing and printing only; the work is in the library.
+
+mod package;
+pub mod progress;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "patchcast",
+    version,
+    about = "Remote patch distribution: author, sign and deliver packages"
+)]
+pub struct Cli {
+    /// Machine-readable JSON output instead of text.
+    #[arg(long, global = true, env = "PATCHCAST_JSON")]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Author, check, build and verify packages.
+    #[command(subcommand)]
+    Package(package::PackageCmd),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Print the JSON Schema of a document type (the files in schemas/ are these outputs).
+    Schema {
+        #[arg(value_enum)]
+        document: SchemaDoc,
+    },
+    /// List the OS ids or languages packages may target.
+    Catalog {
+        #[arg(value_enum)]
+        list: CatalogList,
+    },
+    /// Run the end-to-end demonstration (server, agents, scenario).
+    Demo {
+        /// Exit when the scenario is done instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create an Ed25519 signing key pair: BASE.key (secret, mode 0600) and BASE.pub.
+    Generate {
+        /// Path without extension, e.g. keys/release.
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SchemaDoc {
+    Package,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CatalogList {
+    Os,
+    Languages,
+}
+
+pub fn schema(doc: SchemaDoc) -> String {
+    let schema = match doc {
+        SchemaDoc::Package => schemars::schema_for!(crate::model::raw::RawPackage),
+    };
+    serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Package(cmd) => package::run(cmd, cli.json),
+        Command::Key(KeyCmd::Generate { out }) => {
+            let key = crate::pack::keys::generate()?;
+            let (secret, public) = crate::pack::keys::write_pair(&out, &key)?;
+            let id = crate::pack::keys::key_id(&key.verifying_key());
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key_id": id, "secret": secret, "public": public})
+                );
+            } else {
+                println!(
+                    "key {id}\n  secret: {} (keep it private; it signs packages)\n  public: {} (give it to servers and agents)",
+                    secret.display(),
+                    public.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { document } => {
+            print!("{}", schema(document));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog { list } => {
+            use crate::model::catalog::{LANGUAGES, OPERATING_SYSTEMS};
+            match (list, cli.json) {
+                (CatalogList::Os, true) => {
+                    println!("{}", serde_json::to_string_pretty(OPERATING_SYSTEMS)?)
+                }
+                (CatalogList::Os, false) => {
+                    println!("{:<32} {:<22} {:<12} NAME", "ID", "PRODUCT LINE", "ARCH");
+                    for o in OPERATING_SYSTEMS {
+                        println!(
+                            "{:<32} {:<22} {:<12} {}",
+                            o.id,
+                            o.line,
+                            o.archs.join(","),
+                            o.name
+                        );
+                    }
+                }
+                (CatalogList::Languages, true) => {
+                    let v: Vec<_> = LANGUAGES
+                        .iter()
+                        .map(|(c, n)| serde_json::json!({"tag": c, "name": n}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                (CatalogList::Languages, false) => {
+                    for (c, n) in LANGUAGES {
+                        println!("{c:<8} {n}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { .. } => {
+            eprintln!(
+                "patchcast demo: not yet available: the management server and endpoint agent are still being built.\n\
+                 help: what works today: `patchcast package lint packages/*`, `patchcast key generate --out /tmp/k`,\n\
+                 \x20     `patchcast package build packages/linux-hello-script --key /tmp/k.key`, `patchcast package verify ARCHIVE --key /tmp/k.pub`"
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
+}

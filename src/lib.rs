@@ -1,0 +1,9 @@
+//! patchcast: remote patch distribution.
+//!
+//! `model` holds the typed documents, `core` the pure decisions (no I/O), `pack` building,
+//! linting and verifying signed archives, `cli` the command-line front end.
+
+pub mod cli;
+pub mod core;
+pub mod model;
+pub mod pack;

@@ -1,0 +1,923 @@
+//! The validated package model and `resolve`, which turns a `RawPackage` into it while
+//! collecting every problem (not just the first).
+
+use super::catalog;
+use super::problem::{Problem, Severity};
+use super::raw::*;
+use super::types::*;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Package {
+    pub id: PackageId,
+    pub kind: Kind,
+    pub title: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub targets: Vec<Target>,
+    pub rules: Vec<Rule>,
+    pub payload: Vec<String>,
+    pub install: Command,
+    pub uninstall: Option<Command>,
+    pub reboot: RebootPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    Hotfix {
+        ms_number: Option<MsNumber>,
+        kb: Option<KbNumber>,
+    },
+    ServicePack {
+        level: SpLevel,
+    },
+    Application,
+}
+
+/// A service pack level; SP2 is 2.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct SpLevel {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::fmt::Display for SpLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// A catalog OS id or product line.
+    pub os: String,
+    pub arch: Option<String>,
+    /// Canonical lowercase BCP-47 tag; `None` means any language.
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Rule {
+    File {
+        path: String,
+        check: FileCheck,
+    },
+    InstalledUpdate {
+        update: UpdateId,
+    },
+    ServicePack {
+        level: SpLevel,
+    },
+    Registry {
+        key: String,
+        value: Option<String>,
+        data: Option<String>,
+    },
+    Package {
+        name: String,
+        manager: Option<RawManager>,
+        constraint: Option<VersionConstraint>,
+    },
+    Probe {
+        command: String,
+        exit_code: i32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum FileCheck {
+    /// The file exists (with at least `version` / exactly `sha256` when given).
+    New {
+        version: Option<FileVersion>,
+        sha256: Option<Sha256>,
+    },
+    /// The file has exactly this version or content.
+    Rewrite {
+        version: Option<FileVersion>,
+        sha256: Option<Sha256>,
+    },
+    /// The file's version is at least this.
+    VersionUp { version: FileVersion },
+    /// The file is absent.
+    Delete,
+}
+
+impl FileCheck {
+    pub fn version(&self) -> Option<FileVersion> {
+        match self {
+            FileCheck::New { version, .. } | FileCheck::Rewrite { version, .. } => *version,
+            FileCheck::VersionUp { version } => Some(*version),
+            FileCheck::Delete => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = "=")]
+    Eq,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = ">")]
+    Gt,
+}
+
+/// `>= 1.2.0-1`: compared with the dpkg or rpm ordering of the machine's package manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionConstraint {
+    pub op: Op,
+    pub version: String,
+}
+
+impl std::str::FromStr for VersionConstraint {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        let s = s.trim();
+        let (op, rest) = [
+            (">=", Op::Ge),
+            ("<=", Op::Le),
+            (">>", Op::Gt),
+            ("<<", Op::Lt),
+            ("==", Op::Eq),
+            (">", Op::Gt),
+            ("<", Op::Lt),
+            ("=", Op::Eq),
+        ]
+        .iter()
+        .find_map(|(p, op)| s.strip_prefix(p).map(|r| (*op, r)))
+        .unwrap_or((Op::Eq, s));
+        let version = rest.trim();
+        let ok = !version.is_empty()
+            && version.as_bytes()[0].is_ascii_alphanumeric()
+            && version
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b".+-~:_^".contains(&c));
+        if ok {
+            Ok(VersionConstraint {
+                op,
+                version: version.to_string(),
+            })
+        } else {
+            Err(FormatError(format!(
+                "`{s}` is not a package version constraint; expected e.g. `>= 1.2.0-1`, `= 2.4`, `< 3`"
+            )))
+        }
+    }
+}
+
+impl std::fmt::Display for VersionConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Eq => "=",
+            Op::Ge => ">=",
+            Op::Gt => ">",
+        };
+        write!(f, "{op} {}", self.version)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Command {
+    pub template: String,
+    pub success_exit_codes: Vec<i32>,
+    pub reboot_exit_codes: Vec<i32>,
+    #[serde(with = "humantime_serde_secs")]
+    pub timeout: Duration,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebootPolicy {
+    Never,
+    IfRequired,
+    Always,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Variables an install or uninstall template may use; `template_context` gives their shape.
+pub const TEMPLATE_VARIABLES: &str = "payload.N, package.id, package.title, package.version, kb, ms_number, workdir, machine.os, machine.arch, machine.language, machine.hostname";
+
+/// The values a command template is rendered with on a machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateContext {
+    pub payload: Vec<String>,
+    pub package: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kb: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms_number: Option<String>,
+    pub workdir: String,
+    pub machine: serde_json::Value,
+}
+
+impl Package {
+    pub fn kb(&self) -> Option<&KbNumber> {
+        match &self.kind {
+            Kind::Hotfix { kb, .. } => kb.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub fn ms_number(&self) -> Option<&MsNumber> {
+        match &self.kind {
+            Kind::Hotfix { ms_number, .. } => ms_number.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The context for rendering this package's commands in `workdir` on a machine.
+    pub fn template_context(
+        &self,
+        workdir: &str,
+        os: &str,
+        arch: &str,
+        language: &str,
+        hostname: &str,
+    ) -> TemplateContext {
+        template_context(
+            &self.payload,
+            serde_json::json!({"id": self.id.as_str(), "title": self.title, "version": self.version.clone().unwrap_or_default()}),
+            self.kb().map(|k| k.to_string()),
+            self.ms_number().map(|m| m.to_string()),
+            workdir,
+            serde_json::json!({"os": os, "arch": arch, "language": language, "hostname": hostname}),
+        )
+    }
+}
+
+fn template_context(
+    payload: &[String],
+    package: serde_json::Value,
+    kb: Option<String>,
+    ms_number: Option<String>,
+    workdir: &str,
+    machine: serde_json::Value,
+) -> TemplateContext {
+    let sep = if workdir.contains('\\') { '\\' } else { '/' };
+    TemplateContext {
+        payload: payload
+            .iter()
+            .map(|p| format!("{workdir}{sep}{p}"))
+            .collect(),
+        package,
+        kb,
+        ms_number,
+        workdir: workdir.to_string(),
+        machine,
+    }
+}
+
+/// Renders a command template strictly: an undefined variable is an error, nothing is HTML-escaped.
+pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, String> {
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    hb.render_template(template, ctx).map_err(|e| {
+        let reason = e.reason().to_string();
+        match (e.line_no, e.column_no) {
+            (Some(l), Some(c)) => format!("{reason} (template line {l}, column {c})"),
+            _ => reason,
+        }
+    })
+}
+
+/// Resolves a raw package into a validated one, collecting every problem.
+/// Returns the package only when no problem is an error.
+pub fn resolve(raw: &RawPackage) -> (Option<Package>, Vec<Problem>) {
+    let mut r = Resolver::default();
+    let pkg = r.package(raw);
+    let ok = !r.problems.iter().any(|p| p.severity == Severity::Error);
+    (pkg.filter(|_| ok), r.problems)
+}
+
+#[derive(Default)]
+struct Resolver {
+    problems: Vec<Problem>,
+}
+
+impl Resolver {
+    fn err(
+        &mut self,
+        code: &'static str,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.problems.push(Problem::error(code, path, msg, help));
+    }
+
+    fn warn(
+        &mut self,
+        code: &'static str,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.problems.push(Problem::warning(code, path, msg, help));
+    }
+
+    fn parse<T: std::str::FromStr<Err = FormatError>>(
+        &mut self,
+        code: &'static str,
+        path: &str,
+        s: &str,
+        help: &str,
+    ) -> Option<T> {
+        match s.parse() {
+            Ok(v) => Some(v),
+            Err(FormatError(msg)) => {
+                self.err(code, path, msg, help);
+                None
+            }
+        }
+    }
+
+    fn package(&mut self, raw: &RawPackage) -> Option<Package> {
+        let id = self.parse::<PackageId>(
+            "invalid-id",
+            "id",
+            &raw.id,
+            "rename the package, e.g. `ms08-067-ws2003-ja`",
+        );
+        if raw.title.trim().is_empty() {
+            self.err(
+                "missing-title",
+                "title",
+                "title is empty",
+                "give a one-line title, shown in results",
+            );
+        }
+        let kind = self.kind(raw);
+        let targets = self.targets(&raw.targets);
+        let rules: Vec<Rule> = raw
+            .identification
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.rule(&format!("identification[{i}]"), r))
+            .collect();
+        self.identifiability(raw, &kind);
+        let payload = self.payload(&raw.payload);
+        let ctx = template_context(
+            &raw.payload,
+            serde_json::json!({"id": raw.id, "title": raw.title, "version": raw.version.clone().unwrap_or_default()}),
+            raw.kb.clone(),
+            raw.ms_number.clone(),
+            "/var/lib/patchcast/work/example",
+            serde_json::json!({"os": "debian-12", "arch": "x64", "language": "en", "hostname": "example"}),
+        );
+        let install = self.command("install", &raw.install, &ctx);
+        let uninstall = raw
+            .uninstall
+            .as_ref()
+            .map(|u| self.command("uninstall", u, &ctx));
+        let reboot = match raw.reboot.unwrap_or(RawRebootPolicy::IfRequired) {
+            RawRebootPolicy::Never => RebootPolicy::Never,
+            RawRebootPolicy::IfRequired => RebootPolicy::IfRequired,
+            RawRebootPolicy::Always => RebootPolicy::Always,
+        };
+        Some(Package {
+            id: id?,
+            kind: kind?,
+            title: raw.title.clone(),
+            version: raw.version.clone(),
+            description: raw.description.clone(),
+            targets,
+            rules,
+            payload: payload?,
+            install: install?,
+            uninstall: match uninstall {
+                Some(u) => Some(u?),
+                None => None,
+            },
+            reboot,
+        })
+    }
+
+    fn kind(&mut self, raw: &RawPackage) -> Option<Kind> {
+        let ms = raw.ms_number.as_deref().and_then(|s| {
+            self.parse::<MsNumber>(
+                "ms-number-format",
+                "ms_number",
+                s,
+                "write the bulletin as MSyy-nnn, e.g. MS08-067",
+            )
+        });
+        let kb = raw.kb.as_deref().and_then(|s| {
+            self.parse::<KbNumber>(
+                "kb-number-format",
+                "kb",
+                s,
+                "write the KB number as KB and its digits, e.g. KB958644",
+            )
+        });
+        let not_hotfix = |r: &mut Self, key: &str| {
+            r.err(
+                "field-for-other-kind",
+                key,
+                format!("`{key}` is only meaningful for kind: hotfix"),
+                format!("remove `{key}`, or set kind: hotfix"),
+            )
+        };
+        match raw.kind {
+            RawKind::Hotfix => {
+                if raw.service_pack.is_some() {
+                    self.err(
+                        "field-for-other-kind",
+                        "service_pack",
+                        "`service_pack` is only meaningful for kind: service_pack",
+                        "remove `service_pack`, or set kind: service_pack",
+                    );
+                }
+                Some(Kind::Hotfix { ms_number: ms, kb })
+            }
+            RawKind::ServicePack => {
+                for (key, v) in [("ms_number", &raw.ms_number), ("kb", &raw.kb)] {
+                    if v.is_some() {
+                        not_hotfix(self, key);
+                    }
+                }
+                match raw.service_pack {
+                    Some(sp) => Some(Kind::ServicePack {
+                        level: SpLevel {
+                            major: sp.major,
+                            minor: sp.minor,
+                        },
+                    }),
+                    None => {
+                        self.err(
+                            "service-pack-level-missing",
+                            "kind",
+                            "a Service Pack needs its major and minor version; without them it can never be identified as applied",
+                            "add `service_pack: { major: 2, minor: 0 }` (SP2 = 2.0)",
+                        );
+                        None
+                    }
+                }
+            }
+            RawKind::Application => {
+                for (key, v) in [("ms_number", &raw.ms_number), ("kb", &raw.kb)] {
+                    if v.is_some() {
+                        not_hotfix(self, key);
+                    }
+                }
+                if raw.service_pack.is_some() {
+                    self.err(
+                        "field-for-other-kind",
+                        "service_pack",
+                        "`service_pack` is only meaningful for kind: service_pack",
+                        "remove `service_pack`, or set kind: service_pack",
+                    );
+                }
+                Some(Kind::Application)
+            }
+        }
+    }
+
+    /// The FAQ's Q2: a package that can never be seen as applied is re-delivered forever.
+    fn identifiability(&mut self, raw: &RawPackage, kind: &Option<Kind>) {
+        let has_rules = !raw.identification.is_empty();
+        match (raw.kind, kind) {
+            (RawKind::Hotfix, Some(Kind::Hotfix { ms_number: None, kb: None })) if !has_rules => {
+                let bad = raw.ms_number.is_some() || raw.kb.is_some();
+                self.err(
+                    "hotfix-unidentifiable",
+                    if bad { "ms_number" } else { "kind" },
+                    "this HotFix has no valid MS or KB number and no identification rules, so it can never be seen as applied and would be re-delivered at every auto-update",
+                    "add a valid `ms_number` (MSyy-nnn) or `kb` (KBnnnnnn), or identification rules (e.g. a file with change: version_up)",
+                );
+            }
+            (RawKind::ServicePack, _) if has_rules => self.warn(
+                "service-pack-has-rules",
+                "identification",
+                "a Service Pack is identified by its major and minor version alone; these identification rules are ignored",
+                "remove `identification` and check `service_pack: { major, minor }` instead",
+            ),
+            (RawKind::Application, _) if !has_rules => self.err(
+                "application-unidentifiable",
+                "kind",
+                "an application without identification rules can never be seen as applied and would be re-delivered at every auto-update",
+                "add identification rules: a file with sha256, a dpkg/rpm package version, a registry value or a probe command",
+            ),
+            _ => {}
+        }
+    }
+
+    fn targets(&mut self, raw: &[RawTarget]) -> Vec<Target> {
+        if raw.is_empty() {
+            self.err(
+                "no-targets",
+                "targets",
+                "the package has no targets, so it applies to no machine",
+                "add at least one target, e.g. `- { os: windows-server-2008, arch: x64, language: ja }`",
+            );
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let path = format!("targets[{i}]");
+                let editions = catalog::os_matching(&t.os);
+                if editions.is_empty() {
+                    let hint = catalog::suggest(
+                        &t.os,
+                        catalog::OPERATING_SYSTEMS.iter().flat_map(|o| [o.id, o.line]),
+                    )
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                    self.err(
+                        "unknown-os",
+                        format!("{path}.os"),
+                        format!("unknown OS `{}`", t.os),
+                        format!("{hint}`patchcast catalog os` lists every OS id and product line"),
+                    );
+                }
+                if let Some(arch) = &t.arch {
+                    if !catalog::ARCHITECTURES.contains(&arch.as_str()) {
+                        self.err(
+                            "unknown-arch",
+                            format!("{path}.arch"),
+                            format!("unknown architecture `{arch}`"),
+                            "use x86, x64 or arm64",
+                        );
+                    } else if !editions.is_empty() && !editions.iter().any(|o| o.archs.contains(&arch.as_str())) {
+                        self.err(
+                            "unknown-arch",
+                            format!("{path}.arch"),
+                            format!("`{}` does not exist for {arch}", t.os),
+                            format!("use one of: {}", editions[0].archs.join(", ")),
+                        );
+                    }
+                }
+                let language = match t.language.as_deref() {
+                    None | Some("any") => None,
+                    Some(l) => match catalog::language(l) {
+                        Some(canon) => Some(canon),
+                        None => {
+                            let hint = catalog::suggest(&l.to_ascii_lowercase(), catalog::LANGUAGES.iter().map(|l| l.0))
+                                .map(|s| format!("did you mean `{s}`? "))
+                                .unwrap_or_default();
+                            self.err(
+                                "unknown-language",
+                                format!("{path}.language"),
+                                format!("unknown language `{l}`"),
+                                format!("{hint}use a BCP-47 tag such as ja, en, fr, zh-TW, or `any`; `patchcast catalog languages` lists them"),
+                            );
+                            None
+                        }
+                    },
+                };
+                Target { os: t.os.clone(), arch: t.arch.clone(), language }
+            })
+            .collect()
+    }
+
+    fn rule(&mut self, path: &str, r: &RawRule) -> Option<Rule> {
+        let kinds: Vec<&str> = [
+            ("file", r.file.is_some()),
+            ("installed_update", r.installed_update.is_some()),
+            ("service_pack", r.service_pack.is_some()),
+            ("registry", r.registry.is_some()),
+            ("package", r.package.is_some()),
+            ("probe", r.probe.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect();
+        let kind = match kinds.as_slice() {
+            [one] => *one,
+            [] => {
+                self.err(
+                    "rule-kind",
+                    path,
+                    "this rule says nothing to check",
+                    "start it with one of: file, installed_update, service_pack, registry, package, probe",
+                );
+                return None;
+            }
+            many => {
+                self.err(
+                    "rule-kind",
+                    path,
+                    format!("this rule mixes {} kinds of check: {}", many.len(), many.join(", ")),
+                    "split it into one rule per check; all rules must hold for the package to be applied",
+                );
+                return None;
+            }
+        };
+        // Keys that belong to another kind of rule are mistakes, not silently ignored options.
+        let allowed: &[&str] = match kind {
+            "file" => &["change", "version", "sha256"],
+            "registry" => &["value", "data"],
+            "package" => &["manager", "version"],
+            "probe" => &["exit_code"],
+            _ => &[],
+        };
+        for (key, set) in [
+            ("change", r.change.is_some()),
+            ("version", r.version.is_some()),
+            ("sha256", r.sha256.is_some()),
+            ("value", r.value.is_some()),
+            ("data", r.data.is_some()),
+            ("manager", r.manager.is_some()),
+            ("exit_code", r.exit_code.is_some()),
+        ] {
+            if set && !allowed.contains(&key) {
+                self.err(
+                    "rule-kind",
+                    format!("{path}.{key}"),
+                    format!("`{key}` does not apply to a {kind} rule"),
+                    format!(
+                        "remove `{key}`; a {kind} rule takes: {}",
+                        if allowed.is_empty() {
+                            "nothing else".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        match kind {
+            "file" => self.file_rule(path, r),
+            "installed_update" => {
+                let s = r.installed_update.as_deref().unwrap_or_default();
+                self.parse::<UpdateId>(
+                    "installed-update-format",
+                    &format!("{path}.installed_update"),
+                    s,
+                    "write KBnnnnnn or MSyy-nnn",
+                )
+                .map(|update| Rule::InstalledUpdate { update })
+            }
+            "service_pack" => r.service_pack.map(|sp| Rule::ServicePack {
+                level: SpLevel {
+                    major: sp.major,
+                    minor: sp.minor,
+                },
+            }),
+            "registry" => {
+                let key = r.registry.clone().unwrap_or_default();
+                let hives = [
+                    "HKLM\\",
+                    "HKEY_LOCAL_MACHINE\\",
+                    "HKCU\\",
+                    "HKEY_CURRENT_USER\\",
+                    "HKCR\\",
+                    "HKEY_CLASSES_ROOT\\",
+                    "HKU\\",
+                    "HKEY_USERS\\",
+                ];
+                if !hives
+                    .iter()
+                    .any(|h| key.to_ascii_uppercase().starts_with(h))
+                {
+                    self.err(
+                        "registry-key-format",
+                        format!("{path}.registry"),
+                        format!("`{key}` does not start with a registry hive"),
+                        "write the full key with backslashes, e.g. HKLM\\SOFTWARE\\Vendor\\Product",
+                    );
+                    return None;
+                }
+                Some(Rule::Registry {
+                    key,
+                    value: r.value.clone(),
+                    data: r.data.clone(),
+                })
+            }
+            "package" => {
+                let name = r.package.clone().unwrap_or_default();
+                let constraint = match &r.version {
+                    Some(v) => Some(self.parse::<VersionConstraint>(
+                        "package-version-format",
+                        &format!("{path}.version"),
+                        v,
+                        "e.g. `>= 1.2.0-1`",
+                    )?),
+                    None => None,
+                };
+                Some(Rule::Package {
+                    name,
+                    manager: r.manager,
+                    constraint,
+                })
+            }
+            _ => {
+                let command = r.probe.clone().unwrap_or_default();
+                if command.trim().is_empty() {
+                    self.err("probe-empty", format!("{path}.probe"), "the probe command is empty", "give a read-only command whose exit code tells whether the package is applied");
+                    return None;
+                }
+                Some(Rule::Probe {
+                    command,
+                    exit_code: r.exit_code.unwrap_or(0),
+                })
+            }
+        }
+    }
+
+    fn file_rule(&mut self, path: &str, r: &RawRule) -> Option<Rule> {
+        let file = r.file.clone().unwrap_or_default();
+        if file.trim().is_empty() {
+            self.err(
+                "file-path-empty",
+                format!("{path}.file"),
+                "the file path is empty",
+                "give the file's full path on the machine",
+            );
+            return None;
+        }
+        let version = match &r.version {
+            Some(v) => Some(self.parse::<FileVersion>(
+                "file-version-format",
+                &format!("{path}.version"),
+                v,
+                "write the version as in the file's properties, e.g. 5.2.3790.4392",
+            )?),
+            None => None,
+        };
+        let sha256 = match &r.sha256 {
+            Some(s) => Some(self.parse::<Sha256>(
+                "sha256-format",
+                &format!("{path}.sha256"),
+                s,
+                "compute it with `sha256sum FILE`",
+            )?),
+            None => None,
+        };
+        let Some(change) = r.change else {
+            self.err(
+                "file-change-missing",
+                path,
+                "a file rule needs a change type",
+                "add `change:` new (exists), rewrite (exact version or content), version_up (version at least) or delete (absent)",
+            );
+            return None;
+        };
+        let check = match change {
+            RawChange::New => FileCheck::New { version, sha256 },
+            RawChange::Rewrite => {
+                if version.is_none() && sha256.is_none() {
+                    self.err(
+                        "rewrite-needs-version-or-hash",
+                        format!("{path}.change"),
+                        "change: rewrite needs the file's new `version` or `sha256`; otherwise a rewritten file cannot be told from the old one",
+                        "add `version:` (files with a version resource) or `sha256:` (any file)",
+                    );
+                    return None;
+                }
+                FileCheck::Rewrite { version, sha256 }
+            }
+            RawChange::VersionUp => match version {
+                Some(version) => FileCheck::VersionUp { version },
+                None => {
+                    self.err(
+                        "version-up-needs-version",
+                        format!("{path}.change"),
+                        "change: version_up needs the minimum `version`",
+                        "add `version:` with the file version the package installs, e.g. 5.2.3790.4392",
+                    );
+                    return None;
+                }
+            },
+            RawChange::Delete => {
+                if version.is_some() || sha256.is_some() {
+                    self.err(
+                        "delete-with-version",
+                        format!("{path}.change"),
+                        "change: delete means the file is absent; a version or sha256 cannot be checked on an absent file",
+                        "remove `version` and `sha256` from this rule",
+                    );
+                    return None;
+                }
+                FileCheck::Delete
+            }
+        };
+        Some(Rule::File { path: file, check })
+    }
+
+    fn payload(&mut self, raw: &[String]) -> Option<Vec<String>> {
+        let mut ok = true;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in raw.iter().enumerate() {
+            let path = format!("payload[{i}]");
+            if let Err(why) = check_relative_path(p) {
+                self.err("payload-path", &path, format!("payload path `{p}` {why}"), "list files by their path relative to the package directory, e.g. `setup.exe` or `bin/tool.dll`");
+                ok = false;
+            } else if p == "package.yaml" || p == "manifest.json" || p == "manifest.sig" {
+                self.err(
+                    "payload-path",
+                    &path,
+                    format!("`{p}` is a reserved name"),
+                    "rename the file",
+                );
+                ok = false;
+            } else if !seen.insert(p.as_str()) {
+                self.err(
+                    "payload-duplicate",
+                    &path,
+                    format!("`{p}` is listed twice"),
+                    "remove the duplicate entry",
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| raw.to_vec())
+    }
+
+    fn command(&mut self, key: &str, raw: &RawCommand, ctx: &TemplateContext) -> Option<Command> {
+        let mut ok = true;
+        if raw.command.trim().is_empty() {
+            self.err(
+                "command-empty",
+                format!("{key}.command"),
+                "the command is empty",
+                "give the command line, e.g. `{{payload.0}} /quiet /norestart`",
+            );
+            ok = false;
+        } else if let Err(why) = render(&raw.command, ctx) {
+            let undefined =
+                why.contains("not found") || why.contains("strict mode") || why.contains("missing");
+            self.err(
+                if undefined { "template-undefined-variable" } else { "template-syntax" },
+                format!("{key}.command"),
+                format!("the {key} command template cannot be rendered: {why}"),
+                format!("use only these variables: {TEMPLATE_VARIABLES} (payload.N must be below the number of payload files; kb and ms_number only when set)"),
+            );
+            ok = false;
+        }
+        let timeout = match &raw.timeout {
+            Some(t) => match parse_duration(t) {
+                Ok(d) => d,
+                Err(FormatError(msg)) => {
+                    self.err(
+                        "duration-format",
+                        format!("{key}.timeout"),
+                        msg,
+                        "e.g. `30m`, `90s`, `2h`",
+                    );
+                    ok = false;
+                    DEFAULT_TIMEOUT
+                }
+            },
+            None => DEFAULT_TIMEOUT,
+        };
+        let success = raw.success_exit_codes.clone().unwrap_or_else(|| vec![0]);
+        let reboot = raw.reboot_exit_codes.clone().unwrap_or_else(|| vec![3010]);
+        if let Some(c) = success.iter().find(|c| reboot.contains(c)) {
+            self.err(
+                "exit-code-overlap",
+                format!("{key}.reboot_exit_codes"),
+                format!("exit code {c} is listed both as success and as reboot required"),
+                "list each exit code once: success_exit_codes for plain success, reboot_exit_codes for success that needs a restart",
+            );
+            ok = false;
+        }
+        ok.then(|| Command {
+            template: raw.command.clone(),
+            success_exit_codes: success,
+            reboot_exit_codes: reboot,
+            timeout,
+        })
+    }
+}
+
+/// A path inside a package or archive: relative, no `..`, no empty or `.` segments, no
+/// backslashes or drive letters (so it means the same on Windows and Unix).
+pub fn check_relative_path(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Err("is empty");
+    }
+    if p.starts_with('/') || p.contains('\\') || p.contains(':') {
+        return Err("must be relative, with `/` separators and no drive letter");
+    }
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => return Err("has an empty or `.` segment"),
+            ".." => return Err("leaves the package directory with `..`"),
+            _ if seg.bytes().any(|c| c < 0x20) => return Err("contains control characters"),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,522 @@
+//! The package archive: a deterministic tar of a signed manifest followed by the payload.
+//!
+//! Layout, in this order and nothing else:
+//! - `manifest.json`: the package definition, every payload file with size and SHA-256, the total size;
+//! - `manifest.sig`: an Ed25519 signature over the manifest's SHA-256 (the manifest digest);
+//! - `payload/<path>` for each file, in manifest order.
+//!
+//! The manifest comes first so that a reader verifies the signature before it reads a single
+//! payload byte, and then checks each file against the signed hash as it streams past. Entries
+//! are regular files only: no directories, links or devices, and every path is checked, so an
+//! archive cannot write outside the directory it is extracted into. Headers carry no time,
+//! owner or host detail, so the same inputs give a byte-identical archive.
+
+use super::hash::{sha256_bytes, sha256_file, sha256_reader};
+use super::keys::key_id;
+use crate::model::package::{Package, check_relative_path, resolve};
+use crate::model::raw::RawPackage;
+use crate::model::types::Sha256;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: u32 = 1;
+const MANIFEST: &str = "manifest.json";
+const SIGNATURE: &str = "manifest.sig";
+/// Domain separation: a patchcast signature can never be replayed as a signature of anything else.
+const SIGNING_CONTEXT: &[u8] = b"patchcast manifest v1\n";
+/// Manifests and signatures are small; a huge one is an attack or a mistake.
+const MAX_META: u64 = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: Sha256,
+    /// Whether the file is executable on Unix.
+    #[serde(default)]
+    pub executable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub package: RawPackage,
+    pub files: Vec<FileEntry>,
+    pub total_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignatureFile {
+    pub algorithm: String,
+    pub key_id: String,
+    pub manifest_sha256: Sha256,
+    pub signature: String,
+}
+
+/// Why an archive was refused. Each names what was wrong; none is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading the archive failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the archive is not a patchcast package: {0}")]
+    Structure(String),
+    #[error("unsafe entry `{path}`: {why}")]
+    UnsafeEntry { path: String, why: String },
+    #[error("the signature is invalid: {0}")]
+    BadSignature(String),
+    #[error("signed by key {0}, which is not among the trusted keys")]
+    UntrustedKey(String),
+    #[error("`{path}` does not match the signed manifest: {why}")]
+    Tampered { path: String, why: String },
+    #[error("the archive ends early: {0}")]
+    Truncated(String),
+}
+
+/// What a successful verification proves.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub manifest: Manifest,
+    pub package: Package,
+    pub manifest_sha256: Sha256,
+    pub key_id: String,
+}
+
+pub struct BuildOutput {
+    pub manifest: Manifest,
+    pub manifest_sha256: Sha256,
+    pub key_id: String,
+    pub archive_sha256: Sha256,
+    pub archive_size: u64,
+}
+
+fn signed_message(digest: &Sha256) -> Vec<u8> {
+    [SIGNING_CONTEXT, &digest.0].concat()
+}
+
+fn header(size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        false
+    }
+}
+
+/// Builds the manifest of a package directory (hashing every payload file once).
+pub fn manifest(
+    dir: &Path,
+    raw: &RawPackage,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<Manifest> {
+    use anyhow::Context;
+    let mut files = Vec::new();
+    for p in &raw.payload {
+        let path = dir.join(p);
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("payload {}", path.display()))?;
+        anyhow::ensure!(
+            meta.is_file(),
+            "payload {} is not a regular file",
+            path.display()
+        );
+        let f =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (sha256, size) = sha256_reader(f, &mut progress)
+            .with_context(|| format!("reading {}", path.display()))?;
+        files.push(FileEntry {
+            path: p.clone(),
+            size,
+            sha256,
+            executable: is_executable(&meta),
+        });
+    }
+    let total_size = files.iter().map(|f| f.size).sum();
+    Ok(Manifest {
+        format: FORMAT,
+        package: raw.clone(),
+        files,
+        total_size,
+    })
+}
+
+/// Writes the signed archive for an already linted package directory to `out`
+/// (through a temporary file renamed into place, so `out` is never half written).
+pub fn build(
+    dir: &Path,
+    raw: &RawPackage,
+    key: &SigningKey,
+    out: &Path,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<BuildOutput> {
+    use anyhow::Context;
+    let manifest = manifest(dir, raw, &mut progress)?;
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest)?;
+    let digest = sha256_bytes(&manifest_bytes);
+    let sig = SignatureFile {
+        algorithm: "ed25519".into(),
+        key_id: key_id(&key.verifying_key()),
+        manifest_sha256: digest,
+        signature: hex::encode(key.sign(&signed_message(&digest)).to_bytes()),
+    };
+    let sig_bytes = serde_json::to_vec_pretty(&sig)?;
+
+    let tmp = out.with_extension("partial");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, file));
+    tar.append_data(
+        &mut header(manifest_bytes.len() as u64, 0o644),
+        MANIFEST,
+        &manifest_bytes[..],
+    )?;
+    tar.append_data(
+        &mut header(sig_bytes.len() as u64, 0o644),
+        SIGNATURE,
+        &sig_bytes[..],
+    )?;
+    for entry in &manifest.files {
+        let path = dir.join(&entry.path);
+        let f =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // The file must not change between hashing and archiving; the size guard catches most,
+        // and the reader re-verifies every hash anyway.
+        let mut limited = f.take(entry.size);
+        let mode = if entry.executable { 0o755 } else { 0o644 };
+        tar.append_data(
+            &mut header(entry.size, mode),
+            format!("payload/{}", entry.path),
+            &mut limited,
+        )
+        .with_context(|| format!("archiving {}", path.display()))?;
+    }
+    let mut w = tar.into_inner()?;
+    w.flush()?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("moving {} to {}", tmp.display(), out.display()))?;
+    let (archive_sha256, archive_size) = sha256_file(out)?;
+    Ok(BuildOutput {
+        manifest,
+        manifest_sha256: digest,
+        key_id: sig.key_id,
+        archive_sha256,
+        archive_size,
+    })
+}
+
+fn entry_path(entry: &tar::Entry<impl Read>) -> Result<String, VerifyError> {
+    let raw = entry.path_bytes();
+    let path = String::from_utf8(raw.to_vec()).map_err(|_| VerifyError::UnsafeEntry {
+        path: String::from_utf8_lossy(&raw).into_owned(),
+        why: "the name is not UTF-8".into(),
+    })?;
+    let kind = entry.header().entry_type();
+    if !kind.is_file() {
+        let what = match kind {
+            tar::EntryType::Symlink => "a symbolic link",
+            tar::EntryType::Link => "a hard link",
+            tar::EntryType::Char | tar::EntryType::Block => "a device file",
+            tar::EntryType::Fifo => "a FIFO",
+            tar::EntryType::Directory => "a directory entry",
+            _ => "not a regular file",
+        };
+        return Err(VerifyError::UnsafeEntry {
+            path,
+            why: format!("{what}; package archives hold regular files only"),
+        });
+    }
+    check_relative_path(&path).map_err(|why| VerifyError::UnsafeEntry {
+        path: path.clone(),
+        why: why.to_string(),
+    })?;
+    Ok(path)
+}
+
+fn read_meta(entry: &mut tar::Entry<impl Read>, name: &str) -> Result<Vec<u8>, VerifyError> {
+    if entry.size() > MAX_META {
+        return Err(VerifyError::Structure(format!(
+            "{name} is {} bytes, more than allowed",
+            entry.size()
+        )));
+    }
+    let mut buf = Vec::with_capacity(entry.size() as usize);
+    entry.read_to_end(&mut buf)?;
+    if buf.len() as u64 != entry.size() {
+        return Err(VerifyError::Truncated(format!("{name} is cut short")));
+    }
+    Ok(buf)
+}
+
+/// Where verified payload goes: nowhere (`verify`), or a directory (`extract`).
+pub trait Sink {
+    fn file(&mut self, entry: &FileEntry) -> io::Result<Box<dyn Write + '_>>;
+    /// Called once every file has been written and verified.
+    fn commit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Discard;
+
+impl Sink for Discard {
+    fn file(&mut self, _: &FileEntry) -> io::Result<Box<dyn Write + '_>> {
+        Ok(Box::new(io::sink()))
+    }
+}
+
+/// Verifies an archive stream: structure, signature by a trusted key, and every file's size and hash.
+pub fn verify_reader(r: impl Read, trusted: &[VerifyingKey]) -> Result<Verified, VerifyError> {
+    read_archive(r, trusted, &mut Discard)
+}
+
+pub fn verify(path: &Path, trusted: &[VerifyingKey]) -> Result<Verified, VerifyError> {
+    verify_reader(
+        io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?),
+        trusted,
+    )
+}
+
+/// Extracts a verified archive's payload into `dest`, which must not exist yet. Files are
+/// written under a temporary name and the directory is renamed into place only after every
+/// hash matched, so `dest` never holds unverified content.
+pub fn extract(
+    r: impl Read,
+    trusted: &[VerifyingKey],
+    dest: &Path,
+) -> Result<Verified, VerifyError> {
+    let staging = dest.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    let mut sink = DirSink {
+        root: staging.clone(),
+        dest: dest.to_path_buf(),
+    };
+    let result = read_archive(r, trusted, &mut sink);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+struct DirSink {
+    root: PathBuf,
+    dest: PathBuf,
+}
+
+impl Sink for DirSink {
+    fn file(&mut self, entry: &FileEntry) -> io::Result<Box<dyn Write + '_>> {
+        // The path was checked (relative, no `..`) and the staging tree holds only directories
+        // we created, so joining cannot leave `root`.
+        let path = self.root.join(&entry.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(
+            &mut opts,
+            if entry.executable { 0o755 } else { 0o644 },
+        );
+        Ok(Box::new(io::BufWriter::with_capacity(
+            1 << 20,
+            opts.open(path)?,
+        )))
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        std::fs::rename(&self.root, &self.dest)
+    }
+}
+
+/// Hashes what passes through while forwarding it to the sink.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn read_archive(
+    r: impl Read,
+    trusted: &[VerifyingKey],
+    sink: &mut dyn Sink,
+) -> Result<Verified, VerifyError> {
+    let mut archive = tar::Archive::new(r);
+    let mut entries = archive.entries()?;
+    let mut next = |what: &str| -> Result<tar::Entry<_>, VerifyError> {
+        match entries.next() {
+            Some(e) => Ok(e.map_err(|e| {
+                VerifyError::Structure(format!("unreadable entry where {what} was expected: {e}"))
+            })?),
+            None => Err(VerifyError::Truncated(format!("{what} is missing"))),
+        }
+    };
+
+    let mut m = next(MANIFEST)?;
+    let name = entry_path(&m)?;
+    if name != MANIFEST {
+        return Err(VerifyError::Structure(format!(
+            "the first entry is `{name}`, expected {MANIFEST}"
+        )));
+    }
+    let manifest_bytes = read_meta(&mut m, MANIFEST)?;
+    drop(m);
+    let mut s = next(SIGNATURE)?;
+    let name = entry_path(&s)?;
+    if name != SIGNATURE {
+        return Err(VerifyError::Structure(format!(
+            "the second entry is `{name}`, expected {SIGNATURE}"
+        )));
+    }
+    let sig_bytes = read_meta(&mut s, SIGNATURE)?;
+    drop(s);
+
+    // Signature first: nothing in an unsigned manifest is trusted, not even its structure.
+    let digest = sha256_bytes(&manifest_bytes);
+    let sig: SignatureFile = serde_json::from_slice(&sig_bytes)
+        .map_err(|e| VerifyError::BadSignature(format!("{SIGNATURE} is malformed: {e}")))?;
+    if sig.algorithm != "ed25519" {
+        return Err(VerifyError::BadSignature(format!(
+            "unsupported algorithm `{}`",
+            sig.algorithm
+        )));
+    }
+    if sig.manifest_sha256 != digest {
+        return Err(VerifyError::BadSignature(
+            "the manifest's SHA-256 differs from the signed one (the manifest was changed)".into(),
+        ));
+    }
+    let key = trusted
+        .iter()
+        .find(|k| key_id(k) == sig.key_id)
+        .ok_or_else(|| VerifyError::UntrustedKey(sig.key_id.clone()))?;
+    let mut sig_raw = [0u8; 64];
+    hex::decode_to_slice(&sig.signature, &mut sig_raw)
+        .map_err(|_| VerifyError::BadSignature("the signature is not 128 hex digits".into()))?;
+    key.verify_strict(&signed_message(&digest), &Signature::from_bytes(&sig_raw))
+        .map_err(|_| {
+            VerifyError::BadSignature(format!("it does not verify with key {}", sig.key_id))
+        })?;
+
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| VerifyError::Structure(format!("{MANIFEST} is malformed: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(VerifyError::Structure(format!(
+            "archive format {} is not supported (this patchcast reads format {FORMAT})",
+            manifest.format
+        )));
+    }
+    let (package, problems) = resolve(&manifest.package);
+    let package = package.ok_or_else(|| {
+        let first = problems
+            .iter()
+            .find(|p| p.severity == crate::model::problem::Severity::Error);
+        VerifyError::Structure(format!(
+            "the signed package definition is invalid: {}",
+            first.map(|p| p.message.as_str()).unwrap_or("unknown")
+        ))
+    })?;
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    if listed
+        != package
+            .payload
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    {
+        return Err(VerifyError::Structure(
+            "the manifest's files differ from the package's payload list".into(),
+        ));
+    }
+    if manifest.files.iter().map(|f| f.size).sum::<u64>() != manifest.total_size {
+        return Err(VerifyError::Structure(
+            "total_size is not the sum of the file sizes".into(),
+        ));
+    }
+
+    for fe in &manifest.files {
+        let mut e = next(&format!("payload/{}", fe.path))?;
+        let name = entry_path(&e)?;
+        let expected = format!("payload/{}", fe.path);
+        if name != expected {
+            return Err(VerifyError::Structure(format!(
+                "entry `{name}` found where `{expected}` was expected"
+            )));
+        }
+        if e.size() != fe.size {
+            return Err(VerifyError::Tampered {
+                path: fe.path.clone(),
+                why: format!("size {} differs from the signed {}", e.size(), fe.size),
+            });
+        }
+        let mut w = HashingWriter {
+            inner: sink.file(fe)?,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            written: 0,
+        };
+        io::copy(&mut e, &mut w)?;
+        w.flush()?;
+        if w.written != fe.size {
+            return Err(VerifyError::Truncated(format!(
+                "payload/{} has {} of {} bytes",
+                fe.path, w.written, fe.size
+            )));
+        }
+        let got = Sha256(sha2::Digest::finalize(w.hasher).into());
+        if got != fe.sha256 {
+            return Err(VerifyError::Tampered {
+                path: fe.path.clone(),
+                why: format!("sha256 {got} differs from the signed {}", fe.sha256),
+            });
+        }
+    }
+    if let Some(extra) = entries.next() {
+        let what = extra
+            .ok()
+            .and_then(|e| entry_path(&e).ok())
+            .unwrap_or_else(|| "an unreadable entry".into());
+        return Err(VerifyError::Structure(format!(
+            "unexpected entry `{what}` after the payload"
+        )));
+    }
+    sink.commit()?;
+    Ok(Verified {
+        manifest,
+        package,
+        manifest_sha256: digest,
+        key_id: sig.key_id,
+    })
+}
