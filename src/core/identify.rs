@@ -501,3 +501,412 @@ fn package(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::package::resolve;
+    use crate::model::raw::RawPackage;
+
+    fn pkg(yaml: &str) -> Package {
+        let raw: RawPackage = serde_saphyr::from_str(yaml).unwrap();
+        let (p, problems) = resolve(&raw);
+        p.unwrap_or_else(|| panic!("{problems:#?}"))
+    }
+
+    const INSTALL: &str = "install: { command: 'x' }\n";
+
+    fn hotfix(extra: &str) -> Package {
+        pkg(&format!(
+            "id: h\nkind: hotfix\ntitle: t\nms_number: MS08-067\nkb: KB958644\ntargets: [{{ os: windows-server-2003, arch: x86, language: ja }}]\n{extra}{INSTALL}"
+        ))
+    }
+
+    fn ws2003_ja() -> Facts {
+        Facts {
+            os: "windows-server-2003-standard".into(),
+            arch: "x86".into(),
+            language: "ja-JP".into(),
+            installed_updates: Some(BTreeSet::new()),
+            ..Facts::default()
+        }
+    }
+
+    fn updates(list: &[&str]) -> Option<BTreeSet<UpdateId>> {
+        Some(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    fn file(exists: bool, version: Option<&str>, sha: Option<&str>) -> FileFact {
+        FileFact {
+            exists,
+            version: version.map(|v| v.parse().unwrap()),
+            sha256: sha.map(|s| s.parse().unwrap()),
+        }
+    }
+
+    fn verdict_name(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Applied => "applied",
+            Verdict::NotApplied => "not_applied",
+            Verdict::NotApplicable(_) => "not_applicable",
+            Verdict::Indeterminate(_) => "indeterminate",
+        }
+    }
+
+    #[test]
+    fn applicability_by_os_arch_language() {
+        let p = hotfix("");
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "windows-server-2003-standard",
+                "x86",
+                "ja-JP",
+                "not_applied",
+            ),
+            ("windows-server-2003-enterprise", "x86", "ja", "not_applied"),
+            (
+                "windows-server-2003-standard",
+                "x64",
+                "ja",
+                "not_applicable",
+            ),
+            (
+                "windows-server-2003-standard",
+                "x86",
+                "en-US",
+                "not_applicable",
+            ),
+            (
+                "windows-server-2008-standard",
+                "x86",
+                "ja",
+                "not_applicable",
+            ),
+            ("debian-12", "x64", "ja", "not_applicable"),
+        ];
+        for (os, arch, lang, want) in cases {
+            let facts = Facts {
+                os: (*os).into(),
+                arch: (*arch).into(),
+                language: (*lang).into(),
+                ..ws2003_ja()
+            };
+            let id = identify(&p, &facts);
+            assert_eq!(
+                verdict_name(&id.verdict),
+                *want,
+                "{os} {arch} {lang}: {id:?}"
+            );
+            if *want == "not_applicable" {
+                // Never a failure: the reason names the machine and the targets.
+                let Verdict::NotApplicable(r) = &id.verdict else {
+                    unreachable!()
+                };
+                assert!(r.contains(os) && r.contains("windows-server-2003"), "{r}");
+            }
+        }
+    }
+
+    #[test]
+    fn hotfix_by_number_then_rules() {
+        let rules = "identification:\n  - file: 'C:\\Windows\\system32\\netapi32.dll'\n    change: version_up\n    version: 5.2.3790.4392\n";
+        let with_rules = hotfix(rules);
+        let plain = hotfix("");
+        let path = "C:\\Windows\\system32\\netapi32.dll";
+        let cases: Vec<(&Package, Option<BTreeSet<UpdateId>>, Option<FileFact>, &str)> = vec![
+            (&plain, updates(&["KB958644"]), None, "applied"),
+            (&plain, updates(&["MS08-067"]), None, "applied"),
+            (&plain, updates(&["KB123456"]), None, "not_applied"),
+            (&plain, None, None, "indeterminate"),
+            // Number missing from the list, but the rules see the new file version.
+            (
+                &with_rules,
+                updates(&[]),
+                Some(file(true, Some("5.2.3790.4392"), None)),
+                "applied",
+            ),
+            (
+                &with_rules,
+                updates(&[]),
+                Some(file(true, Some("5.2.3790.3959"), None)),
+                "not_applied",
+            ),
+            (
+                &with_rules,
+                updates(&[]),
+                Some(file(false, None, None)),
+                "not_applied",
+            ),
+            (&with_rules, updates(&["KB958644"]), None, "applied"),
+            (&with_rules, updates(&[]), None, "indeterminate"),
+        ];
+        for (p, upd, f, want) in cases {
+            let mut facts = ws2003_ja();
+            facts.installed_updates = upd.clone();
+            if let Some(f) = &f {
+                facts.files.insert(path.into(), f.clone());
+            }
+            let id = identify(p, &facts);
+            assert_eq!(verdict_name(&id.verdict), want, "{upd:?} {f:?}: {id:#?}");
+            assert!(
+                id.explanation.len() >= 2,
+                "applicability plus at least one check: {id:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_pack_by_level_alone() {
+        let sp = pkg(&format!(
+            "id: sp\nkind: service_pack\ntitle: t\nservice_pack: {{ major: 2, minor: 0 }}\ntargets: [{{ os: windows-server-2008 }}]\nidentification: [{{ probe: 'exit 1' }}]\n{INSTALL}"
+        ));
+        for (level, want) in [
+            (Some((1, 0)), "not_applied"),
+            (Some((2, 0)), "applied"),
+            (Some((2, 1)), "applied"),
+            (None, "indeterminate"),
+        ] {
+            let facts = Facts {
+                os: "windows-server-2008-enterprise".into(),
+                arch: "x64".into(),
+                language: "en".into(),
+                service_pack: level.map(|(major, minor)| SpLevel { major, minor }),
+                ..Facts::default()
+            };
+            let id = identify(&sp, &facts);
+            assert_eq!(verdict_name(&id.verdict), want, "{level:?}");
+            assert!(
+                id.explanation.iter().any(|c| c.detail.contains("ignored")),
+                "rules are reported as ignored"
+            );
+            assert!(
+                queries(&sp) == vec![Query::ServicePack],
+                "the probe is never run for a service pack"
+            );
+        }
+    }
+
+    #[test]
+    fn file_rules() {
+        let h = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let other = "0000000000000000000000000000000000000000000000000000000000000000";
+        let cases: &[(&str, FileFact, &str)] = &[
+            ("change: new", file(true, None, None), "applied"),
+            ("change: new", file(false, None, None), "not_applied"),
+            (
+                &format!("change: new\n    sha256: {h}"),
+                file(true, None, Some(h)),
+                "applied",
+            ),
+            (
+                &format!("change: new\n    sha256: {h}"),
+                file(true, None, Some(other)),
+                "not_applied",
+            ),
+            (
+                "change: rewrite\n    version: 1.2.3.4",
+                file(true, Some("1.2.3.4"), None),
+                "applied",
+            ),
+            (
+                "change: rewrite\n    version: 1.2.3.4",
+                file(true, Some("1.2.3.5"), None),
+                "not_applied",
+            ),
+            (
+                "change: version_up\n    version: 1.2.3.4",
+                file(true, Some("1.2.10.0"), None),
+                "applied",
+            ),
+            (
+                "change: version_up\n    version: 1.2.3.4",
+                file(true, Some("1.2.3.3"), None),
+                "not_applied",
+            ),
+            // The FAQ's Q2: a version on a file without a version resource is never judged.
+            (
+                "change: version_up\n    version: 1.2.3.4",
+                file(true, None, None),
+                "indeterminate",
+            ),
+            ("change: delete", file(false, None, None), "applied"),
+            ("change: delete", file(true, None, None), "not_applied"),
+        ];
+        for (rule, fact, want) in cases {
+            let p = pkg(&format!(
+                "id: a\nkind: application\ntitle: t\ntargets: [{{ os: windows-10 }}]\nidentification:\n  - file: 'C:\\app\\x.dll'\n    {rule}\n{INSTALL}"
+            ));
+            let mut facts = Facts {
+                os: "windows-10".into(),
+                arch: "x64".into(),
+                language: "fr".into(),
+                ..Facts::default()
+            };
+            facts.files.insert("C:\\app\\x.dll".into(), fact.clone());
+            let id = identify(&p, &facts);
+            assert_eq!(verdict_name(&id.verdict), *want, "{rule} {fact:?}: {id:#?}");
+            if *want == "indeterminate" {
+                assert!(
+                    id.failing_check()
+                        .unwrap()
+                        .detail
+                        .contains("no version resource")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn registry_package_probe_and_update_rules() {
+        let linux = |rule: &str| {
+            pkg(&format!(
+                "id: a\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\nidentification:\n  - {rule}\n{INSTALL}"
+            ))
+        };
+        let deb = Facts {
+            os: "debian-12".into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            ..Facts::default()
+        };
+        let with = |f: &dyn Fn(&mut Facts)| {
+            let mut x = deb.clone();
+            f(&mut x);
+            x
+        };
+        let cases: Vec<(Package, Facts, &str)> = vec![
+            (
+                linux("{ package: hello, version: '>= 1.2.0-1' }"),
+                with(&|f| {
+                    f.packages.insert("hello".into(), Some("1.10.0-1".into()));
+                }),
+                "applied",
+            ),
+            (
+                linux("{ package: hello, version: '>= 1.2.0-1' }"),
+                with(&|f| {
+                    f.packages
+                        .insert("hello".into(), Some("1.2.0~rc1-1".into()));
+                }),
+                "not_applied",
+            ),
+            (
+                linux("{ package: hello }"),
+                with(&|f| {
+                    f.packages.insert("hello".into(), None);
+                }),
+                "not_applied",
+            ),
+            (linux("{ package: hello }"), deb.clone(), "indeterminate"),
+            (
+                linux("{ package: hello, manager: rpm, version: '< 2' }"),
+                with(&|f| {
+                    f.packages.insert("hello".into(), Some("1.9-3.el9".into()));
+                }),
+                "applied",
+            ),
+            (
+                linux("{ probe: 'test -f /x', exit_code: 0 }"),
+                with(&|f| {
+                    f.probes.insert("test -f /x".into(), Some(0));
+                }),
+                "applied",
+            ),
+            (
+                linux("{ probe: 'test -f /x', exit_code: 0 }"),
+                with(&|f| {
+                    f.probes.insert("test -f /x".into(), Some(1));
+                }),
+                "not_applied",
+            ),
+            (
+                linux("{ probe: 'test -f /x' }"),
+                with(&|f| {
+                    f.probes.insert("test -f /x".into(), None);
+                }),
+                "indeterminate",
+            ),
+            (
+                linux("{ registry: 'HKLM\\SOFTWARE\\V', value: Ver, data: '2' }"),
+                with(&|f| {
+                    f.registry
+                        .insert("HKLM\\SOFTWARE\\V\\Ver".into(), Some("2".into()));
+                }),
+                "applied",
+            ),
+            (
+                linux("{ registry: 'HKLM\\SOFTWARE\\V', value: Ver, data: '2' }"),
+                with(&|f| {
+                    f.registry
+                        .insert("HKLM\\SOFTWARE\\V\\Ver".into(), Some("1".into()));
+                }),
+                "not_applied",
+            ),
+            (
+                linux("{ registry: 'HKLM\\SOFTWARE\\V' }"),
+                with(&|f| {
+                    f.registry
+                        .insert("HKLM\\SOFTWARE\\V\\(Default)".into(), None);
+                }),
+                "not_applied",
+            ),
+            (
+                linux("{ installed_update: KB5034441 }"),
+                with(&|f| f.installed_updates = updates(&["KB5034441"])),
+                "applied",
+            ),
+            (
+                linux("{ installed_update: KB5034441 }"),
+                with(&|f| f.installed_updates = updates(&[])),
+                "not_applied",
+            ),
+            (
+                linux("{ service_pack: { major: 1, minor: 0 } }"),
+                with(&|f| f.service_pack = Some(SpLevel { major: 0, minor: 0 })),
+                "not_applied",
+            ),
+        ];
+        for (p, facts, want) in cases {
+            let id = identify(&p, &facts);
+            assert_eq!(verdict_name(&id.verdict), want, "{:?}: {id:#?}", p.rules);
+        }
+    }
+
+    #[test]
+    fn one_failure_outweighs_unknowns() {
+        let p = pkg(&format!(
+            "id: a\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\nidentification:\n  - {{ probe: a }}\n  - {{ probe: b }}\n{INSTALL}"
+        ));
+        let mut facts = Facts {
+            os: "debian-12".into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            ..Facts::default()
+        };
+        facts.probes.insert("b".into(), Some(1));
+        assert_eq!(identify(&p, &facts).verdict, Verdict::NotApplied);
+        facts.probes.insert("b".into(), Some(0));
+        assert!(
+            matches!(identify(&p, &facts).verdict, Verdict::Indeterminate(r) if r.contains("probe `a`"))
+        );
+        facts.probes.insert("a".into(), Some(0));
+        assert_eq!(identify(&p, &facts).verdict, Verdict::Applied);
+    }
+
+    #[test]
+    fn queries_list_what_rules_read() {
+        let p = hotfix(
+            "identification:\n  - { file: 'C:\\x.dll', change: version_up, version: '1.0' }\n  - { probe: 'p' }\n",
+        );
+        let q = queries(&p);
+        assert!(q.contains(&Query::InstalledUpdates));
+        assert!(q.contains(&Query::File {
+            path: "C:\\x.dll".into(),
+            version: true,
+            sha256: false
+        }));
+        assert!(q.contains(&Query::Probe {
+            command: "p".into()
+        }));
+    }
+}

@@ -287,18 +287,33 @@ fn template_context(
     }
 }
 
+/// Why a command template could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("`{0}` is not defined")]
+    Undefined(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Renders a command template strictly: an undefined variable is an error, nothing is HTML-escaped.
-pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, String> {
+pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, RenderError> {
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
-    hb.render_template(template, ctx).map_err(|e| {
-        let reason = e.reason().to_string();
-        match (e.line_no, e.column_no) {
-            (Some(l), Some(c)) => format!("{reason} (template line {l}, column {c})"),
-            _ => reason,
-        }
-    })
+    hb.render_template(template, ctx)
+        .map_err(|e| match e.reason() {
+            handlebars::RenderErrorReason::MissingVariable(Some(v)) => {
+                RenderError::Undefined(v.clone())
+            }
+            other => {
+                let at = match (e.line_no, e.column_no) {
+                    (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
+                    _ => String::new(),
+                };
+                RenderError::Invalid(format!("{other}{at}"))
+            }
+        })
 }
 
 /// Resolves a raw package into a validated one, collecting every problem.
@@ -856,8 +871,7 @@ impl Resolver {
             );
             ok = false;
         } else if let Err(why) = render(&raw.command, ctx) {
-            let undefined =
-                why.contains("not found") || why.contains("strict mode") || why.contains("missing");
+            let undefined = matches!(why, RenderError::Undefined(_));
             self.err(
                 if undefined { "template-undefined-variable" } else { "template-syntax" },
                 format!("{key}.command"),

@@ -73,8 +73,13 @@ fn yaml_error(e: serde_saphyr::Error) -> YamlError {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid YAML")
         .trim()
-        .trim_start_matches("error: ")
-        .to_string();
+        .trim_start_matches("error: ");
+    // The position is reported on its own; drop the copy inside the message.
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => message,
+    }
+    .to_string();
     YamlError {
         position,
         unknown_key: full.contains("unknown field"),

@@ -67,6 +67,10 @@ rc pcsample.rc pcsample.res.o
 rc kb981550.rc kb981550.res.o
 stub_exe 981550 out/Windows6.0-KB981550-x86.exe kb981550.res.o
 
+# (f) Windows Server 2008 SP2 stub installer
+rc kb948465.rc kb948465.res.o
+stub_exe 948465 out/Windows6.0-KB948465-X86.exe kb948465.res.o
+
 # (e) PE without any version resource
 stub_exe 0 out/noversion.exe
 
@@ -90,6 +94,7 @@ install_out out/WindowsServer2003-KB958644-x86-JPN.exe packages/ms08-067-ws2003-
 install_out out/Windows6.0-KB2286198-x86.exe          packages/ms10-046-ws2008-multi/Windows6.0-KB2286198-x86.exe
 install_out out/pcsample.dll                          packages/kb981550-ws2008-fileversion/pcsample.dll
 install_out out/Windows6.0-KB981550-x86.exe           packages/kb981550-ws2008-fileversion/Windows6.0-KB981550-x86.exe
+install_out out/Windows6.0-KB948465-X86.exe           packages/ws2008-sp2/Windows6.0-KB948465-X86.exe
 install_out out/noversion.exe                         tests/fixtures/pe/noversion.exe
 install_out out/pcsample.dll                          tests/fixtures/pe/withversion.dll
 install_out out/patchcast-sample-hello_1.2.0-1_all.deb packages/linux-hello-deb/patchcast-sample-hello_1.2.0-1_all.deb

@@ -18,6 +18,8 @@
 #define STUB_MESSAGE "KB2286198 installed\r\n"
 #elif STUB_MESSAGE_ID == 981550
 #define STUB_MESSAGE "KB981550 installed\r\n"
+#elif STUB_MESSAGE_ID == 948465
+#define STUB_MESSAGE "Windows Server 2008 Service Pack 2 (KB948465) installed\r\n"
 #elif STUB_MESSAGE_ID == 0
 #define STUB_MESSAGE "patchcast noversion sample\r\n"
 #else
