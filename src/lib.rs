@@ -3,6 +3,7 @@
 //! `model` holds the typed documents, `core` the pure decisions (no I/O), `pack` building,
 //! linting and verifying signed archives, `cli` the command-line front end.
 
+pub mod agent;
 pub mod cli;
 pub mod core;
 pub mod model;

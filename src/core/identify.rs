@@ -613,7 +613,13 @@ mod tests {
         let with_rules = hotfix(rules);
         let plain = hotfix("");
         let path = "C:\\Windows\\system32\\netapi32.dll";
-        let cases: Vec<(&Package, Option<BTreeSet<UpdateId>>, Option<FileFact>, &str)> = vec![
+        type Case<'a> = (
+            &'a Package,
+            Option<BTreeSet<UpdateId>>,
+            Option<FileFact>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             (&plain, updates(&["KB958644"]), None, "applied"),
             (&plain, updates(&["MS08-067"]), None, "applied"),
             (&plain, updates(&["KB123456"]), None, "not_applied"),

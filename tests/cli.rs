@@ -1,0 +1,249 @@
+//! The `patchcast` binary end to end: schemas, samples, new, build, verify, explain.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn patchcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_patchcast"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_schemas_are_current() {
+    // One entry per document type with a committed schema.
+    for doc in ["package"].iter().copied() {
+        let o = patchcast(&["schema", doc]);
+        assert!(o.status.success(), "{}", text(&o));
+        let committed =
+            std::fs::read_to_string(repo().join(format!("schemas/{doc}.schema.json"))).unwrap();
+        assert!(
+            committed == String::from_utf8(o.stdout).unwrap(),
+            "schemas/{doc}.schema.json is stale: run `cargo run -- schema {doc} > schemas/{doc}.schema.json`"
+        );
+    }
+}
+
+fn sample_dirs() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("packages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("package.yaml").exists())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn samples_are_lint_clean_and_reference_the_schema() {
+    let dirs = sample_dirs();
+    assert!(dirs.len() >= 6, "{dirs:?}");
+    let mut args = vec!["package", "lint", "--deny-warnings"];
+    let names: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let o = patchcast(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    for d in &dirs {
+        let y = std::fs::read_to_string(d.join("package.yaml")).unwrap();
+        assert!(
+            y.starts_with("# yaml-language-server: $schema=../../schemas/package.schema.json"),
+            "{}",
+            d.display()
+        );
+    }
+}
+
+#[test]
+fn build_verify_and_reject_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("release");
+    let o = patchcast(&["key", "generate", "--out", base.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let key = base.with_extension("key");
+    let public = base.with_extension("pub");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // A second generate must not overwrite the secret.
+    assert!(
+        !patchcast(&["key", "generate", "--out", base.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    for dir in sample_dirs() {
+        let out = tmp.path().join(format!(
+            "{}.pcpkg",
+            dir.file_name().unwrap().to_string_lossy()
+        ));
+        let o = patchcast(&[
+            "--json",
+            "package",
+            "build",
+            dir.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let built: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let o = patchcast(&[
+            "--json",
+            "package",
+            "verify",
+            out.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let verified: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(built["manifest_sha256"], verified["manifest_sha256"]);
+
+        // Flip the last byte of the last payload file: verify fails and names the file.
+        let mut bytes = std::fs::read(&out).unwrap();
+        let size = built["files"].as_array().unwrap().last().unwrap()["size"]
+            .as_u64()
+            .unwrap() as usize;
+        let end = bytes.len() - 1024 - (512 - size % 512) % 512; // before padding and the end-of-archive blocks
+        bytes[end - 1] ^= 0x55;
+        let bad = tmp.path().join("bad.pcpkg");
+        std::fs::write(&bad, &bytes).unwrap();
+        let o = patchcast(&[
+            "package",
+            "verify",
+            bad.to_str().unwrap(),
+            "--key",
+            public.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("REJECTED")
+                && text(&o).contains("does not match the signed manifest"),
+            "{}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn build_refuses_a_package_with_lint_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = patchcast(&[
+        "key",
+        "generate",
+        "--out",
+        tmp.path().join("k").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let pkg = tmp.path().join("p");
+    std::fs::create_dir(&pkg).unwrap();
+    std::fs::write(pkg.join("package.yaml"), "id: p\nkind: hotfix\ntitle: t\nms_number: MS8-67\ntargets: [{ os: windows-10 }]\ninstall: { command: x }\n").unwrap();
+    let out = tmp.path().join("p.pcpkg");
+    let o = patchcast(&[
+        "package",
+        "build",
+        pkg.to_str().unwrap(),
+        "--key",
+        tmp.path().join("k.key").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("package.yaml:4:12: error[ms-number-format]"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn new_skeletons_parse_and_name_their_todos() {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["hotfix", "service-pack", "application"] {
+        let dir = tmp.path().join(format!("my-{kind}"));
+        let o = patchcast(&["package", "new", "--kind", kind, dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = patchcast(&["--json", "package", "lint", dir.to_str().unwrap()]);
+        let reports: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let codes: Vec<&str> = reports[0]["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["code"].as_str().unwrap())
+            .collect();
+        // The skeleton is valid YAML with known keys; what is left is the payload to supply.
+        assert_eq!(codes, vec!["payload-missing"], "{kind}: {}", text(&o));
+        // It never overwrites.
+        assert!(
+            !patchcast(&["package", "new", "--kind", kind, dir.to_str().unwrap()])
+                .status
+                .success()
+        );
+    }
+}
+
+#[test]
+fn explain_a_sample_against_machine_facts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = tmp.path().join("ws2003.yaml");
+    std::fs::write(&facts, "os: windows-server-2003-enterprise\narch: x86\nlanguage: ja-JP\ninstalled_updates: [KB958644]\n").unwrap();
+    let o = patchcast(&[
+        "--json",
+        "package",
+        "explain",
+        "packages/ms08-067-ws2003-ja",
+        "--facts",
+        facts.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"]["verdict"], "applied", "{v}");
+    std::fs::write(
+        &facts,
+        "os: windows-server-2003-enterprise\narch: x86\nlanguage: en-US\ninstalled_updates: []\n",
+    )
+    .unwrap();
+    let o = patchcast(&[
+        "package",
+        "explain",
+        "packages/ms08-067-ws2003-ja",
+        "--facts",
+        facts.to_str().unwrap(),
+    ]);
+    assert!(text(&o).contains("not applicable"), "{}", text(&o));
+}
+
+#[test]
+fn catalog_lists_the_faq_support_list() {
+    let o = patchcast(&["catalog", "os"]);
+    let t = text(&o);
+    for name in [
+        "Windows 2000 Advanced Server",
+        "Windows Server 2003 Enterprise Edition",
+        "Windows Server 2008 Standard",
+        "Rocky Linux 9",
+    ] {
+        assert!(t.contains(name), "{name}");
+    }
+}
