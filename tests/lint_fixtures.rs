@@ -22,6 +22,7 @@ const ALL_CODES: &[&str] = &[
     // loading package.yaml
     "unreadable",
     "yaml-syntax",
+    "missing-key",
     "unknown-key",
     // package identity and kind
     "invalid-id",
@@ -58,6 +59,7 @@ const ALL_CODES: &[&str] = &[
     "command-empty",
     "template-undefined-variable",
     "template-syntax",
+    "template-escaped-variable",
     "duration-format",
     "exit-code-overlap",
     // payload files on disk
@@ -75,6 +77,7 @@ const WARNING_CODES: &[&str] = &[
     "service-pack-has-rules",
     "payload-unreferenced",
     "payload-version-mismatch",
+    "template-escaped-variable",
 ];
 
 /// One expected or reported problem: line, column, code.

@@ -245,12 +245,27 @@ pub fn language_matches(target: &str, machine: &str) -> bool {
     m == t || m.strip_prefix(&t).is_some_and(|rest| rest.starts_with('-'))
 }
 
-/// Closest known names, for "did you mean" hints.
+/// Closest known name, for "did you mean" hints: the same words in another order
+/// (`windows-2003-server` → `windows-server-2003`), else a small edit distance.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let words = |s: &str| {
+        let mut w: Vec<String> = s
+            .to_ascii_lowercase()
+            .split(['-', '_', ' ', '.'])
+            .map(str::to_string)
+            .collect();
+        w.sort();
+        w
+    };
+    let mine = words(word);
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    if let Some(c) = candidates.iter().find(|c| words(c) == mine) {
+        return Some(c);
+    }
     candidates
         .into_iter()
         .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 3.max(c.len() / 4))
+        .filter(|(d, c)| *d <= (c.len() / 4).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -316,5 +331,13 @@ mod tests {
             Some("debian-11")
         );
         assert_eq!(suggest("jp", LANGUAGES.iter().map(|l| l.0)), Some("ja"));
+        assert_eq!(
+            suggest(
+                "windows-2003-server",
+                OPERATING_SYSTEMS.iter().flat_map(|o| [o.id, o.line])
+            ),
+            Some("windows-server-2003")
+        );
+        assert_eq!(suggest("日本語", LANGUAGES.iter().map(|l| l.0)), None);
     }
 }

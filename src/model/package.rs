@@ -311,7 +311,15 @@ pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, RenderErr
                     (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
                     _ => String::new(),
                 };
-                RenderError::Invalid(format!("{other}{at}"))
+                // Handlebars appends a multi-line source snippet; lint output stays one line per problem.
+                let reason = other.to_string();
+                let first = reason
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid template")
+                    .trim()
+                    .to_string();
+                RenderError::Invalid(format!("{first}{at}"))
             }
         })
 }
@@ -513,10 +521,17 @@ impl Resolver {
         let has_rules = !raw.identification.is_empty();
         match (raw.kind, kind) {
             (RawKind::Hotfix, Some(Kind::Hotfix { ms_number: None, kb: None })) if !has_rules => {
-                let bad = raw.ms_number.is_some() || raw.kb.is_some();
+                // Point at the malformed number the author did write, if any.
+                let at = if raw.ms_number.is_some() {
+                    "ms_number"
+                } else if raw.kb.is_some() {
+                    "kb"
+                } else {
+                    "kind"
+                };
                 self.err(
                     "hotfix-unidentifiable",
-                    if bad { "ms_number" } else { "kind" },
+                    at,
                     "this HotFix has no valid MS or KB number and no identification rules, so it can never be seen as applied and would be re-delivered at every auto-update",
                     "add a valid `ms_number` (MSyy-nnn) or `kb` (KBnnnnnn), or identification rules (e.g. a file with change: version_up)",
                 );
@@ -880,6 +895,14 @@ impl Resolver {
             );
             ok = false;
         }
+        if raw.command.contains("\\{{") && !raw.command.contains("\\\\{{") {
+            self.warn(
+                "template-escaped-variable",
+                format!("{key}.command"),
+                "`\\{{` is handlebars' escape: the `{{…}}` after the backslash is kept as literal text, not replaced",
+                "for a Windows path write a double backslash before the variable, e.g. `{{workdir}}\\\\{{kb}}.log`",
+            );
+        }
         let timeout = match &raw.timeout {
             Some(t) => match parse_duration(t) {
                 Ok(d) => d,
@@ -901,7 +924,12 @@ impl Resolver {
         if let Some(c) = success.iter().find(|c| reboot.contains(c)) {
             self.err(
                 "exit-code-overlap",
-                format!("{key}.reboot_exit_codes"),
+                // Point at the list the author wrote (the other may be a default).
+                if raw.reboot_exit_codes.is_some() {
+                    format!("{key}.reboot_exit_codes")
+                } else {
+                    format!("{key}.success_exit_codes")
+                },
                 format!("exit code {c} is listed both as success and as reboot required"),
                 "list each exit code once: success_exit_codes for plain success, reboot_exit_codes for success that needs a restart",
             );
@@ -934,4 +962,44 @@ pub fn check_relative_path(p: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_paths_in_templates() {
+        let ctx = template_context(
+            &["setup.exe".into()],
+            serde_json::json!({}),
+            Some("KB958644".into()),
+            None,
+            "C:\\work",
+            serde_json::json!({}),
+        );
+        assert_eq!(
+            render("{{payload.0}} /log:{{workdir}}\\\\{{kb}}.log", &ctx).unwrap(),
+            "C:\\work\\setup.exe /log:C:\\work\\KB958644.log"
+        );
+        // The trap lint warns about: a single backslash escapes the expression.
+        assert_eq!(
+            render("{{workdir}}\\{{kb}}", &ctx).unwrap(),
+            "C:\\work{{kb}}"
+        );
+        assert_eq!(
+            render("{{ms_number}}", &ctx),
+            Err(RenderError::Undefined("ms_number".into()))
+        );
+    }
+
+    #[test]
+    fn version_constraints() {
+        let c: VersionConstraint = ">= 1.2.0-1".parse().unwrap();
+        assert_eq!((c.op, c.version.as_str()), (Op::Ge, "1.2.0-1"));
+        assert_eq!("2.4".parse::<VersionConstraint>().unwrap().op, Op::Eq);
+        assert_eq!("<< 3".parse::<VersionConstraint>().unwrap().op, Op::Lt);
+        assert!(">= ".parse::<VersionConstraint>().is_err());
+        assert!(">= 1.0; rm -rf /".parse::<VersionConstraint>().is_err());
+    }
 }

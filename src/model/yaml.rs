@@ -44,14 +44,37 @@ impl Positions {
 #[derive(Debug, Clone)]
 pub struct YamlError {
     pub position: Position,
-    pub unknown_key: bool,
+    pub kind: YamlErrorKind,
     pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YamlErrorKind {
+    Syntax,
+    UnknownKey,
+    /// A required key is absent; `message` names it.
+    MissingKey,
 }
 
 /// Deserializes `text` into `T` (rejecting unknown keys where `T` says so) and records
 /// the position of every value.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Result<(T, Positions), YamlError> {
-    let value: T = serde_saphyr::from_str(text).map_err(yaml_error)?;
+    let value: T = match serde_saphyr::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut err = yaml_error(e);
+            if err.kind == YamlErrorKind::MissingKey {
+                // serde-saphyr places it where the mapping ends; its start is where to add the key.
+                if let Ok(tree) = serde_saphyr::from_str::<Spanned<Tree>>(text) {
+                    err.position = Position {
+                        line: tree.referenced.line() as u32,
+                        column: tree.referenced.column() as u32,
+                    };
+                }
+            }
+            return Err(err);
+        }
+    };
     let tree: Spanned<Tree> = serde_saphyr::from_str(text).map_err(yaml_error)?;
     let mut positions = Positions::default();
     tree.walk(String::new(), &mut positions.0);
@@ -80,9 +103,17 @@ fn yaml_error(e: serde_saphyr::Error) -> YamlError {
         _ => message,
     }
     .to_string();
+    // serde reports these two through its own fixed wording; there is no typed variant to match.
+    let kind = if message.starts_with("unknown field") {
+        YamlErrorKind::UnknownKey
+    } else if message.starts_with("missing field") {
+        YamlErrorKind::MissingKey
+    } else {
+        YamlErrorKind::Syntax
+    };
     YamlError {
         position,
-        unknown_key: full.contains("unknown field"),
+        kind,
         message,
     }
 }
@@ -241,15 +272,25 @@ mod tests {
     fn unknown_key_has_position() {
         let text = "id: x\nitems:\n  - name: a\n    verison: '1.0'\n";
         let err = parse::<Doc>(text).unwrap_err();
-        assert!(err.unknown_key, "{err:?}");
+        assert_eq!(err.kind, YamlErrorKind::UnknownKey, "{err:?}");
         assert_eq!(err.position.line, 4);
         assert!(err.message.contains("verison"), "{}", err.message);
     }
 
     #[test]
+    fn missing_key_is_placed_at_its_mapping() {
+        let err = parse::<Doc>("# c\nid: x\nother: 1\n").unwrap_err();
+        assert_eq!(err.kind, YamlErrorKind::UnknownKey);
+        let err = parse::<Doc>("# c\nid: x\n").unwrap_err();
+        assert_eq!(err.kind, YamlErrorKind::MissingKey, "{err:?}");
+        assert!(err.message.contains("items"), "{}", err.message);
+        assert_eq!(err.position.line, 2);
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let err = parse::<Doc>("id: x\nitems: [\n").unwrap_err();
-        assert!(!err.unknown_key);
+        assert_eq!(err.kind, YamlErrorKind::Syntax);
         assert!(err.position.line >= 2, "{err:?}");
     }
 }

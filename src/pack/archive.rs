@@ -211,6 +211,15 @@ pub fn build(
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
+    // Read back what was written: a payload that changed while it was archived, or a short
+    // write, must never leave a signed archive that does not verify.
+    if let Err(e) = verify(&tmp, &[key.verifying_key()]) {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!(
+            "the archive written for {} does not verify ({e}); was a payload file changed during the build?",
+            dir.display()
+        );
+    }
     std::fs::rename(&tmp, out)
         .with_context(|| format!("moving {} to {}", tmp.display(), out.display()))?;
     let (archive_sha256, archive_size) = sha256_file(out)?;
@@ -487,7 +496,12 @@ fn read_archive(
             hasher: <sha2::Sha256 as sha2::Digest>::new(),
             written: 0,
         };
-        io::copy(&mut e, &mut w)?;
+        io::copy(&mut e, &mut w).map_err(|err| match err.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                VerifyError::Truncated(format!("payload/{} is cut short", fe.path))
+            }
+            _ => VerifyError::Io(err),
+        })?;
         w.flush()?;
         if w.written != fe.size {
             return Err(VerifyError::Truncated(format!(

@@ -178,6 +178,9 @@ fn version_resource_problems(dir: &Path, raw: &RawPackage) -> Vec<Problem> {
         let (Some(file), Some(version)) = (&r.file, &r.version) else {
             continue;
         };
+        if r.change == Some(RawChange::Delete) {
+            continue; // resolve reports delete-with-version
+        }
         let path = format!("identification[{i}]");
         match resource_of(dir, raw, file) {
             Resource::None(why) if matches!(r.change, Some(RawChange::Rewrite | RawChange::VersionUp)) => out.push(Problem::error(

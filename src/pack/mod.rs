@@ -66,16 +66,23 @@ pub fn load(dir: &Path) -> Result<Loaded, Box<Located>> {
             positions,
         }),
         Err(e) => {
-            let (code, help) = if e.unknown_key {
-                (
+            use crate::model::yaml::YamlErrorKind;
+            let (code, help) = match e.kind {
+                YamlErrorKind::UnknownKey => (
                     "unknown-key",
-                    "remove or correct the key; the schema (`patchcast schema package`) lists every key",
-                )
-            } else {
-                (
+                    "remove or correct the key; the schema (`patchcast schema package`) lists every key".to_string(),
+                ),
+                YamlErrorKind::MissingKey => {
+                    let key = e.message.split('`').nth(1).unwrap_or("the key");
+                    (
+                        "missing-key",
+                        format!("add `{key}:` here; the schema (`patchcast schema package`) lists the required keys"),
+                    )
+                }
+                YamlErrorKind::Syntax => (
                     "yaml-syntax",
-                    "fix the YAML at this position (indentation, quoting, a missing `:` or `-`)",
-                )
+                    "fix the YAML at this position (indentation, quoting, a missing `:` or `-`)".to_string(),
+                ),
             };
             Err(at(
                 e.position.line,
