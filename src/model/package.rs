@@ -191,11 +191,11 @@ pub struct Command {
     pub template: String,
     pub success_exit_codes: Vec<i32>,
     pub reboot_exit_codes: Vec<i32>,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(with = "as_secs")]
     pub timeout: Duration,
 }
 
-mod humantime_serde_secs {
+mod as_secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,
