@@ -247,3 +247,22 @@ fn catalog_lists_the_faq_support_list() {
         assert!(t.contains(name), "{name}");
     }
 }
+
+#[test]
+fn codes_in_english_and_japanese() {
+    let o = patchcast(&["--json", "codes", "E06", "--lang", "ja"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["code"], "E06");
+    assert!(v[0]["remedy"].as_str().unwrap().contains("3倍"), "{v}");
+    let o = patchcast(&["codes", "--lang", "en"]);
+    let t = text(&o);
+    for code in ["E01", "E14", "W15", "W16", "E17", "E24"] {
+        assert!(t.contains(code), "{code}");
+    }
+    assert!(
+        t.contains("at least 3 times the size of the package"),
+        "{t}"
+    );
+    assert_eq!(patchcast(&["codes", "E99"]).status.code(), Some(2));
+}

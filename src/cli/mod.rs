@@ -38,6 +38,14 @@ pub enum Command {
         #[arg(value_enum)]
         list: CatalogList,
     },
+    /// Show the result codes with their message and remedy (English or Japanese).
+    Codes {
+        /// One code (E06, W15, …); omitted: all of them.
+        code: Option<String>,
+        /// `en` or `ja` (default: from LANG).
+        #[arg(long, env = "PATCHCAST_LANG")]
+        lang: Option<String>,
+    },
     /// Run the end-to-end demonstration (server, agents, scenario).
     Demo {
         /// Exit when the scenario is done instead of serving until Ctrl-C.
@@ -128,6 +136,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for (c, n) in LANGUAGES {
                         println!("{c:<8} {n}");
                     }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Codes { code, lang } => {
+            use crate::core::errors::{Code, Lang, Params, render};
+            let lang = Lang::from_tag(
+                &lang
+                    .or_else(|| std::env::var("LANG").ok())
+                    .unwrap_or_default(),
+            );
+            let codes: Vec<Code> = match code {
+                Some(c) => vec![c.parse()?],
+                None => crate::core::errors::all().collect(),
+            };
+            let rendered: Vec<_> = codes
+                .iter()
+                .map(|c| render(*c, lang, &Params::default()))
+                .collect();
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rendered)?);
+            } else {
+                for r in rendered {
+                    println!("{} {}\n    remedy: {}", r.code, r.message, r.remedy);
                 }
             }
             Ok(ExitCode::SUCCESS)

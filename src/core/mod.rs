@@ -1,5 +1,7 @@
 //! The pure decision core: no I/O, no clocks, no async. Callers gather facts and act on
 //! the answers.
 
+pub mod delivery;
+pub mod errors;
 pub mod identify;
 pub mod versions;
