@@ -64,12 +64,10 @@ pub fn file(path: &Path, version: bool, sha256: bool) -> FileFact {
         return FileFact::ABSENT;
     }
     let version = if version {
-        std::fs::read(path)
-            .ok()
-            .and_then(|b| match pe::version_resource(&b) {
-                pe::VersionResource::Version(v) => Some(v),
-                _ => None,
-            })
+        match pe::file_version_resource(path) {
+            Ok(pe::VersionResource::Version(v)) => Some(v),
+            _ => None,
+        }
     } else {
         None
     };

@@ -232,6 +232,7 @@ fn build(dir: &Path, key: &Path, out: Option<PathBuf>, json: bool) -> anyhow::Re
         .filter_map(|p| std::fs::metadata(dir.join(p)).ok())
         .map(|m| m.len())
         .sum();
+    // Two passes over the payload: hashing for the manifest, then archiving.
     let bar = crate::cli::progress::bytes(total * 2, &format!("building {}", raw.id), json);
     let built = archive::build(dir, &raw, &signing, &out, |n| bar.inc(n))?;
     bar.finish_and_clear();

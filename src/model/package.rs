@@ -214,76 +214,59 @@ pub enum RebootPolicy {
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Variables an install or uninstall template may use; `template_context` gives their shape.
+/// Variables an install or uninstall template may use; `TemplateContext` gives their shape.
 pub const TEMPLATE_VARIABLES: &str = "payload.N, package.id, package.title, package.version, kb, ms_number, workdir, machine.os, machine.arch, machine.language, machine.hostname";
+
+/// The machine a command is rendered for.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateMachine {
+    pub os: String,
+    pub arch: String,
+    pub language: String,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct TemplatePackage {
+    id: String,
+    title: String,
+    version: String,
+}
 
 /// The values a command template is rendered with on a machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct TemplateContext {
-    pub payload: Vec<String>,
-    pub package: serde_json::Value,
+    payload: Vec<String>,
+    package: TemplatePackage,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kb: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ms_number: Option<String>,
-    pub workdir: String,
-    pub machine: serde_json::Value,
-}
-
-impl Package {
-    pub fn kb(&self) -> Option<&KbNumber> {
-        match &self.kind {
-            Kind::Hotfix { kb, .. } => kb.as_ref(),
-            _ => None,
-        }
-    }
-
-    pub fn ms_number(&self) -> Option<&MsNumber> {
-        match &self.kind {
-            Kind::Hotfix { ms_number, .. } => ms_number.as_ref(),
-            _ => None,
-        }
-    }
-
-    /// The context for rendering this package's commands in `workdir` on a machine.
-    pub fn template_context(
-        &self,
-        workdir: &str,
-        os: &str,
-        arch: &str,
-        language: &str,
-        hostname: &str,
-    ) -> TemplateContext {
-        template_context(
-            &self.payload,
-            serde_json::json!({"id": self.id.as_str(), "title": self.title, "version": self.version.clone().unwrap_or_default()}),
-            self.kb().map(|k| k.to_string()),
-            self.ms_number().map(|m| m.to_string()),
-            workdir,
-            serde_json::json!({"os": os, "arch": arch, "language": language, "hostname": hostname}),
-        )
-    }
-}
-
-fn template_context(
-    payload: &[String],
-    package: serde_json::Value,
     kb: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ms_number: Option<String>,
-    workdir: &str,
-    machine: serde_json::Value,
-) -> TemplateContext {
-    let sep = if workdir.contains('\\') { '\\' } else { '/' };
-    TemplateContext {
-        payload: payload
-            .iter()
-            .map(|p| format!("{workdir}{sep}{p}"))
-            .collect(),
-        package,
-        kb,
-        ms_number,
-        workdir: workdir.to_string(),
-        machine,
+    workdir: String,
+    machine: TemplateMachine,
+}
+
+impl TemplateContext {
+    /// Built from the raw definition, which both the resolver and a signed manifest carry;
+    /// payload paths become paths inside `workdir`.
+    pub fn new(raw: &RawPackage, workdir: &str, machine: TemplateMachine) -> Self {
+        let sep = if workdir.contains('\\') { '\\' } else { '/' };
+        TemplateContext {
+            payload: raw
+                .payload
+                .iter()
+                .map(|p| format!("{workdir}{sep}{p}"))
+                .collect(),
+            package: TemplatePackage {
+                id: raw.id.clone(),
+                title: raw.title.clone(),
+                version: raw.version.clone().unwrap_or_default(),
+            },
+            kb: raw.kb.clone(),
+            ms_number: raw.ms_number.clone(),
+            workdir: workdir.to_string(),
+            machine,
+        }
     }
 }
 
@@ -400,14 +383,14 @@ impl Resolver {
             .collect();
         self.identifiability(raw, &kind);
         let payload = self.payload(&raw.payload);
-        let ctx = template_context(
-            &raw.payload,
-            serde_json::json!({"id": raw.id, "title": raw.title, "version": raw.version.clone().unwrap_or_default()}),
-            raw.kb.clone(),
-            raw.ms_number.clone(),
-            "/var/lib/patchcast/work/example",
-            serde_json::json!({"os": "debian-12", "arch": "x64", "language": "en", "hostname": "example"}),
-        );
+        // Lint renders with a sample machine: any variable that exists on every machine will do.
+        let sample = TemplateMachine {
+            os: "debian-12".into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            hostname: "example".into(),
+        };
+        let ctx = TemplateContext::new(raw, "/var/lib/patchcast/work/example", sample);
         let install = self.command("install", &raw.install, &ctx);
         let uninstall = raw
             .uninstall
@@ -453,65 +436,47 @@ impl Resolver {
                 "write the KB number as KB and its digits, e.g. KB958644",
             )
         });
-        let not_hotfix = |r: &mut Self, key: &str| {
-            r.err(
-                "field-for-other-kind",
-                key,
-                format!("`{key}` is only meaningful for kind: hotfix"),
-                format!("remove `{key}`, or set kind: hotfix"),
-            )
-        };
-        match raw.kind {
-            RawKind::Hotfix => {
-                if raw.service_pack.is_some() {
-                    self.err(
-                        "field-for-other-kind",
-                        "service_pack",
-                        "`service_pack` is only meaningful for kind: service_pack",
-                        "remove `service_pack`, or set kind: service_pack",
-                    );
-                }
-                Some(Kind::Hotfix { ms_number: ms, kb })
+        // Each kind-specific key belongs to one kind; elsewhere it is a mistake, not ignored.
+        for (key, set, owner) in [
+            ("ms_number", raw.ms_number.is_some(), RawKind::Hotfix),
+            ("kb", raw.kb.is_some(), RawKind::Hotfix),
+            (
+                "service_pack",
+                raw.service_pack.is_some(),
+                RawKind::ServicePack,
+            ),
+        ] {
+            if set && raw.kind != owner {
+                let owner = if owner == RawKind::Hotfix {
+                    "hotfix"
+                } else {
+                    "service_pack"
+                };
+                self.err(
+                    "field-for-other-kind",
+                    key,
+                    format!("`{key}` is only meaningful for kind: {owner}"),
+                    format!("remove `{key}`, or set kind: {owner}"),
+                );
             }
-            RawKind::ServicePack => {
-                for (key, v) in [("ms_number", &raw.ms_number), ("kb", &raw.kb)] {
-                    if v.is_some() {
-                        not_hotfix(self, key);
-                    }
-                }
-                match raw.service_pack {
-                    Some(sp) => Some(Kind::ServicePack {
-                        level: SpLevel {
-                            major: sp.major,
-                            minor: sp.minor,
-                        },
-                    }),
-                    None => {
-                        self.err(
-                            "service-pack-level-missing",
-                            "kind",
-                            "a Service Pack needs its major and minor version; without them it can never be identified as applied",
-                            "add `service_pack: { major: 2, minor: 0 }` (SP2 = 2.0)",
-                        );
-                        None
-                    }
-                }
-            }
-            RawKind::Application => {
-                for (key, v) in [("ms_number", &raw.ms_number), ("kb", &raw.kb)] {
-                    if v.is_some() {
-                        not_hotfix(self, key);
-                    }
-                }
-                if raw.service_pack.is_some() {
-                    self.err(
-                        "field-for-other-kind",
-                        "service_pack",
-                        "`service_pack` is only meaningful for kind: service_pack",
-                        "remove `service_pack`, or set kind: service_pack",
-                    );
-                }
-                Some(Kind::Application)
+        }
+        match (raw.kind, raw.service_pack) {
+            (RawKind::Hotfix, _) => Some(Kind::Hotfix { ms_number: ms, kb }),
+            (RawKind::Application, _) => Some(Kind::Application),
+            (RawKind::ServicePack, Some(sp)) => Some(Kind::ServicePack {
+                level: SpLevel {
+                    major: sp.major,
+                    minor: sp.minor,
+                },
+            }),
+            (RawKind::ServicePack, None) => {
+                self.err(
+                    "service-pack-level-missing",
+                    "kind",
+                    "a Service Pack needs its major and minor version; without them it can never be identified as applied",
+                    "add `service_pack: { major: 2, minor: 0 }` (SP2 = 2.0)",
+                );
+                None
             }
         }
     }
@@ -970,14 +935,17 @@ mod tests {
 
     #[test]
     fn windows_paths_in_templates() {
-        let ctx = template_context(
-            &["setup.exe".into()],
-            serde_json::json!({}),
-            Some("KB958644".into()),
-            None,
-            "C:\\work",
-            serde_json::json!({}),
-        );
+        let raw: RawPackage = serde_saphyr::from_str(
+            "id: k\nkind: hotfix\ntitle: t\nkb: KB958644\ntargets: []\npayload: [setup.exe]\ninstall: { command: x }\n",
+        )
+        .unwrap();
+        let machine = TemplateMachine {
+            os: "windows-10".into(),
+            arch: "x64".into(),
+            language: "ja".into(),
+            hostname: "pc1".into(),
+        };
+        let ctx = TemplateContext::new(&raw, "C:\\work", machine);
         assert_eq!(
             render("{{payload.0}} /log:{{workdir}}\\\\{{kb}}.log", &ctx).unwrap(),
             "C:\\work\\setup.exe /log:C:\\work\\KB958644.log"

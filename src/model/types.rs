@@ -10,6 +10,26 @@ use std::str::FromStr;
 #[error("{0}")]
 pub struct FormatError(pub String);
 
+/// Serializes a type as its `Display` text and deserializes it through `FromStr`, so a
+/// malformed value in JSON is refused with the same message as in YAML.
+macro_rules! serde_as_text {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A validated string: displays as itself.
 macro_rules! string_newtype {
     ($name:ident) => {
         impl fmt::Display for $name {
@@ -17,17 +37,7 @@ macro_rules! string_newtype {
                 f.write_str(&self.0)
             }
         }
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
+        serde_as_text!($name);
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -147,19 +157,7 @@ impl fmt::Display for FileVersion {
     }
 }
 
-impl Serialize for FileVersion {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for FileVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(FileVersion);
 
 /// A SHA-256 digest, 32 bytes; text form is 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,19 +194,7 @@ impl fmt::Debug for Sha256 {
     }
 }
 
-impl Serialize for Sha256 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for Sha256 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(Sha256);
 
 /// A package id: 1–64 characters of `a-z 0-9 . _ -`, starting with a letter or digit.
 /// Ids become directory and file names, so the alphabet keeps them safe on every OS.

@@ -120,7 +120,7 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 }
 
 /// Builds the manifest of a package directory (hashing every payload file once).
-pub fn manifest(
+fn manifest(
     dir: &Path,
     raw: &RawPackage,
     mut progress: impl FnMut(u64),
@@ -154,6 +154,20 @@ pub fn manifest(
         files,
         total_size,
     })
+}
+
+/// Reports the bytes read through it (progress of the archiving pass).
+struct Reporting<R, F> {
+    inner: R,
+    report: F,
+}
+
+impl<R: Read, F: FnMut(u64)> Read for Reporting<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.report)(n as u64);
+        Ok(n)
+    }
 }
 
 /// Writes the signed archive for an already linted package directory to `out`
@@ -195,9 +209,12 @@ pub fn build(
         let path = dir.join(&entry.path);
         let f =
             std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        // The file must not change between hashing and archiving; the size guard catches most,
-        // and the reader re-verifies every hash anyway.
-        let mut limited = f.take(entry.size);
+        // A file that grew since it was hashed is cut at the signed size; any other change
+        // is caught by the verification of the written archive below.
+        let mut limited = Reporting {
+            inner: f.take(entry.size),
+            report: &mut progress,
+        };
         let mode = if entry.executable { 0o755 } else { 0o644 };
         tar.append_data(
             &mut header(entry.size, mode),

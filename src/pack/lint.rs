@@ -5,7 +5,9 @@
 //! FAQ's Q2 mistakes about version resources, judged by reading the payload itself (the real
 //! PE VERSIONINFO of .exe/.dll files; text and scripts have none).
 
-use super::pe::{UNVERSIONED_EXTENSIONS, VERSIONED_EXTENSIONS, VersionResource, version_resource};
+use super::pe::{
+    UNVERSIONED_EXTENSIONS, VERSIONED_EXTENSIONS, VersionResource, file_version_resource,
+};
 use super::{Loaded, PACKAGE_FILE, load};
 use crate::model::package::{Package, resolve};
 use crate::model::problem::{Located, Problem};
@@ -143,9 +145,10 @@ fn resource_of(dir: &Path, raw: &RawPackage, target_path: &str) -> Resource {
             .next()
             .is_some_and(|b| b.eq_ignore_ascii_case(base))
     });
-    if let Some(bytes) = in_payload.and_then(|p| std::fs::read(dir.join(p)).ok().map(|b| (p, b))) {
-        let (p, bytes) = bytes;
-        return match version_resource(&bytes) {
+    if let Some((p, found)) =
+        in_payload.and_then(|p| file_version_resource(&dir.join(p)).ok().map(|r| (p, r)))
+    {
+        return match found {
             VersionResource::Version(v) => Resource::Versioned(Some(v)),
             VersionResource::PeWithout => Resource::None(format!(
                 "payload `{p}` is a PE file without a VERSIONINFO resource"

@@ -31,6 +31,17 @@ pub fn version_resource(bytes: &[u8]) -> VersionResource {
     }
 }
 
+/// Reads a file's version resource through a memory map, so a large installer is not
+/// copied into memory just to find its VERSIONINFO.
+pub fn file_version_resource(path: &std::path::Path) -> std::io::Result<VersionResource> {
+    // A PE header alone is larger than this; mapping an empty file would fail.
+    if std::fs::metadata(path)?.len() < 64 {
+        return Ok(VersionResource::NotPe);
+    }
+    let map = pelite::FileMap::open(path)?;
+    Ok(version_resource(map.as_ref()))
+}
+
 /// Extensions of files that normally carry a version resource on Windows.
 pub const VERSIONED_EXTENSIONS: &[&str] = &[
     "exe", "dll", "sys", "ocx", "cpl", "drv", "scr", "mui", "efi", "ax", "tlb",
@@ -96,5 +107,13 @@ mod tests {
         );
         let without = std::fs::read(dir.join("noversion.exe")).unwrap();
         assert_eq!(version_resource(&without), VersionResource::PeWithout);
+        assert_eq!(
+            file_version_resource(&dir.join("withversion.dll")).unwrap(),
+            version_resource(&with)
+        );
+        assert_eq!(
+            file_version_resource(&dir.join("noversion.exe")).unwrap(),
+            VersionResource::PeWithout
+        );
     }
 }
