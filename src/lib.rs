@@ -8,3 +8,4 @@ pub mod cli;
 pub mod core;
 pub mod model;
 pub mod pack;
+pub mod transport;

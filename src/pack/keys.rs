@@ -21,6 +21,25 @@ pub fn generate() -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// Creates `path` (and its parent) readable by its owner only, refusing to replace an existing
+/// file, and writes `bytes` durably: for secrets (signing keys, TLS keys, agent credentials).
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes `BASE.key` (secret, 0600, never overwritten) and `BASE.pub`; returns both paths.
 pub fn write_pair(base: &Path, key: &SigningKey) -> anyhow::Result<(PathBuf, PathBuf)> {
     let secret = base.with_extension("key");
@@ -31,22 +50,10 @@ pub fn write_pair(base: &Path, key: &SigningKey) -> anyhow::Result<(PathBuf, Pat
             secret.display()
         );
     }
-    if let Some(parent) = secret.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(&secret)
-        .with_context(|| format!("creating {}", secret.display()))?;
-    std::io::Write::write_all(
-        &mut f,
+    write_private(
+        &secret,
         format!("{SECRET_TAG} {}\n", hex::encode(key.to_bytes())).as_bytes(),
-    )
-    .with_context(|| format!("writing {}", secret.display()))?;
+    )?;
     std::fs::write(
         &public,
         format!(

@@ -1,0 +1,5 @@
+//! How patchcast processes talk: the agent protocol's types, pinned TLS, and the HTTP client.
+
+pub mod client;
+pub mod protocol;
+pub mod tls;
