@@ -127,6 +127,11 @@ pub struct Policy {
     pub max_unverified_runs: u32,
     /// Whether the agent may restart the machine itself after a reboot exit code.
     pub allow_reboot: bool,
+    /// Attempts after which a delivery that would be retried stops as failed with its last
+    /// code instead; 0 retries until applied (automatic update). A scenario sets a limit so
+    /// that it ends: a machine short of disk (E06) needs an administrator, not a 100th try.
+    #[serde(default)]
+    pub max_attempts: u32,
 }
 
 impl Default for Policy {
@@ -134,6 +139,7 @@ impl Default for Policy {
         Policy {
             max_unverified_runs: 3,
             allow_reboot: false,
+            max_attempts: 0,
         }
     }
 }
@@ -196,6 +202,22 @@ pub fn next(
     attempt: u32,
     policy: &Policy,
 ) -> Result<Transition, Invalid> {
+    let t = step(d, event, attempt, policy)?;
+    let out_of_attempts = policy.max_attempts > 0 && t.delivery.attempt >= policy.max_attempts;
+    if t.action != Action::ScheduleRetry || !out_of_attempts {
+        return Ok(t);
+    }
+    let code = t.delivery.last_code.unwrap_or(Code::E13);
+    Ok(Transition {
+        delivery: Delivery {
+            state: State::Failed { code },
+            ..t.delivery
+        },
+        action: Action::Alert { code },
+    })
+}
+
+fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Transition, Invalid> {
     let invalid = || Invalid {
         state: d.state.name(),
         event: format!("{event:?}"),
@@ -515,6 +537,43 @@ mod tests {
         assert_eq!(
             next(&d, &exec, d.attempt, &allow).unwrap().action,
             Action::Reboot
+        );
+    }
+
+    #[test]
+    fn a_retry_limit_ends_in_failed_with_the_last_code() {
+        let p = Policy {
+            max_attempts: 2,
+            ..Policy::default()
+        };
+        let refuse =
+            |d: &Delivery| next(d, &Event::Refused { code: Code::E06 }, d.attempt, &p).unwrap();
+        let d = next(&Delivery::default(), &Event::Dispatched, 0, &p)
+            .unwrap()
+            .delivery;
+        let t = refuse(&d);
+        assert_eq!(t.delivery.state, State::AwaitingRetry);
+        let d = next(&t.delivery, &Event::RetryDue, 0, &p).unwrap().delivery;
+        let d = next(&d, &Event::Dispatched, 0, &p).unwrap().delivery;
+        let t = refuse(&d);
+        assert_eq!(t.delivery.state, State::Failed { code: Code::E06 });
+        assert_eq!(t.action, Action::Alert { code: Code::E06 });
+        // The loop breaker still names the rule when it trips on the same attempt.
+        let p = Policy {
+            max_attempts: 3,
+            ..Policy::default()
+        };
+        let unverified = one_run(Execution::Succeeded { code: 0 }, Some(Verdict::NotApplied));
+        let mut events = unverified.clone();
+        for _ in 0..2 {
+            events.push(Event::RetryDue);
+            events.extend(unverified.iter().cloned());
+        }
+        let d = run(&events, &p);
+        assert!(
+            matches!(d.state, State::LoopDetected { .. }),
+            "{:?}",
+            d.state
         );
     }
 
