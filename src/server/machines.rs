@@ -24,6 +24,7 @@ impl Server {
         let token = format!("pcenr_{}", random_hex(20)?);
         let now = now_ms();
         let expires = now + (req.expires_secs as i64).saturating_mul(1000);
+        let _w = self.write.lock().await;
         sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
             .bind(sha256_hex(&token))
             .bind(req.group.clone())
@@ -107,6 +108,8 @@ impl Server {
 
     /// Records that the machine was heard from, where from, and in which state.
     pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
+        // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
+        let _w = self.write.lock().await;
         sqlx::query("UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4")
             .bind(now_ms())
             .bind(peer.to_string())
@@ -118,6 +121,7 @@ impl Server {
     }
 
     pub async fn set_inventory(&self, machine: &str, inv: &Inventory, peer: IpAddr) -> Result<()> {
+        let _w = self.write.lock().await;
         sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
             .bind(serde_json::to_string(inv)?)
             .bind(&inv.hostname)

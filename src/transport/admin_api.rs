@@ -194,3 +194,100 @@ pub struct Results {
     pub deliveries: Vec<DeliveryRow>,
     pub packages: Vec<PackageSummary>,
 }
+
+/// The admin API's client side, shared by the CLI, the load generator and tests.
+#[derive(Clone)]
+pub struct Admin(pub crate::transport::client::Client);
+
+impl Admin {
+    pub fn new(url: &str, fingerprint: &str, token: &str) -> anyhow::Result<Admin> {
+        Ok(Admin(crate::transport::client::Client::new(
+            url,
+            fingerprint,
+            Some(token.to_string()),
+        )?))
+    }
+
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated, CallError> {
+        self.0.post(TOKENS, req).await
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineView>, CallError> {
+        self.0.get(MACHINES).await
+    }
+
+    pub async fn label(&self, machine: &str, labels: &Labels) -> Result<MachineView, CallError> {
+        self.0
+            .post(&format!("{MACHINES}/{machine}/labels"), labels)
+            .await
+    }
+
+    pub async fn put_group(&self, g: &Group) -> Result<GroupView, CallError> {
+        self.0.post(GROUPS, g).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>, CallError> {
+        self.0.get(GROUPS).await
+    }
+
+    pub async fn packages(&self) -> Result<Vec<PackageView>, CallError> {
+        self.0.get(PACKAGES).await
+    }
+
+    /// Uploads a signed archive, streamed from disk.
+    pub async fn publish(&self, archive: &std::path::Path) -> anyhow::Result<Result<PackageView, CallError>> {
+        use anyhow::Context;
+        let f = tokio::fs::File::open(archive)
+            .await
+            .with_context(|| format!("opening {}", archive.display()))?;
+        let len = f.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+        let rb = self
+            .0
+            .request(reqwest::Method::POST, PACKAGES)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        Ok(self.0.send(rb, PACKAGES).await)
+    }
+
+    pub async fn run_scenario(&self, s: &crate::model::scenario::Scenario) -> Result<ScenarioCreated, CallError> {
+        self.0.post(SCENARIOS, s).await
+    }
+
+    pub async fn status(&self, id: &str, lang: &str) -> Result<ScenarioStatus, CallError> {
+        self.0.get(&format!("{SCENARIOS}/{id}?lang={lang}")).await
+    }
+
+    pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {
+        let mut q = vec![format!("lang={}", query.lang), format!("history={}", query.history)];
+        for (k, v) in [("machine", &query.machine), ("package", &query.package), ("scenario", &query.scenario)] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", encode(v)));
+            }
+        }
+        self.0.get(&format!("{RESULTS}?{}", q.join("&"))).await
+    }
+}
+
+/// What `patchcast results` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ResultsQuery {
+    pub machine: Option<String>,
+    pub package: Option<String>,
+    pub scenario: Option<String>,
+    pub history: bool,
+    pub lang: String,
+}
+
+/// Percent-encodes a query value (ids and hostnames are mostly safe already).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+use crate::transport::client::CallError;
