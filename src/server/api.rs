@@ -282,7 +282,8 @@ async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
         Err(e) => {
             let _ = std::fs::remove_file(&staged.path);
             let code = match e {
-                VerifyError::BadSignature(_) | VerifyError::UntrustedKey(_) => Code::E18,
+                // Not a signed package at all is a missing signature.
+                VerifyError::BadSignature(_) | VerifyError::UntrustedKey(_) | VerifyError::Structure(_) => Code::E18,
                 VerifyError::UnsafeEntry { .. } => Code::E25,
                 _ => Code::E19,
             };
