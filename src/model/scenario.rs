@@ -124,7 +124,8 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
     }
     let mut retry_delay_ms = DEFAULT_RETRY_DELAY_MS;
     if let Some(d) = &retry.delay {
-        match parse_duration(d) {
+        // Zero is a valid choice here: retry at the very next poll.
+        match parse_duration(d).or_else(|e| if matches!(d.trim(), "0" | "0s") { Ok(std::time::Duration::ZERO) } else { Err(e) }) {
             Ok(d) => retry_delay_ms = d.as_millis() as u64,
             Err(e) => err("options.retry.delay".into(), e.0, "write a duration such as `30s`, `5m` or `1h`"),
         }

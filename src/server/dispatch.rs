@@ -115,6 +115,10 @@ impl Server {
         if seq > 0 {
             r.last_seq = seq;
         }
+        if *event == Event::Dispatched {
+            // Reports of the new attempt count their seq from 1 again.
+            r.last_seq = 0;
+        }
         merge(&mut r.detail, detail);
         let mut params = detail.params.clone();
         if let State::LoopDetected { rule } = &r.d.state {
