@@ -17,6 +17,15 @@ cargo fmt --check
 step "lints (cargo clippy -D warnings)"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "PostgreSQL 15 (private cluster on loopback, for the server tests)"
+if [ -z "${PATCHCAST_TEST_POSTGRES:-}" ]; then
+    PG_DIR=$(mktemp -d /tmp/patchcast-pg.XXXXXX)
+    chmod 755 "$PG_DIR"
+    trap 'scripts/postgres.sh stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
+    eval "$(scripts/postgres.sh start "$PG_DIR")"
+fi
+echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
+
 step "tests (unit, property, integration)"
 cargo test --locked
 

@@ -4,8 +4,10 @@
 //! linting and verifying signed archives, `cli` the command-line front end.
 
 pub mod agent;
+pub mod loadgen;
 pub mod cli;
 pub mod core;
 pub mod model;
 pub mod pack;
+pub mod server;
 pub mod transport;

@@ -1,7 +1,9 @@
 //! The `patchcast` command line: argument parsing and printing only; the work is in the library.
 
+pub mod admin;
 mod package;
 pub mod progress;
+pub mod server;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -46,6 +48,24 @@ pub enum Command {
         #[arg(long, env = "PATCHCAST_LANG")]
         lang: Option<String>,
     },
+    /// Run the management server (HTTPS for agents and admins) in the foreground.
+    Server(server::ServerArgs),
+    /// Enrollment tokens for agents.
+    #[command(subcommand)]
+    Token(admin::TokenCmd),
+    /// Enrolled machines.
+    #[command(subcommand)]
+    Machine(admin::MachineCmd),
+    /// Machine groups (static members and filters by OS, language, IP range, label).
+    #[command(subcommand)]
+    Group(admin::GroupCmd),
+    /// Delivery scenarios: run one, follow its status.
+    #[command(subcommand)]
+    Scenario(admin::ScenarioCmd),
+    /// Delivery results per machine and per package (--json, --csv, --history).
+    Results(admin::ResultsArgs),
+    /// Load a server with simulated agents speaking the real protocol; prints rates and latencies.
+    Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
     Demo {
         /// Exit when the scenario is done instead of serving until Ctrl-C.
@@ -67,6 +87,7 @@ pub enum KeyCmd {
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SchemaDoc {
     Package,
+    Scenario,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +99,7 @@ pub enum CatalogList {
 pub fn schema(doc: SchemaDoc) -> String {
     let schema = match doc {
         SchemaDoc::Package => schemars::schema_for!(crate::model::raw::RawPackage),
+        SchemaDoc::Scenario => schemars::schema_for!(crate::model::scenario::RawScenario),
     };
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
@@ -85,6 +107,13 @@ pub fn schema(doc: SchemaDoc) -> String {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),
+        Command::Server(a) => server::run(a, cli.json),
+        Command::Token(c) => admin::token(c, cli.json),
+        Command::Machine(c) => admin::machine(c, cli.json),
+        Command::Group(c) => admin::group(c, cli.json),
+        Command::Scenario(c) => admin::scenario(c, cli.json),
+        Command::Results(a) => admin::results(a, cli.json),
+        Command::Loadtest(a) => admin::loadtest(a, cli.json),
         Command::Key(KeyCmd::Generate { out }) => {
             let key = crate::pack::keys::generate()?;
             let (secret, public) = crate::pack::keys::write_pair(&out, &key)?;

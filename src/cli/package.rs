@@ -35,6 +35,8 @@ pub enum PackageCmd {
         #[arg(long = "key", required = true, env = "PATCHCAST_TRUSTED_KEY")]
         keys: Vec<PathBuf>,
     },
+    /// Upload a package to a server: a directory is linted, built and signed with --key first.
+    Publish(crate::cli::admin::PublishArgs),
     /// Write a commented package skeleton into DIR.
     New {
         #[arg(long, value_enum)]
@@ -88,6 +90,7 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
             })
         }
         PackageCmd::Build { dir, key, out } => build(&dir, &key, out, json),
+        PackageCmd::Publish(a) => crate::cli::admin::publish(a, json),
         PackageCmd::Verify {
             archive: path,
             keys: key_files,

@@ -4,5 +4,6 @@ pub mod catalog;
 pub mod package;
 pub mod problem;
 pub mod raw;
+pub mod scenario;
 pub mod types;
 pub mod yaml;

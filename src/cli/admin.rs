@@ -1,0 +1,525 @@
+//! Admin commands that talk to a server: token, machine, group, package publish, scenario,
+//! results, loadtest.
+//!
+//! Where the server is: `--server URL --fingerprint sha256:… --token T` (or PATCHCAST_SERVER,
+//! PATCHCAST_FINGERPRINT, PATCHCAST_TOKEN), or on the server host simply `--data DIR`
+//! (PATCHCAST_DATA), which reads DIR/server.json and DIR/admin.token.
+
+use crate::core::errors::Lang;
+use crate::transport::admin_api::{Admin, DeliveryRow, Group, GroupFilter, Labels, Results, ResultsQuery, ScenarioStatus, TokenRequest};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Clone, Default)]
+pub struct Connect {
+    /// Server URL (https://host:port).
+    #[arg(long, env = "PATCHCAST_SERVER")]
+    pub server: Option<String>,
+    /// The server certificate's fingerprint (`sha256:…`, printed at server start).
+    #[arg(long, env = "PATCHCAST_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Admin token (the server's DATA/admin.token).
+    #[arg(long, env = "PATCHCAST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// On the server host: its data directory (reads server.json and admin.token).
+    #[arg(long, env = "PATCHCAST_DATA")]
+    pub data: Option<PathBuf>,
+}
+
+impl Connect {
+    pub fn admin(&self) -> Result<Admin> {
+        let (url, fp, token) = self.parts()?;
+        Admin::new(&url, &fp, &token)
+    }
+
+    /// URL, fingerprint and admin token, from flags/env or DATA/server.json and DATA/admin.token.
+    pub fn parts(&self) -> Result<(String, String, String)> {
+        let (mut url, mut fp, mut token) = (self.server.clone(), self.fingerprint.clone(), self.token.clone());
+        if let Some(d) = &self.data {
+            let path = d.join("server.json");
+            let info: crate::server::ServerInfo = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {} (is a server started with --data {}?)", path.display(), d.display()))?,
+            )
+            .with_context(|| format!("reading {}", path.display()))?;
+            url.get_or_insert(info.url);
+            fp.get_or_insert(info.fingerprint);
+            if token.is_none() {
+                let t = d.join("admin.token");
+                token = Some(std::fs::read_to_string(&t).with_context(|| format!("reading {}", t.display()))?.trim().to_string());
+            }
+        }
+        match (url, fp, token) {
+            (Some(u), Some(f), Some(t)) => Ok((u, f, t)),
+            _ => bail!("which server? give --data DIR on the server host, or --server URL --fingerprint sha256:… --token TOKEN (or PATCHCAST_SERVER / PATCHCAST_FINGERPRINT / PATCHCAST_TOKEN)"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create an enrollment token (shown once; the server keeps only its hash).
+    Create {
+        /// Group the machines enrolled with this token join.
+        #[arg(long)]
+        group: Option<String>,
+        /// Number of enrollments allowed (default: unlimited until it expires).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Lifetime (e.g. `24h`, `7d`).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MachineCmd {
+    /// List enrolled machines with OS, addresses (seen and reported), last seen.
+    List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Add (or with --remove, remove) labels on a machine (id or hostname).
+    Label {
+        machine: String,
+        labels: Vec<String>,
+        #[arg(long)]
+        remove: bool,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Create or replace a group: static members and/or a filter (all given criteria must match).
+    Create {
+        name: String,
+        /// Machine id or hostname (repeatable).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        #[arg(long)]
+        os: Option<String>,
+        #[arg(long)]
+        language: Option<String>,
+        /// CIDR, e.g. 10.1.0.0/16 (matches the address the server sees or any reported one).
+        #[arg(long)]
+        ip_range: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// A package directory (built and signed with --key first) or a built .pcpkg archive.
+    pub path: PathBuf,
+    /// Secret signing key, when PATH is a directory.
+    #[arg(long, env = "PATCHCAST_SIGNING_KEY")]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+#[derive(Subcommand)]
+pub enum ScenarioCmd {
+    /// Check a scenario file and start it on the server; prints the scenario id.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Show a scenario's deliveries by state; --watch follows it with progress bars until done.
+    Status {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, env = "PATCHCAST_LANG")]
+        lang: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    /// Machine id or hostname.
+    #[arg(long)]
+    pub machine: Option<String>,
+    #[arg(long)]
+    pub package: Option<String>,
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// Comma-separated values instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+    /// Include every recorded transition of each delivery.
+    #[arg(long)]
+    pub history: bool,
+    /// `en` or `ja` (default: from LANG).
+    #[arg(long, env = "PATCHCAST_LANG")]
+    pub lang: Option<String>,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+#[derive(Args)]
+pub struct LoadtestArgs {
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Signing key the target server trusts (needed with --server; otherwise one is made).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// A running server to load (with --fingerprint/--token or --data); default: one started
+    /// in-process on a temporary directory with SQLite.
+    #[command(flatten)]
+    pub connect: Connect,
+    /// PostgreSQL URL for the in-process server.
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
+}
+
+fn lang(l: Option<String>) -> Lang {
+    Lang::from_tag(&l.or_else(|| std::env::var("LANG").ok()).unwrap_or_default())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
+    let TokenCmd::Create { group, uses, expires, connect } = cmd;
+    let secs = crate::model::types::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {}", e.0))?.as_secs();
+    let t = rt()?.block_on(connect.admin()?.create_token(&TokenRequest { group, uses, expires_secs: secs }))?;
+    if json {
+        print_json(&t)?;
+    } else {
+        println!("{}", t.token);
+        eprintln!("enrollment token (shown once): `patchcast-agent enroll --server URL --fingerprint FP --token {}`", t.token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
+    match cmd {
+        MachineCmd::List { connect } => {
+            let ms = rt()?.block_on(connect.admin()?.machines())?;
+            if json {
+                return print_json(&ms).map(|_| ExitCode::SUCCESS);
+            }
+            println!("{:<20} {:<18} {:<14} {:<6} {:<16} {:<30} {:<10} LAST SEEN", "ID", "HOSTNAME", "OS", "LANG", "SEEN FROM", "REPORTED ADDRESSES", "STATE");
+            let now = crate::server::db::now_ms();
+            for m in ms {
+                let addrs: Vec<String> = m.inventory.interfaces.iter().flat_map(|i| i.addresses.iter().map(|a| a.to_string())).collect();
+                println!(
+                    "{:<20} {:<18} {:<14} {:<6} {:<16} {:<30} {:<10} {}s ago",
+                    m.id, m.hostname, m.inventory.os, m.inventory.language, m.peer_address, addrs.join(","), m.agent_state, (now - m.last_seen_ms) / 1000
+                );
+            }
+        }
+        MachineCmd::Label { machine, labels, remove, connect } => {
+            let l = if remove { Labels { add: vec![], remove: labels } } else { Labels { add: labels, remove: vec![] } };
+            let m = rt()?.block_on(connect.admin()?.label(&machine, &l))?;
+            if json {
+                print_json(&m)?;
+            } else {
+                println!("{} ({}): labels {}", m.id, m.hostname, m.labels.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn group(cmd: GroupCmd, json: bool) -> Result<ExitCode> {
+    match cmd {
+        GroupCmd::Create { name, members, os, language, ip_range, label, connect } => {
+            let g = Group { name, members, filter: GroupFilter { os, language, ip_range, label } };
+            let v = rt()?.block_on(connect.admin()?.put_group(&g))?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("group {}: {} machine(s) now", v.group.name, v.resolved.len());
+            }
+        }
+        GroupCmd::List { connect } => {
+            let gs = rt()?.block_on(connect.admin()?.groups())?;
+            if json {
+                print_json(&gs)?;
+            } else {
+                for g in gs {
+                    println!("{:<20} {} machine(s): {}", g.group.name, g.resolved.len(), g.resolved.join(", "));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
+    let tmp;
+    let archive: PathBuf = if a.path.is_dir() {
+        let Some(key) = &a.key else {
+            bail!("{} is a package directory: give --key SECRET.key to build and sign it first (or publish a built .pcpkg)", a.path.display());
+        };
+        let report = crate::pack::lint::lint_dir(&a.path);
+        if report.has_errors() {
+            for p in &report.problems {
+                eprintln!("{p}");
+            }
+            bail!("{}: not published: fix the lint errors above", a.path.display());
+        }
+        let raw = report.raw.context("package loaded")?;
+        tmp = tempfile_dir()?;
+        let out = tmp.join(format!("{}.pcpkg", raw.id));
+        crate::pack::archive::build(&a.path, &raw, &crate::pack::keys::read_secret(key)?, &out, |_| {})?;
+        out
+    } else {
+        a.path.clone()
+    };
+    let r = rt()?.block_on(async { a.connect.admin()?.publish(&archive).await });
+    if let Some(d) = archive.parent().filter(|_| a.path.is_dir()) {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let v = r??;
+    if json {
+        print_json(&v)?;
+    } else {
+        println!("published {} {} ({} bytes, sha256 {}, signed by {})", v.id, v.version.as_deref().unwrap_or(""), v.archive_size, v.archive_sha256, v.key_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("patchcast-publish-{}", crate::server::random_hex(6)?));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
+    match cmd {
+        ScenarioCmd::Run { file, connect } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let s = match crate::model::scenario::load(&file.display().to_string(), &text) {
+                Ok(s) => s,
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let c = rt()?.block_on(connect.admin()?.run_scenario(&s))?;
+            if json {
+                print_json(&c)?;
+            } else {
+                println!("{}", c.id);
+                eprintln!("scenario {} started: {} deliveries on {} machine(s); follow it with `patchcast scenario status {} --watch`", s.name, c.deliveries, c.machines.len(), c.id);
+            }
+        }
+        ScenarioCmd::Status { id, watch, lang: l, connect } => {
+            let admin = connect.admin()?;
+            let l = lang(l);
+            let st = rt()?.block_on(async {
+                if watch { watch_status(&admin, &id, l, json).await } else { Ok(admin.status(&id, l.as_str()).await?) }
+            })?;
+            if json {
+                print_json(&st)?;
+            } else {
+                print_status(&st, l);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const STATES: [&str; 10] = ["pending", "transferring", "executing", "verifying", "reboot_pending", "awaiting_retry", "applied", "not_applicable", "failed", "loop_detected"];
+
+async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<ScenarioStatus> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let mp = MultiProgress::with_draw_target(if json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    let style = ProgressStyle::with_template("{prefix:>15} [{bar:40}] {pos}/{len}").expect("a valid template").progress_chars("#>-");
+    let bars: Vec<ProgressBar> = STATES
+        .iter()
+        .map(|s| {
+            let b = mp.add(ProgressBar::new(0));
+            b.set_style(style.clone());
+            b.set_prefix(s.to_string());
+            b
+        })
+        .collect();
+    loop {
+        let st = admin.status(id, l.as_str()).await?;
+        for (b, s) in bars.iter().zip(STATES) {
+            b.set_length(st.total);
+            b.set_position(st.counts.get(s).copied().unwrap_or(0));
+        }
+        if st.done {
+            for b in &bars {
+                b.finish();
+            }
+            return Ok(st);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+fn print_status(st: &ScenarioStatus, l: Lang) {
+    println!("scenario {} ({}): {} deliveries{}", st.id, st.name, st.total, if st.done { ", done" } else { "" });
+    for s in STATES {
+        if let Some(n) = st.counts.get(s) {
+            println!("  {s:<15} {n}");
+        }
+    }
+    print_rows(&st.deliveries, l, false);
+}
+
+fn state_text(d: &DeliveryRow) -> String {
+    use crate::core::delivery::State;
+    match &d.state {
+        State::Failed { code } => format!("failed({code})"),
+        State::LoopDetected { rule } => format!("loop_detected({rule})"),
+        s => s.name().to_string(),
+    }
+}
+
+fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
+    println!("{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}", "MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT");
+    for d in rows {
+        println!(
+            "{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}",
+            d.hostname,
+            d.package_id,
+            state_text(d),
+            d.attempts,
+            d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+            d.detail.exit_code.map(|c| c.to_string()).unwrap_or_default()
+        );
+        if let Some(r) = &d.rendered {
+            println!("    {}: {}\n    remedy: {}", r.code, r.message, r.remedy);
+        }
+        if let crate::core::delivery::State::NotApplicable { reason } = &d.state {
+            println!("    not applicable: {reason}");
+        }
+        for c in &d.detail.explanation {
+            println!("    {:?} {}: {}", c.outcome, c.check, c.detail);
+        }
+        if let Some(t) = &d.detail.output_tail {
+            let tail: Vec<&str> = t.lines().rev().take(3).collect();
+            for line in tail.into_iter().rev() {
+                println!("    | {line}");
+            }
+        }
+        if history {
+            for h in &d.history {
+                println!("    #{:<3} attempt {} seq {} {} -> {}{}", h.n, h.attempt, h.seq, h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"), h.state, h.code.map(|c| format!(" [{c}]")).unwrap_or_default());
+            }
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+pub fn csv(r: &Results) -> String {
+    let mut out = String::from("machine_id,hostname,package_id,state,detail,attempts,last_code,exit_code,message,remedy\n");
+    for d in &r.deliveries {
+        let detail = match &d.state {
+            crate::core::delivery::State::Failed { code } => code.to_string(),
+            crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
+            crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
+            _ => String::new(),
+        };
+        let fields = [
+            d.machine_id.clone(),
+            d.hostname.clone(),
+            d.package_id.clone(),
+            d.state.name().to_string(),
+            detail,
+            d.attempts.to_string(),
+            d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+            d.detail.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            d.rendered.as_ref().map(|r| r.message.clone()).unwrap_or_default(),
+            d.rendered.as_ref().map(|r| r.remedy.clone()).unwrap_or_default(),
+        ];
+        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
+    let l = lang(a.lang);
+    let q = ResultsQuery { machine: a.machine, package: a.package, scenario: a.scenario, history: a.history, lang: l.as_str().to_string() };
+    let r = rt()?.block_on(a.connect.admin()?.results(&q))?;
+    if json {
+        print_json(&r)?;
+    } else if a.csv {
+        print!("{}", csv(&r));
+    } else {
+        print_rows(&r.deliveries, l, a.history);
+        println!("\n{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}", "PACKAGE", "APPLIED", "NOT APPLIED", "NOT APPLICABLE", "FAILED", "IN PROGRESS");
+        for p in &r.packages {
+            println!("{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}", p.package_id, p.applied, p.not_applied, p.not_applicable, p.failed, p.in_progress);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
+    let work = tempfile_dir()?;
+    let result = rt()?.block_on(async {
+        let given = a.connect.server.is_some() || a.connect.data.is_some();
+        let (target, _running) = if given {
+            let Some(key) = &a.key else { bail!("--key SECRET.key (a publisher key the server trusts) is needed with --server/--data") };
+            let (url, fp, tok) = a.connect.parts()?;
+            (crate::loadgen::Target { url, fingerprint: fp, admin_token: tok, signing_key: crate::pack::keys::read_secret(key)? }, None)
+        } else {
+            let key = crate::pack::keys::generate()?;
+            crate::pack::keys::write_pair(&work.join("publisher"), &key)?;
+            let mut cfg = crate::server::Config::new(&work.join("server"));
+            cfg.listen = "127.0.0.1:0".parse()?;
+            cfg.trust_keys = vec![work.join("publisher.pub")];
+            cfg.reserve = 0;
+            cfg.database = a.database.clone();
+            let running = crate::server::start(cfg).await?;
+            eprintln!("in-process server on {}", running.info.url);
+            (
+                crate::loadgen::Target { url: running.info.url.clone(), fingerprint: running.info.fingerprint.clone(), admin_token: running.admin_token.clone(), signing_key: key },
+                Some(running),
+            )
+        };
+        crate::loadgen::run(&target, a.agents, a.concurrency.max(1), &work).await
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    let r = result?;
+    if json {
+        print_json(&r)?;
+    } else {
+        println!("{} simulated agents, {} requests in flight at most; {} applied", r.agents, r.concurrency, r.applied);
+        for (name, s) in [("enrollment", &r.enrollment), ("check-in", &r.checkin), ("delivery", &r.delivery)] {
+            println!(
+                "{name:<11} {:>7} in {:>7.2}s = {:>8.1}/s   p50 {:>8.1} ms  p95 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+                s.count, s.seconds, s.per_second, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

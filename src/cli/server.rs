@@ -1,0 +1,86 @@
+//! `patchcast server`: starts the management server in the foreground until Ctrl-C / SIGTERM.
+
+use crate::server::{Config, start};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Data directory: database (SQLite), content store, TLS identity, admin.token, server.json.
+    #[arg(long, env = "PATCHCAST_DATA")]
+    pub data: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
+    #[arg(long, env = "PATCHCAST_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (`postgres://user:pass@host/db`); default: SQLite in DATA/patchcast.db.
+    #[arg(long, env = "PATCHCAST_DATABASE")]
+    pub database: Option<String>,
+    /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
+    #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
+    pub trust_keys: Vec<PathBuf>,
+    /// Free disk space the server keeps; a publish that would go below it is refused (E17).
+    #[arg(long, env = "PATCHCAST_RESERVE", default_value_t = 1 << 30)]
+    pub reserve: u64,
+    /// Extra DNS name or address for the certificate (repeatable).
+    #[arg(long = "name", env = "PATCHCAST_NAMES", value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// Grace after a package's install timeout before an unheard delivery gets E13 (e.g. `2m`).
+    #[arg(long, env = "PATCHCAST_NO_REPLY_MARGIN", default_value = "2m")]
+    pub no_reply_margin: String,
+    /// Long-poll length agents are told to use (e.g. `30s`).
+    #[arg(long, env = "PATCHCAST_POLL", default_value = "30s")]
+    pub poll: String,
+}
+
+pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let parse = |what: &str, s: &str| {
+        crate::model::types::parse_duration(s)
+            .map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
+    };
+    let cfg = Config {
+        listen: a.listen,
+        database: a.database,
+        trust_keys: a.trust_keys,
+        reserve: a.reserve,
+        names: a.names,
+        no_reply_margin: parse("no-reply-margin", &a.no_reply_margin)?,
+        poll_ms: parse("poll", &a.poll)?.as_millis() as u64,
+        ..Config::new(&a.data)
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let running = start(cfg.clone()).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"url": running.info.url, "fingerprint": running.info.fingerprint, "recovered_in_flight": running.recovered})
+            );
+        } else {
+            println!("patchcast server listening on {}", running.info.url);
+            println!("certificate fingerprint {}", running.info.fingerprint);
+            println!(
+                "database: {}; {} in-flight deliveries recovered",
+                cfg.database.as_deref().map(crate::server::db::redact).unwrap_or_else(|| "SQLite".into()),
+                running.recovered
+            );
+            println!(
+                "admin commands on this host: --data {} (reads server.json and admin.token)",
+                cfg.data.display()
+            );
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = running.task => { r??; }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        running.handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        running.server.db.close().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,215 @@
+//! Scenario documents (`scenarios/*.yaml`): which packages, in which order, go to which
+//! machines, and how delivery behaves (concurrency, retries, reboots, timeouts).
+//!
+//! Like packages, a scenario is read raw (`RawScenario`, the schema's source, unknown keys
+//! rejected) and resolved into a `Scenario` whose values are checked; every problem names
+//! the path of its value so the loader can print `file:line:column`.
+
+use super::problem::{Located, Problem};
+use super::types::{PackageId, parse_duration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A delivery scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    /// Name shown in status and results (e.g. `monthly-2026-11`).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Package ids, delivered in this order on each machine (the next starts once the
+    /// previous one has finished on that machine).
+    pub packages: Vec<String>,
+    /// Machines (ids or hostnames) and groups the scenario is delivered to.
+    pub targets: RawScenarioTargets,
+    #[serde(default)]
+    pub options: RawScenarioOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenarioTargets {
+    /// Machine ids or hostnames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<String>,
+    /// Group names (`patchcast group create`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenarioOptions {
+    /// Machines working on this scenario at the same time (default: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+    /// Whether agents may restart machines themselves after a reboot exit code (default: false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_reboot: Option<bool>,
+    /// Install timeout for every package, overriding the packages' own (e.g. `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Runs that exit successfully but do not verify before re-delivery stops with
+    /// `loop_detected` (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unverified_runs: Option<u32>,
+    /// Wait before a delivery that did not apply is delivered again (default `1m`, e.g. `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+}
+
+/// A checked scenario, as the server stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    pub packages: Vec<PackageId>,
+    pub machines: Vec<String>,
+    pub groups: Vec<String>,
+    pub max_concurrent: Option<u32>,
+    pub max_unverified_runs: u32,
+    pub retry_delay_ms: u64,
+    pub allow_reboot: bool,
+    pub timeout_secs: Option<u64>,
+}
+
+pub const DEFAULT_RETRY_DELAY_MS: u64 = 60_000;
+
+/// Checks a raw scenario, collecting every problem.
+pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut err = |path: String, msg: String, help: &str| {
+        problems.push(Problem::error("scenario", path, msg, help.to_string()))
+    };
+    if raw.name.trim().is_empty() {
+        err("name".into(), "the scenario name is empty".into(), "give the scenario a name, e.g. `name: monthly-2026-11`");
+    }
+    if raw.packages.is_empty() {
+        err("packages".into(), "no packages listed".into(), "list the package ids to deliver, in order");
+    }
+    let mut packages = Vec::new();
+    for (i, p) in raw.packages.iter().enumerate() {
+        match p.parse::<PackageId>() {
+            Ok(id) if packages.contains(&id) => err(
+                format!("packages[{i}]"),
+                format!("package `{p}` is listed twice"),
+                "list each package once",
+            ),
+            Ok(id) => packages.push(id),
+            Err(e) => err(format!("packages[{i}]"), e.0, "use the `id` of a published package"),
+        }
+    }
+    if raw.targets.machines.is_empty() && raw.targets.groups.is_empty() {
+        err(
+            "targets".into(),
+            "the scenario has no targets".into(),
+            "add `machines:` (ids or hostnames) or `groups:` under `targets`",
+        );
+    }
+    let o = &raw.options;
+    if o.max_concurrent == Some(0) {
+        err("options.max_concurrent".into(), "max_concurrent is 0, so nothing would ever be delivered".into(), "use 1 or more, or leave it out for no limit");
+    }
+    let retry = o.retry.clone().unwrap_or_default();
+    let max_unverified_runs = retry.max_unverified_runs.unwrap_or(3);
+    if max_unverified_runs == 0 {
+        err("options.retry.max_unverified_runs".into(), "max_unverified_runs is 0".into(), "use 1 or more (default 3)");
+    }
+    let mut retry_delay_ms = DEFAULT_RETRY_DELAY_MS;
+    if let Some(d) = &retry.delay {
+        // Zero is a valid choice here: retry at the very next poll.
+        match parse_duration(d).or_else(|e| if matches!(d.trim(), "0" | "0s") { Ok(std::time::Duration::ZERO) } else { Err(e) }) {
+            Ok(d) => retry_delay_ms = d.as_millis() as u64,
+            Err(e) => err("options.retry.delay".into(), e.0, "write a duration such as `30s`, `5m` or `1h`"),
+        }
+    }
+    let mut timeout_secs = None;
+    if let Some(t) = &o.timeout {
+        match parse_duration(t) {
+            Ok(d) if d.as_secs() == 0 => err("options.timeout".into(), "the timeout is zero".into(), "write a duration such as `10m`"),
+            Ok(d) => timeout_secs = Some(d.as_secs()),
+            Err(e) => err("options.timeout".into(), e.0, "write a duration such as `10m`"),
+        }
+    }
+    let ok = problems.is_empty();
+    let scenario = Scenario {
+        name: raw.name.trim().to_string(),
+        packages,
+        machines: raw.targets.machines.clone(),
+        groups: raw.targets.groups.clone(),
+        max_concurrent: o.max_concurrent,
+        max_unverified_runs,
+        retry_delay_ms,
+        allow_reboot: o.allow_reboot.unwrap_or(false),
+        timeout_secs,
+    };
+    (ok.then_some(scenario), problems)
+}
+
+/// Parses and checks a scenario file's text; problems come back placed in `file`.
+pub fn load(file: &str, text: &str) -> Result<Scenario, Vec<Located>> {
+    let (raw, positions) = match super::yaml::parse::<RawScenario>(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![Located {
+                file: file.to_string(),
+                line: e.position.line,
+                column: e.position.column,
+                problem: Problem::error("yaml", "", e.message, "fix the YAML at this place (see schemas/scenario.schema.json)".to_string()),
+            }]);
+        }
+    };
+    let (scenario, problems) = resolve(&raw);
+    match scenario {
+        Some(s) => Ok(s),
+        None => Err(problems
+            .into_iter()
+            .map(|p| {
+                let pos = positions.of(&p.path);
+                Located {
+                    file: file.to_string(),
+                    line: pos.line,
+                    column: pos.column,
+                    problem: p,
+                }
+            })
+            .collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_resolves_with_defaults() {
+        let s = load("s.yaml", "name: t\npackages: [a, b]\ntargets: { groups: [linux] }\n").unwrap();
+        assert_eq!(s.packages.len(), 2);
+        assert_eq!(s.max_unverified_runs, 3);
+        assert_eq!(s.retry_delay_ms, DEFAULT_RETRY_DELAY_MS);
+        assert!(!s.allow_reboot);
+    }
+
+    #[test]
+    fn problems_are_placed() {
+        let text = "name: t\npackages: [a]\ntargets: { machines: [m1] }\noptions:\n  retry:\n    delay: soon\n";
+        let e = load("s.yaml", text).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].line, e[0].problem.path.as_str()), (6, "options.retry.delay"));
+    }
+
+    #[test]
+    fn unknown_key_and_missing_targets_are_errors() {
+        let e = load("s.yaml", "name: t\npackages: [a]\ntargets: {}\nopts: {}\n").unwrap_err();
+        assert!(e[0].problem.message.contains("unknown field"), "{e:?}");
+        let e = load("s.yaml", "name: t\npackages: [a]\ntargets: {}\n").unwrap_err();
+        assert!(e[0].problem.message.contains("no targets"));
+    }
+}

@@ -1,0 +1,401 @@
+//! HTTP routes: the agent protocol (`transport::protocol`) and the admin API
+//! (`transport::admin_api`). Handlers authenticate, decode, call the server and map errors
+//! to status codes with an `ApiError` body; the decisions are elsewhere.
+
+use super::Server;
+use super::dispatch::ReportOutcome;
+use super::machines::EnrollError;
+use super::results::Query as ResultsQuery;
+use super::store::StageError;
+use crate::core::errors::{Code, Lang};
+use crate::model::scenario::Scenario;
+use crate::model::types::Sha256;
+use crate::pack::archive::VerifyError;
+use crate::transport::admin_api::{self as admin, Group, Labels, PackageView, TokenRequest};
+use crate::transport::protocol::{self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+type S = State<Arc<Server>>;
+
+pub struct ApiErr(StatusCode, ApiError);
+
+impl ApiErr {
+    fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
+        ApiErr(status, ApiError { error: msg.into(), code })
+    }
+    fn bad(msg: impl Into<String>) -> ApiErr {
+        ApiErr::new(StatusCode::BAD_REQUEST, msg, None)
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiErr {
+    fn from(e: anyhow::Error) -> ApiErr {
+        tracing::error!("request failed: {e:#}");
+        // The server's own trouble: the FAQ's "error while preparing" (restart the server).
+        ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {e:#}"), Some(Code::E01))
+    }
+}
+
+type R<T> = Result<T, ApiErr>;
+
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route(proto::ENROLL, post(enroll))
+        .route(proto::INVENTORY, post(inventory))
+        .route(proto::POLL, post(poll))
+        .route(proto::REPORT, post(report))
+        .route(&format!("{}/{{sha256}}", proto::CONTENT), get(content))
+        .route(admin::TOKENS, post(create_token))
+        .route(admin::MACHINES, get(machines))
+        .route(&format!("{}/{{id}}/labels", admin::MACHINES), post(label))
+        .route(admin::GROUPS, get(groups).post(put_group))
+        .route(admin::PACKAGES, get(packages).post(publish))
+        .route(admin::SCENARIOS, post(run_scenario))
+        .route(&format!("{}/{{id}}", admin::SCENARIOS), get(scenario_status))
+        .route(admin::RESULTS, get(results))
+        // Archives are streamed to disk; the reserve check bounds their size instead.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(server)
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn unauthorized(what: &str) -> ApiErr {
+    ApiErr::new(StatusCode::UNAUTHORIZED, format!("{what}: missing or invalid credential"), Some(Code::E26))
+}
+
+async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
+    match bearer(h) {
+        Some(b) => s.authenticate_agent(b).await?.ok_or_else(|| unauthorized("agent request")),
+        None => Err(unauthorized("agent request")),
+    }
+}
+
+fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
+    match bearer(h) {
+        Some(b) if s.is_admin(b) => Ok(()),
+        _ => Err(unauthorized("admin request (use the token in DATA/admin.token)")),
+    }
+}
+
+async fn enroll(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, Json(req): Json<EnrollRequest>) -> R<Response> {
+    match s.enroll(&req, peer.ip()).await {
+        Ok(r) => Ok(Json(r).into_response()),
+        Err(EnrollError::BadToken) => {
+            tracing::warn!(%peer, "enrollment refused: bad token");
+            Err(ApiErr::new(StatusCode::UNAUTHORIZED, EnrollError::BadToken.to_string(), Some(Code::E26)))
+        }
+        Err(EnrollError::Other(e)) => Err(e.into()),
+    }
+}
+
+async fn inventory(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, h: HeaderMap, Json(inv): Json<Inventory>) -> R<StatusCode> {
+    let m = agent(&s, &h).await?;
+    s.set_inventory(&m, &inv, peer.ip()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn poll(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, h: HeaderMap, Json(p): Json<Poll>) -> R<Json<PollResponse>> {
+    let m = agent(&s, &h).await?;
+    let state = match p.state {
+        AgentState::Idle => "idle",
+        AgentState::Busy { .. } => "busy",
+        AgentState::RebootPending { .. } => "reboot_pending",
+    };
+    s.seen(&m, peer.ip(), state).await?;
+    let work = s.poll(&m, &p.state, p.wait_ms).await?;
+    if let Some(w) = &work {
+        tracing::info!(machine = %m, delivery = %w.delivery_id, attempt = w.attempt, package = %w.package_id, "dispatched");
+    }
+    Ok(Json(PollResponse { work }))
+}
+
+async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response> {
+    let m = agent(&s, &h).await?;
+    match s.report(&m, &r).await? {
+        ReportOutcome::Ack(a) => Ok(Json(a).into_response()),
+        ReportOutcome::NotFound => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("delivery {} is not one of this machine's", r.delivery_id),
+            None,
+        )),
+        ReportOutcome::Refused(e) => Err(ApiErr::new(StatusCode::CONFLICT, e.to_string(), None)),
+    }
+}
+
+/// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
+fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = h.get(header::RANGE) else { return Ok(None) };
+    let v = v.to_str().map_err(|_| ())?.trim();
+    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = if a.is_empty() {
+        // Suffix: the last N bytes.
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size.saturating_sub(1))
+    } else {
+        let start: u64 = a.parse().map_err(|_| ())?;
+        let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1)) };
+        (start, end)
+    };
+    if start >= size || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Response> {
+    agent(&s, &h).await?;
+    let sha: Sha256 = sha.parse().map_err(|e: crate::model::types::FormatError| ApiErr::bad(e.0))?;
+    let path = s.store.path_of(&sha);
+    let Ok(mut f) = tokio::fs::File::open(&path).await else {
+        return Err(ApiErr::new(StatusCode::NOT_FOUND, format!("no content {sha} on this server"), Some(Code::E10)));
+    };
+    let size = f.metadata().await.map_err(anyhow::Error::from)?.len();
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    match parse_range(&h, size) {
+        Err(()) => Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+            Json(ApiError { error: format!("range not satisfiable for {size} bytes"), code: None }),
+        )
+            .into_response()),
+        Ok(None) => {
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+            Ok(([(header::CONTENT_LENGTH, size.to_string()), (header::ACCEPT_RANGES, "bytes".into())], body).into_response())
+        }
+        Ok(Some((start, end))) => {
+            f.seek(std::io::SeekFrom::Start(start)).await.map_err(anyhow::Error::from)?;
+            let len = end - start + 1;
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10));
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                [
+                    (header::CONTENT_LENGTH, len.to_string()),
+                    (header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")),
+                    (header::ACCEPT_RANGES, "bytes".into()),
+                ],
+                body,
+            )
+                .into_response())
+        }
+    }
+}
+
+async fn create_token(State(s): S, h: HeaderMap, Json(t): Json<TokenRequest>) -> R<Response> {
+    admin_only(&s, &h)?;
+    Ok(Json(s.create_token(&t).await?).into_response())
+}
+
+async fn machines(State(s): S, h: HeaderMap) -> R<Response> {
+    admin_only(&s, &h)?;
+    Ok(Json(s.machines().await?).into_response())
+}
+
+async fn label(State(s): S, h: HeaderMap, Path(id): Path<String>, Json(l): Json<Labels>) -> R<Response> {
+    admin_only(&s, &h)?;
+    match s.label(&id, &l.add, &l.remove).await? {
+        Some(m) => Ok(Json(m).into_response()),
+        None => Err(ApiErr::new(StatusCode::NOT_FOUND, format!("no machine `{id}`; see `patchcast machine list`"), None)),
+    }
+}
+
+async fn groups(State(s): S, h: HeaderMap) -> R<Response> {
+    admin_only(&s, &h)?;
+    Ok(Json(s.groups().await?).into_response())
+}
+
+async fn put_group(State(s): S, h: HeaderMap, Json(g): Json<Group>) -> R<Response> {
+    admin_only(&s, &h)?;
+    match s.put_group(&g).await {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
+    }
+}
+
+async fn packages(State(s): S, h: HeaderMap) -> R<Response> {
+    admin_only(&s, &h)?;
+    Ok(Json(s.packages().await?).into_response())
+}
+
+fn e17(free: u64, needed: u64, reserve: u64) -> ApiErr {
+    ApiErr::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "E17: publishing would leave the server {} free, below its reserve of {} (free now: {}); free disk space on the server or lower --reserve",
+            crate::core::errors::human_bytes(free.saturating_sub(needed)),
+            crate::core::errors::human_bytes(reserve),
+            crate::core::errors::human_bytes(free)
+        ),
+        Some(Code::E17),
+    )
+}
+
+async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
+    admin_only(&s, &h)?;
+    if s.trusted.is_empty() {
+        return Err(ApiErr::new(
+            StatusCode::FORBIDDEN,
+            "this server trusts no publisher key, so it accepts no package; restart it with --trust-key PUBLISHER.pub",
+            Some(Code::E18),
+        ));
+    }
+    let free = s.store.free_bytes()?;
+    let announced: Option<u64> = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if free <= s.reserve || announced.is_some_and(|n| free - n < s.reserve) {
+        return Err(e17(free, announced.unwrap_or(0), s.reserve));
+    }
+    let staged = match s.store.stage(req.into_body().into_data_stream(), free - s.reserve).await {
+        Ok(st) => st,
+        Err(StageError::TooLarge { .. }) => return Err(e17(free, free, s.reserve)),
+        Err(StageError::Body(e)) => return Err(ApiErr::bad(format!("the upload broke off: {e}"))),
+        Err(StageError::Io(e)) => return Err(e.into()),
+    };
+    let (path, trusted) = (staged.path.clone(), s.trusted.clone());
+    let verified = tokio::task::spawn_blocking(move || crate::pack::archive::verify(&path, &trusted))
+        .await
+        .map_err(anyhow::Error::from)?;
+    let v = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged.path);
+            let code = match e {
+                // Not a signed package at all is a missing signature.
+                VerifyError::BadSignature(_) | VerifyError::UntrustedKey(_) | VerifyError::Structure(_) => Code::E18,
+                VerifyError::UnsafeEntry { .. } => Code::E25,
+                _ => Code::E19,
+            };
+            return Err(ApiErr::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{code}: package refused: {e}; sign it with a key this server trusts (`patchcast package build DIR --key KEY`)"),
+                Some(code),
+            ));
+        }
+    };
+    let (manifest, signature) = super::store::read_head(&staged.path)?;
+    s.store.commit(&staged)?;
+    let view = PackageView {
+        id: v.manifest.package.id.clone(),
+        version: v.manifest.package.version.clone(),
+        title: v.manifest.package.title.clone(),
+        archive_sha256: staged.sha256.hex(),
+        archive_size: staged.size,
+        key_id: v.key_id.clone(),
+        published_at_ms: super::db::now_ms(),
+    };
+    s.save_package(&view, &manifest, &signature).await?;
+    tracing::info!(package = %view.id, sha256 = %view.archive_sha256, "published");
+    Ok(Json(view).into_response())
+}
+
+async fn run_scenario(State(s): S, h: HeaderMap, Json(sc): Json<Scenario>) -> R<Response> {
+    admin_only(&s, &h)?;
+    match s.create_scenario(&sc).await {
+        Ok(c) => Ok(Json(c).into_response()),
+        Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct LangQ {
+    #[serde(default)]
+    lang: Option<String>,
+}
+
+async fn scenario_status(State(s): S, h: HeaderMap, Path(id): Path<String>, Query(q): Query<LangQ>) -> R<Response> {
+    admin_only(&s, &h)?;
+    let lang = Lang::from_tag(q.lang.as_deref().unwrap_or("en"));
+    match s.scenario_status(&id, lang).await {
+        Ok(st) => Ok(Json(st).into_response()),
+        Err(e) => Err(ApiErr::new(StatusCode::NOT_FOUND, format!("{e:#}"), None)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ResultsQ {
+    scenario: Option<String>,
+    machine: Option<String>,
+    package: Option<String>,
+    #[serde(default)]
+    history: bool,
+    lang: Option<String>,
+}
+
+async fn results(State(s): S, h: HeaderMap, Query(q): Query<ResultsQ>) -> R<Response> {
+    admin_only(&s, &h)?;
+    let q = ResultsQuery {
+        scenario: q.scenario,
+        machine: q.machine,
+        package: q.package,
+        history: q.history,
+        lang: Lang::from_tag(q.lang.as_deref().unwrap_or("en")),
+    };
+    Ok(Json(s.results(&q).await?).into_response())
+}
+
+impl Server {
+    pub async fn save_package(&self, v: &PackageView, manifest: &str, signature: &str) -> anyhow::Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM packages WHERE id = $1").bind(&v.id).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&v.id)
+        .bind(v.version.clone())
+        .bind(&v.title)
+        .bind(&v.archive_sha256)
+        .bind(v.archive_size as i64)
+        .bind(manifest)
+        .bind(signature)
+        .bind(&v.key_id)
+        .bind(v.published_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn packages(&self) -> anyhow::Result<Vec<PackageView>> {
+        use sqlx::Row;
+        let rows = sqlx::query("SELECT id, version, title, archive_sha256, archive_size, key_id, published_at FROM packages ORDER BY id")
+            .fetch_all(&self.db)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PackageView {
+                    id: r.try_get("id")?,
+                    version: r.try_get("version")?,
+                    title: r.try_get("title")?,
+                    archive_sha256: r.try_get("archive_sha256")?,
+                    archive_size: r.try_get::<i64, _>("archive_size")? as u64,
+                    key_id: r.try_get("key_id")?,
+                    published_at_ms: r.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+}

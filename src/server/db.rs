@@ -1,0 +1,134 @@
+//! The server's database: one query layer over SQLite (default) and PostgreSQL through the
+//! sqlx `Any` driver. SQL uses `$1` placeholders (both accept them), times are unix
+//! milliseconds in BIGINT, structured values are JSON in TEXT, and numbers are BIGINT, so the
+//! same statements run unchanged on both backends.
+//!
+//! Migrations are a small versioned runner: each entry runs once, in its own transaction,
+//! recorded in `schema_migrations`.
+
+use anyhow::{Context, Result};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool};
+use sqlx::{Executor, Row};
+use std::time::Duration;
+
+/// Ordered; never edit a released entry, append a new one.
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
+    1,
+    "initial schema",
+    &[
+        "CREATE TABLE tokens (hash TEXT PRIMARY KEY, grp TEXT, created_at BIGINT NOT NULL, \
+         expires_at BIGINT NOT NULL, uses BIGINT NOT NULL, max_uses BIGINT)",
+        "CREATE TABLE machines (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, hostname TEXT NOT NULL, \
+         inventory TEXT NOT NULL, peer_addr TEXT NOT NULL, labels TEXT NOT NULL, \
+         enrolled_at BIGINT NOT NULL, last_seen BIGINT NOT NULL, agent_state TEXT NOT NULL)",
+        "CREATE TABLE machine_groups (name TEXT PRIMARY KEY, members TEXT NOT NULL, filter TEXT NOT NULL)",
+        "CREATE TABLE packages (id TEXT PRIMARY KEY, version TEXT, title TEXT NOT NULL, \
+         archive_sha256 TEXT NOT NULL, archive_size BIGINT NOT NULL, manifest TEXT NOT NULL, \
+         signature TEXT NOT NULL, key_id TEXT NOT NULL, published_at BIGINT NOT NULL)",
+        "CREATE TABLE scenarios (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, \
+         created_at BIGINT NOT NULL)",
+        "CREATE TABLE deliveries (id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL, machine_id TEXT NOT NULL, \
+         package_id TEXT NOT NULL, position BIGINT NOT NULL, delivery TEXT NOT NULL, state TEXT NOT NULL, \
+         attempt BIGINT NOT NULL, last_seq BIGINT NOT NULL, deadline BIGINT, retry_at BIGINT, \
+         detail TEXT NOT NULL, updated_at BIGINT NOT NULL, events BIGINT NOT NULL, \
+         archive_sha256 TEXT NOT NULL)",
+        "CREATE INDEX deliveries_machine ON deliveries (machine_id, state)",
+        "CREATE INDEX deliveries_scenario ON deliveries (scenario_id, state)",
+        "CREATE TABLE events (delivery_id TEXT NOT NULL, n BIGINT NOT NULL, attempt BIGINT NOT NULL, \
+         seq BIGINT NOT NULL, event TEXT NOT NULL, state TEXT NOT NULL, code TEXT, params TEXT NOT NULL, \
+         at BIGINT NOT NULL, PRIMARY KEY (delivery_id, n))",
+    ],
+)];
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens the database at `url` (`sqlite://…` or `postgres://…`) and brings its schema up to date.
+pub async fn open(url: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    let pool = AnyPoolOptions::new()
+        // SQLite has one writer anyway; a few readers are plenty. PostgreSQL gets more.
+        .max_connections(if sqlite { 4 } else { 16 })
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn: &mut AnyConnection, _| {
+            Box::pin(async move {
+                if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                    // WAL: readers do not block the writer; NORMAL is durable across a process
+                    // crash (the SIGKILL case), only an OS crash may lose the last commits.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("opening the database {}", redact(url)))?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn migrate(pool: &AnyPool) -> Result<()> {
+    pool.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+         description TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .await
+    .context("creating schema_migrations")?;
+    for (version, description, statements) in MIGRATIONS {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(pool)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        for s in *statements {
+            sqlx::query(sqlx::AssertSqlSafe(*s))
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("migration {version} ({description}): {s}"))?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(*version)
+        .bind(*description)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, description, "applied migration");
+    }
+    Ok(())
+}
+
+/// Reads a TEXT column holding JSON.
+pub fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).with_context(|| format!("column {col} holds unreadable JSON"))
+}

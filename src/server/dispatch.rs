@@ -1,0 +1,477 @@
+//! The dispatcher: hands deliveries to agents on poll and moves them on reports, timeouts and
+//! retries, through the pure state machine in `core::delivery`.
+//!
+//! Every transition is written (new state plus an `events` row with attempt, seq, code and
+//! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
+//! point either loses nothing or repeats an action the state machine refuses to count twice.
+//! Writes are serialised by one in-process lock: SQLite has a single writer anyway, and it
+//! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
+
+use super::Server;
+use super::db::{json, now_ms};
+use crate::core::delivery::{Action, Delivery, Event, Invalid, Policy, State, next};
+use crate::core::errors::{Code, Params};
+use crate::model::scenario::Scenario;
+use crate::model::types::Sha256;
+use crate::transport::protocol::{AgentState, Detail, Report, ReportAck, Work};
+use anyhow::{Context, Result};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Default when neither the scenario nor the package sets an install timeout.
+const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
+const IN_FLIGHT: &str = "('transferring','executing','verifying')";
+
+/// A delivery row as stored.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub scenario_id: String,
+    pub machine_id: String,
+    pub package_id: String,
+    pub d: Delivery,
+    pub last_seq: u32,
+    pub deadline: Option<i64>,
+    pub retry_at: Option<i64>,
+    pub detail: Detail,
+    pub events: i64,
+}
+
+const COLUMNS: &str = "id, scenario_id, machine_id, package_id, delivery, last_seq, deadline, retry_at, detail, events";
+
+fn row(r: &AnyRow) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.try_get("id")?,
+        scenario_id: r.try_get("scenario_id")?,
+        machine_id: r.try_get("machine_id")?,
+        package_id: r.try_get("package_id")?,
+        d: json(r, "delivery")?,
+        last_seq: r.try_get::<i64, _>("last_seq")? as u32,
+        deadline: r.try_get("deadline")?,
+        retry_at: r.try_get("retry_at")?,
+        detail: json(r, "detail")?,
+        events: r.try_get("events")?,
+    })
+}
+
+/// What the outcome of a report is, for the HTTP layer.
+pub enum ReportOutcome {
+    Ack(ReportAck),
+    NotFound,
+    Refused(Invalid),
+}
+
+impl Server {
+    pub fn notifier(&self, machine: &str) -> Arc<Notify> {
+        let mut map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(machine.to_string())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    pub fn wake(&self, machine: &str) {
+        self.notifier(machine).notify_one();
+    }
+
+    async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
+        let r = sqlx::query("SELECT spec FROM scenarios WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(|| format!("loading scenario {id}"))?;
+        json(&r, "spec")
+    }
+
+    fn policy(s: &Scenario) -> Policy {
+        Policy {
+            max_unverified_runs: s.max_unverified_runs,
+            allow_reboot: s.allow_reboot,
+        }
+    }
+
+    /// Applies `event` to `r` and persists the result with its history row. Nothing is written
+    /// when the state machine refuses the event.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        r: &mut DeliveryRow,
+        event: &Event,
+        attempt: u32,
+        seq: u32,
+        detail: &Detail,
+        scenario: &Scenario,
+        now: i64,
+    ) -> Result<Result<Action, Invalid>> {
+        let t = match next(&r.d, event, attempt, &Self::policy(scenario)) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        let before_code = r.d.last_code;
+        r.d = t.delivery;
+        if seq > 0 {
+            r.last_seq = seq;
+        }
+        if *event == Event::Dispatched {
+            // Reports of the new attempt count their seq from 1 again.
+            r.last_seq = 0;
+        }
+        merge(&mut r.detail, detail);
+        let mut params = detail.params.clone();
+        if let State::LoopDetected { rule } = &r.d.state {
+            params.rule = Some(rule.clone());
+            params.package = Some(r.package_id.clone());
+            r.detail.params = params.clone();
+        }
+        // A code raised by this event: the agent's, or the one the state machine set.
+        let code = detail
+            .code
+            .or(if r.d.last_code != before_code { r.d.last_code } else { None });
+        if let (Some(c), None) = (code, r.detail.code) {
+            r.detail.code = Some(c);
+        }
+        r.deadline = if r.d.state.in_flight() {
+            Some(now + self.deadline_ms(scenario, &r.package_id, &mut *tx).await)
+        } else {
+            None
+        };
+        r.retry_at = match t.action {
+            Action::ScheduleRetry => Some(now + scenario.retry_delay_ms as i64),
+            _ if r.d.state == State::AwaitingRetry => r.retry_at,
+            _ => None,
+        };
+        r.events += 1;
+        sqlx::query(
+            "UPDATE deliveries SET delivery = $1, state = $2, attempt = $3, last_seq = $4, deadline = $5, \
+             retry_at = $6, detail = $7, updated_at = $8, events = $9 WHERE id = $10",
+        )
+        .bind(serde_json::to_string(&r.d)?)
+        .bind(r.d.state.name())
+        .bind(r.d.attempt as i64)
+        .bind(r.last_seq as i64)
+        .bind(r.deadline)
+        .bind(r.retry_at)
+        .bind(serde_json::to_string(&r.detail)?)
+        .bind(now)
+        .bind(r.events)
+        .bind(&r.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.id)
+        .bind(r.events)
+        .bind(attempt as i64)
+        .bind(seq as i64)
+        .bind(serde_json::to_string(event)?)
+        .bind(serde_json::to_string(&r.d.state)?)
+        .bind(code.map(|c| c.to_string()))
+        .bind(serde_json::to_string(&params)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Ok(t.action))
+    }
+
+    /// How long an in-flight delivery may go unheard: its install timeout plus the margin.
+    async fn deadline_ms(
+        &self,
+        scenario: &Scenario,
+        package: &str,
+        tx: &mut sqlx::AnyConnection,
+    ) -> i64 {
+        let secs = match scenario.timeout_secs {
+            Some(s) => s,
+            None => sqlx::query("SELECT manifest FROM packages WHERE id = $1")
+                .bind(package)
+                .fetch_optional(&mut *tx)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| json::<serde_json::Value>(&r, "manifest").ok())
+                .and_then(|m| {
+                    m.pointer("/package/install/timeout")
+                        .and_then(|t| t.as_str())
+                        .and_then(|t| crate::model::types::parse_duration(t).ok())
+                })
+                .map_or(DEFAULT_TIMEOUT_SECS, |d| d.as_secs()),
+        };
+        (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
+    }
+
+    async fn work(&self, tx: &mut sqlx::AnyConnection, r: &DeliveryRow, s: &Scenario) -> Result<Work> {
+        let p = sqlx::query(
+            "SELECT archive_sha256, archive_size, manifest, signature FROM packages WHERE id = $1",
+        )
+        .bind(&r.package_id)
+        .fetch_one(&mut *tx)
+        .await
+        .with_context(|| format!("package {} is no longer published", r.package_id))?;
+        let sha: String = p.try_get("archive_sha256")?;
+        Ok(Work {
+            delivery_id: r.id.clone(),
+            attempt: r.d.attempt,
+            package_id: r.package_id.clone(),
+            archive_sha256: sha.parse::<Sha256>().map_err(|e| anyhow::anyhow!(e.0))?,
+            archive_size: p.try_get::<i64, _>("archive_size")? as u64,
+            manifest: p.try_get("manifest")?,
+            signature: p.try_get("signature")?,
+            policy: Self::policy(s),
+            timeout_secs: s.timeout_secs,
+        })
+    }
+
+    /// One look for work for `machine`; also returns when a retry falls due (to wait until then).
+    async fn try_dispatch(&self, machine: &str, state: &AgentState) -> Result<(Option<Work>, Option<i64>)> {
+        let _w = self.write.lock().await;
+        let now = now_ms();
+        let mut tx = self.db.begin().await?;
+        let q = format!(
+            "SELECT d.{} FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
+             WHERE d.machine_id = $1 AND d.state NOT IN ('applied','not_applicable','failed','loop_detected') \
+             ORDER BY s.created_at, d.scenario_id, d.position",
+            COLUMNS.replace(", ", ", d.")
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(machine)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(row)
+            .collect::<Result<_>>()?;
+        match state {
+            AgentState::Busy { delivery_id, attempt } => {
+                // A heartbeat: the agent is still on it, so push the no-reply deadline out.
+                if let Some(r) = rows.iter().find(|r| &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()) {
+                    let s = self.scenario(&mut tx, &r.scenario_id).await?;
+                    let deadline = now + self.deadline_ms(&s, &r.package_id, &mut tx).await;
+                    sqlx::query("UPDATE deliveries SET deadline = $1 WHERE id = $2")
+                        .bind(deadline)
+                        .bind(&r.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                return Ok((None, None));
+            }
+            AgentState::RebootPending { .. } => {
+                tx.commit().await?;
+                return Ok((None, None));
+            }
+            AgentState::Idle => {}
+        }
+        let mut rows = rows;
+        // An idle agent with a delivery in flight either never got the work (the reply was
+        // lost: send it again, same attempt) or lost it after starting (no reply: E13).
+        for r in rows.iter_mut().filter(|r| r.d.state.in_flight()) {
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if r.last_seq == 0 && r.d.state == State::Transferring {
+                let w = self.work(&mut tx, r, &s).await?;
+                tx.commit().await?;
+                return Ok((Some(w), None));
+            }
+            let detail = no_reply_detail("the agent reported idle while this delivery was in flight");
+            let attempt = r.d.attempt;
+            self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now).await??;
+        }
+        if rows.iter().any(|r| r.d.state == State::RebootPending) {
+            tx.commit().await?;
+            return Ok((None, None));
+        }
+        let mut next_due: Option<i64> = None;
+        let mut seen = std::collections::HashSet::new();
+        for r in rows.iter_mut() {
+            // Packages of a scenario go in order: only the first unfinished one may move.
+            if !seen.insert(r.scenario_id.clone()) {
+                continue;
+            }
+            let due = match r.d.state {
+                State::Pending => true,
+                State::AwaitingRetry => match r.retry_at {
+                    Some(t) if t > now => {
+                        next_due = Some(next_due.map_or(t, |n: i64| n.min(t)));
+                        false
+                    }
+                    _ => true,
+                },
+                _ => false,
+            };
+            if !due {
+                continue;
+            }
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if let Some(max) = s.max_concurrent {
+                let busy: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(DISTINCT machine_id) FROM deliveries WHERE scenario_id = $1 \
+                     AND machine_id <> $2 AND (state IN {IN_FLIGHT} OR state = 'reboot_pending')"
+                )))
+                .bind(&r.scenario_id)
+                .bind(machine)
+                .fetch_one(&mut *tx)
+                .await?;
+                if busy >= max as i64 {
+                    continue;
+                }
+            }
+            if r.d.state == State::AwaitingRetry {
+                let a = r.d.attempt;
+                self.transition(&mut tx, r, &Event::RetryDue, a, 0, &Detail::default(), &s, now).await??;
+            }
+            let a = r.d.attempt + 1;
+            self.transition(&mut tx, r, &Event::Dispatched, a, 0, &Detail::default(), &s, now).await??;
+            let w = self.work(&mut tx, r, &s).await?;
+            tx.commit().await?;
+            return Ok((Some(w), None));
+        }
+        tx.commit().await?;
+        Ok((None, next_due))
+    }
+
+    /// A long poll: work now, or wait (up to `wait_ms`) to be woken by a new scenario, a freed
+    /// concurrency slot or a retry falling due.
+    pub async fn poll(&self, machine: &str, state: &AgentState, wait_ms: u64) -> Result<Option<Work>> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(crate::transport::protocol::MAX_WAIT_MS));
+        let notify = self.notifier(machine);
+        loop {
+            let (work, due) = self.try_dispatch(machine, state).await?;
+            if work.is_some() || !matches!(state, AgentState::Idle) {
+                return Ok(work);
+            }
+            let mut wake = until;
+            if let Some(due) = due {
+                let in_ms = (due - now_ms()).max(0) as u64;
+                wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(in_ms + 5));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                // One last look, so a wake-up right at the end is not lost.
+                return Ok(self.try_dispatch(machine, state).await?.0);
+            }
+        }
+    }
+
+    /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
+    pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
+        let (action, scenario_id) = {
+            let _w = self.write.lock().await;
+            let now = now_ms();
+            let mut tx = self.db.begin().await?;
+            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND machine_id = $2");
+            let Some(r) = sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(&rep.delivery_id)
+                .bind(machine)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(ReportOutcome::NotFound);
+            };
+            let mut r = row(&r)?;
+            // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
+            if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
+                return Ok(ReportOutcome::Ack(ReportAck { applied: false, reboot: false }));
+            }
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            match self.transition(&mut tx, &mut r, &rep.event, rep.attempt, rep.seq, &rep.detail, &s, now).await? {
+                Ok(action) => {
+                    tx.commit().await?;
+                    (action, r.scenario_id)
+                }
+                Err(e) => return Ok(ReportOutcome::Refused(e)),
+            }
+        };
+        // The machine may have its next package, and others a freed concurrency slot.
+        self.wake_scenario(&scenario_id).await;
+        Ok(ReportOutcome::Ack(ReportAck { applied: true, reboot: action == Action::Reboot }))
+    }
+
+    pub async fn wake_scenario(&self, scenario_id: &str) {
+        let machines: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT machine_id FROM deliveries WHERE scenario_id = $1 AND state IN ('pending','awaiting_retry')",
+        )
+        .bind(scenario_id)
+        .fetch_all(&self.db)
+        .await
+        .unwrap_or_default();
+        for m in machines {
+            self.wake(&m);
+        }
+    }
+
+    /// In-flight deliveries whose agent went quiet past the deadline get `NoReply` (E13).
+    pub async fn sweep(&self) -> Result<usize> {
+        let now = now_ms();
+        let expired: Vec<DeliveryRow> = {
+            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE state IN {IN_FLIGHT} AND deadline < $1");
+            sqlx::query(sqlx::AssertSqlSafe(q)).bind(now).fetch_all(&self.db).await?.iter().map(row).collect::<Result<_>>()?
+        };
+        let mut n = 0;
+        for r in expired {
+            let _w = self.write.lock().await;
+            let mut tx = self.db.begin().await?;
+            // Re-read under the lock: a report may have moved it meanwhile.
+            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
+            let mut cur = row(&sqlx::query(sqlx::AssertSqlSafe(q)).bind(&r.id).fetch_one(&mut *tx).await?)?;
+            if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
+                continue;
+            }
+            let s = self.scenario(&mut tx, &cur.scenario_id).await?;
+            let a = cur.d.attempt;
+            let detail = no_reply_detail("no report from the agent within the install timeout and margin");
+            if self.transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now).await?.is_ok() {
+                tx.commit().await?;
+                n += 1;
+                tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, "no reply from the agent (E13)");
+                self.wake(&cur.machine_id);
+            }
+        }
+        Ok(n)
+    }
+
+    /// After a start: in-flight deliveries get a fresh deadline, so agents that carried on
+    /// while the server was down can still report; the rest of the state is already in the DB.
+    pub async fn recover(&self) -> Result<u64> {
+        let margin = self.no_reply_margin.as_millis() as i64;
+        let q = format!("UPDATE deliveries SET deadline = $1 WHERE state IN {IN_FLIGHT}");
+        let r = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now_ms() + margin).execute(&self.db).await?;
+        Ok(r.rows_affected())
+    }
+}
+
+fn no_reply_detail(why: &str) -> Detail {
+    Detail {
+        code: Some(Code::E13),
+        params: Params { detail: Some(why.to_string()), ..Params::default() },
+        ..Detail::default()
+    }
+}
+
+/// Keeps what earlier reports said unless the new one says something else.
+fn merge(into: &mut Detail, new: &Detail) {
+    if new.code.is_some() {
+        into.code = new.code;
+        into.params = new.params.clone();
+    }
+    if new.exit_code.is_some() {
+        into.exit_code = new.exit_code;
+    }
+    if new.output_tail.is_some() {
+        into.output_tail = new.output_tail.clone();
+    }
+    if !new.explanation.is_empty() {
+        into.explanation = new.explanation.clone();
+    }
+    if new.source.is_some() {
+        into.source = new.source.clone();
+    }
+}

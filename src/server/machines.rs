@@ -1,0 +1,297 @@
+//! Machines: enrollment tokens, enrollment, agent credentials, inventory, labels and groups.
+//!
+//! Tokens and credentials are stored as SHA-256 only; the clear values are shown once.
+
+use super::db::{json, now_ms};
+use super::{Server, random_hex, sha256_hex};
+use crate::transport::admin_api::{Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest};
+use crate::transport::protocol::{EnrollRequest, EnrollResponse, Inventory};
+use anyhow::Result;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("the enrollment token is unknown, expired or used up; ask the administrator for a new one (`patchcast token create`)")]
+    BadToken,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Server {
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated> {
+        let token = format!("pcenr_{}", random_hex(20)?);
+        let now = now_ms();
+        let expires = now + (req.expires_secs as i64).saturating_mul(1000);
+        let _w = self.write.lock().await;
+        sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
+            .bind(sha256_hex(&token))
+            .bind(req.group.clone())
+            .bind(now)
+            .bind(expires)
+            .bind(req.uses.map(|u| u as i64))
+            .execute(&self.db)
+            .await?;
+        Ok(TokenCreated { token, expires_at_ms: expires })
+    }
+
+    pub async fn enroll(&self, req: &EnrollRequest, peer: IpAddr) -> Result<EnrollResponse, EnrollError> {
+        let _w = self.write.lock().await;
+        let now = now_ms();
+        let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
+        let t = sqlx::query("SELECT grp, expires_at, uses, max_uses FROM tokens WHERE hash = $1")
+            .bind(sha256_hex(req.token.trim()))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(anyhow::Error::from)?
+            .ok_or(EnrollError::BadToken)?;
+        let expires: i64 = t.try_get("expires_at").map_err(anyhow::Error::from)?;
+        let uses: i64 = t.try_get("uses").map_err(anyhow::Error::from)?;
+        let max: Option<i64> = t.try_get("max_uses").map_err(anyhow::Error::from)?;
+        if expires < now || max.is_some_and(|m| uses >= m) {
+            return Err(EnrollError::BadToken);
+        }
+        let group: Option<String> = t.try_get("grp").map_err(anyhow::Error::from)?;
+        sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE hash = $1")
+            .bind(sha256_hex(req.token.trim()))
+            .execute(&mut *tx)
+            .await
+            .map_err(anyhow::Error::from)?;
+        let id = format!("m-{}", random_hex(8)?);
+        let secret = random_hex(32)?;
+        sqlx::query(
+            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state) \
+             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle')",
+        )
+        .bind(&id)
+        .bind(sha256_hex(&secret))
+        .bind(&req.inventory.hostname)
+        .bind(serde_json::to_string(&req.inventory).map_err(anyhow::Error::from)?)
+        .bind(peer.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(anyhow::Error::from)?;
+        if let Some(g) = group {
+            let mut grp = load_group(&mut tx, &g).await?.unwrap_or(Group { name: g, ..Group::default() });
+            grp.members.push(id.clone());
+            save_group(&mut tx, &grp).await?;
+        }
+        tx.commit().await.map_err(anyhow::Error::from)?;
+        tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
+        Ok(EnrollResponse {
+            machine_id: id.clone(),
+            credential: format!("{id}.{secret}"),
+            publisher_keys: self.trusted.iter().map(|k| hex::encode(k.to_bytes())).collect(),
+            poll_ms: self.poll_ms,
+        })
+    }
+
+    /// The machine id behind an agent credential `<machine_id>.<secret>`, or None.
+    pub async fn authenticate_agent(&self, bearer: &str) -> Result<Option<String>> {
+        let Some((id, secret)) = bearer.split_once('.') else {
+            return Ok(None);
+        };
+        let stored: Option<String> = sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(stored
+            .filter(|h| constant_eq(h.as_bytes(), sha256_hex(secret).as_bytes()))
+            .map(|_| id.to_string()))
+    }
+
+    pub fn is_admin(&self, bearer: &str) -> bool {
+        constant_eq(sha256_hex(bearer).as_bytes(), self.admin_hash.as_bytes())
+    }
+
+    /// Records that the machine was heard from, where from, and in which state.
+    pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
+        // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4")
+            .bind(now_ms())
+            .bind(peer.to_string())
+            .bind(state)
+            .bind(machine)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_inventory(&self, machine: &str, inv: &Inventory, peer: IpAddr) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
+            .bind(serde_json::to_string(inv)?)
+            .bind(&inv.hostname)
+            .bind(now_ms())
+            .bind(peer.to_string())
+            .bind(machine)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineView>> {
+        let rows = sqlx::query(
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        let mut out: Vec<MachineView> = rows.iter().map(machine_view).collect::<Result<_>>()?;
+        let groups = self.groups().await?;
+        for m in &mut out {
+            m.groups = groups.iter().filter(|g| g.resolved.contains(&m.id)).map(|g| g.group.name.clone()).collect();
+        }
+        Ok(out)
+    }
+
+    pub async fn label(&self, machine: &str, add: &[String], remove: &[String]) -> Result<Option<MachineView>> {
+        let _w = self.write.lock().await;
+        let Some(r) = sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
+            .bind(machine)
+            .fetch_optional(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut labels: Vec<String> = json(&r, "labels")?;
+        labels.retain(|l| !remove.contains(l));
+        for a in add {
+            if !labels.contains(a) {
+                labels.push(a.clone());
+            }
+        }
+        sqlx::query("UPDATE machines SET labels = $1 WHERE id = $2 OR hostname = $2")
+            .bind(serde_json::to_string(&labels)?)
+            .bind(machine)
+            .execute(&self.db)
+            .await?;
+        drop(_w);
+        Ok(self.machines().await?.into_iter().find(|m| m.id == machine || m.hostname == machine))
+    }
+
+    pub async fn put_group(&self, g: &Group) -> Result<GroupView> {
+        if let Some(r) = &g.filter.ip_range {
+            r.parse::<ipnet::IpNet>()
+                .map_err(|e| anyhow::anyhow!("ip_range `{r}` is not a CIDR range ({e}); write e.g. 10.0.0.0/8"))?;
+        }
+        anyhow::ensure!(!g.name.trim().is_empty(), "the group name is empty");
+        {
+            let _w = self.write.lock().await;
+            let mut tx = self.db.begin().await?;
+            save_group(&mut tx, g).await?;
+            tx.commit().await?;
+        }
+        self.groups()
+            .await?
+            .into_iter()
+            .find(|v| v.group.name == g.name)
+            .ok_or_else(|| anyhow::anyhow!("group {} vanished", g.name))
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>> {
+        let groups: Vec<Group> = sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+            .fetch_all(&self.db)
+            .await?
+            .iter()
+            .map(group_row)
+            .collect::<Result<_>>()?;
+        let machines = sqlx::query(
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+        )
+        .fetch_all(&self.db)
+        .await?
+        .iter()
+        .map(machine_view)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(groups
+            .into_iter()
+            .map(|g| GroupView {
+                resolved: machines.iter().filter(|m| in_group(&g, m)).map(|m| m.id.clone()).collect(),
+                group: g,
+            })
+            .collect())
+    }
+}
+
+fn machine_view(r: &AnyRow) -> Result<MachineView> {
+    Ok(MachineView {
+        id: r.try_get("id")?,
+        hostname: r.try_get("hostname")?,
+        peer_address: r.try_get("peer_addr")?,
+        inventory: json(r, "inventory")?,
+        labels: json(r, "labels")?,
+        groups: Vec::new(),
+        enrolled_at_ms: r.try_get("enrolled_at")?,
+        last_seen_ms: r.try_get("last_seen")?,
+        agent_state: r.try_get("agent_state")?,
+    })
+}
+
+fn group_row(r: &AnyRow) -> Result<Group> {
+    Ok(Group { name: r.try_get("name")?, members: json(r, "members")?, filter: json(r, "filter")? })
+}
+
+async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<Group>> {
+    sqlx::query("SELECT name, members, filter FROM machine_groups WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(group_row)
+        .transpose()
+}
+
+async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
+    sqlx::query("DELETE FROM machine_groups WHERE name = $1").bind(&g.name).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO machine_groups (name, members, filter) VALUES ($1, $2, $3)")
+        .bind(&g.name)
+        .bind(serde_json::to_string(&g.members)?)
+        .bind(serde_json::to_string(&g.filter)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Static member, or matches every criterion of a non-empty filter.
+pub fn in_group(g: &Group, m: &MachineView) -> bool {
+    g.members.iter().any(|x| *x == m.id || *x == m.hostname) || (!g.filter.is_empty() && matches(&g.filter, m))
+}
+
+fn matches(f: &GroupFilter, m: &MachineView) -> bool {
+    let inv = &m.inventory;
+    if let Some(os) = &f.os {
+        if !(inv.os == *os || inv.os.starts_with(&format!("{os}-"))) {
+            return false;
+        }
+    }
+    if let Some(lang) = &f.language {
+        let l = inv.language.to_ascii_lowercase();
+        let want = lang.to_ascii_lowercase();
+        if !(l == want || l.starts_with(&format!("{want}-")) || l.starts_with(&format!("{want}_"))) {
+            return false;
+        }
+    }
+    if let Some(range) = &f.ip_range {
+        let Ok(net) = range.parse::<ipnet::IpNet>() else {
+            return false;
+        };
+        let peer = m.peer_address.parse::<IpAddr>().ok();
+        let reported = inv.interfaces.iter().flat_map(|i| i.addresses.iter().copied());
+        if !peer.into_iter().chain(reported).any(|a| net.contains(&a)) {
+            return false;
+        }
+    }
+    if let Some(label) = &f.label {
+        if !m.labels.contains(label) {
+            return false;
+        }
+    }
+    true
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

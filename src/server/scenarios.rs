@@ -1,0 +1,93 @@
+//! Scenario runs: a checked scenario becomes one delivery per machine × package, all pending,
+//! written in one transaction; the dispatcher takes it from there.
+
+use super::Server;
+use super::db::now_ms;
+use super::machines::in_group;
+use crate::core::delivery::Delivery;
+use crate::model::scenario::Scenario;
+use crate::transport::admin_api::ScenarioCreated;
+use anyhow::{Result, bail};
+
+impl Server {
+    pub async fn create_scenario(&self, s: &Scenario) -> Result<ScenarioCreated> {
+        let machines = self.machines().await?;
+        let groups = self.groups().await?;
+        let mut targets: Vec<String> = Vec::new();
+        let mut add = |id: &String| {
+            if !targets.contains(id) {
+                targets.push(id.clone());
+            }
+        };
+        for name in &s.machines {
+            let found: Vec<_> = machines.iter().filter(|m| m.id == *name || m.hostname == *name).collect();
+            match found.as_slice() {
+                [] => bail!("scenario target machine `{name}` is not enrolled; see `patchcast machine list`"),
+                [m] => add(&m.id),
+                _ => bail!("scenario target `{name}` names {} machines (same hostname); use their ids from `patchcast machine list`", found.len()),
+            }
+        }
+        for g in &s.groups {
+            let Some(v) = groups.iter().find(|v| v.group.name == *g) else {
+                bail!("scenario target group `{g}` does not exist; create it with `patchcast group create {g} …`");
+            };
+            for m in machines.iter().filter(|m| in_group(&v.group, m)) {
+                add(&m.id);
+            }
+        }
+        if targets.is_empty() {
+            bail!("the scenario's targets resolve to no machine; check `patchcast group list` and `patchcast machine list`");
+        }
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        let mut shas = Vec::new();
+        for p in &s.packages {
+            let sha: Option<String> = sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
+                .bind(p.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            match sha {
+                Some(sha) => shas.push(sha),
+                None => bail!("package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"),
+            }
+        }
+        let id = format!("s-{}", super::random_hex(6)?);
+        let now = now_ms();
+        sqlx::query("INSERT INTO scenarios (id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(&s.name)
+            .bind(serde_json::to_string(s)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let fresh = serde_json::to_string(&Delivery::default())?;
+        let mut n = 0u64;
+        for m in &targets {
+            for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
+                sqlx::query(
+                    "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
+                     last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, NULL, NULL, '{}', $7, 0, $8)",
+                )
+                .bind(format!("d-{}", super::random_hex(8)?))
+                .bind(&id)
+                .bind(m)
+                .bind(p.as_str())
+                .bind(pos as i64)
+                .bind(&fresh)
+                .bind(now)
+                .bind(sha)
+                .execute(&mut *tx)
+                .await?;
+                n += 1;
+            }
+        }
+        tx.commit().await?;
+        drop(_w);
+        for m in &targets {
+            self.wake(m);
+        }
+        tracing::info!(scenario = %id, name = %s.name, machines = targets.len(), deliveries = n, "scenario started");
+        Ok(ScenarioCreated { id, deliveries: n, machines: targets })
+    }
+}
