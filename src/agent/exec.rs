@@ -25,7 +25,7 @@ pub struct Outcome {
 
 /// Keeps the last `TAIL_BYTES` of what is read.
 fn read_tail(mut r: impl Read) -> Vec<u8> {
-    let mut tail = VecDeque::with_capacity(8192);
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(8192);
     let mut buf = [0u8; 8192];
     loop {
         match r.read(&mut buf) {

@@ -12,3 +12,5 @@ pub mod fetch;
 pub mod inventory;
 pub mod journal;
 pub mod service;
+#[cfg(windows)]
+pub mod windows;

@@ -120,8 +120,10 @@ fn main() -> ExitCode {
         } => {
             init_logging();
             #[cfg(windows)]
-            if patchcast::agent::windows::started_by_service_manager() {
-                return patchcast::agent::windows::run_service(root, allow_reboot_for_real);
+            if let Some(code) =
+                patchcast::agent::windows::try_run_as_service(root.clone(), allow_reboot_for_real)
+            {
+                return code;
             }
             let opts = patchcast::agent::service::Options {
                 root,
