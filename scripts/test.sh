@@ -29,6 +29,15 @@ echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
 step "tests (unit, property, integration)"
 cargo test --locked
 
+step "agent compiles for Windows (x86_64-pc-windows-gnu)"
+if ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
+        --no-install-recommends gcc-mingw-w64-x86-64
+fi
+rustup target add x86_64-pc-windows-gnu
+cargo check --locked --target x86_64-pc-windows-gnu --bin patchcast-agent
+
 step "sample packages lint clean"
 cargo run --locked --quiet -- package lint packages/*
 

@@ -11,6 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// OS id, architecture and language of this machine, in the catalog's terms.
+#[cfg(windows)]
+pub fn machine() -> Facts {
+    super::windows::machine()
+}
+
+/// OS id, architecture and language of this machine, in the catalog's terms.
+#[cfg(not(windows))]
 pub fn machine() -> Facts {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     let field = |k: &str| {
@@ -42,6 +49,7 @@ pub fn machine() -> Facts {
 }
 
 /// `ja_JP.UTF-8` → `ja-JP`; the C/POSIX locale is English.
+#[cfg(not(windows))]
 fn language_from_env() -> String {
     let raw = ["LC_ALL", "LC_MESSAGES", "LANG"]
         .iter()
@@ -156,7 +164,18 @@ pub fn gather(facts: &mut Facts, queries: &[Query]) {
                     .probes
                     .insert(command.clone(), probe(command, Duration::from_secs(60)));
             }
+            #[cfg(windows)]
+            Query::InstalledUpdates => facts.installed_updates = super::windows::installed_updates(),
+            #[cfg(windows)]
+            Query::ServicePack => facts.service_pack = super::windows::service_pack(),
+            #[cfg(windows)]
+            Query::Registry { key } => {
+                facts
+                    .registry
+                    .insert(key.clone(), super::windows::registry(key));
+            }
             // Windows-only facts: not available on this platform, so they stay unknown.
+            #[cfg(not(windows))]
             Query::InstalledUpdates | Query::ServicePack | Query::Registry { .. } => {}
         }
     }

@@ -1,4 +1,16 @@
-//! The endpoint agent's I/O side. Today: gathering identification facts on this machine.
-//! The work loop, fetch and execution arrive with the agent service issue.
+//! The endpoint agent's I/O side: fact gathering, the machine inventory, the delivery journal,
+//! fetching, executing, the emulated Windows endpoint, and the service loop that ties them
+//! together around the pure decisions in `core`.
 
+pub mod backoff;
+pub mod config;
+pub mod deliver;
+pub mod emulated;
+pub mod exec;
 pub mod facts;
+pub mod fetch;
+pub mod inventory;
+pub mod journal;
+pub mod service;
+#[cfg(windows)]
+pub mod windows;

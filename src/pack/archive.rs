@@ -395,6 +395,94 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Verifies a manifest and its signature as they appear in an archive (`manifest.json`,
+/// `manifest.sig`): what an agent checks on a work item before it runs a single probe.
+pub fn verify_manifest(
+    manifest_bytes: &[u8],
+    sig_bytes: &[u8],
+    trusted: &[VerifyingKey],
+) -> Result<Verified, VerifyError> {
+    let (manifest, package, manifest_sha256, key_id) =
+        check_signed(manifest_bytes, sig_bytes, trusted)?;
+    Ok(Verified {
+        manifest,
+        package,
+        manifest_sha256,
+        key_id,
+    })
+}
+
+fn check_signed(
+    manifest_bytes: &[u8],
+    sig_bytes: &[u8],
+    trusted: &[VerifyingKey],
+) -> Result<(Manifest, Package, Sha256, String), VerifyError> {
+    // Signature first: nothing in an unsigned manifest is trusted, not even its structure.
+    let digest = sha256_bytes(manifest_bytes);
+    let sig: SignatureFile = serde_json::from_slice(sig_bytes)
+        .map_err(|e| VerifyError::BadSignature(format!("{SIGNATURE} is malformed: {e}")))?;
+    if sig.algorithm != "ed25519" {
+        return Err(VerifyError::BadSignature(format!(
+            "unsupported algorithm `{}`",
+            sig.algorithm
+        )));
+    }
+    if sig.manifest_sha256 != digest {
+        return Err(VerifyError::BadSignature(
+            "the manifest's SHA-256 differs from the signed one (the manifest was changed)".into(),
+        ));
+    }
+    let key = trusted
+        .iter()
+        .find(|k| key_id(k) == sig.key_id)
+        .ok_or_else(|| VerifyError::UntrustedKey(sig.key_id.clone()))?;
+    let mut sig_raw = [0u8; 64];
+    hex::decode_to_slice(&sig.signature, &mut sig_raw)
+        .map_err(|_| VerifyError::BadSignature("the signature is not 128 hex digits".into()))?;
+    key.verify_strict(&signed_message(&digest), &Signature::from_bytes(&sig_raw))
+        .map_err(|_| {
+            VerifyError::BadSignature(format!("it does not verify with key {}", sig.key_id))
+        })?;
+
+    let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+        .map_err(|e| VerifyError::Structure(format!("{MANIFEST} is malformed: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(VerifyError::Structure(format!(
+            "archive format {} is not supported (this patchcast reads format {FORMAT})",
+            manifest.format
+        )));
+    }
+    let (package, problems) = resolve(&manifest.package);
+    let package = package.ok_or_else(|| {
+        let first = problems
+            .iter()
+            .find(|p| p.severity == crate::model::problem::Severity::Error);
+        VerifyError::Structure(format!(
+            "the signed package definition is invalid: {}",
+            first.map(|p| p.message.as_str()).unwrap_or("unknown")
+        ))
+    })?;
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    if listed
+        != package
+            .payload
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    {
+        return Err(VerifyError::Structure(
+            "the manifest's files differ from the package's payload list".into(),
+        ));
+    }
+    if manifest.files.iter().map(|f| f.size).sum::<u64>() != manifest.total_size {
+        return Err(VerifyError::Structure(
+            "total_size is not the sum of the file sizes".into(),
+        ));
+    }
+
+    Ok((manifest, package, digest, sig.key_id))
+}
+
 fn read_archive(
     r: impl Read,
     trusted: &[VerifyingKey],
@@ -430,68 +518,7 @@ fn read_archive(
     let sig_bytes = read_meta(&mut s, SIGNATURE)?;
     drop(s);
 
-    // Signature first: nothing in an unsigned manifest is trusted, not even its structure.
-    let digest = sha256_bytes(&manifest_bytes);
-    let sig: SignatureFile = serde_json::from_slice(&sig_bytes)
-        .map_err(|e| VerifyError::BadSignature(format!("{SIGNATURE} is malformed: {e}")))?;
-    if sig.algorithm != "ed25519" {
-        return Err(VerifyError::BadSignature(format!(
-            "unsupported algorithm `{}`",
-            sig.algorithm
-        )));
-    }
-    if sig.manifest_sha256 != digest {
-        return Err(VerifyError::BadSignature(
-            "the manifest's SHA-256 differs from the signed one (the manifest was changed)".into(),
-        ));
-    }
-    let key = trusted
-        .iter()
-        .find(|k| key_id(k) == sig.key_id)
-        .ok_or_else(|| VerifyError::UntrustedKey(sig.key_id.clone()))?;
-    let mut sig_raw = [0u8; 64];
-    hex::decode_to_slice(&sig.signature, &mut sig_raw)
-        .map_err(|_| VerifyError::BadSignature("the signature is not 128 hex digits".into()))?;
-    key.verify_strict(&signed_message(&digest), &Signature::from_bytes(&sig_raw))
-        .map_err(|_| {
-            VerifyError::BadSignature(format!("it does not verify with key {}", sig.key_id))
-        })?;
-
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| VerifyError::Structure(format!("{MANIFEST} is malformed: {e}")))?;
-    if manifest.format != FORMAT {
-        return Err(VerifyError::Structure(format!(
-            "archive format {} is not supported (this patchcast reads format {FORMAT})",
-            manifest.format
-        )));
-    }
-    let (package, problems) = resolve(&manifest.package);
-    let package = package.ok_or_else(|| {
-        let first = problems
-            .iter()
-            .find(|p| p.severity == crate::model::problem::Severity::Error);
-        VerifyError::Structure(format!(
-            "the signed package definition is invalid: {}",
-            first.map(|p| p.message.as_str()).unwrap_or("unknown")
-        ))
-    })?;
-    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-    if listed
-        != package
-            .payload
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    {
-        return Err(VerifyError::Structure(
-            "the manifest's files differ from the package's payload list".into(),
-        ));
-    }
-    if manifest.files.iter().map(|f| f.size).sum::<u64>() != manifest.total_size {
-        return Err(VerifyError::Structure(
-            "total_size is not the sum of the file sizes".into(),
-        ));
-    }
+    let (manifest, package, digest, key_id) = check_signed(&manifest_bytes, &sig_bytes, trusted)?;
 
     for fe in &manifest.files {
         let mut e = next(&format!("payload/{}", fe.path))?;
@@ -548,6 +575,6 @@ fn read_archive(
         manifest,
         package,
         manifest_sha256: digest,
-        key_id: sig.key_id,
+        key_id,
     })
 }

@@ -1,6 +1,7 @@
 //! How patchcast processes talk: the agent protocol's types, pinned TLS, and the HTTP client.
 
 pub mod admin_api;
+pub mod agent_api;
 pub mod client;
 pub mod protocol;
 pub mod tls;

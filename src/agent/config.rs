@@ -1,0 +1,108 @@
+//! What enrollment leaves under the agent's root directory, and where everything else lives.
+//!
+//! `agent.json` holds the server address, the pinned certificate fingerprint, the machine id,
+//! the publisher keys packages must be signed with, and the poll interval; `credential` holds
+//! the agent's secret (mode 0600, never logged).
+
+use anyhow::{Context, Result};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/patchcast-agent";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub server: String,
+    pub fingerprint: String,
+    pub machine_id: String,
+    pub publisher_keys: Vec<String>,
+    pub poll_ms: u64,
+}
+
+/// Paths under the agent's root directory.
+#[derive(Debug, Clone)]
+pub struct Root(pub PathBuf);
+
+impl Root {
+    pub fn config(&self) -> PathBuf {
+        self.0.join("agent.json")
+    }
+    pub fn credential(&self) -> PathBuf {
+        self.0.join("credential")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.0.join("journal")
+    }
+    pub fn work(&self, delivery_id: &str) -> PathBuf {
+        self.0.join("work").join(delivery_id)
+    }
+    pub fn endpoint_profile(&self) -> PathBuf {
+        self.0.join("endpoint.yaml")
+    }
+    pub fn reboots_log(&self) -> PathBuf {
+        self.0.join("reboots.log")
+    }
+}
+
+impl AgentConfig {
+    pub fn load(root: &Root) -> Result<AgentConfig> {
+        let path = root.config();
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {}; enroll this agent first with `patchcast-agent enroll --root {} --server URL --token TOKEN --fingerprint sha256:HEX`",
+                path.display(),
+                root.0.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is malformed", path.display()))
+    }
+
+    pub fn save(&self, root: &Root) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        write_atomic(&root.config(), &bytes)
+    }
+
+    /// The keys whose signatures this agent accepts; a malformed key is an error, not skipped.
+    pub fn trusted_keys(&self) -> Result<Vec<VerifyingKey>> {
+        self.publisher_keys
+            .iter()
+            .map(|k| {
+                let mut raw = [0u8; 32];
+                hex::decode_to_slice(k.trim(), &mut raw)
+                    .with_context(|| format!("publisher key `{k}` is not 64 hex digits"))?;
+                VerifyingKey::from_bytes(&raw)
+                    .with_context(|| format!("publisher key `{k}` is not an Ed25519 key"))
+            })
+            .collect()
+    }
+}
+
+/// The bearer token for agent calls: `<machine_id>.<secret>`.
+pub fn bearer(root: &Root, cfg: &AgentConfig) -> Result<String> {
+    let path = root.credential();
+    let secret = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the agent credential {}", path.display()))?;
+    Ok(format!("{}.{}", cfg.machine_id, secret.trim()))
+}
+
+/// Writes `bytes` to `path` so that a kill at any moment leaves either the old or the new
+/// content: a temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Running an install command: `sh -c` in its own process group, with a time limit that kills
+//! the whole group (an installer's children included), keeping the exit code and the last
+//! 64 KiB of its combined output.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+/// How much of the output is kept.
+pub const TAIL_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Killed after the time limit.
+    TimedOut,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub output_tail: String,
+}
+
+/// Keeps the last `TAIL_BYTES` of what is read.
+fn read_tail(mut r: impl Read) -> Vec<u8> {
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(8192);
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend(&buf[..n]);
+                let excess = tail.len().saturating_sub(TAIL_BYTES);
+                tail.drain(..excess);
+            }
+        }
+    }
+    tail.into_iter().collect()
+}
+
+/// Kills every process of a group (a leftover install after the agent was killed).
+#[cfg(unix)]
+pub fn kill_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pid signals the process group; no memory involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+pub fn kill_group(_pgid: i32) {}
+
+/// Runs `command` with `sh -c` in `cwd`. `started` gets the process group id as soon as the
+/// process exists, so the caller can journal it before waiting.
+pub async fn run(
+    command: &str,
+    cwd: &Path,
+    limit: Duration,
+    started: impl FnOnce(i32) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    use anyhow::Context;
+    let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
+    let mut cmd = shell(command);
+    cmd.current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{command}`"))?;
+    // The command holds the write ends; dropping it leaves them only in the child.
+    drop(cmd);
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    started(pid)?;
+    let tail = tokio::task::spawn_blocking(move || read_tail(reader));
+
+    let exit = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => {
+            let status = status.context("waiting for the install command")?;
+            Exit::Code(exit_code(status))
+        }
+        Err(_) => {
+            kill_group(pid);
+            let _ = child.kill().await;
+            Exit::TimedOut
+        }
+    };
+    // A background process the installer left may hold the pipe open: do not wait for it forever.
+    let bytes = match tokio::time::timeout(Duration::from_secs(5), tail).await {
+        Ok(Ok(b)) => b,
+        _ => b"(output unavailable: a process left by the installer keeps it open)".to_vec(),
+    };
+    Ok(Outcome {
+        exit,
+        output_tail: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+#[cfg(unix)]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c").arg(command);
+    c
+}
+
+#[cfg(windows)]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("cmd");
+    c.arg("/C").arg(command);
+    c
+}
+
+/// A shell-style exit code; killed by a signal is 128 + the signal, as shells report it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return 128 + sig;
+        }
+    }
+    status.code().unwrap_or(-1)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn exit_code_and_output_tail_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            "head -c 100000 /dev/zero | tr '\\0' a; echo; echo done >&2; exit 7",
+            dir.path(),
+            Duration::from_secs(60),
+            |_| Ok(()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit, Exit::Code(7));
+        assert_eq!(out.output_tail.len(), TAIL_BYTES);
+        assert!(out.output_tail.ends_with("a\ndone\n"));
+    }
+
+    #[tokio::test]
+    async fn a_command_over_its_limit_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pgid = 0;
+        let out = run(
+            "sleep 300 & sleep 300",
+            dir.path(),
+            Duration::from_millis(300),
+            |p| {
+                pgid = p;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit, Exit::TimedOut);
+        // SAFETY: probing a process group with signal 0.
+        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        // Killed children may linger as zombies until reaped by init; none may still run.
+        if alive {
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    continue;
+                };
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                let f: Vec<&str> = rest.split(' ').collect();
+                assert!(
+                    !(f[2] == pgid.to_string() && f[0] != "Z"),
+                    "process {} of the group still runs",
+                    e.file_name().to_string_lossy()
+                );
+            }
+        }
+    }
+}

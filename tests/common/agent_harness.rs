@@ -1,0 +1,245 @@
+//! Helpers for agent integration tests: signed test packages, work items, and the real
+//! `patchcast-agent` binary started, signalled and killed as a child process.
+
+#![allow(dead_code)]
+
+use ed25519_dalek::SigningKey;
+use patchcast::core::delivery::{Event, Policy};
+use patchcast::pack::archive;
+use patchcast::transport::protocol::{Report, Work};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The publisher key the test server hands out at enrollment.
+pub fn publisher() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+pub fn publisher_hex() -> String {
+    hex::encode(publisher().verifying_key().to_bytes())
+}
+
+pub struct Built {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+    pub manifest: String,
+    pub signature: String,
+    pub package_id: String,
+}
+
+/// The manifest and signature texts exactly as stored in an archive.
+pub fn meta_of(bytes: &[u8]) -> (String, String) {
+    let mut a = tar::Archive::new(std::io::Cursor::new(bytes));
+    let mut it = a.entries().unwrap();
+    let mut text = || {
+        let mut e = it.next().unwrap().unwrap();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        s
+    };
+    let m = text();
+    let s = text();
+    (m, s)
+}
+
+/// Builds and signs the package in `dir` (package.yaml and its payload) with the publisher key.
+pub fn build_dir(dir: &Path, out_dir: &Path) -> Built {
+    let loaded = patchcast::pack::load(dir).unwrap_or_else(|e| panic!("{e}"));
+    let out = out_dir.join(format!("{}.pcpkg", loaded.raw.id));
+    archive::build(dir, &loaded.raw, &publisher(), &out, |_| {}).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    from_bytes(bytes, &loaded.raw.id)
+}
+
+pub fn from_bytes(bytes: Vec<u8>, package_id: &str) -> Built {
+    let (manifest, signature) = meta_of(&bytes);
+    Built {
+        sha256: patchcast::pack::hash::sha256_bytes(&bytes).hex(),
+        bytes,
+        manifest,
+        signature,
+        package_id: package_id.into(),
+    }
+}
+
+/// Writes a package directory (package.yaml + files) and builds it.
+pub fn build_package(dir: &Path, yaml: &str, files: &[(&str, &[u8])]) -> Built {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("package.yaml"), yaml).unwrap();
+    for (name, data) in files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+    build_dir(&src, dir)
+}
+
+pub fn work(delivery_id: &str, attempt: u32, b: &Built) -> Work {
+    Work {
+        delivery_id: delivery_id.into(),
+        attempt,
+        package_id: b.package_id.clone(),
+        archive_sha256: b.sha256.parse().unwrap(),
+        archive_size: b.bytes.len() as u64,
+        manifest: b.manifest.clone(),
+        signature: b.signature.clone(),
+        policy: Policy::default(),
+        timeout_secs: None,
+    }
+}
+
+/// Event names of reports, for readable assertions.
+pub fn events(reports: &[Report]) -> Vec<String> {
+    reports
+        .iter()
+        .map(|r| match &r.event {
+            Event::Probed { verdict } => format!("probed:{}", verdict_name(verdict)),
+            Event::Refused { code } => format!("refused:{code:?}"),
+            Event::Transferred => "transferred".into(),
+            Event::Executed { execution } => format!("executed:{}", execution_name(execution)),
+            Event::Verified { verdict, .. } => format!("verified:{}", verdict_name(verdict)),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+fn verdict_name(v: &patchcast::core::identify::Verdict) -> &'static str {
+    use patchcast::core::identify::Verdict::*;
+    match v {
+        Applied => "applied",
+        NotApplied => "not_applied",
+        NotApplicable(_) => "not_applicable",
+        Indeterminate(_) => "indeterminate",
+    }
+}
+
+fn execution_name(e: &patchcast::core::delivery::Execution) -> &'static str {
+    use patchcast::core::delivery::Execution::*;
+    match e {
+        Succeeded { .. } => "succeeded",
+        RebootRequired { .. } => "reboot_required",
+        Failed { .. } => "failed",
+        TimedOut => "timed_out",
+    }
+}
+
+/// Waits for `cond`, polling; panics naming `what` after a generous guard (a hang, not a timing check).
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but not running as root: this test installs software on the machine"
+    );
+    eprintln!("SKIPPED: this test installs software on the machine and needs root");
+    false
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_patchcast-agent");
+
+pub struct AgentProc {
+    pub root: PathBuf,
+    pub child: Option<Child>,
+    pub runs: u32,
+}
+
+impl AgentProc {
+    pub fn new(root: &Path) -> AgentProc {
+        std::fs::create_dir_all(root).unwrap();
+        AgentProc {
+            root: root.to_path_buf(),
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// Runs `enroll` to completion: (success, stdout + stderr).
+    pub async fn enroll(&self, url: &str, token: &str, fingerprint: &str) -> (bool, String) {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["enroll", "--root"])
+            .arg(&self.root)
+            .args(["--server", url, "--token", token, "--fingerprint", fingerprint]);
+        let o = cmd.output().await.unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join(format!("agent-run{}.log", self.runs))
+    }
+
+    pub fn start(&mut self) {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--root"])
+            .arg(&self.root)
+            .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
+            .env("PATCHCAST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
