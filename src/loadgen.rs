@@ -59,7 +59,8 @@ impl SimAgent {
     pub async fn enroll(url: &str, fingerprint: &str, token: &str, inv: Inventory, behaviour: Behaviour) -> Result<SimAgent, CallError> {
         let anon = Client::new(url, fingerprint, None).map_err(|e| CallError::Protocol { url: url.into(), detail: e.to_string() })?;
         let r: EnrollResponse = anon.post(proto::ENROLL, &EnrollRequest { token: token.to_string(), inventory: inv }).await?;
-        Ok(SimAgent { machine_id: r.machine_id, client: anon.with_bearer(r.credential), behaviour })
+        let bearer = format!("{}.{}", r.machine_id, r.credential);
+        Ok(SimAgent { machine_id: r.machine_id, client: anon.with_bearer(bearer), behaviour })
     }
 
     pub async fn poll(&self, state: AgentState, wait_ms: u64) -> Result<Option<Work>, CallError> {
@@ -274,6 +275,7 @@ pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path
         groups: vec![group.clone()],
         max_concurrent: None,
         max_unverified_runs: 3,
+        max_attempts: 0,
         retry_delay_ms: 1000,
         allow_reboot: false,
         timeout_secs: None,

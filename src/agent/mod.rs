@@ -3,6 +3,7 @@
 //! together around the pure decisions in `core`.
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod emulated;

@@ -2,6 +2,14 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // `patchcast agent …` is the agent program itself, so that `patchcast demo` can start real
+    // agents from the one binary `cargo run` builds.
+    let mut args = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "agent") {
+        let argv0 = args.next().unwrap_or_default();
+        args.next();
+        return patchcast::agent::cli::main_from(std::iter::once(argv0).chain(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")

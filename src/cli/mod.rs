@@ -1,6 +1,7 @@
 //! The `patchcast` command line: argument parsing and printing only; the work is in the library.
 
 pub mod admin;
+mod demo;
 mod package;
 pub mod progress;
 pub mod server;
@@ -67,11 +68,7 @@ pub enum Command {
     /// Load a server with simulated agents speaking the real protocol; prints rates and latencies.
     Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
-    Demo {
-        /// Exit when the scenario is done instead of serving until Ctrl-C.
-        #[arg(long)]
-        exit: bool,
-    },
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -193,13 +190,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { .. } => {
-            eprintln!(
-                "patchcast demo: not yet available: the management server and endpoint agent are still being built.\n\
-                 help: what works today: `patchcast package lint packages/*`, `patchcast key generate --out /tmp/k`,\n\
-                 \x20     `patchcast package build packages/linux-hello-script --key /tmp/k.key`, `patchcast package verify ARCHIVE --key /tmp/k.pub`"
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Demo(a) => demo::run(a),
     }
 }

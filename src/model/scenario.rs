@@ -61,6 +61,11 @@ pub struct RawRetry {
     /// `loop_detected` (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unverified_runs: Option<u32>,
+    /// Attempts per machine and package before a delivery that keeps failing (a machine short
+    /// of disk, an installer that keeps failing) stops as failed with its last code; 0 keeps
+    /// re-delivering until applied (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     /// Wait before a delivery that did not apply is delivered again (default `1m`, e.g. `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<String>,
@@ -75,6 +80,8 @@ pub struct Scenario {
     pub groups: Vec<String>,
     pub max_concurrent: Option<u32>,
     pub max_unverified_runs: u32,
+    #[serde(default)]
+    pub max_attempts: u32,
     pub retry_delay_ms: u64,
     pub allow_reboot: bool,
     pub timeout_secs: Option<u64>,
@@ -146,6 +153,7 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         groups: raw.targets.groups.clone(),
         max_concurrent: o.max_concurrent,
         max_unverified_runs,
+        max_attempts: retry.max_attempts.unwrap_or(5),
         retry_delay_ms,
         allow_reboot: o.allow_reboot.unwrap_or(false),
         timeout_secs,

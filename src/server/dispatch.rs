@@ -89,6 +89,7 @@ impl Server {
         Policy {
             max_unverified_runs: s.max_unverified_runs,
             allow_reboot: s.allow_reboot,
+            max_attempts: s.max_attempts,
         }
     }
 

@@ -82,7 +82,7 @@ impl Server {
         tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
         Ok(EnrollResponse {
             machine_id: id.clone(),
-            credential: format!("{id}.{secret}"),
+            credential: secret,
             publisher_keys: self.trusted.iter().map(|k| hex::encode(k.to_bytes())).collect(),
             poll_ms: self.poll_ms,
         })

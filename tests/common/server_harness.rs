@@ -217,6 +217,7 @@ pub fn scenario(name: &str, group: &str, packages: &[&str]) -> patchcast::model:
         groups: vec![group.into()],
         max_concurrent: None,
         max_unverified_runs: 3,
+        max_attempts: 0,
         retry_delay_ms: 0,
         allow_reboot: false,
         timeout_secs: None,
