@@ -2,7 +2,7 @@
 # Idle footprint of the agent: an enrolled agent polls a server for 60 s (SECONDS=N to change)
 # with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
 # The server is the scripted test server (tests/agent_bench_server.rs, `--ignored`), so the
-# benchmark needs nothing but this repository. Uses release builds.
+# benchmark needs nothing but this repository. The agent is a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
@@ -22,7 +22,7 @@ agent=target/release/patchcast-agent
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
 BENCH_SERVER_INFO="$work/server.env" BENCH_SERVER_POLL_MS="${POLL_MS:-25000}" \
-    cargo test --release --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
+    cargo test --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
     >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 600); do

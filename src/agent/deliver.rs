@@ -40,6 +40,9 @@ impl Interrupted {
     }
 }
 
+/// Why the agent will not go on with a delivery: the code and what its message names.
+type Refusal = Box<(Code, Params)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     Finished,
@@ -213,38 +216,36 @@ impl Agent {
     }
 
     /// Extracts (and so verifies again) the fetched archive into a fresh payload directory.
-    fn extract(&self, entry: &Entry) -> Result<Verified, (Code, Params)> {
+    fn extract(&self, entry: &Entry) -> Result<Verified, Refusal> {
         let dir = self.work_dir(entry);
         let payload = dir.join("payload");
         if payload.exists() {
             std::fs::remove_dir_all(&payload).map_err(|e| {
-                (
+                Box::new((
                     Code::E12,
                     detail_text(format!("removing {}: {e}", payload.display())),
-                )
+                ))
             })?;
         }
         let path = fetch::archive_path(&dir);
         let file = std::fs::File::open(&path).map_err(|e| {
-            (
+            Box::new((
                 Code::E12,
                 detail_text(format!("opening {}: {e}", path.display())),
-            )
+            ))
         })?;
         let v = archive::extract(
             std::io::BufReader::with_capacity(1 << 16, file),
             &self.keys,
             &payload,
         )
-        .map_err(|e| archive_code(&e))?;
+        .map_err(|e| Box::new(archive_code(&e)))?;
         let expected = crate::pack::hash::sha256_bytes(entry.work.manifest.as_bytes());
         if v.manifest_sha256 != expected {
-            return Err((
+            return Err(Box::new((
                 Code::E18,
-                detail_text(
-                    "the archive's signed manifest is not the one in the work item".to_string(),
-                ),
-            ));
+                detail_text("the archive's signed manifest is not the one in the work item"),
+            )));
         }
         Ok(v)
     }
@@ -379,7 +380,8 @@ impl Agent {
                         );
                         self.queue(entry, r, Step::Execute { pgid: None })?;
                     }
-                    Err((code, params)) => {
+                    Err(refusal) => {
+                        let (code, params) = *refusal;
                         tracing::error!(delivery = %id, ?code, detail = ?params.detail, "archive refused");
                         let r = refused(entry, code, params);
                         self.queue(entry, r, Step::Done)?;
@@ -398,7 +400,8 @@ impl Agent {
                     };
                     let v = match v {
                         Ok(v) => v,
-                        Err((code, params)) => {
+                        Err(refusal) => {
+                            let (code, params) = *refusal;
                             let r = refused(entry, code, params);
                             self.queue(entry, r, Step::Done)?;
                             continue;
@@ -467,9 +470,8 @@ impl Agent {
                 Step::Done => {
                     let dir = self.work_dir(entry);
                     if dir.exists() {
-                        std::fs::remove_dir_all(&dir).map_err(|e| {
-                            anyhow::anyhow!("cleaning {}: {e}", dir.display())
-                        })?;
+                        std::fs::remove_dir_all(&dir)
+                            .map_err(|e| anyhow::anyhow!("cleaning {}: {e}", dir.display()))?;
                     }
                     self.journal.finish(entry)?;
                     tracing::info!(delivery = %id, "delivery finished");
@@ -480,12 +482,12 @@ impl Agent {
     }
 
     /// The payload extracted by the Extract step, or extracted again if it is gone.
-    fn extract_or_existing(&self, entry: &Entry) -> Result<Verified, (Code, Params)> {
+    fn extract_or_existing(&self, entry: &Entry) -> Result<Verified, Refusal> {
         let payload = self.work_dir(entry).join("payload");
         if payload.is_dir() {
             return self
                 .signed_manifest(entry)
-                .map_err(|e| (Code::E18, archive_code(&e).1));
+                .map_err(|e| Box::new((Code::E18, archive_code(&e).1)));
         }
         self.extract(entry)
     }
@@ -625,4 +627,3 @@ fn reboot_machine() -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("the reboot command could not run: {e}"),
     }
 }
-

@@ -43,7 +43,12 @@ fn check_fingerprint(fp: &str) -> Result<()> {
 
 /// Enrolls this machine: sends the inventory with the token, keeps the credential (0600) and
 /// the configuration under `root`.
-pub async fn enroll(root: PathBuf, server: &str, token: &str, fingerprint: &str) -> Result<AgentConfig> {
+pub async fn enroll(
+    root: PathBuf,
+    server: &str,
+    token: &str,
+    fingerprint: &str,
+) -> Result<AgentConfig> {
     check_fingerprint(fingerprint)?;
     if !server.starts_with("https://") {
         bail!("--server `{server}` must be an https:// URL (the agent only talks TLS)");

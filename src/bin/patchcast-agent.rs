@@ -42,7 +42,12 @@ enum Cmd {
         #[arg(long, env = "PATCHCAST_ALLOW_REBOOT_FOR_REAL")]
         allow_reboot_for_real: bool,
         /// Longest wait between reconnects, in milliseconds (tests shorten it).
-        #[arg(long, env = "PATCHCAST_AGENT_BACKOFF_MAX_MS", default_value_t = 60_000, hide = true)]
+        #[arg(
+            long,
+            env = "PATCHCAST_AGENT_BACKOFF_MAX_MS",
+            default_value_t = 60_000,
+            hide = true
+        )]
         backoff_max_ms: u64,
     },
 }

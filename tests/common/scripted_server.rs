@@ -115,7 +115,11 @@ async fn enroll(State(app): State<App>, Json(req): Json<EnrollRequest>) -> Respo
     .into_response()
 }
 
-async fn inventory(State(app): State<App>, headers: HeaderMap, Json(inv): Json<Inventory>) -> Response {
+async fn inventory(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(inv): Json<Inventory>,
+) -> Response {
     if !app.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "bad credential");
     }
@@ -211,9 +215,9 @@ async fn content(State(app): State<App>, headers: HeaderMap, Path(sha): Path<Str
         Some(Glitch::StallAfter(n)) => {
             let first = body_bytes[..n.min(len)].to_vec();
             let s = futures_util::StreamExt::chain(
-                futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
-                    axum::body::Bytes::from(first),
-                )]),
+                futures_util::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(
+                    first,
+                ))]),
                 futures_util::stream::pending(),
             );
             Body::from_stream(s)
