@@ -99,11 +99,14 @@ async fn linux_deb_sample_is_installed_for_real_and_verified() {
             .contains("install ok installed 1.2.0-1")
     );
     // Work directory cleaned, journal entry gone, delivery remembered as done.
-    wait_for("the work directory to be cleaned", || {
-        !agent.root.join("work/deb-1").exists()
+    wait_for("the delivery to be finished", || {
+        !agent.root.join("journal/deb-1.json").exists()
     })
     .await;
-    assert!(!agent.root.join("journal/deb-1.json").exists());
+    assert!(
+        !agent.root.join("work/deb-1").exists(),
+        "work directory cleaned"
+    );
     let done = std::fs::read_to_string(agent.root.join("journal/done.json")).unwrap();
     assert!(done.contains("deb-1#1"), "{done}");
     // The inventory after the install lists the package.

@@ -102,10 +102,8 @@ async fn tampered_and_unsafe_archives_are_refused_before_anything_runs() {
             .unwrap()
             .contains(&good.sha256)
     );
-    assert!(
-        !agent.root.join("work/tamper-hash").exists(),
-        "the bad bytes were deleted"
-    );
+    let dir = agent.root.join("work/tamper-hash");
+    wait_for("the bad bytes to be deleted", || !dir.exists()).await;
 
     // 2. The archive hash matches (the server stores tampered content) but a payload file does
     //    not match the signed manifest.
@@ -183,7 +181,8 @@ async fn tampered_and_unsafe_archives_are_refused_before_anything_runs() {
                 .contains("unsafe entry"),
             "{r:?}"
         );
-        assert!(!agent.root.join(format!("work/{id}")).exists());
+        let dir = agent.root.join(format!("work/{id}"));
+        wait_for("the work directory to be cleaned", || !dir.exists()).await;
     }
     assert!(!Path::new("/tmp/patchcast-abs-run.sh").exists());
 
@@ -247,7 +246,11 @@ async fn too_little_disk_is_refused_with_e06_and_nothing_is_transferred() {
         server.with(|s| s.content_requests.is_empty()),
         "nothing was downloaded"
     );
-    assert!(!root.join("work/small-disk").exists());
+    wait_for("the delivery to be finished", || {
+        !root.join("journal/small-disk.json").exists()
+    })
+    .await;
+    assert!(!root.join("work/small-disk").exists(), "nothing was staged");
 }
 
 /// Processes of group `pgid` that still run (zombies waiting for init do not count).
@@ -314,4 +317,50 @@ async fn an_installer_over_its_time_limit_is_killed_with_its_process_group() {
     assert!(pgid > 1);
     let left = running_in_group(pgid);
     assert!(left.is_empty(), "still running: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_install_is_announced_with_busy_heartbeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let go = tmp.path().join("go");
+    let done = tmp.path().join("done");
+    let yaml = format!(
+        "id: waits-pkg\nkind: application\ntitle: waits for the test\ntargets: [{{ os: debian }}, {{ os: ubuntu }}]\nidentification:\n  - file: {d}\n    change: new\npayload: [run.sh]\ninstall: {{ command: 'sh \"{{{{payload.0}}}}\"', timeout: 30m }}\n",
+        d = done.display()
+    );
+    // The install finishes only once the test saw the agent's busy heartbeat.
+    let script = format!(
+        "while [ ! -e '{g}' ]; do sleep 0.05; done\ntouch '{d}'\n",
+        g = go.display(),
+        d = done.display()
+    );
+    let built = build_package(
+        &tmp.path().join("pkg"),
+        &yaml,
+        &[("run.sh", script.as_bytes())],
+    );
+    let (server, agent) = enrolled(&tmp.path().join("agent")).await;
+    server.serve(&built.sha256, built.bytes.clone());
+    server.push_work(work("busy", 1, &built));
+    wait_for("a busy heartbeat for the running install", || {
+        server.with(|s| s.busy.iter().any(|d| d == "busy"))
+    })
+    .await;
+    assert_eq!(
+        events(&server.reports_of("busy")),
+        ["probed:not_applied", "transferred"],
+        "still installing"
+    );
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(
+        finished(&server, "busy").await,
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:succeeded",
+            "verified:applied"
+        ],
+        "{}",
+        agent.log()
+    );
 }

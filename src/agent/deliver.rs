@@ -14,10 +14,13 @@ use crate::core::identify::{Facts, Identification, Verdict, identify, queries};
 use crate::model::package::{Package, RebootPolicy, TemplateContext, TemplateMachine, render};
 use crate::pack::archive::{self, Verified, VerifyError};
 use crate::transport::client::{CallError, Client};
-use crate::transport::protocol::{Detail, Report};
+use crate::transport::protocol::{AgentState, Detail, Poll, PollResponse, Report};
 use ed25519_dalek::VerifyingKey;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How often a running install is announced to the server.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Why a delivery stopped before finishing; it is resumed from the journal later.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,8 @@ pub struct Agent {
     pub allow_real_reboot: bool,
     /// Set after an install so the next inventory reads the package list again.
     pub installed_something: bool,
+    /// How often a running install is announced (`HEARTBEAT`; tests shorten it).
+    pub heartbeat: Duration,
 }
 
 fn report(entry: &Entry, event: Event, detail: Detail) -> Report {
@@ -527,11 +532,18 @@ impl Agent {
             }
             None => {
                 let journal = &self.journal;
-                exec::run(&command, &payload, limit, |pgid| {
+                let state = AgentState::Busy {
+                    delivery_id: entry.work.delivery_id.clone(),
+                    attempt: entry.work.attempt,
+                };
+                let run = exec::run(&command, &payload, limit, |pgid| {
                     entry.step = Step::Execute { pgid: Some(pgid) };
                     journal.save(entry)
-                })
-                .await?
+                });
+                tokio::select! {
+                    r = run => r?,
+                    never = heartbeat(&self.client, journal, state, self.heartbeat) => match never {},
+                }
             }
         };
         self.installed_something = true;
@@ -609,6 +621,39 @@ impl Agent {
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         tracing::warn!(delivery = %entry.work.delivery_id, log = %path.display(), "reboot recorded (not performed)");
         Ok(())
+    }
+}
+
+/// While an install runs, tells the server every `every` that this machine is busy with
+/// it, so a long install is not taken for a lost agent. Work offered meanwhile is journaled
+/// and carried out after this delivery (one at a time).
+async fn heartbeat(
+    client: &Client,
+    journal: &Journal,
+    state: AgentState,
+    every: Duration,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        let poll = Poll {
+            state: state.clone(),
+            wait_ms: 0,
+        };
+        match client.poll(&poll).await {
+            Ok(PollResponse { work: Some(w) }) => {
+                // Never replace the journal entry of the install that is running.
+                if let AgentState::Busy { delivery_id, .. } = &state
+                    && *delivery_id == w.delivery_id
+                {
+                    continue;
+                }
+                if let Err(e) = super::service::accept(journal, w) {
+                    tracing::warn!(error = %e, "could not journal work offered during an install");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
     }
 }
 

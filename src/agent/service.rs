@@ -92,6 +92,8 @@ pub struct Options {
     pub allow_real_reboot: bool,
     /// Longest wait between reconnects.
     pub backoff_max: Duration,
+    /// How often a running install is announced to the server.
+    pub heartbeat: Duration,
 }
 
 /// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.
@@ -109,6 +111,7 @@ pub async fn run(opts: Options) -> Result<()> {
         endpoint,
         allow_real_reboot: opts.allow_real_reboot,
         installed_something: false,
+        heartbeat: opts.heartbeat,
     };
     tracing::info!(server = %cfg.server, machine = %cfg.machine_id, emulated = agent.endpoint.is_some(), "agent started");
     let mut collector = Collector::default();
@@ -185,7 +188,7 @@ async fn iteration(
 }
 
 /// Journals a new work item; a replay of a finished or already journaled attempt is ignored.
-fn accept(journal: &Journal, work: Work) -> Result<(), Interrupted> {
+pub fn accept(journal: &Journal, work: Work) -> Result<(), Interrupted> {
     if let Err(e) = check_delivery_id(&work.delivery_id) {
         tracing::error!(error = %e, "work item refused");
         return Ok(());

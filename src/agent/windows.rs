@@ -90,6 +90,7 @@ fn service_main(_arguments: Vec<OsString>) {
         root: args.root.clone(),
         allow_real_reboot: args.allow_real_reboot,
         backoff_max: Duration::from_secs(60),
+        heartbeat: super::deliver::HEARTBEAT,
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()

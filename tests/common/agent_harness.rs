@@ -200,6 +200,7 @@ impl AgentProc {
             .args(["run", "--root"])
             .arg(&self.root)
             .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
+            .env("PATCHCAST_AGENT_HEARTBEAT_MS", "200")
             .env("PATCHCAST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

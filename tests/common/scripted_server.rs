@@ -47,6 +47,8 @@ pub struct Script {
     pub content_requests: Vec<Option<String>>,
     pub inventories: Vec<Inventory>,
     pub polls: u64,
+    /// Deliveries the agent said it was busy with, one per heartbeat.
+    pub busy: Vec<String>,
     pub unauthorized: u64,
 }
 
@@ -130,6 +132,9 @@ async fn inventory(
 async fn poll(State(app): State<App>, headers: HeaderMap, Json(p): Json<Poll>) -> Response {
     if !app.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "bad credential");
+    }
+    if let AgentState::Busy { delivery_id, .. } = &p.state {
+        app.script.lock().unwrap().busy.push(delivery_id.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.min(MAX_WAIT_MS));
     loop {
