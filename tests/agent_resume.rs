@@ -212,3 +212,38 @@ async fn sigkill_during_download_and_during_install_then_restart_resumes() {
     let ranges = server.with(|s| s.content_requests.len());
     assert_eq!(ranges, 2, "the complete archive was not downloaded again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_report_is_resent_after_a_kill_with_its_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("installed.bin");
+    let built = big_package(&tmp.path().join("pkg"), &dest, "");
+    let (server, mut agent) = enrolled(&tmp.path().join("agent")).await;
+    server.serve(&built.sha256, built.bytes.clone());
+    server.with(|s| s.fail_reports = Some(503));
+    agent.start();
+    server.push_work(work("outage", 1, &built));
+    wait_for("the probe report to be tried twice", || {
+        server.with(|s| s.failed_reports.len() >= 2)
+    })
+    .await;
+    let journal = std::fs::read_to_string(agent.root.join("journal/outage.json")).unwrap();
+    assert!(
+        journal.contains("\"outbox\"") && journal.contains("\"probed\""),
+        "{journal}"
+    );
+    agent.sigkill();
+    assert!(server.with(|s| s.failed_reports.iter().all(|&seq| seq == 1)));
+    assert!(server.reports_of("outage").is_empty());
+
+    server.with(|s| s.fail_reports = None);
+    agent.start();
+    verified(&server, "outage").await;
+    assert_eq!(
+        events(&server.reports_of("outage")),
+        EXPECTED,
+        "{}",
+        agent.log()
+    );
+    assert_each_report_sent_once(&server, "outage");
+}

@@ -47,6 +47,10 @@ pub struct Script {
     pub content_requests: Vec<Option<String>>,
     pub inventories: Vec<Inventory>,
     pub polls: u64,
+    /// While set, reports are answered with this status and not recorded (a server outage).
+    pub fail_reports: Option<u16>,
+    /// Seqs of the reports refused that way.
+    pub failed_reports: Vec<u32>,
     /// Deliveries the agent said it was busy with, one per heartbeat.
     pub busy: Vec<String>,
     pub unauthorized: u64,
@@ -159,6 +163,13 @@ async fn report(State(app): State<App>, headers: HeaderMap, Json(r): Json<Report
         return error(StatusCode::UNAUTHORIZED, "bad credential");
     }
     let mut s = app.script.lock().unwrap();
+    if let Some(status) = s.fail_reports {
+        s.failed_reports.push(r.seq);
+        return error(
+            StatusCode::from_u16(status).unwrap(),
+            "scripted outage: try again later",
+        );
+    }
     s.reports.push(r.clone());
     let repeat = s
         .applied
