@@ -117,7 +117,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut collector = Collector::default();
     let mut sent: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
-    let wait_ms = cfg.poll_ms.clamp(1, MAX_WAIT_MS);
+    let wait_ms = cfg.poll_ms.clamp(100, MAX_WAIT_MS);
     loop {
         let started = Instant::now();
         match iteration(&mut agent, &mut collector, &mut sent, wait_ms).await {
