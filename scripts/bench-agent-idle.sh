@@ -53,10 +53,13 @@ for _ in $(seq 1 "$DURATION"); do
     [ "$r" -gt "$max" ] && max=$r
 done
 cpu1=$(cpu)
+anon=$(awk '/RssAnon/ {print $2}' "/proc/$agent_pid/status")
+file=$(awk '/RssFile/ {print $2}' "/proc/$agent_pid/status")
 polls=$(grep -c . "$work/agent.log" || true)
 awk -v max="$max" -v sum="$sum" -v n="$n" -v c0="$cpu0" -v c1="$cpu1" -v t="$ticks" -v d="$DURATION" 'BEGIN {
     printf "agent idle for %d s (release build, current_thread runtime)\n", d
     printf "  RSS  max %.1f MiB, mean %.1f MiB (goal <= 10 MB)\n", max / 1024, sum / n / 1024
     printf "  CPU  %.2f s in %d s = %.3f%% of one core\n", (c1 - c0) / t, d, (c1 - c0) / t / d * 100
 }'
+echo "  at the end: RssAnon ${anon} kB (private), RssFile ${file} kB (binary and libraries mapped from the page cache, shared and clean)"
 echo "  agent warnings/errors logged: $polls"
