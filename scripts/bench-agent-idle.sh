@@ -2,7 +2,7 @@
 # Idle footprint of the agent: an enrolled agent polls a server for 60 s (SECONDS=N to change)
 # with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
 # The server is the scripted test server (tests/agent_bench_server.rs, `--ignored`), so the
-# benchmark needs nothing but this repository. Uses release builds.
+# benchmark needs nothing but this repository. The agent is a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
@@ -22,7 +22,7 @@ agent=target/release/patchcast-agent
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
 BENCH_SERVER_INFO="$work/server.env" BENCH_SERVER_POLL_MS="${POLL_MS:-25000}" \
-    cargo test --release --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
+    cargo test --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
     >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 600); do
@@ -53,10 +53,13 @@ for _ in $(seq 1 "$DURATION"); do
     [ "$r" -gt "$max" ] && max=$r
 done
 cpu1=$(cpu)
+anon=$(awk '/RssAnon/ {print $2}' "/proc/$agent_pid/status")
+file=$(awk '/RssFile/ {print $2}' "/proc/$agent_pid/status")
 polls=$(grep -c . "$work/agent.log" || true)
 awk -v max="$max" -v sum="$sum" -v n="$n" -v c0="$cpu0" -v c1="$cpu1" -v t="$ticks" -v d="$DURATION" 'BEGIN {
     printf "agent idle for %d s (release build, current_thread runtime)\n", d
     printf "  RSS  max %.1f MiB, mean %.1f MiB (goal <= 10 MB)\n", max / 1024, sum / n / 1024
     printf "  CPU  %.2f s in %d s = %.3f%% of one core\n", (c1 - c0) / t, d, (c1 - c0) / t / d * 100
 }'
+echo "  at the end: RssAnon ${anon} kB (private), RssFile ${file} kB (binary and libraries mapped from the page cache, shared and clean)"
 echo "  agent warnings/errors logged: $polls"

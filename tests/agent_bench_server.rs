@@ -15,9 +15,15 @@ async fn serve_for_benchmark() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(25_000);
-    let server = scripted_server::Scripted::start("bench", vec![agent_harness::publisher_hex()], poll_ms).await;
+    let server =
+        scripted_server::Scripted::start("bench", vec![agent_harness::publisher_hex()], poll_ms)
+            .await;
     let tmp = format!("{info}.tmp");
-    std::fs::write(&tmp, format!("URL={}\nFINGERPRINT={}\n", server.url, server.fingerprint)).unwrap();
+    std::fs::write(
+        &tmp,
+        format!("URL={}\nFINGERPRINT={}\n", server.url, server.fingerprint),
+    )
+    .unwrap();
     std::fs::rename(&tmp, &info).unwrap();
     std::future::pending::<()>().await;
 }

@@ -13,7 +13,12 @@ use scripted_server::Scripted;
 use std::path::Path;
 
 fn sample(name: &str, out: &Path) -> Built {
-    build_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packages").join(name), out)
+    build_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packages")
+            .join(name),
+        out,
+    )
 }
 
 async fn emulated(root: &Path, profile: &str, allow_reboot: bool) -> (Scripted, AgentProc) {
@@ -30,9 +35,9 @@ async fn emulated(root: &Path, profile: &str, allow_reboot: bool) -> (Scripted, 
 
 async fn done(server: &Scripted, id: &str) -> Vec<String> {
     wait_for(&format!("{id} to finish"), || {
-        events(&server.reports_of(id)).iter().any(|e| {
-            e.starts_with("verified") || e.starts_with("refused") || e == "probed:applied"
-        })
+        events(&server.reports_of(id))
+            .iter()
+            .any(|e| e.starts_with("verified") || e.starts_with("refused") || e == "probed:applied")
     })
     .await;
     events(&server.reports_of(id))
@@ -56,16 +61,25 @@ async fn windows_server_2008_japanese_receives_a_hotfix_identified_by_its_kb() {
         &[publisher().verifying_key()],
     )
     .unwrap();
-    assert!(v.package.targets.iter().any(|t| t.os == "windows-server-2008"
-        && t.arch.as_deref() == Some("x86")
-        && t.language.as_deref() == Some("ja")));
+    assert!(
+        v.package
+            .targets
+            .iter()
+            .any(|t| t.os == "windows-server-2008"
+                && t.arch.as_deref() == Some("x86")
+                && t.language.as_deref() == Some("ja"))
+    );
 
     let (server, agent) = emulated(&root, WS2008_JA, false).await;
     server.serve(&built.sha256, built.bytes.clone());
     let enrolled = server.with(|s| s.inventories[0].clone());
     assert!(enrolled.emulated);
     assert_eq!(
-        (enrolled.os.as_str(), enrolled.language.as_str(), enrolled.hostname.as_str()),
+        (
+            enrolled.os.as_str(),
+            enrolled.language.as_str(),
+            enrolled.hostname.as_str()
+        ),
         ("windows-server-2008", "ja", "ws2008-ja-01")
     );
     assert_eq!(enrolled.installed_updates, ["KB958644"]);
@@ -73,19 +87,35 @@ async fn windows_server_2008_japanese_receives_a_hotfix_identified_by_its_kb() {
     server.push_work(work("kb-1", 1, &built));
     assert_eq!(
         done(&server, "kb-1").await,
-        ["probed:not_applied", "transferred", "executed:succeeded", "verified:applied"],
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:succeeded",
+            "verified:applied"
+        ],
         "{}",
         agent.log()
     );
     let reports = server.reports_of("kb-1");
     let probe = &reports[0].detail.explanation;
-    assert!(probe.iter().any(|c| c.detail.contains("KB2286198") || c.check.contains("KB2286198")), "{probe:?}");
+    assert!(
+        probe
+            .iter()
+            .any(|c| c.detail.contains("KB2286198") || c.check.contains("KB2286198")),
+        "{probe:?}"
+    );
     let out = reports[2].detail.output_tail.as_deref().unwrap();
-    assert!(out.contains("Windows6.0-KB2286198-x86.exe\" /quiet /norestart"), "{out}");
+    assert!(
+        out.contains("Windows6.0-KB2286198-x86.exe\" /quiet /norestart"),
+        "{out}"
+    );
     assert!(out.contains("registered KB2286198 as installed"), "{out}");
 
     let p = profile(&root);
-    assert!(p.installed_updates.contains(&"KB2286198".to_string()), "{p:?}");
+    assert!(
+        p.installed_updates.contains(&"KB2286198".to_string()),
+        "{p:?}"
+    );
     assert!(p.installed_updates.contains(&"MS10-046".to_string()));
     wait_for("an inventory with the new KB", || {
         server.with(|s| {
@@ -114,14 +144,22 @@ async fn a_service_pack_asking_for_a_restart_is_verified_after_the_recorded_rebo
     server.push_work(work("sp-1", 1, &built));
     assert_eq!(
         done(&server, "sp-1").await,
-        ["probed:not_applied", "transferred", "executed:reboot_required", "verified:applied"],
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:reboot_required",
+            "verified:applied"
+        ],
         "{}",
         agent.log()
     );
     let r = &server.reports_of("sp-1")[2];
     assert_eq!(r.detail.exit_code, Some(3010));
     let log = std::fs::read_to_string(root.join("reboots.log")).unwrap();
-    assert!(log.contains("reboot recorded for delivery sp-1 attempt 1"), "{log}");
+    assert!(
+        log.contains("reboot recorded for delivery sp-1 attempt 1"),
+        "{log}"
+    );
     assert_eq!(profile(&root).service_pack.as_deref(), Some("2.0"));
 }
 
@@ -142,7 +180,10 @@ async fn a_reboot_not_allowed_leaves_the_delivery_pending_across_restarts() {
         server.with(|s| s.inventories.iter().any(|i| i.pending_reboot))
     })
     .await;
-    assert!(!root.join("reboots.log").exists(), "no restart without the server's consent");
+    assert!(
+        !root.join("reboots.log").exists(),
+        "no restart without the server's consent"
+    );
     let status = agent.sigterm().await;
     assert!(status.success());
     // Same boot: after a restart of the agent the delivery still waits (no verify yet).
@@ -151,7 +192,11 @@ async fn a_reboot_not_allowed_leaves_the_delivery_pending_across_restarts() {
     wait_for("two more polls", || server.with(|s| s.polls >= polls + 2)).await;
     assert_eq!(
         events(&server.reports_of("sp-wait")),
-        ["probed:not_applied", "transferred", "executed:reboot_required"]
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:reboot_required"
+        ]
     );
     let journal = std::fs::read_to_string(root.join("journal/sp-wait.json")).unwrap();
     assert!(journal.contains("reboot_pending"), "{journal}");
@@ -160,7 +205,10 @@ async fn a_reboot_not_allowed_leaves_the_delivery_pending_across_restarts() {
     agent.sigkill();
     std::fs::write(root.join("journal/sp-wait.json"), text).unwrap();
     agent.start();
-    assert_eq!(done(&server, "sp-wait").await.last().unwrap(), "verified:applied");
+    assert_eq!(
+        done(&server, "sp-wait").await.last().unwrap(),
+        "verified:applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +223,22 @@ async fn a_pe_payload_replaces_the_file_its_rule_names() {
     server.push_work(work("dll-1", 1, &built));
     assert_eq!(
         done(&server, "dll-1").await,
-        ["probed:not_applied", "transferred", "executed:succeeded", "verified:applied"],
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:succeeded",
+            "verified:applied"
+        ],
         "{}",
         agent.log()
     );
     // Matched case-insensitively onto the existing directory.
     let dll = root.join("fs/C/WINDOWS/system32/pcsample.dll");
-    let original = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/kb981550-ws2008-fileversion/pcsample.dll");
-    assert_eq!(std::fs::read(&dll).unwrap(), std::fs::read(original).unwrap());
+    let original = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages/kb981550-ws2008-fileversion/pcsample.dll");
+    assert_eq!(
+        std::fs::read(&dll).unwrap(),
+        std::fs::read(original).unwrap()
+    );
     assert!(!root.join("fs/C/Windows").exists());
 }

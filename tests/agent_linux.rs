@@ -13,7 +13,11 @@ use std::process::Command;
 
 fn sh(cmd: &str) -> String {
     let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
-    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -48,8 +52,12 @@ async fn linux_deb_sample_is_installed_for_real_and_verified() {
     assert_eq!(mode & 0o777, 0o600, "the credential is private");
     let enrolled_inv = server.with(|s| s.inventories[0].clone());
     assert!(!enrolled_inv.emulated && enrolled_inv.os.starts_with("debian"));
-    assert!(enrolled_inv.interfaces.iter().any(|i| i.name == "lo"
-        && i.addresses.contains(&"127.0.0.1".parse().unwrap())));
+    assert!(
+        enrolled_inv
+            .interfaces
+            .iter()
+            .any(|i| i.name == "lo" && i.addresses.contains(&"127.0.0.1".parse().unwrap()))
+    );
     assert!(enrolled_inv.packages.contains_key("dpkg"));
 
     agent.start();
@@ -86,22 +94,27 @@ async fn linux_deb_sample_is_installed_for_real_and_verified() {
     );
     assert!(!reports[3].detail.explanation.is_empty());
     // dpkg itself says it is installed.
-    assert!(sh("dpkg-query -W -f='${Status} ${Version}' patchcast-sample-hello")
-        .contains("install ok installed 1.2.0-1"));
+    assert!(
+        sh("dpkg-query -W -f='${Status} ${Version}' patchcast-sample-hello")
+            .contains("install ok installed 1.2.0-1")
+    );
     // Work directory cleaned, journal entry gone, delivery remembered as done.
-    wait_for("the work directory to be cleaned", || {
-        !agent.root.join("work/deb-1").exists()
+    wait_for("the delivery to be finished", || {
+        !agent.root.join("journal/deb-1.json").exists()
     })
     .await;
-    assert!(!agent.root.join("journal/deb-1.json").exists());
+    assert!(
+        !agent.root.join("work/deb-1").exists(),
+        "work directory cleaned"
+    );
     let done = std::fs::read_to_string(agent.root.join("journal/done.json")).unwrap();
     assert!(done.contains("deb-1#1"), "{done}");
     // The inventory after the install lists the package.
     wait_for("an inventory listing the installed package", || {
         server.with(|s| {
-            s.inventories
-                .iter()
-                .any(|i| i.packages.get("patchcast-sample-hello").map(String::as_str) == Some("1.2.0-1"))
+            s.inventories.iter().any(|i| {
+                i.packages.get("patchcast-sample-hello").map(String::as_str) == Some("1.2.0-1")
+            })
         })
     })
     .await;
@@ -136,11 +149,16 @@ async fn a_server_with_another_certificate_is_refused() {
         "{out}"
     );
     assert!(!agent.root.join("agent.json").exists());
-    assert!(server.with(|s| s.agents.is_empty()), "no enrollment happened");
+    assert!(
+        server.with(|s| s.agents.is_empty()),
+        "no enrollment happened"
+    );
 
     let (ok, out) = agent.enroll(&server.url, "tok", "sha256:nothex").await;
     assert!(!ok && out.contains("64 hex digits"), "{out}");
-    let (ok, out) = agent.enroll(&server.url, "bad-token", &server.fingerprint).await;
+    let (ok, out) = agent
+        .enroll(&server.url, "bad-token", &server.fingerprint)
+        .await;
     assert!(!ok && out.contains("unknown enrollment token"), "{out}");
 
     // Enrolled correctly, then the pinned fingerprint no longer matches: `run` refuses.
@@ -154,6 +172,13 @@ async fn a_server_with_another_certificate_is_refused() {
     let status = agent.exited().unwrap();
     assert!(!status.success());
     let log = agent.log();
-    assert!(log.contains("does not match the pinned fingerprint"), "{log}");
-    assert_eq!(server.with(|s| s.polls), 0, "nothing was sent to that server");
+    assert!(
+        log.contains("does not match the pinned fingerprint"),
+        "{log}"
+    );
+    assert_eq!(
+        server.with(|s| s.polls),
+        0,
+        "nothing was sent to that server"
+    );
 }

@@ -57,7 +57,13 @@ fn crafted(good: &[u8], add: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8>
     b.into_inner().unwrap()
 }
 
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &[u8], kind: tar::EntryType, link: Option<&[u8]>, data: &[u8]) {
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &[u8],
+    kind: tar::EntryType,
+    link: Option<&[u8]>,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_old();
     h.as_old_mut().name[..name.len()].copy_from_slice(name);
     if let Some(l) = link {
@@ -88,8 +94,16 @@ async fn tampered_and_unsafe_archives_are_refused_before_anything_runs() {
     assert_eq!(ev, ["probed:not_applied", "refused:E19"], "{}", agent.log());
     let r = &server.reports_of("tamper-hash")[1];
     assert_eq!(r.detail.code, Some(Code::E19));
-    assert!(r.detail.params.file.as_deref().unwrap().contains(&good.sha256));
-    assert!(!agent.root.join("work/tamper-hash").exists(), "the bad bytes were deleted");
+    assert!(
+        r.detail
+            .params
+            .file
+            .as_deref()
+            .unwrap()
+            .contains(&good.sha256)
+    );
+    let dir = agent.root.join("work/tamper-hash");
+    wait_for("the bad bytes to be deleted", || !dir.exists()).await;
 
     // 2. The archive hash matches (the server stores tampered content) but a payload file does
     //    not match the signed manifest.
@@ -98,21 +112,51 @@ async fn tampered_and_unsafe_archives_are_refused_before_anything_runs() {
     let mut w = work("tamper-file", 1, &good);
     w.archive_sha256 = t.sha256.parse().unwrap();
     server.push_work(w);
-    assert_eq!(finished(&server, "tamper-file").await, ["probed:not_applied", "refused:E19"]);
+    assert_eq!(
+        finished(&server, "tamper-file").await,
+        ["probed:not_applied", "refused:E19"]
+    );
     let r = &server.reports_of("tamper-file")[1];
     assert_eq!(r.detail.params.file.as_deref(), Some("run.sh"), "{r:?}");
 
     // 3. Signed manifest, then an entry escaping the directory, an absolute path, a symlink.
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("dotdot", crafted(&good.bytes, |b| {
-            raw_entry(b, b"payload/../../run.sh", tar::EntryType::Regular, None, b"touch /tmp/x")
-        })),
-        ("absolute", crafted(&good.bytes, |b| {
-            raw_entry(b, b"/tmp/patchcast-abs-run.sh", tar::EntryType::Regular, None, b"x")
-        })),
-        ("symlink", crafted(&good.bytes, |b| {
-            raw_entry(b, b"payload/run.sh", tar::EntryType::Symlink, Some(b"../../../../etc/passwd"), b"")
-        })),
+        (
+            "dotdot",
+            crafted(&good.bytes, |b| {
+                raw_entry(
+                    b,
+                    b"payload/../../run.sh",
+                    tar::EntryType::Regular,
+                    None,
+                    b"touch /tmp/x",
+                )
+            }),
+        ),
+        (
+            "absolute",
+            crafted(&good.bytes, |b| {
+                raw_entry(
+                    b,
+                    b"/tmp/patchcast-abs-run.sh",
+                    tar::EntryType::Regular,
+                    None,
+                    b"x",
+                )
+            }),
+        ),
+        (
+            "symlink",
+            crafted(&good.bytes, |b| {
+                raw_entry(
+                    b,
+                    b"payload/run.sh",
+                    tar::EntryType::Symlink,
+                    Some(b"../../../../etc/passwd"),
+                    b"",
+                )
+            }),
+        ),
     ];
     for (name, bytes) in cases {
         let id = format!("unsafe-{name}");
@@ -122,22 +166,42 @@ async fn tampered_and_unsafe_archives_are_refused_before_anything_runs() {
         w.archive_sha256 = c.sha256.parse().unwrap();
         w.archive_size = c.bytes.len() as u64;
         server.push_work(w);
-        assert_eq!(finished(&server, &id).await, ["probed:not_applied", "refused:E25"], "{name}");
+        assert_eq!(
+            finished(&server, &id).await,
+            ["probed:not_applied", "refused:E25"],
+            "{name}"
+        );
         let r = &server.reports_of(&id)[1];
-        assert!(r.detail.params.detail.as_deref().unwrap().contains("unsafe entry"), "{r:?}");
-        assert!(!agent.root.join(format!("work/{id}")).exists());
+        assert!(
+            r.detail
+                .params
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("unsafe entry"),
+            "{r:?}"
+        );
+        let dir = agent.root.join(format!("work/{id}"));
+        wait_for("the work directory to be cleaned", || !dir.exists()).await;
     }
     assert!(!Path::new("/tmp/patchcast-abs-run.sh").exists());
 
     // 4. A work item whose manifest is not signed by the pinned key is not even probed.
     let mut w = work("unsigned", 1, &good);
-    w.signature = w.signature.replace(&w.signature[w.signature.len() - 20..w.signature.len() - 4], "0000000000000000");
+    w.signature = w.signature.replace(
+        &w.signature[w.signature.len() - 20..w.signature.len() - 4],
+        "0000000000000000",
+    );
     server.push_work(w);
     assert_eq!(finished(&server, "unsigned").await, ["refused:E18"]);
 
     assert!(!marker.exists(), "the install command never ran");
     assert_eq!(
-        server.with(|s| s.reports.iter().filter(|r| matches!(r.event, patchcast::core::delivery::Event::Executed { .. })).count()),
+        server.with(|s| s
+            .reports
+            .iter()
+            .filter(|r| matches!(r.event, patchcast::core::delivery::Event::Executed { .. }))
+            .count()),
         0
     );
 }
@@ -157,15 +221,36 @@ async fn too_little_disk_is_refused_with_e06_and_nothing_is_transferred() {
     let (server, _agent) = enrolled(&root).await;
     server.serve(&built.sha256, built.bytes.clone());
     server.push_work(work("small-disk", 1, &built));
-    assert_eq!(finished(&server, "small-disk").await, ["probed:not_applied", "refused:E06"]);
+    assert_eq!(
+        finished(&server, "small-disk").await,
+        ["probed:not_applied", "refused:E06"]
+    );
     let r = &server.reports_of("small-disk")[1];
     assert_eq!(r.detail.params.free_bytes, Some(1000));
-    assert_eq!(r.detail.params.required_bytes, Some(3 * built.bytes.len() as u64));
-    let msg = patchcast::core::errors::render(Code::E06, patchcast::core::errors::Lang::En, &r.detail.params);
+    assert_eq!(
+        r.detail.params.required_bytes,
+        Some(3 * built.bytes.len() as u64)
+    );
+    let msg = patchcast::core::errors::render(
+        Code::E06,
+        patchcast::core::errors::Lang::En,
+        &r.detail.params,
+    );
     let text = format!("{} {}", msg.message, msg.remedy);
-    assert!(text.contains("free space on the system drive is 1.0 kB") && text.contains("(3 × the package size) is needed"), "{text}");
-    assert!(server.with(|s| s.content_requests.is_empty()), "nothing was downloaded");
-    assert!(!root.join("work/small-disk").exists());
+    assert!(
+        text.contains("free space on the system drive is 1.0 kB")
+            && text.contains("(3 × the package size) is needed"),
+        "{text}"
+    );
+    assert!(
+        server.with(|s| s.content_requests.is_empty()),
+        "nothing was downloaded"
+    );
+    wait_for("the delivery to be finished", || {
+        !root.join("journal/small-disk.json").exists()
+    })
+    .await;
+    assert!(!root.join("work/small-disk").exists(), "nothing was staged");
 }
 
 /// Processes of group `pgid` that still run (zombies waiting for init do not count).
@@ -175,7 +260,9 @@ fn running_in_group(pgid: i32) -> Vec<String> {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        let Some(close) = stat.rfind(')') else { continue };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
         let f: Vec<&str> = stat[close + 2..].split(' ').collect();
         if f.len() > 2 && f[2] == pgid.to_string() && f[0] != "Z" {
             found.push(stat);
@@ -196,7 +283,11 @@ async fn an_installer_over_its_time_limit_is_killed_with_its_process_group() {
         "cut -d' ' -f5 /proc/$$/stat > '{p}.tmp' && mv '{p}.tmp' '{p}'\necho installer started\nsleep 600 &\nsleep 600\n",
         p = pgid_file.display()
     );
-    let built = build_package(&tmp.path().join("pkg"), &yaml, &[("run.sh", script.as_bytes())]);
+    let built = build_package(
+        &tmp.path().join("pkg"),
+        &yaml,
+        &[("run.sh", script.as_bytes())],
+    );
     let (server, agent) = enrolled(&tmp.path().join("agent")).await;
     server.serve(&built.sha256, built.bytes.clone());
     let mut w = work("slow", 1, &built);
@@ -211,9 +302,65 @@ async fn an_installer_over_its_time_limit_is_killed_with_its_process_group() {
     let r = &server.reports_of("slow")[2];
     assert_eq!(r.detail.exit_code, None);
     assert_eq!(r.detail.code, Some(Code::E20));
-    assert!(r.detail.output_tail.as_deref().unwrap().contains("installer started"));
-    let pgid: i32 = std::fs::read_to_string(&pgid_file).unwrap().trim().parse().unwrap();
+    assert!(
+        r.detail
+            .output_tail
+            .as_deref()
+            .unwrap()
+            .contains("installer started")
+    );
+    let pgid: i32 = std::fs::read_to_string(&pgid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(pgid > 1);
     let left = running_in_group(pgid);
     assert!(left.is_empty(), "still running: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_install_is_announced_with_busy_heartbeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let go = tmp.path().join("go");
+    let done = tmp.path().join("done");
+    let yaml = format!(
+        "id: waits-pkg\nkind: application\ntitle: waits for the test\ntargets: [{{ os: debian }}, {{ os: ubuntu }}]\nidentification:\n  - file: {d}\n    change: new\npayload: [run.sh]\ninstall: {{ command: 'sh \"{{{{payload.0}}}}\"', timeout: 30m }}\n",
+        d = done.display()
+    );
+    // The install finishes only once the test saw the agent's busy heartbeat.
+    let script = format!(
+        "while [ ! -e '{g}' ]; do sleep 0.05; done\ntouch '{d}'\n",
+        g = go.display(),
+        d = done.display()
+    );
+    let built = build_package(
+        &tmp.path().join("pkg"),
+        &yaml,
+        &[("run.sh", script.as_bytes())],
+    );
+    let (server, agent) = enrolled(&tmp.path().join("agent")).await;
+    server.serve(&built.sha256, built.bytes.clone());
+    server.push_work(work("busy", 1, &built));
+    wait_for("a busy heartbeat for the running install", || {
+        server.with(|s| s.busy.iter().any(|d| d == "busy"))
+    })
+    .await;
+    assert_eq!(
+        events(&server.reports_of("busy")),
+        ["probed:not_applied", "transferred"],
+        "still installing"
+    );
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(
+        finished(&server, "busy").await,
+        [
+            "probed:not_applied",
+            "transferred",
+            "executed:succeeded",
+            "verified:applied"
+        ],
+        "{}",
+        agent.log()
+    );
 }

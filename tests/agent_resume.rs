@@ -36,8 +36,15 @@ fn big_package(dir: &Path, dest: &Path, extra: &str) -> Built {
         "id: big-pkg\nkind: application\ntitle: large payload\ntargets: [{{ os: debian }}, {{ os: ubuntu }}]\nidentification:\n  - file: {d}\n    change: new\n    sha256: {sha}\npayload: [run.sh, blob.bin]\ninstall: {{ command: 'sh \"{{{{payload.0}}}}\" \"{{{{payload.1}}}}\"', timeout: 30m }}\n",
         d = dest.display()
     );
-    let script = format!("{extra}\ncp \"$1\" '{d}.tmp' && mv '{d}.tmp' '{d}'\necho copied\n", d = dest.display());
-    build_package(dir, &yaml, &[("run.sh", script.as_bytes()), ("blob.bin", &blob)])
+    let script = format!(
+        "{extra}\ncp \"$1\" '{d}.tmp' && mv '{d}.tmp' '{d}'\necho copied\n",
+        d = dest.display()
+    );
+    build_package(
+        dir,
+        &yaml,
+        &[("run.sh", script.as_bytes()), ("blob.bin", &blob)],
+    )
 }
 
 async fn enrolled(root: &Path) -> (Scripted, AgentProc) {
@@ -73,7 +80,11 @@ fn assert_each_report_sent_once(server: &Scripted, id: &str) {
             .map(|r| r.seq)
             .collect()
     });
-    assert_eq!(raw, (1..=raw.len() as u32).collect::<Vec<_>>(), "seqs as received");
+    assert_eq!(
+        raw,
+        (1..=raw.len() as u32).collect::<Vec<_>>(),
+        "seqs as received"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +98,12 @@ async fn a_cut_download_resumes_with_a_range_request() {
     agent.start();
     server.push_work(work("cut", 1, &built));
     verified(&server, "cut").await;
-    assert_eq!(events(&server.reports_of("cut")), EXPECTED, "{}", agent.log());
+    assert_eq!(
+        events(&server.reports_of("cut")),
+        EXPECTED,
+        "{}",
+        agent.log()
+    );
     let ranges = server.with(|s| s.content_requests.clone());
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert_eq!(ranges[0], None);
@@ -99,7 +115,11 @@ async fn a_cut_download_resumes_with_a_range_request() {
         .parse()
         .unwrap();
     assert!(from > 0 && from <= 1 << 20, "resumed from {from}");
-    assert_eq!(std::fs::read(&dest).unwrap(), data(BIG), "the installed copy is intact");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        data(BIG),
+        "the installed copy is intact"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,24 +155,49 @@ async fn sigkill_during_download_and_during_install_then_restart_resumes() {
     // Restarted: the download resumes from where it stopped, then the install hangs; kill again.
     agent.start();
     wait_for("the first install run", || first_pgid.exists()).await;
-    let pgid: i32 = std::fs::read_to_string(&first_pgid).unwrap().trim().parse().unwrap();
-    let journal = std::fs::read_to_string(agent.root.join("journal/killed.json")).unwrap();
-    assert!(journal.contains(&format!("\"pgid\": {pgid}")), "{journal}");
+    let pgid: i32 = std::fs::read_to_string(&first_pgid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The agent journals the install's process group as soon as it has started it.
+    let journal = agent.root.join("journal/killed.json");
+    wait_for("the install's process group in the journal", || {
+        std::fs::read_to_string(&journal).is_ok_and(|j| j.contains(&format!("\"pgid\": {pgid}")))
+    })
+    .await;
     agent.sigkill();
     let ranges = server.with(|s| s.content_requests.clone());
     assert_eq!(ranges, [None, Some(format!("bytes={STALL_AT}-"))]);
     let so_far = events(&server.reports_of("killed"));
-    assert_eq!(so_far, ["probed:not_applied", "transferred"], "no success before verify");
+    assert_eq!(
+        so_far,
+        ["probed:not_applied", "transferred"],
+        "no success before verify"
+    );
 
     // Restarted again: the leftover install is killed, the payload verified again, the
     // install runs again and the delivery is verified.
     agent.start();
     verified(&server, "killed").await;
-    assert_eq!(events(&server.reports_of("killed")), EXPECTED, "{}", agent.log());
+    assert_eq!(
+        events(&server.reports_of("killed")),
+        EXPECTED,
+        "{}",
+        agent.log()
+    );
     assert_each_report_sent_once(&server, "killed");
-    assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "2", "installed twice in all");
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().trim(),
+        "2",
+        "installed twice in all"
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), data(BIG));
-    assert!(agent.log().contains("install was interrupted; running it again"));
+    assert!(
+        agent
+            .log()
+            .contains("install was interrupted; running it again")
+    );
     // The first run's process group is gone.
     let alive: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
@@ -166,4 +211,39 @@ async fn sigkill_during_download_and_during_install_then_restart_resumes() {
     assert!(alive.is_empty(), "{alive:?}");
     let ranges = server.with(|s| s.content_requests.len());
     assert_eq!(ranges, 2, "the complete archive was not downloaded again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_report_is_resent_after_a_kill_with_its_seq() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("installed.bin");
+    let built = big_package(&tmp.path().join("pkg"), &dest, "");
+    let (server, mut agent) = enrolled(&tmp.path().join("agent")).await;
+    server.serve(&built.sha256, built.bytes.clone());
+    server.with(|s| s.fail_reports = Some(503));
+    agent.start();
+    server.push_work(work("outage", 1, &built));
+    wait_for("the probe report to be tried twice", || {
+        server.with(|s| s.failed_reports.len() >= 2)
+    })
+    .await;
+    let journal = std::fs::read_to_string(agent.root.join("journal/outage.json")).unwrap();
+    assert!(
+        journal.contains("\"outbox\"") && journal.contains("\"probed\""),
+        "{journal}"
+    );
+    agent.sigkill();
+    assert!(server.with(|s| s.failed_reports.iter().all(|&seq| seq == 1)));
+    assert!(server.reports_of("outage").is_empty());
+
+    server.with(|s| s.fail_reports = None);
+    agent.start();
+    verified(&server, "outage").await;
+    assert_eq!(
+        events(&server.reports_of("outage")),
+        EXPECTED,
+        "{}",
+        agent.log()
+    );
+    assert_each_report_sent_once(&server, "outage");
 }

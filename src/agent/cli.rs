@@ -1,7 +1,7 @@
 //! `patchcast-agent`'s command line: enroll, run (the service), identify.
 
-use crate::core::identify::{identify, queries};
 use clap::{Parser, Subcommand};
+use crate::core::identify::{identify, queries};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +49,14 @@ enum Cmd {
             hide = true
         )]
         backoff_max_ms: u64,
+        /// How often a running install is announced to the server, in milliseconds.
+        #[arg(
+            long,
+            env = "PATCHCAST_AGENT_HEARTBEAT_MS",
+            default_value_t = 30_000,
+            hide = true
+        )]
+        heartbeat_ms: u64,
     },
 }
 
@@ -136,6 +144,7 @@ where
             root,
             allow_reboot_for_real,
             backoff_max_ms,
+            heartbeat_ms,
         } => {
             init_logging();
             #[cfg(windows)]
@@ -148,6 +157,7 @@ where
                 root,
                 allow_real_reboot: allow_reboot_for_real,
                 backoff_max: std::time::Duration::from_millis(backoff_max_ms.max(1)),
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
             };
             let r = runtime().block_on(async {
                 tokio::select! {

@@ -14,10 +14,13 @@ use crate::core::identify::{Facts, Identification, Verdict, identify, queries};
 use crate::model::package::{Package, RebootPolicy, TemplateContext, TemplateMachine, render};
 use crate::pack::archive::{self, Verified, VerifyError};
 use crate::transport::client::{CallError, Client};
-use crate::transport::protocol::{Detail, Report};
+use crate::transport::protocol::{AgentState, Detail, Poll, PollResponse, Report};
 use ed25519_dalek::VerifyingKey;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// How often a running install is announced to the server.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// Why a delivery stopped before finishing; it is resumed from the journal later.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,9 @@ impl Interrupted {
     }
 }
 
+/// Why the agent will not go on with a delivery: the code and what its message names.
+type Refusal = Box<(Code, Params)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     Finished,
@@ -57,6 +63,8 @@ pub struct Agent {
     pub allow_real_reboot: bool,
     /// Set after an install so the next inventory reads the package list again.
     pub installed_something: bool,
+    /// How often a running install is announced (`HEARTBEAT`; tests shorten it).
+    pub heartbeat: Duration,
 }
 
 fn report(entry: &Entry, event: Event, detail: Detail) -> Report {
@@ -213,38 +221,36 @@ impl Agent {
     }
 
     /// Extracts (and so verifies again) the fetched archive into a fresh payload directory.
-    fn extract(&self, entry: &Entry) -> Result<Verified, (Code, Params)> {
+    fn extract(&self, entry: &Entry) -> Result<Verified, Refusal> {
         let dir = self.work_dir(entry);
         let payload = dir.join("payload");
         if payload.exists() {
             std::fs::remove_dir_all(&payload).map_err(|e| {
-                (
+                Box::new((
                     Code::E12,
                     detail_text(format!("removing {}: {e}", payload.display())),
-                )
+                ))
             })?;
         }
         let path = fetch::archive_path(&dir);
         let file = std::fs::File::open(&path).map_err(|e| {
-            (
+            Box::new((
                 Code::E12,
                 detail_text(format!("opening {}: {e}", path.display())),
-            )
+            ))
         })?;
         let v = archive::extract(
             std::io::BufReader::with_capacity(1 << 16, file),
             &self.keys,
             &payload,
         )
-        .map_err(|e| archive_code(&e))?;
+        .map_err(|e| Box::new(archive_code(&e)))?;
         let expected = crate::pack::hash::sha256_bytes(entry.work.manifest.as_bytes());
         if v.manifest_sha256 != expected {
-            return Err((
+            return Err(Box::new((
                 Code::E18,
-                detail_text(
-                    "the archive's signed manifest is not the one in the work item".to_string(),
-                ),
-            ));
+                detail_text("the archive's signed manifest is not the one in the work item"),
+            )));
         }
         Ok(v)
     }
@@ -379,7 +385,8 @@ impl Agent {
                         );
                         self.queue(entry, r, Step::Execute { pgid: None })?;
                     }
-                    Err((code, params)) => {
+                    Err(refusal) => {
+                        let (code, params) = *refusal;
                         tracing::error!(delivery = %id, ?code, detail = ?params.detail, "archive refused");
                         let r = refused(entry, code, params);
                         self.queue(entry, r, Step::Done)?;
@@ -398,7 +405,8 @@ impl Agent {
                     };
                     let v = match v {
                         Ok(v) => v,
-                        Err((code, params)) => {
+                        Err(refusal) => {
+                            let (code, params) = *refusal;
                             let r = refused(entry, code, params);
                             self.queue(entry, r, Step::Done)?;
                             continue;
@@ -467,9 +475,8 @@ impl Agent {
                 Step::Done => {
                     let dir = self.work_dir(entry);
                     if dir.exists() {
-                        std::fs::remove_dir_all(&dir).map_err(|e| {
-                            anyhow::anyhow!("cleaning {}: {e}", dir.display())
-                        })?;
+                        std::fs::remove_dir_all(&dir)
+                            .map_err(|e| anyhow::anyhow!("cleaning {}: {e}", dir.display()))?;
                     }
                     self.journal.finish(entry)?;
                     tracing::info!(delivery = %id, "delivery finished");
@@ -480,12 +487,12 @@ impl Agent {
     }
 
     /// The payload extracted by the Extract step, or extracted again if it is gone.
-    fn extract_or_existing(&self, entry: &Entry) -> Result<Verified, (Code, Params)> {
+    fn extract_or_existing(&self, entry: &Entry) -> Result<Verified, Refusal> {
         let payload = self.work_dir(entry).join("payload");
         if payload.is_dir() {
             return self
                 .signed_manifest(entry)
-                .map_err(|e| (Code::E18, archive_code(&e).1));
+                .map_err(|e| Box::new((Code::E18, archive_code(&e).1)));
         }
         self.extract(entry)
     }
@@ -525,11 +532,18 @@ impl Agent {
             }
             None => {
                 let journal = &self.journal;
-                exec::run(&command, &payload, limit, |pgid| {
+                let state = AgentState::Busy {
+                    delivery_id: entry.work.delivery_id.clone(),
+                    attempt: entry.work.attempt,
+                };
+                let run = exec::run(&command, &payload, limit, |pgid| {
                     entry.step = Step::Execute { pgid: Some(pgid) };
                     journal.save(entry)
-                })
-                .await?
+                });
+                tokio::select! {
+                    r = run => r?,
+                    never = heartbeat(&self.client, journal, state, self.heartbeat) => match never {},
+                }
             }
         };
         self.installed_something = true;
@@ -610,6 +624,39 @@ impl Agent {
     }
 }
 
+/// While an install runs, tells the server every `every` that this machine is busy with
+/// it, so a long install is not taken for a lost agent. Work offered meanwhile is journaled
+/// and carried out after this delivery (one at a time).
+async fn heartbeat(
+    client: &Client,
+    journal: &Journal,
+    state: AgentState,
+    every: Duration,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        let poll = Poll {
+            state: state.clone(),
+            wait_ms: 0,
+        };
+        match client.poll(&poll).await {
+            Ok(PollResponse { work: Some(w) }) => {
+                // Never replace the journal entry of the install that is running.
+                if let AgentState::Busy { delivery_id, .. } = &state
+                    && *delivery_id == w.delivery_id
+                {
+                    continue;
+                }
+                if let Err(e) = super::service::accept(journal, w) {
+                    tracing::warn!(error = %e, "could not journal work offered during an install");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
 fn reboot_machine() -> anyhow::Result<()> {
     #[cfg(unix)]
     let status = std::process::Command::new("sh")
@@ -625,4 +672,3 @@ fn reboot_machine() -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("the reboot command could not run: {e}"),
     }
 }
-

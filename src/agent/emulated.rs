@@ -177,10 +177,9 @@ impl Endpoint {
                 } => {
                     // A path that cannot be mapped stays unknown (indeterminate), never guessed.
                     if let Some(local) = self.map_path(path) {
-                        facts.files.insert(
-                            path.clone(),
-                            super::facts::file(&local, *version, *sha256),
-                        );
+                        facts
+                            .files
+                            .insert(path.clone(), super::facts::file(&local, *version, *sha256));
                     }
                 }
                 Query::Registry { key } => {
@@ -212,7 +211,10 @@ impl Endpoint {
             .get(pkg.id.as_str())
             .copied()
             .unwrap_or(0);
-        let mut out = format!("emulated install of {} (exit code {code})\n", pkg.id.as_str());
+        let mut out = format!(
+            "emulated install of {} (exit code {code})\n",
+            pkg.id.as_str()
+        );
         let ok = pkg.install.success_exit_codes.contains(&code)
             || pkg.install.reboot_exit_codes.contains(&code);
         if !ok {
@@ -268,9 +270,8 @@ impl Endpoint {
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("creating {}", parent.display()))?;
                 }
-                std::fs::copy(&src, &dest).with_context(|| {
-                    format!("copying {} to {}", src.display(), dest.display())
-                })?;
+                std::fs::copy(&src, &dest)
+                    .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
                 out.push_str(&format!("replaced {path}\n"));
             }
         }

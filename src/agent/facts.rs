@@ -165,7 +165,9 @@ pub fn gather(facts: &mut Facts, queries: &[Query]) {
                     .insert(command.clone(), probe(command, Duration::from_secs(60)));
             }
             #[cfg(windows)]
-            Query::InstalledUpdates => facts.installed_updates = super::windows::installed_updates(),
+            Query::InstalledUpdates => {
+                facts.installed_updates = super::windows::installed_updates()
+            }
             #[cfg(windows)]
             Query::ServicePack => facts.service_pack = super::windows::service_pack(),
             #[cfg(windows)]

@@ -159,7 +159,9 @@ async fn attempt(
     }
     f.sync_data().map_err(disk(part))?;
     if written < size {
-        return Err(FetchError::Cut(format!("body ended at {written} of {size} bytes")));
+        return Err(FetchError::Cut(format!(
+            "body ended at {written} of {size} bytes"
+        )));
     }
     Ok(None)
 }

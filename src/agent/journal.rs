@@ -92,7 +92,9 @@ pub fn check_delivery_id(id: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !ok {
-        bail!("delivery id `{id}` is not a plain name (letters, digits, `-`, `_`, `.`); refusing the work item");
+        bail!(
+            "delivery id `{id}` is not a plain name (letters, digits, `-`, `_`, `.`); refusing the work item"
+        );
     }
     Ok(())
 }

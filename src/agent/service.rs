@@ -43,7 +43,12 @@ fn check_fingerprint(fp: &str) -> Result<()> {
 
 /// Enrolls this machine: sends the inventory with the token, keeps the credential (0600) and
 /// the configuration under `root`.
-pub async fn enroll(root: PathBuf, server: &str, token: &str, fingerprint: &str) -> Result<AgentConfig> {
+pub async fn enroll(
+    root: PathBuf,
+    server: &str,
+    token: &str,
+    fingerprint: &str,
+) -> Result<AgentConfig> {
     check_fingerprint(fingerprint)?;
     if !server.starts_with("https://") {
         bail!("--server `{server}` must be an https:// URL (the agent only talks TLS)");
@@ -87,6 +92,8 @@ pub struct Options {
     pub allow_real_reboot: bool,
     /// Longest wait between reconnects.
     pub backoff_max: Duration,
+    /// How often a running install is announced to the server.
+    pub heartbeat: Duration,
 }
 
 /// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.
@@ -104,12 +111,13 @@ pub async fn run(opts: Options) -> Result<()> {
         endpoint,
         allow_real_reboot: opts.allow_real_reboot,
         installed_something: false,
+        heartbeat: opts.heartbeat,
     };
     tracing::info!(server = %cfg.server, machine = %cfg.machine_id, emulated = agent.endpoint.is_some(), "agent started");
     let mut collector = Collector::default();
     let mut sent: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
-    let wait_ms = cfg.poll_ms.clamp(1, MAX_WAIT_MS);
+    let wait_ms = cfg.poll_ms.clamp(100, MAX_WAIT_MS);
     loop {
         let started = Instant::now();
         match iteration(&mut agent, &mut collector, &mut sent, wait_ms).await {
@@ -180,7 +188,7 @@ async fn iteration(
 }
 
 /// Journals a new work item; a replay of a finished or already journaled attempt is ignored.
-fn accept(journal: &Journal, work: Work) -> Result<(), Interrupted> {
+pub fn accept(journal: &Journal, work: Work) -> Result<(), Interrupted> {
     if let Err(e) = check_delivery_id(&work.delivery_id) {
         tracing::error!(error = %e, "work item refused");
         return Ok(());

@@ -13,8 +13,7 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 use windows_service::service::{
-    ServiceControl, ServiceControlAccept, ServiceExitCode, ServiceState, ServiceStatus,
-    ServiceType,
+    ServiceControl, ServiceControlAccept, ServiceExitCode, ServiceState, ServiceStatus, ServiceType,
 };
 use windows_service::service_control_handler::{self, ServiceControlHandlerResult};
 use windows_service::{define_windows_service, service_dispatcher};
@@ -91,6 +90,7 @@ fn service_main(_arguments: Vec<OsString>) {
         root: args.root.clone(),
         allow_real_reboot: args.allow_real_reboot,
         backoff_max: Duration::from_secs(60),
+        heartbeat: super::deliver::HEARTBEAT,
     };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -152,8 +152,17 @@ fn catalog_id(product: &str) -> String {
     let words: Vec<&str> = p.split_whitespace().collect();
     let mut id = Vec::new();
     for w in words {
-        if ["enterprise", "standard", "datacenter", "professional", "pro", "home", "edition", "(tm)"]
-            .contains(&w)
+        if [
+            "enterprise",
+            "standard",
+            "datacenter",
+            "professional",
+            "pro",
+            "home",
+            "edition",
+            "(tm)",
+        ]
+        .contains(&w)
         {
             continue;
         }

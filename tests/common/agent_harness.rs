@@ -170,9 +170,14 @@ impl AgentProc {
     /// Runs `enroll` to completion: (success, stdout + stderr).
     pub async fn enroll(&self, url: &str, token: &str, fingerprint: &str) -> (bool, String) {
         let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(["enroll", "--root"])
-            .arg(&self.root)
-            .args(["--server", url, "--token", token, "--fingerprint", fingerprint]);
+        cmd.args(["enroll", "--root"]).arg(&self.root).args([
+            "--server",
+            url,
+            "--token",
+            token,
+            "--fingerprint",
+            fingerprint,
+        ]);
         let o = cmd.output().await.unwrap();
         (
             o.status.success(),
@@ -195,6 +200,7 @@ impl AgentProc {
             .args(["run", "--root"])
             .arg(&self.root)
             .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
+            .env("PATCHCAST_AGENT_HEARTBEAT_MS", "200")
             .env("PATCHCAST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -47,6 +47,12 @@ pub struct Script {
     pub content_requests: Vec<Option<String>>,
     pub inventories: Vec<Inventory>,
     pub polls: u64,
+    /// While set, reports are answered with this status and not recorded (a server outage).
+    pub fail_reports: Option<u16>,
+    /// Seqs of the reports refused that way.
+    pub failed_reports: Vec<u32>,
+    /// Deliveries the agent said it was busy with, one per heartbeat.
+    pub busy: Vec<String>,
     pub unauthorized: u64,
 }
 
@@ -115,7 +121,11 @@ async fn enroll(State(app): State<App>, Json(req): Json<EnrollRequest>) -> Respo
     .into_response()
 }
 
-async fn inventory(State(app): State<App>, headers: HeaderMap, Json(inv): Json<Inventory>) -> Response {
+async fn inventory(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(inv): Json<Inventory>,
+) -> Response {
     if !app.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "bad credential");
     }
@@ -126,6 +136,9 @@ async fn inventory(State(app): State<App>, headers: HeaderMap, Json(inv): Json<I
 async fn poll(State(app): State<App>, headers: HeaderMap, Json(p): Json<Poll>) -> Response {
     if !app.authorized(&headers) {
         return error(StatusCode::UNAUTHORIZED, "bad credential");
+    }
+    if let AgentState::Busy { delivery_id, .. } = &p.state {
+        app.script.lock().unwrap().busy.push(delivery_id.clone());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.min(MAX_WAIT_MS));
     loop {
@@ -150,6 +163,13 @@ async fn report(State(app): State<App>, headers: HeaderMap, Json(r): Json<Report
         return error(StatusCode::UNAUTHORIZED, "bad credential");
     }
     let mut s = app.script.lock().unwrap();
+    if let Some(status) = s.fail_reports {
+        s.failed_reports.push(r.seq);
+        return error(
+            StatusCode::from_u16(status).unwrap(),
+            "scripted outage: try again later",
+        );
+    }
     s.reports.push(r.clone());
     let repeat = s
         .applied
@@ -211,9 +231,9 @@ async fn content(State(app): State<App>, headers: HeaderMap, Path(sha): Path<Str
         Some(Glitch::StallAfter(n)) => {
             let first = body_bytes[..n.min(len)].to_vec();
             let s = futures_util::StreamExt::chain(
-                futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
-                    axum::body::Bytes::from(first),
-                )]),
+                futures_util::stream::iter(vec![Ok::<_, std::io::Error>(axum::body::Bytes::from(
+                    first,
+                ))]),
                 futures_util::stream::pending(),
             );
             Body::from_stream(s)
