@@ -162,7 +162,12 @@ impl Collector {
         let machine = super::facts::machine();
         let (system_drive, disk_free, disk_total) = disk_of(root);
         Inventory {
-            hostname: sysinfo::System::host_name().unwrap_or_default(),
+            // Several agents on one host (containers, the demo) tell themselves apart by name.
+            hostname: std::env::var("PATCHCAST_AGENT_HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| sysinfo::System::host_name().ok())
+                .unwrap_or_default(),
             os: machine.os,
             os_version: os_pretty_name(),
             arch: machine.arch,

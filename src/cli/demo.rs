@@ -159,9 +159,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             ])
             .arg("--root")
             .arg(&root)
-            .env("PATCHCAST_ENROLL_TOKEN", &token);
+            .env("PATCHCAST_ENROLL_TOKEN", &token)
+            .env("PATCHCAST_AGENT_HOSTNAME", e.name);
         output(enroll).with_context(|| format!("enrolling {}", e.name))?;
         let agent = Command::new(&exe)
+            .env("PATCHCAST_AGENT_HOSTNAME", e.name)
             .args(["agent", "run", "--root"])
             .arg(&root)
             .stdout(log(e.name)?)
@@ -187,7 +189,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let mut run = admin(&["scenario", "run"]);
     run.arg(&a.scenario);
     let id = output(run)?;
-    let status = admin(&["scenario", "status", &id, "--watch"]).status()?;
+    // Progress bars go to stderr; the final table is printed once, by `results`, below.
+    let status = admin(&["scenario", "status", &id, "--watch"])
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("watching scenario {id} failed");
     }
