@@ -212,3 +212,36 @@ async fn results_and_status_cli_shapes(backend: Backend) {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--data DIR"));
 }
 both_backends!(results_and_status_cli_shapes);
+
+async fn silent_agent_gets_no_reply_then_retry(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &["--no-reply-margin", "1s"]).await else { return };
+    s.publish_sample("pkg-quiet").await;
+    let agents = s.enroll(1, "quiet", Behaviour::Apply).await;
+    let a = &agents[0];
+    let admin = s.admin();
+    let mut sc = scenario("quiet", "quiet", &["pkg-quiet"]);
+    sc.timeout_secs = Some(1);
+    let created = admin.run_scenario(&sc).await.unwrap();
+    let w = a.poll(AgentState::Idle, 1000).await.unwrap().unwrap();
+    a.report(&w, 1, Event::Probed { verdict: Verdict::NotApplied }, Detail::default()).await.unwrap();
+    // The agent goes quiet; the server's deadline (timeout + margin) passes.
+    let d = loop {
+        let st = admin.status(&created.id, "en").await.unwrap();
+        let d = st.deliveries[0].clone();
+        if d.state != State::Transferring {
+            break d;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(d.state, State::AwaitingRetry);
+    assert_eq!(d.last_code, Some(Code::E13));
+    // A late report of the abandoned attempt moves nothing.
+    assert!(a.report(&w, 2, Event::Transferred, Detail::default()).await.is_err());
+    // Back again: attempt 2 is handed out and applies.
+    let w2 = a.poll(AgentState::Idle, 1000).await.unwrap().unwrap();
+    assert_eq!(w2.attempt, 2);
+    a.carry_out(&w2).await.unwrap();
+    let st = admin.status(&created.id, "en").await.unwrap();
+    assert_eq!(st.deliveries[0].state, State::Applied);
+}
+both_backends!(silent_agent_gets_no_reply_then_retry);
