@@ -39,7 +39,14 @@ fn sample_scenarios_load_and_reference_the_schema() {
             .unwrap_or_else(|p| panic!("{}: {p:?}", path.display()));
         // Every package a sample names exists in packages/.
         for p in &s.packages {
-            assert!(repo().join("packages").join(p.as_str()).join("package.yaml").exists(), "{p}");
+            assert!(
+                repo()
+                    .join("packages")
+                    .join(p.as_str())
+                    .join("package.yaml")
+                    .exists(),
+                "{p}"
+            );
         }
         n += 1;
     }

@@ -4,7 +4,9 @@
 
 use super::db::{json, now_ms};
 use super::{Server, random_hex, sha256_hex};
-use crate::transport::admin_api::{Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest};
+use crate::transport::admin_api::{
+    Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest,
+};
 use crate::transport::protocol::{EnrollRequest, EnrollResponse, Inventory};
 use anyhow::Result;
 use sqlx::Row;
@@ -13,7 +15,9 @@ use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("the enrollment token is unknown, expired or used up; ask the administrator for a new one (`patchcast token create`)")]
+    #[error(
+        "the enrollment token is unknown, expired or used up; ask the administrator for a new one (`patchcast token create`)"
+    )]
     BadToken,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -33,10 +37,17 @@ impl Server {
             .bind(req.uses.map(|u| u as i64))
             .execute(&self.db)
             .await?;
-        Ok(TokenCreated { token, expires_at_ms: expires })
+        Ok(TokenCreated {
+            token,
+            expires_at_ms: expires,
+        })
     }
 
-    pub async fn enroll(&self, req: &EnrollRequest, peer: IpAddr) -> Result<EnrollResponse, EnrollError> {
+    pub async fn enroll(
+        &self,
+        req: &EnrollRequest,
+        peer: IpAddr,
+    ) -> Result<EnrollResponse, EnrollError> {
         let _w = self.write.lock().await;
         let now = now_ms();
         let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
@@ -74,7 +85,10 @@ impl Server {
         .await
         .map_err(anyhow::Error::from)?;
         if let Some(g) = group {
-            let mut grp = load_group(&mut tx, &g).await?.unwrap_or(Group { name: g, ..Group::default() });
+            let mut grp = load_group(&mut tx, &g).await?.unwrap_or(Group {
+                name: g,
+                ..Group::default()
+            });
             grp.members.push(id.clone());
             save_group(&mut tx, &grp).await?;
         }
@@ -83,7 +97,11 @@ impl Server {
         Ok(EnrollResponse {
             machine_id: id.clone(),
             credential: format!("{id}.{secret}"),
-            publisher_keys: self.trusted.iter().map(|k| hex::encode(k.to_bytes())).collect(),
+            publisher_keys: self
+                .trusted
+                .iter()
+                .map(|k| hex::encode(k.to_bytes()))
+                .collect(),
             poll_ms: self.poll_ms,
         })
     }
@@ -93,10 +111,11 @@ impl Server {
         let Some((id, secret)) = bearer.split_once('.') else {
             return Ok(None);
         };
-        let stored: Option<String> = sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await?;
         Ok(stored
             .filter(|h| constant_eq(h.as_bytes(), sha256_hex(secret).as_bytes()))
             .map(|_| id.to_string()))
@@ -110,13 +129,15 @@ impl Server {
     pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write.lock().await;
-        sqlx::query("UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4")
-            .bind(now_ms())
-            .bind(peer.to_string())
-            .bind(state)
-            .bind(machine)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
+        )
+        .bind(now_ms())
+        .bind(peer.to_string())
+        .bind(state)
+        .bind(machine)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -142,12 +163,21 @@ impl Server {
         let mut out: Vec<MachineView> = rows.iter().map(machine_view).collect::<Result<_>>()?;
         let groups = self.groups().await?;
         for m in &mut out {
-            m.groups = groups.iter().filter(|g| g.resolved.contains(&m.id)).map(|g| g.group.name.clone()).collect();
+            m.groups = groups
+                .iter()
+                .filter(|g| g.resolved.contains(&m.id))
+                .map(|g| g.group.name.clone())
+                .collect();
         }
         Ok(out)
     }
 
-    pub async fn label(&self, machine: &str, add: &[String], remove: &[String]) -> Result<Option<MachineView>> {
+    pub async fn label(
+        &self,
+        machine: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Option<MachineView>> {
         let _w = self.write.lock().await;
         let Some(r) = sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
             .bind(machine)
@@ -169,13 +199,18 @@ impl Server {
             .execute(&self.db)
             .await?;
         drop(_w);
-        Ok(self.machines().await?.into_iter().find(|m| m.id == machine || m.hostname == machine))
+        Ok(self
+            .machines()
+            .await?
+            .into_iter()
+            .find(|m| m.id == machine || m.hostname == machine))
     }
 
     pub async fn put_group(&self, g: &Group) -> Result<GroupView> {
         if let Some(r) = &g.filter.ip_range {
-            r.parse::<ipnet::IpNet>()
-                .map_err(|e| anyhow::anyhow!("ip_range `{r}` is not a CIDR range ({e}); write e.g. 10.0.0.0/8"))?;
+            r.parse::<ipnet::IpNet>().map_err(|e| {
+                anyhow::anyhow!("ip_range `{r}` is not a CIDR range ({e}); write e.g. 10.0.0.0/8")
+            })?;
         }
         anyhow::ensure!(!g.name.trim().is_empty(), "the group name is empty");
         {
@@ -192,12 +227,13 @@ impl Server {
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupView>> {
-        let groups: Vec<Group> = sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
-            .fetch_all(&self.db)
-            .await?
-            .iter()
-            .map(group_row)
-            .collect::<Result<_>>()?;
+        let groups: Vec<Group> =
+            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(group_row)
+                .collect::<Result<_>>()?;
         let machines = sqlx::query(
             "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
         )
@@ -209,7 +245,11 @@ impl Server {
         Ok(groups
             .into_iter()
             .map(|g| GroupView {
-                resolved: machines.iter().filter(|m| in_group(&g, m)).map(|m| m.id.clone()).collect(),
+                resolved: machines
+                    .iter()
+                    .filter(|m| in_group(&g, m))
+                    .map(|m| m.id.clone())
+                    .collect(),
                 group: g,
             })
             .collect())
@@ -231,7 +271,11 @@ fn machine_view(r: &AnyRow) -> Result<MachineView> {
 }
 
 fn group_row(r: &AnyRow) -> Result<Group> {
-    Ok(Group { name: r.try_get("name")?, members: json(r, "members")?, filter: json(r, "filter")? })
+    Ok(Group {
+        name: r.try_get("name")?,
+        members: json(r, "members")?,
+        filter: json(r, "filter")?,
+    })
 }
 
 async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<Group>> {
@@ -245,7 +289,10 @@ async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<G
 }
 
 async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
-    sqlx::query("DELETE FROM machine_groups WHERE name = $1").bind(&g.name).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM machine_groups WHERE name = $1")
+        .bind(&g.name)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO machine_groups (name, members, filter) VALUES ($1, $2, $3)")
         .bind(&g.name)
         .bind(serde_json::to_string(&g.members)?)
@@ -257,20 +304,22 @@ async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
 
 /// Static member, or matches every criterion of a non-empty filter.
 pub fn in_group(g: &Group, m: &MachineView) -> bool {
-    g.members.iter().any(|x| *x == m.id || *x == m.hostname) || (!g.filter.is_empty() && matches(&g.filter, m))
+    g.members.iter().any(|x| *x == m.id || *x == m.hostname)
+        || (!g.filter.is_empty() && matches(&g.filter, m))
 }
 
 fn matches(f: &GroupFilter, m: &MachineView) -> bool {
     let inv = &m.inventory;
-    if let Some(os) = &f.os {
-        if !(inv.os == *os || inv.os.starts_with(&format!("{os}-"))) {
-            return false;
-        }
+    if let Some(os) = &f.os
+        && !(inv.os == *os || inv.os.starts_with(&format!("{os}-")))
+    {
+        return false;
     }
     if let Some(lang) = &f.language {
         let l = inv.language.to_ascii_lowercase();
         let want = lang.to_ascii_lowercase();
-        if !(l == want || l.starts_with(&format!("{want}-")) || l.starts_with(&format!("{want}_"))) {
+        if !(l == want || l.starts_with(&format!("{want}-")) || l.starts_with(&format!("{want}_")))
+        {
             return false;
         }
     }
@@ -279,15 +328,18 @@ fn matches(f: &GroupFilter, m: &MachineView) -> bool {
             return false;
         };
         let peer = m.peer_address.parse::<IpAddr>().ok();
-        let reported = inv.interfaces.iter().flat_map(|i| i.addresses.iter().copied());
+        let reported = inv
+            .interfaces
+            .iter()
+            .flat_map(|i| i.addresses.iter().copied());
         if !peer.into_iter().chain(reported).any(|a| net.contains(&a)) {
             return false;
         }
     }
-    if let Some(label) = &f.label {
-        if !m.labels.contains(label) {
-            return false;
-        }
+    if let Some(label) = &f.label
+        && !m.labels.contains(label)
+    {
+        return false;
     }
     true
 }

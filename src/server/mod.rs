@@ -122,7 +122,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let identity = crate::transport::tls::Identity::load_or_create(&cfg.data.join("tls"), &names)?;
     let url = match &cfg.database {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}?mode=rwc", cfg.data.join("patchcast.db").display()),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            cfg.data.join("patchcast.db").display()
+        ),
     };
     let db = db::open(&url).await?;
     let trusted = cfg
@@ -157,7 +160,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         fingerprint: identity.fingerprint.clone(),
     };
     write_info(&cfg.data, &info)?;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
     let handle = axum_server::Handle::new();
     let app = api::router(server.clone());
     let srv = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
@@ -189,8 +193,7 @@ fn write_info(data: &Path, info: &ServerInfo) -> Result<()> {
     let tmp = data.join("server.json.tmp");
     let mut bytes = serde_json::to_vec_pretty(info)?;
     bytes.push(b'\n');
-    std::fs::write(&tmp, bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
