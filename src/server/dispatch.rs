@@ -407,7 +407,7 @@ impl Server {
 
     /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
-        let (action, scenario_id) = {
+        let (action, scenario_id, freed) = {
             let _w = self.write.lock().await;
             let now = now_ms();
             let mut tx = self.db.begin().await?;
@@ -429,6 +429,7 @@ impl Server {
                 }));
             }
             let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            let was_busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
             match self
                 .transition(
                     &mut tx,
@@ -444,13 +445,19 @@ impl Server {
             {
                 Ok(action) => {
                     tx.commit().await?;
-                    (action, r.scenario_id)
+                    let busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+                    // A concurrency slot opened only if the scenario limits them.
+                    let freed = s.max_concurrent.is_some() && was_busy && !busy;
+                    (action, r.scenario_id, freed)
                 }
                 Err(e) => return Ok(ReportOutcome::Refused(e)),
             }
         };
         // The machine may have its next package, and others a freed concurrency slot.
-        self.wake_scenario(&scenario_id).await;
+        self.wake(machine);
+        if freed {
+            self.wake_scenario(&scenario_id).await;
+        }
         Ok(ReportOutcome::Ack(ReportAck {
             applied: true,
             reboot: action == Action::Reboot,

@@ -29,14 +29,28 @@ impl Server {
         let now = now_ms();
         let expires = now + (req.expires_secs as i64).saturating_mul(1000);
         let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        if let Some(g) = &req.group
+            && load_group(&mut tx, g).await?.is_none()
+        {
+            save_group(
+                &mut tx,
+                &Group {
+                    name: g.clone(),
+                    ..Group::default()
+                },
+            )
+            .await?;
+        }
         sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
             .bind(sha256_hex(&token))
             .bind(req.group.clone())
             .bind(now)
             .bind(expires)
             .bind(req.uses.map(|u| u as i64))
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(TokenCreated {
             token,
             expires_at_ms: expires,
@@ -72,8 +86,8 @@ impl Server {
         let id = format!("m-{}", random_hex(8)?);
         let secret = random_hex(32)?;
         sqlx::query(
-            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state) \
-             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle')",
+            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
+             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle', $7)",
         )
         .bind(&id)
         .bind(sha256_hex(&secret))
@@ -81,17 +95,11 @@ impl Server {
         .bind(serde_json::to_string(&req.inventory).map_err(anyhow::Error::from)?)
         .bind(peer.to_string())
         .bind(now)
+        // Membership through the token is a column, not a growing member list to rewrite.
+        .bind(group)
         .execute(&mut *tx)
         .await
         .map_err(anyhow::Error::from)?;
-        if let Some(g) = group {
-            let mut grp = load_group(&mut tx, &g).await?.unwrap_or(Group {
-                name: g,
-                ..Group::default()
-            });
-            grp.members.push(id.clone());
-            save_group(&mut tx, &grp).await?;
-        }
         tx.commit().await.map_err(anyhow::Error::from)?;
         tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
         Ok(EnrollResponse {
@@ -156,7 +164,7 @@ impl Server {
 
     pub async fn machines(&self) -> Result<Vec<MachineView>> {
         let rows = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
         )
         .fetch_all(&self.db)
         .await?;
@@ -235,7 +243,7 @@ impl Server {
                 .map(group_row)
                 .collect::<Result<_>>()?;
         let machines = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
         )
         .fetch_all(&self.db)
         .await?
@@ -263,6 +271,7 @@ fn machine_view(r: &AnyRow) -> Result<MachineView> {
         peer_address: r.try_get("peer_addr")?,
         inventory: json(r, "inventory")?,
         labels: json(r, "labels")?,
+        enroll_group: r.try_get("enroll_group")?,
         groups: Vec::new(),
         enrolled_at_ms: r.try_get("enrolled_at")?,
         last_seen_ms: r.try_get("last_seen")?,
@@ -304,7 +313,8 @@ async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
 
 /// Static member, or matches every criterion of a non-empty filter.
 pub fn in_group(g: &Group, m: &MachineView) -> bool {
-    g.members.iter().any(|x| *x == m.id || *x == m.hostname)
+    m.enroll_group.as_deref() == Some(g.name.as_str())
+        || g.members.iter().any(|x| *x == m.id || *x == m.hostname)
         || (!g.filter.is_empty() && matches(&g.filter, m))
 }
 

@@ -53,6 +53,9 @@ pub struct MachineView {
     pub peer_address: String,
     pub inventory: Inventory,
     pub labels: Vec<String>,
+    /// The group of the token the machine enrolled with.
+    #[serde(default)]
+    pub enroll_group: Option<String>,
     pub groups: Vec<String>,
     pub enrolled_at_ms: i64,
     pub last_seen_ms: i64,
