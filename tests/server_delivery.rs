@@ -345,6 +345,33 @@ async fn results_and_status_cli_shapes(backend: Backend) {
     }
     assert_eq!(r["packages"][0]["applied"], 2);
 
+    // --watch returns once the scenario is done.
+    let o = s.cli(&["scenario", "status", &id, "--watch", "--json"]);
+    assert!(o.status.success());
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["done"], true);
+
+    // Token, machine and group commands.
+    let o = s.cli(&[
+        "token", "create", "--group", "later", "--uses", "1", "--json",
+    ]);
+    let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(t["token"].as_str().unwrap().starts_with("pcenr_"));
+    let o = s.cli(&["machine", "label", "cli-0", "canary"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = s.cli(&["group", "create", "canaries", "--label", "canary", "--json"]);
+    let g: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(g["resolved"].as_array().unwrap().len(), 1);
+    let o = s.cli(&["machine", "list", "--json"]);
+    let ms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ms.as_array().unwrap().len(), 2);
+    let o = s.cli(&["group", "list"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("canaries") && text.contains("later") && text.contains("cli"),
+        "{text}"
+    );
+
     let o = s.cli(&["results", "--csv", "--machine", "cli-0"]);
     let text = String::from_utf8_lossy(&o.stdout);
     let lines: Vec<&str> = text.lines().collect();
