@@ -383,8 +383,17 @@ impl Server {
         let notify = self.notifier(machine);
         loop {
             let (work, due) = self.try_dispatch(machine, state).await?;
-            if work.is_some() || !matches!(state, AgentState::Idle) {
+            if work.is_some() {
                 return Ok(work);
+            }
+            if !matches!(state, AgentState::Idle) {
+                // A heartbeat: held like an idle poll (so a simple agent loop does not spin),
+                // and released early when this machine reports.
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                return Ok(None);
             }
             let mut wake = until;
             if let Some(due) = due {
