@@ -400,7 +400,17 @@ async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
         key_id: v.key_id.clone(),
         published_at_ms: super::db::now_ms(),
     };
-    s.save_package(&view, &manifest, &signature).await?;
+    // The package's own install timeout (default 30m), for the no-reply deadline.
+    let timeout = v
+        .manifest
+        .package
+        .install
+        .timeout
+        .as_deref()
+        .and_then(|t| crate::model::types::parse_duration(t).ok())
+        .map_or(30 * 60, |d| d.as_secs());
+    s.save_package(&view, &manifest, &signature, timeout)
+        .await?;
     tracing::info!(package = %view.id, sha256 = %view.archive_sha256, "published");
     Ok(Json(view).into_response())
 }
@@ -461,6 +471,7 @@ impl Server {
         v: &PackageView,
         manifest: &str,
         signature: &str,
+        install_timeout_secs: u64,
     ) -> anyhow::Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
@@ -469,8 +480,8 @@ impl Server {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&v.id)
         .bind(v.version.clone())
@@ -481,6 +492,7 @@ impl Server {
         .bind(signature)
         .bind(&v.key_id)
         .bind(v.published_at_ms)
+        .bind(install_timeout_secs as i64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Default when neither the scenario nor the package sets an install timeout.
+/// Default when the package's install timeout cannot be read (it always can after publish).
 const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
 const IN_FLIGHT: &str = "('transferring','executing','verifying')";
 
@@ -189,19 +189,15 @@ impl Server {
     ) -> i64 {
         let secs = match scenario.timeout_secs {
             Some(s) => s,
-            None => sqlx::query("SELECT manifest FROM packages WHERE id = $1")
-                .bind(package)
-                .fetch_optional(&mut *tx)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| json::<serde_json::Value>(&r, "manifest").ok())
-                .and_then(|m| {
-                    m.pointer("/package/install/timeout")
-                        .and_then(|t| t.as_str())
-                        .and_then(|t| crate::model::types::parse_duration(t).ok())
-                })
-                .map_or(DEFAULT_TIMEOUT_SECS, |d| d.as_secs()),
+            None => sqlx::query_scalar::<_, i64>(
+                "SELECT install_timeout_secs FROM packages WHERE id = $1",
+            )
+            .bind(package)
+            .fetch_optional(&mut *tx)
+            .await
+            .ok()
+            .flatten()
+            .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
         };
         (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
     }

@@ -13,6 +13,9 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use std::net::IpAddr;
 
+/// How stale `last_seen` may get while nothing else about a machine changes.
+const SEEN_WRITE_MS: i64 = 5_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     #[error(
@@ -135,12 +138,24 @@ impl Server {
 
     /// Records that the machine was heard from, where from, and in which state.
     pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
+        // Heartbeats are frequent: write only when something changed or every few seconds.
+        let now = now_ms();
+        let key = (peer.to_string(), state.to_string());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(machine) {
+                Some((at, k)) if *k == key && now - at < SEEN_WRITE_MS => return Ok(()),
+                _ => {
+                    seen.insert(machine.to_string(), (now, key));
+                }
+            }
+        }
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write.lock().await;
         sqlx::query(
             "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
         )
-        .bind(now_ms())
+        .bind(now)
         .bind(peer.to_string())
         .bind(state)
         .bind(machine)

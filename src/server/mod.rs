@@ -62,6 +62,9 @@ pub struct ServerInfo {
     pub fingerprint: String,
 }
 
+/// When a machine's last-seen row was written, with the (peer, state) written.
+pub type SeenWrite = (i64, (String, String));
+
 pub struct Server {
     pub db: sqlx::AnyPool,
     pub store: store::Store,
@@ -73,6 +76,8 @@ pub struct Server {
     /// Serialises state-changing transactions (see `dispatch`).
     pub write: tokio::sync::Mutex<()>,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Last `seen` write per machine.
+    pub seen: Mutex<HashMap<String, SeenWrite>>,
 }
 
 /// A started server.
@@ -144,6 +149,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         poll_ms: cfg.poll_ms,
         write: tokio::sync::Mutex::new(()),
         notify: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashMap::new()),
     });
     let recovered = server.recover().await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
