@@ -519,3 +519,43 @@ impl Server {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, v.parse().unwrap());
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
+        assert_eq!(range("bytes=0-", 10), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=4-", 10), Ok(Some((4, 9))));
+        assert_eq!(range("bytes=2-5", 10), Ok(Some((2, 5))));
+        assert_eq!(
+            range("bytes=2-99", 10),
+            Ok(Some((2, 9))),
+            "end clamps to the size"
+        );
+        assert_eq!(range("bytes=-3", 10), Ok(Some((7, 9))), "suffix");
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=x-",
+        ] {
+            assert_eq!(range(bad, 10), Err(()), "{bad}");
+        }
+        assert_eq!(
+            range("bytes=0-", 0),
+            Err(()),
+            "nothing to serve of an empty file"
+        );
+    }
+}

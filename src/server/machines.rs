@@ -372,3 +372,113 @@ fn matches(f: &GroupFilter, m: &MachineView) -> bool {
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(os: &str, lang: &str, peer: &str, addr: &str, labels: &[&str]) -> MachineView {
+        let mut inventory = Inventory {
+            os: os.into(),
+            language: lang.into(),
+            ..Inventory::default()
+        };
+        inventory
+            .interfaces
+            .push(crate::transport::protocol::Interface {
+                name: "eth0".into(),
+                mac: String::new(),
+                addresses: vec![addr.parse().unwrap()],
+            });
+        MachineView {
+            id: "m-1".into(),
+            hostname: "h1".into(),
+            peer_address: peer.into(),
+            inventory,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            enroll_group: None,
+            groups: vec![],
+            enrolled_at_ms: 0,
+            last_seen_ms: 0,
+            agent_state: "idle".into(),
+        }
+    }
+
+    fn group(filter: GroupFilter) -> Group {
+        Group {
+            name: "g".into(),
+            members: vec![],
+            filter,
+        }
+    }
+
+    #[test]
+    fn filters_need_every_criterion() {
+        let m = machine(
+            "windows-server-2008-enterprise",
+            "ja-JP",
+            "192.168.1.5",
+            "10.1.2.3",
+            &["canary"],
+        );
+        let f = |os: Option<&str>, lang: Option<&str>, ip: Option<&str>, label: Option<&str>| {
+            GroupFilter {
+                os: os.map(Into::into),
+                language: lang.map(Into::into),
+                ip_range: ip.map(Into::into),
+                label: label.map(Into::into),
+            }
+        };
+        assert!(in_group(
+            &group(f(Some("windows-server-2008"), Some("ja"), None, None)),
+            &m
+        ));
+        assert!(!in_group(
+            &group(f(Some("windows-server-2003"), Some("ja"), None, None)),
+            &m
+        ));
+        assert!(
+            !in_group(
+                &group(f(Some("windows-server-2008-ent"), None, None, None)),
+                &m
+            ),
+            "prefix by whole segments"
+        );
+        assert!(!in_group(&group(f(None, Some("j"), None, None)), &m));
+        assert!(
+            in_group(&group(f(None, None, Some("192.168.0.0/16"), None)), &m),
+            "the address the server sees"
+        );
+        assert!(
+            in_group(&group(f(None, None, Some("10.1.0.0/16"), None)), &m),
+            "a reported address"
+        );
+        assert!(!in_group(
+            &group(f(None, None, Some("172.16.0.0/12"), None)),
+            &m
+        ));
+        assert!(in_group(&group(f(None, None, None, Some("canary"))), &m));
+        assert!(!in_group(
+            &group(f(Some("windows"), None, None, Some("prod"))),
+            &m
+        ));
+        assert!(
+            !in_group(&group(GroupFilter::default()), &m),
+            "an empty filter matches nothing"
+        );
+    }
+
+    #[test]
+    fn members_and_enrollment_group() {
+        let mut m = machine("debian-12", "en", "127.0.0.1", "10.0.0.1", &[]);
+        let mut g = group(GroupFilter::default());
+        assert!(!in_group(&g, &m));
+        g.members = vec!["h1".into()];
+        assert!(in_group(&g, &m), "by hostname");
+        g.members = vec!["m-1".into()];
+        assert!(in_group(&g, &m), "by id");
+        g.members.clear();
+        m.enroll_group = Some("g".into());
+        assert!(in_group(&g, &m), "the token's group");
+    }
+}
