@@ -4,9 +4,9 @@
 //! linting and verifying signed archives, `cli` the command-line front end.
 
 pub mod agent;
-pub mod loadgen;
 pub mod cli;
 pub mod core;
+pub mod loadgen;
 pub mod model;
 pub mod pack;
 pub mod server;

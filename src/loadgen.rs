@@ -10,7 +10,10 @@ use crate::core::identify::{Check, Outcome, Verdict};
 use crate::model::scenario::Scenario;
 use crate::transport::admin_api::{Admin, Group, TokenRequest};
 use crate::transport::client::{CallError, Client};
-use crate::transport::protocol::{self as proto, AgentState, Detail, EnrollRequest, EnrollResponse, Interface, Inventory, Poll, PollResponse, Report, ReportAck, Work};
+use crate::transport::protocol::{
+    self as proto, AgentState, Detail, EnrollRequest, EnrollResponse, Interface, Inventory, Poll,
+    PollResponse, Report, ReportAck, Work,
+};
 use anyhow::{Context, Result, bail};
 use sha2::Digest;
 use std::time::{Duration, Instant};
@@ -44,8 +47,18 @@ pub fn inventory(hostname: &str, index: u32) -> Inventory {
         memory_total: 4 << 30,
         interfaces: vec![Interface {
             name: "eth0".into(),
-            mac: format!("02:00:00:{:02x}:{:02x}:{:02x}", (index >> 16) & 0xff, (index >> 8) & 0xff, index & 0xff),
-            addresses: vec![std::net::IpAddr::from([10, (index >> 16) as u8, (index >> 8) as u8, index as u8])],
+            mac: format!(
+                "02:00:00:{:02x}:{:02x}:{:02x}",
+                (index >> 16) & 0xff,
+                (index >> 8) & 0xff,
+                index & 0xff
+            ),
+            addresses: vec![std::net::IpAddr::from([
+                10,
+                (index >> 16) as u8,
+                (index >> 8) as u8,
+                index as u8,
+            ])],
         }],
         agent_version: format!("sim-{}", env!("CARGO_PKG_VERSION")),
         boot_time: 0,
@@ -56,25 +69,67 @@ pub fn inventory(hostname: &str, index: u32) -> Inventory {
 }
 
 impl SimAgent {
-    pub async fn enroll(url: &str, fingerprint: &str, token: &str, inv: Inventory, behaviour: Behaviour) -> Result<SimAgent, CallError> {
-        let anon = Client::new(url, fingerprint, None).map_err(|e| CallError::Protocol { url: url.into(), detail: e.to_string() })?;
-        let r: EnrollResponse = anon.post(proto::ENROLL, &EnrollRequest { token: token.to_string(), inventory: inv }).await?;
+    pub async fn enroll(
+        url: &str,
+        fingerprint: &str,
+        token: &str,
+        inv: Inventory,
+        behaviour: Behaviour,
+    ) -> Result<SimAgent, CallError> {
+        let anon = Client::new(url, fingerprint, None).map_err(|e| CallError::Protocol {
+            url: url.into(),
+            detail: e.to_string(),
+        })?;
+        let r: EnrollResponse = anon
+            .post(
+                proto::ENROLL,
+                &EnrollRequest {
+                    token: token.to_string(),
+                    inventory: inv,
+                },
+            )
+            .await?;
         let bearer = format!("{}.{}", r.machine_id, r.credential);
-        Ok(SimAgent { machine_id: r.machine_id, client: anon.with_bearer(bearer), behaviour })
+        Ok(SimAgent {
+            machine_id: r.machine_id,
+            client: anon.with_bearer(bearer),
+            behaviour,
+        })
     }
 
     pub async fn poll(&self, state: AgentState, wait_ms: u64) -> Result<Option<Work>, CallError> {
-        let r: PollResponse = self.client.post(proto::POLL, &Poll { state, wait_ms }).await?;
+        let r: PollResponse = self
+            .client
+            .post(proto::POLL, &Poll { state, wait_ms })
+            .await?;
         Ok(r.work)
     }
 
-    pub async fn report(&self, w: &Work, seq: u32, event: Event, detail: Detail) -> Result<ReportAck, CallError> {
-        let r = Report { delivery_id: w.delivery_id.clone(), attempt: w.attempt, seq, event, detail };
+    pub async fn report(
+        &self,
+        w: &Work,
+        seq: u32,
+        event: Event,
+        detail: Detail,
+    ) -> Result<ReportAck, CallError> {
+        let r = Report {
+            delivery_id: w.delivery_id.clone(),
+            attempt: w.attempt,
+            seq,
+            event,
+            detail,
+        };
         self.client.post(proto::REPORT, &r).await
     }
 
     /// Like `report`, but waits out a server that is down (restarting), as a real agent does.
-    pub async fn report_until_heard(&self, w: &Work, seq: u32, event: Event, detail: Detail) -> Result<ReportAck> {
+    pub async fn report_until_heard(
+        &self,
+        w: &Work,
+        seq: u32,
+        event: Event,
+        detail: Detail,
+    ) -> Result<ReportAck> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.report(w, seq, event.clone(), detail.clone()).await {
@@ -92,7 +147,12 @@ impl SimAgent {
     pub async fn fetch(&self, w: &Work) -> Result<u64> {
         use futures_util::StreamExt;
         let path = format!("{}/{}", proto::CONTENT, w.archive_sha256);
-        let resp = self.client.request(reqwest::Method::GET, &path).send().await.map_err(|e| self.client.unreachable(&path, &e))?;
+        let resp = self
+            .client
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| self.client.unreachable(&path, &e))?;
         if !resp.status().is_success() {
             bail!("content {}: HTTP {}", w.archive_sha256, resp.status());
         }
@@ -106,18 +166,42 @@ impl SimAgent {
         }
         let got = hex::encode(h.finalize());
         if n != w.archive_size || got != w.archive_sha256.hex() {
-            bail!("content {} arrived as {n} bytes with sha256 {got} (E19)", w.archive_sha256);
+            bail!(
+                "content {} arrived as {n} bytes with sha256 {got} (E19)",
+                w.archive_sha256
+            );
         }
         Ok(n)
     }
 
     /// The whole attempt: probe (not applied), fetch, execute (exit 0), verify per behaviour.
     pub async fn carry_out(&self, w: &Work) -> Result<ReportAck> {
-        self.report_until_heard(w, 1, Event::Probed { verdict: Verdict::NotApplied }, Detail::default()).await?;
+        self.report_until_heard(
+            w,
+            1,
+            Event::Probed {
+                verdict: Verdict::NotApplied,
+            },
+            Detail::default(),
+        )
+        .await?;
         self.fetch(w).await?;
-        self.report_until_heard(w, 2, Event::Transferred, Detail::default()).await?;
-        let executed = Detail { exit_code: Some(0), output_tail: Some("simulated install: ok\n".into()), ..Detail::default() };
-        self.report_until_heard(w, 3, Event::Executed { execution: Execution::Succeeded { code: 0 } }, executed).await?;
+        self.report_until_heard(w, 2, Event::Transferred, Detail::default())
+            .await?;
+        let executed = Detail {
+            exit_code: Some(0),
+            output_tail: Some("simulated install: ok\n".into()),
+            ..Detail::default()
+        };
+        self.report_until_heard(
+            w,
+            3,
+            Event::Executed {
+                execution: Execution::Succeeded { code: 0 },
+            },
+            executed,
+        )
+        .await?;
         let (event, detail) = self.verify();
         self.report_until_heard(w, 4, event, detail).await
     }
@@ -125,16 +209,30 @@ impl SimAgent {
     pub fn verify(&self) -> (Event, Detail) {
         match &self.behaviour {
             Behaviour::Apply => (
-                Event::Verified { verdict: Verdict::Applied, failing_rule: None },
+                Event::Verified {
+                    verdict: Verdict::Applied,
+                    failing_rule: None,
+                },
                 Detail {
-                    explanation: vec![Check { check: "simulated rule".into(), outcome: Outcome::Pass, detail: "present".into() }],
+                    explanation: vec![Check {
+                        check: "simulated rule".into(),
+                        outcome: Outcome::Pass,
+                        detail: "present".into(),
+                    }],
                     ..Detail::default()
                 },
             ),
             Behaviour::NeverVerifies { rule } => (
-                Event::Verified { verdict: Verdict::NotApplied, failing_rule: Some(rule.clone()) },
+                Event::Verified {
+                    verdict: Verdict::NotApplied,
+                    failing_rule: Some(rule.clone()),
+                },
                 Detail {
-                    explanation: vec![Check { check: rule.clone(), outcome: Outcome::Fail, detail: "still not as the rule demands".into() }],
+                    explanation: vec![Check {
+                        check: rule.clone(),
+                        outcome: Outcome::Fail,
+                        detail: "still not as the rule demands".into(),
+                    }],
                     ..Detail::default()
                 },
             ),
@@ -154,7 +252,11 @@ impl SimAgent {
 }
 
 /// Writes and builds a tiny signed package for load tests; returns the archive path.
-pub fn sample_package(dir: &std::path::Path, key: &ed25519_dalek::SigningKey, id: &str) -> Result<std::path::PathBuf> {
+pub fn sample_package(
+    dir: &std::path::Path,
+    key: &ed25519_dalek::SigningKey,
+    id: &str,
+) -> Result<std::path::PathBuf> {
     let pkg = dir.join(id);
     std::fs::create_dir_all(&pkg)?;
     std::fs::write(pkg.join("hello.txt"), format!("hello from {id}\n"))?;
@@ -190,7 +292,13 @@ pub struct Stats {
 
 fn stats(mut us: Vec<u64>, wall: Duration) -> Stats {
     us.sort_unstable();
-    let pct = |p: f64| if us.is_empty() { 0.0 } else { us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0 };
+    let pct = |p: f64| {
+        if us.is_empty() {
+            0.0
+        } else {
+            us[((us.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+        }
+    };
     Stats {
         count: us.len(),
         seconds: wall.as_secs_f64(),
@@ -223,7 +331,12 @@ pub struct Target {
 
 /// Runs `agents` simulated agents (at most `concurrency` requests in flight) through
 /// enrollment, a check-in, and a one-package scenario to applied.
-pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path::Path) -> Result<LoadReport> {
+pub async fn run(
+    t: &Target,
+    agents: usize,
+    concurrency: usize,
+    work: &std::path::Path,
+) -> Result<LoadReport> {
     use futures_util::StreamExt;
     let admin = Admin::new(&t.url, &t.fingerprint, &t.admin_token)?;
     let tag = crate::server::random_hex(4)?;
@@ -231,7 +344,14 @@ pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path
     let pkg_id = format!("loadtest-{tag}");
     let archive = sample_package(work, &t.signing_key, &pkg_id)?;
     admin.publish(&archive).await??;
-    let token = admin.create_token(&TokenRequest { group: Some(group.clone()), uses: Some(agents as u64), expires_secs: 3600 }).await?.token;
+    let token = admin
+        .create_token(&TokenRequest {
+            group: Some(group.clone()),
+            uses: Some(agents as u64),
+            expires_secs: 3600,
+        })
+        .await?
+        .token;
 
     let started = Instant::now();
     let enrolled: Vec<Result<(SimAgent, u64)>> = futures_util::stream::iter(0..agents)
@@ -239,7 +359,14 @@ pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path
             let (url, fp, token) = (t.url.clone(), t.fingerprint.clone(), token.clone());
             async move {
                 let t0 = Instant::now();
-                let a = SimAgent::enroll(&url, &fp, &token, inventory(&format!("sim-{i:05}"), i as u32), Behaviour::Apply).await?;
+                let a = SimAgent::enroll(
+                    &url,
+                    &fp,
+                    &token,
+                    inventory(&format!("sim-{i:05}"), i as u32),
+                    Behaviour::Apply,
+                )
+                .await?;
                 Ok((a, t0.elapsed().as_micros() as u64))
             }
         })
@@ -270,7 +397,11 @@ pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path
 
     let scenario = Scenario {
         name: format!("loadtest {agents}"),
-        packages: vec![pkg_id.parse().map_err(|e: crate::model::types::FormatError| anyhow::anyhow!(e.0))?],
+        packages: vec![
+            pkg_id
+                .parse()
+                .map_err(|e: crate::model::types::FormatError| anyhow::anyhow!(e.0))?,
+        ],
         machines: Vec::new(),
         groups: vec![group.clone()],
         max_concurrent: None,
@@ -282,7 +413,12 @@ pub async fn run(t: &Target, agents: usize, concurrency: usize, work: &std::path
     };
     // The token put every agent in the group; make sure the group exists even for 0 agents.
     if agents == 0 {
-        admin.put_group(&Group { name: group.clone(), ..Group::default() }).await?;
+        admin
+            .put_group(&Group {
+                name: group.clone(),
+                ..Group::default()
+            })
+            .await?;
     }
     let created = admin.run_scenario(&scenario).await?;
     let started = Instant::now();

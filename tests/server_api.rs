@@ -20,73 +20,214 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, CallError>) -> (u16, Option<Code>) {
 }
 
 async fn enrollment_and_misuse(backend: Backend) {
-    let Some(s) = TestServer::start(backend, &[]).await else { return };
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
     let admin = s.admin();
-    let once = admin.create_token(&TokenRequest { group: Some("lab".into()), uses: Some(1), expires_secs: 3600 }).await.unwrap();
-    let a = SimAgent::enroll(&s.url, &s.fingerprint, &once.token, inventory("alpha", 1), Behaviour::Apply).await.unwrap();
+    let once = admin
+        .create_token(&TokenRequest {
+            group: Some("lab".into()),
+            uses: Some(1),
+            expires_secs: 3600,
+        })
+        .await
+        .unwrap();
+    let a = SimAgent::enroll(
+        &s.url,
+        &s.fingerprint,
+        &once.token,
+        inventory("alpha", 1),
+        Behaviour::Apply,
+    )
+    .await
+    .unwrap();
     assert!(a.machine_id.starts_with("m-"));
 
     // The single-use token is used up; an unknown token is refused too; both with E26.
-    let again = SimAgent::enroll(&s.url, &s.fingerprint, &once.token, inventory("beta", 2), Behaviour::Apply).await;
+    let again = SimAgent::enroll(
+        &s.url,
+        &s.fingerprint,
+        &once.token,
+        inventory("beta", 2),
+        Behaviour::Apply,
+    )
+    .await;
     assert_eq!(code_of(again.map(|a| a.machine_id)), (401, Some(Code::E26)));
-    let bogus = SimAgent::enroll(&s.url, &s.fingerprint, "pcenr_nope", inventory("beta", 2), Behaviour::Apply).await;
+    let bogus = SimAgent::enroll(
+        &s.url,
+        &s.fingerprint,
+        "pcenr_nope",
+        inventory("beta", 2),
+        Behaviour::Apply,
+    )
+    .await;
     assert_eq!(code_of(bogus.map(|a| a.machine_id)), (401, Some(Code::E26)));
     // An expired token.
-    let expired = admin.create_token(&TokenRequest { group: None, uses: None, expires_secs: 0 }).await.unwrap();
-    let late = SimAgent::enroll(&s.url, &s.fingerprint, &expired.token, inventory("gamma", 3), Behaviour::Apply).await;
+    let expired = admin
+        .create_token(&TokenRequest {
+            group: None,
+            uses: None,
+            expires_secs: 0,
+        })
+        .await
+        .unwrap();
+    let late = SimAgent::enroll(
+        &s.url,
+        &s.fingerprint,
+        &expired.token,
+        inventory("gamma", 3),
+        Behaviour::Apply,
+    )
+    .await;
     assert_eq!(code_of(late.map(|a| a.machine_id)), (401, Some(Code::E26)));
 
     // A wrong secret for a real machine id, no credential, and the admin token as an agent: refused.
-    let poll = Poll { state: AgentState::Idle, wait_ms: 0 };
-    let forged = Client::new(&s.url, &s.fingerprint, Some(format!("{}.{}", a.machine_id, "00".repeat(32)))).unwrap();
-    assert_eq!(code_of(forged.post::<_, PollResponse>(proto::POLL, &poll).await).0, 401);
+    let poll = Poll {
+        state: AgentState::Idle,
+        wait_ms: 0,
+    };
+    let forged = Client::new(
+        &s.url,
+        &s.fingerprint,
+        Some(format!("{}.{}", a.machine_id, "00".repeat(32))),
+    )
+    .unwrap();
+    assert_eq!(
+        code_of(forged.post::<_, PollResponse>(proto::POLL, &poll).await).0,
+        401
+    );
     let anon = Client::new(&s.url, &s.fingerprint, None).unwrap();
-    assert_eq!(code_of(anon.post::<_, PollResponse>(proto::POLL, &poll).await).0, 401);
+    assert_eq!(
+        code_of(anon.post::<_, PollResponse>(proto::POLL, &poll).await).0,
+        401
+    );
     let admin_as_agent = Client::new(&s.url, &s.fingerprint, Some(s.token.clone())).unwrap();
-    assert_eq!(code_of(admin_as_agent.post::<_, PollResponse>(proto::POLL, &poll).await).0, 401);
+    assert_eq!(
+        code_of(
+            admin_as_agent
+                .post::<_, PollResponse>(proto::POLL, &poll)
+                .await
+        )
+        .0,
+        401
+    );
     // The agent's credential is no admin token.
     let agent_as_admin = patchcast::transport::admin_api::Admin(a.client.clone());
     assert_eq!(code_of(agent_as_admin.machines().await).0, 401);
     // A client pinning another fingerprint never reaches the server.
     let wrong_pin = Client::new(&s.url, &format!("sha256:{}", "ab".repeat(32)), None).unwrap();
-    assert!(matches!(wrong_pin.get::<serde_json::Value>(patchcast::transport::admin_api::MACHINES).await, Err(CallError::Unreachable { .. })));
+    assert!(matches!(
+        wrong_pin
+            .get::<serde_json::Value>(patchcast::transport::admin_api::MACHINES)
+            .await,
+        Err(CallError::Unreachable { .. })
+    ));
 
     // The real agent works: poll answers (no work), inventory shows the seen and reported addresses.
     assert!(a.poll(AgentState::Idle, 0).await.unwrap().is_none());
     let ms = admin.machines().await.unwrap();
     assert_eq!(ms.len(), 1);
     let m = &ms[0];
-    assert_eq!((m.hostname.as_str(), m.peer_address.as_str()), ("alpha", "127.0.0.1"));
-    assert_eq!(m.inventory.interfaces[0].addresses[0].to_string(), "10.0.0.1");
+    assert_eq!(
+        (m.hostname.as_str(), m.peer_address.as_str()),
+        ("alpha", "127.0.0.1")
+    );
+    assert_eq!(
+        m.inventory.interfaces[0].addresses[0].to_string(),
+        "10.0.0.1"
+    );
     assert_eq!(m.groups, vec!["lab".to_string()], "the token's group");
 
     // Filters: IP range (reported address), OS, language, label.
-    let b = SimAgent::enroll(&s.url, &s.fingerprint, &expired.token.replace("x", "x"), inventory("b", 2), Behaviour::Apply).await;
-    assert!(b.is_err());
-    let multi = admin.create_token(&TokenRequest { group: None, uses: None, expires_secs: 3600 }).await.unwrap();
+    let multi = admin
+        .create_token(&TokenRequest {
+            group: None,
+            uses: None,
+            expires_secs: 3600,
+        })
+        .await
+        .unwrap();
     let mut ja = inventory("ja-host", 300);
     ja.language = "ja-JP".into();
     ja.os = "windows-server-2008-enterprise".into();
-    SimAgent::enroll(&s.url, &s.fingerprint, &multi.token, ja, Behaviour::Apply).await.unwrap();
-    let by = |f: GroupFilter| Group { name: "g".into(), members: vec![], filter: f };
-    let v = admin.put_group(&by(GroupFilter { ip_range: Some("10.0.1.0/24".into()), ..Default::default() })).await.unwrap();
-    assert_eq!(v.resolved.len(), 1, "10.0.1.44 is the only address in 10.0.1.0/24: {v:?}");
-    let v = admin.put_group(&by(GroupFilter { ip_range: Some("127.0.0.0/8".into()), ..Default::default() })).await.unwrap();
+    SimAgent::enroll(&s.url, &s.fingerprint, &multi.token, ja, Behaviour::Apply)
+        .await
+        .unwrap();
+    let by = |f: GroupFilter| Group {
+        name: "g".into(),
+        members: vec![],
+        filter: f,
+    };
+    let v = admin
+        .put_group(&by(GroupFilter {
+            ip_range: Some("10.0.1.0/24".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        v.resolved.len(),
+        1,
+        "10.0.1.44 is the only address in 10.0.1.0/24: {v:?}"
+    );
+    let v = admin
+        .put_group(&by(GroupFilter {
+            ip_range: Some("127.0.0.0/8".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     assert_eq!(v.resolved.len(), 2, "both are seen from loopback");
-    let v = admin.put_group(&by(GroupFilter { os: Some("windows-server-2008".into()), language: Some("ja".into()), ..Default::default() })).await.unwrap();
+    let v = admin
+        .put_group(&by(GroupFilter {
+            os: Some("windows-server-2008".into()),
+            language: Some("ja".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     assert_eq!(v.resolved.len(), 1);
-    let v = admin.put_group(&by(GroupFilter { os: Some("debian".into()), language: Some("ja".into()), ..Default::default() })).await.unwrap();
+    let v = admin
+        .put_group(&by(GroupFilter {
+            os: Some("debian".into()),
+            language: Some("ja".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     assert!(v.resolved.is_empty());
-    admin.label("alpha", &Labels { add: vec!["canary".into()], remove: vec![] }).await.unwrap();
-    let v = admin.put_group(&by(GroupFilter { label: Some("canary".into()), ..Default::default() })).await.unwrap();
+    admin
+        .label(
+            "alpha",
+            &Labels {
+                add: vec!["canary".into()],
+                remove: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let v = admin
+        .put_group(&by(GroupFilter {
+            label: Some("canary".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     assert_eq!(v.resolved, vec![a.machine_id.clone()]);
-    let bad = admin.put_group(&by(GroupFilter { ip_range: Some("10.0.0.300/8".into()), ..Default::default() })).await;
+    let bad = admin
+        .put_group(&by(GroupFilter {
+            ip_range: Some("10.0.0.300/8".into()),
+            ..Default::default()
+        }))
+        .await;
     assert_eq!(code_of(bad).0, 400);
 }
 both_backends!(enrollment_and_misuse);
 
 async fn publish_refusals(backend: Backend) {
-    let Some(s) = TestServer::start(backend, &[]).await else { return };
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
     let admin = s.admin();
     let good = s.publish_sample("pkg-good").await;
     assert_eq!(admin.packages().await.unwrap().len(), 1);
@@ -103,30 +244,62 @@ async fn publish_refusals(backend: Backend) {
     let dir = s.path().join("other");
     std::fs::create_dir_all(&dir).unwrap();
     let untrusted = patchcast::loadgen::sample_package(&dir, &other, "pkg-untrusted").unwrap();
-    let Err(CallError::Status { status, body, .. }) = admin.publish(&untrusted).await.unwrap() else { panic!("accepted an untrusted signature") };
+    let Err(CallError::Status { status, body, .. }) = admin.publish(&untrusted).await.unwrap()
+    else {
+        panic!("accepted an untrusted signature")
+    };
     assert_eq!((status, body.code), (422, Some(Code::E18)));
-    assert!(body.error.contains("not among the trusted keys"), "{}", body.error);
+    assert!(
+        body.error.contains("not among the trusted keys"),
+        "{}",
+        body.error
+    );
 
     // Tampered: one payload byte changed after signing.
     let mut bytes = std::fs::read(&good).unwrap();
-    let at = bytes.windows(10).position(|w| w == b"hello from").expect("payload text in the archive");
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"hello from")
+        .expect("payload text in the archive");
     bytes[at] = b'j';
     let tampered = s.path().join("tampered.pcpkg");
     std::fs::write(&tampered, &bytes).unwrap();
     let (status, code) = code_of(admin.publish(&tampered).await.unwrap());
     assert_eq!((status, code), (422, Some(Code::E19)));
-    assert_eq!(admin.packages().await.unwrap().len(), 1, "nothing refused was stored");
-    let stored: Vec<_> = std::fs::read_dir(s.data.join("content")).unwrap().flatten().filter(|e| e.path().is_file()).collect();
-    assert_eq!(stored.len(), 1, "only the good archive is in the content store");
+    assert_eq!(
+        admin.packages().await.unwrap().len(),
+        1,
+        "nothing refused was stored"
+    );
+    let stored: Vec<_> = std::fs::read_dir(s.data.join("content"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .collect();
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the good archive is in the content store"
+    );
 
     // The CLI: a directory is built with --key and published.
     let pkgdir = s.path().join("cli-pkg");
     patchcast::loadgen::sample_package(&pkgdir, &s.signing, "pkg-cli").unwrap();
-    let o = s.cli(&["package", "publish", pkgdir.join("pkg-cli").to_str().unwrap(), "--key", s.key.to_str().unwrap()]);
+    let o = s.cli(&[
+        "package",
+        "publish",
+        pkgdir.join("pkg-cli").to_str().unwrap(),
+        "--key",
+        s.key.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("published pkg-cli"));
     // Without --key a directory is refused with the fix named.
-    let o = s.cli(&["package", "publish", pkgdir.join("pkg-cli").to_str().unwrap()]);
+    let o = s.cli(&[
+        "package",
+        "publish",
+        pkgdir.join("pkg-cli").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--key"));
 }
@@ -134,7 +307,9 @@ both_backends!(publish_refusals);
 
 async fn publish_below_reserve_is_e17(backend: Backend) {
     // A reserve larger than any disk: every publish would go below it.
-    let Some(s) = TestServer::start(backend, &["--reserve", "1000000000000000000"]).await else { return };
+    let Some(s) = TestServer::start(backend, &["--reserve", "1000000000000000000"]).await else {
+        return;
+    };
     let archive = patchcast::loadgen::sample_package(s.path(), &s.signing, "pkg-big").unwrap();
     let (status, code) = code_of(s.admin().publish(&archive).await.unwrap());
     assert_eq!((status, code), (507, Some(Code::E17)));
@@ -147,7 +322,9 @@ async fn publish_below_reserve_is_e17(backend: Backend) {
 both_backends!(publish_below_reserve_is_e17);
 
 async fn content_range_requests(backend: Backend) {
-    let Some(s) = TestServer::start(backend, &[]).await else { return };
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
     let archive = s.publish_sample("pkg-range").await;
     let bytes = std::fs::read(&archive).unwrap();
     let sha = patchcast::pack::hash::sha256_bytes(&bytes).hex();
@@ -168,7 +345,10 @@ async fn content_range_requests(backend: Backend) {
     let n = bytes.len();
     let part = get(Some("bytes=1000-".into())).await.unwrap();
     assert_eq!(part.status(), 206);
-    assert_eq!(part.headers()["content-range"], format!("bytes 1000-{}/{n}", n - 1).as_str());
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 1000-{}/{n}", n - 1).as_str()
+    );
     assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[1000..]);
 
     let mid = get(Some("bytes=10-19".into())).await.unwrap();
@@ -177,14 +357,38 @@ async fn content_range_requests(backend: Backend) {
 
     let past = get(Some(format!("bytes={n}-"))).await.unwrap();
     assert_eq!(past.status(), 416);
-    assert_eq!(past.headers()["content-range"], format!("bytes */{n}").as_str());
+    assert_eq!(
+        past.headers()["content-range"],
+        format!("bytes */{n}").as_str()
+    );
 
     // Unknown content, a malformed hash, and no credential.
-    let missing = c.request(reqwest::Method::GET, &format!("{}/{}", proto::CONTENT, "0".repeat(64))).send().await.unwrap();
+    let missing = c
+        .request(
+            reqwest::Method::GET,
+            &format!("{}/{}", proto::CONTENT, "0".repeat(64)),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
-    let bad = c.request(reqwest::Method::GET, &format!("{}/..%2F..%2Fadmin.token", proto::CONTENT)).send().await.unwrap();
+    let bad = c
+        .request(
+            reqwest::Method::GET,
+            &format!("{}/..%2F..%2Fadmin.token", proto::CONTENT),
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     let anon = Client::new(&s.url, &s.fingerprint, None).unwrap();
-    assert_eq!(anon.request(reqwest::Method::GET, &path).send().await.unwrap().status(), 401);
+    assert_eq!(
+        anon.request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 }
 both_backends!(content_range_requests);

@@ -6,7 +6,10 @@
 //! (PATCHCAST_DATA), which reads DIR/server.json and DIR/admin.token.
 
 use crate::core::errors::Lang;
-use crate::transport::admin_api::{Admin, DeliveryRow, Group, GroupFilter, Labels, Results, ResultsQuery, ScenarioStatus, TokenRequest};
+use crate::transport::admin_api::{
+    Admin, DeliveryRow, Group, GroupFilter, Labels, Results, ResultsQuery, ScenarioStatus,
+    TokenRequest,
+};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -36,23 +39,39 @@ impl Connect {
 
     /// URL, fingerprint and admin token, from flags/env or DATA/server.json and DATA/admin.token.
     pub fn parts(&self) -> Result<(String, String, String)> {
-        let (mut url, mut fp, mut token) = (self.server.clone(), self.fingerprint.clone(), self.token.clone());
+        let (mut url, mut fp, mut token) = (
+            self.server.clone(),
+            self.fingerprint.clone(),
+            self.token.clone(),
+        );
         if let Some(d) = &self.data {
             let path = d.join("server.json");
-            let info: crate::server::ServerInfo = serde_json::from_slice(
-                &std::fs::read(&path).with_context(|| format!("reading {} (is a server started with --data {}?)", path.display(), d.display()))?,
-            )
-            .with_context(|| format!("reading {}", path.display()))?;
+            let info: crate::server::ServerInfo =
+                serde_json::from_slice(&std::fs::read(&path).with_context(|| {
+                    format!(
+                        "reading {} (is a server started with --data {}?)",
+                        path.display(),
+                        d.display()
+                    )
+                })?)
+                .with_context(|| format!("reading {}", path.display()))?;
             url.get_or_insert(info.url);
             fp.get_or_insert(info.fingerprint);
             if token.is_none() {
                 let t = d.join("admin.token");
-                token = Some(std::fs::read_to_string(&t).with_context(|| format!("reading {}", t.display()))?.trim().to_string());
+                token = Some(
+                    std::fs::read_to_string(&t)
+                        .with_context(|| format!("reading {}", t.display()))?
+                        .trim()
+                        .to_string(),
+                );
             }
         }
         match (url, fp, token) {
             (Some(u), Some(f), Some(t)) => Ok((u, f, t)),
-            _ => bail!("which server? give --data DIR on the server host, or --server URL --fingerprint sha256:… --token TOKEN (or PATCHCAST_SERVER / PATCHCAST_FINGERPRINT / PATCHCAST_TOKEN)"),
+            _ => bail!(
+                "which server? give --data DIR on the server host, or --server URL --fingerprint sha256:… --token TOKEN (or PATCHCAST_SERVER / PATCHCAST_FINGERPRINT / PATCHCAST_TOKEN)"
+            ),
         }
     }
 }
@@ -205,14 +224,28 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
-    let TokenCmd::Create { group, uses, expires, connect } = cmd;
-    let secs = crate::model::types::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {}", e.0))?.as_secs();
-    let t = rt()?.block_on(connect.admin()?.create_token(&TokenRequest { group, uses, expires_secs: secs }))?;
+    let TokenCmd::Create {
+        group,
+        uses,
+        expires,
+        connect,
+    } = cmd;
+    let secs = crate::model::types::parse_duration(&expires)
+        .map_err(|e| anyhow::anyhow!("--expires: {}", e.0))?
+        .as_secs();
+    let t = rt()?.block_on(connect.admin()?.create_token(&TokenRequest {
+        group,
+        uses,
+        expires_secs: secs,
+    }))?;
     if json {
         print_json(&t)?;
     } else {
         println!("{}", t.token);
-        eprintln!("enrollment token (shown once): `patchcast-agent enroll --server URL --fingerprint FP --token {}`", t.token);
+        eprintln!(
+            "enrollment token (shown once): `patchcast-agent enroll --server URL --fingerprint FP --token {}`",
+            t.token
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -224,18 +257,48 @@ pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
             if json {
                 return print_json(&ms).map(|_| ExitCode::SUCCESS);
             }
-            println!("{:<20} {:<18} {:<14} {:<6} {:<16} {:<30} {:<10} LAST SEEN", "ID", "HOSTNAME", "OS", "LANG", "SEEN FROM", "REPORTED ADDRESSES", "STATE");
+            println!(
+                "{:<20} {:<18} {:<14} {:<6} {:<16} {:<30} {:<10} LAST SEEN",
+                "ID", "HOSTNAME", "OS", "LANG", "SEEN FROM", "REPORTED ADDRESSES", "STATE"
+            );
             let now = crate::server::db::now_ms();
             for m in ms {
-                let addrs: Vec<String> = m.inventory.interfaces.iter().flat_map(|i| i.addresses.iter().map(|a| a.to_string())).collect();
+                let addrs: Vec<String> = m
+                    .inventory
+                    .interfaces
+                    .iter()
+                    .flat_map(|i| i.addresses.iter().map(|a| a.to_string()))
+                    .collect();
                 println!(
                     "{:<20} {:<18} {:<14} {:<6} {:<16} {:<30} {:<10} {}s ago",
-                    m.id, m.hostname, m.inventory.os, m.inventory.language, m.peer_address, addrs.join(","), m.agent_state, (now - m.last_seen_ms) / 1000
+                    m.id,
+                    m.hostname,
+                    m.inventory.os,
+                    m.inventory.language,
+                    m.peer_address,
+                    addrs.join(","),
+                    m.agent_state,
+                    (now - m.last_seen_ms) / 1000
                 );
             }
         }
-        MachineCmd::Label { machine, labels, remove, connect } => {
-            let l = if remove { Labels { add: vec![], remove: labels } } else { Labels { add: labels, remove: vec![] } };
+        MachineCmd::Label {
+            machine,
+            labels,
+            remove,
+            connect,
+        } => {
+            let l = if remove {
+                Labels {
+                    add: vec![],
+                    remove: labels,
+                }
+            } else {
+                Labels {
+                    add: labels,
+                    remove: vec![],
+                }
+            };
             let m = rt()?.block_on(connect.admin()?.label(&machine, &l))?;
             if json {
                 print_json(&m)?;
@@ -249,13 +312,34 @@ pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
 
 pub fn group(cmd: GroupCmd, json: bool) -> Result<ExitCode> {
     match cmd {
-        GroupCmd::Create { name, members, os, language, ip_range, label, connect } => {
-            let g = Group { name, members, filter: GroupFilter { os, language, ip_range, label } };
+        GroupCmd::Create {
+            name,
+            members,
+            os,
+            language,
+            ip_range,
+            label,
+            connect,
+        } => {
+            let g = Group {
+                name,
+                members,
+                filter: GroupFilter {
+                    os,
+                    language,
+                    ip_range,
+                    label,
+                },
+            };
             let v = rt()?.block_on(connect.admin()?.put_group(&g))?;
             if json {
                 print_json(&v)?;
             } else {
-                println!("group {}: {} machine(s) now", v.group.name, v.resolved.len());
+                println!(
+                    "group {}: {} machine(s) now",
+                    v.group.name,
+                    v.resolved.len()
+                );
             }
         }
         GroupCmd::List { connect } => {
@@ -264,7 +348,12 @@ pub fn group(cmd: GroupCmd, json: bool) -> Result<ExitCode> {
                 print_json(&gs)?;
             } else {
                 for g in gs {
-                    println!("{:<20} {} machine(s): {}", g.group.name, g.resolved.len(), g.resolved.join(", "));
+                    println!(
+                        "{:<20} {} machine(s): {}",
+                        g.group.name,
+                        g.resolved.len(),
+                        g.resolved.join(", ")
+                    );
                 }
             }
         }
@@ -276,19 +365,31 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
     let tmp;
     let archive: PathBuf = if a.path.is_dir() {
         let Some(key) = &a.key else {
-            bail!("{} is a package directory: give --key SECRET.key to build and sign it first (or publish a built .pcpkg)", a.path.display());
+            bail!(
+                "{} is a package directory: give --key SECRET.key to build and sign it first (or publish a built .pcpkg)",
+                a.path.display()
+            );
         };
         let report = crate::pack::lint::lint_dir(&a.path);
         if report.has_errors() {
             for p in &report.problems {
                 eprintln!("{p}");
             }
-            bail!("{}: not published: fix the lint errors above", a.path.display());
+            bail!(
+                "{}: not published: fix the lint errors above",
+                a.path.display()
+            );
         }
         let raw = report.raw.context("package loaded")?;
         tmp = tempfile_dir()?;
         let out = tmp.join(format!("{}.pcpkg", raw.id));
-        crate::pack::archive::build(&a.path, &raw, &crate::pack::keys::read_secret(key)?, &out, |_| {})?;
+        crate::pack::archive::build(
+            &a.path,
+            &raw,
+            &crate::pack::keys::read_secret(key)?,
+            &out,
+            |_| {},
+        )?;
         out
     } else {
         a.path.clone()
@@ -301,13 +402,23 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&v)?;
     } else {
-        println!("published {} {} ({} bytes, sha256 {}, signed by {})", v.id, v.version.as_deref().unwrap_or(""), v.archive_size, v.archive_sha256, v.key_id);
+        println!(
+            "published {} {} ({} bytes, sha256 {}, signed by {})",
+            v.id,
+            v.version.as_deref().unwrap_or(""),
+            v.archive_size,
+            v.archive_sha256,
+            v.key_id
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("patchcast-publish-{}", crate::server::random_hex(6)?));
+    let d = std::env::temp_dir().join(format!(
+        "patchcast-publish-{}",
+        crate::server::random_hex(6)?
+    ));
     std::fs::create_dir_all(&d)?;
     Ok(d)
 }
@@ -315,7 +426,8 @@ fn tempfile_dir() -> Result<PathBuf> {
 pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
     match cmd {
         ScenarioCmd::Run { file, connect } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let s = match crate::model::scenario::load(&file.display().to_string(), &text) {
                 Ok(s) => s,
                 Err(problems) => {
@@ -330,14 +442,29 @@ pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
                 print_json(&c)?;
             } else {
                 println!("{}", c.id);
-                eprintln!("scenario {} started: {} deliveries on {} machine(s); follow it with `patchcast scenario status {} --watch`", s.name, c.deliveries, c.machines.len(), c.id);
+                eprintln!(
+                    "scenario {} started: {} deliveries on {} machine(s); follow it with `patchcast scenario status {} --watch`",
+                    s.name,
+                    c.deliveries,
+                    c.machines.len(),
+                    c.id
+                );
             }
         }
-        ScenarioCmd::Status { id, watch, lang: l, connect } => {
+        ScenarioCmd::Status {
+            id,
+            watch,
+            lang: l,
+            connect,
+        } => {
             let admin = connect.admin()?;
             let l = lang(l);
             let st = rt()?.block_on(async {
-                if watch { watch_status(&admin, &id, l, json).await } else { Ok(admin.status(&id, l.as_str()).await?) }
+                if watch {
+                    watch_status(&admin, &id, l, json).await
+                } else {
+                    Ok(admin.status(&id, l.as_str()).await?)
+                }
             })?;
             if json {
                 print_json(&st)?;
@@ -349,12 +476,29 @@ pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const STATES: [&str; 10] = ["pending", "transferring", "executing", "verifying", "reboot_pending", "awaiting_retry", "applied", "not_applicable", "failed", "loop_detected"];
+const STATES: [&str; 10] = [
+    "pending",
+    "transferring",
+    "executing",
+    "verifying",
+    "reboot_pending",
+    "awaiting_retry",
+    "applied",
+    "not_applicable",
+    "failed",
+    "loop_detected",
+];
 
 async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<ScenarioStatus> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let mp = MultiProgress::with_draw_target(if json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
-    let style = ProgressStyle::with_template("{prefix:>15} [{bar:40}] {pos}/{len}").expect("a valid template").progress_chars("#>-");
+    let mp = MultiProgress::with_draw_target(if json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style = ProgressStyle::with_template("{prefix:>15} [{bar:40}] {pos}/{len}")
+        .expect("a valid template")
+        .progress_chars("#>-");
     let bars: Vec<ProgressBar> = STATES
         .iter()
         .map(|s| {
@@ -381,7 +525,13 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
 }
 
 fn print_status(st: &ScenarioStatus, l: Lang) {
-    println!("scenario {} ({}): {} deliveries{}", st.id, st.name, st.total, if st.done { ", done" } else { "" });
+    println!(
+        "scenario {} ({}): {} deliveries{}",
+        st.id,
+        st.name,
+        st.total,
+        if st.done { ", done" } else { "" }
+    );
     for s in STATES {
         if let Some(n) = st.counts.get(s) {
             println!("  {s:<15} {n}");
@@ -400,7 +550,10 @@ fn state_text(d: &DeliveryRow) -> String {
 }
 
 fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
-    println!("{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}", "MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT");
+    println!(
+        "{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}",
+        "MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT"
+    );
     for d in rows {
         println!(
             "{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}",
@@ -409,7 +562,10 @@ fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
             state_text(d),
             d.attempts,
             d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-            d.detail.exit_code.map(|c| c.to_string()).unwrap_or_default()
+            d.detail
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_default()
         );
         if let Some(r) = &d.rendered {
             println!("    {}: {}\n    remedy: {}", r.code, r.message, r.remedy);
@@ -428,18 +584,32 @@ fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
         }
         if history {
             for h in &d.history {
-                println!("    #{:<3} attempt {} seq {} {} -> {}{}", h.n, h.attempt, h.seq, h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"), h.state, h.code.map(|c| format!(" [{c}]")).unwrap_or_default());
+                println!(
+                    "    #{:<3} attempt {} seq {} {} -> {}{}",
+                    h.n,
+                    h.attempt,
+                    h.seq,
+                    h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"),
+                    h.state,
+                    h.code.map(|c| format!(" [{c}]")).unwrap_or_default()
+                );
             }
         }
     }
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn csv(r: &Results) -> String {
-    let mut out = String::from("machine_id,hostname,package_id,state,detail,attempts,last_code,exit_code,message,remedy\n");
+    let mut out = String::from(
+        "machine_id,hostname,package_id,state,detail,attempts,last_code,exit_code,message,remedy\n",
+    );
     for d in &r.deliveries {
         let detail = match &d.state {
             crate::core::delivery::State::Failed { code } => code.to_string(),
@@ -455,11 +625,26 @@ pub fn csv(r: &Results) -> String {
             detail,
             d.attempts.to_string(),
             d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-            d.detail.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-            d.rendered.as_ref().map(|r| r.message.clone()).unwrap_or_default(),
-            d.rendered.as_ref().map(|r| r.remedy.clone()).unwrap_or_default(),
+            d.detail
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            d.rendered
+                .as_ref()
+                .map(|r| r.message.clone())
+                .unwrap_or_default(),
+            d.rendered
+                .as_ref()
+                .map(|r| r.remedy.clone())
+                .unwrap_or_default(),
         ];
-        out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push('\n');
     }
     out
@@ -467,7 +652,13 @@ pub fn csv(r: &Results) -> String {
 
 pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
     let l = lang(a.lang);
-    let q = ResultsQuery { machine: a.machine, package: a.package, scenario: a.scenario, history: a.history, lang: l.as_str().to_string() };
+    let q = ResultsQuery {
+        machine: a.machine,
+        package: a.package,
+        scenario: a.scenario,
+        history: a.history,
+        lang: l.as_str().to_string(),
+    };
     let r = rt()?.block_on(a.connect.admin()?.results(&q))?;
     if json {
         print_json(&r)?;
@@ -475,9 +666,15 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         print!("{}", csv(&r));
     } else {
         print_rows(&r.deliveries, l, a.history);
-        println!("\n{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}", "PACKAGE", "APPLIED", "NOT APPLIED", "NOT APPLICABLE", "FAILED", "IN PROGRESS");
+        println!(
+            "\n{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}",
+            "PACKAGE", "APPLIED", "NOT APPLIED", "NOT APPLICABLE", "FAILED", "IN PROGRESS"
+        );
         for p in &r.packages {
-            println!("{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}", p.package_id, p.applied, p.not_applied, p.not_applicable, p.failed, p.in_progress);
+            println!(
+                "{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}",
+                p.package_id, p.applied, p.not_applied, p.not_applicable, p.failed, p.in_progress
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -513,8 +710,15 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
     if json {
         print_json(&r)?;
     } else {
-        println!("{} simulated agents, {} requests in flight at most; {} applied", r.agents, r.concurrency, r.applied);
-        for (name, s) in [("enrollment", &r.enrollment), ("check-in", &r.checkin), ("delivery", &r.delivery)] {
+        println!(
+            "{} simulated agents, {} requests in flight at most; {} applied",
+            r.agents, r.concurrency, r.applied
+        );
+        for (name, s) in [
+            ("enrollment", &r.enrollment),
+            ("check-in", &r.checkin),
+            ("delivery", &r.delivery),
+        ] {
             println!(
                 "{name:<11} {:>7} in {:>7.2}s = {:>8.1}/s   p50 {:>8.1} ms  p95 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
                 s.count, s.seconds, s.per_second, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms

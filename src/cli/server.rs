@@ -36,8 +36,7 @@ pub struct ServerArgs {
 
 pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let parse = |what: &str, s: &str| {
-        crate::model::types::parse_duration(s)
-            .map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
+        crate::model::types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
     };
     let cfg = Config {
         listen: a.listen,

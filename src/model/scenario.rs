@@ -96,10 +96,18 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         problems.push(Problem::error("scenario", path, msg, help.to_string()))
     };
     if raw.name.trim().is_empty() {
-        err("name".into(), "the scenario name is empty".into(), "give the scenario a name, e.g. `name: monthly-2026-11`");
+        err(
+            "name".into(),
+            "the scenario name is empty".into(),
+            "give the scenario a name, e.g. `name: monthly-2026-11`",
+        );
     }
     if raw.packages.is_empty() {
-        err("packages".into(), "no packages listed".into(), "list the package ids to deliver, in order");
+        err(
+            "packages".into(),
+            "no packages listed".into(),
+            "list the package ids to deliver, in order",
+        );
     }
     let mut packages = Vec::new();
     for (i, p) in raw.packages.iter().enumerate() {
@@ -110,7 +118,11 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
                 "list each package once",
             ),
             Ok(id) => packages.push(id),
-            Err(e) => err(format!("packages[{i}]"), e.0, "use the `id` of a published package"),
+            Err(e) => err(
+                format!("packages[{i}]"),
+                e.0,
+                "use the `id` of a published package",
+            ),
         }
     }
     if raw.targets.machines.is_empty() && raw.targets.groups.is_empty() {
@@ -122,27 +134,53 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
     }
     let o = &raw.options;
     if o.max_concurrent == Some(0) {
-        err("options.max_concurrent".into(), "max_concurrent is 0, so nothing would ever be delivered".into(), "use 1 or more, or leave it out for no limit");
+        err(
+            "options.max_concurrent".into(),
+            "max_concurrent is 0, so nothing would ever be delivered".into(),
+            "use 1 or more, or leave it out for no limit",
+        );
     }
     let retry = o.retry.clone().unwrap_or_default();
     let max_unverified_runs = retry.max_unverified_runs.unwrap_or(3);
     if max_unverified_runs == 0 {
-        err("options.retry.max_unverified_runs".into(), "max_unverified_runs is 0".into(), "use 1 or more (default 3)");
+        err(
+            "options.retry.max_unverified_runs".into(),
+            "max_unverified_runs is 0".into(),
+            "use 1 or more (default 3)",
+        );
     }
     let mut retry_delay_ms = DEFAULT_RETRY_DELAY_MS;
     if let Some(d) = &retry.delay {
         // Zero is a valid choice here: retry at the very next poll.
-        match parse_duration(d).or_else(|e| if matches!(d.trim(), "0" | "0s") { Ok(std::time::Duration::ZERO) } else { Err(e) }) {
+        match parse_duration(d).or_else(|e| {
+            if matches!(d.trim(), "0" | "0s") {
+                Ok(std::time::Duration::ZERO)
+            } else {
+                Err(e)
+            }
+        }) {
             Ok(d) => retry_delay_ms = d.as_millis() as u64,
-            Err(e) => err("options.retry.delay".into(), e.0, "write a duration such as `30s`, `5m` or `1h`"),
+            Err(e) => err(
+                "options.retry.delay".into(),
+                e.0,
+                "write a duration such as `30s`, `5m` or `1h`",
+            ),
         }
     }
     let mut timeout_secs = None;
     if let Some(t) = &o.timeout {
         match parse_duration(t) {
-            Ok(d) if d.as_secs() == 0 => err("options.timeout".into(), "the timeout is zero".into(), "write a duration such as `10m`"),
+            Ok(d) if d.as_secs() == 0 => err(
+                "options.timeout".into(),
+                "the timeout is zero".into(),
+                "write a duration such as `10m`",
+            ),
             Ok(d) => timeout_secs = Some(d.as_secs()),
-            Err(e) => err("options.timeout".into(), e.0, "write a duration such as `10m`"),
+            Err(e) => err(
+                "options.timeout".into(),
+                e.0,
+                "write a duration such as `10m`",
+            ),
         }
     }
     let ok = problems.is_empty();
@@ -170,7 +208,12 @@ pub fn load(file: &str, text: &str) -> Result<Scenario, Vec<Located>> {
                 file: file.to_string(),
                 line: e.position.line,
                 column: e.position.column,
-                problem: Problem::error("yaml", "", e.message, "fix the YAML at this place (see schemas/scenario.schema.json)".to_string()),
+                problem: Problem::error(
+                    "yaml",
+                    "",
+                    e.message,
+                    "fix the YAML at this place (see schemas/scenario.schema.json)".to_string(),
+                ),
             }]);
         }
     };
@@ -198,7 +241,11 @@ mod tests {
 
     #[test]
     fn sample_resolves_with_defaults() {
-        let s = load("s.yaml", "name: t\npackages: [a, b]\ntargets: { groups: [linux] }\n").unwrap();
+        let s = load(
+            "s.yaml",
+            "name: t\npackages: [a, b]\ntargets: { groups: [linux] }\n",
+        )
+        .unwrap();
         assert_eq!(s.packages.len(), 2);
         assert_eq!(s.max_unverified_runs, 3);
         assert_eq!(s.retry_delay_ms, DEFAULT_RETRY_DELAY_MS);
@@ -210,7 +257,10 @@ mod tests {
         let text = "name: t\npackages: [a]\ntargets: { machines: [m1] }\noptions:\n  retry:\n    delay: soon\n";
         let e = load("s.yaml", text).unwrap_err();
         assert_eq!(e.len(), 1);
-        assert_eq!((e[0].line, e[0].problem.path.as_str()), (6, "options.retry.delay"));
+        assert_eq!(
+            (e[0].line, e[0].problem.path.as_str()),
+            (6, "options.retry.delay")
+        );
     }
 
     #[test]

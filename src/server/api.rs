@@ -12,7 +12,9 @@ use crate::model::scenario::Scenario;
 use crate::model::types::Sha256;
 use crate::pack::archive::VerifyError;
 use crate::transport::admin_api::{self as admin, Group, Labels, PackageView, TokenRequest};
-use crate::transport::protocol::{self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report};
+use crate::transport::protocol::{
+    self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report,
+};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -29,7 +31,13 @@ pub struct ApiErr(StatusCode, ApiError);
 
 impl ApiErr {
     fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
-        ApiErr(status, ApiError { error: msg.into(), code })
+        ApiErr(
+            status,
+            ApiError {
+                error: msg.into(),
+                code,
+            },
+        )
     }
     fn bad(msg: impl Into<String>) -> ApiErr {
         ApiErr::new(StatusCode::BAD_REQUEST, msg, None)
@@ -46,7 +54,11 @@ impl From<anyhow::Error> for ApiErr {
     fn from(e: anyhow::Error) -> ApiErr {
         tracing::error!("request failed: {e:#}");
         // The server's own trouble: the FAQ's "error while preparing" (restart the server).
-        ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {e:#}"), Some(Code::E01))
+        ApiErr::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("server error: {e:#}"),
+            Some(Code::E01),
+        )
     }
 }
 
@@ -65,7 +77,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(admin::GROUPS, get(groups).post(put_group))
         .route(admin::PACKAGES, get(packages).post(publish))
         .route(admin::SCENARIOS, post(run_scenario))
-        .route(&format!("{}/{{id}}", admin::SCENARIOS), get(scenario_status))
+        .route(
+            &format!("{}/{{id}}", admin::SCENARIOS),
+            get(scenario_status),
+        )
         .route(admin::RESULTS, get(results))
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -73,16 +88,27 @@ pub fn router(server: Arc<Server>) -> Router {
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    h.get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 fn unauthorized(what: &str) -> ApiErr {
-    ApiErr::new(StatusCode::UNAUTHORIZED, format!("{what}: missing or invalid credential"), Some(Code::E26))
+    ApiErr::new(
+        StatusCode::UNAUTHORIZED,
+        format!("{what}: missing or invalid credential"),
+        Some(Code::E26),
+    )
 }
 
 async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
     match bearer(h) {
-        Some(b) => s.authenticate_agent(b).await?.ok_or_else(|| unauthorized("agent request")),
+        Some(b) => s
+            .authenticate_agent(b)
+            .await?
+            .ok_or_else(|| unauthorized("agent request")),
         None => Err(unauthorized("agent request")),
     }
 }
@@ -90,28 +116,48 @@ async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
 fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
     match bearer(h) {
         Some(b) if s.is_admin(b) => Ok(()),
-        _ => Err(unauthorized("admin request (use the token in DATA/admin.token)")),
+        _ => Err(unauthorized(
+            "admin request (use the token in DATA/admin.token)",
+        )),
     }
 }
 
-async fn enroll(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, Json(req): Json<EnrollRequest>) -> R<Response> {
+async fn enroll(
+    State(s): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(req): Json<EnrollRequest>,
+) -> R<Response> {
     match s.enroll(&req, peer.ip()).await {
         Ok(r) => Ok(Json(r).into_response()),
         Err(EnrollError::BadToken) => {
             tracing::warn!(%peer, "enrollment refused: bad token");
-            Err(ApiErr::new(StatusCode::UNAUTHORIZED, EnrollError::BadToken.to_string(), Some(Code::E26)))
+            Err(ApiErr::new(
+                StatusCode::UNAUTHORIZED,
+                EnrollError::BadToken.to_string(),
+                Some(Code::E26),
+            ))
         }
         Err(EnrollError::Other(e)) => Err(e.into()),
     }
 }
 
-async fn inventory(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, h: HeaderMap, Json(inv): Json<Inventory>) -> R<StatusCode> {
+async fn inventory(
+    State(s): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(inv): Json<Inventory>,
+) -> R<StatusCode> {
     let m = agent(&s, &h).await?;
     s.set_inventory(&m, &inv, peer.ip()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn poll(State(s): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, h: HeaderMap, Json(p): Json<Poll>) -> R<Json<PollResponse>> {
+async fn poll(
+    State(s): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    h: HeaderMap,
+    Json(p): Json<Poll>,
+) -> R<Json<PollResponse>> {
     let m = agent(&s, &h).await?;
     let state = match p.state {
         AgentState::Idle => "idle",
@@ -141,7 +187,9 @@ async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response>
 
 /// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
 fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = h.get(header::RANGE) else { return Ok(None) };
+    let Some(v) = h.get(header::RANGE) else {
+        return Ok(None);
+    };
     let v = v.to_str().map_err(|_| ())?.trim();
     let spec = v.strip_prefix("bytes=").ok_or(())?;
     if spec.contains(',') {
@@ -157,7 +205,13 @@ fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
         (size.saturating_sub(n), size.saturating_sub(1))
     } else {
         let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(size.saturating_sub(1)) };
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse::<u64>()
+                .map_err(|_| ())?
+                .min(size.saturating_sub(1))
+        };
         (start, end)
     };
     if start >= size || end < start {
@@ -168,10 +222,16 @@ fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
 
 async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Response> {
     agent(&s, &h).await?;
-    let sha: Sha256 = sha.parse().map_err(|e: crate::model::types::FormatError| ApiErr::bad(e.0))?;
+    let sha: Sha256 = sha
+        .parse()
+        .map_err(|e: crate::model::types::FormatError| ApiErr::bad(e.0))?;
     let path = s.store.path_of(&sha);
     let Ok(mut f) = tokio::fs::File::open(&path).await else {
-        return Err(ApiErr::new(StatusCode::NOT_FOUND, format!("no content {sha} on this server"), Some(Code::E10)));
+        return Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no content {sha} on this server"),
+            Some(Code::E10),
+        ));
     };
     let size = f.metadata().await.map_err(anyhow::Error::from)?.len();
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -179,17 +239,32 @@ async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Respon
         Err(()) => Ok((
             StatusCode::RANGE_NOT_SATISFIABLE,
             [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-            Json(ApiError { error: format!("range not satisfiable for {size} bytes"), code: None }),
+            Json(ApiError {
+                error: format!("range not satisfiable for {size} bytes"),
+                code: None,
+            }),
         )
             .into_response()),
         Ok(None) => {
             let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
-            Ok(([(header::CONTENT_LENGTH, size.to_string()), (header::ACCEPT_RANGES, "bytes".into())], body).into_response())
+            Ok((
+                [
+                    (header::CONTENT_LENGTH, size.to_string()),
+                    (header::ACCEPT_RANGES, "bytes".into()),
+                ],
+                body,
+            )
+                .into_response())
         }
         Ok(Some((start, end))) => {
-            f.seek(std::io::SeekFrom::Start(start)).await.map_err(anyhow::Error::from)?;
+            f.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(anyhow::Error::from)?;
             let len = end - start + 1;
-            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10));
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                f.take(len),
+                256 << 10,
+            ));
             Ok((
                 StatusCode::PARTIAL_CONTENT,
                 [
@@ -214,11 +289,20 @@ async fn machines(State(s): S, h: HeaderMap) -> R<Response> {
     Ok(Json(s.machines().await?).into_response())
 }
 
-async fn label(State(s): S, h: HeaderMap, Path(id): Path<String>, Json(l): Json<Labels>) -> R<Response> {
+async fn label(
+    State(s): S,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(l): Json<Labels>,
+) -> R<Response> {
     admin_only(&s, &h)?;
     match s.label(&id, &l.add, &l.remove).await? {
         Some(m) => Ok(Json(m).into_response()),
-        None => Err(ApiErr::new(StatusCode::NOT_FOUND, format!("no machine `{id}`; see `patchcast machine list`"), None)),
+        None => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no machine `{id}`; see `patchcast machine list`"),
+            None,
+        )),
     }
 }
 
@@ -263,33 +347,44 @@ async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
         ));
     }
     let free = s.store.free_bytes()?;
-    let announced: Option<u64> = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let announced: Option<u64> = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     if free <= s.reserve || announced.is_some_and(|n| free - n < s.reserve) {
         return Err(e17(free, announced.unwrap_or(0), s.reserve));
     }
-    let staged = match s.store.stage(req.into_body().into_data_stream(), free - s.reserve).await {
+    let staged = match s
+        .store
+        .stage(req.into_body().into_data_stream(), free - s.reserve)
+        .await
+    {
         Ok(st) => st,
         Err(StageError::TooLarge { .. }) => return Err(e17(free, free, s.reserve)),
         Err(StageError::Body(e)) => return Err(ApiErr::bad(format!("the upload broke off: {e}"))),
         Err(StageError::Io(e)) => return Err(e.into()),
     };
     let (path, trusted) = (staged.path.clone(), s.trusted.clone());
-    let verified = tokio::task::spawn_blocking(move || crate::pack::archive::verify(&path, &trusted))
-        .await
-        .map_err(anyhow::Error::from)?;
+    let verified =
+        tokio::task::spawn_blocking(move || crate::pack::archive::verify(&path, &trusted))
+            .await
+            .map_err(anyhow::Error::from)?;
     let v = match verified {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&staged.path);
             let code = match e {
                 // Not a signed package at all is a missing signature.
-                VerifyError::BadSignature(_) | VerifyError::UntrustedKey(_) | VerifyError::Structure(_) => Code::E18,
+                VerifyError::BadSignature(_)
+                | VerifyError::UntrustedKey(_)
+                | VerifyError::Structure(_) => Code::E18,
                 VerifyError::UnsafeEntry { .. } => Code::E25,
                 _ => Code::E19,
             };
             return Err(ApiErr::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{code}: package refused: {e}; sign it with a key this server trusts (`patchcast package build DIR --key KEY`)"),
+                format!(
+                    "{code}: package refused: {e}; sign it with a key this server trusts (`patchcast package build DIR --key KEY`)"
+                ),
                 Some(code),
             ));
         }
@@ -305,7 +400,17 @@ async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
         key_id: v.key_id.clone(),
         published_at_ms: super::db::now_ms(),
     };
-    s.save_package(&view, &manifest, &signature).await?;
+    // The package's own install timeout (default 30m), for the no-reply deadline.
+    let timeout = v
+        .manifest
+        .package
+        .install
+        .timeout
+        .as_deref()
+        .and_then(|t| crate::model::types::parse_duration(t).ok())
+        .map_or(30 * 60, |d| d.as_secs());
+    s.save_package(&view, &manifest, &signature, timeout)
+        .await?;
     tracing::info!(package = %view.id, sha256 = %view.archive_sha256, "published");
     Ok(Json(view).into_response())
 }
@@ -324,7 +429,12 @@ struct LangQ {
     lang: Option<String>,
 }
 
-async fn scenario_status(State(s): S, h: HeaderMap, Path(id): Path<String>, Query(q): Query<LangQ>) -> R<Response> {
+async fn scenario_status(
+    State(s): S,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<LangQ>,
+) -> R<Response> {
     admin_only(&s, &h)?;
     let lang = Lang::from_tag(q.lang.as_deref().unwrap_or("en"));
     match s.scenario_status(&id, lang).await {
@@ -356,13 +466,22 @@ async fn results(State(s): S, h: HeaderMap, Query(q): Query<ResultsQ>) -> R<Resp
 }
 
 impl Server {
-    pub async fn save_package(&self, v: &PackageView, manifest: &str, signature: &str) -> anyhow::Result<()> {
+    pub async fn save_package(
+        &self,
+        v: &PackageView,
+        manifest: &str,
+        signature: &str,
+        install_timeout_secs: u64,
+    ) -> anyhow::Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM packages WHERE id = $1").bind(&v.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM packages WHERE id = $1")
+            .bind(&v.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&v.id)
         .bind(v.version.clone())
@@ -373,6 +492,7 @@ impl Server {
         .bind(signature)
         .bind(&v.key_id)
         .bind(v.published_at_ms)
+        .bind(install_timeout_secs as i64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -397,5 +517,45 @@ impl Server {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, v.parse().unwrap());
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
+        assert_eq!(range("bytes=0-", 10), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=4-", 10), Ok(Some((4, 9))));
+        assert_eq!(range("bytes=2-5", 10), Ok(Some((2, 5))));
+        assert_eq!(
+            range("bytes=2-99", 10),
+            Ok(Some((2, 9))),
+            "end clamps to the size"
+        );
+        assert_eq!(range("bytes=-3", 10), Ok(Some((7, 9))), "suffix");
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=x-",
+        ] {
+            assert_eq!(range(bad, 10), Err(()), "{bad}");
+        }
+        assert_eq!(
+            range("bytes=0-", 0),
+            Err(()),
+            "nothing to serve of an empty file"
+        );
     }
 }

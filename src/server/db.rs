@@ -21,11 +21,12 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
          expires_at BIGINT NOT NULL, uses BIGINT NOT NULL, max_uses BIGINT)",
         "CREATE TABLE machines (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, hostname TEXT NOT NULL, \
          inventory TEXT NOT NULL, peer_addr TEXT NOT NULL, labels TEXT NOT NULL, \
-         enrolled_at BIGINT NOT NULL, last_seen BIGINT NOT NULL, agent_state TEXT NOT NULL)",
+         enrolled_at BIGINT NOT NULL, last_seen BIGINT NOT NULL, agent_state TEXT NOT NULL, enroll_group TEXT)",
         "CREATE TABLE machine_groups (name TEXT PRIMARY KEY, members TEXT NOT NULL, filter TEXT NOT NULL)",
         "CREATE TABLE packages (id TEXT PRIMARY KEY, version TEXT, title TEXT NOT NULL, \
          archive_sha256 TEXT NOT NULL, archive_size BIGINT NOT NULL, manifest TEXT NOT NULL, \
-         signature TEXT NOT NULL, key_id TEXT NOT NULL, published_at BIGINT NOT NULL)",
+         signature TEXT NOT NULL, key_id TEXT NOT NULL, published_at BIGINT NOT NULL, \
+         install_timeout_secs BIGINT NOT NULL)",
         "CREATE TABLE scenarios (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, \
          created_at BIGINT NOT NULL)",
         "CREATE TABLE deliveries (id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL, machine_id TEXT NOT NULL, \

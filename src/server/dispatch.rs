@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Default when neither the scenario nor the package sets an install timeout.
+/// Default when the package's install timeout cannot be read (it always can after publish).
 const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
 const IN_FLIGHT: &str = "('transferring','executing','verifying')";
 
@@ -128,9 +128,11 @@ impl Server {
             r.detail.params = params.clone();
         }
         // A code raised by this event: the agent's, or the one the state machine set.
-        let code = detail
-            .code
-            .or(if r.d.last_code != before_code { r.d.last_code } else { None });
+        let code = detail.code.or(if r.d.last_code != before_code {
+            r.d.last_code
+        } else {
+            None
+        });
         if let (Some(c), None) = (code, r.detail.code) {
             r.detail.code = Some(c);
         }
@@ -188,24 +190,25 @@ impl Server {
     ) -> i64 {
         let secs = match scenario.timeout_secs {
             Some(s) => s,
-            None => sqlx::query("SELECT manifest FROM packages WHERE id = $1")
-                .bind(package)
-                .fetch_optional(&mut *tx)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| json::<serde_json::Value>(&r, "manifest").ok())
-                .and_then(|m| {
-                    m.pointer("/package/install/timeout")
-                        .and_then(|t| t.as_str())
-                        .and_then(|t| crate::model::types::parse_duration(t).ok())
-                })
-                .map_or(DEFAULT_TIMEOUT_SECS, |d| d.as_secs()),
+            None => sqlx::query_scalar::<_, i64>(
+                "SELECT install_timeout_secs FROM packages WHERE id = $1",
+            )
+            .bind(package)
+            .fetch_optional(&mut *tx)
+            .await
+            .ok()
+            .flatten()
+            .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
         };
         (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
     }
 
-    async fn work(&self, tx: &mut sqlx::AnyConnection, r: &DeliveryRow, s: &Scenario) -> Result<Work> {
+    async fn work(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        r: &DeliveryRow,
+        s: &Scenario,
+    ) -> Result<Work> {
         let p = sqlx::query(
             "SELECT archive_sha256, archive_size, manifest, signature FROM packages WHERE id = $1",
         )
@@ -228,7 +231,11 @@ impl Server {
     }
 
     /// One look for work for `machine`; also returns when a retry falls due (to wait until then).
-    async fn try_dispatch(&self, machine: &str, state: &AgentState) -> Result<(Option<Work>, Option<i64>)> {
+    async fn try_dispatch(
+        &self,
+        machine: &str,
+        state: &AgentState,
+    ) -> Result<(Option<Work>, Option<i64>)> {
         let _w = self.write.lock().await;
         let now = now_ms();
         let mut tx = self.db.begin().await?;
@@ -246,9 +253,14 @@ impl Server {
             .map(row)
             .collect::<Result<_>>()?;
         match state {
-            AgentState::Busy { delivery_id, attempt } => {
+            AgentState::Busy {
+                delivery_id,
+                attempt,
+            } => {
                 // A heartbeat: the agent is still on it, so push the no-reply deadline out.
-                if let Some(r) = rows.iter().find(|r| &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()) {
+                if let Some(r) = rows.iter().find(|r| {
+                    &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()
+                }) {
                     let s = self.scenario(&mut tx, &r.scenario_id).await?;
                     let deadline = now + self.deadline_ms(&s, &r.package_id, &mut tx).await;
                     sqlx::query("UPDATE deliveries SET deadline = $1 WHERE id = $2")
@@ -276,9 +288,11 @@ impl Server {
                 tx.commit().await?;
                 return Ok((Some(w), None));
             }
-            let detail = no_reply_detail("the agent reported idle while this delivery was in flight");
+            let detail =
+                no_reply_detail("the agent reported idle while this delivery was in flight");
             let attempt = r.d.attempt;
-            self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now).await??;
+            self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
+                .await??;
         }
         if rows.iter().any(|r| r.d.state == State::RebootPending) {
             tx.commit().await?;
@@ -321,10 +335,30 @@ impl Server {
             }
             if r.d.state == State::AwaitingRetry {
                 let a = r.d.attempt;
-                self.transition(&mut tx, r, &Event::RetryDue, a, 0, &Detail::default(), &s, now).await??;
+                self.transition(
+                    &mut tx,
+                    r,
+                    &Event::RetryDue,
+                    a,
+                    0,
+                    &Detail::default(),
+                    &s,
+                    now,
+                )
+                .await??;
             }
             let a = r.d.attempt + 1;
-            self.transition(&mut tx, r, &Event::Dispatched, a, 0, &Detail::default(), &s, now).await??;
+            self.transition(
+                &mut tx,
+                r,
+                &Event::Dispatched,
+                a,
+                0,
+                &Detail::default(),
+                &s,
+                now,
+            )
+            .await??;
             let w = self.work(&mut tx, r, &s).await?;
             tx.commit().await?;
             return Ok((Some(w), None));
@@ -335,13 +369,28 @@ impl Server {
 
     /// A long poll: work now, or wait (up to `wait_ms`) to be woken by a new scenario, a freed
     /// concurrency slot or a retry falling due.
-    pub async fn poll(&self, machine: &str, state: &AgentState, wait_ms: u64) -> Result<Option<Work>> {
-        let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(crate::transport::protocol::MAX_WAIT_MS));
+    pub async fn poll(
+        &self,
+        machine: &str,
+        state: &AgentState,
+        wait_ms: u64,
+    ) -> Result<Option<Work>> {
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(wait_ms.min(crate::transport::protocol::MAX_WAIT_MS));
         let notify = self.notifier(machine);
         loop {
             let (work, due) = self.try_dispatch(machine, state).await?;
-            if work.is_some() || !matches!(state, AgentState::Idle) {
+            if work.is_some() {
                 return Ok(work);
+            }
+            if !matches!(state, AgentState::Idle) {
+                // A heartbeat: held like an idle poll (so a simple agent loop does not spin),
+                // and released early when this machine reports.
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                return Ok(None);
             }
             let mut wake = until;
             if let Some(due) = due {
@@ -364,7 +413,7 @@ impl Server {
 
     /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
-        let (action, scenario_id) = {
+        let (action, scenario_id, freed) = {
             let _w = self.write.lock().await;
             let now = now_ms();
             let mut tx = self.db.begin().await?;
@@ -380,20 +429,45 @@ impl Server {
             let mut r = row(&r)?;
             // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
             if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
-                return Ok(ReportOutcome::Ack(ReportAck { applied: false, reboot: false }));
+                return Ok(ReportOutcome::Ack(ReportAck {
+                    applied: false,
+                    reboot: false,
+                }));
             }
             let s = self.scenario(&mut tx, &r.scenario_id).await?;
-            match self.transition(&mut tx, &mut r, &rep.event, rep.attempt, rep.seq, &rep.detail, &s, now).await? {
+            let was_busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+            match self
+                .transition(
+                    &mut tx,
+                    &mut r,
+                    &rep.event,
+                    rep.attempt,
+                    rep.seq,
+                    &rep.detail,
+                    &s,
+                    now,
+                )
+                .await?
+            {
                 Ok(action) => {
                     tx.commit().await?;
-                    (action, r.scenario_id)
+                    let busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+                    // A concurrency slot opened only if the scenario limits them.
+                    let freed = s.max_concurrent.is_some() && was_busy && !busy;
+                    (action, r.scenario_id, freed)
                 }
                 Err(e) => return Ok(ReportOutcome::Refused(e)),
             }
         };
         // The machine may have its next package, and others a freed concurrency slot.
-        self.wake_scenario(&scenario_id).await;
-        Ok(ReportOutcome::Ack(ReportAck { applied: true, reboot: action == Action::Reboot }))
+        self.wake(machine);
+        if freed {
+            self.wake_scenario(&scenario_id).await;
+        }
+        Ok(ReportOutcome::Ack(ReportAck {
+            applied: true,
+            reboot: action == Action::Reboot,
+        }))
     }
 
     pub async fn wake_scenario(&self, scenario_id: &str) {
@@ -413,8 +487,16 @@ impl Server {
     pub async fn sweep(&self) -> Result<usize> {
         let now = now_ms();
         let expired: Vec<DeliveryRow> = {
-            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE state IN {IN_FLIGHT} AND deadline < $1");
-            sqlx::query(sqlx::AssertSqlSafe(q)).bind(now).fetch_all(&self.db).await?.iter().map(row).collect::<Result<_>>()?
+            let q = format!(
+                "SELECT {COLUMNS} FROM deliveries WHERE state IN {IN_FLIGHT} AND deadline < $1"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(now)
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(row)
+                .collect::<Result<_>>()?
         };
         let mut n = 0;
         for r in expired {
@@ -422,14 +504,22 @@ impl Server {
             let mut tx = self.db.begin().await?;
             // Re-read under the lock: a report may have moved it meanwhile.
             let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
-            let mut cur = row(&sqlx::query(sqlx::AssertSqlSafe(q)).bind(&r.id).fetch_one(&mut *tx).await?)?;
+            let mut cur = row(&sqlx::query(sqlx::AssertSqlSafe(q))
+                .bind(&r.id)
+                .fetch_one(&mut *tx)
+                .await?)?;
             if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
                 continue;
             }
             let s = self.scenario(&mut tx, &cur.scenario_id).await?;
             let a = cur.d.attempt;
-            let detail = no_reply_detail("no report from the agent within the install timeout and margin");
-            if self.transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now).await?.is_ok() {
+            let detail =
+                no_reply_detail("no report from the agent within the install timeout and margin");
+            if self
+                .transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now)
+                .await?
+                .is_ok()
+            {
                 tx.commit().await?;
                 n += 1;
                 tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, "no reply from the agent (E13)");
@@ -444,7 +534,10 @@ impl Server {
     pub async fn recover(&self) -> Result<u64> {
         let margin = self.no_reply_margin.as_millis() as i64;
         let q = format!("UPDATE deliveries SET deadline = $1 WHERE state IN {IN_FLIGHT}");
-        let r = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now_ms() + margin).execute(&self.db).await?;
+        let r = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(now_ms() + margin)
+            .execute(&self.db)
+            .await?;
         Ok(r.rows_affected())
     }
 }
@@ -452,7 +545,10 @@ impl Server {
 fn no_reply_detail(why: &str) -> Detail {
     Detail {
         code: Some(Code::E13),
-        params: Params { detail: Some(why.to_string()), ..Params::default() },
+        params: Params {
+            detail: Some(why.to_string()),
+            ..Params::default()
+        },
         ..Detail::default()
     }
 }

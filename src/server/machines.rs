@@ -4,16 +4,23 @@
 
 use super::db::{json, now_ms};
 use super::{Server, random_hex, sha256_hex};
-use crate::transport::admin_api::{Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest};
+use crate::transport::admin_api::{
+    Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest,
+};
 use crate::transport::protocol::{EnrollRequest, EnrollResponse, Inventory};
 use anyhow::Result;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use std::net::IpAddr;
 
+/// How stale `last_seen` may get while nothing else about a machine changes.
+const SEEN_WRITE_MS: i64 = 5_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("the enrollment token is unknown, expired or used up; ask the administrator for a new one (`patchcast token create`)")]
+    #[error(
+        "the enrollment token is unknown, expired or used up; ask the administrator for a new one (`patchcast token create`)"
+    )]
     BadToken,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -25,18 +32,39 @@ impl Server {
         let now = now_ms();
         let expires = now + (req.expires_secs as i64).saturating_mul(1000);
         let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        if let Some(g) = &req.group
+            && load_group(&mut tx, g).await?.is_none()
+        {
+            save_group(
+                &mut tx,
+                &Group {
+                    name: g.clone(),
+                    ..Group::default()
+                },
+            )
+            .await?;
+        }
         sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
             .bind(sha256_hex(&token))
             .bind(req.group.clone())
             .bind(now)
             .bind(expires)
             .bind(req.uses.map(|u| u as i64))
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
-        Ok(TokenCreated { token, expires_at_ms: expires })
+        tx.commit().await?;
+        Ok(TokenCreated {
+            token,
+            expires_at_ms: expires,
+        })
     }
 
-    pub async fn enroll(&self, req: &EnrollRequest, peer: IpAddr) -> Result<EnrollResponse, EnrollError> {
+    pub async fn enroll(
+        &self,
+        req: &EnrollRequest,
+        peer: IpAddr,
+    ) -> Result<EnrollResponse, EnrollError> {
         let _w = self.write.lock().await;
         let now = now_ms();
         let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
@@ -61,8 +89,8 @@ impl Server {
         let id = format!("m-{}", random_hex(8)?);
         let secret = random_hex(32)?;
         sqlx::query(
-            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state) \
-             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle')",
+            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
+             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle', $7)",
         )
         .bind(&id)
         .bind(sha256_hex(&secret))
@@ -70,20 +98,21 @@ impl Server {
         .bind(serde_json::to_string(&req.inventory).map_err(anyhow::Error::from)?)
         .bind(peer.to_string())
         .bind(now)
+        // Membership through the token is a column, not a growing member list to rewrite.
+        .bind(group)
         .execute(&mut *tx)
         .await
         .map_err(anyhow::Error::from)?;
-        if let Some(g) = group {
-            let mut grp = load_group(&mut tx, &g).await?.unwrap_or(Group { name: g, ..Group::default() });
-            grp.members.push(id.clone());
-            save_group(&mut tx, &grp).await?;
-        }
         tx.commit().await.map_err(anyhow::Error::from)?;
         tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
         Ok(EnrollResponse {
             machine_id: id.clone(),
             credential: secret,
-            publisher_keys: self.trusted.iter().map(|k| hex::encode(k.to_bytes())).collect(),
+            publisher_keys: self
+                .trusted
+                .iter()
+                .map(|k| hex::encode(k.to_bytes()))
+                .collect(),
             poll_ms: self.poll_ms,
         })
     }
@@ -93,10 +122,11 @@ impl Server {
         let Some((id, secret)) = bearer.split_once('.') else {
             return Ok(None);
         };
-        let stored: Option<String> = sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await?;
         Ok(stored
             .filter(|h| constant_eq(h.as_bytes(), sha256_hex(secret).as_bytes()))
             .map(|_| id.to_string()))
@@ -108,15 +138,29 @@ impl Server {
 
     /// Records that the machine was heard from, where from, and in which state.
     pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
+        // Heartbeats are frequent: write only when something changed or every few seconds.
+        let now = now_ms();
+        let key = (peer.to_string(), state.to_string());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(machine) {
+                Some((at, k)) if *k == key && now - at < SEEN_WRITE_MS => return Ok(()),
+                _ => {
+                    seen.insert(machine.to_string(), (now, key));
+                }
+            }
+        }
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write.lock().await;
-        sqlx::query("UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4")
-            .bind(now_ms())
-            .bind(peer.to_string())
-            .bind(state)
-            .bind(machine)
-            .execute(&self.db)
-            .await?;
+        sqlx::query(
+            "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
+        )
+        .bind(now)
+        .bind(peer.to_string())
+        .bind(state)
+        .bind(machine)
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -135,19 +179,28 @@ impl Server {
 
     pub async fn machines(&self) -> Result<Vec<MachineView>> {
         let rows = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
         )
         .fetch_all(&self.db)
         .await?;
         let mut out: Vec<MachineView> = rows.iter().map(machine_view).collect::<Result<_>>()?;
         let groups = self.groups().await?;
         for m in &mut out {
-            m.groups = groups.iter().filter(|g| g.resolved.contains(&m.id)).map(|g| g.group.name.clone()).collect();
+            m.groups = groups
+                .iter()
+                .filter(|g| g.resolved.contains(&m.id))
+                .map(|g| g.group.name.clone())
+                .collect();
         }
         Ok(out)
     }
 
-    pub async fn label(&self, machine: &str, add: &[String], remove: &[String]) -> Result<Option<MachineView>> {
+    pub async fn label(
+        &self,
+        machine: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Option<MachineView>> {
         let _w = self.write.lock().await;
         let Some(r) = sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
             .bind(machine)
@@ -169,13 +222,18 @@ impl Server {
             .execute(&self.db)
             .await?;
         drop(_w);
-        Ok(self.machines().await?.into_iter().find(|m| m.id == machine || m.hostname == machine))
+        Ok(self
+            .machines()
+            .await?
+            .into_iter()
+            .find(|m| m.id == machine || m.hostname == machine))
     }
 
     pub async fn put_group(&self, g: &Group) -> Result<GroupView> {
         if let Some(r) = &g.filter.ip_range {
-            r.parse::<ipnet::IpNet>()
-                .map_err(|e| anyhow::anyhow!("ip_range `{r}` is not a CIDR range ({e}); write e.g. 10.0.0.0/8"))?;
+            r.parse::<ipnet::IpNet>().map_err(|e| {
+                anyhow::anyhow!("ip_range `{r}` is not a CIDR range ({e}); write e.g. 10.0.0.0/8")
+            })?;
         }
         anyhow::ensure!(!g.name.trim().is_empty(), "the group name is empty");
         {
@@ -192,14 +250,15 @@ impl Server {
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupView>> {
-        let groups: Vec<Group> = sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
-            .fetch_all(&self.db)
-            .await?
-            .iter()
-            .map(group_row)
-            .collect::<Result<_>>()?;
+        let groups: Vec<Group> =
+            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(group_row)
+                .collect::<Result<_>>()?;
         let machines = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state FROM machines ORDER BY hostname, id",
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
         )
         .fetch_all(&self.db)
         .await?
@@ -209,7 +268,11 @@ impl Server {
         Ok(groups
             .into_iter()
             .map(|g| GroupView {
-                resolved: machines.iter().filter(|m| in_group(&g, m)).map(|m| m.id.clone()).collect(),
+                resolved: machines
+                    .iter()
+                    .filter(|m| in_group(&g, m))
+                    .map(|m| m.id.clone())
+                    .collect(),
                 group: g,
             })
             .collect())
@@ -223,6 +286,7 @@ fn machine_view(r: &AnyRow) -> Result<MachineView> {
         peer_address: r.try_get("peer_addr")?,
         inventory: json(r, "inventory")?,
         labels: json(r, "labels")?,
+        enroll_group: r.try_get("enroll_group")?,
         groups: Vec::new(),
         enrolled_at_ms: r.try_get("enrolled_at")?,
         last_seen_ms: r.try_get("last_seen")?,
@@ -231,7 +295,11 @@ fn machine_view(r: &AnyRow) -> Result<MachineView> {
 }
 
 fn group_row(r: &AnyRow) -> Result<Group> {
-    Ok(Group { name: r.try_get("name")?, members: json(r, "members")?, filter: json(r, "filter")? })
+    Ok(Group {
+        name: r.try_get("name")?,
+        members: json(r, "members")?,
+        filter: json(r, "filter")?,
+    })
 }
 
 async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<Group>> {
@@ -245,7 +313,10 @@ async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<G
 }
 
 async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
-    sqlx::query("DELETE FROM machine_groups WHERE name = $1").bind(&g.name).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM machine_groups WHERE name = $1")
+        .bind(&g.name)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO machine_groups (name, members, filter) VALUES ($1, $2, $3)")
         .bind(&g.name)
         .bind(serde_json::to_string(&g.members)?)
@@ -257,20 +328,23 @@ async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
 
 /// Static member, or matches every criterion of a non-empty filter.
 pub fn in_group(g: &Group, m: &MachineView) -> bool {
-    g.members.iter().any(|x| *x == m.id || *x == m.hostname) || (!g.filter.is_empty() && matches(&g.filter, m))
+    m.enroll_group.as_deref() == Some(g.name.as_str())
+        || g.members.iter().any(|x| *x == m.id || *x == m.hostname)
+        || (!g.filter.is_empty() && matches(&g.filter, m))
 }
 
 fn matches(f: &GroupFilter, m: &MachineView) -> bool {
     let inv = &m.inventory;
-    if let Some(os) = &f.os {
-        if !(inv.os == *os || inv.os.starts_with(&format!("{os}-"))) {
-            return false;
-        }
+    if let Some(os) = &f.os
+        && !(inv.os == *os || inv.os.starts_with(&format!("{os}-")))
+    {
+        return false;
     }
     if let Some(lang) = &f.language {
         let l = inv.language.to_ascii_lowercase();
         let want = lang.to_ascii_lowercase();
-        if !(l == want || l.starts_with(&format!("{want}-")) || l.starts_with(&format!("{want}_"))) {
+        if !(l == want || l.starts_with(&format!("{want}-")) || l.starts_with(&format!("{want}_")))
+        {
             return false;
         }
     }
@@ -279,19 +353,132 @@ fn matches(f: &GroupFilter, m: &MachineView) -> bool {
             return false;
         };
         let peer = m.peer_address.parse::<IpAddr>().ok();
-        let reported = inv.interfaces.iter().flat_map(|i| i.addresses.iter().copied());
+        let reported = inv
+            .interfaces
+            .iter()
+            .flat_map(|i| i.addresses.iter().copied());
         if !peer.into_iter().chain(reported).any(|a| net.contains(&a)) {
             return false;
         }
     }
-    if let Some(label) = &f.label {
-        if !m.labels.contains(label) {
-            return false;
-        }
+    if let Some(label) = &f.label
+        && !m.labels.contains(label)
+    {
+        return false;
     }
     true
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(os: &str, lang: &str, peer: &str, addr: &str, labels: &[&str]) -> MachineView {
+        let mut inventory = Inventory {
+            os: os.into(),
+            language: lang.into(),
+            ..Inventory::default()
+        };
+        inventory
+            .interfaces
+            .push(crate::transport::protocol::Interface {
+                name: "eth0".into(),
+                mac: String::new(),
+                addresses: vec![addr.parse().unwrap()],
+            });
+        MachineView {
+            id: "m-1".into(),
+            hostname: "h1".into(),
+            peer_address: peer.into(),
+            inventory,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            enroll_group: None,
+            groups: vec![],
+            enrolled_at_ms: 0,
+            last_seen_ms: 0,
+            agent_state: "idle".into(),
+        }
+    }
+
+    fn group(filter: GroupFilter) -> Group {
+        Group {
+            name: "g".into(),
+            members: vec![],
+            filter,
+        }
+    }
+
+    #[test]
+    fn filters_need_every_criterion() {
+        let m = machine(
+            "windows-server-2008-enterprise",
+            "ja-JP",
+            "192.168.1.5",
+            "10.1.2.3",
+            &["canary"],
+        );
+        let f = |os: Option<&str>, lang: Option<&str>, ip: Option<&str>, label: Option<&str>| {
+            GroupFilter {
+                os: os.map(Into::into),
+                language: lang.map(Into::into),
+                ip_range: ip.map(Into::into),
+                label: label.map(Into::into),
+            }
+        };
+        assert!(in_group(
+            &group(f(Some("windows-server-2008"), Some("ja"), None, None)),
+            &m
+        ));
+        assert!(!in_group(
+            &group(f(Some("windows-server-2003"), Some("ja"), None, None)),
+            &m
+        ));
+        assert!(
+            !in_group(
+                &group(f(Some("windows-server-2008-ent"), None, None, None)),
+                &m
+            ),
+            "prefix by whole segments"
+        );
+        assert!(!in_group(&group(f(None, Some("j"), None, None)), &m));
+        assert!(
+            in_group(&group(f(None, None, Some("192.168.0.0/16"), None)), &m),
+            "the address the server sees"
+        );
+        assert!(
+            in_group(&group(f(None, None, Some("10.1.0.0/16"), None)), &m),
+            "a reported address"
+        );
+        assert!(!in_group(
+            &group(f(None, None, Some("172.16.0.0/12"), None)),
+            &m
+        ));
+        assert!(in_group(&group(f(None, None, None, Some("canary"))), &m));
+        assert!(!in_group(
+            &group(f(Some("windows"), None, None, Some("prod"))),
+            &m
+        ));
+        assert!(
+            !in_group(&group(GroupFilter::default()), &m),
+            "an empty filter matches nothing"
+        );
+    }
+
+    #[test]
+    fn members_and_enrollment_group() {
+        let mut m = machine("debian-12", "en", "127.0.0.1", "10.0.0.1", &[]);
+        let mut g = group(GroupFilter::default());
+        assert!(!in_group(&g, &m));
+        g.members = vec!["h1".into()];
+        assert!(in_group(&g, &m), "by hostname");
+        g.members = vec!["m-1".into()];
+        assert!(in_group(&g, &m), "by id");
+        g.members.clear();
+        m.enroll_group = Some("g".into());
+        assert!(in_group(&g, &m), "the token's group");
+    }
 }

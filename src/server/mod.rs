@@ -62,6 +62,9 @@ pub struct ServerInfo {
     pub fingerprint: String,
 }
 
+/// When a machine's last-seen row was written, with the (peer, state) written.
+pub type SeenWrite = (i64, (String, String));
+
 pub struct Server {
     pub db: sqlx::AnyPool,
     pub store: store::Store,
@@ -73,6 +76,8 @@ pub struct Server {
     /// Serialises state-changing transactions (see `dispatch`).
     pub write: tokio::sync::Mutex<()>,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Last `seen` write per machine.
+    pub seen: Mutex<HashMap<String, SeenWrite>>,
 }
 
 /// A started server.
@@ -122,7 +127,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let identity = crate::transport::tls::Identity::load_or_create(&cfg.data.join("tls"), &names)?;
     let url = match &cfg.database {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}?mode=rwc", cfg.data.join("patchcast.db").display()),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            cfg.data.join("patchcast.db").display()
+        ),
     };
     let db = db::open(&url).await?;
     let trusted = cfg
@@ -141,6 +149,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         poll_ms: cfg.poll_ms,
         write: tokio::sync::Mutex::new(()),
         notify: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashMap::new()),
     });
     let recovered = server.recover().await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
@@ -157,7 +166,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         fingerprint: identity.fingerprint.clone(),
     };
     write_info(&cfg.data, &info)?;
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
     let handle = axum_server::Handle::new();
     let app = api::router(server.clone());
     let srv = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
@@ -189,8 +199,7 @@ fn write_info(data: &Path, info: &ServerInfo) -> Result<()> {
     let tmp = data.join("server.json.tmp");
     let mut bytes = serde_json::to_vec_pretty(info)?;
     bytes.push(b'\n');
-    std::fs::write(&tmp, bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

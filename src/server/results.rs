@@ -5,7 +5,9 @@ use super::Server;
 use super::db::json;
 use crate::core::delivery::{Delivery, State};
 use crate::core::errors::{Code, Lang, render};
-use crate::transport::admin_api::{DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus};
+use crate::transport::admin_api::{
+    DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
+};
 use anyhow::{Result, bail};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -42,7 +44,11 @@ impl Server {
             }
             let code = d.last_code;
             let id: String = r.try_get("id")?;
-            let history = if q.history { self.history(&id).await? } else { Vec::new() };
+            let history = if q.history {
+                self.history(&id).await?
+            } else {
+                Vec::new()
+            };
             deliveries.push(DeliveryRow {
                 delivery_id: id,
                 scenario_id: r.try_get("scenario_id")?,
@@ -61,10 +67,12 @@ impl Server {
         }
         let mut by_pkg: BTreeMap<String, PackageSummary> = BTreeMap::new();
         for d in &deliveries {
-            let s = by_pkg.entry(d.package_id.clone()).or_insert_with(|| PackageSummary {
-                package_id: d.package_id.clone(),
-                ..PackageSummary::default()
-            });
+            let s = by_pkg
+                .entry(d.package_id.clone())
+                .or_insert_with(|| PackageSummary {
+                    package_id: d.package_id.clone(),
+                    ..PackageSummary::default()
+                });
             match d.state {
                 State::Applied => s.applied += 1,
                 State::NotApplicable { .. } => s.not_applicable += 1,
@@ -73,7 +81,10 @@ impl Server {
                 _ => s.in_progress += 1,
             }
         }
-        Ok(Results { deliveries, packages: by_pkg.into_values().collect() })
+        Ok(Results {
+            deliveries,
+            packages: by_pkg.into_values().collect(),
+        })
     }
 
     pub async fn history(&self, delivery: &str) -> Result<Vec<HistoryEntry>> {
@@ -108,7 +119,11 @@ impl Server {
             bail!("no scenario `{id}` on this server");
         };
         let res = self
-            .results(&Query { scenario: Some(id.to_string()), lang, ..Query::default() })
+            .results(&Query {
+                scenario: Some(id.to_string()),
+                lang,
+                ..Query::default()
+            })
             .await?;
         let mut counts = BTreeMap::new();
         for d in &res.deliveries {

@@ -20,35 +20,50 @@ impl Server {
             }
         };
         for name in &s.machines {
-            let found: Vec<_> = machines.iter().filter(|m| m.id == *name || m.hostname == *name).collect();
+            let found: Vec<_> = machines
+                .iter()
+                .filter(|m| m.id == *name || m.hostname == *name)
+                .collect();
             match found.as_slice() {
-                [] => bail!("scenario target machine `{name}` is not enrolled; see `patchcast machine list`"),
+                [] => bail!(
+                    "scenario target machine `{name}` is not enrolled; see `patchcast machine list`"
+                ),
                 [m] => add(&m.id),
-                _ => bail!("scenario target `{name}` names {} machines (same hostname); use their ids from `patchcast machine list`", found.len()),
+                _ => bail!(
+                    "scenario target `{name}` names {} machines (same hostname); use their ids from `patchcast machine list`",
+                    found.len()
+                ),
             }
         }
         for g in &s.groups {
             let Some(v) = groups.iter().find(|v| v.group.name == *g) else {
-                bail!("scenario target group `{g}` does not exist; create it with `patchcast group create {g} …`");
+                bail!(
+                    "scenario target group `{g}` does not exist; create it with `patchcast group create {g} …`"
+                );
             };
             for m in machines.iter().filter(|m| in_group(&v.group, m)) {
                 add(&m.id);
             }
         }
         if targets.is_empty() {
-            bail!("the scenario's targets resolve to no machine; check `patchcast group list` and `patchcast machine list`");
+            bail!(
+                "the scenario's targets resolve to no machine; check `patchcast group list` and `patchcast machine list`"
+            );
         }
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
         let mut shas = Vec::new();
         for p in &s.packages {
-            let sha: Option<String> = sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
-                .bind(p.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let sha: Option<String> =
+                sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
+                    .bind(p.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             match sha {
                 Some(sha) => shas.push(sha),
-                None => bail!("package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"),
+                None => bail!(
+                    "package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"
+                ),
             }
         }
         let id = format!("s-{}", super::random_hex(6)?);
@@ -88,6 +103,10 @@ impl Server {
             self.wake(m);
         }
         tracing::info!(scenario = %id, name = %s.name, machines = targets.len(), deliveries = n, "scenario started");
-        Ok(ScenarioCreated { id, deliveries: n, machines: targets })
+        Ok(ScenarioCreated {
+            id,
+            deliveries: n,
+            machines: targets,
+        })
     }
 }

@@ -53,6 +53,9 @@ pub struct MachineView {
     pub peer_address: String,
     pub inventory: Inventory,
     pub labels: Vec<String>,
+    /// The group of the token the machine enrolled with.
+    #[serde(default)]
+    pub enroll_group: Option<String>,
     pub groups: Vec<String>,
     pub enrolled_at_ms: i64,
     pub last_seen_ms: i64,
@@ -235,13 +238,17 @@ impl Admin {
     }
 
     /// Uploads a signed archive, streamed from disk.
-    pub async fn publish(&self, archive: &std::path::Path) -> anyhow::Result<Result<PackageView, CallError>> {
+    pub async fn publish(
+        &self,
+        archive: &std::path::Path,
+    ) -> anyhow::Result<Result<PackageView, CallError>> {
         use anyhow::Context;
         let f = tokio::fs::File::open(archive)
             .await
             .with_context(|| format!("opening {}", archive.display()))?;
         let len = f.metadata().await?.len();
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
         let rb = self
             .0
             .request(reqwest::Method::POST, PACKAGES)
@@ -251,7 +258,10 @@ impl Admin {
         Ok(self.0.send(rb, PACKAGES).await)
     }
 
-    pub async fn run_scenario(&self, s: &crate::model::scenario::Scenario) -> Result<ScenarioCreated, CallError> {
+    pub async fn run_scenario(
+        &self,
+        s: &crate::model::scenario::Scenario,
+    ) -> Result<ScenarioCreated, CallError> {
         self.0.post(SCENARIOS, s).await
     }
 
@@ -260,8 +270,15 @@ impl Admin {
     }
 
     pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {
-        let mut q = vec![format!("lang={}", query.lang), format!("history={}", query.history)];
-        for (k, v) in [("machine", &query.machine), ("package", &query.package), ("scenario", &query.scenario)] {
+        let mut q = vec![
+            format!("lang={}", query.lang),
+            format!("history={}", query.history),
+        ];
+        for (k, v) in [
+            ("machine", &query.machine),
+            ("package", &query.package),
+            ("scenario", &query.scenario),
+        ] {
             if let Some(v) = v {
                 q.push(format!("{k}={}", encode(v)));
             }
@@ -284,7 +301,9 @@ pub struct ResultsQuery {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

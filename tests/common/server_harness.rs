@@ -45,9 +45,13 @@ async fn postgres_database() -> Option<String> {
         Ok(u) if !u.is_empty() => u,
         _ => {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but PATCHCAST_TEST_POSTGRES is unset: run the tests through scripts/test.sh, which starts PostgreSQL");
+                panic!(
+                    "CI=true but PATCHCAST_TEST_POSTGRES is unset: run the tests through scripts/test.sh, which starts PostgreSQL"
+                );
             }
-            eprintln!("SKIPPED: PostgreSQL variant: PATCHCAST_TEST_POSTGRES is unset (scripts/test.sh sets it)");
+            eprintln!(
+                "SKIPPED: PostgreSQL variant: PATCHCAST_TEST_POSTGRES is unset (scripts/test.sh sets it)"
+            );
             return None;
         }
     };
@@ -119,7 +123,10 @@ impl TestServer {
         for _ in 0..4 {
             match lines.next() {
                 Some(Ok(l)) => self.banner.push(l),
-                _ => panic!("patchcast server exited before printing its banner: {:?}", self.banner),
+                _ => panic!(
+                    "patchcast server exited before printing its banner: {:?}",
+                    self.banner
+                ),
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -128,10 +135,17 @@ impl TestServer {
             serde_json::from_slice(&std::fs::read(self.data.join("server.json")).unwrap()).unwrap();
         self.url = info["url"].as_str().unwrap().to_string();
         self.fingerprint = info["fingerprint"].as_str().unwrap().to_string();
-        self.token = std::fs::read_to_string(self.data.join("admin.token")).unwrap().trim().to_string();
+        self.token = std::fs::read_to_string(self.data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
         // A restart must come back on the same address (agents know it).
         self.listen = self.url.trim_start_matches("https://").to_string();
-        assert!(self.banner[0].contains(&self.url), "banner names the address: {:?}", self.banner);
+        assert!(
+            self.banner[0].contains(&self.url),
+            "banner names the address: {:?}",
+            self.banner
+        );
         self.child = Some(child);
     }
 
@@ -149,18 +163,18 @@ impl TestServer {
 
     /// Runs the `patchcast` CLI against this server (`--data` on the server host).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        let o = Command::new(bin())
+        Command::new(bin())
             .args(args)
             .env("PATCHCAST_DATA", &self.data)
             .env_remove("PATCHCAST_SERVER")
             .output()
-            .unwrap();
-        o
+            .unwrap()
     }
 
     /// Builds and publishes a small signed package; returns its archive path.
     pub async fn publish_sample(&self, id: &str) -> PathBuf {
-        let archive = patchcast::loadgen::sample_package(self.dir.path(), &self.signing, id).unwrap();
+        let archive =
+            patchcast::loadgen::sample_package(self.dir.path(), &self.signing, id).unwrap();
         self.admin().publish(&archive).await.unwrap().unwrap();
         archive
     }
@@ -168,14 +182,22 @@ impl TestServer {
     pub async fn enroll(&self, n: usize, group: &str, behaviour: Behaviour) -> Vec<SimAgent> {
         let token = self
             .admin()
-            .create_token(&TokenRequest { group: Some(group.into()), uses: None, expires_secs: 3600 })
+            .create_token(&TokenRequest {
+                group: Some(group.into()),
+                uses: None,
+                expires_secs: 3600,
+            })
             .await
             .unwrap()
             .token;
         let mut out = Vec::new();
         for i in 0..n {
             let inv = inventory(&format!("{group}-{i}"), i as u32 + 1);
-            out.push(SimAgent::enroll(&self.url, &self.fingerprint, &token, inv, behaviour.clone()).await.unwrap());
+            out.push(
+                SimAgent::enroll(&self.url, &self.fingerprint, &token, inv, behaviour.clone())
+                    .await
+                    .unwrap(),
+            );
         }
         out
     }
@@ -192,6 +214,8 @@ impl Drop for TestServer {
 }
 
 /// A test body run on SQLite and on PostgreSQL: `both_backends!(fn_name);`
+// The test crate that includes this file has `server_harness` at its root.
+#[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! both_backends {
     ($name:ident) => {
@@ -209,7 +233,11 @@ macro_rules! both_backends {
 }
 
 /// A scenario over `group` with `packages`, and quick retries.
-pub fn scenario(name: &str, group: &str, packages: &[&str]) -> patchcast::model::scenario::Scenario {
+pub fn scenario(
+    name: &str,
+    group: &str,
+    packages: &[&str],
+) -> patchcast::model::scenario::Scenario {
     patchcast::model::scenario::Scenario {
         name: name.into(),
         packages: packages.iter().map(|p| p.parse().unwrap()).collect(),
