@@ -6,7 +6,6 @@
 //! nothing applied that was not verified.
 
 #[path = "common/agent_harness.rs"]
-#[allow(dead_code)]
 mod agent_harness;
 #[path = "common/server_harness.rs"]
 mod server_harness;

@@ -1,7 +1,7 @@
 //! `patchcast-agent`'s command line: enroll, run (the service), identify.
 
-use clap::{Parser, Subcommand};
 use crate::core::identify::{identify, queries};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
