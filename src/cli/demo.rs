@@ -67,8 +67,9 @@ struct Fleet(Vec<(String, Child)>);
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            #[cfg(unix)]
+        #[cfg(unix)]
+        for (_, c) in &self.0 {
+            // SAFETY: signalling our own child by pid.
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGTERM);
             }

@@ -71,11 +71,20 @@ pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         use std::io::Write;
         std::io::stdout().flush()?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let term = async {
+            #[cfg(unix)]
+            if let Ok(mut t) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                t.recv().await;
+                return;
+            }
+            std::future::pending::<()>().await
+        };
         tokio::select! {
             r = running.task => { r??; }
             _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = term => {}
         }
         running.handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         running.server.db.close().await;

@@ -109,6 +109,13 @@ pub enum StageError {
 }
 
 /// Free bytes available to this process on the file system holding `path`.
+#[cfg(not(unix))]
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    Ok(crate::agent::inventory::disk_of(path).1)
+}
+
+/// Free bytes available to this process on the file system holding `path`.
+#[cfg(unix)]
 pub fn free_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
