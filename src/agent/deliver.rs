@@ -214,6 +214,24 @@ impl Agent {
         Ok(())
     }
 
+    /// Reports `code` and ends the delivery: nothing after a refusal runs.
+    fn refuse(&self, entry: &mut Entry, code: Code, params: Params) -> Result<(), Interrupted> {
+        let r = refused(entry, code, params);
+        self.queue(entry, r, Step::Done)
+    }
+
+    /// The work's manifest when a pinned publisher key signed it; otherwise refuses with E18.
+    fn signed_or_refuse(&self, entry: &mut Entry) -> Result<Option<Verified>, Interrupted> {
+        match self.signed_manifest(entry) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                let (_, params) = archive_code(&e);
+                self.refuse(entry, Code::E18, params)?;
+                Ok(None)
+            }
+        }
+    }
+
     fn queue(&self, entry: &mut Entry, r: Report, next: Step) -> Result<(), Interrupted> {
         entry.queue(r, next);
         self.journal.save(entry)?;
@@ -284,14 +302,8 @@ impl Agent {
             match entry.step.clone() {
                 Step::Probe => {
                     // Probes run commands as root: only a manifest signed by a pinned key is probed.
-                    let v = match self.signed_manifest(entry) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let (_, params) = archive_code(&e);
-                            let r = refused(entry, Code::E18, params);
-                            self.queue(entry, r, Step::Done)?;
-                            continue;
-                        }
+                    let Some(v) = self.signed_or_refuse(entry)? else {
+                        continue;
                     };
                     let ident = self.identify(&v.package).await?;
                     let next = match ident.verdict {
@@ -324,8 +336,7 @@ impl Agent {
                             required_bytes: Some(required),
                             ..Params::default()
                         };
-                        let r = refused(entry, Code::E06, params);
-                        self.queue(entry, r, Step::Done)?;
+                        self.refuse(entry, Code::E06, params)?;
                     } else {
                         self.step(entry, Step::Fetch)?;
                     }
@@ -354,12 +365,10 @@ impl Agent {
                                 )),
                                 ..Params::default()
                             };
-                            let r = refused(entry, Code::E19, params);
-                            self.queue(entry, r, Step::Done)?;
+                            self.refuse(entry, Code::E19, params)?;
                         }
                         Ok(Fetched::Refused(why)) => {
-                            let r = refused(entry, Code::E11, detail_text(why));
-                            self.queue(entry, r, Step::Done)?;
+                            self.refuse(entry, Code::E11, detail_text(why))?;
                         }
                         Err(fetch::FetchError::Disk { path, err }) => {
                             let params = Params {
@@ -367,8 +376,7 @@ impl Agent {
                                 detail: Some(err.to_string()),
                                 ..Params::default()
                             };
-                            let r = refused(entry, Code::E06, params);
-                            self.queue(entry, r, Step::Done)?;
+                            self.refuse(entry, Code::E06, params)?;
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -388,8 +396,7 @@ impl Agent {
                     Err(refusal) => {
                         let (code, params) = *refusal;
                         tracing::error!(delivery = %id, ?code, detail = ?params.detail, "archive refused");
-                        let r = refused(entry, code, params);
-                        self.queue(entry, r, Step::Done)?;
+                        self.refuse(entry, code, params)?;
                     }
                 },
                 Step::Execute { pgid } => {
@@ -407,22 +414,15 @@ impl Agent {
                         Ok(v) => v,
                         Err(refusal) => {
                             let (code, params) = *refusal;
-                            let r = refused(entry, code, params);
-                            self.queue(entry, r, Step::Done)?;
+                            self.refuse(entry, code, params)?;
                             continue;
                         }
                     };
                     self.execute(entry, &v).await?;
                 }
                 Step::Verify => {
-                    let v = match self.signed_manifest(entry) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            let (_, params) = archive_code(&e);
-                            let r = refused(entry, Code::E18, params);
-                            self.queue(entry, r, Step::Done)?;
-                            continue;
-                        }
+                    let Some(v) = self.signed_or_refuse(entry)? else {
+                        continue;
                     };
                     let ident = self.identify(&v.package).await?;
                     let failing_rule = match ident.verdict {
