@@ -28,20 +28,15 @@ impl Tally {
     /// Applied share of the applicable deliveries, per mille; a wave with nothing applicable
     /// (or no machines) has nothing left to prove.
     pub fn applied_permille(&self) -> u32 {
-        let applicable = self.total - self.not_applicable;
-        if applicable == 0 {
-            1000
-        } else {
-            (self.applied * 1000 / applicable) as u32
-        }
+        (self.applied * 1000)
+            .checked_div(self.total - self.not_applicable)
+            .map_or(1000, |v| v as u32)
     }
 
     pub fn failed_permille(&self) -> u32 {
-        if self.total == 0 {
-            0
-        } else {
-            (self.failed * 1000 / self.total) as u32
-        }
+        (self.failed * 1000)
+            .checked_div(self.total)
+            .map_or(0, |v| v as u32)
     }
 
     pub fn in_progress(&self) -> u64 {

@@ -82,6 +82,19 @@ where
         })
 }
 
+impl super::Server {
+    /// A content download's body, throttled to `--transfer-rate` when set.
+    pub fn content_body<S>(&self, stream: S) -> axum::body::Body
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        match self.caps.transfer_rate {
+            Some(rate) => axum::body::Body::from_stream(limit(stream, rate)),
+            None => axum::body::Body::from_stream(stream),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,18 +112,5 @@ mod tests {
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!(b.take(1000, t2), Duration::ZERO);
         assert!(b.take(1, t2) > Duration::ZERO);
-    }
-}
-
-impl super::Server {
-    /// A content download's body, throttled to `--transfer-rate` when set.
-    pub fn content_body<S>(&self, stream: S) -> axum::body::Body
-    where
-        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-    {
-        match self.caps.transfer_rate {
-            Some(rate) => axum::body::Body::from_stream(limit(stream, rate)),
-            None => axum::body::Body::from_stream(stream),
-        }
     }
 }
