@@ -195,6 +195,33 @@ impl Server {
         Ok(out)
     }
 
+    /// One machine with the names of the groups it is in (without resolving every group).
+    pub async fn machine_by_id(&self, id: &str) -> Result<Option<MachineView>> {
+        let Some(r) = sqlx::query(
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut m = machine_view(&r)?;
+        let groups: Vec<Group> =
+            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(group_row)
+                .collect::<Result<_>>()?;
+        m.groups = groups
+            .iter()
+            .filter(|g| in_group(g, &m))
+            .map(|g| g.name.clone())
+            .collect();
+        Ok(Some(m))
+    }
+
     pub async fn label(
         &self,
         machine: &str,

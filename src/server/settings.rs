@@ -216,6 +216,9 @@ impl Server {
             row.applied = has;
             self.save_setting_row(machine, &row).await?;
         }
+        if self.policies().await?.is_empty() {
+            return Ok(None);
+        }
         let Some(m) = self.machine(machine).await? else {
             return Ok(None);
         };

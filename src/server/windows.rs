@@ -155,7 +155,7 @@ impl Server {
     }
 
     pub async fn machine(&self, id: &str) -> Result<Option<MachineView>> {
-        Ok(self.machines().await?.into_iter().find(|m| m.id == id))
+        self.machine_by_id(id).await
     }
 
     /// The policies of the groups `machine` is in.
@@ -206,10 +206,21 @@ impl Server {
         delivery_id: &str,
         now: i64,
     ) -> Result<Gate> {
+        let all = self.policies().await?;
+        let caps =
+            self.caps.max_transfers.is_some() || self.caps.max_transfers_per_subnet.is_some();
+        // The common case of a server without policies or caps reads nothing per machine.
+        if all.is_empty() && !caps {
+            return self.rollout_gate(scenario_id).await;
+        }
         let Some(m) = self.machine(machine).await? else {
             return Ok(Gate::Open);
         };
-        let policies = self.policies_of(&m).await?;
+        let groups = Self::groups_of(&m);
+        let policies: Vec<PolicyView> = all
+            .into_iter()
+            .filter(|p| groups.contains(&p.policy.group))
+            .collect();
         if let Some(kind) = self.package_kind(package).await?
             && let Some(p) = policies.iter().find(|p| p.policy.holds(kind))
         {
@@ -218,35 +229,55 @@ impl Server {
                 why: format!("{kind} updates are held on group {}", p.policy.group),
             });
         }
-        if let Some(s) = self.scheduled(scenario_id).await? {
-            if let Some(r) = &s.rollout_id {
-                let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM rollouts WHERE id = $1")
-                        .bind(r)
-                        .fetch_optional(&self.db)
-                        .await?;
-                if state.as_deref() != Some("running") {
-                    return Ok(Gate::Wait {
-                        until: None,
-                        why: format!("rollout {r} is {}", state.unwrap_or("gone".into())),
-                    });
-                }
-            }
-            if let Some(p) = policies.iter().find(|p| p.policy.group == s.group) {
-                let since: i64 =
-                    sqlx::query_scalar("SELECT updated_at FROM deliveries WHERE id = $1")
-                        .bind(delivery_id)
-                        .fetch_one(&self.db)
-                        .await?;
-                if let Err(until) = window_gate(&p.policy, machine, now, since) {
-                    return Ok(Gate::Wait {
-                        until,
-                        why: format!("outside group {}'s window", s.group),
-                    });
-                }
+        if let Gate::Wait { until, why } = self.rollout_gate(scenario_id).await? {
+            return Ok(Gate::Wait { until, why });
+        }
+        if let Some(s) = self.scheduled(scenario_id).await?
+            && let Some(p) = policies.iter().find(|p| p.policy.group == s.group)
+        {
+            let since: i64 = sqlx::query_scalar("SELECT updated_at FROM deliveries WHERE id = $1")
+                .bind(delivery_id)
+                .fetch_one(&self.db)
+                .await?;
+            if let Err(until) = window_gate(&p.policy, machine, now, since) {
+                return Ok(Gate::Wait {
+                    until,
+                    why: format!("outside group {}'s window", s.group),
+                });
             }
         }
         self.transfer_gate(&m, now).await
+    }
+
+    /// Scheduled deliveries of a stopped rollout, or of a withdrawn automatic-update
+    /// assignment, no longer start.
+    async fn rollout_gate(&self, scenario_id: &str) -> Result<Gate> {
+        let Some(s) = self.scheduled(scenario_id).await? else {
+            return Ok(Gate::Open);
+        };
+        if let Some(r) = &s.rollout_id {
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM rollouts WHERE id = $1")
+                    .bind(r)
+                    .fetch_optional(&self.db)
+                    .await?;
+            if state.as_deref() != Some("running") {
+                return Ok(Gate::Wait {
+                    until: None,
+                    why: format!("rollout {r} is {}", state.unwrap_or("gone".into())),
+                });
+            }
+        }
+        if s.kind == "autoupdate" {
+            let package = scenario_id.rsplit(':').next().unwrap_or_default();
+            if !self.still_assigned(&s.group, package).await? {
+                return Ok(Gate::Wait {
+                    until: None,
+                    why: format!("{package} is no longer assigned to {}", s.group),
+                });
+            }
+        }
+        Ok(Gate::Open)
     }
 
     /// Upcoming openings per group with a policy (or one group), for `schedule show`.
@@ -303,6 +334,14 @@ impl Server {
 
     /// This machine's next slot in any of its groups' windows (for `PollResponse`).
     pub async fn next_check_in(&self, machine: &str) -> Result<Option<i64>> {
+        if self
+            .policies()
+            .await?
+            .iter()
+            .all(|p| p.policy.windows.is_empty())
+        {
+            return Ok(None);
+        }
         let Some(m) = self.machine(machine).await? else {
             return Ok(None);
         };
