@@ -425,3 +425,63 @@ async fn time_settings_give_w15_to_busy_and_w16_to_unreachable_agents(backend: B
     assert_eq!(text.matches("up to date").count(), 3, "{text}");
 }
 both_backends!(time_settings_give_w15_to_busy_and_w16_to_unreachable_agents);
+
+async fn automatic_update_from_the_cli_prefilters_and_unassigns(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &["--poll", "1s"]).await else {
+        return;
+    };
+    s.publish_sample("au-app").await;
+    let dir = format!("{}/packages/ws2008-sp2", env!("CARGO_MANIFEST_DIR"));
+    let o = s.cli(&["package", "publish", &dir, "--key", s.key.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    // Older simulated Debian agents (no session: never sent settings).
+    let agents = s.enroll(2, "linux", Behaviour::Apply).await;
+    let f = s.path().join("linux.yaml");
+    std::fs::write(&f, "group: linux\ncheck_in_spread: 0s\n").unwrap();
+    let o = s.cli(&["--json", "schedule", "set", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let set: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(set[0]["machines"].as_array().unwrap().len(), 2, "{set}");
+    for p in ["au-app", "ws2008-sp2"] {
+        let o = s.cli(&["autoupdate", "assign", p, "--group", "linux"]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let o = s.cli(&["--json", "autoupdate", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // The Windows service pack is not for Debian machines: the inventory pre-filter gives them
+    // no delivery. The application is delivered with no scenario run, and applied.
+    for a in &agents {
+        let w = a.poll(AgentState::Idle, 2000).await.unwrap().expect("work");
+        assert_eq!(w.package_id, "au-app");
+        assert!(
+            w.policy.max_attempts == 0,
+            "re-delivered until applied: {w:?}"
+        );
+    }
+    let rows = s
+        .admin()
+        .results(&ResultsQuery {
+            lang: "en".into(),
+            ..ResultsQuery::default()
+        })
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(rows.iter().all(|r| r.package_id == "au-app"));
+
+    // Unassigned: what has not started does not start. A third machine joining gets nothing.
+    let o = s.cli(&["autoupdate", "unassign", "au-app", "--group", "linux"]);
+    assert!(o.status.success(), "{o:?}");
+    let late = s.enroll(1, "linux", Behaviour::Apply).await;
+    let w = late[0].poll(AgentState::Idle, 2500).await.unwrap();
+    assert!(w.is_none(), "{w:?}");
+    let o = s.cli(&["autoupdate", "unassign", "au-app", "--group", "linux"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not assigned"),
+        "{o:?}"
+    );
+}
+both_backends!(automatic_update_from_the_cli_prefilters_and_unassigns);
