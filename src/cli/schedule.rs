@@ -187,6 +187,12 @@ pub fn schedule(cmd: ScheduleCmd, json: bool) -> Result<ExitCode> {
                         r.version,
                         r.machines.len()
                     );
+                    if r.machines.is_empty() {
+                        eprintln!(
+                            "note: no machine is in group {} yet; check the name with `patchcast group list` (the policy applies as machines join)",
+                            r.group
+                        );
+                    }
                     for m in &r.machines {
                         match m.code {
                             Some(c) => println!(
