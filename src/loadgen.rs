@@ -100,7 +100,14 @@ impl SimAgent {
     pub async fn poll(&self, state: AgentState, wait_ms: u64) -> Result<Option<Work>, CallError> {
         let r: PollResponse = self
             .client
-            .post(proto::POLL, &Poll { state, wait_ms })
+            .post(
+                proto::POLL,
+                &Poll {
+                    state,
+                    wait_ms,
+                    ..Poll::default()
+                },
+            )
             .await?;
         Ok(r.work)
     }

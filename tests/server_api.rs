@@ -85,6 +85,7 @@ async fn enrollment_and_misuse(backend: Backend) {
     let poll = Poll {
         state: AgentState::Idle,
         wait_ms: 0,
+        ..Poll::default()
     };
     let forged = Client::new(
         &s.url,

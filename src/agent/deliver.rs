@@ -638,9 +638,10 @@ async fn heartbeat(
         let poll = Poll {
             state: state.clone(),
             wait_ms: 0,
+            ..Poll::default()
         };
         match client.poll(&poll).await {
-            Ok(PollResponse { work: Some(w) }) => {
+            Ok(PollResponse { work: Some(w), .. }) => {
                 // Never replace the journal entry of the install that is running.
                 if let AgentState::Busy { delivery_id, .. } = &state
                     && *delivery_id == w.delivery_id

@@ -13,5 +13,6 @@ pub mod fetch;
 pub mod inventory;
 pub mod journal;
 pub mod service;
+pub mod time_setting;
 #[cfg(windows)]
 pub mod windows;

@@ -118,9 +118,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut sent: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
     let wait_ms = cfg.poll_ms.clamp(100, MAX_WAIT_MS);
+    let mut setting = super::time_setting::Held::load(&agent.root.0)?;
     loop {
         let started = Instant::now();
-        match iteration(&mut agent, &mut collector, &mut sent, wait_ms).await {
+        match iteration(&mut agent, &mut collector, &mut sent, &mut setting, wait_ms).await {
             Ok(got_work) => {
                 backoff.reset();
                 // A server that answers a long poll at once must not make the agent spin.
@@ -149,6 +150,7 @@ async fn iteration(
     agent: &mut Agent,
     collector: &mut Collector,
     sent: &mut Option<String>,
+    setting: &mut super::time_setting::Held,
     wait_ms: u64,
 ) -> Result<bool, Interrupted> {
     let mut waiting: Option<(String, u32)> = None;
@@ -177,7 +179,20 @@ async fn iteration(
         },
         None => AgentState::Idle,
     };
-    let resp = agent.client.poll(&Poll { state, wait_ms }).await?;
+    let resp = agent
+        .client
+        .poll(&Poll {
+            state,
+            wait_ms,
+            setting_version: Some(setting.version),
+            session: Some(setting.session.clone()),
+        })
+        .await?;
+    if let Some(s) = &resp.setting
+        && let Err(e) = setting.keep(s)
+    {
+        tracing::warn!(error = %e, "could not keep the auto-update time setting");
+    }
     match resp.work {
         Some(work) => {
             accept(&agent.journal, work)?;

@@ -676,6 +676,23 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
                 p.package_id, p.applied, p.not_applied, p.not_applicable, p.failed, p.in_progress
             );
         }
+        if !r.settings.is_empty() {
+            println!(
+                "\n{:<24} {:>7} {:>7}  TIME SETTING",
+                "MACHINE", "WANTED", "HAS"
+            );
+            for m in &r.settings {
+                let note = match (&m.rendered, m.applied == m.wanted) {
+                    (_, true) => "up to date".to_string(),
+                    (Some(r), false) => format!("{} {}", r.code, r.message),
+                    (None, false) => "sent at its next poll".to_string(),
+                };
+                println!(
+                    "{:<24} {:>7} {:>7}  {note}",
+                    m.hostname, m.wanted, m.applied
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

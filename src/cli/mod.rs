@@ -4,6 +4,8 @@ pub mod admin;
 mod demo;
 mod package;
 pub mod progress;
+mod rollout;
+mod schedule;
 pub mod server;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,6 +71,15 @@ pub enum Command {
     Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
     Demo(demo::DemoArgs),
+    /// Group windows: set policies (windows, blackout dates, holds), show upcoming windows.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
+    /// Automatic update: packages assigned to groups, delivered in their windows.
+    #[command(subcommand)]
+    Autoupdate(schedule::AutoupdateCmd),
+    /// Staged rollouts: a pilot group, then waves gated by its success rate.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCmd),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +96,8 @@ pub enum KeyCmd {
 pub enum SchemaDoc {
     Package,
     Scenario,
+    GroupPolicy,
+    Rollout,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +110,10 @@ pub fn schema(doc: SchemaDoc) -> String {
     let schema = match doc {
         SchemaDoc::Package => schemars::schema_for!(crate::model::raw::RawPackage),
         SchemaDoc::Scenario => schemars::schema_for!(crate::model::scenario::RawScenario),
+        SchemaDoc::GroupPolicy => {
+            schemars::schema_for!(crate::model::group_policy::RawGroupPolicy)
+        }
+        SchemaDoc::Rollout => schemars::schema_for!(crate::model::rollout::RawRollout),
     };
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
@@ -191,5 +208,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => demo::run(a),
+        Command::Schedule(c) => schedule::schedule(c, cli.json),
+        Command::Autoupdate(c) => schedule::autoupdate(c, cli.json),
+        Command::Rollout(c) => rollout::rollout(c, cli.json),
     }
 }

@@ -32,6 +32,21 @@ pub struct ServerArgs {
     /// Long-poll length agents are told to use (e.g. `30s`).
     #[arg(long, env = "PATCHCAST_POLL", default_value = "30s")]
     pub poll: String,
+    /// Tests only: lets an admin set and advance this server's clock.
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
+    /// Deliveries transferring at once on this server (default: no limit).
+    #[arg(long, env = "PATCHCAST_MAX_TRANSFERS")]
+    pub max_transfers: Option<u32>,
+    /// Deliveries transferring at once per subnet (/24 IPv4, /64 IPv6; default: no limit).
+    #[arg(long, env = "PATCHCAST_MAX_TRANSFERS_PER_SUBNET")]
+    pub max_transfers_per_subnet: Option<u32>,
+    /// Subnet size for --max-transfers-per-subnet, IPv4 prefix length.
+    #[arg(long, env = "PATCHCAST_SUBNET_PREFIX", default_value_t = 24)]
+    pub subnet_prefix: u8,
+    /// Bandwidth of one content download in bytes per second (default: no limit).
+    #[arg(long, env = "PATCHCAST_TRANSFER_RATE")]
+    pub transfer_rate: Option<u64>,
 }
 
 pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -46,6 +61,14 @@ pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         names: a.names,
         no_reply_margin: parse("no-reply-margin", &a.no_reply_margin)?,
         poll_ms: parse("poll", &a.poll)?.as_millis() as u64,
+        test_clock: a.test_clock,
+        caps: crate::server::caps::Caps {
+            max_transfers: a.max_transfers,
+            max_transfers_per_subnet: a.max_transfers_per_subnet,
+            subnet_prefix_v4: a.subnet_prefix,
+            transfer_rate: a.transfer_rate,
+            ..Default::default()
+        },
         ..Config::new(&a.data)
     };
     let rt = tokio::runtime::Runtime::new()?;

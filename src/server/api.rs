@@ -15,7 +15,6 @@ use crate::transport::admin_api::{self as admin, Group, Labels, PackageView, Tok
 use crate::transport::protocol::{
     self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report,
 };
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +29,7 @@ type S = State<Arc<Server>>;
 pub struct ApiErr(StatusCode, ApiError);
 
 impl ApiErr {
-    fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
+    pub(super) fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
         ApiErr(
             status,
             ApiError {
@@ -39,7 +38,7 @@ impl ApiErr {
             },
         )
     }
-    fn bad(msg: impl Into<String>) -> ApiErr {
+    pub(super) fn bad(msg: impl Into<String>) -> ApiErr {
         ApiErr::new(StatusCode::BAD_REQUEST, msg, None)
     }
 }
@@ -62,7 +61,7 @@ impl From<anyhow::Error> for ApiErr {
     }
 }
 
-type R<T> = Result<T, ApiErr>;
+pub(super) type R<T> = Result<T, ApiErr>;
 
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -82,6 +81,7 @@ pub fn router(server: Arc<Server>) -> Router {
             get(scenario_status),
         )
         .route(admin::RESULTS, get(results))
+        .merge(super::schedule_routes::routes())
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(server)
@@ -113,7 +113,7 @@ async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
     }
 }
 
-fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
+pub(super) fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
     match bearer(h) {
         Some(b) if s.is_admin(b) => Ok(()),
         _ => Err(unauthorized(
@@ -165,11 +165,27 @@ async fn poll(
         AgentState::RebootPending { .. } => "reboot_pending",
     };
     s.seen(&m, peer.ip(), state).await?;
-    let work = s.poll(&m, &p.state, p.wait_ms).await?;
+    let _open = s.open_poll(&m);
+    // A time setting goes out at once, without waiting out the long poll.
+    let setting = s.setting_for_poll(&m, &p).await?;
+    let work = if setting.is_some() {
+        None
+    } else {
+        s.poll(&m, &p.state, p.wait_ms).await?
+    };
     if let Some(w) = &work {
         tracing::info!(machine = %m, delivery = %w.delivery_id, attempt = w.attempt, package = %w.package_id, "dispatched");
     }
-    Ok(Json(PollResponse { work }))
+    let next_check_in_ms = if work.is_none() {
+        s.next_check_in(&m).await?
+    } else {
+        None
+    };
+    Ok(Json(PollResponse {
+        work,
+        setting,
+        next_check_in_ms,
+    }))
 }
 
 async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response> {
@@ -246,7 +262,7 @@ async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Respon
         )
             .into_response()),
         Ok(None) => {
-            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+            let body = s.content_body(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
             Ok((
                 [
                     (header::CONTENT_LENGTH, size.to_string()),
@@ -261,7 +277,7 @@ async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Respon
                 .await
                 .map_err(anyhow::Error::from)?;
             let len = end - start + 1;
-            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            let body = s.content_body(tokio_util::io::ReaderStream::with_capacity(
                 f.take(len),
                 256 << 10,
             ));

@@ -8,7 +8,8 @@
 //! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
-use super::db::{json, now_ms};
+use super::db::json;
+use super::windows::Gate;
 use crate::core::delivery::{Action, Delivery, Event, Invalid, Policy, State, next};
 use crate::core::errors::{Code, Params};
 use crate::model::scenario::Scenario;
@@ -237,7 +238,7 @@ impl Server {
         state: &AgentState,
     ) -> Result<(Option<Work>, Option<i64>)> {
         let _w = self.write.lock().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = self.db.begin().await?;
         let q = format!(
             "SELECT d.{} FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
@@ -319,6 +320,17 @@ impl Server {
             if !due {
                 continue;
             }
+            // Holds, windows and transfer caps (`windows::Server::gate`).
+            if let Gate::Wait { until, why } = self
+                .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)
+                .await?
+            {
+                tracing::debug!(machine, delivery = %r.id, why, "not starting yet");
+                if let Some(t) = until {
+                    next_due = Some(next_due.map_or(t, |n: i64| n.min(t)));
+                }
+                continue;
+            }
             let s = self.scenario(&mut tx, &r.scenario_id).await?;
             if let Some(max) = s.max_concurrent {
                 let busy: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -394,7 +406,7 @@ impl Server {
             }
             let mut wake = until;
             if let Some(due) = due {
-                let in_ms = (due - now_ms()).max(0) as u64;
+                let in_ms = (due - self.now()).max(0) as u64;
                 wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(in_ms + 5));
             }
             if tokio::time::Instant::now() >= until {
@@ -415,7 +427,7 @@ impl Server {
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
         let (action, scenario_id, freed) = {
             let _w = self.write.lock().await;
-            let now = now_ms();
+            let now = self.now();
             let mut tx = self.db.begin().await?;
             let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND machine_id = $2");
             let Some(r) = sqlx::query(sqlx::AssertSqlSafe(q))
@@ -485,7 +497,7 @@ impl Server {
 
     /// In-flight deliveries whose agent went quiet past the deadline get `NoReply` (E13).
     pub async fn sweep(&self) -> Result<usize> {
-        let now = now_ms();
+        let now = self.now();
         let expired: Vec<DeliveryRow> = {
             let q = format!(
                 "SELECT {COLUMNS} FROM deliveries WHERE state IN {IN_FLIGHT} AND deadline < $1"
@@ -535,7 +547,7 @@ impl Server {
         let margin = self.no_reply_margin.as_millis() as i64;
         let q = format!("UPDATE deliveries SET deadline = $1 WHERE state IN {IN_FLIGHT}");
         let r = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(now_ms() + margin)
+            .bind(self.now() + margin)
             .execute(&self.db)
             .await?;
         Ok(r.rows_affected())

@@ -2,7 +2,7 @@
 //!
 //! Tokens and credentials are stored as SHA-256 only; the clear values are shown once.
 
-use super::db::{json, now_ms};
+use super::db::json;
 use super::{Server, random_hex, sha256_hex};
 use crate::transport::admin_api::{
     Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest,
@@ -29,7 +29,7 @@ pub enum EnrollError {
 impl Server {
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated> {
         let token = format!("pcenr_{}", random_hex(20)?);
-        let now = now_ms();
+        let now = self.now();
         let expires = now + (req.expires_secs as i64).saturating_mul(1000);
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
@@ -66,7 +66,7 @@ impl Server {
         peer: IpAddr,
     ) -> Result<EnrollResponse, EnrollError> {
         let _w = self.write.lock().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
         let t = sqlx::query("SELECT grp, expires_at, uses, max_uses FROM tokens WHERE hash = $1")
             .bind(sha256_hex(req.token.trim()))
@@ -139,7 +139,7 @@ impl Server {
     /// Records that the machine was heard from, where from, and in which state.
     pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
         // Heartbeats are frequent: write only when something changed or every few seconds.
-        let now = now_ms();
+        let now = self.now();
         let key = (peer.to_string(), state.to_string());
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,7 +169,7 @@ impl Server {
         sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
             .bind(serde_json::to_string(inv)?)
             .bind(&inv.hostname)
-            .bind(now_ms())
+            .bind(self.now())
             .bind(peer.to_string())
             .bind(machine)
             .execute(&self.db)
@@ -193,6 +193,33 @@ impl Server {
                 .collect();
         }
         Ok(out)
+    }
+
+    /// One machine with the names of the groups it is in (without resolving every group).
+    pub async fn machine_by_id(&self, id: &str) -> Result<Option<MachineView>> {
+        let Some(r) = sqlx::query(
+            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let mut m = machine_view(&r)?;
+        let groups: Vec<Group> =
+            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(group_row)
+                .collect::<Result<_>>()?;
+        m.groups = groups
+            .iter()
+            .filter(|g| in_group(g, &m))
+            .map(|g| g.name.clone())
+            .collect();
+        Ok(Some(m))
     }
 
     pub async fn label(

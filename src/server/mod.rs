@@ -4,12 +4,20 @@
 //! pure state machine in `core::delivery`.
 
 pub mod api;
+pub mod autoupdate;
+pub mod caps;
+pub mod clock;
 pub mod db;
 pub mod dispatch;
 pub mod machines;
 pub mod results;
+pub mod rollout;
 pub mod scenarios;
+pub mod schedule_routes;
+pub mod settings;
 pub mod store;
+pub mod throttle;
+pub mod windows;
 
 use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
@@ -38,6 +46,10 @@ pub struct Config {
     pub no_reply_margin: Duration,
     /// Long-poll length agents are told to use.
     pub poll_ms: u64,
+    /// Lets an admin set the server's time (tests only; see `clock`).
+    pub test_clock: bool,
+    /// Transfer caps and the per-transfer bandwidth limit (`caps`).
+    pub caps: caps::Caps,
 }
 
 impl Config {
@@ -51,6 +63,8 @@ impl Config {
             names: Vec::new(),
             no_reply_margin: Duration::from_secs(120),
             poll_ms: 30_000,
+            test_clock: false,
+            caps: caps::Caps::default(),
         }
     }
 }
@@ -78,6 +92,11 @@ pub struct Server {
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
+    /// Where the server reads the time (`clock`).
+    pub clock: clock::Clock,
+    pub caps: caps::Caps,
+    /// Agents' sessions and open polls, for time settings (`settings`).
+    pub presence: Mutex<settings::Presence>,
 }
 
 /// A started server.
@@ -150,6 +169,16 @@ pub async fn start(cfg: Config) -> Result<Running> {
         write: tokio::sync::Mutex::new(()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        clock: if cfg.test_clock {
+            tracing::warn!(
+                "TEST CLOCK enabled: an admin can set this server's time; never use this in production"
+            );
+            clock::Clock::test()
+        } else {
+            clock::Clock::system()
+        },
+        caps: cfg.caps.clone(),
+        presence: Mutex::new(settings::Presence::default()),
     });
     let recovered = server.recover().await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
@@ -183,6 +212,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
             }
         }
     });
+    // Automatic update, rollout gates (`autoupdate`, `rollout`).
+    windows::spawn_ticker(server.clone());
     Ok(Running {
         info,
         addr,

@@ -84,6 +84,7 @@ impl Server {
         Ok(Results {
             deliveries,
             packages: by_pkg.into_values().collect(),
+            settings: self.machine_settings(q.lang, q.machine.as_deref()).await?,
         })
     }
 

@@ -196,6 +196,9 @@ pub struct PackageSummary {
 pub struct Results {
     pub deliveries: Vec<DeliveryRow>,
     pub packages: Vec<PackageSummary>,
+    /// The auto-update time setting each machine has (W15/W16 when it could not be given one).
+    #[serde(default)]
+    pub settings: Vec<crate::transport::schedule_api::MachineSetting>,
 }
 
 /// The admin API's client side, shared by the CLI, the load generator and tests.
@@ -298,7 +301,7 @@ pub struct ResultsQuery {
 }
 
 /// Percent-encodes a query value (ids and hostnames are mostly safe already).
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

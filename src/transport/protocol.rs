@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | POST | `/api/v1/enroll` | enrollment token in body | `EnrollRequest` → `EnrollResponse` |
 //! | POST | `/api/v1/agent/inventory` | agent | `Inventory` → 204 |
-//! | POST | `/api/v1/agent/poll` | agent | `Poll` → `PollResponse` (long poll, up to `wait_ms`) |
+//! | POST | `/api/v1/agent/poll` | agent | `Poll` → `PollResponse` (long poll, up to `wait_ms`; may carry a `TimeSetting`) |
 //! | POST | `/api/v1/agent/report` | agent | `Report` → `ReportAck` |
 //! | GET | `/api/v1/content/{sha256}` | agent | archive bytes; `Range: bytes=N-` resumes |
 //!
@@ -98,33 +98,50 @@ pub struct Interface {
 }
 
 /// A heartbeat that also asks for work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Poll {
     pub state: AgentState,
     /// How long the server may hold the request when there is no work.
     pub wait_ms: u64,
+    /// The auto-update time setting version this agent has (`PollResponse::setting`).
+    /// Absent from older agents, which are then never sent settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting_version: Option<u64>,
+    /// Random per agent process start: a new value tells the server the agent restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum AgentState {
+    #[default]
     Idle,
     /// Working on a delivery (the server does not time it out while this is heard).
-    Busy {
-        delivery_id: String,
-        attempt: u32,
-    },
+    Busy { delivery_id: String, attempt: u32 },
     /// Waiting for a restart that a delivery asked for.
-    RebootPending {
-        delivery_id: String,
-        attempt: u32,
-    },
+    RebootPending { delivery_id: String, attempt: u32 },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PollResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<Work>,
+    /// A new auto-update time setting for this agent to keep (and report in `Poll`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<TimeSetting>,
+    /// When this machine's next auto-update slot starts (unix ms, server time; jittered per
+    /// machine), for agents that sleep instead of long-polling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_in_ms: Option<i64>,
+}
+
+/// The auto-update time setting of a machine: its groups' policies, under one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeSetting {
+    pub version: u64,
+    #[serde(default)]
+    pub policies: Vec<crate::model::group_policy::GroupPolicy>,
 }
 
 /// One attempt of one package on this machine.
