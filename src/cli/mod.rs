@@ -1,5 +1,6 @@
 //! The `patchcast` command line: argument parsing and printing only; the work is in the library.
 
+pub mod accounts;
 pub mod admin;
 mod demo;
 mod package;
@@ -69,6 +70,9 @@ pub enum Command {
     Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
     Demo(demo::DemoArgs),
+    /// Web console accounts (`admin add USER` reads the password from the terminal or stdin).
+    #[command(subcommand)]
+    Admin(accounts::AdminCmd),
 }
 
 #[derive(Subcommand)]
@@ -191,5 +195,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => demo::run(a),
+        Command::Admin(c) => accounts::run(c, cli.json),
     }
 }
