@@ -30,7 +30,7 @@ step "headless Chromium (the web console tests drive it over WebDriver)"
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-        --no-install-recommends chromium chromium-driver
+        --no-install-recommends chromium chromium-driver fonts-ipafont-gothic
 fi
 chromium --version
 
