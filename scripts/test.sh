@@ -27,7 +27,8 @@ fi
 echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
 
 step "headless Chromium (the web console tests drive it over WebDriver)"
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+    || [ ! -d /usr/share/fonts/opentype/ipafont-gothic ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
         --no-install-recommends chromium chromium-driver fonts-ipafont-gothic

@@ -55,7 +55,7 @@ impl Ctx {
     pub async fn of(w: &Web, h: &HeaderMap, uri: &axum::http::Uri) -> WebResult<Ctx> {
         let q: Vec<(String, String)> = uri
             .query()
-            .and_then(|q| serde_urlencoded_pairs(q))
+            .and_then(serde_urlencoded_pairs)
             .unwrap_or_default();
         let lang_q = q.iter().find(|(k, _)| k == "lang").map(|(_, v)| v.as_str());
         let (lang, remember_lang) = lang_of(h, lang_q);
@@ -68,7 +68,7 @@ impl Ctx {
     }
 
     /// Signed in, or a redirect to the sign-in page that comes back here.
-    pub fn require(&self) -> Result<&Viewer, Response> {
+    pub fn require(&self) -> Result<&Viewer, Box<Response>> {
         match &self.viewer {
             Some(v) => Ok(v),
             None => {
@@ -76,7 +76,9 @@ impl Ctx {
                     .uri
                     .path_and_query()
                     .map_or("/".to_string(), |p| p.to_string());
-                Err(Redirect::to(&format!("/login?next={}", enc(&back))).into_response())
+                Err(Box::new(
+                    Redirect::to(&format!("/login?next={}", enc(&back))).into_response(),
+                ))
             }
         }
     }
@@ -146,7 +148,7 @@ macro_rules! signed_in {
     ($ctx:expr) => {
         match $ctx.require() {
             Ok(v) => v,
-            Err(redirect) => return Ok(redirect),
+            Err(redirect) => return Ok(*redirect),
         }
     };
 }
@@ -366,7 +368,7 @@ async fn recent_errors(w: &Web, since: i64, lang: Lang) -> anyhow::Result<Vec<Va
         let last: i64 = r.try_get("last")?;
         out.push((n, json!({"count": n, "last": time(last), "code": code_view(code, lang, &Params::default())})));
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out.into_iter().map(|(_, v)| v).collect())
 }
 

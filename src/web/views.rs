@@ -82,7 +82,7 @@ impl MachineFilter {
             || m.labels.iter().any(|l| l.to_lowercase().contains(&q));
         let mine = || current.iter().filter(|d| d.machine_id == m.id);
         text_ok
-            && (self.group.is_empty() || m.groups.iter().any(|g| *g == self.group))
+            && (self.group.is_empty() || m.groups.contains(&self.group))
             && (self.os.is_empty() || m.inventory.os.starts_with(&self.os))
             && (self.language.is_empty()
                 || m.inventory
