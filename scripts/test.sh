@@ -26,6 +26,15 @@ if [ -z "${PATCHCAST_TEST_POSTGRES:-}" ]; then
 fi
 echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
 
+step "headless Chromium (the web console tests drive it over WebDriver)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+    || [ ! -d /usr/share/fonts/opentype/ipafont-gothic ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
+        --no-install-recommends chromium chromium-driver fonts-ipafont-gothic
+fi
+chromium --version
+
 step "tests (unit, property, integration)"
 cargo test --locked
 

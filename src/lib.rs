@@ -11,3 +11,4 @@ pub mod model;
 pub mod pack;
 pub mod server;
 pub mod transport;
+pub mod web;

@@ -1,5 +1,6 @@
 //! The `patchcast` command line: argument parsing and printing only; the work is in the library.
 
+pub mod accounts;
 pub mod admin;
 mod demo;
 mod package;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Staged rollouts: a pilot group, then waves gated by its success rate.
     #[command(subcommand)]
     Rollout(rollout::RolloutCmd),
+    /// Web console accounts (`admin add USER` reads the password from the terminal or stdin).
+    #[command(subcommand)]
+    Admin(accounts::AdminCmd),
 }
 
 #[derive(Subcommand)]
@@ -211,5 +215,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedule(c) => schedule::schedule(c, cli.json),
         Command::Autoupdate(c) => schedule::autoupdate(c, cli.json),
         Command::Rollout(c) => rollout::rollout(c, cli.json),
+        Command::Admin(c) => accounts::run(c, cli.json),
     }
 }

@@ -84,7 +84,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(super::schedule_routes::routes())
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(server)
+        .with_state(server.clone())
+        // The web console (issue 7) at `/`, on the same listener.
+        .merge(crate::web::router(server))
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {

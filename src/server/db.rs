@@ -59,6 +59,19 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          updated_at BIGINT NOT NULL)",
         ],
     ),
+    (
+        5,
+        "web console: admin accounts and sessions",
+        &[
+            // Passwords as argon2id PHC strings; sessions by the SHA-256 of the cookie value.
+            "CREATE TABLE web_accounts (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, \
+         created_at BIGINT NOT NULL)",
+            "CREATE TABLE web_sessions (token_hash TEXT PRIMARY KEY, account TEXT NOT NULL, \
+         csrf TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
+            // The dashboard's "recent errors" reads events by time.
+            "CREATE INDEX events_at ON events (at)",
+        ],
+    ),
 ];
 
 pub fn now_ms() -> i64 {
