@@ -2,7 +2,7 @@
 # Idle footprint of the agent: an enrolled agent polls a server for 60 s (SECONDS=N to change)
 # with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
 # The server is the scripted test server (tests/agent_bench_server.rs, `--ignored`), so the
-# benchmark needs nothing but this repository. The agent is a release build.
+# benchmark needs nothing but this repository. The agent is built as shipped: `--profile agent` (PROFILE=release to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
@@ -16,8 +16,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --bin patchcast-agent
-agent=target/release/patchcast-agent
+PROFILE=${PROFILE:-agent}
+cargo build --profile "$PROFILE" --quiet --bin patchcast-agent
+agent=target/$PROFILE/patchcast-agent
 
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
@@ -56,8 +57,8 @@ cpu1=$(cpu)
 anon=$(awk '/RssAnon/ {print $2}' "/proc/$agent_pid/status")
 file=$(awk '/RssFile/ {print $2}' "/proc/$agent_pid/status")
 polls=$(grep -c . "$work/agent.log" || true)
-awk -v max="$max" -v sum="$sum" -v n="$n" -v c0="$cpu0" -v c1="$cpu1" -v t="$ticks" -v d="$DURATION" 'BEGIN {
-    printf "agent idle for %d s (release build, current_thread runtime)\n", d
+awk -v max="$max" -v sum="$sum" -v n="$n" -v c0="$cpu0" -v c1="$cpu1" -v t="$ticks" -v d="$DURATION" -v p="$PROFILE" 'BEGIN {
+    printf "agent idle for %d s (%s profile, current_thread runtime)\n", d, p
     printf "  RSS  max %.1f MiB, mean %.1f MiB (goal <= 10 MB)\n", max / 1024, sum / n / 1024
     printf "  CPU  %.2f s in %d s = %.3f%% of one core\n", (c1 - c0) / t, d, (c1 - c0) / t / d * 100
 }'

@@ -1,8 +1,6 @@
-//! HOOK for rollout waves (issue 6, built on another branch): the scenario page shows a
-//! "Rollout waves" section with one row per wave when this returns any. This branch has no
-//! rollout tables, so a scenario has no waves here and the section is not shown. When rollouts
-//! land, fill `for_scenario` from their store (name, state, machine count, gate) and the page
-//! and template need no other change.
+//! Rollout waves on the scenario page: each wave of a rollout is a scheduled scenario
+//! (`server::rollout`), so a scenario that belongs to a rollout shows all of that rollout's
+//! waves with their gates; any other scenario shows none.
 
 use crate::server::Server;
 use serde::Serialize;
@@ -11,14 +9,32 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct WaveView {
     pub name: String,
-    /// The wave's state as its store names it (waiting, running, gated, done).
+    /// The wave's gate as the rollout names it (open, passed, waiting, stopped).
     pub state: String,
     pub machines: u64,
-    /// The gate before the next wave, in words (e.g. "95 % applied, no E19").
+    /// The gate in words ("wave 0 (pilot) has applied 40.0%, needs 90.0%").
     pub gate: String,
 }
 
-/// The waves of scenario `id`, in order. Without rollout tables: none.
-pub async fn for_scenario(_server: &Server, _id: &str) -> anyhow::Result<Vec<WaveView>> {
-    Ok(Vec::new())
+/// The waves of the rollout scenario `id` belongs to, in order; none for a plain scenario.
+pub async fn for_scenario(server: &Server, id: &str) -> anyhow::Result<Vec<WaveView>> {
+    let rollout: Option<Option<String>> =
+        sqlx::query_scalar("SELECT rollout_id FROM scheduled WHERE scenario_id = $1")
+            .bind(id)
+            .fetch_optional(&server.db)
+            .await?;
+    let Some(Some(rollout)) = rollout else {
+        return Ok(Vec::new());
+    };
+    let status = server.rollout_status(&rollout).await?;
+    Ok(status
+        .waves
+        .into_iter()
+        .map(|w| WaveView {
+            name: format!("{} · {}", w.index, w.group),
+            state: w.gate,
+            machines: w.total,
+            gate: w.why,
+        })
+        .collect())
 }
