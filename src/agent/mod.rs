@@ -12,6 +12,8 @@ pub mod facts;
 pub mod fetch;
 pub mod inventory;
 pub mod journal;
+pub mod relay;
 pub mod service;
+pub mod sources;
 #[cfg(windows)]
 pub mod windows;

@@ -114,13 +114,14 @@ pub async fn run(opts: Options) -> Result<()> {
         heartbeat: opts.heartbeat,
     };
     tracing::info!(server = %cfg.server, machine = %cfg.machine_id, emulated = agent.endpoint.is_some(), "agent started");
+    let mut relay = super::relay::Relay::new(&agent.root.0, &cfg.machine_id);
     let mut collector = Collector::default();
     let mut sent: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
     let wait_ms = cfg.poll_ms.clamp(100, MAX_WAIT_MS);
     loop {
         let started = Instant::now();
-        match iteration(&mut agent, &mut collector, &mut sent, wait_ms).await {
+        match iteration(&mut agent, &mut relay, &mut collector, &mut sent, wait_ms).await {
             Ok(got_work) => {
                 backoff.reset();
                 // A server that answers a long poll at once must not make the agent spin.
@@ -147,6 +148,7 @@ pub async fn run(opts: Options) -> Result<()> {
 /// One pass: journaled deliveries, inventory, poll. `Ok(true)` when work arrived.
 async fn iteration(
     agent: &mut Agent,
+    relay: &mut super::relay::Relay,
     collector: &mut Collector,
     sent: &mut Option<String>,
     wait_ms: u64,
@@ -178,6 +180,10 @@ async fn iteration(
         None => AgentState::Idle,
     };
     let resp = agent.client.poll(&Poll { state, wait_ms }).await?;
+    // The relay role never stops the agent's own deliveries: its errors are only logged.
+    if let Err(e) = relay.apply(resp.relay.as_ref(), &agent.client).await {
+        tracing::warn!(error = %format!("{e:#}"), "relay role");
+    }
     match resp.work {
         Some(work) => {
             accept(&agent.journal, work)?;

@@ -5,6 +5,7 @@ mod demo;
 mod package;
 pub mod progress;
 pub mod server;
+pub mod sources;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ pub enum Command {
     Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
     Demo(demo::DemoArgs),
+    /// Custom update sources: which relays, shares and URLs machines fetch from, by address.
+    #[command(subcommand)]
+    Sources(sources::SourcesCmd),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +89,7 @@ pub enum KeyCmd {
 pub enum SchemaDoc {
     Package,
     Scenario,
+    Sources,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +102,7 @@ pub fn schema(doc: SchemaDoc) -> String {
     let schema = match doc {
         SchemaDoc::Package => schemars::schema_for!(crate::model::raw::RawPackage),
         SchemaDoc::Scenario => schemars::schema_for!(crate::model::scenario::RawScenario),
+        SchemaDoc::Sources => schemars::schema_for!(crate::model::sources::RawSources),
     };
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
@@ -111,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scenario(c) => admin::scenario(c, cli.json),
         Command::Results(a) => admin::results(a, cli.json),
         Command::Loadtest(a) => admin::loadtest(a, cli.json),
+        Command::Sources(c) => sources::run(c, cli.json),
         Command::Key(KeyCmd::Generate { out }) => {
             let key = crate::pack::keys::generate()?;
             let (secret, public) = crate::pack::keys::write_pair(&out, &key)?;

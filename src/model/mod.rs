@@ -5,5 +5,6 @@ pub mod package;
 pub mod problem;
 pub mod raw;
 pub mod scenario;
+pub mod sources;
 pub mod types;
 pub mod yaml;

@@ -30,7 +30,7 @@ type S = State<Arc<Server>>;
 pub struct ApiErr(StatusCode, ApiError);
 
 impl ApiErr {
-    fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
+    pub(super) fn new(status: StatusCode, msg: impl Into<String>, code: Option<Code>) -> ApiErr {
         ApiErr(
             status,
             ApiError {
@@ -82,6 +82,7 @@ pub fn router(server: Arc<Server>) -> Router {
             get(scenario_status),
         )
         .route(admin::RESULTS, get(results))
+        .merge(super::sources_api::routes())
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(server)
@@ -103,7 +104,7 @@ fn unauthorized(what: &str) -> ApiErr {
     )
 }
 
-async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
+pub(super) async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
     match bearer(h) {
         Some(b) => s
             .authenticate_agent(b)
@@ -113,7 +114,7 @@ async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
     }
 }
 
-fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
+pub(super) fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
     match bearer(h) {
         Some(b) if s.is_admin(b) => Ok(()),
         _ => Err(unauthorized(
@@ -165,11 +166,21 @@ async fn poll(
         AgentState::RebootPending { .. } => "reboot_pending",
     };
     s.seen(&m, peer.ip(), state).await?;
-    let work = s.poll(&m, &p.state, p.wait_ms).await?;
+    // A relay's poll also ends when its role or wanted content changes.
+    let work = if s.is_relay(&m).await {
+        let changed = s.sources.relay_notifier(&m);
+        tokio::select! {
+            w = s.poll(&m, &p.state, p.wait_ms) => w?,
+            _ = changed.notified() => None,
+        }
+    } else {
+        s.poll(&m, &p.state, p.wait_ms).await?
+    };
+    let relay = s.relay_settings(&m).await?;
     if let Some(w) = &work {
         tracing::info!(machine = %m, delivery = %w.delivery_id, attempt = w.attempt, package = %w.package_id, "dispatched");
     }
-    Ok(Json(PollResponse { work }))
+    Ok(Json(PollResponse { work, relay }))
 }
 
 async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response> {
@@ -186,7 +197,7 @@ async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response>
 }
 
 /// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
-fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+pub fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(v) = h.get(header::RANGE) else {
         return Ok(None);
     };

@@ -9,6 +9,8 @@ pub mod dispatch;
 pub mod machines;
 pub mod results;
 pub mod scenarios;
+pub mod sources;
+pub mod sources_api;
 pub mod store;
 
 use anyhow::{Context, Result};
@@ -78,6 +80,8 @@ pub struct Server {
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
+    /// Update sources and relays (`sources`).
+    pub sources: sources::State,
 }
 
 /// A started server.
@@ -150,6 +154,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         write: tokio::sync::Mutex::new(()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        sources: sources::State::new(cfg.listen),
     });
     let recovered = server.recover().await?;
     let listener = std::net::TcpListener::bind(cfg.listen)

@@ -149,11 +149,19 @@ async fn poll(State(app): State<App>, headers: HeaderMap, Json(p): Json<Poll>) -
             let mut s = app.script.lock().unwrap();
             s.polls += 1;
             if let Some(w) = s.work.pop_front() {
-                return Json(PollResponse { work: Some(w) }).into_response();
+                return Json(PollResponse {
+                    work: Some(w),
+                    relay: None,
+                })
+                .into_response();
             }
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Json(PollResponse { work: None }).into_response();
+            return Json(PollResponse {
+                work: None,
+                relay: None,
+            })
+            .into_response();
         }
     }
 }
