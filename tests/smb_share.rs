@@ -3,6 +3,8 @@
 //! a share as an agent's update source (an unreachable share skipped for the next one, the
 //! archive verified by its SHA-256 like any source). Fails under CI=true without Samba.
 
+#![cfg(feature = "smb")]
+
 #[path = "common/agent_harness.rs"]
 mod agent_harness;
 #[path = "common/server_harness.rs"]

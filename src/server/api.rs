@@ -197,7 +197,7 @@ async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response>
 }
 
 /// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
-pub fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(v) = h.get(header::RANGE) else {
         return Ok(None);
     };

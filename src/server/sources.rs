@@ -231,8 +231,8 @@ impl Server {
         let Ok(nets) = sysinfo::Networks::new_with_refreshed_list() else {
             return Vec::new();
         };
-        nets.iter()
-            .flat_map(|(_, n)| n.ip_networks().iter().map(|i| i.addr))
+        nets.values()
+            .flat_map(|n| n.ip_networks().iter().map(|i| i.addr))
             .filter(|a| ip.is_ipv6() || a.is_ipv4())
             .collect()
     }

@@ -247,60 +247,6 @@ pub fn verify_token(
     Ok(g)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_scoped_and_signed() {
-        let key = SigningKey::from_bytes(&[7u8; 32]);
-        let other = SigningKey::from_bytes(&[8u8; 32]);
-        let pk = key.verifying_key();
-        let g = Grant {
-            sub: "m1".into(),
-            aud: "r1".into(),
-            sha256: "ab".repeat(32),
-            exp: 1000,
-        };
-        let t = sign_token(&key, &g);
-        let sha = "ab".repeat(32);
-        assert_eq!(verify_token(&pk, &t, "r1", &sha, 999), Ok(g.clone()));
-        let cases: &[(&str, &str, &str, i64, TokenError)] = &[
-            (&t, "r2", &sha, 999, TokenError::OtherRelay("r1".into())),
-            (
-                &t,
-                "r1",
-                &"cd".repeat(32),
-                999,
-                TokenError::OtherContent(sha.clone()),
-            ),
-            (&t, "r1", &sha, 1000, TokenError::Expired),
-            ("pcrt1.zz.zz", "r1", &sha, 0, TokenError::Malformed),
-            ("m1.secret", "r1", &sha, 0, TokenError::Malformed),
-        ];
-        for (tok, relay, s, now, want) in cases {
-            assert_eq!(
-                verify_token(&pk, tok, relay, s, *now).unwrap_err(),
-                *want,
-                "{tok}"
-            );
-        }
-        let forged = sign_token(&other, &g);
-        assert_eq!(
-            verify_token(&pk, &forged, "r1", &sha, 0).unwrap_err(),
-            TokenError::BadSignature
-        );
-        // Changing the grant after signing breaks the signature.
-        let mut parts: Vec<String> = t.split('.').map(String::from).collect();
-        let g2 = Grant { exp: i64::MAX, ..g };
-        parts[1] = hex::encode(serde_json::to_vec(&g2).unwrap());
-        assert_eq!(
-            verify_token(&pk, &parts.join("."), "r1", &sha, 0).unwrap_err(),
-            TokenError::BadSignature
-        );
-    }
-}
-
 /// The admin calls for sources and relays.
 impl crate::transport::admin_api::Admin {
     /// `Ok(Err(refused))` when the server found problems with the list (nothing was saved).
@@ -366,5 +312,59 @@ impl crate::transport::admin_api::Admin {
 
     pub async fn relays(&self) -> Result<Vec<RelayView>, crate::transport::client::CallError> {
         self.0.get(ADMIN_RELAYS).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_scoped_and_signed() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        let pk = key.verifying_key();
+        let g = Grant {
+            sub: "m1".into(),
+            aud: "r1".into(),
+            sha256: "ab".repeat(32),
+            exp: 1000,
+        };
+        let t = sign_token(&key, &g);
+        let sha = "ab".repeat(32);
+        assert_eq!(verify_token(&pk, &t, "r1", &sha, 999), Ok(g.clone()));
+        let cases: &[(&str, &str, &str, i64, TokenError)] = &[
+            (&t, "r2", &sha, 999, TokenError::OtherRelay("r1".into())),
+            (
+                &t,
+                "r1",
+                &"cd".repeat(32),
+                999,
+                TokenError::OtherContent(sha.clone()),
+            ),
+            (&t, "r1", &sha, 1000, TokenError::Expired),
+            ("pcrt1.zz.zz", "r1", &sha, 0, TokenError::Malformed),
+            ("m1.secret", "r1", &sha, 0, TokenError::Malformed),
+        ];
+        for (tok, relay, s, now, want) in cases {
+            assert_eq!(
+                verify_token(&pk, tok, relay, s, *now).unwrap_err(),
+                *want,
+                "{tok}"
+            );
+        }
+        let forged = sign_token(&other, &g);
+        assert_eq!(
+            verify_token(&pk, &forged, "r1", &sha, 0).unwrap_err(),
+            TokenError::BadSignature
+        );
+        // Changing the grant after signing breaks the signature.
+        let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+        let g2 = Grant { exp: i64::MAX, ..g };
+        parts[1] = hex::encode(serde_json::to_vec(&g2).unwrap());
+        assert_eq!(
+            verify_token(&pk, &parts.join("."), "r1", &sha, 0).unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 }
