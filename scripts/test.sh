@@ -34,6 +34,16 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
         --no-install-recommends chromium chromium-driver fonts-ipafont-gothic
 fi
 chromium --version
+step "Samba (private smbd on loopback, for the SMB and update source tests)"
+if [ -z "${PATCHCAST_TEST_SMB:-}" ]; then
+    SMB_DIR=$(mktemp -d /tmp/patchcast-smb.XXXXXX)
+    cleanup_smb() { scripts/samba.sh stop "$SMB_DIR"; rm -rf "$SMB_DIR"; }
+    # Keep the traps set before this one (PostgreSQL's).
+    prev_trap=$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")
+    trap "cleanup_smb; ${prev_trap:-:}" EXIT
+    eval "$(scripts/samba.sh start "$SMB_DIR")"
+fi
+echo "PATCHCAST_TEST_SMB=$PATCHCAST_TEST_SMB"
 
 step "tests (unit, property, integration)"
 cargo test --locked

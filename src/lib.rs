@@ -10,5 +10,6 @@ pub mod loadgen;
 pub mod model;
 pub mod pack;
 pub mod server;
+pub mod smb;
 pub mod transport;
 pub mod web;

@@ -343,8 +343,10 @@ impl Agent {
                 }
                 Step::Fetch => {
                     let dir = self.work_dir(entry);
-                    let got = fetch::fetch(
+                    let got = super::sources::fetch(
                         &self.client,
+                        &self.root.0,
+                        entry.work.sources.as_ref(),
                         &entry.work.archive_sha256,
                         entry.work.archive_size,
                         &dir,
@@ -370,6 +372,10 @@ impl Agent {
                         Ok(Fetched::Refused(why)) => {
                             self.refuse(entry, Code::E11, detail_text(why))?;
                         }
+                        Ok(Fetched::Exhausted(tried)) => {
+                            tracing::error!(delivery = %id, ?tried, "no update source could provide the archive and the server fallback is off");
+                            self.refuse(entry, Code::E27, detail_text(tried.join("; ")))?;
+                        }
                         Err(fetch::FetchError::Disk { path, err }) => {
                             let params = Params {
                                 file: Some(path),
@@ -387,7 +393,12 @@ impl Agent {
                             entry,
                             Event::Transferred,
                             Detail {
-                                source: Some(self.client.base().to_string()),
+                                source: Some(
+                                    std::fs::read_to_string(super::sources::source_path(
+                                        &self.work_dir(entry),
+                                    ))
+                                    .unwrap_or_else(|_| self.client.base().to_string()),
+                                ),
                                 ..Detail::default()
                             },
                         );

@@ -23,6 +23,9 @@ pub enum Fetched {
     Mismatch { got: Sha256 },
     /// The server refused the download for good (404, 403, …).
     Refused(String),
+    /// Every custom update source failed and the fallback switch says not the server (E27);
+    /// one line per source tried.
+    Exhausted(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,42 +42,68 @@ pub fn archive_path(work_dir: &Path) -> PathBuf {
     work_dir.join("archive.pcpkg")
 }
 
-fn disk(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
+pub(crate) fn disk(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
     move |err| FetchError::Disk {
         path: path.display().to_string(),
         err,
     }
 }
 
-/// Fetches the archive into `work_dir`, resuming what an earlier attempt left.
+/// The partial download; any source appends to it (content-addressed, so bytes at an offset
+/// are the same whoever sends them; the final hash catches a source that lied).
+pub fn part_path(work_dir: &Path) -> PathBuf {
+    work_dir.join("archive.part")
+}
+
+/// Fetches the archive from the server into `work_dir`, resuming what an earlier attempt left.
 pub async fn fetch(
     client: &Client,
     sha256: &Sha256,
     size: u64,
     work_dir: &Path,
 ) -> Result<Fetched, FetchError> {
+    let path = format!("{}/{}", crate::transport::protocol::CONTENT, sha256.hex());
+    fetch_http(client, &path, sha256, size, work_dir, QUICK_RETRIES).await
+}
+
+/// Fetches `path` on `client` (the server, a relay, an HTTPS source) with range resume.
+pub async fn fetch_http(
+    client: &Client,
+    path: &str,
+    sha256: &Sha256,
+    size: u64,
+    work_dir: &Path,
+    quick_retries: u32,
+) -> Result<Fetched, FetchError> {
     let done = archive_path(work_dir);
     if done.exists() {
         return Ok(Fetched::Complete(done));
     }
-    let part = work_dir.join("archive.part");
+    let part = part_path(work_dir);
     std::fs::create_dir_all(work_dir).map_err(disk(work_dir))?;
     let mut failures = 0;
     loop {
-        match attempt(client, sha256, size, &part).await {
+        match attempt(client, path, size, &part).await {
             Ok(Some(refused)) => return Ok(Fetched::Refused(refused)),
             Ok(None) => break,
             Err(e @ FetchError::Disk { .. }) => return Err(e),
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "download interrupted; resuming");
-                if failures >= QUICK_RETRIES {
+                if failures >= quick_retries {
                     return Err(e);
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
             }
         }
     }
+    finish(sha256, work_dir)
+}
+
+/// Hashes the finished `archive.part`: renamed to `archive.pcpkg` when it matches, deleted
+/// when it does not. Every source ends here: none bypasses the hash.
+pub fn finish(sha256: &Sha256, work_dir: &Path) -> Result<Fetched, FetchError> {
+    let (part, done) = (part_path(work_dir), archive_path(work_dir));
     let (got, _) = crate::pack::hash::sha256_file(&part).map_err(disk(&part))?;
     if &got != sha256 {
         let _ = std::fs::remove_file(&part);
@@ -87,7 +116,7 @@ pub async fn fetch(
 /// One request: `Ok(None)` when the file is complete, `Ok(Some(why))` when refused for good.
 async fn attempt(
     client: &Client,
-    sha256: &Sha256,
+    path: &str,
     size: u64,
     part: &Path,
 ) -> Result<Option<String>, FetchError> {
@@ -98,7 +127,11 @@ async fn attempt(
     if have == size && size > 0 {
         return Ok(None);
     }
-    let resp = client.content(sha256, have).await?;
+    let mut rb = client.request(reqwest::Method::GET, path);
+    if have > 0 {
+        rb = rb.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let resp = rb.send().await.map_err(|e| client.unreachable(path, &e))?;
     let status = resp.status().as_u16();
     let append = match status {
         206 => {

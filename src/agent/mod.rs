@@ -12,7 +12,9 @@ pub mod facts;
 pub mod fetch;
 pub mod inventory;
 pub mod journal;
+pub mod relay;
 pub mod service;
+pub mod sources;
 pub mod time_setting;
 #[cfg(windows)]
 pub mod windows;

@@ -114,6 +114,7 @@ pub async fn run(opts: Options) -> Result<()> {
         heartbeat: opts.heartbeat,
     };
     tracing::info!(server = %cfg.server, machine = %cfg.machine_id, emulated = agent.endpoint.is_some(), "agent started");
+    let mut relay = super::relay::Relay::new(&agent.root.0, &cfg.machine_id);
     let mut collector = Collector::default();
     let mut sent: Option<String> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
@@ -121,7 +122,16 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut setting = super::time_setting::Held::load(&agent.root.0)?;
     loop {
         let started = Instant::now();
-        match iteration(&mut agent, &mut collector, &mut sent, &mut setting, wait_ms).await {
+        match iteration(
+            &mut agent,
+            &mut relay,
+            &mut collector,
+            &mut sent,
+            &mut setting,
+            wait_ms,
+        )
+        .await
+        {
             Ok(got_work) => {
                 backoff.reset();
                 // A server that answers a long poll at once must not make the agent spin.
@@ -148,6 +158,7 @@ pub async fn run(opts: Options) -> Result<()> {
 /// One pass: journaled deliveries, inventory, poll. `Ok(true)` when work arrived.
 async fn iteration(
     agent: &mut Agent,
+    relay: &mut super::relay::Relay,
     collector: &mut Collector,
     sent: &mut Option<String>,
     setting: &mut super::time_setting::Held,
@@ -192,6 +203,10 @@ async fn iteration(
         && let Err(e) = setting.keep(s)
     {
         tracing::warn!(error = %e, "could not keep the auto-update time setting");
+    }
+    // The relay role never stops the agent's own deliveries: its errors are only logged.
+    if let Err(e) = relay.apply(resp.relay.as_ref(), &agent.client).await {
+        tracing::warn!(error = %format!("{e:#}"), "relay role");
     }
     match resp.work {
         Some(work) => {

@@ -101,6 +101,20 @@ pub enum MachineCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Give (--enable) or take (--disable) the relay (update agent) role: the agent caches
+    /// content by SHA-256 and serves its neighbours over HTTPS.
+    Relay {
+        machine: String,
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// ADDRESS:PORT the relay listens on (default 0.0.0.0:8444).
+        #[arg(long)]
+        listen: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Add (or with --remove, remove) labels on a machine (id or hostname).
     Label {
         machine: String,
@@ -145,6 +159,17 @@ pub struct PublishArgs {
     /// Secret signing key, when PATH is a directory.
     #[arg(long, env = "PATCHCAST_SIGNING_KEY")]
     pub key: Option<PathBuf>,
+    /// Also copy the archive to an SMB share (`smb://HOST[:PORT]/SHARE/DIR`) as
+    /// `<sha256>.pcpkg`, for machines whose update source is that share.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// SMB credentials file (`user=` and `password=` lines); default: PATCHCAST_SMB_USER and
+    /// PATCHCAST_SMB_PASSWORD.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// With --to: copy to the share only, do not publish to the server.
+    #[arg(long)]
+    pub share_only: bool,
     #[command(flatten)]
     pub connect: Connect,
 }
@@ -282,6 +307,13 @@ pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
                 );
             }
         }
+        MachineCmd::Relay {
+            machine,
+            enable,
+            disable,
+            listen,
+            connect,
+        } => return super::sources::relay(&machine, enable, disable, listen, &connect, json),
         MachineCmd::Label {
             machine,
             labels,
@@ -394,6 +426,23 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
     } else {
         a.path.clone()
     };
+    if let Some(to) = &a.to {
+        let r = super::sources::publish_to_share(&archive, to, a.credentials.as_deref());
+        if let Some(d) = archive.parent().filter(|_| a.path.is_dir() && a.share_only) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let at = r?;
+        if json && a.share_only {
+            print_json(&serde_json::json!({ "copied_to": at }))?;
+        } else {
+            eprintln!("copied to {at}");
+        }
+        if a.share_only {
+            return Ok(ExitCode::SUCCESS);
+        }
+    } else if a.share_only {
+        bail!("--share-only goes with --to smb://HOST/SHARE/DIR");
+    }
     let r = rt()?.block_on(async { a.connect.admin()?.publish(&archive).await });
     if let Some(d) = archive.parent().filter(|_| a.path.is_dir()) {
         let _ = std::fs::remove_dir_all(d);
@@ -569,6 +618,9 @@ fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
         );
         if let Some(r) = &d.rendered {
             println!("    {}: {}\n    remedy: {}", r.code, r.message, r.remedy);
+        }
+        if let Some(s) = &d.detail.source {
+            println!("    source: {s}");
         }
         if let crate::core::delivery::State::NotApplicable { reason } = &d.state {
             println!("    not applicable: {reason}");

@@ -8,6 +8,7 @@ pub mod progress;
 mod rollout;
 mod schedule;
 pub mod server;
+pub mod sources;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Web console accounts (`admin add USER` reads the password from the terminal or stdin).
     #[command(subcommand)]
     Admin(accounts::AdminCmd),
+    /// Custom update sources: which relays, shares and URLs machines fetch from, by address.
+    #[command(subcommand)]
+    Sources(sources::SourcesCmd),
 }
 
 #[derive(Subcommand)]
@@ -102,6 +106,7 @@ pub enum SchemaDoc {
     Scenario,
     GroupPolicy,
     Rollout,
+    Sources,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +123,7 @@ pub fn schema(doc: SchemaDoc) -> String {
             schemars::schema_for!(crate::model::group_policy::RawGroupPolicy)
         }
         SchemaDoc::Rollout => schemars::schema_for!(crate::model::rollout::RawRollout),
+        SchemaDoc::Sources => schemars::schema_for!(crate::model::sources::RawSources),
     };
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
@@ -132,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scenario(c) => admin::scenario(c, cli.json),
         Command::Results(a) => admin::results(a, cli.json),
         Command::Loadtest(a) => admin::loadtest(a, cli.json),
+        Command::Sources(c) => sources::run(c, cli.json),
         Command::Key(KeyCmd::Generate { out }) => {
             let key = crate::pack::keys::generate()?;
             let (secret, public) = crate::pack::keys::write_pair(&out, &key)?;

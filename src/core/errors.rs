@@ -93,6 +93,9 @@ codes! {
     E25,
     /// The agent's credential or the server's certificate was rejected.
     E26,
+    /// No custom update source could provide the content and the fallback switch says not
+    /// to use the server.
+    E27,
 }
 
 /// Result codes and lint problems share one notion of severity.
@@ -429,7 +432,7 @@ const fn text(en: &'static str, ja: &'static str) -> Text {
     Text { en, ja }
 }
 
-static CATALOG: [Entry; 26] = [
+static CATALOG: [Entry; 27] = [
     Entry {
         code: Code::E01,
         title: text(
@@ -1004,6 +1007,32 @@ static CATALOG: [Entry; 26] = [
         ),
         transient: false,
     },
+    Entry {
+        code: Code::E27,
+        title: text(
+            "No update source available (server fallback off)",
+            "利用可能な更新元なし(管理サーバへのフォールバック無効)",
+        ),
+        message: text(
+            "[Package {package}|The package] could not be fetched: every custom update source \
+             of this machine failed, and the fallback setting for this kind of content says \
+             not to use the server[ ({detail})|].",
+            "パッケージ[「{package}」|]を取得できませんでした。このコンピュータのカスタム更新元が\
+             すべて利用できず,このコンテンツ種別のフォールバック設定で管理サーバを使用しない\
+             設定になっています[({detail})|]。",
+        ),
+        remedy: text(
+            "Check the sources listed for this machine with `patchcast sources test ADDRESS` \
+             (relay running, share reachable with the right credentials, URL serving \
+             <sha256>.pcpkg), or set the fallback to `server` in sources.yaml and apply it with \
+             `patchcast sources set`. The delivery is retried at the next auto-update.",
+            "`patchcast sources test アドレス` でこのコンピュータの更新元を確認してください\
+             (リレーの稼働,共有フォルダへの接続と資格情報,URL で <sha256>.pcpkg が\
+             取得できること)。または sources.yaml のフォールバックを `server` にして\
+             `patchcast sources set` で適用してください。次回の自動更新で再配布されます。",
+        ),
+        transient: true,
+    },
 ];
 
 #[cfg(test)]
@@ -1026,7 +1055,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_str_and_serde() {
-        assert_eq!(all().count(), 26);
+        assert_eq!(all().count(), 27);
         for c in all() {
             let s = c.as_str();
             assert_eq!(s.parse::<Code>(), Ok(c), "{s}");
@@ -1037,7 +1066,7 @@ mod tests {
             assert_eq!(json, format!("\"{s}\""));
             assert_eq!(serde_json::from_str::<Code>(&json).unwrap(), c);
         }
-        for bad in ["", "E15", "W06", "E6", "E006", "E27", "X01", "E01 E02"] {
+        for bad in ["", "E15", "W06", "E6", "E006", "E99", "X01", "E01 E02"] {
             let err = bad.parse::<Code>().unwrap_err();
             assert!(err.0.contains("E06"), "{bad}: {err}");
         }

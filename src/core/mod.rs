@@ -5,4 +5,5 @@ pub mod delivery;
 pub mod errors;
 pub mod identify;
 pub mod schedule;
+pub mod sources;
 pub mod versions;

@@ -7,5 +7,6 @@ pub mod problem;
 pub mod raw;
 pub mod rollout;
 pub mod scenario;
+pub mod sources;
 pub mod types;
 pub mod yaml;

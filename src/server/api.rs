@@ -82,6 +82,7 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route(admin::RESULTS, get(results))
         .merge(super::schedule_routes::routes())
+        .merge(super::sources_api::routes())
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(server.clone())
@@ -105,7 +106,7 @@ fn unauthorized(what: &str) -> ApiErr {
     )
 }
 
-async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
+pub(super) async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
     match bearer(h) {
         Some(b) => s
             .authenticate_agent(b)
@@ -172,6 +173,13 @@ async fn poll(
     let setting = s.setting_for_poll(&m, &p).await?;
     let work = if setting.is_some() {
         None
+    } else if s.is_relay(&m).await {
+        // A relay's poll also ends when its role or wanted content changes.
+        let changed = s.sources.relay_notifier(&m);
+        tokio::select! {
+            w = s.poll(&m, &p.state, p.wait_ms) => w?,
+            _ = changed.notified() => None,
+        }
     } else {
         s.poll(&m, &p.state, p.wait_ms).await?
     };
@@ -183,8 +191,10 @@ async fn poll(
     } else {
         None
     };
+    let relay = s.relay_settings(&m).await?;
     Ok(Json(PollResponse {
         work,
+        relay,
         setting,
         next_check_in_ms,
     }))
@@ -204,7 +214,7 @@ async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response>
 }
 
 /// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
-fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(v) = h.get(header::RANGE) else {
         return Ok(None);
     };

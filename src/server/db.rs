@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          updated_at BIGINT NOT NULL)",
         ],
     ),
+    (4, "update sources and relays", super::sources::MIGRATION),
     (
         5,
         "web console: admin accounts and sessions",

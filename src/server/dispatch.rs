@@ -228,6 +228,9 @@ impl Server {
             signature: p.try_get("signature")?,
             policy: Self::policy(s),
             timeout_secs: s.timeout_secs,
+            sources: self
+                .work_sources(&mut *tx, &r.machine_id, &r.package_id)
+                .await?,
         })
     }
 
@@ -344,6 +347,10 @@ impl Server {
                 if busy >= max as i64 {
                     continue;
                 }
+            }
+            // OfficeScan upgrade method 2: clients wait until their relay has the content.
+            if self.held_for_relay(&mut tx, machine, &r.package_id).await? {
+                continue;
             }
             if r.d.state == State::AwaitingRetry {
                 let a = r.d.attempt;

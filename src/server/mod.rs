@@ -15,6 +15,8 @@ pub mod rollout;
 pub mod scenarios;
 pub mod schedule_routes;
 pub mod settings;
+pub mod sources;
+pub mod sources_api;
 pub mod store;
 pub mod throttle;
 pub mod windows;
@@ -97,6 +99,8 @@ pub struct Server {
     pub caps: caps::Caps,
     /// Agents' sessions and open polls, for time settings (`settings`).
     pub presence: Mutex<settings::Presence>,
+    /// Update sources and relays (`sources`).
+    pub sources: sources::State,
 }
 
 /// A started server.
@@ -179,6 +183,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         },
         caps: cfg.caps.clone(),
         presence: Mutex::new(settings::Presence::default()),
+        sources: sources::State::new(cfg.listen),
     });
     let recovered = server.recover().await?;
     let listener = std::net::TcpListener::bind(cfg.listen)

@@ -86,7 +86,7 @@ impl Server {
     }
 
     /// The setting `m` should have: its groups' policies under the highest of their versions.
-    async fn wanted(&self, m: &MachineView) -> Result<TimeSetting> {
+    async fn wanted_setting(&self, m: &MachineView) -> Result<TimeSetting> {
         let views = self.policies_of(m).await?;
         Ok(TimeSetting {
             version: views.iter().map(|v| v.version).max().unwrap_or(0),
@@ -148,7 +148,7 @@ impl Server {
             if !Self::groups_of(&m).contains(&p.group) {
                 continue;
             }
-            let wanted = self.wanted(&m).await?.version;
+            let wanted = self.wanted_setting(&m).await?.version;
             let mut row = self.setting_row(&m.id).await?;
             let busy = m.agent_state != "idle" || self.in_flight(&m.id).await?;
             let code = if !self.reachable(&m, now) {
@@ -222,7 +222,7 @@ impl Server {
         let Some(m) = self.machine(machine).await? else {
             return Ok(None);
         };
-        let wanted = self.wanted(&m).await?;
+        let wanted = self.wanted_setting(&m).await?;
         if wanted.version == 0 || wanted.version == has {
             return Ok(None);
         }
@@ -262,7 +262,7 @@ impl Server {
             if only.is_some_and(|o| o != m.id && o != m.hostname) {
                 continue;
             }
-            let wanted = self.wanted(&m).await?.version;
+            let wanted = self.wanted_setting(&m).await?.version;
             let row = self.setting_row(&m.id).await?;
             if wanted == 0 && row.applied == 0 && row.code.is_none() {
                 continue;

@@ -63,6 +63,16 @@ impl Client {
         })
     }
 
+    /// A client over a given HTTP client (an HTTPS update source trusted through the system's
+    /// certificate authorities rather than a pinned fingerprint).
+    pub fn with_http(base: &str, http: reqwest::Client, bearer: Option<String>) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            bearer,
+        }
+    }
+
     pub fn with_bearer(&self, bearer: String) -> Client {
         Client {
             bearer: Some(bearer),

@@ -5,4 +5,5 @@ pub mod agent_api;
 pub mod client;
 pub mod protocol;
 pub mod schedule_api;
+pub mod sources;
 pub mod tls;

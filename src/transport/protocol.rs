@@ -127,6 +127,9 @@ pub enum AgentState {
 pub struct PollResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work: Option<Work>,
+    /// Present while this agent has the relay (update agent) role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<super::sources::RelaySettings>,
     /// A new auto-update time setting for this agent to keep (and report in `Poll`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setting: Option<TimeSetting>,
@@ -160,6 +163,9 @@ pub struct Work {
     /// Overrides the package's install timeout (scenario option), in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Custom update sources to try, in order, before (or instead of) the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<super::sources::WorkSources>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -86,6 +86,7 @@ pub fn work(delivery_id: &str, attempt: u32, b: &Built) -> Work {
         signature: b.signature.clone(),
         policy: Policy::default(),
         timeout_secs: None,
+        sources: None,
     }
 }
 
