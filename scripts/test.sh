@@ -26,6 +26,15 @@ if [ -z "${PATCHCAST_TEST_POSTGRES:-}" ]; then
 fi
 echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
 
+step "OpenSSH (private sshd on loopback, for the SSH delivery tests)"
+if [ -z "${PATCHCAST_TEST_SSH:-}" ]; then
+    SSH_DIR=$(mktemp -d /tmp/patchcast-sshd.XXXXXX)
+    # Replaces the EXIT trap, so it also stops PostgreSQL when this run started it.
+    trap 'scripts/sshd.sh stop "$SSH_DIR"; rm -rf "$SSH_DIR"; if [ -n "${PG_DIR:-}" ]; then scripts/postgres.sh stop "$PG_DIR"; rm -rf "$PG_DIR"; fi' EXIT
+    eval "$(scripts/sshd.sh start "$SSH_DIR" 2)"
+fi
+echo "PATCHCAST_TEST_SSH=$PATCHCAST_TEST_SSH"
+
 step "tests (unit, property, integration)"
 cargo test --locked
 

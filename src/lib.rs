@@ -10,4 +10,5 @@ pub mod loadgen;
 pub mod model;
 pub mod pack;
 pub mod server;
+pub mod ssh;
 pub mod transport;

@@ -5,6 +5,7 @@ mod demo;
 mod package;
 pub mod progress;
 pub mod server;
+pub mod ssh;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;

@@ -4,5 +4,6 @@
 pub mod delivery;
 pub mod errors;
 pub mod identify;
+pub mod outcome;
 pub mod schedule;
 pub mod versions;

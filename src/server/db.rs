@@ -13,34 +13,45 @@ use sqlx::{Executor, Row};
 use std::time::Duration;
 
 /// Ordered; never edit a released entry, append a new one.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "initial schema",
-    &[
-        "CREATE TABLE tokens (hash TEXT PRIMARY KEY, grp TEXT, created_at BIGINT NOT NULL, \
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "initial schema",
+        &[
+            "CREATE TABLE tokens (hash TEXT PRIMARY KEY, grp TEXT, created_at BIGINT NOT NULL, \
          expires_at BIGINT NOT NULL, uses BIGINT NOT NULL, max_uses BIGINT)",
-        "CREATE TABLE machines (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, hostname TEXT NOT NULL, \
+            "CREATE TABLE machines (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, hostname TEXT NOT NULL, \
          inventory TEXT NOT NULL, peer_addr TEXT NOT NULL, labels TEXT NOT NULL, \
          enrolled_at BIGINT NOT NULL, last_seen BIGINT NOT NULL, agent_state TEXT NOT NULL, enroll_group TEXT)",
-        "CREATE TABLE machine_groups (name TEXT PRIMARY KEY, members TEXT NOT NULL, filter TEXT NOT NULL)",
-        "CREATE TABLE packages (id TEXT PRIMARY KEY, version TEXT, title TEXT NOT NULL, \
+            "CREATE TABLE machine_groups (name TEXT PRIMARY KEY, members TEXT NOT NULL, filter TEXT NOT NULL)",
+            "CREATE TABLE packages (id TEXT PRIMARY KEY, version TEXT, title TEXT NOT NULL, \
          archive_sha256 TEXT NOT NULL, archive_size BIGINT NOT NULL, manifest TEXT NOT NULL, \
          signature TEXT NOT NULL, key_id TEXT NOT NULL, published_at BIGINT NOT NULL, \
          install_timeout_secs BIGINT NOT NULL)",
-        "CREATE TABLE scenarios (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, \
+            "CREATE TABLE scenarios (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, \
          created_at BIGINT NOT NULL)",
-        "CREATE TABLE deliveries (id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL, machine_id TEXT NOT NULL, \
+            "CREATE TABLE deliveries (id TEXT PRIMARY KEY, scenario_id TEXT NOT NULL, machine_id TEXT NOT NULL, \
          package_id TEXT NOT NULL, position BIGINT NOT NULL, delivery TEXT NOT NULL, state TEXT NOT NULL, \
          attempt BIGINT NOT NULL, last_seq BIGINT NOT NULL, deadline BIGINT, retry_at BIGINT, \
          detail TEXT NOT NULL, updated_at BIGINT NOT NULL, events BIGINT NOT NULL, \
          archive_sha256 TEXT NOT NULL)",
-        "CREATE INDEX deliveries_machine ON deliveries (machine_id, state)",
-        "CREATE INDEX deliveries_scenario ON deliveries (scenario_id, state)",
-        "CREATE TABLE events (delivery_id TEXT NOT NULL, n BIGINT NOT NULL, attempt BIGINT NOT NULL, \
+            "CREATE INDEX deliveries_machine ON deliveries (machine_id, state)",
+            "CREATE INDEX deliveries_scenario ON deliveries (scenario_id, state)",
+            "CREATE TABLE events (delivery_id TEXT NOT NULL, n BIGINT NOT NULL, attempt BIGINT NOT NULL, \
          seq BIGINT NOT NULL, event TEXT NOT NULL, state TEXT NOT NULL, code TEXT, params TEXT NOT NULL, \
          at BIGINT NOT NULL, PRIMARY KEY (delivery_id, n))",
-    ],
-)];
+        ],
+    ),
+    (
+        3,
+        "SSH machines",
+        &[
+            "CREATE TABLE ssh_machines (machine_id TEXT PRIMARY KEY, username TEXT NOT NULL, \
+       host TEXT NOT NULL, port BIGINT NOT NULL, key_path TEXT NOT NULL, known_hosts TEXT NOT NULL, \
+       trust_on_first_use BIGINT NOT NULL, work_dir TEXT NOT NULL, created_at BIGINT NOT NULL)",
+        ],
+    ),
+];
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

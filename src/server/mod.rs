@@ -9,6 +9,8 @@ pub mod dispatch;
 pub mod machines;
 pub mod results;
 pub mod scenarios;
+pub mod ssh_machines;
+pub mod ssh_worker;
 pub mod store;
 
 use anyhow::{Context, Result};
@@ -78,6 +80,8 @@ pub struct Server {
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
+    /// Workers delivering to SSH machines (`ssh_worker`).
+    pub ssh: ssh_worker::Workers,
 }
 
 /// A started server.
@@ -150,8 +154,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         write: tokio::sync::Mutex::new(()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        ssh: ssh_worker::Workers::new(&cfg.data),
     });
     let recovered = server.recover().await?;
+    ssh_worker::start_all(server.clone()).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     listener.set_nonblocking(true)?;

@@ -4,4 +4,5 @@ pub mod admin_api;
 pub mod agent_api;
 pub mod client;
 pub mod protocol;
+pub mod ssh_api;
 pub mod tls;
