@@ -524,6 +524,26 @@ impl Server {
     }
 }
 
+async fn add_ssh_machine(
+    State(s): S,
+    h: HeaderMap,
+    Json(req): Json<crate::transport::ssh_api::SshMachineRequest>,
+) -> R<Json<crate::transport::ssh_api::SshMachineAdded>> {
+    use super::ssh_machines::AddError;
+    admin_only(&s, &h)?;
+    match s.add_ssh_machine(&req).await {
+        Ok(added) => Ok(Json(added)),
+        Err(AddError::Invalid(msg)) => Err(ApiErr::bad(msg)),
+        // The host or its key said no: the request cannot succeed as it is.
+        Err(AddError::Ssh(e)) => Err(ApiErr::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+            Some(e.code()),
+        )),
+        Err(AddError::Other(e)) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,25 +581,5 @@ mod tests {
             Err(()),
             "nothing to serve of an empty file"
         );
-    }
-}
-
-async fn add_ssh_machine(
-    State(s): S,
-    h: HeaderMap,
-    Json(req): Json<crate::transport::ssh_api::SshMachineRequest>,
-) -> R<Json<crate::transport::ssh_api::SshMachineAdded>> {
-    use super::ssh_machines::AddError;
-    admin_only(&s, &h)?;
-    match s.add_ssh_machine(&req).await {
-        Ok(added) => Ok(Json(added)),
-        Err(AddError::Invalid(msg)) => Err(ApiErr::bad(msg)),
-        // The host or its key said no: the request cannot succeed as it is.
-        Err(AddError::Ssh(e)) => Err(ApiErr::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.to_string(),
-            Some(e.code()),
-        )),
-        Err(AddError::Other(e)) => Err(e.into()),
     }
 }

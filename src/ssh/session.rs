@@ -58,10 +58,13 @@ impl SshError {
     }
 }
 
+/// The host key's fingerprint and what the known_hosts check said about it.
+type HostKeyVerdict = Option<(String, Result<Trusted, HostKeyError>)>;
+
 struct Checker {
     access: Access,
     /// The host key's fingerprint and the check's verdict, for the caller.
-    verdict: Arc<Mutex<Option<(String, Result<Trusted, HostKeyError>)>>>,
+    verdict: Arc<Mutex<HostKeyVerdict>>,
 }
 
 impl client::Handler for Checker {
