@@ -140,6 +140,8 @@ local_tmp = $BENCH/ansible-local
 stdout_callback = default
 [ssh_connection]
 ssh_args = -o UserKnownHostsFile=$KNOWN -o ControlMaster=auto -o ControlPersist=60s
+# The unprivileged test sshd cannot allocate a PTY (Ansible asks for one to run modules).
+usetty = False
 EOF
 cat >"$BENCH/play.yaml" <<EOF
 - hosts: bench
