@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Servers this run starts are stopped on exit, the last started first.
+CLEANUP=()
+cleanup() { for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[i]}" || true; done; }
+trap cleanup EXIT
+
 step "toolchain"
 cargo --version
 rustc --version
@@ -21,7 +26,7 @@ step "PostgreSQL 15 (private cluster on loopback, for the server tests)"
 if [ -z "${PATCHCAST_TEST_POSTGRES:-}" ]; then
     PG_DIR=$(mktemp -d /tmp/patchcast-pg.XXXXXX)
     chmod 755 "$PG_DIR"
-    trap 'scripts/postgres.sh stop "$PG_DIR"; rm -rf "$PG_DIR"' EXIT
+    CLEANUP+=("scripts/postgres.sh stop '$PG_DIR'; rm -rf '$PG_DIR'")
     eval "$(scripts/postgres.sh start "$PG_DIR")"
 fi
 echo "PATCHCAST_TEST_POSTGRES=$PATCHCAST_TEST_POSTGRES"
@@ -34,16 +39,22 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
         --no-install-recommends chromium chromium-driver fonts-ipafont-gothic
 fi
 chromium --version
+
 step "Samba (private smbd on loopback, for the SMB and update source tests)"
 if [ -z "${PATCHCAST_TEST_SMB:-}" ]; then
     SMB_DIR=$(mktemp -d /tmp/patchcast-smb.XXXXXX)
-    cleanup_smb() { scripts/samba.sh stop "$SMB_DIR"; rm -rf "$SMB_DIR"; }
-    # Keep the traps set before this one (PostgreSQL's).
-    prev_trap=$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")
-    trap "cleanup_smb; ${prev_trap:-:}" EXIT
+    CLEANUP+=("scripts/samba.sh stop '$SMB_DIR'; rm -rf '$SMB_DIR'")
     eval "$(scripts/samba.sh start "$SMB_DIR")"
 fi
 echo "PATCHCAST_TEST_SMB=$PATCHCAST_TEST_SMB"
+
+step "OpenSSH (private sshd on loopback, for the SSH delivery tests)"
+if [ -z "${PATCHCAST_TEST_SSH:-}" ]; then
+    SSH_DIR=$(mktemp -d /tmp/patchcast-sshd.XXXXXX)
+    CLEANUP+=("scripts/sshd.sh stop '$SSH_DIR'; rm -rf '$SSH_DIR'")
+    eval "$(scripts/sshd.sh start "$SSH_DIR" 2)"
+fi
+echo "PATCHCAST_TEST_SSH=$PATCHCAST_TEST_SSH"
 
 step "tests (unit, property, integration)"
 cargo test --locked

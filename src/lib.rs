@@ -11,5 +11,6 @@ pub mod model;
 pub mod pack;
 pub mod server;
 pub mod smb;
+pub mod ssh;
 pub mod transport;
 pub mod web;

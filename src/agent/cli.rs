@@ -58,6 +58,8 @@ enum Cmd {
         )]
         heartbeat_ms: u64,
     },
+    /// Install this agent on another host over SSH, enroll it there and start it.
+    Install(crate::cli::ssh::InstallArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -110,6 +112,7 @@ where
         }
     };
     match cli.command {
+        Cmd::Install(a) => crate::cli::ssh::install(a),
         Cmd::Enroll {
             root,
             server,

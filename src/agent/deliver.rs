@@ -306,9 +306,10 @@ impl Agent {
                         continue;
                     };
                     let ident = self.identify(&v.package).await?;
-                    let next = match ident.verdict {
-                        Verdict::Applied | Verdict::NotApplicable(_) => Step::Done,
-                        Verdict::NotApplied | Verdict::Indeterminate(_) => Step::Disk,
+                    let next = if crate::core::outcome::needs_install(&ident.verdict) {
+                        Step::Disk
+                    } else {
+                        Step::Done
                     };
                     tracing::info!(delivery = %id, verdict = ?ident.verdict, "probed");
                     let r = report(
@@ -324,7 +325,7 @@ impl Agent {
                     self.queue(entry, r, next)?;
                 }
                 Step::Disk => {
-                    let required = entry.work.archive_size.saturating_mul(3);
+                    let required = crate::core::outcome::required_disk(entry.work.archive_size);
                     let free = match &self.endpoint {
                         Some(e) => e.profile.free_disk_bytes,
                         None => super::inventory::disk_of(&self.root.0).1,
@@ -558,24 +559,11 @@ impl Agent {
             }
         };
         self.installed_something = true;
-        let execution = match outcome.exit {
-            Exit::TimedOut => Execution::TimedOut,
-            Exit::Code(c) if pkg.install.success_exit_codes.contains(&c) => {
-                if pkg.reboot == RebootPolicy::Always {
-                    Execution::RebootRequired { code: c }
-                } else {
-                    Execution::Succeeded { code: c }
-                }
-            }
-            Exit::Code(c) if pkg.install.reboot_exit_codes.contains(&c) => {
-                Execution::RebootRequired { code: c }
-            }
-            Exit::Code(c) => Execution::Failed { code: c },
-        };
         let exit_code = match outcome.exit {
             Exit::Code(c) => Some(c),
             Exit::TimedOut => None,
         };
+        let execution = crate::core::outcome::execution(pkg, exit_code);
         tracing::info!(delivery = %entry.work.delivery_id, ?execution, "install finished");
         let next = match execution {
             Execution::Succeeded { .. } => Step::Verify,
@@ -586,12 +574,7 @@ impl Agent {
             },
             Execution::Failed { .. } | Execution::TimedOut => Step::Done,
         };
-        let code = match execution {
-            Execution::TimedOut => Some(Code::E20),
-            Execution::Failed { .. } => Some(Code::E21),
-            Execution::RebootRequired { .. } => Some(Code::W22),
-            Execution::Succeeded { .. } => None,
-        };
+        let code = crate::core::outcome::execution_code(&execution);
         let r = report(
             entry,
             Event::Executed { execution },

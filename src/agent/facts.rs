@@ -20,11 +20,26 @@ pub fn machine() -> Facts {
 #[cfg(not(windows))]
 pub fn machine() -> Facts {
     let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let lang = ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_default();
+    Facts {
+        os: os_id(&os_release),
+        arch: arch_name(std::env::consts::ARCH),
+        language: language_tag(&lang),
+        ..Facts::default()
+    }
+}
+
+/// The catalog OS id (`debian-12`, `rocky-9`, `ubuntu-22.04`) from /etc/os-release's text.
+/// Pure, so the SSH worker reads a remote host's file with the same rules.
+pub fn os_id(os_release: &str) -> String {
     let field = |k: &str| {
         os_release
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(|v| v.trim_matches('"').to_string())
+            .map(|v| v.trim().trim_matches('"').to_string())
             .unwrap_or_default()
     };
     let id = field("ID");
@@ -34,33 +49,41 @@ pub fn machine() -> Facts {
         "rhel" | "rocky" | "debian" => version.split('.').next().unwrap_or("").to_string(),
         _ => version,
     };
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "x64",
-        "x86" => "x86",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    Facts {
-        os: format!("{id}-{version}"),
-        arch: arch.into(),
-        language: language_from_env(),
-        ..Facts::default()
-    }
+    format!("{id}-{version}")
 }
 
-/// `ja_JP.UTF-8` → `ja-JP`; the C/POSIX locale is English.
-#[cfg(not(windows))]
-fn language_from_env() -> String {
-    let raw = ["LC_ALL", "LC_MESSAGES", "LANG"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_default();
+/// The catalog architecture for a Rust `ARCH` or `uname -m` name.
+pub fn arch_name(raw: &str) -> String {
+    match raw {
+        "x86_64" | "amd64" => "x64",
+        "x86" | "i386" | "i486" | "i586" | "i686" => "x86",
+        "aarch64" | "arm64" => "arm64",
+        other => other,
+    }
+    .to_string()
+}
+
+/// `ja_JP.UTF-8` → `ja-JP`; the C/POSIX locale (or none) is English.
+pub fn language_tag(raw: &str) -> String {
     let tag = raw.split(['.', '@']).next().unwrap_or("").replace('_', "-");
     if tag.is_empty() || tag == "C" || tag == "POSIX" {
         "en".into()
     } else {
         tag
     }
+}
+
+/// `dpkg-query -W -f='${Status}\t${Version}'` output → installed version, or None.
+pub fn parse_dpkg(out: &str) -> Option<String> {
+    match out.split_once('\t') {
+        Some((status, v)) if status.ends_with(" installed") => Some(v.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// `rpm -q --qf '%{EPOCH}:%{VERSION}-%{RELEASE}'` output of an installed package → version.
+pub fn parse_rpm(out: &str) -> String {
+    out.trim_end().replace("(none):", "")
 }
 
 /// Reads one file's facts: existence, and version / hash when asked.
@@ -98,11 +121,7 @@ fn dpkg_version(name: &str) -> Option<Option<String>> {
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.split_once('\t') {
-        Some((status, v)) if status.ends_with(" installed") => Some(Some(v.to_string())),
-        _ => Some(None),
-    }
+    Some(parse_dpkg(&String::from_utf8_lossy(&out.stdout)))
 }
 
 fn rpm_version(name: &str) -> Option<Option<String>> {
@@ -114,8 +133,7 @@ fn rpm_version(name: &str) -> Option<Option<String>> {
     if !out.status.success() {
         return Some(None);
     }
-    let v = String::from_utf8_lossy(&out.stdout).replace("(none):", "");
-    Some(Some(v))
+    Some(Some(parse_rpm(&String::from_utf8_lossy(&out.stdout))))
 }
 
 /// Runs a probe with a time limit; `None` when it could not run or was killed.
@@ -205,6 +223,26 @@ mod tests {
         );
         assert_eq!(probe("exit 3", Duration::from_secs(5)), Some(3));
         assert_eq!(probe("sleep 5", Duration::from_millis(100)), None);
+    }
+
+    #[test]
+    fn parsers() {
+        let rel = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n";
+        assert_eq!(os_id(rel), "debian-12");
+        assert_eq!(os_id("ID=rocky\nVERSION_ID=\"9.3\"\n"), "rocky-9");
+        assert_eq!(os_id("ID=ubuntu\nVERSION_ID=\"22.04\"\n"), "ubuntu-22.04");
+        assert_eq!(arch_name("x86_64"), "x64");
+        assert_eq!(arch_name("aarch64"), "arm64");
+        assert_eq!(language_tag("ja_JP.UTF-8"), "ja-JP");
+        assert_eq!(language_tag(""), "en");
+        assert_eq!(language_tag("C.UTF-8"), "en");
+        assert_eq!(
+            parse_dpkg("install ok installed\t1.2.0-1"),
+            Some("1.2.0-1".to_string())
+        );
+        assert_eq!(parse_dpkg("deinstall ok config-files\t1.0"), None);
+        assert_eq!(parse_dpkg(""), None);
+        assert_eq!(parse_rpm("(none):1.0-1.el9"), "1.0-1.el9");
     }
 
     #[test]

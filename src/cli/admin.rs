@@ -115,6 +115,8 @@ pub enum MachineCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Register an agentless Unix host the server delivers to over SSH.
+    AddSsh(super::ssh::AddSshArgs),
     /// Add (or with --remove, remove) labels on a machine (id or hostname).
     Label {
         machine: String,
@@ -277,6 +279,7 @@ pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
 
 pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
     match cmd {
+        MachineCmd::AddSsh(a) => return super::ssh::add(a, json),
         MachineCmd::List { connect } => {
             let ms = rt()?.block_on(connect.admin()?.machines())?;
             if json {

@@ -9,6 +9,7 @@ mod rollout;
 mod schedule;
 pub mod server;
 pub mod sources;
+pub mod ssh;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;

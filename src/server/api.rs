@@ -83,6 +83,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(admin::RESULTS, get(results))
         .merge(super::schedule_routes::routes())
         .merge(super::sources_api::routes())
+        .route(
+            crate::transport::ssh_api::SSH_MACHINES,
+            post(add_ssh_machine),
+        )
         // Archives are streamed to disk; the reserve check bounds their size instead.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(server.clone())
@@ -545,6 +549,26 @@ impl Server {
                 })
             })
             .collect()
+    }
+}
+
+async fn add_ssh_machine(
+    State(s): S,
+    h: HeaderMap,
+    Json(req): Json<crate::transport::ssh_api::SshMachineRequest>,
+) -> R<Json<crate::transport::ssh_api::SshMachineAdded>> {
+    use super::ssh_machines::AddError;
+    admin_only(&s, &h)?;
+    match s.add_ssh_machine(&req).await {
+        Ok(added) => Ok(Json(added)),
+        Err(AddError::Invalid(msg)) => Err(ApiErr::bad(msg)),
+        // The host or its key said no: the request cannot succeed as it is.
+        Err(AddError::Ssh(e)) => Err(ApiErr::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+            Some(e.code()),
+        )),
+        Err(AddError::Other(e)) => Err(e.into()),
     }
 }
 

@@ -59,6 +59,15 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          updated_at BIGINT NOT NULL)",
         ],
     ),
+    (
+        3,
+        "SSH machines",
+        &[
+            "CREATE TABLE ssh_machines (machine_id TEXT PRIMARY KEY, username TEXT NOT NULL, \
+       host TEXT NOT NULL, port BIGINT NOT NULL, key_path TEXT NOT NULL, known_hosts TEXT NOT NULL, \
+       trust_on_first_use BIGINT NOT NULL, work_dir TEXT NOT NULL, created_at BIGINT NOT NULL)",
+        ],
+    ),
     (4, "update sources and relays", super::sources::MIGRATION),
     (
         5,

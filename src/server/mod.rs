@@ -17,6 +17,8 @@ pub mod schedule_routes;
 pub mod settings;
 pub mod sources;
 pub mod sources_api;
+pub mod ssh_machines;
+pub mod ssh_worker;
 pub mod store;
 pub mod throttle;
 pub mod windows;
@@ -101,6 +103,8 @@ pub struct Server {
     pub presence: Mutex<settings::Presence>,
     /// Update sources and relays (`sources`).
     pub sources: sources::State,
+    /// Workers delivering to SSH machines (`ssh_worker`).
+    pub ssh: ssh_worker::Workers,
 }
 
 /// A started server.
@@ -184,8 +188,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         caps: cfg.caps.clone(),
         presence: Mutex::new(settings::Presence::default()),
         sources: sources::State::new(cfg.listen),
+        ssh: ssh_worker::Workers::new(&cfg.data),
     });
     let recovered = server.recover().await?;
+    ssh_worker::start_all(server.clone()).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     listener.set_nonblocking(true)?;

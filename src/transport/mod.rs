@@ -6,4 +6,5 @@ pub mod client;
 pub mod protocol;
 pub mod schedule_api;
 pub mod sources;
+pub mod ssh_api;
 pub mod tls;
