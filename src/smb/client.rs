@@ -50,8 +50,10 @@ fn status_of(e: &::smb::Error) -> Option<u32> {
 impl Share {
     /// Connects and authenticates (NTLM; SMB 3 signing/encryption as the server offers).
     pub async fn connect(url: &ShareUrl, creds: &Credentials) -> Result<Share, SmbError> {
-        let mut cfg = ClientConfig::default();
-        cfg.dfs = false;
+        let mut cfg = ClientConfig {
+            dfs: false,
+            ..Default::default()
+        };
         cfg.connection.port = Some(url.port);
         cfg.connection.timeout = Some(CALL_LIMIT);
         cfg.connection.auth_methods.kerberos = false;
