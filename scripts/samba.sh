@@ -62,7 +62,10 @@ start() {
     force user = $USER_NAME
 CONF
     printf '%s\n%s\n' "$password" "$password" | smbpasswd -c "$dir/smb.conf" -s -a "$USER_NAME" >/dev/null
-    /usr/sbin/smbd --foreground --no-process-group -s "$dir/smb.conf" >"$dir/log/stdout.log" 2>&1 &
+    # Its own session: on SIGTERM smbd signals its whole process group, which would
+    # otherwise be the caller's (test.sh died with 143 at its own cleanup).
+    setsid /usr/sbin/smbd --foreground --no-process-group -s "$dir/smb.conf" \
+        >"$dir/log/stdout.log" 2>&1 </dev/null &
     echo $! >"$dir/smbd.pid"
     # Wait until it accepts connections (usually ~0.1 s).
     local i
