@@ -13,9 +13,7 @@ mod server_harness;
 use agent_harness::AgentProc;
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
-use patchcast::transport::admin_api::{
-    Admin, DeliveryRow, ResultsQuery, ScenarioStatus, TokenRequest,
-};
+use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery, ScenarioStatus};
 use server_harness::{Backend, TestServer, scenario};
 use std::time::{Duration, Instant};
 
@@ -43,16 +41,7 @@ impl Fleet {
             let o = server.cli(&["package", "publish", &dir, "--key", &key]);
             assert!(o.status.success(), "publish {p}: {o:?}");
         }
-        let token = server
-            .admin()
-            .create_token(&TokenRequest {
-                group: Some(GROUP.into()),
-                uses: None,
-                expires_secs: 3600,
-            })
-            .await
-            .unwrap()
-            .token;
+        let token = server.group_token(GROUP).await;
         let mut agents = Vec::new();
         for (name, lang) in [("ws-ja-1", "ja"), ("ws-ja-2", "ja"), ("ws-en-1", "en")] {
             let mut a = AgentProc::new(&server.path().join("agents").join(name));

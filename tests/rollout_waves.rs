@@ -8,7 +8,7 @@ mod agent_harness;
 mod server_harness;
 
 use agent_harness::AgentProc;
-use patchcast::transport::admin_api::{Admin, ResultsQuery, TokenRequest};
+use patchcast::transport::admin_api::{Admin, ResultsQuery};
 use patchcast::transport::schedule_api::RolloutStatus;
 use server_harness::{Backend, TestServer};
 use std::time::{Duration, Instant};
@@ -20,16 +20,7 @@ fn profile(hostname: &str, extra: &str) -> String {
 }
 
 async fn enroll(s: &TestServer, group: &str, hostname: &str, extra: &str) -> AgentProc {
-    let token = s
-        .admin()
-        .create_token(&TokenRequest {
-            group: Some(group.into()),
-            uses: None,
-            expires_secs: 3600,
-        })
-        .await
-        .unwrap()
-        .token;
+    let token = s.group_token(group).await;
     let mut a = AgentProc::new(&s.path().join("agents").join(hostname));
     std::fs::write(a.root.join("endpoint.yaml"), profile(hostname, extra)).unwrap();
     let (ok, out) = a.enroll(&s.url, &token, &s.fingerprint).await;

@@ -9,23 +9,14 @@ mod server_harness;
 use agent_harness::AgentProc;
 use patchcast::core::delivery::State;
 use patchcast::loadgen::Behaviour;
-use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery, TokenRequest};
+use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery};
 use patchcast::transport::protocol::{self as proto, AgentState, Poll, PollResponse};
 use patchcast::transport::schedule_api::ClockChange;
 use server_harness::{Backend, TestServer, scenario};
 use std::time::{Duration, Instant};
 
 async fn fleet(s: &TestServer, group: &str, n: usize) -> Vec<AgentProc> {
-    let token = s
-        .admin()
-        .create_token(&TokenRequest {
-            group: Some(group.into()),
-            uses: None,
-            expires_secs: 3600,
-        })
-        .await
-        .unwrap()
-        .token;
+    let token = s.group_token(group).await;
     let mut out = Vec::new();
     for i in 0..n {
         let h = format!("{group}-{i}");

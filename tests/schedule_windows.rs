@@ -15,7 +15,7 @@ use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::loadgen::Behaviour;
 use patchcast::model::group_policy::{self, GroupPolicy};
-use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery, TokenRequest};
+use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
 use patchcast::transport::protocol::AgentState;
 use patchcast::transport::schedule_api::{Assign, ClockChange, MachineSetting};
 use server_harness::{Backend, TestServer, scenario};
@@ -89,16 +89,7 @@ impl Env {
 
     /// Enrolls `hostname` into `group` (not started).
     async fn enroll(&mut self, group: &str, hostname: &str, extra: &str) {
-        let token = self
-            .admin()
-            .create_token(&TokenRequest {
-                group: Some(group.into()),
-                uses: None,
-                expires_secs: 3600,
-            })
-            .await
-            .unwrap()
-            .token;
+        let token = self.server.group_token(group).await;
         let a = AgentProc::new(&self.server.path().join("agents").join(hostname));
         std::fs::write(a.root.join("endpoint.yaml"), profile(hostname, extra)).unwrap();
         let (ok, out) = a

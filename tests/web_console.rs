@@ -19,7 +19,6 @@ mod web_client;
 use agent_harness::AgentProc;
 use browser::Browser;
 use fantoccini::Locator;
-use patchcast::transport::admin_api::TokenRequest;
 use server_harness::{Backend, TestServer, scenario};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -101,16 +100,7 @@ async fn console_in_chromium() {
     let o = web_client::add_account(&server.data, "alice", PASSWORD);
     assert!(o.status.success(), "admin add: {o:?}");
 
-    let token = server
-        .admin()
-        .create_token(&TokenRequest {
-            group: Some(GROUP.into()),
-            uses: None,
-            expires_secs: 3600,
-        })
-        .await
-        .unwrap()
-        .token;
+    let token = server.group_token(GROUP).await;
     let mut agents = Vec::new();
     for (name, free) in [("ws2008-roomy", 21_474_836_480u64), ("ws2008-small", 1000)] {
         let a = AgentProc::new(&server.path().join("agents").join(name));

@@ -80,19 +80,19 @@ fn init_logging() {
         .ok();
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Registers for SIGTERM at once (a signal that arrives before the first poll still stops
+/// the agent cleanly); the future resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    async move {
+        #[cfg(unix)]
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }
@@ -163,9 +163,11 @@ where
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
             };
             let r = runtime().block_on(async {
+                let stop = shutdown_signal();
+                tracing::info!(root = %opts.root.display(), "agent running");
                 tokio::select! {
                     r = crate::agent::service::run(opts) => r,
-                    _ = shutdown_signal() => {
+                    _ = stop => {
                         // Journal writes are synchronous, so stopping at this await point
                         // never leaves one half done.
                         tracing::info!("stopping on signal");

@@ -185,7 +185,7 @@ fn set(file: &Path, connect: &Connect, json: bool) -> Result<ExitCode> {
                     )
                 })
                 .collect();
-            for l in crate::model::sources::place(&name, &positions, problems) {
+            for l in crate::model::yaml::place(&name, &positions, problems) {
                 eprintln!("{l}");
             }
             eprintln!("error: {name}: {}", refused.error);

@@ -234,49 +234,7 @@ pub fn resolve(raw: &RawGroupPolicy) -> (Option<GroupPolicy>, Vec<Problem>) {
 
 /// Parses and checks a policy file's text; problems come back placed in `file`.
 pub fn load(file: &str, text: &str) -> Result<GroupPolicy, Vec<Located>> {
-    load_doc(file, text, "group-policy", resolve)
-}
-
-/// Parses `text` as `R`, resolves it, and places every problem in `file` (shared by the
-/// policy and rollout documents; `schema` names the file in schemas/).
-pub fn load_doc<R: serde::de::DeserializeOwned, T>(
-    file: &str,
-    text: &str,
-    schema: &str,
-    resolve: impl Fn(&R) -> (Option<T>, Vec<Problem>),
-) -> Result<T, Vec<Located>> {
-    let (raw, positions) = match super::yaml::parse::<R>(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![Located {
-                file: file.to_string(),
-                line: e.position.line,
-                column: e.position.column,
-                problem: Problem::error(
-                    "yaml",
-                    "",
-                    e.message,
-                    format!("fix the YAML at this place (see schemas/{schema}.schema.json)"),
-                ),
-            }]);
-        }
-    };
-    let (doc, problems) = resolve(&raw);
-    match doc {
-        Some(d) => Ok(d),
-        None => Err(problems
-            .into_iter()
-            .map(|p| {
-                let pos = positions.of(&p.path);
-                Located {
-                    file: file.to_string(),
-                    line: pos.line,
-                    column: pos.column,
-                    problem: p,
-                }
-            })
-            .collect()),
-    }
+    super::yaml::load_document(file, text, "group-policy", resolve)
 }
 
 #[cfg(test)]

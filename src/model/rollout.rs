@@ -15,7 +15,6 @@
 //!
 //! Each wave's deliveries follow that group's windows and holds (`model::group_policy`).
 
-use super::group_policy::load_doc;
 use super::problem::{Located, Problem};
 use super::types::{PackageId, parse_duration};
 use schemars::JsonSchema;
@@ -188,7 +187,7 @@ pub fn resolve(raw: &RawRollout) -> (Option<Rollout>, Vec<Problem>) {
 }
 
 pub fn load(file: &str, text: &str) -> Result<Rollout, Vec<Located>> {
-    load_doc(file, text, "rollout", resolve)
+    super::yaml::load_document(file, text, "rollout", resolve)
 }
 
 #[cfg(test)]

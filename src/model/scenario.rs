@@ -201,38 +201,7 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
 
 /// Parses and checks a scenario file's text; problems come back placed in `file`.
 pub fn load(file: &str, text: &str) -> Result<Scenario, Vec<Located>> {
-    let (raw, positions) = match super::yaml::parse::<RawScenario>(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![Located {
-                file: file.to_string(),
-                line: e.position.line,
-                column: e.position.column,
-                problem: Problem::error(
-                    "yaml",
-                    "",
-                    e.message,
-                    "fix the YAML at this place (see schemas/scenario.schema.json)".to_string(),
-                ),
-            }]);
-        }
-    };
-    let (scenario, problems) = resolve(&raw);
-    match scenario {
-        Some(s) => Ok(s),
-        None => Err(problems
-            .into_iter()
-            .map(|p| {
-                let pos = positions.of(&p.path);
-                Located {
-                    file: file.to_string(),
-                    line: pos.line,
-                    column: pos.column,
-                    problem: p,
-                }
-            })
-            .collect()),
-    }
+    super::yaml::load_document(file, text, "scenario", resolve)
 }
 
 #[cfg(test)]

@@ -249,44 +249,7 @@ pub fn resolve(raw: &RawSources) -> (Option<SourceList>, Vec<Problem>) {
 
 /// Parses and checks a sources file's text; problems come back placed in `file`.
 pub fn load(file: &str, text: &str) -> Result<SourceList, Vec<Located>> {
-    let (raw, positions) = match super::yaml::parse::<RawSources>(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![Located {
-                file: file.to_string(),
-                line: e.position.line,
-                column: e.position.column,
-                problem: Problem::error(
-                    "yaml",
-                    "",
-                    e.message,
-                    "fix the YAML at this place (see schemas/sources.schema.json)".to_string(),
-                ),
-            }]);
-        }
-    };
-    let (list, problems) = resolve(&raw);
-    list.ok_or_else(|| place(file, &positions, problems))
-}
-
-/// Places problems found later (by the server's address checks) at their values' positions.
-pub fn place(
-    file: &str,
-    positions: &super::yaml::Positions,
-    problems: Vec<Problem>,
-) -> Vec<Located> {
-    problems
-        .into_iter()
-        .map(|p| {
-            let pos = positions.of(&p.path);
-            Located {
-                file: file.to_string(),
-                line: pos.line,
-                column: pos.column,
-                problem: p,
-            }
-        })
-        .collect()
+    super::yaml::load_document(file, text, "sources", resolve)
 }
 
 /// The positions of a file that parsed (to place the server's problems).

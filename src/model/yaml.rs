@@ -5,6 +5,7 @@
 //! position; so the document is also read once into a tree of spans, and a problem names the
 //! path of its value (`identification[0].version`) to be given that value's line and column.
 
+use super::problem::{Located, Problem};
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
@@ -54,6 +55,51 @@ pub enum YamlErrorKind {
     UnknownKey,
     /// A required key is absent; `message` names it.
     MissingKey,
+}
+
+/// Parses `text` as `R`, resolves it, and places every problem in `file`: the one loader of
+/// the scenario, group policy, rollout and sources documents (`schema` names the file in
+/// schemas/ that a syntax error points to).
+pub fn load_document<R: DeserializeOwned, T>(
+    file: &str,
+    text: &str,
+    schema: &str,
+    resolve: impl Fn(&R) -> (Option<T>, Vec<Problem>),
+) -> Result<T, Vec<Located>> {
+    let (raw, positions) = match parse::<R>(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![Located {
+                file: file.to_string(),
+                line: e.position.line,
+                column: e.position.column,
+                problem: Problem::error(
+                    "yaml",
+                    "",
+                    e.message,
+                    format!("fix the YAML at this place (see schemas/{schema}.schema.json)"),
+                ),
+            }]);
+        }
+    };
+    let (doc, problems) = resolve(&raw);
+    doc.ok_or_else(|| place(file, &positions, problems))
+}
+
+/// Gives each problem the line and column of the value its path names.
+pub fn place(file: &str, positions: &Positions, problems: Vec<Problem>) -> Vec<Located> {
+    problems
+        .into_iter()
+        .map(|p| {
+            let pos = positions.of(&p.path);
+            Located {
+                file: file.to_string(),
+                line: pos.line,
+                column: pos.column,
+                problem: p,
+            }
+        })
+        .collect()
 }
 
 /// Deserializes `text` into `T` (rejecting unknown keys where `T` says so) and records

@@ -221,8 +221,10 @@ impl AgentProc {
         }
     }
 
-    /// SIGTERM, then wait for the exit status.
+    /// SIGTERM once the agent has said it is running (its handler is in place by then), then
+    /// wait for the exit status.
     pub async fn sigterm(&mut self) -> std::process::ExitStatus {
+        wait_for("the agent's start", || self.log().contains("agent running")).await;
         let mut c = self.child.take().expect("agent running");
         // SAFETY: signalling our own child by pid.
         unsafe {

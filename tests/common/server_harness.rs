@@ -179,9 +179,9 @@ impl TestServer {
         archive
     }
 
-    pub async fn enroll(&self, n: usize, group: &str, behaviour: Behaviour) -> Vec<SimAgent> {
-        let token = self
-            .admin()
+    /// An enrollment token for `group`, good for any number of agents for an hour.
+    pub async fn group_token(&self, group: &str) -> String {
+        self.admin()
             .create_token(&TokenRequest {
                 group: Some(group.into()),
                 uses: None,
@@ -189,7 +189,11 @@ impl TestServer {
             })
             .await
             .unwrap()
-            .token;
+            .token
+    }
+
+    pub async fn enroll(&self, n: usize, group: &str, behaviour: Behaviour) -> Vec<SimAgent> {
+        let token = self.group_token(group).await;
         let mut out = Vec::new();
         for i in 0..n {
             let inv = inventory(&format!("{group}-{i}"), i as u32 + 1);

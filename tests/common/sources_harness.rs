@@ -6,7 +6,7 @@
 
 use crate::agent_harness::AgentProc;
 use crate::server_harness::{Backend, TestServer};
-use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery, TokenRequest};
+use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -142,16 +142,7 @@ impl Site {
     /// A server and enrolled (not yet started) emulated agents named `names`.
     pub async fn new(backend: Backend, names: &[&str]) -> Option<Site> {
         let server = TestServer::start(backend, &["--poll", "1s"]).await?;
-        let token = server
-            .admin()
-            .create_token(&TokenRequest {
-                group: Some(GROUP.into()),
-                uses: None,
-                expires_secs: 3600,
-            })
-            .await
-            .unwrap()
-            .token;
+        let token = server.group_token(GROUP).await;
         let mut agents = Vec::new();
         for name in names {
             let a = AgentProc::new(&server.path().join("agents").join(name));
