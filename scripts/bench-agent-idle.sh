@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# Idle footprint of the agent: an enrolled agent polls a server for 60 s (SECONDS=N to change)
-# with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
-# The server is the scripted test server (tests/agent_bench_server.rs, `--ignored`), so the
-# benchmark needs nothing but this repository. The agent is built as shipped: `--profile agent` (PROFILE=release to compare).
+# Idle footprint of the agent: enrolled agents poll a server for 60 s (SECONDS_TO_RUN=N to
+# change) with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
+# One agent per build profile (PROFILES, default "agent release": as shipped, and plain
+# --release for comparison) run side by side against the same server, so the machine's noise
+# falls on both alike. The server is the scripted test server (tests/agent_bench_server.rs,
+# `--ignored`), so the benchmark needs nothing but this repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
+read -r -a profiles <<<"${PROFILES:-agent release}"
 work=$(mktemp -d)
-server_pid=""
-agent_pid=""
+pids=()
 cleanup() {
-    [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null || true
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-PROFILE=${PROFILE:-agent}
-cargo build --profile "$PROFILE" --quiet --bin patchcast-agent
-agent=target/$PROFILE/patchcast-agent
+for p in "${profiles[@]}"; do
+    cargo build --profile "$p" --quiet --bin patchcast-agent
+done
 
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
 BENCH_SERVER_INFO="$work/server.env" BENCH_SERVER_POLL_MS="${POLL_MS:-25000}" \
     cargo test --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
     >"$work/server.log" 2>&1 &
-server_pid=$!
+pids+=($!)
 for _ in $(seq 1 600); do
     [ -s "$work/server.env" ] && break
     sleep 0.5
@@ -34,33 +36,50 @@ done
 # shellcheck disable=SC1091
 . "$work/server.env"
 
-"$agent" enroll --root "$work/agent" --server "$URL" --token bench --fingerprint "$FINGERPRINT" >/dev/null
-PATCHCAST_LOG=warn "$agent" run --root "$work/agent" 2>"$work/agent.log" &
-agent_pid=$!
+agents=()
+for p in "${profiles[@]}"; do
+    bin=target/$p/patchcast-agent
+    "$bin" enroll --root "$work/$p" --server "$URL" --token bench --fingerprint "$FINGERPRINT" >/dev/null
+    PATCHCAST_LOG=warn "$bin" run --root "$work/$p" 2>"$work/$p.log" &
+    pids+=($!)
+    agents+=($!)
+done
 sleep 2 # start-up (first inventory) is not idle time
 
 ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$agent_pid/stat"; }
-rss() { awk '/VmRSS/ {print $2}' "/proc/$agent_pid/status"; }
-cpu0=$(cpu)
-max=0
-sum=0
-n=0
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+declare -A cpu0 max sum
+for a in "${agents[@]}"; do
+    cpu0[$a]=$(cpu "$a")
+    max[$a]=0
+    sum[$a]=0
+done
 for _ in $(seq 1 "$DURATION"); do
     sleep 1
-    r=$(rss)
-    sum=$((sum + r))
-    n=$((n + 1))
-    [ "$r" -gt "$max" ] && max=$r
+    for a in "${agents[@]}"; do
+        r=$(rss "$a")
+        sum[$a]=$((sum[$a] + r))
+        [ "$r" -gt "${max[$a]}" ] && max[$a]=$r
+    done
 done
-cpu1=$(cpu)
-anon=$(awk '/RssAnon/ {print $2}' "/proc/$agent_pid/status")
-file=$(awk '/RssFile/ {print $2}' "/proc/$agent_pid/status")
-polls=$(grep -c . "$work/agent.log" || true)
-awk -v max="$max" -v sum="$sum" -v n="$n" -v c0="$cpu0" -v c1="$cpu1" -v t="$ticks" -v d="$DURATION" -v p="$PROFILE" 'BEGIN {
-    printf "agent idle for %d s (%s profile, current_thread runtime)\n", d, p
-    printf "  RSS  max %.1f MiB, mean %.1f MiB (goal <= 10 MB)\n", max / 1024, sum / n / 1024
-    printf "  CPU  %.2f s in %d s = %.3f%% of one core\n", (c1 - c0) / t, d, (c1 - c0) / t / d * 100
-}'
-echo "  at the end: RssAnon ${anon} kB (private), RssFile ${file} kB (binary and libraries mapped from the page cache, shared and clean)"
-echo "  agent warnings/errors logged: $polls"
+
+echo "agents idle for $DURATION s side by side (current_thread runtime; goal <= 10 MB RSS)"
+for i in "${!agents[@]}"; do
+    a=${agents[i]}
+    p=${profiles[i]}
+    cpu1=$(cpu "$a")
+    anon=$(awk '/RssAnon/ {print $2}' "/proc/$a/status")
+    file=$(awk '/RssFile/ {print $2}' "/proc/$a/status")
+    size=$(stat -c %s "target/$p/patchcast-agent")
+    logged=$(grep -c . "$work/$p.log" || true)
+    awk -v p="$p" -v max="${max[$a]}" -v sum="${sum[$a]}" -v n="$DURATION" -v c0="${cpu0[$a]}" \
+        -v c1="$cpu1" -v t="$ticks" -v anon="$anon" -v file="$file" -v size="$size" -v logged="$logged" 'BEGIN {
+        printf "  %-8s RSS max %.1f MiB, mean %.1f MiB; at the end RssAnon %d kB (private), RssFile %d kB (code pages, shared and clean)\n", p, max / 1024, sum / n / 1024, anon, file
+        printf "  %-8s CPU %.2f s in %d s = %.3f%% of one core; binary %.1f MiB; warnings/errors logged: %d\n", "", (c1 - c0) / t, n, (c1 - c0) / t / n * 100, size / 1048576, logged
+    }'
+done
+if [ "${#agents[@]}" -eq 2 ]; then
+    awk -v a="${max[${agents[0]}]}" -v b="${max[${agents[1]}]}" -v pa="${profiles[0]}" -v pb="${profiles[1]}" \
+        'BEGIN { printf "  max RSS %s / %s = %.2f\n", pa, pb, a / b }'
+fi

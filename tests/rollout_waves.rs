@@ -6,6 +6,8 @@
 mod agent_harness;
 #[path = "common/server_harness.rs"]
 mod server_harness;
+#[path = "common/web_client.rs"]
+mod web_client;
 
 use agent_harness::AgentProc;
 use patchcast::transport::admin_api::{Admin, ResultsQuery};
@@ -102,6 +104,7 @@ async fn the_pilot_gates_the_waves_and_failures_stop_the_rollout(backend: Backen
         st.state == "completed"
     })
     .await;
+    let completed = id.clone();
     assert_eq!(
         st.waves.iter().map(|w| w.applied).collect::<Vec<_>>(),
         vec![2, 2],
@@ -163,5 +166,36 @@ async fn the_pilot_gates_the_waves_and_failures_stop_the_rollout(backend: Backen
     let o = s.cli(&["--json", "rollout", "status", &id]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["waves"][1]["gate"], "stopped");
+
+    // The web console's page of any wave's scenario shows every wave with its gate.
+    let password = "a console password";
+    let added = web_client::add_account(&s.data, "alice", password);
+    assert!(added.status.success(), "{added:?}");
+    let mut c = web_client::WebClient::new(&s.url, &s.fingerprint);
+    let r = c.sign_in("alice", password).await;
+    assert_eq!(r.status, reqwest::StatusCode::SEE_OTHER, "{}", r.body);
+    let page = c.get(&format!("/scenarios/{id}:w0")).await;
+    assert_eq!(page.status, reqwest::StatusCode::OK, "{}", page.body);
+    let waves = &page.body[page.body.find("id=\"wave-gates\"").expect("a waves table")..];
+    let waves = &waves[..waves.find("</table>").unwrap()];
+    let rows: Vec<&str> = waves.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 2, "{waves}");
+    assert!(rows[0].contains("0 · pilot"), "{waves}");
+    assert!(rows[1].contains("1 · branch"), "{waves}");
+    for row in &rows {
+        assert!(row.contains("<td class=\"gate\">stopped</td>"), "{waves}");
+    }
+    assert!(
+        rows[0].contains("failed 1 of 2"),
+        "the pilot's gate says why: {waves}"
+    );
+    let page = c.get(&format!("/scenarios/{completed}:w0")).await;
+    assert_eq!(page.status, reqwest::StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        page.body.matches("<td class=\"gate\">passed</td>").count(),
+        2,
+        "both waves of the completed rollout passed: {}",
+        page.body
+    );
 }
 both_backends!(the_pilot_gates_the_waves_and_failures_stop_the_rollout);

@@ -197,6 +197,31 @@ async fn console_auth(backend: Backend) {
         StatusCode::SEE_OTHER,
         "a signed-out session cookie no longer works"
     );
+
+    // Guessing: after five failures the account is refused, even with the right password,
+    // and so is this address for any other account, for 15 minutes.
+    let bob = add_account(&server.data, "bob", PASSWORD);
+    assert!(bob.status.success(), "{bob:?}");
+    let mut guesser = WebClient::new(&server.url, &server.fingerprint);
+    for i in 0..5 {
+        let r = guesser.sign_in("bob", &format!("guess number {i}")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    for account in ["bob", "alice"] {
+        let r = guesser.sign_in(account, PASSWORD).await;
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{account}: {}",
+            r.body
+        );
+        assert!(
+            r.body.contains("Too many failed sign-ins") && r.body.contains("15 minute(s)"),
+            "{}",
+            r.body
+        );
+        assert!(r.set_cookie("__Host-patchcast_session").is_none());
+    }
 }
 both_backends!(console_auth);
 

@@ -21,6 +21,12 @@ const STRINGS: &[(&str, &str, &str)] = &[
         "Sign-in failed: the account name or password is incorrect.",
         "サインインできませんでした。アカウント名またはパスワードが正しくありません。",
     ),
+    (
+        "sign_in_locked",
+        "Too many failed sign-ins for this account or from this address. Sign-in is refused for the next",
+        "このアカウントまたはこのアドレスからのサインイン失敗が多すぎます。サインインできるまでの残り時間:",
+    ),
+    ("minutes", "minute(s).", "分"),
     ("signed_in_as", "Signed in as", "サインイン中:"),
     ("language", "日本語", "English"),
     (
@@ -125,6 +131,8 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("deliveries", "Deliveries", "配信"),
     ("created", "Created", "作成"),
     ("waves", "Rollout waves", "ロールアウトのウェーブ"),
+    ("wave", "Wave (group)", "ウェーブ(グループ)"),
+    ("gate", "Gate", "ゲート"),
     ("yes", "yes", "はい"),
     ("no", "no", "いいえ"),
     ("not_found", "Not found", "見つかりません"),

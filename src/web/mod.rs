@@ -6,6 +6,7 @@
 //! | `accounts` | admin accounts: argon2id hashes in `web_accounts`, the CLI's account endpoint |
 //! | `auth` | sessions (random cookie, stored hashed), the viewer of a request (session or Bearer) |
 //! | `csrf` | the synchronizer token every state-changing form carries |
+//! | `lockout` | refuses sign-in for an account or address after repeated failures |
 //! | `i18n` | the console's own strings in English and Japanese, the language of a request |
 //! | `views` | pure shaping of results into what pages show (compliance, filters, latest per package) |
 //! | `pages` | the HTML handlers |
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod csrf;
 pub mod export;
 pub mod i18n;
+pub mod lockout;
 pub mod pages;
 pub mod sse;
 pub mod views;
@@ -36,10 +38,11 @@ use axum::routing::{get, post};
 use handlebars::Handlebars;
 use std::sync::Arc;
 
-/// The console's state: the server and the compiled templates.
+/// The console's state: the server, the compiled templates and the sign-in lockout.
 pub struct Web {
     pub server: Arc<Server>,
     pub hb: Handlebars<'static>,
+    pub lockout: std::sync::Mutex<lockout::Lockout>,
 }
 
 pub type WebState = axum::extract::State<Arc<Web>>;
@@ -76,6 +79,7 @@ pub fn router(server: Arc<Server>) -> Router {
     let web = Arc::new(Web {
         server,
         hb: templates().expect("the embedded templates compile (tested)"),
+        lockout: Default::default(),
     });
     Router::new()
         .route("/", get(pages::dashboard))

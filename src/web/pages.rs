@@ -12,13 +12,14 @@ use crate::core::errors::{Code, Lang, Params, entry, human_bytes, render};
 use crate::server::db::now_ms;
 use crate::server::results::Query as ResultsQuery;
 use crate::transport::admin_api::DeliveryRow;
-use axum::extract::{Form, OriginalUri, Path, Query, State};
+use axum::extract::{ConnectInfo, Form, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 /// Machines silent this long are listed on the dashboard.
 pub const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -176,20 +177,29 @@ pub async fn login_form(
     if ctx.viewer.is_some() {
         return Ok(Redirect::to(&safe_next(q.next.as_deref())).into_response());
     }
-    login_page(&w, &ctx, q.next.as_deref(), false)
+    login_page(&w, &ctx, q.next.as_deref(), LoginError::None)
 }
 
-fn login_page(w: &Web, ctx: &Ctx, next: Option<&str>, failed: bool) -> WebResult {
+/// What the sign-in page says above the form.
+enum LoginError {
+    None,
+    Failed,
+    /// Locked out (`lockout`) for this many more minutes.
+    Locked(i64),
+}
+
+fn login_page(w: &Web, ctx: &Ctx, next: Option<&str>, error: LoginError) -> WebResult {
     let token = crate::server::random_hex(16)?;
+    let (status, failed, locked) = match error {
+        LoginError::None => (StatusCode::OK, false, None),
+        LoginError::Failed => (StatusCode::UNAUTHORIZED, true, None),
+        LoginError::Locked(minutes) => (StatusCode::TOO_MANY_REQUESTS, false, Some(minutes)),
+    };
     let mut res = ctx.page(
         w,
         "login",
-        if failed {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::OK
-        },
-        json!({"login_token": token, "next": safe_next(next), "failed": failed}),
+        status,
+        json!({"login_token": token, "next": safe_next(next), "failed": failed, "locked_minutes": locked}),
     )?;
     res.headers_mut().append(
         header::SET_COOKIE,
@@ -214,6 +224,7 @@ pub async fn login(
     State(w): WebState,
     h: HeaderMap,
     OriginalUri(uri): OriginalUri,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(f): Form<LoginForm>,
 ) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
@@ -221,11 +232,21 @@ pub async fn login(
     if !super::csrf::matches(expected, f.csrf.as_deref()) {
         return Err(forbidden());
     }
-    if !w.server.check_password(&f.account, &f.password).await? {
-        // The account name is logged for the operator; the page says nothing about which part failed.
-        tracing::warn!(account = %f.account, "console sign-in refused");
-        return login_page(&w, &ctx, f.next.as_deref(), true);
+    let keys = super::lockout::keys(&f.account, peer.ip());
+    let wait = lock(&w).wait_ms(&keys, now_ms());
+    if wait > 0 {
+        // Refused before the password is looked at: a locked key learns nothing more.
+        tracing::warn!(account = %f.account, %peer, wait_s = wait / 1000, "console sign-in locked out");
+        let minutes = (wait + 59_999) / 60_000;
+        return login_page(&w, &ctx, f.next.as_deref(), LoginError::Locked(minutes));
     }
+    if !w.server.check_password(&f.account, &f.password).await? {
+        lock(&w).failed(&keys, now_ms());
+        // The account name is logged for the operator; the page says nothing about which part failed.
+        tracing::warn!(account = %f.account, %peer, "console sign-in refused");
+        return login_page(&w, &ctx, f.next.as_deref(), LoginError::Failed);
+    }
+    lock(&w).succeeded(&keys);
     let (token, _csrf) = w.server.create_session(&f.account).await?;
     tracing::info!(account = %f.account, "console sign-in");
     let mut res = Redirect::to(&safe_next(f.next.as_deref())).into_response();
@@ -241,6 +262,11 @@ pub async fn login(
         secret_cookie(LOGIN_COOKIE, "", 0).parse().expect("ASCII"),
     );
     Ok(res)
+}
+
+fn lock(w: &Web) -> std::sync::MutexGuard<'_, super::lockout::Lockout> {
+    // The table holds counters only: one a panic left half updated is still usable.
+    w.lockout.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn forbidden() -> WebError {
