@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "patchcast-agent", version, about = "patchcast endpoint agent")]
+#[command(
+    name = "patchcast-agent",
+    version,
+    about = "patchcast endpoint agent",
+    after_help = "To install it on another host over SSH, use the admin CLI: patchcast agent install --ssh USER@HOST …"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -58,8 +63,6 @@ enum Cmd {
         )]
         heartbeat_ms: u64,
     },
-    /// Install this agent on another host over SSH, enroll it there and start it.
-    Install(crate::cli::ssh::InstallArgs),
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -112,7 +115,6 @@ where
         }
     };
     match cli.command {
-        Cmd::Install(a) => crate::cli::ssh::install(a),
         Cmd::Enroll {
             root,
             server,

@@ -100,8 +100,7 @@ pub struct InstallArgs {
     /// Directory on the host (default /opt/patchcast as root, ~/.patchcast otherwise).
     #[arg(long)]
     pub remote_dir: Option<String>,
-    /// The agent binary to upload (default: this program when it is patchcast-agent, else
-    /// the patchcast-agent beside it).
+    /// The agent binary to upload (default: the patchcast-agent beside this program).
     #[arg(long)]
     pub agent_binary: Option<PathBuf>,
     /// Machine-readable JSON output.
@@ -115,12 +114,6 @@ fn agent_binary(given: Option<PathBuf>) -> Result<PathBuf> {
         return Ok(p);
     }
     let me = std::env::current_exe().context("finding this program")?;
-    if me
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("patchcast-agent"))
-    {
-        return Ok(me);
-    }
     let sibling = me.with_file_name(format!("patchcast-agent{}", std::env::consts::EXE_SUFFIX));
     if sibling.is_file() {
         return Ok(sibling);
@@ -284,7 +277,31 @@ pub async fn install_agent(a: InstallArgs) -> Result<Installed> {
     Ok(out)
 }
 
-/// `patchcast agent install …` (and `patchcast-agent install …`).
+// `patchcast agent install ARGS` is an administrator's command, so it lives in `patchcast`,
+// not in the endpoint's `patchcast-agent` (which then carries no SSH client).
+#[derive(clap::Parser)]
+#[command(
+    name = "patchcast agent install",
+    bin_name = "patchcast agent install",
+    about = "Install patchcast-agent on another host over SSH, enroll it there and start it"
+)]
+struct InstallCli {
+    #[command(flatten)]
+    args: InstallArgs,
+}
+
+/// Parses `argv0 ARGS` (ARGS after `agent install`) and runs [`install`].
+pub fn install_main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    match InstallCli::try_parse_from(args) {
+        Ok(c) => install(c.args),
+        Err(e) => {
+            let _ = e.print();
+            ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+        }
+    }
+}
+
 pub fn install(a: InstallArgs) -> ExitCode {
     let json = a.json;
     let rt = match tokio::runtime::Runtime::new() {
