@@ -118,6 +118,13 @@ async fn publish_to_a_share_and_fetch_from_it() {
         (got.hex(), size),
         (sha.clone(), v["archive_size"].as_u64().unwrap())
     );
+    // Written as a .part and renamed: no .part is left on the share.
+    let parts: Vec<String> = std::fs::read_dir(&smb.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "{parts:?}");
 
     // The agent's sources: a share that is down, then the real one; no fallback to the server.
     std::fs::write(

@@ -207,17 +207,19 @@ impl Share {
         Ok(size)
     }
 
-    /// Writes the local file `from` to the share as `name` (replacing it), via `name.part`
-    /// renamed at the end is not available in the crate's API; so the upload goes to `name`
-    /// directly and readers rely on the content hash, which a partial file never matches.
+    /// Writes the local file `from` to the share as `name` (replacing it): written as
+    /// `name.part` and renamed over `name` on the same handle once every byte is there, so a
+    /// reader never sees a partial `name` and a cut upload leaves only a `.part` behind.
     pub async fn upload(&self, from: &Path, name: &str) -> Result<u64, SmbError> {
-        use ::smb::{CreateOptions, FileAttributes};
+        use ::smb::binrw_util::prelude::SizedWideString;
+        use ::smb::{CreateOptions, FileAttributes, FileRenameInformation};
         use std::io::Read;
+        let part = format!("{name}.part");
         let args = FileCreateArgs::make_overwrite(FileAttributes::new(), CreateOptions::new());
         let file = limit(
             &self.url,
-            &format!("creating {name}"),
-            self.client.create_file(&self.path(name), &args),
+            &format!("creating {part}"),
+            self.client.create_file(&self.path(&part), &args),
         )
         .await?
         .unwrap_file();
@@ -253,6 +255,17 @@ impl Share {
             }
             pos += n as u64;
         }
+        let rename = FileRenameInformation {
+            replace_if_exists: true.into(),
+            root_directory: 0,
+            file_name: SizedWideString::from(self.url.file_path(name).as_str()),
+        };
+        limit(
+            &self.url,
+            &format!("renaming {part} to {name}"),
+            file.set_info(rename),
+        )
+        .await?;
         limit(&self.url, &format!("closing {name}"), file.close()).await?;
         Ok(pos)
     }
