@@ -302,7 +302,7 @@ pub fn install_main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitC
     }
 }
 
-pub fn install(a: InstallArgs) -> ExitCode {
+fn install(a: InstallArgs) -> ExitCode {
     let json = a.json;
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
