@@ -3,8 +3,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // `patchcast agent …` is the agent program itself, so that `patchcast demo` can start real
-    // agents from the one binary `cargo run` builds.
-    // `patchcast agent install` is the administrator's, and stays out of the agent.
+    // agents from the one binary `cargo run` builds; `patchcast agent install` is the
+    // administrator's command and stays out of the agent.
     let mut args = std::env::args_os();
     if std::env::args_os().nth(1).is_some_and(|a| a == "agent") {
         let argv0 = args.next().unwrap_or_default();

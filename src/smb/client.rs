@@ -258,7 +258,7 @@ impl Share {
         let rename = FileRenameInformation {
             replace_if_exists: true.into(),
             root_directory: 0,
-            file_name: SizedWideString::from(self.url.file_path(name).as_str()),
+            file_name: SizedWideString::from(self.url.file_path(name)),
         };
         limit(
             &self.url,

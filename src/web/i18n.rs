@@ -23,10 +23,9 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "sign_in_locked",
-        "Too many failed sign-ins for this account or from this address. Sign-in is refused for the next",
-        "このアカウントまたはこのアドレスからのサインイン失敗が多すぎます。サインインできるまでの残り時間:",
+        "Too many failed sign-ins for this account or from this address. Sign-in is refused for the next {minutes} minute(s).",
+        "このアカウントまたはこのアドレスからのサインイン失敗が多すぎます。あと {minutes} 分間はサインインできません。",
     ),
-    ("minutes", "minute(s).", "分"),
     ("signed_in_as", "Signed in as", "サインイン中:"),
     ("language", "日本語", "English"),
     (
@@ -190,6 +189,14 @@ pub fn strings(lang: Lang) -> Value {
         m.insert((*k).into(), Value::from(pick(lang, en, ja)));
     }
     Value::Object(m)
+}
+
+/// One console string in `lang` (`key` must be in the table: a unit test checks the keys).
+pub fn word(key: &str, lang: Lang) -> &'static str {
+    STRINGS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map_or("", |(_, en, ja)| pick(lang, en, ja))
 }
 
 /// A state's label; an unknown name is shown as it is.

@@ -5,7 +5,7 @@
 use super::auth::{
     LANG_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL_MS, Viewer, secret_cookie,
 };
-use super::i18n::{STATE_NAMES, lang_of, state_label, strings};
+use super::i18n::{STATE_NAMES, lang_of, state_label, strings, word};
 use super::views::{self, MachineFilter, bucket, time};
 use super::{Web, WebError, WebResult, WebState};
 use crate::core::errors::{Code, Lang, Params, entry, human_bytes, render};
@@ -177,29 +177,23 @@ pub async fn login_form(
     if ctx.viewer.is_some() {
         return Ok(Redirect::to(&safe_next(q.next.as_deref())).into_response());
     }
-    login_page(&w, &ctx, q.next.as_deref(), LoginError::None)
+    login_page(&w, &ctx, q.next.as_deref(), StatusCode::OK, None)
 }
 
-/// What the sign-in page says above the form.
-enum LoginError {
-    None,
-    Failed,
-    /// Locked out (`lockout`) for this many more minutes.
-    Locked(i64),
-}
-
-fn login_page(w: &Web, ctx: &Ctx, next: Option<&str>, error: LoginError) -> WebResult {
+/// The sign-in form, with `error` above it (and `status`) after a refused attempt.
+fn login_page(
+    w: &Web,
+    ctx: &Ctx,
+    next: Option<&str>,
+    status: StatusCode,
+    error: Option<String>,
+) -> WebResult {
     let token = crate::server::random_hex(16)?;
-    let (status, failed, locked) = match error {
-        LoginError::None => (StatusCode::OK, false, None),
-        LoginError::Failed => (StatusCode::UNAUTHORIZED, true, None),
-        LoginError::Locked(minutes) => (StatusCode::TOO_MANY_REQUESTS, false, Some(minutes)),
-    };
     let mut res = ctx.page(
         w,
         "login",
         status,
-        json!({"login_token": token, "next": safe_next(next), "failed": failed, "locked_minutes": locked}),
+        json!({"login_token": token, "next": safe_next(next), "error": error}),
     )?;
     res.headers_mut().append(
         header::SET_COOKIE,
@@ -238,13 +232,27 @@ pub async fn login(
         // Refused before the password is looked at: a locked key learns nothing more.
         tracing::warn!(account = %f.account, %peer, wait_s = wait / 1000, "console sign-in locked out");
         let minutes = (wait + 59_999) / 60_000;
-        return login_page(&w, &ctx, f.next.as_deref(), LoginError::Locked(minutes));
+        let error = word("sign_in_locked", ctx.lang).replace("{minutes}", &minutes.to_string());
+        return login_page(
+            &w,
+            &ctx,
+            f.next.as_deref(),
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(error),
+        );
     }
     if !w.server.check_password(&f.account, &f.password).await? {
         lock(&w).failed(&keys, now_ms());
         // The account name is logged for the operator; the page says nothing about which part failed.
         tracing::warn!(account = %f.account, %peer, "console sign-in refused");
-        return login_page(&w, &ctx, f.next.as_deref(), LoginError::Failed);
+        let error = word("sign_in_failed", ctx.lang).to_string();
+        return login_page(
+            &w,
+            &ctx,
+            f.next.as_deref(),
+            StatusCode::UNAUTHORIZED,
+            Some(error),
+        );
     }
     lock(&w).succeeded(&keys);
     let (token, _csrf) = w.server.create_session(&f.account).await?;
