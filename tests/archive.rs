@@ -260,3 +260,43 @@ fn extract_writes_only_verified_files() {
     ));
     assert!(!work2.exists());
 }
+
+/// A manifest signed by a trusted key whose install template includes itself: verifying it
+/// (at publish, `package verify` and the agent's probe step) recursed until the stack
+/// overflowed and took the server down. It is now refused with the template's position.
+#[test]
+fn regression_signed_self_including_template_is_refused_not_a_crash() {
+    use ed25519_dalek::Signer;
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(7);
+    let bytes = build_in(dir.path(), &[("a.sh".into(), b"true\n".to_vec())], &k);
+    let mut a = tar::Archive::new(Cursor::new(bytes));
+    let mut manifest = String::new();
+    std::io::Read::read_to_string(
+        &mut a.entries().unwrap().next().unwrap().unwrap(),
+        &mut manifest,
+    )
+    .unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    m["package"]["install"]["command"] =
+        "{{#*inline \"again\"}}{{> again}}{{/inline}}{{> again}}".into();
+    let manifest = serde_json::to_vec(&m).unwrap();
+    let digest = patchcast::pack::hash::sha256_bytes(&manifest);
+    let message = [b"patchcast manifest v1\n".as_slice(), &digest.0].concat();
+    let sig = archive::SignatureFile {
+        algorithm: "ed25519".into(),
+        key_id: patchcast::pack::keys::key_id(&k.verifying_key()),
+        manifest_sha256: digest,
+        signature: hex::encode(k.sign(&message).to_bytes()),
+    };
+    let sig = serde_json::to_vec(&sig).unwrap();
+    match archive::verify_manifest(&manifest, &sig, &[k.verifying_key()]) {
+        Err(VerifyError::Structure(why)) => {
+            assert!(
+                why.contains("partial") && why.contains("line 1, column 1"),
+                "{why}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -59,6 +59,7 @@ const ALL_CODES: &[&str] = &[
     "command-empty",
     "template-undefined-variable",
     "template-syntax",
+    "template-too-complex",
     "template-escaped-variable",
     "duration-format",
     "exit-code-overlap",

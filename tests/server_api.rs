@@ -393,3 +393,68 @@ async fn content_range_requests(backend: Backend) {
     );
 }
 both_backends!(content_range_requests);
+
+/// A body that sends one chunk and then never ends: a server that reads it before checking
+/// the credential would hang on it.
+fn endless_body() -> reqwest::Body {
+    use futures_util::StreamExt;
+    let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(vec![b'{'; 64 << 10]) });
+    reqwest::Body::wrap_stream(first.chain(futures_util::stream::pending()))
+}
+
+async fn regression_unbounded_request_bodies_before_authentication(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let deadline = std::time::Duration::from_secs(60);
+    let status = |r: reqwest::RequestBuilder| async move {
+        tokio::time::timeout(deadline, r.send())
+            .await
+            .expect("the server answered without waiting for the body")
+            .map(|r| r.status().as_u16())
+    };
+    // Without a credential (or with a wrong one) agent and admin routes refuse at once.
+    let anon = Client::new(&s.url, &s.fingerprint, None).unwrap();
+    let forged = Client::new(&s.url, &s.fingerprint, Some("pcagt_forged".into())).unwrap();
+    for (client, path) in [
+        (&anon, proto::POLL),
+        (&forged, proto::REPORT),
+        (&anon, proto::INVENTORY),
+        (&forged, patchcast::transport::admin_api::SCENARIOS),
+        (&anon, patchcast::transport::admin_api::PACKAGES),
+    ] {
+        // The refusal may reach the client as a 401 or, when the server closes the connection
+        // while the body is still being sent, as a broken upload; never as a wait.
+        let r = client
+            .request(reqwest::Method::POST, path)
+            .body(endless_body());
+        match status(r).await {
+            Ok(code) => assert_eq!(code, 401, "{path}"),
+            Err(e) => assert!(e.is_request() || e.is_body(), "{path}: {e:?}"),
+        }
+        let r = client.request(reqwest::Method::POST, path).body("{}");
+        assert_eq!(status(r).await.unwrap(), 401, "{path}");
+    }
+    // Enrollment, the one route before authentication, takes at most 1 MiB.
+    let big = vec![b' '; 2 << 20];
+    let r = anon
+        .request(reqwest::Method::POST, proto::ENROLL)
+        .header("content-type", "application/json")
+        .body(big);
+    assert_eq!(status(r).await.unwrap(), 413);
+    // Authenticated routes other than publish take at most 8 MiB.
+    let admin = Client::new(&s.url, &s.fingerprint, Some(s.token.clone())).unwrap();
+    let huge = vec![b' '; 9 << 20];
+    let r = admin
+        .request(
+            reqwest::Method::POST,
+            patchcast::transport::admin_api::SCENARIOS,
+        )
+        .header("content-type", "application/json")
+        .body(huge);
+    assert_eq!(status(r).await.unwrap(), 413);
+    // The server is still there, and publishing (streamed to disk) still works.
+    s.publish_sample("pkg-after-bodies").await;
+    assert_eq!(s.admin().packages().await.unwrap().len(), 1);
+}
+both_backends!(regression_unbounded_request_bodies_before_authentication);

@@ -8,5 +8,6 @@ pub mod raw;
 pub mod rollout;
 pub mod scenario;
 pub mod sources;
+pub mod template;
 pub mod types;
 pub mod yaml;

@@ -4,6 +4,7 @@
 use super::catalog;
 use super::problem::{Problem, Severity};
 use super::raw::*;
+use super::template::{RenderError, TEMPLATE_VARIABLES, TemplateContext, TemplateMachine, render};
 use super::types::*;
 use serde::Serialize;
 use std::time::Duration;
@@ -213,99 +214,6 @@ pub enum RebootPolicy {
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// Variables an install or uninstall template may use; `TemplateContext` gives their shape.
-pub const TEMPLATE_VARIABLES: &str = "payload.N, package.id, package.title, package.version, kb, ms_number, workdir, machine.os, machine.arch, machine.language, machine.hostname";
-
-/// The machine a command is rendered for.
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplateMachine {
-    pub os: String,
-    pub arch: String,
-    pub language: String,
-    pub hostname: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct TemplatePackage {
-    id: String,
-    title: String,
-    version: String,
-}
-
-/// The values a command template is rendered with on a machine.
-#[derive(Debug, Clone, Serialize)]
-pub struct TemplateContext {
-    payload: Vec<String>,
-    package: TemplatePackage,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kb: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ms_number: Option<String>,
-    workdir: String,
-    machine: TemplateMachine,
-}
-
-impl TemplateContext {
-    /// Built from the raw definition, which both the resolver and a signed manifest carry;
-    /// payload paths become paths inside `workdir`.
-    pub fn new(raw: &RawPackage, workdir: &str, machine: TemplateMachine) -> Self {
-        let sep = if workdir.contains('\\') { '\\' } else { '/' };
-        TemplateContext {
-            payload: raw
-                .payload
-                .iter()
-                .map(|p| format!("{workdir}{sep}{p}"))
-                .collect(),
-            package: TemplatePackage {
-                id: raw.id.clone(),
-                title: raw.title.clone(),
-                version: raw.version.clone().unwrap_or_default(),
-            },
-            kb: raw.kb.clone(),
-            ms_number: raw.ms_number.clone(),
-            workdir: workdir.to_string(),
-            machine,
-        }
-    }
-}
-
-/// Why a command template could not be rendered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
-    #[error("`{0}` is not defined")]
-    Undefined(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Renders a command template strictly: an undefined variable is an error, nothing is HTML-escaped.
-pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, RenderError> {
-    let mut hb = handlebars::Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
-    hb.render_template(template, ctx)
-        .map_err(|e| match e.reason() {
-            handlebars::RenderErrorReason::MissingVariable(Some(v)) => {
-                RenderError::Undefined(v.clone())
-            }
-            other => {
-                let at = match (e.line_no, e.column_no) {
-                    (Some(l), Some(c)) => format!(" (template line {l}, column {c})"),
-                    _ => String::new(),
-                };
-                // Handlebars appends a multi-line source snippet; lint output stays one line per problem.
-                let reason = other.to_string();
-                let first = reason
-                    .lines()
-                    .next()
-                    .unwrap_or("invalid template")
-                    .trim()
-                    .to_string();
-                RenderError::Invalid(format!("{first}{at}"))
-            }
-        })
-}
 
 /// Resolves a raw package into a validated one, collecting every problem.
 /// Returns the package only when no problem is an error.
@@ -851,12 +759,22 @@ impl Resolver {
             );
             ok = false;
         } else if let Err(why) = render(&raw.command, ctx) {
-            let undefined = matches!(why, RenderError::Undefined(_));
+            let variables = format!(
+                "use only these variables: {TEMPLATE_VARIABLES} (payload.N must be below the number of payload files; kb and ms_number only when set)"
+            );
+            let (code, help) = match why {
+                RenderError::Undefined(_) => ("template-undefined-variable", variables),
+                RenderError::Invalid(_) => ("template-syntax", variables),
+                RenderError::TooComplex(_) => (
+                    "template-too-complex",
+                    "write the command as one line with `{{variable}}`s; partials and decorators are refused, blocks (if, unless, each, with) nest at most 4 deep".into(),
+                ),
+            };
             self.err(
-                if undefined { "template-undefined-variable" } else { "template-syntax" },
+                code,
                 format!("{key}.command"),
                 format!("the {key} command template cannot be rendered: {why}"),
-                format!("use only these variables: {TEMPLATE_VARIABLES} (payload.N must be below the number of payload files; kb and ms_number only when set)"),
+                help,
             );
             ok = false;
         }
@@ -932,34 +850,6 @@ pub fn check_relative_path(p: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows_paths_in_templates() {
-        let raw: RawPackage = serde_saphyr::from_str(
-            "id: k\nkind: hotfix\ntitle: t\nkb: KB958644\ntargets: []\npayload: [setup.exe]\ninstall: { command: x }\n",
-        )
-        .unwrap();
-        let machine = TemplateMachine {
-            os: "windows-10".into(),
-            arch: "x64".into(),
-            language: "ja".into(),
-            hostname: "pc1".into(),
-        };
-        let ctx = TemplateContext::new(&raw, "C:\\work", machine);
-        assert_eq!(
-            render("{{payload.0}} /log:{{workdir}}\\\\{{kb}}.log", &ctx).unwrap(),
-            "C:\\work\\setup.exe /log:C:\\work\\KB958644.log"
-        );
-        // The trap lint warns about: a single backslash escapes the expression.
-        assert_eq!(
-            render("{{workdir}}\\{{kb}}", &ctx).unwrap(),
-            "C:\\work{{kb}}"
-        );
-        assert_eq!(
-            render("{{ms_number}}", &ctx),
-            Err(RenderError::Undefined("ms_number".into()))
-        );
-    }
 
     #[test]
     fn version_constraints() {

@@ -128,18 +128,10 @@ fn manifest(
     use anyhow::Context;
     let mut files = Vec::new();
     for p in &raw.payload {
-        let path = dir.join(p);
-        let meta = std::fs::symlink_metadata(&path)
-            .with_context(|| format!("payload {}", path.display()))?;
-        anyhow::ensure!(
-            meta.is_file(),
-            "payload {} is not a regular file",
-            path.display()
-        );
-        let f =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let (sha256, size) = sha256_reader(f, &mut progress)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let (f, meta) = super::payload::open(dir, p)
+            .with_context(|| format!("payload of {}", dir.display()))?;
+        let (sha256, size) =
+            sha256_reader(f, &mut progress).with_context(|| format!("reading payload `{p}`"))?;
         files.push(FileEntry {
             path: p.clone(),
             size,
@@ -207,8 +199,7 @@ pub fn build(
     )?;
     for entry in &manifest.files {
         let path = dir.join(&entry.path);
-        let f =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (f, _) = super::payload::open(dir, &entry.path)?;
         // A file that grew since it was hashed is cut at the signed size; any other change
         // is caught by the verification of the written archive below.
         let mut limited = Reporting {

@@ -5,6 +5,7 @@
 //! FAQ's Q2 mistakes about version resources, judged by reading the payload itself (the real
 //! PE VERSIONINFO of .exe/.dll files; text and scripts have none).
 
+use super::payload::Refusal;
 use super::pe::{
     UNVERSIONED_EXTENSIONS, VERSIONED_EXTENSIONS, VersionResource, file_version_resource,
 };
@@ -68,28 +69,29 @@ fn payload_problems(dir: &Path, raw: &RawPackage) -> Vec<Problem> {
         if crate::model::package::check_relative_path(p).is_err() {
             continue; // resolve reported it
         }
-        let path = dir.join(p);
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => out.push(Problem::error(
+        let Err(why) = super::payload::check(dir, p) else {
+            continue;
+        };
+        let (code, help) = match why {
+            Refusal::Missing(_) => (
                 "payload-missing",
-                format!("payload[{i}]"),
-                format!("payload file `{p}` is not in {}", dir.display()),
                 "copy the file into the package directory, or remove it from `payload`",
-            )),
-            Ok(m) if m.file_type().is_symlink() => out.push(Problem::error(
+            ),
+            Refusal::Link { .. } => (
                 "payload-not-regular",
-                format!("payload[{i}]"),
-                format!("payload file `{p}` is a symbolic link"),
-                "replace the link with the file itself; archives hold regular files only",
-            )),
-            Ok(m) if !m.is_file() => out.push(Problem::error(
+                "replace the link with the file itself; archives hold regular files of the package directory only",
+            ),
+            Refusal::NotRegular(_) => (
                 "payload-not-regular",
-                format!("payload[{i}]"),
-                format!("payload `{p}` is not a regular file"),
                 "list files, not directories; each file of a directory is listed on its own",
-            )),
-            Ok(_) => {}
-        }
+            ),
+        };
+        out.push(Problem::error(
+            code,
+            format!("payload[{i}]"),
+            format!("payload {why}"),
+            help,
+        ));
     }
     let listed: BTreeSet<&str> = raw.payload.iter().map(String::as_str).collect();
     let mut stray = Vec::new();

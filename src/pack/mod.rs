@@ -5,6 +5,7 @@ pub mod archive;
 pub mod hash;
 pub mod keys;
 pub mod lint;
+pub mod payload;
 pub mod pe;
 pub mod skeleton;
 

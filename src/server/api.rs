@@ -15,7 +15,8 @@ use crate::transport::admin_api::{self as admin, Group, Labels, PackageView, Tok
 use crate::transport::protocol::{
     self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report,
 };
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,9 +64,19 @@ impl From<anyhow::Error> for ApiErr {
 
 pub(super) type R<T> = Result<T, ApiErr>;
 
+/// Largest body of an enrollment, the one request before authentication (a token and an
+/// inventory; a Debian host with 3,000 packages sends about 150 KB).
+pub const ENROLL_BODY_LIMIT: usize = 1 << 20;
+/// Largest body of any other request but a publish, which streams to disk after the admin
+/// check and is bounded by the server's disk reserve instead.
+pub const BODY_LIMIT: usize = 8 << 20;
+
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
-        .route(proto::ENROLL, post(enroll))
+        .route(
+            proto::ENROLL,
+            post(enroll).layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT)),
+        )
         .route(proto::INVENTORY, post(inventory))
         .route(proto::POLL, post(poll))
         .route(proto::REPORT, post(report))
@@ -87,8 +98,7 @@ pub fn router(server: Arc<Server>) -> Router {
             crate::transport::ssh_api::SSH_MACHINES,
             post(add_ssh_machine),
         )
-        // Archives are streamed to disk; the reserve check bounds their size instead.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(server.clone())
         // The web console (issue 7) at `/`, on the same listener.
         .merge(crate::web::router(server))
@@ -110,22 +120,36 @@ fn unauthorized(what: &str) -> ApiErr {
     )
 }
 
-pub(super) async fn agent(s: &Server, h: &HeaderMap) -> R<String> {
-    match bearer(h) {
-        Some(b) => s
-            .authenticate_agent(b)
-            .await?
-            .ok_or_else(|| unauthorized("agent request")),
-        None => Err(unauthorized("agent request")),
+/// An authenticated agent, as its machine id. The credential is in a header, so as an
+/// extractor placed before the body this refuses a request before its body is read.
+pub(super) struct AgentId(pub String);
+
+impl FromRequestParts<Arc<Server>> for AgentId {
+    type Rejection = ApiErr;
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> R<AgentId> {
+        match bearer(&parts.headers) {
+            Some(b) => s
+                .authenticate_agent(b)
+                .await?
+                .map(AgentId)
+                .ok_or_else(|| unauthorized("agent request")),
+            None => Err(unauthorized("agent request")),
+        }
     }
 }
 
-pub(super) fn admin_only(s: &Server, h: &HeaderMap) -> R<()> {
-    match bearer(h) {
-        Some(b) if s.is_admin(b) => Ok(()),
-        _ => Err(unauthorized(
-            "admin request (use the token in DATA/admin.token)",
-        )),
+/// An authenticated administrator; like `AgentId`, checked before the body is read.
+pub(super) struct Admin;
+
+impl FromRequestParts<Arc<Server>> for Admin {
+    type Rejection = ApiErr;
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> R<Admin> {
+        match bearer(&parts.headers) {
+            Some(b) if s.is_admin(b) => Ok(Admin),
+            _ => Err(unauthorized(
+                "admin request (use the token in DATA/admin.token)",
+            )),
+        }
     }
 }
 
@@ -151,10 +175,9 @@ async fn enroll(
 async fn inventory(
     State(s): S,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    AgentId(m): AgentId,
     Json(inv): Json<Inventory>,
 ) -> R<StatusCode> {
-    let m = agent(&s, &h).await?;
     s.set_inventory(&m, &inv, peer.ip()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -162,10 +185,9 @@ async fn inventory(
 async fn poll(
     State(s): S,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    h: HeaderMap,
+    AgentId(m): AgentId,
     Json(p): Json<Poll>,
 ) -> R<Json<PollResponse>> {
-    let m = agent(&s, &h).await?;
     let state = match p.state {
         AgentState::Idle => "idle",
         AgentState::Busy { .. } => "busy",
@@ -204,8 +226,7 @@ async fn poll(
     }))
 }
 
-async fn report(State(s): S, h: HeaderMap, Json(r): Json<Report>) -> R<Response> {
-    let m = agent(&s, &h).await?;
+async fn report(State(s): S, AgentId(m): AgentId, Json(r): Json<Report>) -> R<Response> {
     match s.report(&m, &r).await? {
         ReportOutcome::Ack(a) => Ok(Json(a).into_response()),
         ReportOutcome::NotFound => Err(ApiErr::new(
@@ -252,8 +273,7 @@ pub(crate) fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>
     Ok(Some((start, end)))
 }
 
-async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Response> {
-    agent(&s, &h).await?;
+async fn content(State(s): S, _: AgentId, h: HeaderMap, Path(sha): Path<String>) -> R<Response> {
     let sha: Sha256 = sha
         .parse()
         .map_err(|e: crate::model::types::FormatError| ApiErr::bad(e.0))?;
@@ -311,23 +331,20 @@ async fn content(State(s): S, h: HeaderMap, Path(sha): Path<String>) -> R<Respon
     }
 }
 
-async fn create_token(State(s): S, h: HeaderMap, Json(t): Json<TokenRequest>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn create_token(State(s): S, _: Admin, Json(t): Json<TokenRequest>) -> R<Response> {
     Ok(Json(s.create_token(&t).await?).into_response())
 }
 
-async fn machines(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn machines(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.machines().await?).into_response())
 }
 
 async fn label(
     State(s): S,
-    h: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     Json(l): Json<Labels>,
 ) -> R<Response> {
-    admin_only(&s, &h)?;
     match s.label(&id, &l.add, &l.remove).await? {
         Some(m) => Ok(Json(m).into_response()),
         None => Err(ApiErr::new(
@@ -338,21 +355,18 @@ async fn label(
     }
 }
 
-async fn groups(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn groups(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.groups().await?).into_response())
 }
 
-async fn put_group(State(s): S, h: HeaderMap, Json(g): Json<Group>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn put_group(State(s): S, _: Admin, Json(g): Json<Group>) -> R<Response> {
     match s.put_group(&g).await {
         Ok(v) => Ok(Json(v).into_response()),
         Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
     }
 }
 
-async fn packages(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn packages(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.packages().await?).into_response())
 }
 
@@ -369,8 +383,7 @@ fn e17(free: u64, needed: u64, reserve: u64) -> ApiErr {
     )
 }
 
-async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Response> {
     if s.trusted.is_empty() {
         return Err(ApiErr::new(
             StatusCode::FORBIDDEN,
@@ -447,8 +460,7 @@ async fn publish(State(s): S, h: HeaderMap, req: Request) -> R<Response> {
     Ok(Json(view).into_response())
 }
 
-async fn run_scenario(State(s): S, h: HeaderMap, Json(sc): Json<Scenario>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn run_scenario(State(s): S, _: Admin, Json(sc): Json<Scenario>) -> R<Response> {
     match s.create_scenario(&sc).await {
         Ok(c) => Ok(Json(c).into_response()),
         Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
@@ -463,11 +475,10 @@ struct LangQ {
 
 async fn scenario_status(
     State(s): S,
-    h: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     Query(q): Query<LangQ>,
 ) -> R<Response> {
-    admin_only(&s, &h)?;
     let lang = Lang::from_tag(q.lang.as_deref().unwrap_or("en"));
     match s.scenario_status(&id, lang).await {
         Ok(st) => Ok(Json(st).into_response()),
@@ -485,8 +496,7 @@ struct ResultsQ {
     lang: Option<String>,
 }
 
-async fn results(State(s): S, h: HeaderMap, Query(q): Query<ResultsQ>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn results(State(s): S, _: Admin, Query(q): Query<ResultsQ>) -> R<Response> {
     let q = ResultsQuery {
         scenario: q.scenario,
         machine: q.machine,
@@ -554,11 +564,10 @@ impl Server {
 
 async fn add_ssh_machine(
     State(s): S,
-    h: HeaderMap,
+    _: Admin,
     Json(req): Json<crate::transport::ssh_api::SshMachineRequest>,
 ) -> R<Json<crate::transport::ssh_api::SshMachineAdded>> {
     use super::ssh_machines::AddError;
-    admin_only(&s, &h)?;
     match s.add_ssh_machine(&req).await {
         Ok(added) => Ok(Json(added)),
         Err(AddError::Invalid(msg)) => Err(ApiErr::bad(msg)),

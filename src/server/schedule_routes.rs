@@ -3,13 +3,13 @@
 //! `rollout` and `clock`.
 
 use super::Server;
-use super::api::{ApiErr, R, admin_only};
+use super::api::{Admin, ApiErr, R};
 use super::clock::ClockChange;
 use crate::model::group_policy::GroupPolicy;
 use crate::model::rollout::Rollout;
 use crate::transport::schedule_api::{self as sched, Assign};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -33,13 +33,11 @@ fn bad(e: anyhow::Error) -> ApiErr {
     ApiErr::bad(format!("{e:#}"))
 }
 
-async fn policies(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn policies(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.policies().await?).into_response())
 }
 
-async fn set_policy(State(s): S, h: HeaderMap, Json(p): Json<GroupPolicy>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn set_policy(State(s): S, _: Admin, Json(p): Json<GroupPolicy>) -> R<Response> {
     if p.group.trim().is_empty() {
         return Err(ApiErr::bad("the policy names no group"));
     }
@@ -52,35 +50,29 @@ struct ScheduleQuery {
     count: Option<usize>,
 }
 
-async fn schedule(State(s): S, h: HeaderMap, Query(q): Query<ScheduleQuery>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn schedule(State(s): S, _: Admin, Query(q): Query<ScheduleQuery>) -> R<Response> {
     let count = q.count.unwrap_or(5).clamp(1, 500);
     Ok(Json(s.schedule(q.group.as_deref(), count).await.map_err(bad)?).into_response())
 }
 
-async fn assignments(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn assignments(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.assignments().await?).into_response())
 }
 
-async fn assign(State(s): S, h: HeaderMap, Json(a): Json<Assign>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn assign(State(s): S, _: Admin, Json(a): Json<Assign>) -> R<Response> {
     Ok(Json(s.assign(&a).await.map_err(bad)?).into_response())
 }
 
-async fn rollouts(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn rollouts(State(s): S, _: Admin) -> R<Response> {
     s.evaluate_rollouts().await?;
     Ok(Json(s.rollouts().await?).into_response())
 }
 
-async fn start_rollout(State(s): S, h: HeaderMap, Json(r): Json<Rollout>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn start_rollout(State(s): S, _: Admin, Json(r): Json<Rollout>) -> R<Response> {
     Ok(Json(s.start_rollout(&r).await.map_err(bad)?).into_response())
 }
 
-async fn rollout(State(s): S, h: HeaderMap, Path(id): Path<String>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn rollout(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
     s.evaluate_rollouts().await?;
     match s.rollout_status(&id).await {
         Ok(r) => Ok(Json(r).into_response()),
@@ -88,13 +80,11 @@ async fn rollout(State(s): S, h: HeaderMap, Path(id): Path<String>) -> R<Respons
     }
 }
 
-async fn clock(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn clock(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.clock.reading()).into_response())
 }
 
-async fn change_clock(State(s): S, h: HeaderMap, Json(c): Json<ClockChange>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn change_clock(State(s): S, _: Admin, Json(c): Json<ClockChange>) -> R<Response> {
     match s.change_clock(&c) {
         Ok(r) => Ok(Json(r).into_response()),
         Err(e) => Err(ApiErr::new(StatusCode::FORBIDDEN, e.to_string(), None)),

@@ -1,14 +1,14 @@
 //! HTTP routes for update sources and relays (see `transport::sources` for the table).
 
 use super::Server;
-use super::api::{ApiErr, admin_only, agent};
+use super::api::{Admin, AgentId, ApiErr};
 use crate::transport::admin_api::MACHINES;
 use crate::transport::sources::{
     ADMIN_RELAYS, ADMIN_SOURCES, ADMIN_SOURCES_TEST, RELAY_STATUS, RelayRole, RelayStatus,
     SetSources,
 };
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,8 +27,11 @@ pub fn routes() -> Router<Arc<Server>> {
         .route(&format!("{MACHINES}/{{id}}/relay"), post(relay_role))
 }
 
-async fn relay_status(State(s): S, h: HeaderMap, Json(st): Json<RelayStatus>) -> R<Response> {
-    let m = agent(&s, &h).await?;
+async fn relay_status(
+    State(s): S,
+    AgentId(m): AgentId,
+    Json(st): Json<RelayStatus>,
+) -> R<Response> {
     match s.relay_status(&m, &st).await? {
         Some(ack) => Ok(Json(ack).into_response()),
         None => Err(ApiErr::new(
@@ -41,13 +44,11 @@ async fn relay_status(State(s): S, h: HeaderMap, Json(st): Json<RelayStatus>) ->
     }
 }
 
-async fn show(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn show(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.source_list().await?).into_response())
 }
 
-async fn set(State(s): S, h: HeaderMap, Json(req): Json<SetSources>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn set(State(s): S, _: Admin, Json(req): Json<SetSources>) -> R<Response> {
     match s.set_sources(&req.list).await? {
         Ok(v) => Ok(Json(v).into_response()),
         Err(refused) => Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(refused)).into_response()),
@@ -59,8 +60,7 @@ struct TestQ {
     address: String,
 }
 
-async fn test(State(s): S, h: HeaderMap, Query(q): Query<TestQ>) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn test(State(s): S, _: Admin, Query(q): Query<TestQ>) -> R<Response> {
     let addr = q.address.trim().parse().map_err(|_| {
         ApiErr::new(
             StatusCode::BAD_REQUEST,
@@ -71,18 +71,16 @@ async fn test(State(s): S, h: HeaderMap, Query(q): Query<TestQ>) -> R<Response> 
     Ok(Json(s.sources_test(addr).await?).into_response())
 }
 
-async fn relays(State(s): S, h: HeaderMap) -> R<Response> {
-    admin_only(&s, &h)?;
+async fn relays(State(s): S, _: Admin) -> R<Response> {
     Ok(Json(s.relays().await?).into_response())
 }
 
 async fn relay_role(
     State(s): S,
-    h: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     Json(role): Json<RelayRole>,
 ) -> R<Response> {
-    admin_only(&s, &h)?;
     match s.set_relay_role(&id, &role).await {
         Ok(Some(v)) => Ok(Json(v).into_response()),
         Ok(None) => Err(ApiErr::new(
