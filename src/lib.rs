@@ -9,6 +9,7 @@ pub mod core;
 pub mod loadgen;
 pub mod model;
 pub mod pack;
+pub mod runner;
 pub mod server;
 pub mod smb;
 pub mod ssh;

@@ -1,58 +1,31 @@
-//! One delivery, step by step: verify the signed manifest, probe, check disk, fetch, extract,
-//! execute, verify, clean. Each step is journaled before it starts and its report is queued in
-//! the same journal write that moves to the next step (see `journal`), so a kill at any moment
-//! resumes here with no step lost and no report sent twice.
+//! The agent's side of a delivery: its journal as the `Reporter` (each decision is journaled
+//! with its queued report in one write, so a kill at any moment resumes with no step lost and
+//! no report sent twice), and its two `Target`s — this machine, and an emulated Windows
+//! endpoint — for `runner::run`, which decides nothing itself either: `core::pipeline` does.
 
 use super::config::Root;
 use super::emulated::Endpoint;
 use super::exec::{self, Exit};
-use super::fetch::{self, Fetched};
+use super::fetch::{self, FetchError, Fetched};
 use super::journal::{Entry, Journal, Step};
 use crate::core::delivery::{Event, Execution};
 use crate::core::errors::{Code, Params};
-use crate::core::identify::{Facts, Identification, Verdict, identify, queries};
-use crate::model::package::{Package, RebootPolicy};
-use crate::model::template::{TemplateContext, TemplateMachine, render};
-use crate::pack::archive::{self, Verified, VerifyError};
+use crate::core::identify::{Facts, queries};
+use crate::core::pipeline::Refusal;
+use crate::model::package::Package;
+use crate::model::template::TemplateMachine;
+use crate::pack::archive::{self, Verified};
+use crate::runner::{self, Ran, Restart, Stop, archive_refusal};
 use crate::transport::client::{CallError, Client};
-use crate::transport::protocol::{AgentState, Detail, Poll, PollResponse, Report};
+use crate::transport::protocol::{AgentState, Poll, PollResponse, Work};
 use ed25519_dalek::VerifyingKey;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::runner::{Interrupted, Progress};
+
 /// How often a running install is announced to the server.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
-
-/// Why a delivery stopped before finishing; it is resumed from the journal later.
-#[derive(Debug, thiserror::Error)]
-pub enum Interrupted {
-    #[error(transparent)]
-    Call(#[from] CallError),
-    #[error("{0}")]
-    Fetch(#[from] fetch::FetchError),
-    #[error("{0:#}")]
-    Local(#[from] anyhow::Error),
-}
-
-impl Interrupted {
-    pub fn call(&self) -> Option<&CallError> {
-        match self {
-            Interrupted::Call(c) => Some(c),
-            Interrupted::Fetch(fetch::FetchError::Call(c)) => Some(c),
-            _ => None,
-        }
-    }
-}
-
-/// Why the agent will not go on with a delivery: the code and what its message names.
-type Refusal = Box<(Code, Params)>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Finished,
-    /// Waiting for a restart (the delivery stays journaled).
-    AwaitingReboot,
-}
 
 /// Everything a delivery needs from the running agent.
 pub struct Agent {
@@ -68,110 +41,52 @@ pub struct Agent {
     pub heartbeat: Duration,
 }
 
-fn report(entry: &Entry, event: Event, detail: Detail) -> Report {
-    Report {
-        delivery_id: entry.work.delivery_id.clone(),
-        attempt: entry.work.attempt,
-        seq: 0,
-        event,
-        detail,
-    }
-}
-
-fn refused(entry: &Entry, code: Code, params: Params) -> Report {
-    let params = Params {
-        package: Some(entry.work.package_id.clone()),
-        ..params
-    };
-    report(
-        entry,
-        Event::Refused { code },
-        Detail {
-            code: Some(code),
-            params,
-            ..Detail::default()
-        },
-    )
-}
-
-fn detail_text(s: impl Into<String>) -> Params {
-    Params {
-        detail: Some(s.into()),
-        ..Params::default()
-    }
-}
-
-/// The identity of the current boot: changes with every restart.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| sysinfo::System::boot_time().unwrap_or(0).to_string())
-}
-
-/// The catalog code for an archive that failed verification or extraction.
-fn archive_code(e: &VerifyError) -> (Code, Params) {
-    match e {
-        VerifyError::UnsafeEntry { path, .. } => (
-            Code::E25,
-            Params {
-                file: Some(path.clone()),
-                detail: Some(e.to_string()),
-                ..Params::default()
-            },
-        ),
-        VerifyError::Tampered { path, .. } => (
-            Code::E19,
-            Params {
-                file: Some(path.clone()),
-                detail: Some(e.to_string()),
-                ..Params::default()
-            },
-        ),
-        VerifyError::Truncated(_) => (Code::E19, detail_text(e.to_string())),
-        VerifyError::Io(_) => (Code::E12, detail_text(e.to_string())),
-        VerifyError::Structure(_) | VerifyError::BadSignature(_) | VerifyError::UntrustedKey(_) => {
-            (Code::E18, detail_text(e.to_string()))
-        }
-    }
-}
-
 impl Agent {
-    fn work_dir(&self, entry: &Entry) -> PathBuf {
-        self.root.work(&entry.work.delivery_id)
-    }
-
-    /// The work item's manifest, checked against the publisher keys pinned at enrollment.
-    fn signed_manifest(&self, entry: &Entry) -> Result<Verified, VerifyError> {
-        archive::verify_manifest(
-            entry.work.manifest.as_bytes(),
-            entry.work.signature.as_bytes(),
-            &self.keys,
-        )
-    }
-
-    async fn identify(&self, pkg: &Package) -> Result<Identification, Interrupted> {
-        let facts = match &self.endpoint {
-            Some(e) => {
-                let mut f = e.machine();
-                e.gather(&mut f, &queries(pkg));
-                f
+    /// Carries the journaled delivery forward until it finishes or waits for a restart.
+    pub async fn deliver(&mut self, entry: &mut Entry) -> Result<Progress, Interrupted> {
+        let reporter = JournalReporter {
+            client: &self.client,
+            journal: &self.journal,
+            heartbeat: self.heartbeat,
+        };
+        let staging = Staging {
+            root: &self.root,
+            client: &self.client,
+            keys: &self.keys,
+            installed: false,
+        };
+        let (progress, installed) = match &mut self.endpoint {
+            Some(endpoint) => {
+                let mut t = Emulated { staging, endpoint };
+                let p = runner::run(&mut t, &reporter, entry, &self.keys).await;
+                (p, t.staging.installed)
             }
             None => {
-                let pkg = pkg.clone();
-                // Probes may take a while; keep the runtime free while they run.
-                tokio::task::spawn_blocking(move || {
-                    let mut f: Facts = super::facts::machine();
-                    super::facts::gather(&mut f, &queries(&pkg));
-                    f
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("gathering facts failed: {e}"))?
+                let mut t = Local {
+                    staging,
+                    allow_real_reboot: self.allow_real_reboot,
+                };
+                let p = runner::run(&mut t, &reporter, entry, &self.keys).await;
+                (p, t.staging.installed)
             }
         };
-        Ok(identify(pkg, &facts))
+        self.installed_something |= installed;
+        progress
+    }
+}
+
+/// The journal, and the server over HTTPS.
+struct JournalReporter<'a> {
+    client: &'a Client,
+    journal: &'a Journal,
+    heartbeat: Duration,
+}
+
+impl runner::Reporter for JournalReporter<'_> {
+    fn save(&self, entry: &Entry) -> Result<(), Interrupted> {
+        Ok(self.journal.save(entry)?)
     }
 
-    /// Sends the queued reports in order; each acknowledged one leaves the journal.
     async fn flush(&self, entry: &mut Entry) -> Result<(), Interrupted> {
         while let Some(r) = entry.outbox.first().cloned() {
             match self.client.report(&r).await {
@@ -209,393 +124,148 @@ impl Agent {
         Ok(())
     }
 
-    fn step(&self, entry: &mut Entry, step: Step) -> Result<(), Interrupted> {
-        entry.step = step;
-        self.journal.save(entry)?;
-        Ok(())
+    fn finish(&self, entry: &Entry) -> Result<(), Interrupted> {
+        Ok(self.journal.finish(entry)?)
     }
 
-    /// Reports `code` and ends the delivery: nothing after a refusal runs.
-    fn refuse(&self, entry: &mut Entry, code: Code, params: Params) -> Result<(), Interrupted> {
-        let r = refused(entry, code, params);
-        self.queue(entry, r, Step::Done)
-    }
-
-    /// The work's manifest when a pinned publisher key signed it; otherwise refuses with E18.
-    fn signed_or_refuse(&self, entry: &mut Entry) -> Result<Option<Verified>, Interrupted> {
-        match self.signed_manifest(entry) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => {
-                let (_, params) = archive_code(&e);
-                self.refuse(entry, Code::E18, params)?;
-                Ok(None)
+    /// While an install runs, tells the server every `heartbeat` that this machine is busy
+    /// with it, so a long install is not taken for a lost agent. Work offered meanwhile is
+    /// journaled and carried out after this delivery (one at a time).
+    async fn heartbeat(&self, state: AgentState) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(self.heartbeat).await;
+            let poll = Poll {
+                state: state.clone(),
+                wait_ms: 0,
+                ..Poll::default()
+            };
+            match self.client.poll(&poll).await {
+                Ok(PollResponse { work: Some(w), .. }) => {
+                    // Never replace the journal entry of the install that is running.
+                    if let AgentState::Busy { delivery_id, .. } = &state
+                        && *delivery_id == w.delivery_id
+                    {
+                        continue;
+                    }
+                    if let Err(e) = super::service::accept(self.journal, w) {
+                        tracing::warn!(error = %e, "could not journal work offered during an install");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
         }
     }
+}
 
-    fn queue(&self, entry: &mut Entry, r: Report, next: Step) -> Result<(), Interrupted> {
-        entry.queue(r, next);
-        self.journal.save(entry)?;
-        Ok(())
+/// Content on this machine's disk, shared by both agent targets: the download from the
+/// server or an update source, and the verified extraction under the delivery's work dir.
+struct Staging<'a> {
+    root: &'a Root,
+    client: &'a Client,
+    keys: &'a [VerifyingKey],
+    /// An install ran (the next inventory reads the package list again).
+    installed: bool,
+}
+
+impl Staging<'_> {
+    fn work_dir(&self, work: &Work) -> PathBuf {
+        self.root.work(&work.delivery_id)
     }
 
-    /// Extracts (and so verifies again) the fetched archive into a fresh payload directory.
-    fn extract(&self, entry: &Entry) -> Result<Verified, Refusal> {
-        let dir = self.work_dir(entry);
+    async fn fetch(&self, work: &Work) -> Result<(), Stop> {
+        let dir = self.work_dir(work);
+        let got = super::sources::fetch(
+            self.client,
+            &self.root.0,
+            work.sources.as_ref(),
+            &work.archive_sha256,
+            work.archive_size,
+            &dir,
+        )
+        .await;
+        match got {
+            Ok(Fetched::Complete(_)) => Ok(()),
+            Ok(Fetched::Mismatch { got }) => Err(Refusal::new(
+                Code::E19,
+                Params {
+                    file: Some(format!(
+                        "{}/archive.part ({})",
+                        dir.display(),
+                        work.archive_sha256
+                    )),
+                    detail: Some(format!(
+                        "the downloaded archive hashes to {got}, not {}; it was deleted",
+                        work.archive_sha256
+                    )),
+                    ..Params::default()
+                },
+            )
+            .into()),
+            Ok(Fetched::Refused(why)) => Err(Refusal::detail(Code::E11, why).into()),
+            Ok(Fetched::Exhausted(tried)) => {
+                tracing::error!(delivery = %work.delivery_id, ?tried, "no update source could provide the archive and the server fallback is off");
+                Err(Refusal::detail(Code::E27, tried.join("; ")).into())
+            }
+            Err(FetchError::Disk { path, err }) => Err(Refusal::new(
+                Code::E06,
+                Params {
+                    file: Some(path),
+                    detail: Some(err.to_string()),
+                    ..Params::default()
+                },
+            )
+            .into()),
+            Err(FetchError::Call(c)) => Err(c.into()),
+            Err(e @ FetchError::Cut(_)) => Err(anyhow::Error::from(e).into()),
+        }
+    }
+
+    /// Extracts (and so verifies again: hash, signature, every entry) the fetched archive
+    /// into a fresh payload directory.
+    fn extract(&self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        let dir = self.work_dir(work);
         let payload = dir.join("payload");
         if payload.exists() {
             std::fs::remove_dir_all(&payload).map_err(|e| {
-                Box::new((
-                    Code::E12,
-                    detail_text(format!("removing {}: {e}", payload.display())),
-                ))
+                Refusal::detail(Code::E12, format!("removing {}: {e}", payload.display()))
             })?;
         }
         let path = fetch::archive_path(&dir);
-        let file = std::fs::File::open(&path).map_err(|e| {
-            Box::new((
-                Code::E12,
-                detail_text(format!("opening {}: {e}", path.display())),
-            ))
-        })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Refusal::detail(Code::E12, format!("opening {}: {e}", path.display())))?;
         let v = archive::extract(
             std::io::BufReader::with_capacity(1 << 16, file),
-            &self.keys,
+            self.keys,
             &payload,
         )
-        .map_err(|e| Box::new(archive_code(&e)))?;
-        let expected = crate::pack::hash::sha256_bytes(entry.work.manifest.as_bytes());
-        if v.manifest_sha256 != expected {
-            return Err(Box::new((
+        .map_err(|e| archive_refusal(&e))?;
+        if v.manifest_sha256 != signed.manifest_sha256 {
+            return Err(Refusal::detail(
                 Code::E18,
-                detail_text("the archive's signed manifest is not the one in the work item"),
-            )));
+                "the archive's signed manifest is not the one in the work item",
+            )
+            .into());
         }
-        Ok(v)
+        Ok(payload.display().to_string())
     }
 
-    fn machine(&self) -> TemplateMachine {
-        match &self.endpoint {
-            Some(e) => TemplateMachine {
-                os: e.profile.os.clone(),
-                arch: e.profile.arch.clone(),
-                language: e.profile.language.clone(),
-                hostname: e.profile.hostname.clone(),
-            },
-            None => {
-                let m = super::facts::machine();
-                TemplateMachine {
-                    os: m.os,
-                    arch: m.arch,
-                    language: m.language,
-                    hostname: sysinfo::System::host_name().unwrap_or_default(),
-                }
-            }
-        }
+    fn source(&self, work: &Work) -> String {
+        std::fs::read_to_string(super::sources::source_path(&self.work_dir(work)))
+            .unwrap_or_else(|_| self.client.base().to_string())
     }
 
-    /// Carries the journaled delivery forward until it finishes or waits for a restart.
-    pub async fn deliver(&mut self, entry: &mut Entry) -> Result<Progress, Interrupted> {
-        loop {
-            self.flush(entry).await?;
-            let id = entry.work.delivery_id.clone();
-            tracing::debug!(delivery = %id, step = ?entry.step, "step");
-            match entry.step.clone() {
-                Step::Probe => {
-                    // Probes run commands as root: only a manifest signed by a pinned key is probed.
-                    let Some(v) = self.signed_or_refuse(entry)? else {
-                        continue;
-                    };
-                    let ident = self.identify(&v.package).await?;
-                    let next = if crate::core::outcome::needs_install(&ident.verdict) {
-                        Step::Disk
-                    } else {
-                        Step::Done
-                    };
-                    tracing::info!(delivery = %id, verdict = ?ident.verdict, "probed");
-                    let r = report(
-                        entry,
-                        Event::Probed {
-                            verdict: ident.verdict,
-                        },
-                        Detail {
-                            explanation: ident.explanation,
-                            ..Detail::default()
-                        },
-                    );
-                    self.queue(entry, r, next)?;
-                }
-                Step::Disk => {
-                    let required = crate::core::outcome::required_disk(entry.work.archive_size);
-                    let free = match &self.endpoint {
-                        Some(e) => e.profile.free_disk_bytes,
-                        None => super::inventory::disk_of(&self.root.0).1,
-                    };
-                    if free < required {
-                        tracing::warn!(delivery = %id, free, required, "not enough disk space");
-                        let params = Params {
-                            free_bytes: Some(free),
-                            required_bytes: Some(required),
-                            ..Params::default()
-                        };
-                        self.refuse(entry, Code::E06, params)?;
-                    } else {
-                        self.step(entry, Step::Fetch)?;
-                    }
-                }
-                Step::Fetch => {
-                    let dir = self.work_dir(entry);
-                    let got = super::sources::fetch(
-                        &self.client,
-                        &self.root.0,
-                        entry.work.sources.as_ref(),
-                        &entry.work.archive_sha256,
-                        entry.work.archive_size,
-                        &dir,
-                    )
-                    .await;
-                    match got {
-                        Ok(Fetched::Complete(_)) => self.step(entry, Step::Extract)?,
-                        Ok(Fetched::Mismatch { got }) => {
-                            let params = Params {
-                                file: Some(format!(
-                                    "{}/archive.part ({})",
-                                    dir.display(),
-                                    entry.work.archive_sha256
-                                )),
-                                detail: Some(format!(
-                                    "the downloaded archive hashes to {got}, not {}; it was deleted",
-                                    entry.work.archive_sha256
-                                )),
-                                ..Params::default()
-                            };
-                            self.refuse(entry, Code::E19, params)?;
-                        }
-                        Ok(Fetched::Refused(why)) => {
-                            self.refuse(entry, Code::E11, detail_text(why))?;
-                        }
-                        Ok(Fetched::Exhausted(tried)) => {
-                            tracing::error!(delivery = %id, ?tried, "no update source could provide the archive and the server fallback is off");
-                            self.refuse(entry, Code::E27, detail_text(tried.join("; ")))?;
-                        }
-                        Err(fetch::FetchError::Disk { path, err }) => {
-                            let params = Params {
-                                file: Some(path),
-                                detail: Some(err.to_string()),
-                                ..Params::default()
-                            };
-                            self.refuse(entry, Code::E06, params)?;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Step::Extract => match self.extract(entry) {
-                    Ok(_) => {
-                        let r = report(
-                            entry,
-                            Event::Transferred,
-                            Detail {
-                                source: Some(
-                                    std::fs::read_to_string(super::sources::source_path(
-                                        &self.work_dir(entry),
-                                    ))
-                                    .unwrap_or_else(|_| self.client.base().to_string()),
-                                ),
-                                ..Detail::default()
-                            },
-                        );
-                        self.queue(entry, r, Step::Execute { pgid: None })?;
-                    }
-                    Err(refusal) => {
-                        let (code, params) = *refusal;
-                        tracing::error!(delivery = %id, ?code, detail = ?params.detail, "archive refused");
-                        self.refuse(entry, code, params)?;
-                    }
-                },
-                Step::Execute { pgid } => {
-                    let v = if let Some(pg) = pgid {
-                        // Killed while installing: stop what is left of that run and start it
-                        // again from a payload verified again (installers are idempotent).
-                        tracing::warn!(delivery = %id, pgid = pg, "install was interrupted; running it again");
-                        exec::kill_group(pg);
-                        self.step(entry, Step::Execute { pgid: None })?;
-                        self.extract(entry)
-                    } else {
-                        self.extract_or_existing(entry)
-                    };
-                    let v = match v {
-                        Ok(v) => v,
-                        Err(refusal) => {
-                            let (code, params) = *refusal;
-                            self.refuse(entry, code, params)?;
-                            continue;
-                        }
-                    };
-                    self.execute(entry, &v).await?;
-                }
-                Step::Verify => {
-                    let Some(v) = self.signed_or_refuse(entry)? else {
-                        continue;
-                    };
-                    let ident = self.identify(&v.package).await?;
-                    let failing_rule = match ident.verdict {
-                        Verdict::Applied => None,
-                        _ => ident.failing_check().map(|c| c.check.clone()),
-                    };
-                    tracing::info!(delivery = %id, verdict = ?ident.verdict, "verified");
-                    let r = report(
-                        entry,
-                        Event::Verified {
-                            verdict: ident.verdict,
-                            failing_rule,
-                        },
-                        Detail {
-                            explanation: ident.explanation,
-                            ..Detail::default()
-                        },
-                    );
-                    self.queue(entry, r, Step::Done)?;
-                }
-                Step::RebootPending {
-                    boot_id: installed_in,
-                    reboot_requested,
-                    rebooted,
-                } => {
-                    if rebooted || boot_id() != installed_in {
-                        tracing::info!(delivery = %id, "restarted since the install; verifying");
-                        self.step(entry, Step::Verify)?;
-                        continue;
-                    }
-                    let never = self
-                        .signed_manifest(entry)
-                        .map(|v| v.package.reboot == RebootPolicy::Never)
-                        .unwrap_or(true);
-                    if reboot_requested && !never {
-                        if self.allow_real_reboot {
-                            tracing::warn!(delivery = %id, "restarting the machine as the server allowed");
-                            reboot_machine()?;
-                            return Ok(Progress::AwaitingReboot);
-                        }
-                        self.record_reboot(entry)?;
-                        if let Step::RebootPending { rebooted, .. } = &mut entry.step {
-                            *rebooted = true;
-                        }
-                        self.journal.save(entry)?;
-                        continue;
-                    }
-                    return Ok(Progress::AwaitingReboot);
-                }
-                Step::Done => {
-                    let dir = self.work_dir(entry);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)
-                            .map_err(|e| anyhow::anyhow!("cleaning {}: {e}", dir.display()))?;
-                    }
-                    self.journal.finish(entry)?;
-                    tracing::info!(delivery = %id, "delivery finished");
-                    return Ok(Progress::Finished);
-                }
-            }
+    fn clean(&self, work: &Work) -> Result<(), Stop> {
+        let dir = self.work_dir(work);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cleaning {}: {e}", dir.display()))?;
         }
-    }
-
-    /// The payload extracted by the Extract step, or extracted again if it is gone.
-    fn extract_or_existing(&self, entry: &Entry) -> Result<Verified, Refusal> {
-        let payload = self.work_dir(entry).join("payload");
-        if payload.is_dir() {
-            return self
-                .signed_manifest(entry)
-                .map_err(|e| Box::new((Code::E18, archive_code(&e).1)));
-        }
-        self.extract(entry)
-    }
-
-    async fn execute(&mut self, entry: &mut Entry, v: &Verified) -> Result<(), Interrupted> {
-        let payload = self.work_dir(entry).join("payload");
-        let pkg = &v.package;
-        let ctx = TemplateContext::new(
-            &v.manifest.package,
-            &payload.display().to_string(),
-            self.machine(),
-        );
-        let command = match render(&pkg.install.template, &ctx) {
-            Ok(c) => c,
-            Err(e) => {
-                let r = refused(
-                    entry,
-                    Code::E12,
-                    detail_text(format!("the install command cannot be rendered: {e}")),
-                );
-                return self.queue(entry, r, Step::Done);
-            }
-        };
-        let limit = entry
-            .work
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(pkg.install.timeout);
-        tracing::info!(delivery = %entry.work.delivery_id, %command, timeout = ?limit, "installing");
-        let outcome = match &mut self.endpoint {
-            Some(endpoint) => {
-                let (code, out) = endpoint.install(pkg, &payload)?;
-                exec::Outcome {
-                    exit: Exit::Code(code),
-                    output_tail: format!("$ {command}\n{out}"),
-                }
-            }
-            None => {
-                let journal = &self.journal;
-                let state = AgentState::Busy {
-                    delivery_id: entry.work.delivery_id.clone(),
-                    attempt: entry.work.attempt,
-                };
-                let run = exec::run(&command, &payload, limit, |pgid| {
-                    entry.step = Step::Execute { pgid: Some(pgid) };
-                    journal.save(entry)
-                });
-                tokio::select! {
-                    r = run => r?,
-                    never = heartbeat(&self.client, journal, state, self.heartbeat) => match never {},
-                }
-            }
-        };
-        self.installed_something = true;
-        let exit_code = match outcome.exit {
-            Exit::Code(c) => Some(c),
-            Exit::TimedOut => None,
-        };
-        let execution = crate::core::outcome::execution(pkg, exit_code);
-        tracing::info!(delivery = %entry.work.delivery_id, ?execution, "install finished");
-        let next = match execution {
-            Execution::Succeeded { .. } => Step::Verify,
-            Execution::RebootRequired { .. } => Step::RebootPending {
-                boot_id: boot_id(),
-                reboot_requested: false,
-                rebooted: false,
-            },
-            Execution::Failed { .. } | Execution::TimedOut => Step::Done,
-        };
-        let code = crate::core::outcome::execution_code(&execution);
-        let r = report(
-            entry,
-            Event::Executed { execution },
-            Detail {
-                code,
-                params: Params {
-                    package: Some(entry.work.package_id.clone()),
-                    exit_code,
-                    ..Params::default()
-                },
-                exit_code,
-                output_tail: Some(outcome.output_tail),
-                ..Detail::default()
-            },
-        );
-        self.queue(entry, r, next)
+        Ok(())
     }
 
     /// In tests (and unless real restarts are allowed) a restart is recorded, not performed.
-    fn record_reboot(&self, entry: &Entry) -> Result<(), Interrupted> {
+    fn record_reboot(&self, work: &Work) -> Result<Restart, Stop> {
         use std::io::Write;
         let path = self.root.reboots_log();
         let now = std::time::SystemTime::now()
@@ -604,7 +274,7 @@ impl Agent {
             .unwrap_or(0);
         let line = format!(
             "{now} reboot recorded for delivery {} attempt {} (package {})\n",
-            entry.work.delivery_id, entry.work.attempt, entry.work.package_id
+            work.delivery_id, work.attempt, work.package_id
         );
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -614,43 +284,179 @@ impl Agent {
         f.write_all(line.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-        tracing::warn!(delivery = %entry.work.delivery_id, log = %path.display(), "reboot recorded (not performed)");
-        Ok(())
+        tracing::warn!(delivery = %work.delivery_id, log = %path.display(), "reboot recorded (not performed)");
+        Ok(Restart::Recorded)
     }
 }
 
-/// While an install runs, tells the server every `every` that this machine is busy with
-/// it, so a long install is not taken for a lost agent. Work offered meanwhile is journaled
-/// and carried out after this delivery (one at a time).
-async fn heartbeat(
-    client: &Client,
-    journal: &Journal,
-    state: AgentState,
-    every: Duration,
-) -> std::convert::Infallible {
-    loop {
-        tokio::time::sleep(every).await;
-        let poll = Poll {
-            state: state.clone(),
-            wait_ms: 0,
-            ..Poll::default()
-        };
-        match client.poll(&poll).await {
-            Ok(PollResponse { work: Some(w), .. }) => {
-                // Never replace the journal entry of the install that is running.
-                if let AgentState::Busy { delivery_id, .. } = &state
-                    && *delivery_id == w.delivery_id
-                {
-                    continue;
-                }
-                if let Err(e) = super::service::accept(journal, w) {
-                    tracing::warn!(error = %e, "could not journal work offered during an install");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+/// This machine (Linux; Windows behind `cfg(windows)` in `facts` and `exec`).
+struct Local<'a> {
+    staging: Staging<'a>,
+    allow_real_reboot: bool,
+}
+
+impl runner::Target for Local<'_> {
+    async fn facts(&mut self, pkg: &Package) -> Result<Facts, Stop> {
+        let pkg = pkg.clone();
+        // Probes may take a while; keep the runtime free while they run.
+        Ok(tokio::task::spawn_blocking(move || {
+            let mut f: Facts = super::facts::machine();
+            super::facts::gather(&mut f, &queries(&pkg));
+            f
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("gathering facts failed: {e}"))?)
+    }
+
+    fn machine(&self) -> TemplateMachine {
+        let m = super::facts::machine();
+        TemplateMachine {
+            os: m.os,
+            arch: m.arch,
+            language: m.language,
+            hostname: sysinfo::System::host_name().unwrap_or_default(),
         }
     }
+
+    async fn free_space(&mut self) -> Result<u64, Stop> {
+        Ok(super::inventory::disk_of(&self.staging.root.0).1)
+    }
+
+    async fn fetch(&mut self, work: &Work) -> Result<(), Stop> {
+        self.staging.fetch(work).await
+    }
+
+    async fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        self.staging.extract(work, signed)?;
+        Ok(self.staging.source(work))
+    }
+
+    async fn payload(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        // Always from the archive again: the extracted files sat on disk, maybe across a
+        // restart, and are never trusted without their hashes.
+        self.staging.extract(work, signed)
+    }
+
+    fn kill_leftover(&mut self, pgid: i32) {
+        exec::kill_group(pgid);
+    }
+
+    async fn install(
+        &mut self,
+        _signed: &Verified,
+        command: &str,
+        payload: &str,
+        limit: Duration,
+        started: &mut (dyn FnMut(i32) -> anyhow::Result<()> + Send),
+    ) -> Result<Ran, Stop> {
+        self.staging.installed = true;
+        let outcome = exec::run(command, payload.as_ref(), limit, started).await?;
+        Ok(Ran {
+            exit: match outcome.exit {
+                Exit::Code(c) => Some(c),
+                Exit::TimedOut => None,
+            },
+            output: outcome.output_tail,
+        })
+    }
+
+    async fn boot_id(&mut self) -> String {
+        boot_id()
+    }
+
+    async fn restart(&mut self, work: &Work) -> Result<Restart, Stop> {
+        if !self.allow_real_reboot {
+            return self.staging.record_reboot(work);
+        }
+        tracing::warn!(delivery = %work.delivery_id, "restarting the machine as the server allowed");
+        reboot_machine()?;
+        Ok(Restart::Now)
+    }
+
+    async fn clean(&mut self, work: &Work) -> Result<(), Stop> {
+        self.staging.clean(work)
+    }
+}
+
+/// An emulated Windows endpoint (`agent::emulated`): its facts, disk and installer are the
+/// profile's; its content is staged and verified on this machine's disk like any other.
+struct Emulated<'a> {
+    staging: Staging<'a>,
+    endpoint: &'a mut Endpoint,
+}
+
+impl runner::Target for Emulated<'_> {
+    async fn facts(&mut self, pkg: &Package) -> Result<Facts, Stop> {
+        let mut f = self.endpoint.machine();
+        self.endpoint.gather(&mut f, &queries(pkg));
+        Ok(f)
+    }
+
+    fn machine(&self) -> TemplateMachine {
+        let p = &self.endpoint.profile;
+        TemplateMachine {
+            os: p.os.clone(),
+            arch: p.arch.clone(),
+            language: p.language.clone(),
+            hostname: p.hostname.clone(),
+        }
+    }
+
+    async fn free_space(&mut self) -> Result<u64, Stop> {
+        Ok(self.endpoint.profile.free_disk_bytes)
+    }
+
+    async fn fetch(&mut self, work: &Work) -> Result<(), Stop> {
+        self.staging.fetch(work).await
+    }
+
+    async fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        self.staging.extract(work, signed)?;
+        Ok(self.staging.source(work))
+    }
+
+    async fn payload(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        self.staging.extract(work, signed)
+    }
+
+    fn kill_leftover(&mut self, _pgid: i32) {}
+
+    async fn install(
+        &mut self,
+        signed: &Verified,
+        _command: &str,
+        payload: &str,
+        _limit: Duration,
+        _started: &mut (dyn FnMut(i32) -> anyhow::Result<()> + Send),
+    ) -> Result<Ran, Stop> {
+        self.staging.installed = true;
+        // The emulated installer reads its behaviour from the verified payload; the package
+        // definition only says which exit codes mean success.
+        let (code, output) = self.endpoint.install(&signed.package, payload.as_ref())?;
+        Ok(Ran {
+            exit: Some(code),
+            output,
+        })
+    }
+
+    async fn boot_id(&mut self) -> String {
+        boot_id()
+    }
+
+    async fn restart(&mut self, work: &Work) -> Result<Restart, Stop> {
+        self.staging.record_reboot(work)
+    }
+
+    async fn clean(&mut self, work: &Work) -> Result<(), Stop> {
+        self.staging.clean(work)
+    }
+}
+
+/// The identity of the current boot: changes with every restart.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| sysinfo::System::boot_time().unwrap_or(0).to_string())
 }
 
 fn reboot_machine() -> anyhow::Result<()> {

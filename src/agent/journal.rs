@@ -9,75 +9,13 @@
 //! item for the same delivery and attempt is not executed twice.
 
 use super::config::write_atomic;
-use crate::transport::protocol::{Report, Work};
+pub use crate::core::pipeline::Step;
+pub use crate::runner::Entry;
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// How many finished deliveries are remembered.
 const DONE_KEPT: usize = 500;
-
-/// The step a delivery is at: the step that is about to run (or was running when the agent stopped).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum Step {
-    Probe,
-    Disk,
-    Fetch,
-    Extract,
-    /// `pgid`: the install's process group once started; found at restart, it is killed and
-    /// the install runs again from a freshly verified payload.
-    Execute {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pgid: Option<i32>,
-    },
-    Verify,
-    /// Waiting for the restart the install asked for. `boot_id` is the boot it was installed
-    /// in; `reboot_requested`: the server allowed the agent to restart; `rebooted`: a restart
-    /// was recorded (tests) or observed.
-    RebootPending {
-        boot_id: String,
-        #[serde(default)]
-        reboot_requested: bool,
-        #[serde(default)]
-        rebooted: bool,
-    },
-    Done,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    pub work: Work,
-    pub step: Step,
-    /// The `seq` of the next report.
-    pub next_seq: u32,
-    /// Reports queued but not yet acknowledged, in order.
-    #[serde(default)]
-    pub outbox: Vec<Report>,
-}
-
-impl Entry {
-    pub fn new(work: Work) -> Entry {
-        Entry {
-            work,
-            step: Step::Probe,
-            next_seq: 1,
-            outbox: Vec::new(),
-        }
-    }
-
-    pub fn key(&self) -> String {
-        key(&self.work.delivery_id, self.work.attempt)
-    }
-
-    /// Queues a report and moves to `next` (the caller saves the entry: one write for both).
-    pub fn queue(&mut self, mut report: Report, next: Step) {
-        report.seq = self.next_seq;
-        self.next_seq += 1;
-        self.outbox.push(report);
-        self.step = next;
-    }
-}
 
 fn key(delivery_id: &str, attempt: u32) -> String {
     format!("{delivery_id}#{attempt}")
@@ -172,7 +110,7 @@ impl Journal {
     /// between leaves an entry that is known to be done, never a lost one).
     pub fn finish(&self, entry: &Entry) -> Result<()> {
         let mut done = self.done_list();
-        let k = entry.key();
+        let k = key(&entry.work.delivery_id, entry.work.attempt);
         if !done.contains(&k) {
             done.push(k);
         }

@@ -4,7 +4,7 @@
 pub mod delivery;
 pub mod errors;
 pub mod identify;
-pub mod outcome;
+pub mod pipeline;
 pub mod schedule;
 pub mod sources;
 pub mod versions;

@@ -22,8 +22,8 @@
 //! delivery again.
 
 use crate::core::delivery::{Event, Policy};
-use crate::core::errors::{Code, Params};
-use crate::core::identify::Check;
+use crate::core::errors::Code;
+pub use crate::core::pipeline::Detail;
 use crate::model::types::Sha256;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -177,26 +177,6 @@ pub struct Report {
     pub event: Event,
     #[serde(default)]
     pub detail: Detail,
-}
-
-/// What results show beside the state: figures, exit code, output, explanation.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Detail {
-    /// The code the agent raised, with the figures its message needs (E06: free and required).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<Code>,
-    #[serde(default)]
-    pub params: Params,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// The last 64 KiB of the install command's output (stdout and stderr interleaved).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_tail: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub explanation: Vec<Check>,
-    /// Where the content came from (server, relay, URL, share).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
