@@ -1,16 +1,25 @@
-//! Emulated Windows endpoints (a profile under the agent's root): a Windows Server 2008
-//! Japanese machine receives a HotFix identified by its KB number; a service pack that asks
-//! for a restart; a file-version HotFix whose PE payload replaces the file its rule names.
+//! Emulated Windows endpoints (a profile under the agent's root, the installer's behaviour
+//! in the payload's `emulated-installer.yaml`): a Windows Server 2008 Japanese machine
+//! receives a HotFix identified by its KB number; a service pack that asks for a restart; a
+//! file-version HotFix whose installer replaces the file its rule names; and, with the real
+//! server, a package whose MS number is wrong loops until the breaker names the MS check.
 
 #[path = "common/agent_harness.rs"]
 mod agent_harness;
 #[path = "common/scripted_server.rs"]
 mod scripted_server;
+#[path = "common/server_harness.rs"]
+mod server_harness;
 
 use agent_harness::*;
 use patchcast::agent::emulated::Profile;
+use patchcast::core::delivery::State;
+use patchcast::core::errors::Code;
+use patchcast::transport::admin_api::ResultsQuery;
 use scripted_server::Scripted;
+use server_harness::{Backend, TestServer, scenario};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn sample(name: &str, out: &Path) -> Built {
     build_dir(
@@ -241,4 +250,89 @@ async fn a_pe_payload_replaces_the_file_its_rule_names() {
         std::fs::read(original).unwrap()
     );
     assert!(!root.join("fs/C/Windows").exists());
+}
+
+/// DeploymentManager's FAQ Q2, "the MS number is wrong", with the real server and a real
+/// agent: the installer (its description in the payload) registers MS10-046 and KB2286198,
+/// the package identifies the HotFix by MS10-064. Every run exits 0 and never verifies, so
+/// the loop breaker stops the delivery with E24 naming the MS10-064 check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ms_number_loops_until_the_breaker_names_the_ms_check() {
+    let server = TestServer::start(Backend::Sqlite, &["--poll", "1s"])
+        .await
+        .unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/kb2286198-ws2008-wrong-ms");
+    let o = server.cli(&[
+        "package",
+        "publish",
+        dir.to_str().unwrap(),
+        "--key",
+        server.key.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "publish: {o:?}");
+    let token = server.group_token("wrong-ms").await;
+    let mut agent = AgentProc::new(&server.path().join("agents/ws2008-ja"));
+    std::fs::write(agent.root.join("endpoint.yaml"), WS2008_JA).unwrap();
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "{out}");
+    agent.start();
+
+    let admin = server.admin();
+    let s = scenario("wrong-ms", "wrong-ms", &["kb2286198-ws2008-wrong-ms"]);
+    let id = admin.run_scenario(&s).await.unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = admin.status(&id, "en").await;
+        if st.as_ref().is_ok_and(|st| st.done) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scenario did not finish: {st:#?}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let rows = admin
+        .results(&ResultsQuery {
+            scenario: Some(id.clone()),
+            history: true,
+            lang: "en".into(),
+            ..ResultsQuery::default()
+        })
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let r = &rows[0];
+    let State::LoopDetected { rule } = &r.state else {
+        panic!("expected loop_detected: {r:#?}\n{}", agent.log());
+    };
+    assert_eq!(rule, "MS10-064 in the installed-update list", "{r:#?}");
+    assert_eq!(r.last_code, Some(Code::E24), "{r:#?}");
+    assert_eq!(r.unverified_runs, 3, "{r:#?}");
+    let runs = r
+        .history
+        .iter()
+        .filter(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("executed"))
+        .count();
+    assert_eq!(
+        runs, 3,
+        "three installs, then the breaker: {:#?}",
+        r.history
+    );
+    let rendered = r.rendered.as_ref().expect("E24 rendered");
+    assert!(
+        format!("{} {}", rendered.message, rendered.remedy).contains("MS10-064"),
+        "{rendered:?}"
+    );
+    // The installer did what its description says, whatever the package claims.
+    let p = profile(&agent.root);
+    assert!(
+        p.installed_updates.iter().any(|u| u == "MS10-046")
+            && p.installed_updates.iter().any(|u| u == "KB2286198")
+            && !p.installed_updates.iter().any(|u| u == "MS10-064"),
+        "{p:?}"
+    );
 }

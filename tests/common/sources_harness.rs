@@ -67,27 +67,39 @@ pub fn hotfix(dir: &Path, id: &str, kb: &str) -> PathBuf {
     let d = dir.join(id);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("fix.txt"), format!("payload of {id}\n")).unwrap();
+    // What the emulated installer does (src/agent/emulated.rs): registers the KB.
+    std::fs::write(
+        d.join("emulated-installer.yaml"),
+        format!("updates: [{kb}]\n"),
+    )
+    .unwrap();
     std::fs::write(
         d.join("package.yaml"),
         format!(
-            "id: {id}\nkind: hotfix\ntitle: test hotfix {id}\nversion: \"1.0\"\nkb: {kb}\ntargets:\n  - {{ os: windows-server-2008, arch: x86 }}\npayload: [fix.txt]\ninstall:\n  command: 'install {{{{payload.0}}}}'\n  timeout: 5m\n"
+            "id: {id}\nkind: hotfix\ntitle: test hotfix {id}\nversion: \"1.0\"\nkb: {kb}\ntargets:\n  - {{ os: windows-server-2008, arch: x86 }}\npayload: [fix.txt, emulated-installer.yaml]\ninstall:\n  command: 'install {{{{payload.0}}}}'\n  timeout: 5m\n"
         ),
     )
     .unwrap();
     d
 }
 
-/// An application ("components"), applied when the emulated install puts its PE file in place.
+/// An application ("components"), applied when the emulated installer puts its DLL in place.
 pub fn application(dir: &Path, id: &str) -> PathBuf {
     let d = dir.join(id);
     std::fs::create_dir_all(&d).unwrap();
     let dll = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packages/kb981550-ws2008-fileversion/pcsample.dll");
     std::fs::copy(dll, d.join("pcsample.dll")).unwrap();
+    // What the emulated installer does (src/agent/emulated.rs): puts the DLL in place.
+    std::fs::write(
+        d.join("emulated-installer.yaml"),
+        "files:\n  pcsample.dll: '%SystemRoot%\\System32\\pcsample.dll'\n",
+    )
+    .unwrap();
     std::fs::write(
         d.join("package.yaml"),
         format!(
-            "id: {id}\nkind: application\ntitle: test application {id}\nversion: \"1.0\"\ntargets:\n  - {{ os: windows-server-2008, arch: x86 }}\nidentification:\n  - file: '%SystemRoot%\\System32\\pcsample.dll'\n    change: version_up\n    version: 6.0.6002.18287\npayload: [pcsample.dll]\ninstall:\n  command: 'copy {{{{payload.0}}}}'\n  timeout: 5m\n"
+            "id: {id}\nkind: application\ntitle: test application {id}\nversion: \"1.0\"\ntargets:\n  - {{ os: windows-server-2008, arch: x86 }}\nidentification:\n  - file: '%SystemRoot%\\System32\\pcsample.dll'\n    change: version_up\n    version: 6.0.6002.18287\npayload: [pcsample.dll, emulated-installer.yaml]\ninstall:\n  command: 'copy {{{{payload.0}}}}'\n  timeout: 5m\n"
         ),
     )
     .unwrap();
