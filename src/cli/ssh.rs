@@ -192,8 +192,12 @@ pub async fn install_agent(a: InstallArgs) -> Result<Installed> {
     let agent = format!("{dir}/bin/patchcast-agent");
     let size = std::fs::metadata(&binary)?.len();
     let bar = super::progress::bytes(size, "uploading patchcast-agent", a.json);
-    s.upload(&binary, &format!("{agent}.new"), |n| bar.set_position(n))
-        .await?;
+    s.upload(
+        &[],
+        &[(binary.clone(), format!("{agent}.new"), 0o600)],
+        |n| bar.set_position(n),
+    )
+    .await?;
     bar.finish_and_clear();
     s.run(
         "installing the agent binary",

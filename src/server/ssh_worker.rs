@@ -18,7 +18,7 @@ use crate::core::identify::{Facts, queries};
 use crate::core::pipeline::{self, Refusal, Step};
 use crate::model::package::Package;
 use crate::model::template::TemplateMachine;
-use crate::pack::archive::Verified;
+use crate::pack::archive::{self, Verified};
 use crate::runner::{self, Entry, Interrupted, Ran, Reporter, Restart, Stop};
 use crate::ssh::facts::{self, Host};
 use crate::ssh::session::{Finished, Session, SshError};
@@ -185,6 +185,15 @@ struct SshHost<'a> {
 }
 
 impl SshHost<'_> {
+    /// Where the server extracts the payload it writes to the host.
+    fn staging(&self, work: &Work) -> PathBuf {
+        self.server
+            .ssh
+            .data
+            .join("ssh-staging")
+            .join(&work.delivery_id)
+    }
+
     fn dir(&self) -> Result<&str, Stop> {
         self.workdir.as_deref().ok_or_else(|| {
             Stop::from(anyhow::anyhow!(
@@ -238,10 +247,11 @@ impl runner::Target for SshHost<'_> {
         }
     }
 
+    /// A private work directory on the host, and the payload extracted and verified again
+    /// on the server (from the content store, against the trusted keys).
     async fn fetch(&mut self, work: &Work) -> Result<(), Stop> {
-        let s = self.session;
-        // A private work directory (mktemp -d: mode 0700, fresh name).
-        let made = s
+        let made = self
+            .session
             .exec(&format!(
                 "mktemp -d {}/patchcast.XXXXXXXX",
                 shell_quote(self.m.work_dir.trim_end_matches('/'))
@@ -251,7 +261,7 @@ impl runner::Target for SshHost<'_> {
         let dir = made.stdout_text().trim().to_string();
         if !made.success() || !dir.starts_with('/') {
             return Err(Refusal::detail(
-                Code::E06,
+                Code::E07,
                 format!(
                     "creating a work directory under {}: {}",
                     self.m.work_dir,
@@ -260,73 +270,124 @@ impl runner::Target for SshHost<'_> {
             )
             .into());
         }
-        self.workdir = Some(dir.clone());
-        // Transfer, then the far side's hash against the content address.
-        let local = self.server.store.path_of(&work.archive_sha256);
-        let remote = format!("{dir}/archive.pcpkg");
-        if let Err(e) = s.upload(&local, &remote, |_| {}).await {
+        self.workdir = Some(dir);
+        let archive = self.server.store.path_of(&work.archive_sha256);
+        let staging = self.staging(work);
+        let trusted = self.server.trusted.clone();
+        let extracted = tokio::task::spawn_blocking(move || {
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging)?;
+            }
+            std::fs::create_dir_all(staging.parent().unwrap_or(&staging))?;
+            let file = std::fs::File::open(&archive)?;
+            archive::extract(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                &trusted,
+                &staging,
+            )
+            .map_err(|e| {
+                std::io::Error::other(
+                    runner::archive_refusal(&e)
+                        .params
+                        .detail
+                        .unwrap_or_default(),
+                )
+            })
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("extracting on the server: {e}"))?;
+        extracted.map_err(|e| {
+            // The content store holds only archives verified at publish: this is the
+            // server's own trouble (a damaged or missing store file).
+            Refusal::detail(Code::E01, format!("preparing {}: {e}", work.archive_sha256))
+        })?;
+        Ok(())
+    }
+
+    /// Writes each verified file over SFTP (never through the host's tar), then has the host
+    /// hash what landed against the signed manifest.
+    async fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        let payload = format!("{}/payload", self.dir()?);
+        let staging = self.staging(work);
+        let mut dirs = vec![payload.clone()];
+        let mut files = Vec::new();
+        for f in &signed.manifest.files {
+            let mut parent = String::new();
+            for part in f
+                .path
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map_or(&[][..], |(_, p)| p)
+            {
+                parent = if parent.is_empty() {
+                    (*part).to_string()
+                } else {
+                    format!("{parent}/{part}")
+                };
+                let d = format!("{payload}/{parent}");
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+            let mode = if f.executable { 0o755 } else { 0o644 };
+            files.push((staging.join(&f.path), format!("{payload}/{}", f.path), mode));
+        }
+        if let Err(e) = self.session.upload(&dirs, &files, |_| {}).await {
             return Err(Refusal::new(
                 Code::E10,
                 Params {
-                    file: Some(remote),
+                    file: Some(payload),
                     detail: Some(e.to_string()),
                     ..Params::default()
                 },
             )
             .into());
         }
-        let sum = s
-            .exec(&format!("sha256sum {}", shell_quote(&remote)))
-            .await
-            .map_err(refusal)?;
-        let got = sum
-            .stdout_text()
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if got != work.archive_sha256.hex() {
-            return Err(Refusal::new(
-                Code::E19,
-                Params {
-                    file: Some(remote),
-                    detail: Some(format!(
-                        "the uploaded archive hashes to `{got}` on the host, not {}",
-                        work.archive_sha256
-                    )),
-                    ..Params::default()
-                },
-            )
-            .into());
-        }
-        Ok(())
-    }
-
-    async fn extract(&mut self, _work: &Work, _signed: &Verified) -> Result<String, Stop> {
-        let dir = self.dir()?.to_string();
-        let q = |p: &str| shell_quote(&format!("{dir}/{p}"));
-        let x = self
+        let names: Vec<String> = signed
+            .manifest
+            .files
+            .iter()
+            .map(|f| shell_quote(&f.path))
+            .collect();
+        let sums = self
             .session
             .exec(&format!(
-                "mkdir {x} && tar -xf {a} -C {x} --no-same-owner && rm -f {a}",
-                x = q("x"),
-                a = q("archive.pcpkg")
+                "cd {} && sha256sum -- {}",
+                shell_quote(&payload),
+                names.join(" ")
             ))
             .await
             .map_err(refusal)?;
-        if !x.success() {
-            return Err(Refusal::detail(
-                Code::E12,
-                format!("extracting the archive on the host: {}", x.stderr_text()),
-            )
-            .into());
+        let text = sums.stdout_text();
+        let landed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        for (i, f) in signed.manifest.files.iter().enumerate() {
+            if landed.get(i) != Some(&f.sha256.hex().as_str()) {
+                return Err(Refusal::new(
+                    Code::E19,
+                    Params {
+                        file: Some(format!("{payload}/{}", f.path)),
+                        detail: Some(format!(
+                            "the file hashes to `{}` on the host, not the signed {}",
+                            landed.get(i).unwrap_or(&"nothing"),
+                            f.sha256
+                        )),
+                        ..Params::default()
+                    },
+                )
+                .into());
+            }
         }
+        let _ = std::fs::remove_dir_all(&staging);
         Ok(format!("ssh://{} (sftp)", self.m.access.target))
     }
 
     async fn payload(&mut self, _work: &Work, _signed: &Verified) -> Result<String, Stop> {
-        // Extracted in this same session, from bytes whose hash the host confirmed.
-        Ok(format!("{}/x/payload", self.dir()?))
+        // Written in this same session, each file's hash confirmed by the host.
+        Ok(format!("{}/payload", self.dir()?))
     }
 
     fn kill_leftover(&mut self, _pgid: i32) {}
@@ -385,7 +446,8 @@ impl runner::Target for SshHost<'_> {
         Ok(Restart::Unsupported)
     }
 
-    async fn clean(&mut self, _work: &Work) -> Result<(), Stop> {
+    async fn clean(&mut self, work: &Work) -> Result<(), Stop> {
+        let _ = std::fs::remove_dir_all(self.staging(work));
         if let Some(dir) = self.workdir.take()
             && let Err(e) = self
                 .session

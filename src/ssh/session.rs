@@ -10,7 +10,7 @@ use crate::core::errors::Code;
 use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -331,10 +331,13 @@ impl Session {
 
     /// Uploads `local` to `remote` over SFTP (created or truncated, mode 0600 before any byte
     /// is written), calling `progress` with the bytes sent so far.
+    /// Writes local files to the host over one SFTP session: each `(local, remote, mode)`,
+    /// creating `dirs` first (in order, parents before children). The host's own tools never
+    /// touch the content, so what lands is exactly what the server verified.
     pub async fn upload(
         &self,
-        local: &Path,
-        remote: &str,
+        dirs: &[String],
+        files: &[(PathBuf, String, u32)],
         mut progress: impl FnMut(u64),
     ) -> Result<u64, SshError> {
         use russh_sftp::client::SftpSession;
@@ -351,40 +354,47 @@ impl Session {
         let sftp = SftpSession::new(ch.into_stream())
             .await
             .map_err(|e| self.channel_err("starting SFTP", e))?;
-        let attrs = FileAttributes {
-            permissions: Some(0o600),
-            ..FileAttributes::empty()
-        };
-        let mut file = sftp
-            .open_with_flags_and_attributes(
-                remote,
-                OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
-                attrs,
-            )
-            .await
-            .map_err(|e| self.channel_err(&format!("creating {remote}"), e))?;
-        let mut src = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| self.channel_err(&format!("opening {}", local.display()), e))?;
+        for dir in dirs {
+            sftp.create_dir(dir.as_str())
+                .await
+                .map_err(|e| self.channel_err(&format!("creating {dir}"), e))?;
+        }
         let mut buf = vec![0u8; 255 * 1024];
         let mut sent = 0u64;
-        loop {
-            let n = src
-                .read(&mut buf)
+        for (local, remote, mode) in files {
+            let attrs = FileAttributes {
+                permissions: Some(*mode),
+                ..FileAttributes::empty()
+            };
+            let mut file = sftp
+                .open_with_flags_and_attributes(
+                    remote.as_str(),
+                    OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
+                    attrs,
+                )
                 .await
-                .map_err(|e| self.channel_err(&format!("reading {}", local.display()), e))?;
-            if n == 0 {
-                break;
+                .map_err(|e| self.channel_err(&format!("creating {remote}"), e))?;
+            let mut src = tokio::fs::File::open(local)
+                .await
+                .map_err(|e| self.channel_err(&format!("opening {}", local.display()), e))?;
+            loop {
+                let n = src
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| self.channel_err(&format!("reading {}", local.display()), e))?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| self.channel_err(&format!("writing {remote}"), e))?;
+                sent += n as u64;
+                progress(sent);
             }
-            file.write_all(&buf[..n])
+            file.shutdown()
                 .await
-                .map_err(|e| self.channel_err(&format!("writing {remote}"), e))?;
-            sent += n as u64;
-            progress(sent);
+                .map_err(|e| self.channel_err(&format!("closing {remote}"), e))?;
         }
-        file.shutdown()
-            .await
-            .map_err(|e| self.channel_err(&format!("closing {remote}"), e))?;
         let _ = sftp.close().await;
         Ok(sent)
     }
