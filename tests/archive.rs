@@ -136,7 +136,7 @@ fn raw_entry(
     link: Option<&[u8]>,
     data: &[u8],
 ) {
-    let mut h = tar::Header::new_old();
+    let mut h = tar::Header::new_gnu();
     h.as_old_mut().name[..name.len()].copy_from_slice(name);
     if let Some(l) = link {
         h.as_old_mut().linkname[..l.len()].copy_from_slice(l);

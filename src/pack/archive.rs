@@ -240,32 +240,94 @@ pub fn build(
     })
 }
 
-fn entry_path(entry: &tar::Entry<impl Read>) -> Result<String, VerifyError> {
-    let raw = entry.path_bytes();
-    let path = String::from_utf8(raw.to_vec()).map_err(|_| VerifyError::UnsafeEntry {
-        path: String::from_utf8_lossy(&raw).into_owned(),
-        why: "the name is not UTF-8".into(),
-    })?;
-    let kind = entry.header().entry_type();
-    if !kind.is_file() {
-        let what = match kind {
-            tar::EntryType::Symlink => "a symbolic link",
-            tar::EntryType::Link => "a hard link",
-            tar::EntryType::Char | tar::EntryType::Block => "a device file",
-            tar::EntryType::Fifo => "a FIFO",
-            tar::EntryType::Directory => "a directory entry",
-            _ => "not a regular file",
+/// Largest GNU long-name entry accepted (a path, NUL-terminated).
+const MAX_LONG_NAME: u64 = 4096;
+/// Largest run of zero bytes accepted after the end marker (tar writers pad to 10 KiB records).
+const MAX_END_PADDING: u64 = 10240;
+
+/// The next member in the one header form the builder writes: a GNU header for a regular
+/// file with mode 0644 or 0755, preceded by a GNU long-name entry when its path is long.
+/// PAX and every other extension are refused: they are outside the signature, and readers
+/// disagree about them (which name wins, sparse maps, set-id bits).
+fn next_member<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+    what: &str,
+) -> Result<(String, tar::Entry<'a, R>), VerifyError> {
+    let mut long_name: Option<Vec<u8>> = None;
+    loop {
+        let mut e = match entries.next() {
+            Some(e) => e.map_err(|e| {
+                VerifyError::Structure(format!("unreadable entry where {what} was expected: {e}"))
+            })?,
+            None => return Err(VerifyError::Truncated(format!("{what} is missing"))),
         };
-        return Err(VerifyError::UnsafeEntry {
-            path,
-            why: format!("{what}; package archives hold regular files only"),
-        });
+        let kind = e.header().entry_type();
+
+        if kind == tar::EntryType::GNULongName
+            && long_name.is_none()
+            && e.header().as_gnu().is_some()
+        {
+            if e.size() > MAX_LONG_NAME {
+                return Err(VerifyError::Structure(format!(
+                    "a long name of {} bytes",
+                    e.size()
+                )));
+            }
+            let mut name = Vec::new();
+            e.read_to_end(&mut name)?;
+            while name.last() == Some(&0) {
+                name.pop();
+            }
+            long_name = Some(name);
+            continue;
+        }
+        let raw = long_name
+            .take()
+            .unwrap_or_else(|| e.path_bytes().into_owned());
+        let path = String::from_utf8(raw).map_err(|e| VerifyError::UnsafeEntry {
+            path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            why: "the name is not UTF-8".into(),
+        })?;
+        if kind != tar::EntryType::Regular {
+            let what = match kind {
+                tar::EntryType::Symlink => "a symbolic link",
+                tar::EntryType::Link => "a hard link",
+                tar::EntryType::Char | tar::EntryType::Block => "a device file",
+                tar::EntryType::Fifo => "a FIFO",
+                tar::EntryType::Directory => "a directory entry",
+                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => "a PAX extension header",
+                tar::EntryType::GNUSparse => "a sparse file",
+                tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
+                    "a second long-name entry"
+                }
+                _ => "not a regular file",
+            };
+            return Err(VerifyError::UnsafeEntry {
+                path,
+                why: format!("{what}; package archives hold regular files only"),
+            });
+        }
+        let mode = e
+            .header()
+            .mode()
+            .map_err(|e| VerifyError::Structure(e.to_string()))?;
+        if mode != 0o644 && mode != 0o755 {
+            return Err(VerifyError::UnsafeEntry {
+                path,
+                why: format!("mode {mode:o}; package archives hold files of mode 644 or 755 only"),
+            });
+        }
+        check_relative_path(&path).map_err(|why| VerifyError::UnsafeEntry {
+            path: path.clone(),
+            why: why.to_string(),
+        })?;
+        if e.header().as_gnu().is_none() {
+            return Err(VerifyError::Structure(format!(
+                "the entry where {what} was expected is not in the GNU header form patchcast writes"
+            )));
+        }
+        return Ok((path, e));
     }
-    check_relative_path(&path).map_err(|why| VerifyError::UnsafeEntry {
-        path: path.clone(),
-        why: why.to_string(),
-    })?;
-    Ok(path)
 }
 
 fn read_meta(entry: &mut tar::Entry<impl Read>, name: &str) -> Result<Vec<u8>, VerifyError> {
@@ -480,18 +542,34 @@ fn read_archive(
     sink: &mut dyn Sink,
 ) -> Result<Verified, VerifyError> {
     let mut archive = tar::Archive::new(r);
-    let mut entries = archive.entries()?;
-    let mut next = |what: &str| -> Result<tar::Entry<_>, VerifyError> {
-        match entries.next() {
-            Some(e) => Ok(e.map_err(|e| {
-                VerifyError::Structure(format!("unreadable entry where {what} was expected: {e}"))
-            })?),
-            None => Err(VerifyError::Truncated(format!("{what} is missing"))),
-        }
-    };
+    let signed = read_members(&mut archive, trusted, sink)?;
+    // The end marker's first block ended the entries; what follows may only be its zeros.
+    let mut rest = archive.into_inner().take(MAX_END_PADDING + 1);
+    let mut tail = Vec::new();
+    rest.read_to_end(&mut tail)?;
+    if tail.len() as u64 > MAX_END_PADDING || tail.iter().any(|b| *b != 0) {
+        return Err(VerifyError::Structure(
+            "data after the archive's end marker".into(),
+        ));
+    }
+    let (manifest, package, digest, key_id) = signed;
+    sink.commit()?;
+    Ok(Verified {
+        manifest,
+        package,
+        manifest_sha256: digest,
+        key_id,
+    })
+}
 
-    let mut m = next(MANIFEST)?;
-    let name = entry_path(&m)?;
+/// Reads the manifest, signature and payload members, each in the builder's header form.
+fn read_members<R: Read>(
+    archive: &mut tar::Archive<R>,
+    trusted: &[VerifyingKey],
+    sink: &mut dyn Sink,
+) -> Result<(Manifest, Package, Sha256, String), VerifyError> {
+    let mut entries = archive.entries()?.raw(true);
+    let (name, mut m) = next_member(&mut entries, MANIFEST)?;
     if name != MANIFEST {
         return Err(VerifyError::Structure(format!(
             "the first entry is `{name}`, expected {MANIFEST}"
@@ -499,8 +577,7 @@ fn read_archive(
     }
     let manifest_bytes = read_meta(&mut m, MANIFEST)?;
     drop(m);
-    let mut s = next(SIGNATURE)?;
-    let name = entry_path(&s)?;
+    let (name, mut s) = next_member(&mut entries, SIGNATURE)?;
     if name != SIGNATURE {
         return Err(VerifyError::Structure(format!(
             "the second entry is `{name}`, expected {SIGNATURE}"
@@ -509,16 +586,20 @@ fn read_archive(
     let sig_bytes = read_meta(&mut s, SIGNATURE)?;
     drop(s);
 
-    let (manifest, package, digest, key_id) = check_signed(&manifest_bytes, &sig_bytes, trusted)?;
-
-    for fe in &manifest.files {
-        let mut e = next(&format!("payload/{}", fe.path))?;
-        let name = entry_path(&e)?;
+    let signed = check_signed(&manifest_bytes, &sig_bytes, trusted)?;
+    for fe in &signed.0.files {
         let expected = format!("payload/{}", fe.path);
+        let (name, mut e) = next_member(&mut entries, &expected)?;
         if name != expected {
             return Err(VerifyError::Structure(format!(
                 "entry `{name}` found where `{expected}` was expected"
             )));
+        }
+        if (e.header().mode().ok() == Some(0o755)) != fe.executable {
+            return Err(VerifyError::Tampered {
+                path: fe.path.clone(),
+                why: "its mode differs from the signed executable bit".into(),
+            });
         }
         if e.size() != fe.size {
             return Err(VerifyError::Tampered {
@@ -555,17 +636,144 @@ fn read_archive(
     if let Some(extra) = entries.next() {
         let what = extra
             .ok()
-            .and_then(|e| entry_path(&e).ok())
+            .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
             .unwrap_or_else(|| "an unreadable entry".into());
         return Err(VerifyError::Structure(format!(
             "unexpected entry `{what}` after the payload"
         )));
     }
-    sink.commit()?;
-    Ok(Verified {
-        manifest,
-        package,
-        manifest_sha256: digest,
-        key_id,
-    })
+    Ok(signed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signed archive of two payload files, one with a path longer than a tar header holds.
+    fn signed() -> (Vec<u8>, SigningKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}/b.sh", "d".repeat(120));
+        std::fs::write(dir.path().join("a.sh"), b"echo a\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("d".repeat(120))).unwrap();
+        std::fs::write(dir.path().join(&long), b"echo b\n").unwrap();
+        let yaml = format!(
+            "id: t\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\nidentification: [{{ probe: 'true' }}]\npayload: [a.sh, '{long}']\ninstall: {{ command: 'sh {{{{payload.0}}}}' }}\n"
+        );
+        let raw: RawPackage = serde_saphyr::from_str(&yaml).unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let out = dir.path().join("out.pcpkg");
+        build(dir.path(), &raw, &key, &out, |_| {}).unwrap();
+        (std::fs::read(out).unwrap(), key)
+    }
+
+    fn check(bytes: &[u8], key: &SigningKey) -> Result<Verified, VerifyError> {
+        verify_reader(bytes, &[key.verifying_key()])
+    }
+
+    /// Rewrites the archive member by member (raw headers, long-name entries included),
+    /// letting `edit` change each header or add members before it.
+    fn reheader(
+        bytes: &[u8],
+        mut edit: impl FnMut(&mut tar::Header, &mut tar::Builder<Vec<u8>>),
+    ) -> Vec<u8> {
+        let mut out = tar::Builder::new(Vec::new());
+        let mut a = tar::Archive::new(bytes);
+        for e in a.entries().unwrap().raw(true) {
+            let mut e = e.unwrap();
+            let mut h = e.header().clone();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            edit(&mut h, &mut out);
+            h.set_cksum();
+            out.append(&h, &data[..]).unwrap();
+        }
+        out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_builders_own_form_verifies_long_names_included() {
+        let (bytes, key) = signed();
+        let v = check(&bytes, &key).unwrap();
+        assert_eq!(v.manifest.files[1].path.len(), 125);
+        // A faithful member-by-member copy is still the same archive.
+        assert!(check(&reheader(&bytes, |_, _| {}), &key).is_ok());
+    }
+
+    #[test]
+    fn regression_tar_metadata_outside_the_signature_is_refused() {
+        let (bytes, key) = signed();
+        // A PAX path header in front of a payload member (GNU tar and the tar crate
+        // disagree about which name wins).
+        let mut first = true;
+        let pax = reheader(&bytes, |h, out| {
+            if h.path_bytes().starts_with(b"payload/a.sh") && std::mem::take(&mut first) {
+                out.append_pax_extensions([("path", b"payload/evil".as_slice())])
+                    .unwrap();
+            }
+        });
+        let e = check(&pax, &key).unwrap_err();
+        assert!(e.to_string().contains("PAX"), "{e}");
+        // Set-id and sticky bits on a payload file.
+        let setuid = reheader(&bytes, |h, _| {
+            if h.path_bytes().starts_with(b"payload/a.sh") {
+                h.set_mode(0o7777);
+            }
+        });
+        let e = check(&setuid, &key).unwrap_err();
+        assert!(e.to_string().contains("mode 7777"), "{e}");
+        // The executable bit must be the signed one.
+        let exec = reheader(&bytes, |h, _| {
+            if h.path_bytes().starts_with(b"payload/a.sh") {
+                h.set_mode(0o755);
+            }
+        });
+        assert!(matches!(
+            check(&exec, &key),
+            Err(VerifyError::Tampered { .. })
+        ));
+        // A sparse member.
+        let sparse = reheader(&bytes, |h, _| {
+            if h.path_bytes().starts_with(b"payload/a.sh") {
+                h.set_entry_type(tar::EntryType::GNUSparse);
+            }
+        });
+        assert!(
+            check(&sparse, &key)
+                .unwrap_err()
+                .to_string()
+                .contains("sparse")
+        );
+        // Plain ustar headers instead of GNU ones.
+        let ustar = reheader(&bytes, |h, _| {
+            if h.path_bytes().starts_with(b"payload/a.sh") {
+                let mut u = tar::Header::new_ustar();
+                u.set_path("payload/a.sh").unwrap();
+                u.set_size(h.size().unwrap());
+                u.set_mode(0o644);
+                u.set_entry_type(tar::EntryType::Regular);
+                *h = u;
+            }
+        });
+        assert!(
+            check(&ustar, &key)
+                .unwrap_err()
+                .to_string()
+                .contains("GNU header form")
+        );
+        // Anything after the end marker.
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"more");
+        assert!(
+            check(&trailing, &key)
+                .unwrap_err()
+                .to_string()
+                .contains("end marker")
+        );
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 4096]);
+        assert!(
+            check(&padded, &key).is_ok(),
+            "zero padding is part of the end marker"
+        );
+    }
 }
