@@ -653,56 +653,54 @@ fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
     }
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
+/// Results as CSV, written as the console's export writes it.
 pub fn csv(r: &Results) -> String {
-    let mut out = String::from(
-        "machine_id,hostname,package_id,state,detail,attempts,last_code,exit_code,message,remedy\n",
-    );
-    for d in &r.deliveries {
-        let detail = match &d.state {
-            crate::core::delivery::State::Failed { code } => code.to_string(),
-            crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
-            crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
-            _ => String::new(),
-        };
-        let fields = [
-            d.machine_id.clone(),
-            d.hostname.clone(),
-            d.package_id.clone(),
-            d.state.name().to_string(),
-            detail,
-            d.attempts.to_string(),
-            d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-            d.detail
-                .exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_default(),
-            d.rendered
-                .as_ref()
-                .map(|r| r.message.clone())
-                .unwrap_or_default(),
-            d.rendered
-                .as_ref()
-                .map(|r| r.remedy.clone())
-                .unwrap_or_default(),
-        ];
-        out.push_str(
-            &fields
-                .iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push('\n');
-    }
-    out
+    const HEADER: [&str; 10] = [
+        "machine_id",
+        "hostname",
+        "package_id",
+        "state",
+        "detail",
+        "attempts",
+        "last_code",
+        "exit_code",
+        "message",
+        "remedy",
+    ];
+    let rows: Vec<Vec<String>> = r
+        .deliveries
+        .iter()
+        .map(|d| {
+            let detail = match &d.state {
+                crate::core::delivery::State::Failed { code } => code.to_string(),
+                crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
+                crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            let rendered = |f: fn(&crate::core::errors::Rendered) -> &String| {
+                d.rendered
+                    .as_ref()
+                    .map(|r| f(r).clone())
+                    .unwrap_or_default()
+            };
+            vec![
+                d.machine_id.clone(),
+                d.hostname.clone(),
+                d.package_id.clone(),
+                d.state.name().to_string(),
+                detail,
+                d.attempts.to_string(),
+                d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+                d.detail
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                rendered(|r| &r.message),
+                rendered(|r| &r.remedy),
+            ]
+        })
+        .collect();
+    crate::transport::csv::document(&HEADER, &rows)
 }
 
 pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
@@ -798,4 +796,41 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::admin_api::DeliveryRow;
+
+    #[test]
+    fn regression_results_csv_neutralises_formulas_from_endpoints() {
+        // A hostname is whatever the endpoint reported; a spreadsheet must not run it.
+        let row = DeliveryRow {
+            delivery_id: "d".into(),
+            scenario_id: "s".into(),
+            machine_id: "m-1".into(),
+            hostname: "=HYPERLINK(\"http://x\")".into(),
+            package_id: "p".into(),
+            state: crate::core::delivery::State::Applied,
+            attempts: 1,
+            unverified_runs: 0,
+            last_code: None,
+            rendered: None,
+            detail: Default::default(),
+            updated_at_ms: 0,
+            history: Vec::new(),
+        };
+        let r = Results {
+            deliveries: vec![row],
+            packages: Vec::new(),
+            settings: Vec::new(),
+        };
+        let text = csv(&r);
+        let line = text.split("\r\n").nth(1).unwrap();
+        assert!(
+            line.starts_with("m-1,\"'=HYPERLINK(\"\"http://x\"\")\",p,applied,"),
+            "{line}"
+        );
+    }
 }

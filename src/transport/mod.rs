@@ -3,6 +3,7 @@
 pub mod admin_api;
 pub mod agent_api;
 pub mod client;
+pub mod csv;
 pub mod protocol;
 pub mod schedule_api;
 pub mod sources;

@@ -36,32 +36,6 @@ impl Format {
     }
 }
 
-/// One CSV cell.
-pub fn cell(s: &str) -> String {
-    let risky = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
-    let s = if risky {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
-/// A whole CSV document: header row, then rows; CRLF line ends.
-pub fn csv(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
-    let line = |cells: Vec<String>| cells.join(",") + "\r\n";
-    out.push_str(&line(header.iter().map(|h| cell(h)).collect()));
-    for r in rows {
-        out.push_str(&line(r.iter().map(|c| cell(c)).collect()));
-    }
-    out
-}
-
 fn download(
     fmt: Format,
     name: &str,
@@ -79,7 +53,7 @@ fn download(
                     format!("attachment; filename=\"{name}.csv\""),
                 ),
             ],
-            csv(header, rows),
+            crate::transport::csv::document(header, rows),
         )
             .into_response(),
     }
@@ -308,31 +282,6 @@ pub async fn scenario_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_quoting() {
-        assert_eq!(cell("plain"), "plain");
-        assert_eq!(cell("a,b"), "\"a,b\"");
-        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(cell("two\nlines"), "\"two\nlines\"");
-        assert_eq!(cell(" padded"), "\" padded\"");
-        assert_eq!(cell("日本語、テキスト"), "日本語、テキスト");
-        assert_eq!(cell(""), "");
-    }
-
-    #[test]
-    fn formulas_are_neutralised_but_numbers_are_not() {
-        assert_eq!(cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(cell("@SUM(A1)"), "'@SUM(A1)");
-        assert_eq!(cell("-1073741819"), "-1073741819");
-        assert_eq!(cell("+cmd"), "'+cmd");
-    }
-
-    #[test]
-    fn documents_use_crlf() {
-        let d = csv(&["a", "b"], &[vec!["1".into(), "x,y".into()]]);
-        assert_eq!(d, "a,b\r\n1,\"x,y\"\r\n");
-    }
 
     #[test]
     fn format_from_extension() {
