@@ -517,48 +517,13 @@ impl Server {
     ) -> anyhow::Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM packages WHERE id = $1")
-            .bind(&v.id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&v.id)
-        .bind(v.version.clone())
-        .bind(&v.title)
-        .bind(&v.archive_sha256)
-        .bind(v.archive_size as i64)
-        .bind(manifest)
-        .bind(signature)
-        .bind(&v.key_id)
-        .bind(v.published_at_ms)
-        .bind(install_timeout_secs as i64)
-        .execute(&mut *tx)
-        .await?;
+        super::db::packages::replace(&mut tx, v, manifest, signature, install_timeout_secs).await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn packages(&self) -> anyhow::Result<Vec<PackageView>> {
-        use sqlx::Row;
-        let rows = sqlx::query("SELECT id, version, title, archive_sha256, archive_size, key_id, published_at FROM packages ORDER BY id")
-            .fetch_all(&self.db)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PackageView {
-                    id: r.try_get("id")?,
-                    version: r.try_get("version")?,
-                    title: r.try_get("title")?,
-                    archive_sha256: r.try_get("archive_sha256")?,
-                    archive_size: r.try_get::<i64, _>("archive_size")? as u64,
-                    key_id: r.try_get("key_id")?,
-                    published_at_ms: r.try_get("published_at")?,
-                })
-            })
-            .collect()
+        super::db::packages::list(&self.db).await
     }
 }
 

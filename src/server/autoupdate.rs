@@ -14,7 +14,7 @@
 //! the agent's own identification on the machine decides.
 
 use super::Server;
-use crate::core::delivery::Delivery;
+use super::db::{self, deliveries::NewDelivery};
 use crate::core::identify::{Facts, Verdict, identify};
 use crate::model::package::Package;
 use crate::model::scenario::{DEFAULT_RETRY_DELAY_MS, Scenario};
@@ -22,7 +22,6 @@ use crate::model::types::{PackageId, UpdateId};
 use crate::transport::admin_api::MachineView;
 use crate::transport::schedule_api::{Assign, Assignment};
 use anyhow::{Result, bail};
-use sqlx::Row;
 use std::collections::HashSet;
 
 pub fn scenario_id(group: &str, package: &str) -> String {
@@ -66,20 +65,7 @@ pub fn needless(pkg: &Package, m: &MachineView) -> Option<String> {
 
 impl Server {
     pub async fn assignments(&self) -> Result<Vec<Assignment>> {
-        let rows = sqlx::query(
-            "SELECT grp, package_id, assigned_at FROM autoupdate ORDER BY grp, package_id",
-        )
-        .fetch_all(&self.db)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Assignment {
-                    group: r.try_get("grp")?,
-                    package_id: r.try_get("package_id")?,
-                    assigned_at_ms: r.try_get("assigned_at")?,
-                })
-            })
-            .collect()
+        db::policies::assignments(&self.db).await
     }
 
     pub async fn assign(&self, a: &Assign) -> Result<Vec<Assignment>> {
@@ -91,44 +77,19 @@ impl Server {
             let _w = self.write.lock().await;
             let mut tx = self.db.begin().await?;
             if a.assign {
-                let published: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM packages WHERE id = $1")
-                        .bind(&a.package_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if published.is_none() {
+                if !db::packages::exists(&mut tx, &a.package_id).await? {
                     bail!(
                         "package `{}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`",
                         a.package_id
                     );
                 }
-                sqlx::query("DELETE FROM autoupdate WHERE grp = $1 AND package_id = $2")
-                    .bind(&a.group)
-                    .bind(&a.package_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO autoupdate (grp, package_id, assigned_at) VALUES ($1, $2, $3)",
-                )
-                .bind(&a.group)
-                .bind(&a.package_id)
-                .bind(self.now())
-                .execute(&mut *tx)
-                .await?;
-            } else {
-                let n = sqlx::query("DELETE FROM autoupdate WHERE grp = $1 AND package_id = $2")
-                    .bind(&a.group)
-                    .bind(&a.package_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n == 0 {
-                    bail!(
-                        "package `{}` is not assigned to group `{}`; see `patchcast autoupdate list`",
-                        a.package_id,
-                        a.group
-                    );
-                }
+                db::policies::assign(&mut tx, &a.group, &a.package_id, self.now()).await?;
+            } else if !db::policies::unassign(&mut tx, &a.group, &a.package_id).await? {
+                bail!(
+                    "package `{}` is not assigned to group `{}`; see `patchcast autoupdate list`",
+                    a.package_id,
+                    a.group
+                );
             }
             tx.commit().await?;
         }
@@ -169,13 +130,10 @@ impl Server {
                 .iter()
                 .filter(|m| Self::groups_of(m).contains(&a.group))
                 .collect();
-            let have: HashSet<String> =
-                sqlx::query_scalar("SELECT machine_id FROM deliveries WHERE scenario_id = $1")
-                    .bind(&sid)
-                    .fetch_all(&self.db)
-                    .await?
-                    .into_iter()
-                    .collect();
+            let have: HashSet<String> = db::deliveries::machines_of(&self.db, &sid)
+                .await?
+                .into_iter()
+                .collect();
             let todo: Vec<String> = members
                 .iter()
                 .filter(|m| !have.contains(&m.id))
@@ -204,12 +162,9 @@ impl Server {
 
     /// The published package's resolved definition (from its signed manifest).
     pub async fn package_model(&self, id: &str) -> Result<Option<Package>> {
-        let manifest: Option<String> =
-            sqlx::query_scalar("SELECT manifest FROM packages WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await?;
-        let Some(m) = manifest else { return Ok(None) };
+        let Some(m) = db::packages::manifest(&self.db, id).await? else {
+            return Ok(None);
+        };
         let m: crate::pack::archive::Manifest = serde_json::from_str(&m)?;
         Ok(crate::model::package::resolve(&m.package).0)
     }
@@ -228,61 +183,32 @@ impl Server {
         let _w = self.write.lock().await;
         let now = self.now();
         let mut tx = self.db.begin().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM scenarios WHERE id = $1")
-            .bind(scenario_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            sqlx::query(
-                "INSERT INTO scenarios (id, name, spec, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(scenario_id)
-            .bind(&s.name)
-            .bind(serde_json::to_string(s)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO scheduled (scenario_id, kind, grp, rollout_id, wave) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(scenario_id)
-            .bind(kind)
-            .bind(group)
-            .bind(rollout.map(|r| r.0.to_string()))
-            .bind(rollout.map(|r| r.1 as i64))
-            .execute(&mut *tx)
-            .await?;
+        if !db::scenarios::exists(&mut tx, scenario_id).await? {
+            db::scenarios::insert(&mut tx, scenario_id, s, now).await?;
+            db::scenarios::insert_scheduled(&mut tx, scenario_id, kind, group, rollout).await?;
         }
         let mut shas = Vec::new();
         for p in &s.packages {
-            let sha: Option<String> =
-                sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
-                    .bind(p.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match sha {
+            match db::packages::archive_sha256(&mut tx, p.as_str()).await? {
                 Some(sha) => shas.push(sha),
                 None => bail!("package `{p}` is not published on this server"),
             }
         }
-        let fresh = serde_json::to_string(&Delivery::default())?;
         let mut n = 0;
         for m in machines {
             for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
-                sqlx::query(
-                    "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
-                     last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, NULL, NULL, '{}', $7, 0, $8)",
+                db::deliveries::insert_pending(
+                    &mut tx,
+                    &NewDelivery {
+                        id: &format!("d-{}", super::random_hex(8)?),
+                        scenario_id,
+                        machine_id: m,
+                        package_id: p.as_str(),
+                        position: pos as i64,
+                        archive_sha256: sha,
+                        now,
+                    },
                 )
-                .bind(format!("d-{}", super::random_hex(8)?))
-                .bind(scenario_id)
-                .bind(m)
-                .bind(p.as_str())
-                .bind(pos as i64)
-                .bind(&fresh)
-                .bind(now)
-                .bind(sha)
-                .execute(&mut *tx)
                 .await?;
                 n += 1;
             }
@@ -296,14 +222,7 @@ impl Server {
 
     /// Whether an automatic-update scenario's assignment still stands.
     pub async fn still_assigned(&self, group: &str, package: &str) -> Result<bool> {
-        let v: Option<String> = sqlx::query_scalar(
-            "SELECT package_id FROM autoupdate WHERE grp = $1 AND package_id = $2",
-        )
-        .bind(group)
-        .bind(package)
-        .fetch_optional(&self.db)
-        .await?;
-        Ok(v.is_some())
+        db::policies::is_assigned(&self.db, group, package).await
     }
 }
 

@@ -56,13 +56,7 @@ impl Server {
         if c.max_transfers.is_none() && c.max_transfers_per_subnet.is_none() {
             return Ok(Gate::Open);
         }
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT d.machine_id, m.peer_addr FROM deliveries d JOIN machines m ON m.id = d.machine_id \
-             WHERE d.state = 'transferring' AND d.machine_id <> $1",
-        )
-        .bind(&m.id)
-        .fetch_all(&self.db)
-        .await?;
+        let rows = super::db::deliveries::transfers_except(&self.db, &m.id).await?;
         let wait = |why: String| Gate::Wait {
             until: Some(now + RECHECK_MS),
             why,

@@ -8,55 +8,20 @@
 //! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
-use super::db::json;
+use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
 use super::windows::Gate;
-use crate::core::delivery::{Action, Delivery, Event, Invalid, Policy, State, next};
+use crate::core::delivery::{Action, Event, Invalid, Policy, State, next};
 use crate::core::errors::{Code, Params};
 use crate::model::scenario::Scenario;
 use crate::model::types::Sha256;
 use crate::transport::protocol::{AgentState, Detail, Report, ReportAck, Work};
 use anyhow::{Context, Result};
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Default when the package's install timeout cannot be read (it always can after publish).
 const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
-const IN_FLIGHT: &str = "('transferring','executing','verifying')";
-
-/// A delivery row as stored.
-#[derive(Debug, Clone)]
-pub struct DeliveryRow {
-    pub id: String,
-    pub scenario_id: String,
-    pub machine_id: String,
-    pub package_id: String,
-    pub d: Delivery,
-    pub last_seq: u32,
-    pub deadline: Option<i64>,
-    pub retry_at: Option<i64>,
-    pub detail: Detail,
-    pub events: i64,
-}
-
-const COLUMNS: &str = "id, scenario_id, machine_id, package_id, delivery, last_seq, deadline, retry_at, detail, events";
-
-fn row(r: &AnyRow) -> Result<DeliveryRow> {
-    Ok(DeliveryRow {
-        id: r.try_get("id")?,
-        scenario_id: r.try_get("scenario_id")?,
-        machine_id: r.try_get("machine_id")?,
-        package_id: r.try_get("package_id")?,
-        d: json(r, "delivery")?,
-        last_seq: r.try_get::<i64, _>("last_seq")? as u32,
-        deadline: r.try_get("deadline")?,
-        retry_at: r.try_get("retry_at")?,
-        detail: json(r, "detail")?,
-        events: r.try_get("events")?,
-    })
-}
 
 /// What the outcome of a report is, for the HTTP layer.
 pub enum ReportOutcome {
@@ -78,12 +43,7 @@ impl Server {
     }
 
     async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
-        let r = sqlx::query("SELECT spec FROM scenarios WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .with_context(|| format!("loading scenario {id}"))?;
-        json(&r, "spec")
+        db::scenarios::spec(tx, id).await
     }
 
     fn policy(s: &Scenario) -> Policy {
@@ -148,36 +108,18 @@ impl Server {
             _ => None,
         };
         r.events += 1;
-        sqlx::query(
-            "UPDATE deliveries SET delivery = $1, state = $2, attempt = $3, last_seq = $4, deadline = $5, \
-             retry_at = $6, detail = $7, updated_at = $8, events = $9 WHERE id = $10",
+        db::deliveries::record(
+            tx,
+            r,
+            &NewEvent {
+                event,
+                attempt,
+                seq,
+                code,
+                params: &params,
+            },
+            now,
         )
-        .bind(serde_json::to_string(&r.d)?)
-        .bind(r.d.state.name())
-        .bind(r.d.attempt as i64)
-        .bind(r.last_seq as i64)
-        .bind(r.deadline)
-        .bind(r.retry_at)
-        .bind(serde_json::to_string(&r.detail)?)
-        .bind(now)
-        .bind(r.events)
-        .bind(&r.id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&r.id)
-        .bind(r.events)
-        .bind(attempt as i64)
-        .bind(seq as i64)
-        .bind(serde_json::to_string(event)?)
-        .bind(serde_json::to_string(&r.d.state)?)
-        .bind(code.map(|c| c.to_string()))
-        .bind(serde_json::to_string(&params)?)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         Ok(Ok(t.action))
     }
@@ -191,15 +133,11 @@ impl Server {
     ) -> i64 {
         let secs = match scenario.timeout_secs {
             Some(s) => s,
-            None => sqlx::query_scalar::<_, i64>(
-                "SELECT install_timeout_secs FROM packages WHERE id = $1",
-            )
-            .bind(package)
-            .fetch_optional(&mut *tx)
-            .await
-            .ok()
-            .flatten()
-            .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
+            None => db::packages::install_timeout_secs(tx, package)
+                .await
+                .ok()
+                .flatten()
+                .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
         };
         (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
     }
@@ -210,22 +148,20 @@ impl Server {
         r: &DeliveryRow,
         s: &Scenario,
     ) -> Result<Work> {
-        let p = sqlx::query(
-            "SELECT archive_sha256, archive_size, manifest, signature FROM packages WHERE id = $1",
-        )
-        .bind(&r.package_id)
-        .fetch_one(&mut *tx)
-        .await
-        .with_context(|| format!("package {} is no longer published", r.package_id))?;
-        let sha: String = p.try_get("archive_sha256")?;
+        let p = db::packages::for_work(tx, &r.package_id)
+            .await
+            .with_context(|| format!("package {} is no longer published", r.package_id))?;
         Ok(Work {
             delivery_id: r.id.clone(),
             attempt: r.d.attempt,
             package_id: r.package_id.clone(),
-            archive_sha256: sha.parse::<Sha256>().map_err(|e| anyhow::anyhow!(e.0))?,
-            archive_size: p.try_get::<i64, _>("archive_size")? as u64,
-            manifest: p.try_get("manifest")?,
-            signature: p.try_get("signature")?,
+            archive_sha256: p
+                .archive_sha256
+                .parse::<Sha256>()
+                .map_err(|e| anyhow::anyhow!(e.0))?,
+            archive_size: p.archive_size,
+            manifest: p.manifest,
+            signature: p.signature,
             policy: Self::policy(s),
             timeout_secs: s.timeout_secs,
             sources: self
@@ -243,19 +179,7 @@ impl Server {
         let _w = self.write.lock().await;
         let now = self.now();
         let mut tx = self.db.begin().await?;
-        let q = format!(
-            "SELECT d.{} FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
-             WHERE d.machine_id = $1 AND d.state NOT IN ('applied','not_applicable','failed','loop_detected') \
-             ORDER BY s.created_at, d.scenario_id, d.position",
-            COLUMNS.replace(", ", ", d.")
-        );
-        let rows: Vec<DeliveryRow> = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(machine)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(row)
-            .collect::<Result<_>>()?;
+        let rows = db::deliveries::unfinished_of_machine(&mut tx, machine).await?;
         match state {
             AgentState::Busy {
                 delivery_id,
@@ -267,11 +191,7 @@ impl Server {
                 }) {
                     let s = self.scenario(&mut tx, &r.scenario_id).await?;
                     let deadline = now + self.deadline_ms(&s, &r.package_id, &mut tx).await;
-                    sqlx::query("UPDATE deliveries SET deadline = $1 WHERE id = $2")
-                        .bind(deadline)
-                        .bind(&r.id)
-                        .execute(&mut *tx)
-                        .await?;
+                    db::deliveries::set_deadline(&mut tx, &r.id, deadline).await?;
                 }
                 tx.commit().await?;
                 return Ok((None, None));
@@ -336,14 +256,7 @@ impl Server {
             }
             let s = self.scenario(&mut tx, &r.scenario_id).await?;
             if let Some(max) = s.max_concurrent {
-                let busy: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(DISTINCT machine_id) FROM deliveries WHERE scenario_id = $1 \
-                     AND machine_id <> $2 AND (state IN {IN_FLIGHT} OR state = 'reboot_pending')"
-                )))
-                .bind(&r.scenario_id)
-                .bind(machine)
-                .fetch_one(&mut *tx)
-                .await?;
+                let busy = db::deliveries::busy_machines(&mut tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {
                     continue;
                 }
@@ -436,16 +349,11 @@ impl Server {
             let _w = self.write.lock().await;
             let now = self.now();
             let mut tx = self.db.begin().await?;
-            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND machine_id = $2");
-            let Some(r) = sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(&rep.delivery_id)
-                .bind(machine)
-                .fetch_optional(&mut *tx)
-                .await?
+            let Some(mut r) =
+                db::deliveries::of_machine(&mut tx, &rep.delivery_id, machine).await?
             else {
                 return Ok(ReportOutcome::NotFound);
             };
-            let mut r = row(&r)?;
             // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
             if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
                 return Ok(ReportOutcome::Ack(ReportAck {
@@ -490,13 +398,9 @@ impl Server {
     }
 
     pub async fn wake_scenario(&self, scenario_id: &str) {
-        let machines: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT machine_id FROM deliveries WHERE scenario_id = $1 AND state IN ('pending','awaiting_retry')",
-        )
-        .bind(scenario_id)
-        .fetch_all(&self.db)
-        .await
-        .unwrap_or_default();
+        let machines = db::deliveries::waiting_machines_of(&self.db, scenario_id)
+            .await
+            .unwrap_or_default();
         for m in machines {
             self.wake(&m);
         }
@@ -505,28 +409,13 @@ impl Server {
     /// In-flight deliveries whose agent went quiet past the deadline get `NoReply` (E13).
     pub async fn sweep(&self) -> Result<usize> {
         let now = self.now();
-        let expired: Vec<DeliveryRow> = {
-            let q = format!(
-                "SELECT {COLUMNS} FROM deliveries WHERE state IN {IN_FLIGHT} AND deadline < $1"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(now)
-                .fetch_all(&self.db)
-                .await?
-                .iter()
-                .map(row)
-                .collect::<Result<_>>()?
-        };
+        let expired = db::deliveries::expired(&self.db, now).await?;
         let mut n = 0;
         for r in expired {
             let _w = self.write.lock().await;
             let mut tx = self.db.begin().await?;
             // Re-read under the lock: a report may have moved it meanwhile.
-            let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
-            let mut cur = row(&sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(&r.id)
-                .fetch_one(&mut *tx)
-                .await?)?;
+            let mut cur = db::deliveries::get(&mut tx, &r.id).await?;
             if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
                 continue;
             }
@@ -552,12 +441,7 @@ impl Server {
     /// while the server was down can still report; the rest of the state is already in the DB.
     pub async fn recover(&self) -> Result<u64> {
         let margin = self.no_reply_margin.as_millis() as i64;
-        let q = format!("UPDATE deliveries SET deadline = $1 WHERE state IN {IN_FLIGHT}");
-        let r = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(self.now() + margin)
-            .execute(&self.db)
-            .await?;
-        Ok(r.rows_affected())
+        db::deliveries::set_in_flight_deadlines(&self.db, self.now() + margin).await
     }
 }
 

@@ -2,15 +2,13 @@
 //!
 //! Tokens and credentials are stored as SHA-256 only; the clear values are shown once.
 
-use super::db::json;
+use super::db::{self, machines::NewMachine};
 use super::{Server, random_hex, sha256_hex};
 use crate::transport::admin_api::{
     Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest,
 };
 use crate::transport::protocol::{EnrollRequest, EnrollResponse, Inventory};
 use anyhow::Result;
-use sqlx::Row;
-use sqlx::any::AnyRow;
 use std::net::IpAddr;
 
 /// How stale `last_seen` may get while nothing else about a machine changes.
@@ -34,9 +32,9 @@ impl Server {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
         if let Some(g) = &req.group
-            && load_group(&mut tx, g).await?.is_none()
+            && db::machines::group(&mut tx, g).await?.is_none()
         {
-            save_group(
+            db::machines::save_group(
                 &mut tx,
                 &Group {
                     name: g.clone(),
@@ -45,14 +43,15 @@ impl Server {
             )
             .await?;
         }
-        sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
-            .bind(sha256_hex(&token))
-            .bind(req.group.clone())
-            .bind(now)
-            .bind(expires)
-            .bind(req.uses.map(|u| u as i64))
-            .execute(&mut *tx)
-            .await?;
+        db::machines::insert_token(
+            &mut tx,
+            &sha256_hex(&token),
+            req.group.as_deref(),
+            now,
+            expires,
+            req.uses.map(|u| u as i64),
+        )
+        .await?;
         tx.commit().await?;
         Ok(TokenCreated {
             token,
@@ -68,41 +67,31 @@ impl Server {
         let _w = self.write.lock().await;
         let now = self.now();
         let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
-        let t = sqlx::query("SELECT grp, expires_at, uses, max_uses FROM tokens WHERE hash = $1")
-            .bind(sha256_hex(req.token.trim()))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(anyhow::Error::from)?
+        let hash = sha256_hex(req.token.trim());
+        let t = db::machines::token(&mut tx, &hash)
+            .await?
             .ok_or(EnrollError::BadToken)?;
-        let expires: i64 = t.try_get("expires_at").map_err(anyhow::Error::from)?;
-        let uses: i64 = t.try_get("uses").map_err(anyhow::Error::from)?;
-        let max: Option<i64> = t.try_get("max_uses").map_err(anyhow::Error::from)?;
-        if expires < now || max.is_some_and(|m| uses >= m) {
+        if t.expires_at < now || t.max_uses.is_some_and(|m| t.uses >= m) {
             return Err(EnrollError::BadToken);
         }
-        let group: Option<String> = t.try_get("grp").map_err(anyhow::Error::from)?;
-        sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE hash = $1")
-            .bind(sha256_hex(req.token.trim()))
-            .execute(&mut *tx)
-            .await
-            .map_err(anyhow::Error::from)?;
+        db::machines::use_token(&mut tx, &hash).await?;
         let id = format!("m-{}", random_hex(8)?);
         let secret = random_hex(32)?;
-        sqlx::query(
-            "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
-             VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'idle', $7)",
+        db::machines::insert(
+            &mut tx,
+            &NewMachine {
+                id: &id,
+                secret_hash: &sha256_hex(&secret),
+                hostname: &req.inventory.hostname,
+                inventory: &req.inventory,
+                peer_addr: &peer.to_string(),
+                now,
+                agent_state: "idle",
+                // Membership through the token is a column, not a growing member list to rewrite.
+                enroll_group: t.group.as_deref(),
+            },
         )
-        .bind(&id)
-        .bind(sha256_hex(&secret))
-        .bind(&req.inventory.hostname)
-        .bind(serde_json::to_string(&req.inventory).map_err(anyhow::Error::from)?)
-        .bind(peer.to_string())
-        .bind(now)
-        // Membership through the token is a column, not a growing member list to rewrite.
-        .bind(group)
-        .execute(&mut *tx)
-        .await
-        .map_err(anyhow::Error::from)?;
+        .await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
         Ok(EnrollResponse {
@@ -122,11 +111,7 @@ impl Server {
         let Some((id, secret)) = bearer.split_once('.') else {
             return Ok(None);
         };
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await?;
+        let stored = db::machines::secret_hash(&self.db, id).await?;
         Ok(stored
             .filter(|h| constant_eq(h.as_bytes(), sha256_hex(secret).as_bytes()))
             .map(|_| id.to_string()))
@@ -152,38 +137,16 @@ impl Server {
         }
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write.lock().await;
-        sqlx::query(
-            "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
-        )
-        .bind(now)
-        .bind(peer.to_string())
-        .bind(state)
-        .bind(machine)
-        .execute(&self.db)
-        .await?;
-        Ok(())
+        db::machines::seen(&self.db, machine, now, &peer.to_string(), state).await
     }
 
     pub async fn set_inventory(&self, machine: &str, inv: &Inventory, peer: IpAddr) -> Result<()> {
         let _w = self.write.lock().await;
-        sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
-            .bind(serde_json::to_string(inv)?)
-            .bind(&inv.hostname)
-            .bind(self.now())
-            .bind(peer.to_string())
-            .bind(machine)
-            .execute(&self.db)
-            .await?;
-        Ok(())
+        db::machines::set_inventory(&self.db, machine, inv, self.now(), &peer.to_string()).await
     }
 
     pub async fn machines(&self) -> Result<Vec<MachineView>> {
-        let rows = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
-        )
-        .fetch_all(&self.db)
-        .await?;
-        let mut out: Vec<MachineView> = rows.iter().map(machine_view).collect::<Result<_>>()?;
+        let mut out = db::machines::list(&self.db).await?;
         let groups = self.groups().await?;
         for m in &mut out {
             m.groups = groups
@@ -197,23 +160,10 @@ impl Server {
 
     /// One machine with the names of the groups it is in (without resolving every group).
     pub async fn machine_by_id(&self, id: &str) -> Result<Option<MachineView>> {
-        let Some(r) = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?
-        else {
+        let Some(mut m) = db::machines::get(&self.db, id).await? else {
             return Ok(None);
         };
-        let mut m = machine_view(&r)?;
-        let groups: Vec<Group> =
-            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
-                .fetch_all(&self.db)
-                .await?
-                .iter()
-                .map(group_row)
-                .collect::<Result<_>>()?;
+        let groups = db::machines::groups(&self.db).await?;
         m.groups = groups
             .iter()
             .filter(|g| in_group(g, &m))
@@ -229,25 +179,16 @@ impl Server {
         remove: &[String],
     ) -> Result<Option<MachineView>> {
         let _w = self.write.lock().await;
-        let Some(r) = sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
-            .bind(machine)
-            .fetch_optional(&self.db)
-            .await?
-        else {
+        let Some(mut labels) = db::machines::labels(&self.db, machine).await? else {
             return Ok(None);
         };
-        let mut labels: Vec<String> = json(&r, "labels")?;
         labels.retain(|l| !remove.contains(l));
         for a in add {
             if !labels.contains(a) {
                 labels.push(a.clone());
             }
         }
-        sqlx::query("UPDATE machines SET labels = $1 WHERE id = $2 OR hostname = $2")
-            .bind(serde_json::to_string(&labels)?)
-            .bind(machine)
-            .execute(&self.db)
-            .await?;
+        db::machines::set_labels(&self.db, machine, &labels).await?;
         drop(_w);
         Ok(self
             .machines()
@@ -266,7 +207,7 @@ impl Server {
         {
             let _w = self.write.lock().await;
             let mut tx = self.db.begin().await?;
-            save_group(&mut tx, g).await?;
+            db::machines::save_group(&mut tx, g).await?;
             tx.commit().await?;
         }
         self.groups()
@@ -277,21 +218,8 @@ impl Server {
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupView>> {
-        let groups: Vec<Group> =
-            sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
-                .fetch_all(&self.db)
-                .await?
-                .iter()
-                .map(group_row)
-                .collect::<Result<_>>()?;
-        let machines = sqlx::query(
-            "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
-        )
-        .fetch_all(&self.db)
-        .await?
-        .iter()
-        .map(machine_view)
-        .collect::<Result<Vec<_>>>()?;
+        let groups = db::machines::groups(&self.db).await?;
+        let machines = db::machines::list(&self.db).await?;
         Ok(groups
             .into_iter()
             .map(|g| GroupView {
@@ -304,53 +232,6 @@ impl Server {
             })
             .collect())
     }
-}
-
-fn machine_view(r: &AnyRow) -> Result<MachineView> {
-    Ok(MachineView {
-        id: r.try_get("id")?,
-        hostname: r.try_get("hostname")?,
-        peer_address: r.try_get("peer_addr")?,
-        inventory: json(r, "inventory")?,
-        labels: json(r, "labels")?,
-        enroll_group: r.try_get("enroll_group")?,
-        groups: Vec::new(),
-        enrolled_at_ms: r.try_get("enrolled_at")?,
-        last_seen_ms: r.try_get("last_seen")?,
-        agent_state: r.try_get("agent_state")?,
-    })
-}
-
-fn group_row(r: &AnyRow) -> Result<Group> {
-    Ok(Group {
-        name: r.try_get("name")?,
-        members: json(r, "members")?,
-        filter: json(r, "filter")?,
-    })
-}
-
-async fn load_group(tx: &mut sqlx::AnyConnection, name: &str) -> Result<Option<Group>> {
-    sqlx::query("SELECT name, members, filter FROM machine_groups WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(group_row)
-        .transpose()
-}
-
-async fn save_group(tx: &mut sqlx::AnyConnection, g: &Group) -> Result<()> {
-    sqlx::query("DELETE FROM machine_groups WHERE name = $1")
-        .bind(&g.name)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO machine_groups (name, members, filter) VALUES ($1, $2, $3)")
-        .bind(&g.name)
-        .bind(serde_json::to_string(&g.members)?)
-        .bind(serde_json::to_string(&g.filter)?)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 /// Static member, or matches every criterion of a non-empty filter.

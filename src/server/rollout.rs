@@ -8,12 +8,11 @@
 //! threshold, the next wave's deliveries are created. The decision itself is `decide`, pure.
 
 use super::Server;
-use super::db::json;
+use super::db;
 use crate::model::rollout::Rollout;
 use crate::model::scenario::Scenario;
 use crate::transport::schedule_api::{RolloutStatus, WaveStatus};
 use anyhow::{Result, bail};
-use sqlx::Row;
 
 /// Counts of one wave's deliveries.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -105,16 +104,7 @@ impl Server {
         let now = self.now();
         {
             let _w = self.write.lock().await;
-            sqlx::query(
-                "INSERT INTO rollouts (id, name, spec, state, wave, reason, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'running', 0, '', $4, $4)",
-            )
-            .bind(&id)
-            .bind(&r.name)
-            .bind(serde_json::to_string(r)?)
-            .bind(now)
-            .execute(&self.db)
-            .await?;
+            db::rollouts::insert(&self.db, &id, r, now).await?;
         }
         self.open_wave(&id, r, 0).await?;
         tracing::info!(rollout = %id, name = %r.name, waves = r.groups.len(), "rollout started");
@@ -153,12 +143,7 @@ impl Server {
         .await?;
         {
             let _w = self.write.lock().await;
-            sqlx::query("UPDATE rollouts SET wave = $1, updated_at = $2 WHERE id = $3")
-                .bind(wave as i64)
-                .bind(self.now())
-                .bind(id)
-                .execute(&self.db)
-                .await?;
+            db::rollouts::set_wave(&self.db, id, wave as i64, self.now()).await?;
         }
         for m in &machines {
             self.wake(m);
@@ -170,16 +155,9 @@ impl Server {
     async fn tallies(&self, id: &str, waves: usize) -> Result<Vec<Tally>> {
         let mut out = Vec::new();
         for w in 0..waves {
-            let rows = sqlx::query(
-                "SELECT state, COUNT(*) AS n FROM deliveries WHERE scenario_id = $1 GROUP BY state",
-            )
-            .bind(wave_scenario(id, w))
-            .fetch_all(&self.db)
-            .await?;
+            let counts = db::deliveries::count_by_state(&self.db, &wave_scenario(id, w)).await?;
             let mut t = Tally::default();
-            for r in rows {
-                let n = r.try_get::<i64, _>("n")? as u64;
-                let state: String = r.try_get("state")?;
+            for (state, n) in counts {
                 t.total += n;
                 match state.as_str() {
                     "applied" => t.applied += n,
@@ -195,12 +173,7 @@ impl Server {
 
     /// One pass over running rollouts (the ticker, and before each status read).
     pub async fn evaluate_rollouts(&self) -> Result<()> {
-        let running: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT id, spec, wave FROM rollouts WHERE state = 'running'")
-                .fetch_all(&self.db)
-                .await?;
-        for (id, spec, wave) in running {
-            let r: Rollout = serde_json::from_str(&spec)?;
+        for (id, r, wave) in db::rollouts::running(&self.db).await? {
             let started = self.tallies(&id, wave as usize + 1).await?;
             let (state, reason) = match decide(&r, &started) {
                 Decision::Keep => continue,
@@ -215,33 +188,19 @@ impl Server {
                 Decision::Complete => ("completed", "every wave cleared the threshold".into()),
             };
             let _w = self.write.lock().await;
-            sqlx::query(
-                "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = 'running'",
-            )
-            .bind(state)
-            .bind(&reason)
-            .bind(self.now())
-            .bind(&id)
-            .execute(&self.db)
-            .await?;
+            db::rollouts::finish(&self.db, &id, state, &reason, self.now()).await?;
         }
         Ok(())
     }
 
     pub async fn rollout_status(&self, id: &str) -> Result<RolloutStatus> {
-        let Some(row) = sqlx::query(
-            "SELECT id, name, spec, state, wave, reason, created_at FROM rollouts WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.db)
-        .await?
-        else {
+        let Some(row) = db::rollouts::get(&self.db, id).await? else {
             bail!("no rollout `{id}`; see `patchcast rollout status`");
         };
-        let r: Rollout = json(&row, "spec")?;
-        let state: String = row.try_get("state")?;
-        let wave = row.try_get::<i64, _>("wave")? as usize;
-        let reason: String = row.try_get("reason")?;
+        let r = row.spec;
+        let state = row.state;
+        let wave = row.wave as usize;
+        let reason = row.reason;
         let tallies = self.tallies(id, wave + 1).await?;
         let mut waves = Vec::new();
         for (i, g) in r.groups.iter().enumerate() {
@@ -292,14 +251,12 @@ impl Server {
             failure_limit_permille: r.failure_permille,
             packages: r.packages.iter().map(|p| p.to_string()).collect(),
             waves,
-            created_at_ms: row.try_get("created_at")?,
+            created_at_ms: row.created_at,
         })
     }
 
     pub async fn rollouts(&self) -> Result<Vec<RolloutStatus>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM rollouts ORDER BY created_at")
-            .fetch_all(&self.db)
-            .await?;
+        let ids = db::rollouts::ids(&self.db).await?;
         let mut out = Vec::new();
         for id in ids {
             out.push(self.rollout_status(&id).await?);

@@ -2,9 +2,8 @@
 //! written in one transaction; the dispatcher takes it from there.
 
 use super::Server;
-use super::db::now_ms;
+use super::db::{self, deliveries::NewDelivery, now_ms};
 use super::machines::in_group;
-use crate::core::delivery::Delivery;
 use crate::model::scenario::Scenario;
 use crate::transport::admin_api::ScenarioCreated;
 use anyhow::{Result, bail};
@@ -54,12 +53,7 @@ impl Server {
         let mut tx = self.db.begin().await?;
         let mut shas = Vec::new();
         for p in &s.packages {
-            let sha: Option<String> =
-                sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
-                    .bind(p.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match sha {
+            match db::packages::archive_sha256(&mut tx, p.as_str()).await? {
                 Some(sha) => shas.push(sha),
                 None => bail!(
                     "package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"
@@ -68,31 +62,22 @@ impl Server {
         }
         let id = format!("s-{}", super::random_hex(6)?);
         let now = now_ms();
-        sqlx::query("INSERT INTO scenarios (id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(&s.name)
-            .bind(serde_json::to_string(s)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let fresh = serde_json::to_string(&Delivery::default())?;
+        db::scenarios::insert(&mut tx, &id, s, now).await?;
         let mut n = 0u64;
         for m in &targets {
             for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
-                sqlx::query(
-                    "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
-                     last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, 0, NULL, NULL, '{}', $7, 0, $8)",
+                db::deliveries::insert_pending(
+                    &mut tx,
+                    &NewDelivery {
+                        id: &format!("d-{}", super::random_hex(8)?),
+                        scenario_id: &id,
+                        machine_id: m,
+                        package_id: p.as_str(),
+                        position: pos as i64,
+                        archive_sha256: sha,
+                        now,
+                    },
                 )
-                .bind(format!("d-{}", super::random_hex(8)?))
-                .bind(&id)
-                .bind(m)
-                .bind(p.as_str())
-                .bind(pos as i64)
-                .bind(&fresh)
-                .bind(now)
-                .bind(sha)
-                .execute(&mut *tx)
                 .await?;
                 n += 1;
             }

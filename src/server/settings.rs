@@ -15,13 +15,13 @@
 //! given work outside its new window: the setting tells the agent, W15/W16 tell the admin.
 
 use super::Server;
+use super::db::{self, policies::Setting};
 use crate::core::errors::{Code, Lang, render};
 use crate::model::group_policy::GroupPolicy;
 use crate::transport::admin_api::MachineView;
 use crate::transport::protocol::{AgentState, Poll, TimeSetting};
 use crate::transport::schedule_api::{MachineSetting, PolicySet};
 use anyhow::Result;
-use sqlx::Row;
 use std::collections::HashMap;
 
 /// Beyond the poll interval, how long a machine may go unheard and still count as reachable.
@@ -52,14 +52,6 @@ impl Drop for OpenPoll<'_> {
             *n = n.saturating_sub(1);
         }
     }
-}
-
-#[derive(Debug, Clone, Default)]
-struct Row_ {
-    applied: u64,
-    code: Option<Code>,
-    code_version: Option<u64>,
-    code_session: Option<String>,
 }
 
 impl Server {
@@ -94,47 +86,16 @@ impl Server {
         })
     }
 
-    async fn setting_row(&self, machine: &str) -> Result<Row_> {
-        let r = sqlx::query(
-            "SELECT applied, code, code_version, code_session FROM machine_settings WHERE machine_id = $1",
-        )
-        .bind(machine)
-        .fetch_optional(&self.db)
-        .await?;
-        let Some(r) = r else {
-            return Ok(Row_::default());
-        };
-        Ok(Row_ {
-            applied: r.try_get::<i64, _>("applied")? as u64,
-            code: r
-                .try_get::<Option<String>, _>("code")?
-                .and_then(|c| c.parse().ok()),
-            code_version: r
-                .try_get::<Option<i64>, _>("code_version")?
-                .map(|v| v as u64),
-            code_session: r.try_get("code_session")?,
-        })
+    async fn setting_row(&self, machine: &str) -> Result<Setting> {
+        Ok(db::policies::setting(&self.db, machine)
+            .await?
+            .unwrap_or_default())
     }
 
-    async fn save_setting_row(&self, machine: &str, r: &Row_) -> Result<()> {
+    async fn save_setting_row(&self, machine: &str, r: &Setting) -> Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM machine_settings WHERE machine_id = $1")
-            .bind(machine)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO machine_settings (machine_id, applied, code, code_version, code_session, code_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(machine)
-        .bind(r.applied as i64)
-        .bind(r.code.map(|c| c.to_string()))
-        .bind(r.code_version.map(|v| v as i64))
-        .bind(&r.code_session)
-        .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
+        db::policies::put_setting(&mut tx, machine, r, self.now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -187,13 +148,7 @@ impl Server {
     }
 
     async fn in_flight(&self, machine: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE machine_id = $1 AND state IN ('transferring','executing','verifying','reboot_pending')",
-        )
-        .bind(machine)
-        .fetch_one(&self.db)
-        .await?;
-        Ok(n > 0)
+        db::deliveries::machine_busy(&self.db, machine).await
     }
 
     /// On each agent poll: records the version it has, and returns a setting to send, if any.

@@ -5,26 +5,17 @@
 //! method 2). The decisions are `core::sources`; this file gathers facts and stores.
 
 use super::Server;
-use super::db::{json, now_ms};
+use super::db::{self, now_ms};
 use crate::core::sources::{self as cs, Category, Plan, Source, SourceList, validate};
 use crate::model::types::Sha256;
 use crate::transport::protocol::Inventory;
 use crate::transport::sources::*;
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
-use sqlx::Row;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
-
-/// Schema of migration 4 (appended to `db::MIGRATIONS`).
-pub const MIGRATION: &[&str] = &[
-    "CREATE TABLE update_sources (id BIGINT PRIMARY KEY, spec TEXT NOT NULL, updated_at BIGINT NOT NULL)",
-    "CREATE TABLE relays (machine_id TEXT PRIMARY KEY, enabled BIGINT NOT NULL, listen TEXT NOT NULL, \
-     url TEXT, fingerprint TEXT, cached TEXT NOT NULL, updated_at BIGINT NOT NULL)",
-    "CREATE TABLE source_keys (id BIGINT PRIMARY KEY, secret TEXT NOT NULL)",
-];
 
 /// Where relays listen unless told otherwise.
 pub const DEFAULT_RELAY_LISTEN: &str = "0.0.0.0:8444";
@@ -146,41 +137,29 @@ fn url_host(url: &str) -> Option<(String, u16)> {
 
 impl Server {
     async fn relay_rows(&self) -> Result<Vec<RelayRow>> {
-        let rows = sqlx::query(
-            "SELECT r.machine_id, r.enabled, r.listen, r.url, r.fingerprint, r.cached, \
-             m.hostname, m.peer_addr, m.inventory, m.last_seen \
-             FROM relays r JOIN machines m ON m.id = r.machine_id ORDER BY m.hostname",
-        )
-        .fetch_all(&self.db)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let inv: Inventory = json(r, "inventory")?;
-                let peer: String = r.try_get("peer_addr")?;
-                Ok(RelayRow {
-                    machine_id: r.try_get("machine_id")?,
-                    hostname: r.try_get("hostname")?,
-                    enabled: r.try_get::<i64, _>("enabled")? != 0,
-                    listen: r.try_get("listen")?,
-                    url: r.try_get("url")?,
-                    fingerprint: r.try_get("fingerprint")?,
-                    cached: json(r, "cached")?,
-                    last_seen: r.try_get("last_seen")?,
-                    addresses: machine_addresses(&peer, &inv),
-                })
+        Ok(db::sources::relays(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| RelayRow {
+                addresses: machine_addresses(&r.peer_addr, &r.inventory),
+                machine_id: r.machine_id,
+                hostname: r.hostname,
+                enabled: r.enabled,
+                listen: r.listen,
+                url: r.url,
+                fingerprint: r.fingerprint,
+                cached: r.cached,
+                last_seen: r.last_seen,
             })
-            .collect()
+            .collect())
     }
 
     /// The stored list; empty (server only) when none was set.
     pub async fn source_list(&self) -> Result<SourcesView> {
-        let r = sqlx::query("SELECT spec, updated_at FROM update_sources WHERE id = 1")
-            .fetch_optional(&self.db)
-            .await?;
-        Ok(match r {
-            Some(r) => SourcesView {
-                list: json(&r, "spec")?,
-                updated_at_ms: Some(r.try_get("updated_at")?),
+        Ok(match db::sources::list(&self.db).await? {
+            Some((list, updated_at)) => SourcesView {
+                list,
+                updated_at_ms: Some(updated_at),
             },
             None => SourcesView {
                 list: SourceList::default(),
@@ -268,14 +247,7 @@ impl Server {
         let _w = self.write.lock().await;
         let now = now_ms();
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM update_sources WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO update_sources (id, spec, updated_at) VALUES (1, $1, $2)")
-            .bind(serde_json::to_string(list)?)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        db::sources::replace(&mut tx, list, now).await?;
         tx.commit().await?;
         drop(_w);
         self.wake_relays().await;
@@ -317,45 +289,21 @@ impl Server {
             })?;
         }
         let _w = self.write.lock().await;
-        let Some(id) = sqlx::query_scalar::<_, String>(
-            "SELECT id FROM machines WHERE id = $1 OR hostname = $1 ORDER BY id LIMIT 1",
-        )
-        .bind(machine)
-        .fetch_optional(&self.db)
-        .await?
-        else {
+        let Some(id) = db::machines::resolve(&self.db, machine).await? else {
             return Ok(None);
         };
-        let old = sqlx::query("SELECT listen FROM relays WHERE machine_id = $1")
-            .bind(&id)
-            .fetch_optional(&self.db)
-            .await?;
-        let listen = role.listen.clone().unwrap_or_else(|| match &old {
-            Some(r) => r
-                .try_get("listen")
-                .unwrap_or_else(|_| DEFAULT_RELAY_LISTEN.into()),
-            None => DEFAULT_RELAY_LISTEN.into(),
-        });
+        let old = db::sources::relay_listen(&self.db, &id).await?;
+        let had_row = old.is_some();
+        let listen = role
+            .listen
+            .clone()
+            .or(old)
+            .unwrap_or_else(|| DEFAULT_RELAY_LISTEN.into());
         let now = now_ms();
-        if old.is_some() {
-            sqlx::query("UPDATE relays SET enabled = $1, listen = $2, updated_at = $3 WHERE machine_id = $4")
-                .bind(role.enabled as i64)
-                .bind(&listen)
-                .bind(now)
-                .bind(&id)
-                .execute(&self.db)
-                .await?;
+        if had_row {
+            db::sources::update_role(&self.db, &id, role.enabled, &listen, now).await?;
         } else {
-            sqlx::query(
-                "INSERT INTO relays (machine_id, enabled, listen, url, fingerprint, cached, updated_at) \
-                 VALUES ($1, $2, $3, NULL, NULL, '[]', $4)",
-            )
-            .bind(&id)
-            .bind(role.enabled as i64)
-            .bind(&listen)
-            .bind(now)
-            .execute(&self.db)
-            .await?;
+            db::sources::insert_role(&self.db, &id, role.enabled, &listen, now).await?;
         }
         drop(_w);
         self.sources.relay_notifier(&id).notify_one();
@@ -380,22 +328,13 @@ impl Server {
         self.sources
             .key
             .get_or_try_init(|| async {
-                let row: Option<String> =
-                    sqlx::query_scalar("SELECT secret FROM source_keys WHERE id = 1")
-                        .fetch_optional(&self.db)
-                        .await?;
-                let hexkey = match row {
+                let hexkey = match db::sources::token_key(&self.db).await? {
                     Some(h) => h,
                     None => {
                         let h = super::random_hex(32)?;
                         // Two first uses at once: the second insert fails and both read the winner.
-                        let _ = sqlx::query("INSERT INTO source_keys (id, secret) VALUES (1, $1)")
-                            .bind(&h)
-                            .execute(&self.db)
-                            .await;
-                        sqlx::query_scalar("SELECT secret FROM source_keys WHERE id = 1")
-                            .fetch_one(&self.db)
-                            .await?
+                        let _ = db::sources::insert_token_key(&self.db, &h).await;
+                        db::sources::stored_token_key(&self.db).await?
                     }
                 };
                 let mut b = [0u8; 32];
@@ -421,13 +360,11 @@ impl Server {
     }
 
     pub async fn is_relay(&self, machine: &str) -> bool {
-        sqlx::query_scalar::<_, i64>("SELECT enabled FROM relays WHERE machine_id = $1")
-            .bind(machine)
-            .fetch_optional(&self.db)
+        db::sources::relay_enabled(&self.db, machine)
             .await
             .ok()
             .flatten()
-            .is_some_and(|e| e != 0)
+            .unwrap_or(false)
     }
 
     async fn wake_relays(&self) {
@@ -449,33 +386,25 @@ impl Server {
         {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT DISTINCT d.machine_id, m.peer_addr, m.inventory, p.archive_sha256, p.archive_size, p.manifest \
-             FROM deliveries d JOIN machines m ON m.id = d.machine_id JOIN packages p ON p.id = d.package_id \
-             WHERE d.state IN ('pending','awaiting_retry','transferring')",
-        )
-        .fetch_all(&self.db)
-        .await?;
+        let rows = db::deliveries::content_demand(&self.db).await?;
         let mut out: Vec<Prefetch> = Vec::new();
         for r in &rows {
-            let inv: Inventory = json(r, "inventory")?;
-            let peer: String = r.try_get("peer_addr")?;
-            let kind = package_kind(&r.try_get::<String, _>("manifest")?);
+            let kind = package_kind(&r.manifest);
             let plan = cs::plan(
                 &list,
-                &machine_addresses(&peer, &inv),
+                &machine_addresses(&r.peer_addr, &r.inventory),
                 Category::of_package_kind(&kind),
             );
             let uses = plan.sources.iter().any(|s| {
                 matches!(s, Source::Relay { machine } if relays.iter().any(|x| x.is(machine) && x.machine_id == relay.machine_id))
             });
-            let sha: String = r.try_get("archive_sha256")?;
-            if uses && !relay.cached.contains(&sha) && !out.iter().any(|p| p.sha256.hex() == sha) {
+            let sha = &r.archive_sha256;
+            if uses && !relay.cached.contains(sha) && !out.iter().any(|p| p.sha256.hex() == *sha) {
                 out.push(Prefetch {
                     sha256: sha
                         .parse()
                         .map_err(|e: crate::model::types::FormatError| anyhow::anyhow!(e.0))?,
-                    size: r.try_get::<i64, _>("archive_size")? as u64,
+                    size: r.archive_size,
                 });
             }
         }
@@ -495,34 +424,19 @@ impl Server {
             .strip_prefix("https://")
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .filter(|a| a.ip().is_unspecified())
-            && let Some(peer) =
-                sqlx::query_scalar::<_, String>("SELECT peer_addr FROM machines WHERE id = $1")
-                    .bind(machine)
-                    .fetch_optional(&self.db)
-                    .await?
-                    .and_then(|p| p.parse::<IpAddr>().ok())
+            && let Some(peer) = db::machines::peer_addr(&self.db, machine)
+                .await?
+                .and_then(|p| p.parse::<IpAddr>().ok())
         {
             url = format!("https://{}", SocketAddr::new(peer, addr.port()));
         }
         {
             let _w = self.write.lock().await;
-            sqlx::query(
-                "UPDATE relays SET url = $1, fingerprint = $2, cached = $3, updated_at = $4 WHERE machine_id = $5",
-            )
-            .bind(&url)
-            .bind(&st.fingerprint)
-            .bind(serde_json::to_string(&cached)?)
-            .bind(now_ms())
-            .bind(machine)
-            .execute(&self.db)
-            .await?;
+            db::sources::update_status(&self.db, machine, &url, &st.fingerprint, &cached, now_ms())
+                .await?;
         }
         // Clients held for this relay may go now.
-        let waiting: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT machine_id FROM deliveries WHERE state IN ('pending','awaiting_retry')",
-        )
-        .fetch_all(&self.db)
-        .await?;
+        let waiting = db::deliveries::waiting_machines(&self.db).await?;
         for m in waiting {
             self.wake(&m);
         }
@@ -540,48 +454,26 @@ impl Server {
         machine: &str,
         package: &str,
     ) -> Result<Option<(Plan, String, u64)>> {
-        let list: Option<SourceList> =
-            match sqlx::query("SELECT spec FROM update_sources WHERE id = 1")
-                .fetch_optional(&mut *tx)
-                .await?
-            {
-                Some(r) => Some(json(&r, "spec")?),
-                None => None,
-            };
+        let list = db::sources::list_in(tx).await?;
         let Some(list) = list.filter(|l| !l.entries.is_empty()) else {
             return Ok(None);
         };
-        let Some(m) = sqlx::query("SELECT peer_addr, inventory FROM machines WHERE id = $1")
-            .bind(machine)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some((peer, inv)) = db::machines::addressing(tx, machine).await? else {
             return Ok(None);
         };
-        let Some(p) = sqlx::query(
-            "SELECT manifest, archive_sha256, archive_size FROM packages WHERE id = $1",
-        )
-        .bind(package)
-        .fetch_optional(&mut *tx)
-        .await?
-        else {
+        let Some(p) = db::packages::for_sources(tx, package).await? else {
             return Ok(None);
         };
-        let inv: Inventory = json(&m, "inventory")?;
-        let kind = package_kind(&p.try_get::<String, _>("manifest")?);
+        let kind = package_kind(&p.manifest);
         let plan = cs::plan(
             &list,
-            &machine_addresses(&m.try_get::<String, _>("peer_addr")?, &inv),
+            &machine_addresses(&peer, &inv),
             Category::of_package_kind(&kind),
         );
         if plan.entry.is_none() {
             return Ok(None);
         }
-        Ok(Some((
-            plan,
-            p.try_get("archive_sha256")?,
-            p.try_get::<i64, _>("archive_size")? as u64,
-        )))
+        Ok(Some((plan, p.archive_sha256, p.archive_size)))
     }
 
     /// The ordered sources for one work item; None: the server only (no entry matched).

@@ -5,7 +5,8 @@
 //! file and the remote work directory.
 
 use super::Server;
-use super::db::now_ms;
+use super::db::machines::{NewMachine, SshRow};
+use super::db::{self, now_ms};
 use super::{random_hex, sha256_hex};
 use crate::ssh::Target;
 use crate::ssh::facts::{self, Host};
@@ -13,7 +14,6 @@ use crate::ssh::session::{Access, Session, SshError};
 use crate::transport::protocol::Inventory;
 use crate::transport::ssh_api::{SshMachineAdded, SshMachineRequest};
 use anyhow::Result;
-use sqlx::Row;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -105,15 +105,8 @@ impl Server {
                 "the remote work directory {work_dir} must be an absolute path"
             )));
         }
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT machine_id FROM ssh_machines WHERE username = $1 AND host = $2 AND port = $3",
-        )
-        .bind(&target.user)
-        .bind(&target.host)
-        .bind(target.port as i64)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(anyhow::Error::from)?;
+        let existing =
+            db::machines::ssh_by_target(&self.db, &target.user, &target.host, target.port).await?;
         if let Some(id) = existing {
             return Err(AddError::Invalid(format!(
                 "{target} is already machine {id}"
@@ -137,35 +130,35 @@ impl Server {
             let now = now_ms();
             let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
             // No agent holds a secret for this machine: a random one no one knows.
-            sqlx::query(
-                "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
-                 VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, 'ssh', NULL)",
+            db::machines::insert(
+                &mut tx,
+                &NewMachine {
+                    id: &id,
+                    secret_hash: &sha256_hex(&random_hex(32)?),
+                    hostname: &req.name,
+                    inventory: &inv,
+                    peer_addr: &target.host,
+                    now,
+                    agent_state: "ssh",
+                    enroll_group: None,
+                },
             )
-            .bind(&id)
-            .bind(sha256_hex(&random_hex(32)?))
-            .bind(&req.name)
-            .bind(serde_json::to_string(&inv).map_err(anyhow::Error::from)?)
-            .bind(&target.host)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(anyhow::Error::from)?;
-            sqlx::query(
-                "INSERT INTO ssh_machines (machine_id, username, host, port, key_path, known_hosts, trust_on_first_use, work_dir, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            .await?;
+            db::machines::insert_ssh(
+                &mut tx,
+                &SshRow {
+                    machine_id: id.clone(),
+                    username: target.user.clone(),
+                    host: target.host.clone(),
+                    port: target.port as i64,
+                    key_path: access.key.display().to_string(),
+                    known_hosts: access.known_hosts.display().to_string(),
+                    trust_on_first_use: req.trust_on_first_use,
+                    work_dir: work_dir.clone(),
+                },
+                now,
             )
-            .bind(&id)
-            .bind(&target.user)
-            .bind(&target.host)
-            .bind(target.port as i64)
-            .bind(access.key.display().to_string())
-            .bind(access.known_hosts.display().to_string())
-            .bind(req.trust_on_first_use as i64)
-            .bind(&work_dir)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(anyhow::Error::from)?;
+            .await?;
             tx.commit().await.map_err(anyhow::Error::from)?;
         }
         tracing::info!(machine = %id, %target, os = %inv.os, host_key = %host_key, "SSH machine added");
@@ -189,30 +182,25 @@ impl Server {
 
     /// Every registered SSH machine.
     pub async fn ssh_machines(&self) -> Result<Vec<SshMachine>> {
-        let rows = sqlx::query(
-            "SELECT machine_id, username, host, port, key_path, known_hosts, trust_on_first_use, work_dir FROM ssh_machines",
-        )
-        .fetch_all(&self.db)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SshMachine {
-                    id: r.try_get("machine_id")?,
-                    access: Access {
-                        target: Target {
-                            user: r.try_get("username")?,
-                            host: r.try_get("host")?,
-                            port: r.try_get::<i64, _>("port")? as u16,
-                        },
-                        key: PathBuf::from(r.try_get::<String, _>("key_path")?),
-                        known_hosts: PathBuf::from(r.try_get::<String, _>("known_hosts")?),
-                        // Deliveries never learn keys: the first connection recorded it.
-                        trust_on_first_use: false,
-                        connect_timeout: CONNECT_TIMEOUT,
+        Ok(db::machines::ssh_list(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| SshMachine {
+                id: r.machine_id,
+                access: Access {
+                    target: Target {
+                        user: r.username,
+                        host: r.host,
+                        port: r.port as u16,
                     },
-                    work_dir: r.try_get("work_dir")?,
-                })
+                    key: PathBuf::from(r.key_path),
+                    known_hosts: PathBuf::from(r.known_hosts),
+                    // Deliveries never learn keys: the first connection recorded it.
+                    trust_on_first_use: false,
+                    connect_timeout: CONNECT_TIMEOUT,
+                },
+                work_dir: r.work_dir,
             })
-            .collect()
+            .collect())
     }
 }

@@ -20,7 +20,7 @@
 //! Work already in flight is never stopped by a closing window: only starts are gated.
 
 use super::Server;
-use super::db::json;
+use super::db;
 use crate::core::schedule::{Occurrence, check_in_at};
 use crate::model::group_policy::{ContentKind, GroupPolicy};
 use crate::model::raw::RawKind;
@@ -28,7 +28,6 @@ use crate::transport::admin_api::MachineView;
 use crate::transport::schedule_api::{GroupSchedule, Opening, PolicyView};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,13 +42,7 @@ pub enum Gate {
     },
 }
 
-/// What created a scheduled delivery's scenario.
-#[derive(Debug, Clone)]
-pub struct Scheduled {
-    pub kind: String,
-    pub group: String,
-    pub rollout_id: Option<String>,
-}
+pub use super::db::scenarios::Scheduled;
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -106,41 +99,13 @@ impl Server {
     pub async fn set_policy_row(&self, p: &GroupPolicy) -> Result<u64> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM group_policies")
-                .fetch_one(&mut *tx)
-                .await?;
-        let version = version + 1;
-        sqlx::query("DELETE FROM group_policies WHERE grp = $1")
-            .bind(&p.group)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO group_policies (grp, spec, version, updated_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&p.group)
-        .bind(serde_json::to_string(p)?)
-        .bind(version)
-        .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
+        let version = db::policies::replace(&mut tx, p, self.now()).await?;
         tx.commit().await?;
         Ok(version as u64)
     }
 
     pub async fn policies(&self) -> Result<Vec<PolicyView>> {
-        sqlx::query("SELECT spec, version, updated_at FROM group_policies ORDER BY grp")
-            .fetch_all(&self.db)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(PolicyView {
-                    policy: json(r, "spec")?,
-                    version: r.try_get::<i64, _>("version")? as u64,
-                    updated_at_ms: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
+        db::policies::list(&self.db).await
     }
 
     /// Names of the groups `m` is in: groups that resolve it, and its enrollment group.
@@ -170,11 +135,7 @@ impl Server {
     }
 
     async fn package_kind(&self, package: &str) -> Result<Option<ContentKind>> {
-        let manifest: Option<String> =
-            sqlx::query_scalar("SELECT manifest FROM packages WHERE id = $1")
-                .bind(package)
-                .fetch_optional(&self.db)
-                .await?;
+        let manifest = db::packages::manifest(&self.db, package).await?;
         Ok(manifest.and_then(|m| {
             serde_json::from_str::<crate::pack::archive::Manifest>(&m)
                 .ok()
@@ -183,18 +144,7 @@ impl Server {
     }
 
     pub async fn scheduled(&self, scenario_id: &str) -> Result<Option<Scheduled>> {
-        let r = sqlx::query("SELECT kind, grp, rollout_id FROM scheduled WHERE scenario_id = $1")
-            .bind(scenario_id)
-            .fetch_optional(&self.db)
-            .await?;
-        r.map(|r| {
-            Ok(Scheduled {
-                kind: r.try_get("kind")?,
-                group: r.try_get("grp")?,
-                rollout_id: r.try_get("rollout_id")?,
-            })
-        })
-        .transpose()
+        db::scenarios::scheduled(&self.db, scenario_id).await
     }
 
     /// May `delivery` (of `scenario_id`, `package`) start on `machine` now? See the module doc.
@@ -235,10 +185,7 @@ impl Server {
         if let Some(s) = self.scheduled(scenario_id).await?
             && let Some(p) = policies.iter().find(|p| p.policy.group == s.group)
         {
-            let since: i64 = sqlx::query_scalar("SELECT updated_at FROM deliveries WHERE id = $1")
-                .bind(delivery_id)
-                .fetch_one(&self.db)
-                .await?;
+            let since = db::deliveries::updated_at(&self.db, delivery_id).await?;
             if let Err(until) = window_gate(&p.policy, machine, now, since) {
                 return Ok(Gate::Wait {
                     until,
@@ -256,11 +203,7 @@ impl Server {
             return Ok(Gate::Open);
         };
         if let Some(r) = &s.rollout_id {
-            let state: Option<String> =
-                sqlx::query_scalar("SELECT state FROM rollouts WHERE id = $1")
-                    .bind(r)
-                    .fetch_optional(&self.db)
-                    .await?;
+            let state = db::rollouts::state(&self.db, r).await?;
             if state.as_deref() != Some("running") {
                 return Ok(Gate::Wait {
                     until: None,

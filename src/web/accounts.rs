@@ -4,7 +4,7 @@
 
 use super::{WebError, WebResult, WebState};
 use crate::server::Server;
-use crate::server::db::now_ms;
+use crate::server::db::{self, now_ms};
 use anyhow::{Context, Result};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -13,7 +13,6 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 /// The admin API path the CLI uses (Bearer admin token).
 pub const ACCOUNTS: &str = "/api/v1/admin/accounts";
@@ -88,23 +87,8 @@ impl Server {
         let now = now_ms();
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM web_accounts WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO web_accounts (name, password_hash, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(name)
-        .bind(&hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         // A new password ends the account's sessions.
-        sqlx::query("DELETE FROM web_sessions WHERE account = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        db::accounts::put(&mut tx, name, &hash, now).await?;
         tx.commit().await?;
         Ok(AccountView {
             name: name.to_string(),
@@ -115,41 +99,26 @@ impl Server {
     pub async fn remove_account(&self, name: &str) -> Result<bool> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        let n = sqlx::query("DELETE FROM web_accounts WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM web_sessions WHERE account = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        let existed = db::accounts::remove(&mut tx, name).await?;
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(existed)
     }
 
     pub async fn accounts(&self) -> Result<Vec<AccountView>> {
-        let rows = sqlx::query("SELECT name, created_at FROM web_accounts ORDER BY name")
-            .fetch_all(&self.db)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AccountView {
-                    name: r.try_get("name")?,
-                    created_at_ms: r.try_get("created_at")?,
-                })
+        Ok(db::accounts::list(&self.db)
+            .await?
+            .into_iter()
+            .map(|a| AccountView {
+                name: a.name,
+                created_at_ms: a.created_at,
             })
-            .collect()
+            .collect())
     }
 
     /// Whether `name` / `password` sign in. The hash check runs on a blocking thread (argon2
     /// is deliberately slow) and runs for unknown names too.
     pub async fn check_password(&self, name: &str, password: &str) -> Result<bool> {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT password_hash FROM web_accounts WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.db)
-                .await?;
+        let stored = db::accounts::password_hash(&self.db, name).await?;
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| decoy_hash().to_string());
         let password = password.to_string();

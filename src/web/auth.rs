@@ -4,11 +4,10 @@
 //! Path=/); the database keeps only its SHA-256, with the account, the session's CSRF token and
 //! an absolute expiry. Signing out or a new password deletes the row.
 
-use crate::server::db::now_ms;
+use crate::server::db::{self, now_ms};
 use crate::server::{Server, random_hex, sha256_hex};
 use anyhow::Result;
 use axum::http::{HeaderMap, header};
-use sqlx::Row;
 
 pub const SESSION_COOKIE: &str = "__Host-patchcast_session";
 /// Before sign-in: the double-submit token of the sign-in form (there is no session yet).
@@ -73,20 +72,8 @@ impl Server {
         let Some(token) = cookie(h, SESSION_COOKIE).filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
-        let row = sqlx::query(
-            "SELECT account, csrf FROM web_sessions WHERE token_hash = $1 AND expires_at > $2",
-        )
-        .bind(sha256_hex(token))
-        .bind(now_ms())
-        .fetch_optional(&self.db)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(Viewer::Session {
-                account: r.try_get("account")?,
-                csrf: r.try_get("csrf")?,
-            }),
-            None => None,
-        })
+        let session = db::accounts::session(&self.db, &sha256_hex(token), now_ms()).await?;
+        Ok(session.map(|(account, csrf)| Viewer::Session { account, csrf }))
     }
 
     /// A new session for `account`: (cookie value, CSRF token). Expired sessions are swept here.
@@ -95,19 +82,15 @@ impl Server {
         let csrf = random_hex(32)?;
         let now = now_ms();
         let _w = self.write.lock().await;
-        sqlx::query("DELETE FROM web_sessions WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&self.db)
-            .await?;
-        sqlx::query(
-            "INSERT INTO web_sessions (token_hash, account, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        db::accounts::sweep_sessions(&self.db, now).await?;
+        db::accounts::insert_session(
+            &self.db,
+            &sha256_hex(&token),
+            account,
+            &csrf,
+            now,
+            now + SESSION_TTL_MS,
         )
-        .bind(sha256_hex(&token))
-        .bind(account)
-        .bind(&csrf)
-        .bind(now)
-        .bind(now + SESSION_TTL_MS)
-        .execute(&self.db)
         .await?;
         Ok((token, csrf))
     }
@@ -115,10 +98,7 @@ impl Server {
     pub async fn end_session(&self, h: &HeaderMap) -> Result<()> {
         if let Some(token) = cookie(h, SESSION_COOKIE) {
             let _w = self.write.lock().await;
-            sqlx::query("DELETE FROM web_sessions WHERE token_hash = $1")
-                .bind(sha256_hex(token))
-                .execute(&self.db)
-                .await?;
+            db::accounts::delete_session(&self.db, &sha256_hex(token)).await?;
         }
         Ok(())
     }

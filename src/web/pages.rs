@@ -9,7 +9,7 @@ use super::i18n::{STATE_NAMES, lang_of, state_label, strings, word};
 use super::views::{self, MachineFilter, bucket, time};
 use super::{Web, WebError, WebResult, WebState};
 use crate::core::errors::{Code, Lang, Params, entry, human_bytes, render};
-use crate::server::db::now_ms;
+use crate::server::db::{self, now_ms};
 use crate::server::results::Query as ResultsQuery;
 use crate::transport::admin_api::DeliveryRow;
 use axum::extract::{ConnectInfo, Form, OriginalUri, Path, Query, State};
@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
@@ -386,20 +385,13 @@ pub async fn dashboard(
 
 /// Codes raised in events since `since`, most frequent first, with their catalog text.
 async fn recent_errors(w: &Web, since: i64, lang: Lang) -> anyhow::Result<Vec<Value>> {
-    let rows = sqlx::query(
-        "SELECT code, COUNT(*) AS n, MAX(at) AS last FROM events WHERE code IS NOT NULL AND at >= $1 GROUP BY code",
-    )
-    .bind(since)
-    .fetch_all(&w.server.db)
-    .await?;
+    let rows = db::deliveries::codes_since(&w.server.db, since).await?;
     let mut out = Vec::new();
-    for r in &rows {
-        let code: String = r.try_get("code")?;
-        let Ok(code) = code.parse::<Code>() else {
+    for r in rows {
+        let Ok(code) = r.code.parse::<Code>() else {
             continue;
         };
-        let n: i64 = r.try_get("n")?;
-        let last: i64 = r.try_get("last")?;
+        let (n, last) = (r.n, r.last);
         out.push((n, json!({"count": n, "last": time(last), "code": code_view(code, lang, &Params::default())})));
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.0));
@@ -619,18 +611,14 @@ pub async fn scenarios(
 ) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     signed_in!(ctx);
-    let rows = sqlx::query("SELECT id, name, created_at FROM scenarios ORDER BY created_at DESC")
-        .fetch_all(&w.server.db)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let rows = db::scenarios::newest_first(&w.server.db).await?;
     let mut list = Vec::new();
-    for r in &rows {
-        let id: String = r.try_get("id").map_err(anyhow::Error::from)?;
-        let counts = super::sse::counts(&w.server, &id).await?;
+    for r in rows {
+        let counts = super::sse::counts(&w.server, &r.id).await?;
         list.push(json!({
-            "id": id,
-            "name": r.try_get::<String, _>("name").map_err(anyhow::Error::from)?,
-            "created": time(r.try_get("created_at").map_err(anyhow::Error::from)?),
+            "id": r.id,
+            "name": r.name,
+            "created": time(r.created_at),
             "total": counts.total, "done": counts.done,
             "applied": counts.states.get("applied").copied().unwrap_or(0),
             "failed": counts.states.get("failed").copied().unwrap_or(0),

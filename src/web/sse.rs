@@ -9,13 +9,13 @@
 
 use super::{WebError, WebResult, WebState};
 use crate::server::Server;
+use crate::server::db::deliveries;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use serde::Serialize;
-use sqlx::Row;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -29,25 +29,16 @@ pub struct Counts {
     pub done: bool,
 }
 
-const TERMINAL: [&str; 4] = ["applied", "not_applicable", "failed", "loop_detected"];
-
 pub async fn counts(s: &Server, scenario: &str) -> anyhow::Result<Counts> {
-    let rows = sqlx::query(
-        "SELECT state, COUNT(*) AS n FROM deliveries WHERE scenario_id = $1 GROUP BY state",
-    )
-    .bind(scenario)
-    .fetch_all(&s.db)
-    .await?;
     let mut c = Counts::default();
-    for r in &rows {
-        let n = r.try_get::<i64, _>("n")? as u64;
-        c.states.insert(r.try_get("state")?, n);
+    for (state, n) in deliveries::count_by_state(&s.db, scenario).await? {
+        c.states.insert(state, n);
         c.total += n;
     }
     c.done = c.total > 0
         && c.states
             .iter()
-            .all(|(k, n)| *n == 0 || TERMINAL.contains(&k.as_str()));
+            .all(|(k, n)| *n == 0 || deliveries::is_terminal_name(k));
     Ok(c)
 }
 

@@ -18,12 +18,8 @@ pub struct WaveView {
 
 /// The waves of the rollout scenario `id` belongs to, in order; none for a plain scenario.
 pub async fn for_scenario(server: &Server, id: &str) -> anyhow::Result<Vec<WaveView>> {
-    let rollout: Option<Option<String>> =
-        sqlx::query_scalar("SELECT rollout_id FROM scheduled WHERE scenario_id = $1")
-            .bind(id)
-            .fetch_optional(&server.db)
-            .await?;
-    let Some(Some(rollout)) = rollout else {
+    let Some(Some(rollout)) = crate::server::db::scenarios::rollout_of(&server.db, id).await?
+    else {
         return Ok(Vec::new());
     };
     let status = server.rollout_status(&rollout).await?;

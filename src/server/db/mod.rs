@@ -1,10 +1,27 @@
-//! The server's database: one query layer over SQLite (default) and PostgreSQL through the
-//! sqlx `Any` driver. SQL uses `$1` placeholders (both accept them), times are unix
-//! milliseconds in BIGINT, structured values are JSON in TEXT, and numbers are BIGINT, so the
-//! same statements run unchanged on both backends.
+//! The store: every SQL statement of the server and the web console, over SQLite (default)
+//! and PostgreSQL through the sqlx `Any` driver. SQL uses `$1` placeholders (both accept them),
+//! times are unix milliseconds in BIGINT, structured values are JSON in TEXT, and numbers are
+//! BIGINT, so the same statements run unchanged on both backends.
+//!
+//! One module per aggregate; each function runs its statements on the pool, or on a
+//! connection (`&mut AnyConnection`, i.e. an open transaction) when the caller runs several
+//! statements in one transaction. Callers keep the decisions (and the write lock); the store
+//! only reads and writes typed rows. Delivery state sets are rendered from
+//! `core::delivery::State` (`deliveries::TERMINAL`, …), never written out as SQL literals.
+//! No statement differs between the backends, so there is no dialect switch beyond SQLite's
+//! connection settings in `open`.
 //!
 //! Migrations are a small versioned runner: each entry runs once, in its own transaction,
 //! recorded in `schema_migrations`.
+
+pub mod accounts;
+pub mod deliveries;
+pub mod machines;
+pub mod packages;
+pub mod policies;
+pub mod rollouts;
+pub mod scenarios;
+pub mod sources;
 
 use anyhow::{Context, Result};
 use sqlx::any::AnyPoolOptions;
@@ -68,7 +85,7 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
        trust_on_first_use BIGINT NOT NULL, work_dir TEXT NOT NULL, created_at BIGINT NOT NULL)",
         ],
     ),
-    (4, "update sources and relays", super::sources::MIGRATION),
+    (4, "update sources and relays", sources::MIGRATION),
     (
         5,
         "web console: admin accounts and sessions",
@@ -171,7 +188,7 @@ async fn migrate(pool: &AnyPool) -> Result<()> {
 }
 
 /// Reads a TEXT column holding JSON.
-pub fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> Result<T> {
+fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> Result<T> {
     let s: String = row.try_get(col)?;
     serde_json::from_str(&s).with_context(|| format!("column {col} holds unreadable JSON"))
 }

@@ -1,0 +1,15 @@
+//! Helpers shared by the integration tests, compiled once for the whole test binary.
+
+pub mod agent_harness;
+pub mod browser;
+pub mod scripted_server;
+pub mod server_harness;
+pub mod sources_harness;
+pub mod sshd_env;
+pub mod web_client;
+
+/// Held by each test that installs or removes software on this machine itself (dpkg, files
+/// under /usr/local/bin): all tests run as threads of one process, and two of them install
+/// and remove the same sample package. A tokio mutex, so an async test may hold it across
+/// `.await` and a failed test does not poison it for the next.
+pub static MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

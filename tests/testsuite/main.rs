@@ -1,0 +1,35 @@
+//! The integration tests, one module per former `tests/*.rs` file, built as one test binary
+//! (`[[test]] testsuite` in Cargo.toml): the dependency tree is linked once, not once per
+//! file. Tests run as threads of this one process, so none may change the working directory
+//! or the environment; `common` holds the shared helpers.
+//!
+//! One module's tests: `cargo test --test testsuite server_api::`.
+
+mod common;
+
+mod agent_bench_server;
+mod agent_emulated;
+mod agent_linux;
+mod agent_refusals;
+mod agent_resume;
+mod archive;
+mod cli;
+mod e2e_fleet;
+mod lint_fixtures;
+mod linux_samples;
+mod relay_prefetch;
+mod rollout_waves;
+mod schedule_caps;
+mod schedule_docs;
+mod schedule_windows;
+mod server_api;
+mod server_crash;
+mod server_delivery;
+mod server_scenarios;
+mod smb_share;
+mod sources_cli;
+mod sources_fallback;
+mod ssh_agent_install;
+mod ssh_delivery;
+mod web_console;
+mod web_http;
