@@ -141,7 +141,7 @@ where
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::from(2)
+                    ExitCode::FAILURE
                 }
             }
         }
@@ -181,7 +181,7 @@ where
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::from(2)
+                    ExitCode::FAILURE
                 }
             }
         }
@@ -192,7 +192,7 @@ where
                     eprintln!("{p}");
                 }
                 eprintln!("error: {} is not a valid package", dir.display());
-                return ExitCode::from(2);
+                return ExitCode::FAILURE;
             };
             let mut facts = crate::agent::facts::machine();
             crate::agent::facts::gather(&mut facts, &queries(&pkg));

@@ -45,7 +45,7 @@ pub fn try_run_as_service(root: PathBuf, allow_real_reboot: bool) -> Option<Exit
         Err(windows_service::Error::Winapi(e)) if e.raw_os_error() == Some(NOT_A_SERVICE) => None,
         Err(e) => {
             eprintln!("error: starting the Windows service failed: {e}");
-            Some(ExitCode::from(2))
+            Some(ExitCode::FAILURE)
         }
     }
 }

@@ -23,11 +23,23 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match patchcast::cli::run(patchcast::cli::Cli::parse()) {
+    let cli = patchcast::cli::Cli::parse();
+    // A command whose output is piped into `head` or `true` ends quietly when the reader goes
+    // away, as `cat` does, instead of panicking on the closed pipe. Long-running commands keep
+    // SIGPIPE ignored: they write to children and logs that may close without ending them.
+    #[cfg(unix)]
+    if !cli.command.serves() {
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match patchcast::cli::run(cli) {
         Ok(code) => code,
+        // Usage errors exit 2 from clap itself; a failed operation exits 1, as cargo and git do.
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

@@ -49,7 +49,7 @@ pub enum Command {
     /// Show the result codes with their message and remedy (English or Japanese).
     Codes {
         /// One code (E06, W15, …); omitted: all of them.
-        code: Option<String>,
+        code: Option<crate::core::errors::Code>,
         /// `en` or `ja` (default: from LANG).
         #[arg(long, env = "PATCHCAST_LANG")]
         lang: Option<String>,
@@ -129,6 +129,16 @@ pub fn schema(doc: SchemaDoc) -> String {
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
+impl Command {
+    /// Commands that keep running and serve others (a server, the demo's server and agents).
+    pub fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Server(_) | Command::Demo(_) | Command::Loadtest(_)
+        )
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),
@@ -203,7 +213,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default(),
             );
             let codes: Vec<Code> = match code {
-                Some(c) => vec![c.parse()?],
+                Some(c) => vec![c],
                 None => crate::core::errors::all().collect(),
             };
             let rendered: Vec<_> = codes

@@ -151,7 +151,7 @@ fn set(file: &Path, connect: &Connect, json: bool) -> Result<ExitCode> {
                 eprintln!("{p}");
             }
             eprintln!("error: {name}: not applied: fix the problems above");
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::FAILURE);
         }
     };
     match rt()?.block_on(connect.admin()?.set_sources(&list))? {
@@ -189,7 +189,7 @@ fn set(file: &Path, connect: &Connect, json: bool) -> Result<ExitCode> {
                 eprintln!("{l}");
             }
             eprintln!("error: {name}: {}", refused.error);
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::FAILURE)
         }
     }
 }

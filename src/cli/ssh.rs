@@ -312,7 +312,7 @@ fn install(a: InstallArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     match rt.block_on(install_agent(a)) {
@@ -338,7 +338,7 @@ fn install(a: InstallArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }
