@@ -3,8 +3,9 @@
 # change) with no work; VmRSS and CPU time are sampled from /proc every second and summarised.
 # One agent per build profile (PROFILES, default "agent release": as shipped, and plain
 # --release for comparison) run side by side against the same server, so the machine's noise
-# falls on both alike. The server is the scripted test server (tests/agent_bench_server.rs,
-# `--ignored`), so the benchmark needs nothing but this repository.
+# falls on both alike. The server is the scripted test server
+# (tests/testsuite/agent_bench_server.rs, `--ignored`), so the benchmark needs nothing but
+# this repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
@@ -25,7 +26,8 @@ done
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
 BENCH_SERVER_INFO="$work/server.env" BENCH_SERVER_POLL_MS="${POLL_MS:-25000}" \
-    cargo test --quiet --test agent_bench_server -- --ignored --nocapture serve_for_benchmark \
+    cargo test --quiet --test testsuite -- --ignored --nocapture --exact \
+    agent_bench_server::serve_for_benchmark \
     >"$work/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do

@@ -24,16 +24,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = patchcast::cli::Cli::parse();
-    // A command whose output is piped into `head` or `true` ends quietly when the reader goes
-    // away, as `cat` does, instead of panicking on the closed pipe. Long-running commands keep
-    // SIGPIPE ignored: they write to children and logs that may close without ending them.
-    #[cfg(unix)]
-    if !cli.command.serves() {
-        // SAFETY: restoring the default disposition of one signal before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    quiet_on_closed_stdout();
     match patchcast::cli::run(cli) {
         Ok(code) => code,
         // Usage errors exit 2 from clap itself; a failed operation exits 1, as cargo and git do.
@@ -42,4 +33,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Output piped into `head` or `true` ends the program quietly when the reader goes away, as
+/// it ends `cat`: by SIGPIPE, not a panic message. SIGPIPE itself stays ignored (Rust's
+/// default), so a socket closed by a server is an error the command reports, never a silent
+/// death mid-upload.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            #[cfg(unix)]
+            // SAFETY: restoring a signal's default disposition and raising it; no memory involved.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(1);
+        }
+        default(info)
+    }));
 }

@@ -129,16 +129,6 @@ pub fn schema(doc: SchemaDoc) -> String {
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
-impl Command {
-    /// Commands that keep running and serve others (a server, the demo's server and agents).
-    pub fn serves(&self) -> bool {
-        matches!(
-            self,
-            Command::Server(_) | Command::Demo(_) | Command::Loadtest(_)
-        )
-    }
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),

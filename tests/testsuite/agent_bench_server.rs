@@ -2,10 +2,7 @@
 //! normal test runs): it writes its URL and fingerprint to `$BENCH_SERVER_INFO` and serves
 //! until killed.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::common::{agent_harness, scripted_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 #[ignore = "run by scripts/bench-agent-idle.sh"]

@@ -4,20 +4,13 @@
 //! file-version HotFix whose installer replaces the file its rule names; and, with the real
 //! server, a package whose MS number is wrong loops until the breaker names the MS check.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
-use agent_harness::*;
+use crate::common::agent_harness::*;
+use crate::common::scripted_server::Scripted;
+use crate::common::server_harness::{Backend, TestServer, scenario};
 use patchcast::agent::emulated::Profile;
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::transport::admin_api::ResultsQuery;
-use scripted_server::Scripted;
-use server_harness::{Backend, TestServer, scenario};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1,13 +1,8 @@
 //! The real agent process against a scripted HTTPS server on loopback: enrollment with a pinned
 //! certificate, a Linux sample package really installed end to end, clean shutdown.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
-use agent_harness::*;
-use scripted_server::Scripted;
+use crate::common::agent_harness::*;
+use crate::common::scripted_server::Scripted;
 use std::path::Path;
 use std::process::Command;
 
@@ -26,6 +21,7 @@ async fn linux_deb_sample_is_installed_for_real_and_verified() {
     if !root_or_skip() {
         return;
     }
+    let _machine = crate::common::MACHINE.lock().await;
     sh("dpkg -r patchcast-sample-hello >/dev/null 2>&1 || true");
     let tmp = tempfile::tempdir().unwrap();
     let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/linux-hello-deb");

@@ -2,14 +2,9 @@
 //! unsafe archive entries (E25), too little disk (E06, nothing transferred), an installer over
 //! its time limit (killed with its whole process group, E20 on the server).
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
-use agent_harness::*;
+use crate::common::agent_harness::*;
+use crate::common::scripted_server::Scripted;
 use patchcast::core::errors::Code;
-use scripted_server::Scripted;
 use std::path::Path;
 
 async fn enrolled(root: &Path) -> (Scripted, AgentProc) {

@@ -3,13 +3,8 @@
 //! journal at restart. The final reports are right, each step is reported once, and success
 //! is reported only after a passing verify.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
-use agent_harness::*;
-use scripted_server::{Glitch, Scripted};
+use crate::common::agent_harness::*;
+use crate::common::scripted_server::{Glitch, Scripted};
 use std::path::Path;
 
 const BIG: usize = 6 << 20;

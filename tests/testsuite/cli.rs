@@ -266,3 +266,46 @@ fn codes_in_english_and_japanese() {
     );
     assert_eq!(patchcast(&["codes", "E99"]).status.code(), Some(2));
 }
+
+#[cfg(unix)]
+#[test]
+fn regression_output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // The reader is gone before the first write, as with `patchcast schema package | true`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_patchcast"))
+        .args(["schema", "package"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        o.status
+    );
+}
+
+#[test]
+fn exit_codes_are_cargos() {
+    // A usage error is 2; an operation that fails is 1.
+    assert_eq!(
+        patchcast(&["results", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
+    let o = patchcast(&[
+        "results",
+        "--server",
+        "https://127.0.0.1:9",
+        "--fingerprint",
+        &format!("sha256:{}", "0".repeat(64)),
+        "--token",
+        "pcadm_x",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("error:"), "{}", text(&o));
+}

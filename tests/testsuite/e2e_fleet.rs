@@ -5,16 +5,11 @@
 //! its agent comes back, and a server killed mid-scenario finishing with nothing lost and
 //! nothing applied that was not verified.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
-use agent_harness::AgentProc;
+use crate::common::agent_harness::AgentProc;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery, ScenarioStatus};
-use server_harness::{Backend, TestServer, scenario};
 use std::time::{Duration, Instant};
 
 const GROUP: &str = "fleet";

@@ -50,6 +50,7 @@ fn samples_install_and_identify() {
     if !root_or_skip() {
         return;
     }
+    let _machine = crate::common::MACHINE.blocking_lock();
     // Start from a clean machine, whatever an earlier run left.
     sh(
         "dpkg -r patchcast-sample-hello >/dev/null 2>&1 || true; rm -f /usr/local/bin/patchcast-hello",

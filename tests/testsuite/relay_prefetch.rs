@@ -5,17 +5,10 @@
 //! only after the relay pre-fetched it. The relay serves nobody without a server-signed token
 //! for that content.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sources_harness.rs"]
-mod sources_harness;
-
+use crate::common::server_harness::{Backend, both_backends};
+use crate::common::sources_harness::{Site, hotfix, publish, row, set_sources};
 use patchcast::core::delivery::State;
 use patchcast::transport::client::Client;
-use server_harness::Backend;
-use sources_harness::{Site, hotfix, publish, row, set_sources};
 use std::time::{Duration, Instant};
 
 async fn relay_serves_its_neighbour_after_prefetch(backend: Backend) {

@@ -2,17 +2,11 @@
 //! pilot gates the next wave, and a failing pilot stops the rollout by itself. SQLite and
 //! PostgreSQL.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/web_client.rs"]
-mod web_client;
-
-use agent_harness::AgentProc;
+use crate::common::agent_harness::AgentProc;
+use crate::common::server_harness::{Backend, TestServer, both_backends};
+use crate::common::web_client;
 use patchcast::transport::admin_api::{Admin, ResultsQuery};
 use patchcast::transport::schedule_api::RolloutStatus;
-use server_harness::{Backend, TestServer};
 use std::time::{Duration, Instant};
 
 fn profile(hostname: &str, extra: &str) -> String {

@@ -1,18 +1,13 @@
 //! Transfer caps and the bandwidth limit with a real server and real agents (emulated
 //! Windows Server 2008 endpoints), and the next check-in slot a poll reply carries.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
-use agent_harness::AgentProc;
+use crate::common::agent_harness::AgentProc;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::loadgen::Behaviour;
 use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery};
 use patchcast::transport::protocol::{self as proto, AgentState, Poll, PollResponse};
 use patchcast::transport::schedule_api::ClockChange;
-use server_harness::{Backend, TestServer, scenario};
 use std::time::{Duration, Instant};
 
 async fn fleet(s: &TestServer, group: &str, n: usize) -> Vec<AgentProc> {

@@ -5,12 +5,8 @@
 //! Waiting is by condition with a generous guard; where a test shows that something does NOT
 //! happen it first lets the agents poll several times (each poll is a chance to be given work).
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
-use agent_harness::AgentProc;
+use crate::common::agent_harness::AgentProc;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::loadgen::Behaviour;
@@ -18,7 +14,6 @@ use patchcast::model::group_policy::{self, GroupPolicy};
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
 use patchcast::transport::protocol::AgentState;
 use patchcast::transport::schedule_api::{Assign, ClockChange, MachineSetting};
-use server_harness::{Backend, TestServer, scenario};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

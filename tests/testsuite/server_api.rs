@@ -2,15 +2,12 @@
 //! (unsigned, untrusted, tampered, disk reserve E17) and content range requests. Each test
 //! runs on SQLite and on PostgreSQL.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
+use crate::common::server_harness::{Backend, TestServer, both_backends};
 use patchcast::core::errors::Code;
 use patchcast::loadgen::{Behaviour, SimAgent, inventory};
 use patchcast::transport::admin_api::{Group, GroupFilter, Labels, TokenRequest};
 use patchcast::transport::client::{CallError, Client};
 use patchcast::transport::protocol::{self as proto, AgentState, Poll, PollResponse};
-use server_harness::{Backend, TestServer};
 
 fn code_of<T: std::fmt::Debug>(r: Result<T, CallError>) -> (u16, Option<Code>) {
     match r {

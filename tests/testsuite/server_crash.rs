@@ -2,15 +2,12 @@
 //! on, every in-flight delivery is recovered from the database, no result is lost, and nothing
 //! is applied without a verify that said so. On SQLite and on PostgreSQL.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::{Event, Execution, State};
 use patchcast::core::identify::Verdict;
 use patchcast::loadgen::Behaviour;
 use patchcast::transport::admin_api::ResultsQuery;
 use patchcast::transport::protocol::{AgentState, Detail};
-use server_harness::{Backend, TestServer, scenario};
 
 async fn sigkill_mid_scenario_loses_nothing(backend: Backend) {
     let Some(mut s) = TestServer::start(backend, &[]).await else {

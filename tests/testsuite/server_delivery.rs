@@ -2,16 +2,14 @@
 //! protocol: applied everywhere, the loop breaker, an offline machine, report idempotency,
 //! and the results/status CLI output. Each test runs on SQLite and on PostgreSQL.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-
+use crate::common::server_harness;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::{Event, Execution, State};
 use patchcast::core::errors::Code;
 use patchcast::core::identify::Verdict;
 use patchcast::loadgen::{Behaviour, SimAgent};
 use patchcast::transport::admin_api::{Admin, ScenarioStatus};
 use patchcast::transport::protocol::{AgentState, Detail};
-use server_harness::{Backend, TestServer, scenario};
 
 /// Every agent polls and works until the scenario is done (each poll either gets work or
 /// returns at once when there is none for it).

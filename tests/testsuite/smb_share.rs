@@ -5,17 +5,12 @@
 
 #![cfg(feature = "smb")]
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sources_harness.rs"]
-mod sources_harness;
-
+use crate::common::server_harness::{Backend, bin};
+use crate::common::sources_harness::{
+    Site, SmbEnv, closed_port, hotfix, row, set_sources, smb_env,
+};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
-use server_harness::{Backend, bin};
-use sources_harness::{Site, SmbEnv, closed_port, hotfix, row, set_sources, smb_env};
 use std::process::Command;
 
 fn publish_cmd(site: &Site, smb: &SmbEnv, password: &str, args: &[&str]) -> std::process::Output {

@@ -4,15 +4,8 @@
 //! IPv6 entry whose source has only an IPv4 address, an unknown relay, more than 1024 entries)
 //! refuse the list, placed in the file too, and leave the stored list unchanged.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sources_harness.rs"]
-mod sources_harness;
-
-use server_harness::{Backend, TestServer};
-use sources_harness::set_sources;
+use crate::common::server_harness::{Backend, TestServer, both_backends};
+use crate::common::sources_harness::set_sources;
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -4,17 +4,12 @@
 //! from the server) is fetched from the server and applied, the hotfix ("programs and hot
 //! fixes": not at all) fails with E27 naming every source that failed.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sources_harness.rs"]
-mod sources_harness;
-
+use crate::common::server_harness::{Backend, both_backends};
+use crate::common::sources_harness::{
+    Site, application, closed_port, hotfix, publish, row, set_sources,
+};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
-use server_harness::Backend;
-use sources_harness::{Site, application, closed_port, hotfix, publish, row, set_sources};
 
 async fn unreachable_sources_and_the_switches(backend: Backend) {
     let Some(mut site) = Site::new(backend, &["ws-1"]).await else {

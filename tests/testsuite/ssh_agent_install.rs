@@ -2,14 +2,10 @@
 //! management server: the agent binary is uploaded, enrolled with a token sent on stdin,
 //! started in the background, and shows up at the server as an enrolled, polling machine.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sshd_env.rs"]
-mod sshd_env;
-
+use crate::common::server_harness;
+use crate::common::server_harness::{Backend, TestServer};
+use crate::common::sshd_env::SshEnv;
 use patchcast::transport::admin_api::TokenRequest;
-use server_harness::{Backend, TestServer};
-use sshd_env::SshEnv;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,16 +3,11 @@
 //! verified, too little disk (E06, nothing sent), an install killed at its time limit (E20).
 //! The server is the real `patchcast server` process; machines are added with the CLI.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/sshd_env.rs"]
-mod sshd_env;
-
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::sshd_env::SshEnv;
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ScenarioStatus};
-use server_harness::{Backend, TestServer, scenario};
-use sshd_env::SshEnv;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -7,19 +7,11 @@
 //! rows; a sign-out form posted without or with a wrong CSRF token is refused with 403.
 //! Screenshots of the dashboard and the machine page go to target/web-screenshots/.
 
-#[path = "common/agent_harness.rs"]
-mod agent_harness;
-#[path = "common/browser.rs"]
-mod browser;
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/web_client.rs"]
-mod web_client;
-
-use agent_harness::AgentProc;
-use browser::Browser;
+use crate::common::agent_harness::AgentProc;
+use crate::common::browser::Browser;
+use crate::common::server_harness::{Backend, TestServer, scenario};
+use crate::common::{browser, web_client};
 use fantoccini::Locator;
-use server_harness::{Backend, TestServer, scenario};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

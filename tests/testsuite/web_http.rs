@@ -3,16 +3,11 @@
 //! headers, escaping of endpoint-supplied text, exports for scripts with the admin token, and
 //! sign-out ending the session. The browser story is in web_console.rs.
 
-#[path = "common/server_harness.rs"]
-mod server_harness;
-#[path = "common/web_client.rs"]
-mod web_client;
-
+use crate::common::server_harness::{Backend, TestServer, both_backends};
+use crate::common::web_client::{WebClient, add_account, hidden};
 use patchcast::loadgen::{Behaviour, SimAgent, inventory};
 use patchcast::transport::admin_api::TokenRequest;
 use reqwest::StatusCode;
-use server_harness::{Backend, TestServer};
-use web_client::{WebClient, add_account, hidden};
 
 const PASSWORD: &str = "correct horse battery staple";
 

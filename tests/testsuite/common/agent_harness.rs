@@ -1,8 +1,6 @@
 //! Helpers for agent integration tests: signed test packages, work items, and the real
 //! `patchcast-agent` binary started, signalled and killed as a child process.
 
-#![allow(dead_code)]
-
 use ed25519_dalek::SigningKey;
 use patchcast::core::delivery::{Event, Policy};
 use patchcast::pack::archive;

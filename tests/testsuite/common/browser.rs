@@ -7,8 +7,6 @@
 //! (`--ignore-certificate-errors-spki-list` with the SHA-256 of its SubjectPublicKeyInfo), and
 //! only for this throwaway test profile: any other certificate is still refused.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,8 +3,6 @@
 //! poll (long poll), report and content, and lets a test queue work, serve chosen (or
 //! tampered) archive bytes, cut or stall a download once, and read every request it saw.
 
-#![allow(dead_code)]
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -61,7 +59,6 @@ pub struct Scripted {
     pub fingerprint: String,
     pub script: Arc<Mutex<Script>>,
     wake: Arc<tokio::sync::Notify>,
-    handle: axum_server::Handle<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -290,10 +287,7 @@ impl Scripted {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, cfg)
-            .unwrap()
-            .handle(handle.clone());
+        let server = axum_server::from_tcp_rustls(listener, cfg).unwrap();
         tokio::spawn(async move {
             server.serve(router.into_make_service()).await.unwrap();
         });
@@ -302,7 +296,6 @@ impl Scripted {
             fingerprint: id.fingerprint,
             script,
             wake,
-            handle,
             _dir: dir,
         }
     }
@@ -333,9 +326,5 @@ impl Scripted {
                 .cloned()
                 .collect()
         })
-    }
-
-    pub fn stop(&self) {
-        self.handle.shutdown();
     }
 }

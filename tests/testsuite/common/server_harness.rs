@@ -4,8 +4,6 @@
 //! by scripts/test.sh); each test creates its own database `test_<random>`. Without it the
 //! PostgreSQL variants are skipped with a message, and fail under `CI=true`.
 
-#![allow(dead_code)]
-
 use patchcast::loadgen::{Behaviour, SimAgent, inventory};
 use patchcast::transport::admin_api::{Admin, TokenRequest};
 use std::io::{BufRead, BufReader};
@@ -218,23 +216,21 @@ impl Drop for TestServer {
 }
 
 /// A test body run on SQLite and on PostgreSQL: `both_backends!(fn_name);`
-// The test crate that includes this file has `server_harness` at its root.
-#[allow(clippy::crate_in_macro_def)]
-#[macro_export]
 macro_rules! both_backends {
     ($name:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name(crate::server_harness::Backend::Sqlite).await
+                super::$name($crate::common::server_harness::Backend::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name(crate::server_harness::Backend::Postgres).await
+                super::$name($crate::common::server_harness::Backend::Postgres).await
             }
         }
     };
 }
+pub(crate) use both_backends;
 
 /// A scenario over `group` with `packages`, and quick retries.
 pub fn scenario(

@@ -2,10 +2,8 @@
 //! Windows agents (real `patchcast-agent` processes), small packages, the private Samba
 //! server from `scripts/samba.sh`, and waiting on results.
 
-#![allow(dead_code)]
-
-use crate::agent_harness::AgentProc;
-use crate::server_harness::{Backend, TestServer};
+use super::agent_harness::AgentProc;
+use super::server_harness::{Backend, TestServer};
 use patchcast::transport::admin_api::{DeliveryRow, ResultsQuery};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +11,7 @@ use std::time::{Duration, Instant};
 pub const GROUP: &str = "site";
 
 /// The private Samba server scripts/test.sh starts (`scripts/samba.sh`).
+#[cfg(feature = "smb")]
 pub struct SmbEnv {
     pub url: String,
     pub user: String,
@@ -22,6 +21,7 @@ pub struct SmbEnv {
 }
 
 /// The test Samba server, or None (skipped) outside CI when it is not configured.
+#[cfg(feature = "smb")]
 pub fn smb_env() -> Option<SmbEnv> {
     let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match (
@@ -147,7 +147,6 @@ pub struct Site {
     pub server: TestServer,
     pub agents: Vec<AgentProc>,
     pub names: Vec<String>,
-    pub token: String,
 }
 
 impl Site {
@@ -167,7 +166,6 @@ impl Site {
             server,
             agents,
             names: names.iter().map(|s| s.to_string()).collect(),
-            token,
         })
     }
 

@@ -5,8 +5,6 @@
 //! Checks on the far side use the OpenSSH client (`ssh`), not patchcast's own SSH code, so a
 //! bug there cannot hide itself.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

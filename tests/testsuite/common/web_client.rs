@@ -1,8 +1,6 @@
 //! An HTTPS client for console tests: pinned to the test server's certificate, no redirects
 //! followed (tests look at them), cookies kept by hand so each one's attributes can be checked.
 
-#![allow(dead_code)]
-
 use patchcast::web::pages::enc;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
