@@ -443,7 +443,7 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
         archive_sha256: staged.sha256.hex(),
         archive_size: staged.size,
         key_id: v.key_id.clone(),
-        published_at_ms: super::db::now_ms(),
+        published_at_ms: s.now(),
     };
     // The package's own install timeout (default 30m), for the no-reply deadline.
     let timeout = v

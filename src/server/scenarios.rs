@@ -2,7 +2,7 @@
 //! written in one transaction; the dispatcher takes it from there.
 
 use super::Server;
-use super::db::{self, deliveries::NewDelivery, now_ms};
+use super::db::{self, deliveries::NewDelivery};
 use super::machines::in_group;
 use crate::model::scenario::Scenario;
 use crate::transport::admin_api::ScenarioCreated;
@@ -61,7 +61,7 @@ impl Server {
             }
         }
         let id = format!("s-{}", super::random_hex(6)?);
-        let now = now_ms();
+        let now = self.now();
         db::scenarios::insert(&mut tx, &id, s, now).await?;
         let mut n = 0u64;
         for m in &targets {

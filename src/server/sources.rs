@@ -245,7 +245,7 @@ impl Server {
             }));
         }
         let _w = self.write.lock().await;
-        let now = now_ms();
+        let now = self.now();
         let mut tx = self.db.begin().await?;
         db::sources::replace(&mut tx, list, now).await?;
         tx.commit().await?;
@@ -299,7 +299,7 @@ impl Server {
             .clone()
             .or(old)
             .unwrap_or_else(|| DEFAULT_RELAY_LISTEN.into());
-        let now = now_ms();
+        let now = self.now();
         if had_row {
             db::sources::update_role(&self.db, &id, role.enabled, &listen, now).await?;
         } else {
@@ -432,8 +432,15 @@ impl Server {
         }
         {
             let _w = self.write.lock().await;
-            db::sources::update_status(&self.db, machine, &url, &st.fingerprint, &cached, now_ms())
-                .await?;
+            db::sources::update_status(
+                &self.db,
+                machine,
+                &url,
+                &st.fingerprint,
+                &cached,
+                self.now(),
+            )
+            .await?;
         }
         // Clients held for this relay may go now.
         let waiting = db::deliveries::waiting_machines(&self.db).await?;
@@ -538,7 +545,7 @@ impl Server {
             return Ok(false);
         };
         let relays = self.relay_rows().await?;
-        let now = now_ms();
+        let now = self.now();
         let mut held = false;
         for s in &plan.sources {
             if let Source::Relay { machine: name } = s

@@ -5,8 +5,8 @@
 //! file and the remote work directory.
 
 use super::Server;
+use super::db;
 use super::db::machines::{NewMachine, SshRow};
-use super::db::{self, now_ms};
 use super::{random_hex, sha256_hex};
 use crate::ssh::Target;
 use crate::ssh::facts::{self, Host};
@@ -127,7 +127,7 @@ impl Server {
         let id = format!("m-{}", random_hex(8)?);
         {
             let _w = self.write.lock().await;
-            let now = now_ms();
+            let now = self.now();
             let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
             // No agent holds a secret for this machine: a random one no one knows.
             db::machines::insert(

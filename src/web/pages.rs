@@ -363,7 +363,7 @@ pub async fn dashboard(
     let rows = all_results(&w, lang).await?;
     let current = views::current(&rows);
     let compliance = views::compliance(&current);
-    let now = now_ms();
+    let now = w.server.now();
     let errors = recent_errors(&w, now - RECENT_ERRORS_MS, lang).await?;
     let machines = w.server.machines().await?;
     let stale: Vec<Value> = views::stale(&machines, now, STALE_AFTER_MS)

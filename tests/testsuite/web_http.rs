@@ -224,3 +224,47 @@ both_backends!(console_auth);
 async fn templates_compile() {
     patchcast::web::templates().expect("every embedded template compiles");
 }
+
+/// "Not seen for 24 hours" is measured on the server's one clock, the clock `last_seen` is
+/// written with (it compared the test clock's `last_seen` with the wall clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_not_seen_is_measured_on_the_servers_clock() {
+    use patchcast::transport::schedule_api::ClockChange;
+    let server = TestServer::start(Backend::Sqlite, &["--test-clock"])
+        .await
+        .unwrap();
+    let day = 24 * 3600 * 1000;
+    let wall = patchcast::server::db::now_ms();
+    let admin = server.admin();
+    let at = |set_ms| ClockChange {
+        set_ms: Some(set_ms),
+        advance_ms: None,
+    };
+    admin.clock(&at(wall - 2 * day)).await.unwrap();
+    server.enroll(1, "lab", Behaviour::Apply).await;
+    assert!(
+        add_account(&server.data, "alice", PASSWORD)
+            .status
+            .success()
+    );
+    let mut c = WebClient::new(&server.url, &server.fingerprint);
+    assert_eq!(
+        c.sign_in("alice", PASSWORD).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let fresh = c.get("/").await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert!(
+        !fresh.body.contains("id=\"stale\""),
+        "seen just now on the server's clock"
+    );
+    admin
+        .clock(&at(wall - 2 * day + day + 3_600_000))
+        .await
+        .unwrap();
+    let later = c.get("/").await;
+    assert!(
+        later.body.contains("id=\"stale\""),
+        "25 hours later it is stale"
+    );
+}

@@ -101,6 +101,9 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
     ),
 ];
 
+/// The wall clock. Decisions read `Server::now()` (the one clock, which tests can move);
+/// this is for what must follow real time whatever that clock says: the clock's own base,
+/// sign-in sessions, lockouts and signed relay tokens that other machines check.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
