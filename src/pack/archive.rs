@@ -62,7 +62,7 @@ pub enum VerifyError {
     Io(#[from] io::Error),
     #[error("the archive is not a patchcast package: {0}")]
     Structure(String),
-    #[error("unsafe entry `{path}`: {why}")]
+    #[error("unsafe entry `{}`: {why}", .path.escape_debug())]
     UnsafeEntry { path: String, why: String },
     #[error("the signature is invalid: {0}")]
     BadSignature(String),
@@ -572,7 +572,8 @@ fn read_members<R: Read>(
     let (name, mut m) = next_member(&mut entries, MANIFEST)?;
     if name != MANIFEST {
         return Err(VerifyError::Structure(format!(
-            "the first entry is `{name}`, expected {MANIFEST}"
+            "the first entry is `{}`, expected {MANIFEST}",
+            name.escape_debug()
         )));
     }
     let manifest_bytes = read_meta(&mut m, MANIFEST)?;
@@ -580,7 +581,8 @@ fn read_members<R: Read>(
     let (name, mut s) = next_member(&mut entries, SIGNATURE)?;
     if name != SIGNATURE {
         return Err(VerifyError::Structure(format!(
-            "the second entry is `{name}`, expected {SIGNATURE}"
+            "the second entry is `{}`, expected {SIGNATURE}",
+            name.escape_debug()
         )));
     }
     let sig_bytes = read_meta(&mut s, SIGNATURE)?;
@@ -592,7 +594,8 @@ fn read_members<R: Read>(
         let (name, mut e) = next_member(&mut entries, &expected)?;
         if name != expected {
             return Err(VerifyError::Structure(format!(
-                "entry `{name}` found where `{expected}` was expected"
+                "entry `{}` found where `{expected}` was expected",
+                name.escape_debug()
             )));
         }
         if (e.header().mode().ok() == Some(0o755)) != fe.executable {
@@ -639,7 +642,8 @@ fn read_members<R: Read>(
             .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
             .unwrap_or_else(|| "an unreadable entry".into());
         return Err(VerifyError::Structure(format!(
-            "unexpected entry `{what}` after the payload"
+            "unexpected entry `{}` after the payload",
+            what.escape_debug()
         )));
     }
     Ok(signed)
@@ -768,6 +772,18 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("end marker")
+        );
+        // Names from the archive reach terminals escaped (no control characters of their own).
+        let named = reheader(&bytes, |h, _| {
+            if h.path_bytes().starts_with(b"payload/a.sh") {
+                h.as_old_mut().name[..13].copy_from_slice(b"pay\nload/a.sh");
+                h.as_old_mut().name[13] = 0;
+            }
+        });
+        let e = check(&named, &key).unwrap_err().to_string();
+        assert!(
+            !e.contains('\n') && !e.contains('\0') && e.contains("pay\\nload"),
+            "{e}"
         );
         let mut padded = bytes.clone();
         padded.extend_from_slice(&[0; 4096]);

@@ -36,6 +36,20 @@ impl Format {
     }
 }
 
+/// A download's file name from names endpoints report (a hostname): letters, digits, `-`,
+/// `_` and `.` only, so nothing can end the header value or smuggle a path.
+fn file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn download(
     fmt: Format,
     name: &str,
@@ -50,7 +64,7 @@ fn download(
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
                 (
                     header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{name}.csv\""),
+                    format!("attachment; filename=\"{}.csv\"", file_name(name)),
                 ),
             ],
             crate::transport::csv::document(header, rows),
@@ -282,6 +296,16 @@ pub async fn scenario_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_download_names_from_endpoints_are_plain() {
+        assert_eq!(file_name("results-pc1.example"), "results-pc1.example");
+        assert_eq!(
+            file_name("results-a\"; filename=x\r\nSet-Cookie: y/../z"),
+            "results-a___filename_x__Set-Cookie__y_.._z"
+        );
+        assert_eq!(file_name("results-日本"), "results-__");
+    }
 
     #[test]
     fn format_from_extension() {
