@@ -242,3 +242,50 @@ async fn an_unacknowledged_report_is_resent_after_a_kill_with_its_seq() {
     );
     assert_each_report_sent_once(&server, "outage");
 }
+
+/// An agent killed between extracting a payload and starting its install used the extracted
+/// files at restart without their hashes. The journal is left at that point by hand (the
+/// verified archive and a changed extraction on disk); at restart the archive is extracted
+/// and verified again, and the changed script never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_an_extracted_payload_is_verified_again_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("installed.bin");
+    let built = big_package(&tmp.path().join("pkg"), &dest, "");
+    let (server, mut agent) = enrolled(&tmp.path().join("agent")).await;
+    server.serve(&built.sha256, built.bytes.clone());
+
+    let w = work("resumed", 1, &built);
+    let dir = agent.root.join("work/resumed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("archive.pcpkg"), &built.bytes).unwrap();
+    patchcast::pack::archive::extract(
+        std::io::Cursor::new(&built.bytes),
+        &[publisher().verifying_key()],
+        &dir.join("payload"),
+    )
+    .unwrap();
+    let tampered = tmp.path().join("tampered.marker");
+    let script = dir.join("payload/run.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(&script, format!("touch '{}'\n{text}", tampered.display())).unwrap();
+    let mut entry = patchcast::runner::Entry::new(w);
+    entry.step = patchcast::core::pipeline::Step::Execute { pgid: None };
+    std::fs::create_dir_all(agent.root.join("journal")).unwrap();
+    std::fs::write(
+        agent.root.join("journal/resumed.json"),
+        serde_json::to_vec_pretty(&entry).unwrap(),
+    )
+    .unwrap();
+
+    agent.start();
+    verified(&server, "resumed").await;
+    assert_eq!(
+        events(&server.reports_of("resumed")),
+        ["executed:succeeded", "verified:applied"],
+        "{}",
+        agent.log()
+    );
+    assert!(!tampered.exists(), "a payload changed on disk never runs");
+    assert_eq!(std::fs::read(&dest).unwrap(), data(BIG));
+}
