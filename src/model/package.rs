@@ -745,6 +745,15 @@ impl Resolver {
                 ok = false;
             }
         }
+        if ok && let Some((a, b)) = colliding_paths(raw) {
+            self.err(
+                "payload-duplicate",
+                "payload",
+                format!("`{a}` and `{b}` would be the same file, or a file and a directory, on Windows or a case-insensitive file system"),
+                "rename one of them",
+            );
+            ok = false;
+        }
         ok.then(|| raw.to_vec())
     }
 
@@ -840,16 +849,96 @@ pub fn check_relative_path(p: &str) -> Result<(), &'static str> {
         match seg {
             "" | "." => return Err("has an empty or `.` segment"),
             ".." => return Err("leaves the package directory with `..`"),
-            _ if seg.bytes().any(|c| c < 0x20) => return Err("contains control characters"),
+            _ if seg.bytes().any(|c| c < 0x20 || c == 0x7f) => {
+                return Err("contains control characters");
+            }
+            // Commands name payload files inside quotes; none of these may end the quoting
+            // or expand there, in sh or in cmd.
+            _ if seg.contains(SHELL_SPECIAL) => {
+                return Err(
+                    "contains a character shells treat specially (\" ' ` $ % ! & | ; < > ^ * ?)",
+                );
+            }
+            _ if seg.ends_with(['.', ' ']) => {
+                return Err("has a segment ending in `.` or a space, which Windows drops");
+            }
+            _ if is_windows_device(seg) => {
+                return Err("uses a name Windows reserves for a device (CON, NUL, COM1, …)");
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
+const SHELL_SPECIAL: [char; 14] = [
+    '"', '\'', '`', '$', '%', '!', '&', '|', ';', '<', '>', '^', '*', '?',
+];
+
+/// `CON`, `nul.txt`, `COM1`…: names Windows opens as devices whatever their extension.
+fn is_windows_device(seg: &str) -> bool {
+    let stem = seg.split('.').next().unwrap_or("").to_ascii_uppercase();
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit()
+            && stem.as_bytes()[3] != b'0')
+}
+
+/// Two payload paths that are one file on Windows or a case-insensitive file system, or a
+/// file that is also another's directory (`a` beside `a/b`): the first such pair.
+pub fn colliding_paths(paths: &[String]) -> Option<(&str, &str)> {
+    let folded: Vec<String> = paths.iter().map(|p| p.to_lowercase()).collect();
+    for (i, a) in folded.iter().enumerate() {
+        for (j, b) in folded.iter().enumerate().skip(i + 1) {
+            let nested = |x: &str, y: &str| y.strip_prefix(x).is_some_and(|r| r.starts_with('/'));
+            if a == b || nested(a, b) || nested(b, a) {
+                return Some((&paths[i], &paths[j]));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_payload_names_shells_or_windows_would_mangle_are_refused() {
+        for bad in [
+            "a$(id).exe",
+            "a`id`.sh",
+            "x\"y",
+            "50%.msi",
+            "a;b",
+            "CON",
+            "nul.txt",
+            "sub/COM1.dll",
+            "trailing.",
+            "space /x",
+            "lpt9",
+        ] {
+            assert!(check_relative_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "setup.exe",
+            "Windows6.0-KB2286198-x86.exe",
+            "with space.msi",
+            "COM10.txt",
+            "con1.txt",
+            "x (1).zip",
+        ] {
+            assert_eq!(check_relative_path(good), Ok(()), "{good}");
+        }
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            colliding_paths(&v(&["Setup.exe", "setup.EXE"])),
+            Some(("Setup.exe", "setup.EXE"))
+        );
+        assert_eq!(colliding_paths(&v(&["a", "a/b"])), Some(("a", "a/b")));
+        assert_eq!(colliding_paths(&v(&["a/b", "ab", "a.b"])), None);
+    }
 
     #[test]
     fn version_constraints() {
