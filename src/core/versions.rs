@@ -195,6 +195,22 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
     }
 }
 
+/// How a package about to be published orders against the one published under its id:
+/// by `version` (dpkg ordering, which reads plain dotted versions as expected) when both have
+/// one, else by service-pack level; None when they cannot be ordered. A publish that would be
+/// `Less` is a replay of an older signed version and is refused (rollback is explicit).
+pub fn publish_order(
+    published: &crate::model::package::Package,
+    new: &crate::model::package::Package,
+) -> Option<Ordering> {
+    use crate::model::package::Kind;
+    match (&published.version, &new.version, &published.kind, &new.kind) {
+        (Some(a), Some(b), _, _) => Some(dpkg_cmp(b, a)),
+        (_, _, Kind::ServicePack { level: a }, Kind::ServicePack { level: b }) => Some(b.cmp(a)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +263,42 @@ mod tests {
         assert_eq!(rpm_cmp("1:1.0-1", "2.0-1"), Greater);
         assert_eq!(rpm_cmp("1.0-1.el9", "1.0-2.el9"), Less);
         assert_eq!(rpm_cmp("1.0", "1.0-5"), Equal);
+    }
+
+    #[test]
+    fn regression_publish_order_refuses_older_versions() {
+        let pkg = |extra: &str| {
+            let yaml = format!(
+                "id: t\ntitle: t\ntargets: [{{ os: debian }}]\n{extra}\npayload: [a.sh]\ninstall: {{ command: 'sh a.sh' }}\n"
+            );
+            let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(&yaml).unwrap();
+            let (p, problems) = crate::model::package::resolve(&raw);
+            p.unwrap_or_else(|| panic!("{problems:?}"))
+        };
+        let app = |v: &str| {
+            pkg(&format!(
+                "kind: application\nversion: '{v}'\nidentification: [{{ probe: 'true' }}]"
+            ))
+        };
+        assert_eq!(
+            publish_order(&app("1.10"), &app("1.9")),
+            Some(Ordering::Less)
+        );
+        assert_eq!(
+            publish_order(&app("1.9"), &app("1.10")),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            publish_order(&app("2.0"), &app("2.0")),
+            Some(Ordering::Equal)
+        );
+        let sp = |major: u32| {
+            pkg(&format!(
+                "kind: service_pack\nservice_pack: {{ major: {major}, minor: 0 }}"
+            ))
+        };
+        assert_eq!(publish_order(&sp(2), &sp(1)), Some(Ordering::Less));
+        let hotfix = pkg("kind: hotfix\nkb: KB958644");
+        assert_eq!(publish_order(&hotfix, &hotfix), None);
     }
 }

@@ -434,6 +434,10 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
             ));
         }
     };
+    if let Some(why) = s.older_than_published(&v.package).await? {
+        let _ = std::fs::remove_file(&staged.path);
+        return Err(ApiErr::new(StatusCode::CONFLICT, why, None));
+    }
     let (manifest, signature) = super::store::read_head(&staged.path)?;
     s.store.commit(&staged)?;
     let view = PackageView {
@@ -520,6 +524,35 @@ impl Server {
         super::db::packages::replace(&mut tx, v, manifest, signature, install_timeout_secs).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Why publishing `new` would replay an older signed version of a published package.
+    async fn older_than_published(
+        &self,
+        new: &crate::model::package::Package,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(text) = super::db::packages::manifest(&self.db, new.id.as_str()).await? else {
+            return Ok(None);
+        };
+        let m: crate::pack::archive::Manifest = serde_json::from_str(&text)?;
+        let Some(published) = crate::model::package::resolve(&m.package).0 else {
+            return Ok(None);
+        };
+        let older =
+            crate::core::versions::publish_order(&published, new) == Some(std::cmp::Ordering::Less);
+        let shown = |p: &crate::model::package::Package| match (&p.version, &p.kind) {
+            (Some(v), _) => v.clone(),
+            (None, crate::model::package::Kind::ServicePack { level }) => format!("SP {level}"),
+            _ => "unversioned".into(),
+        };
+        Ok(older.then(|| {
+            format!(
+                "package `{}` {} is published; {} is older and is refused (a replay of an older signed version); publish a newer version, or roll back explicitly",
+                new.id.as_str(),
+                shown(&published),
+                shown(new)
+            )
+        }))
     }
 
     pub async fn packages(&self) -> anyhow::Result<Vec<PackageView>> {

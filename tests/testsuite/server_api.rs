@@ -455,3 +455,57 @@ async fn regression_unbounded_request_bodies_before_authentication(backend: Back
     assert_eq!(s.admin().packages().await.unwrap().len(), 1);
 }
 both_backends!(regression_unbounded_request_bodies_before_authentication);
+
+/// A signed archive of `id` at `version` (an application copying one file).
+fn versioned(s: &TestServer, id: &str, version: &str) -> std::path::PathBuf {
+    let dir = s.path().join(format!("{id}-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), version).unwrap();
+    std::fs::write(
+        dir.join("package.yaml"),
+        format!(
+            "id: {id}\nkind: application\ntitle: t\nversion: '{version}'\ntargets: [{{ os: debian }}]\n\
+             identification:\n  - file: /opt/{id}\n    change: new\npayload: [a.txt]\n\
+             install: {{ command: 'cp \"{{{{payload.0}}}}\" /opt/{id}' }}\n"
+        ),
+    )
+    .unwrap();
+    let raw = patchcast::pack::lint::lint_dir(&dir).raw.unwrap();
+    let out = s.path().join(format!("{id}-{version}.pcpkg"));
+    patchcast::pack::archive::build(&dir, &raw, &s.signing, &out, |_| {}).unwrap();
+    out
+}
+
+async fn regression_republishing_an_older_signed_version_is_refused(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let admin = s.admin();
+    let (old, new) = (
+        versioned(&s, "replay", "1.9"),
+        versioned(&s, "replay", "1.10"),
+    );
+    admin.publish(&new).await.unwrap().unwrap();
+    let (status, _) = code_of(admin.publish(&old).await.unwrap());
+    assert_eq!(status, 409);
+    let o = s.cli(&["package", "publish", old.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("1.10 is published; 1.9 is older"),
+        "{err}"
+    );
+    let listed = admin.packages().await.unwrap();
+    assert_eq!(
+        listed[0].version.as_deref(),
+        Some("1.10"),
+        "the newer one stays"
+    );
+    // The same version again, and a newer one, are ordinary publishes.
+    admin.publish(&new).await.unwrap().unwrap();
+    admin
+        .publish(&versioned(&s, "replay", "2.0"))
+        .await
+        .unwrap()
+        .unwrap();
+}
+both_backends!(regression_republishing_an_older_signed_version_is_refused);
