@@ -52,11 +52,14 @@ impl IntoResponse for ApiErr {
 
 impl From<anyhow::Error> for ApiErr {
     fn from(e: anyhow::Error) -> ApiErr {
-        tracing::error!("request failed: {e:#}");
+        // The detail (paths, SQL, addresses) stays in the server's log; the caller, who may
+        // not be authenticated yet, gets a reference to find it there.
+        let incident = super::random_hex(4).unwrap_or_default();
+        tracing::error!(%incident, "request failed: {e:#}");
         // The server's own trouble: the FAQ's "error while preparing" (restart the server).
         ApiErr::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("server error: {e:#}"),
+            format!("server error (incident {incident}); the server log has the details"),
             Some(Code::E01),
         )
     }

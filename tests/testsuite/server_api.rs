@@ -509,3 +509,28 @@ async fn regression_republishing_an_older_signed_version_is_refused(backend: Bac
         .unwrap();
 }
 both_backends!(regression_republishing_an_older_signed_version_is_refused);
+
+async fn regression_internal_error_detail_stays_in_the_server_log(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    // The content store's upload directory is gone (a file stands in its place).
+    let tmp = s.data.join("content/tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let archive = patchcast::loadgen::sample_package(s.path(), &s.signing, "pkg-500").unwrap();
+    match s.admin().publish(&archive).await.unwrap() {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!((status, body.code), (500, Some(Code::E01)));
+            assert!(body.error.contains("incident"), "{}", body.error);
+            let data = s.data.display().to_string();
+            assert!(
+                !body.error.contains(&data),
+                "a server path reached the caller: {}",
+                body.error
+            );
+        }
+        other => panic!("expected a 500, got {other:?}"),
+    }
+}
+both_backends!(regression_internal_error_detail_stays_in_the_server_log);
