@@ -17,6 +17,7 @@ mod cli;
 mod e2e_fleet;
 mod lint_fixtures;
 mod linux_samples;
+mod migrations;
 mod relay_prefetch;
 mod rollout_waves;
 mod schedule_caps;

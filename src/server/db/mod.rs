@@ -12,7 +12,8 @@
 //! connection settings in `open`.
 //!
 //! Migrations are a small versioned runner: each entry runs once, in its own transaction,
-//! recorded in `schema_migrations`.
+//! recorded in `schema_migrations` with the SHA-256 of its statements (`checksum`); every open
+//! checks the recorded checksums against this list and refuses an edited or unknown migration.
 
 pub mod accounts;
 pub mod deliveries;
@@ -153,20 +154,63 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The checksum of a migration: SHA-256 over each statement's UTF-8 bytes followed by
+/// `"\n;\n"`, in order, as lowercase hex. Stored in `schema_migrations.checksum` and compared
+/// on every open, so an edited released migration is caught before it can drift the schema.
+pub fn checksum(statements: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for s in statements {
+        h.update(s.as_bytes());
+        h.update(b"\n;\n");
+    }
+    hex::encode(h.finalize())
+}
+
 async fn migrate(pool: &AnyPool) -> Result<()> {
     pool.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
-         description TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+         description TEXT NOT NULL, applied_at BIGINT NOT NULL, checksum TEXT)",
     )
     .await
     .context("creating schema_migrations")?;
+    add_checksums(pool).await?;
+
+    // Every applied version must be one of ours, applied from exactly our statements.
+    let rows = sqlx::query("SELECT version, description, checksum FROM schema_migrations")
+        .fetch_all(pool)
+        .await
+        .context("reading schema_migrations")?;
+    let mut applied = std::collections::BTreeSet::new();
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    for row in &rows {
+        let version: i64 = row.try_get("version")?;
+        let description: String = row.try_get("description")?;
+        let stored: Option<String> = row.try_get("checksum")?;
+        let Some((_, _, statements)) = MIGRATIONS.iter().find(|m| m.0 == version) else {
+            anyhow::bail!(
+                "the database has schema migration {version} ({description}), which this \
+                 patchcast does not know (it knows migrations up to {latest}): the database was \
+                 upgraded by a newer patchcast. Run that newer release (or a later one) on it, \
+                 or restore a backup taken before the upgrade; refusing to start"
+            );
+        };
+        let expected = checksum(statements);
+        if stored.as_deref() != Some(expected.as_str()) {
+            anyhow::bail!(
+                "schema migration {version} ({description}) was applied with checksum {} but \
+                 this patchcast's migration {version} has checksum {expected}: the statements of \
+                 a released migration differ from those that built this database. Run a \
+                 patchcast release whose migration {version} is unchanged (released migrations \
+                 are never edited; a schema change is a new migration); refusing to start",
+                stored.as_deref().unwrap_or("(none)")
+            );
+        }
+        applied.insert(version);
+    }
+
     for (version, description, statements) in MIGRATIONS {
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(pool)
-                .await?;
-        if done.is_some() {
+        if applied.contains(version) {
             continue;
         }
         let mut tx = pool.begin().await?;
@@ -177,11 +221,13 @@ async fn migrate(pool: &AnyPool) -> Result<()> {
                 .with_context(|| format!("migration {version} ({description}): {s}"))?;
         }
         sqlx::query(
-            "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+            "INSERT INTO schema_migrations (version, description, applied_at, checksum) \
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(*version)
         .bind(*description)
         .bind(now_ms())
+        .bind(checksum(statements))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -190,8 +236,99 @@ async fn migrate(pool: &AnyPool) -> Result<()> {
     Ok(())
 }
 
+/// The bridge from release 0.1, whose `schema_migrations` has no `checksum` column: adds it
+/// and records, for each applied version, the checksum of this binary's statements (release
+/// 0.1 applied exactly these), all in one transaction.
+async fn add_checksums(pool: &AnyPool) -> Result<()> {
+    match pool
+        .execute("SELECT checksum FROM schema_migrations WHERE version = -1")
+        .await
+    {
+        Ok(_) => return Ok(()),
+        // The column is missing (any other failure shows again at the ALTER below).
+        Err(sqlx::Error::Database(_)) => {}
+        Err(e) => return Err(e).context("reading schema_migrations"),
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("ALTER TABLE schema_migrations ADD COLUMN checksum TEXT")
+        .execute(&mut *tx)
+        .await
+        .context("adding schema_migrations.checksum")?;
+    for (version, _, statements) in MIGRATIONS {
+        sqlx::query("UPDATE schema_migrations SET checksum = $1 WHERE version = $2")
+            .bind(checksum(statements))
+            .bind(*version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!("recorded checksums of the applied schema migrations");
+    Ok(())
+}
+
 /// Reads a TEXT column holding JSON.
 fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> Result<T> {
     let s: String = row.try_get(col)?;
     serde_json::from_str(&s).with_context(|| format!("column {col} holds unreadable JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_is_sha256_of_statements_each_followed_by_a_separator() {
+        use sha2::Digest;
+        let expected = hex::encode(sha2::Sha256::digest(
+            b"CREATE TABLE a (x BIGINT)\n;\nSELECT 1\n;\n",
+        ));
+        assert_eq!(
+            checksum(&["CREATE TABLE a (x BIGINT)", "SELECT 1"]),
+            expected
+        );
+    }
+
+    /// The released migrations, as databases in the field recorded them. A failure here means
+    /// a released migration was edited: restore it and append a new migration instead.
+    #[test]
+    fn released_migrations_are_unchanged() {
+        let released = [
+            (
+                1,
+                "e04fe9b444de0a872b4d8ef3830b3ed54b9a89a874198aec99ba12c545fafe86",
+            ),
+            (
+                2,
+                "d948aa156325761dbe1e400364cfc1028c81db0341dfe9e56e5bff12e7b294a6",
+            ),
+            (
+                3,
+                "bec48b692a5fdccbdd01d7452b1c38ddf3cf53b6b3a0b33d9f472560708b4862",
+            ),
+            (
+                4,
+                "442f79f610b31f1c087f762d171a1e1aa43825cf6755803ad3f7cae61c9c7057",
+            ),
+            (
+                5,
+                "ae043302f2b2353698e402335b59c4e0b8ef00353b774dfaa26aab5712277c0d",
+            ),
+        ];
+        for (version, sum) in released {
+            let (_, description, statements) = MIGRATIONS
+                .iter()
+                .find(|m| m.0 == version)
+                .unwrap_or_else(|| panic!("released migration {version} was removed"));
+            assert_eq!(
+                checksum(statements),
+                sum,
+                "migration {version} ({description}) was edited"
+            );
+        }
+        let versions: Vec<i64> = MIGRATIONS.iter().map(|m| m.0).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "versions ascend: {versions:?}"
+        );
+    }
 }
