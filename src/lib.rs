@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cli;
 pub mod core;
+pub mod host;
 pub mod loadgen;
 pub mod model;
 pub mod pack;

@@ -22,25 +22,6 @@ pub struct Collector {
     packages_read: Option<Instant>,
 }
 
-/// The mount point containing `path`, its free and total bytes.
-pub fn disk_of(path: &Path) -> (String, u64, u64) {
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let disks = sysinfo::Disks::new_with_refreshed_list().ok();
-    let best = disks.as_ref().and_then(|d| {
-        d.iter()
-            .filter(|d| path.starts_with(d.mount_point()))
-            .max_by_key(|d| d.mount_point().as_os_str().len())
-    });
-    match best {
-        Some(d) => (
-            d.mount_point().display().to_string(),
-            d.available_space(),
-            d.total_space(),
-        ),
-        None => (String::from("/"), 0, 0),
-    }
-}
-
 /// Every network interface with its MAC and all of its addresses (machines with several NICs
 /// are reported as they are; no "primary address" guess).
 fn interfaces() -> Vec<Interface> {
@@ -160,7 +141,7 @@ impl Collector {
             self.packages_read = Some(Instant::now());
         }
         let machine = super::facts::machine();
-        let (system_drive, disk_free, disk_total) = disk_of(root);
+        let (system_drive, disk_free, disk_total) = crate::host::disk_of(root);
         Inventory {
             // Several agents on one host (containers, the demo) tell themselves apart by name.
             hostname: std::env::var("PATCHCAST_AGENT_HOSTNAME")

@@ -260,8 +260,8 @@ async fn content(
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    match crate::server::api::parse_range(&h, size) {
-        Err(()) => (
+    match crate::transport::range::parse_range(&h, size) {
+        Err(crate::transport::range::Unsatisfiable) => (
             StatusCode::RANGE_NOT_SATISFIABLE,
             [(header::CONTENT_RANGE, format!("bytes */{size}"))],
         )

@@ -31,7 +31,7 @@ impl Held {
         Ok(Held {
             path,
             version,
-            session: crate::server::random_hex(8)?,
+            session: crate::pack::keys::random_hex(8)?,
         })
     }
 

@@ -93,3 +93,10 @@ pub fn read_public(path: &Path) -> anyhow::Result<VerifyingKey> {
     VerifyingKey::from_bytes(&bytes)
         .with_context(|| format!("{}: not a valid Ed25519 public key", path.display()))
 }
+
+/// `n` random bytes as hex (tokens, identifiers, session ids).
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(hex::encode(b))
+}

@@ -15,6 +15,7 @@ use crate::transport::admin_api::{self as admin, Group, Labels, PackageView, Tok
 use crate::transport::protocol::{
     self as proto, AgentState, ApiError, EnrollRequest, Inventory, Poll, PollResponse, Report,
 };
+use crate::transport::range::parse_range;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -241,41 +242,6 @@ async fn report(State(s): S, AgentId(m): AgentId, Json(r): Json<Report>) -> R<Re
     }
 }
 
-/// `Range: bytes=N-` or `bytes=N-M` → (start, end inclusive); None when absent.
-pub(crate) fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = h.get(header::RANGE) else {
-        return Ok(None);
-    };
-    let v = v.to_str().map_err(|_| ())?.trim();
-    let spec = v.strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        return Err(());
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = if a.is_empty() {
-        // Suffix: the last N bytes.
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (size.saturating_sub(n), size.saturating_sub(1))
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end = if b.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            b.parse::<u64>()
-                .map_err(|_| ())?
-                .min(size.saturating_sub(1))
-        };
-        (start, end)
-    };
-    if start >= size || end < start {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
 async fn content(State(s): S, _: AgentId, h: HeaderMap, Path(sha): Path<String>) -> R<Response> {
     let sha: Sha256 = sha
         .parse()
@@ -291,7 +257,7 @@ async fn content(State(s): S, _: AgentId, h: HeaderMap, Path(sha): Path<String>)
     let size = f.metadata().await.map_err(anyhow::Error::from)?.len();
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     match parse_range(&h, size) {
-        Err(()) => Ok((
+        Err(crate::transport::range::Unsatisfiable) => Ok((
             StatusCode::RANGE_NOT_SATISFIABLE,
             [(header::CONTENT_RANGE, format!("bytes */{size}"))],
             Json(ApiError {
@@ -579,45 +545,5 @@ async fn add_ssh_machine(
             Some(e.code()),
         )),
         Err(AddError::Other(e)) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-        let mut h = HeaderMap::new();
-        h.insert(header::RANGE, v.parse().unwrap());
-        parse_range(&h, size)
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
-        assert_eq!(range("bytes=0-", 10), Ok(Some((0, 9))));
-        assert_eq!(range("bytes=4-", 10), Ok(Some((4, 9))));
-        assert_eq!(range("bytes=2-5", 10), Ok(Some((2, 5))));
-        assert_eq!(
-            range("bytes=2-99", 10),
-            Ok(Some((2, 9))),
-            "end clamps to the size"
-        );
-        assert_eq!(range("bytes=-3", 10), Ok(Some((7, 9))), "suffix");
-        for bad in [
-            "bytes=10-",
-            "bytes=5-2",
-            "bytes=-0",
-            "items=0-1",
-            "bytes=0-1,3-4",
-            "bytes=x-",
-        ] {
-            assert_eq!(range(bad, 10), Err(()), "{bad}");
-        }
-        assert_eq!(
-            range("bytes=0-", 0),
-            Err(()),
-            "nothing to serve of an empty file"
-        );
     }
 }

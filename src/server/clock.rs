@@ -9,28 +9,13 @@
 
 use super::Server;
 use super::db::now_ms;
+use crate::transport::schedule_api::{ClockChange, ClockReading};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Clock {
     test: bool,
     offset_ms: AtomicI64,
-}
-
-/// Asked of `POST /api/v1/admin/clock`: `set_ms` (unix ms) wins over `advance_ms`; neither
-/// just reads the clock.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct ClockChange {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub advance_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ClockReading {
-    pub now_ms: i64,
-    pub test_clock: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

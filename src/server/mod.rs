@@ -122,11 +122,7 @@ pub fn sha256_hex(s: &str) -> String {
     crate::pack::hash::sha256_bytes(s.as_bytes()).hex()
 }
 
-pub fn random_hex(n: usize) -> Result<String> {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    Ok(hex::encode(b))
-}
+pub use crate::pack::keys::random_hex;
 
 /// The admin token in DATA/admin.token, created (0600) on first start.
 fn admin_token(data: &Path) -> Result<String> {

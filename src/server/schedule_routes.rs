@@ -4,9 +4,9 @@
 
 use super::Server;
 use super::api::{Admin, ApiErr, R};
-use super::clock::ClockChange;
 use crate::model::group_policy::GroupPolicy;
 use crate::model::rollout::Rollout;
+use crate::transport::schedule_api::ClockChange;
 use crate::transport::schedule_api::{self as sched, Assign};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -111,7 +111,7 @@ pub enum StageError {
 /// Free bytes available to this process on the file system holding `path`.
 #[cfg(not(unix))]
 pub fn free_bytes(path: &Path) -> Result<u64> {
-    Ok(crate::agent::inventory::disk_of(path).1)
+    Ok(crate::host::disk_of(path).1)
 }
 
 /// Free bytes available to this process on the file system holding `path`.

@@ -5,6 +5,7 @@ pub mod agent_api;
 pub mod client;
 pub mod csv;
 pub mod protocol;
+pub mod range;
 pub mod schedule_api;
 pub mod sources;
 pub mod ssh_api;

@@ -16,8 +16,23 @@ use super::client::CallError;
 use crate::core::errors::{Code, Rendered};
 use crate::model::group_policy::{ContentKind, GroupPolicy};
 use crate::model::rollout::Rollout;
-pub use crate::server::clock::{ClockChange, ClockReading};
 use serde::{Deserialize, Serialize};
+
+/// Asked of `POST /api/v1/admin/clock`: `set_ms` (unix ms) wins over `advance_ms`; neither
+/// just reads the clock.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClockChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advance_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClockReading {
+    pub now_ms: i64,
+    pub test_clock: bool,
+}
 
 pub const POLICIES: &str = "/api/v1/admin/policies";
 pub const SCHEDULE: &str = "/api/v1/admin/schedule";

@@ -3,6 +3,7 @@
 //! its time limit (killed with its whole process group, E20 on the server).
 
 use crate::common::agent_harness::*;
+use crate::common::crafted::{crafted, raw_entry};
 use crate::common::scripted_server::Scripted;
 use patchcast::core::errors::Code;
 use std::path::Path;
@@ -35,40 +36,6 @@ fn marker_package(dir: &Path, marker: &Path) -> Built {
     );
     let script = format!("touch '{}'\n", marker.display());
     build_package(dir, &yaml, &[("run.sh", script.as_bytes())])
-}
-
-/// The good archive's signed manifest and signature followed by one crafted entry.
-fn crafted(good: &[u8], add: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-    let mut a = tar::Archive::new(std::io::Cursor::new(good));
-    let mut b = tar::Builder::new(Vec::new());
-    for e in a.entries().unwrap().take(2) {
-        let mut e = e.unwrap();
-        let mut h = e.header().clone();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        b.append_data(&mut h, e.path().unwrap(), &data[..]).unwrap();
-    }
-    add(&mut b);
-    b.into_inner().unwrap()
-}
-
-fn raw_entry(
-    b: &mut tar::Builder<Vec<u8>>,
-    name: &[u8],
-    kind: tar::EntryType,
-    link: Option<&[u8]>,
-    data: &[u8],
-) {
-    let mut h = tar::Header::new_old();
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    if let Some(l) = link {
-        h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
-    }
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append(&h, data).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! The signed archive format: determinism, tamper detection, unsafe entries.
 
+use crate::common::crafted::raw_entry;
 use ed25519_dalek::SigningKey;
 use patchcast::model::raw::RawPackage;
 use patchcast::pack::archive::{self, VerifyError};
@@ -116,36 +117,7 @@ fn wrong_key_and_truncation_are_rejected() {
 fn crafted(last: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let good = build_in(dir.path(), &[("a.txt".into(), b"hello".to_vec())], &key(3));
-    let mut a = tar::Archive::new(Cursor::new(good));
-    let mut b = tar::Builder::new(Vec::new());
-    for e in a.entries().unwrap().take(2) {
-        let mut e = e.unwrap();
-        let mut h = e.header().clone();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        b.append_data(&mut h, e.path().unwrap(), &data[..]).unwrap();
-    }
-    last(&mut b);
-    b.into_inner().unwrap()
-}
-
-fn raw_entry(
-    b: &mut tar::Builder<Vec<u8>>,
-    name: &[u8],
-    kind: tar::EntryType,
-    link: Option<&[u8]>,
-    data: &[u8],
-) {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    if let Some(l) = link {
-        h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
-    }
-    h.set_entry_type(kind);
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append(&h, data).unwrap();
+    crate::common::crafted::crafted(&good, last)
 }
 
 #[test]

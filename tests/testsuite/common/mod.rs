@@ -2,6 +2,7 @@
 
 pub mod agent_harness;
 pub mod browser;
+pub mod crafted;
 pub mod scripted_server;
 pub mod server_harness;
 pub mod sources_harness;
