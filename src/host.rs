@@ -2,6 +2,17 @@
 
 use std::path::Path;
 
+/// A secret kept in a file (a token, a database URL with its password): read and trimmed.
+/// Secrets come from files or the environment, never from argv, which every user of the
+/// machine can read in the process list.
+pub fn secret_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the secret in {}: {e}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
+    Ok(secret.to_string())
+}
+
 /// The mount point containing `path`, its free and total bytes.
 pub fn disk_of(path: &Path) -> (String, u64, u64) {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());

@@ -30,9 +30,18 @@ enum Cmd {
         /// https://HOST:PORT of the management server.
         #[arg(long, env = "PATCHCAST_SERVER")]
         server: String,
-        /// The enrollment token the administrator created.
-        #[arg(long, env = "PATCHCAST_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The enrollment token the administrator created. Prefer PATCHCAST_ENROLL_TOKEN or
+        /// --token-file: a value given here shows in the process list.
+        #[arg(
+            long,
+            env = "PATCHCAST_ENROLL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the enrollment token.
+        #[arg(long, env = "PATCHCAST_ENROLL_TOKEN_FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// The server certificate's fingerprint as the server prints it (`sha256:HEX`).
         #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
         fingerprint: String,
@@ -119,15 +128,26 @@ where
             root,
             server,
             token,
+            token_file,
             fingerprint,
         } => {
             init_logging();
-            let r = runtime().block_on(crate::agent::service::enroll(
-                root.clone(),
-                &server,
-                &token,
-                &fingerprint,
-            ));
+            let token = match (token, token_file) {
+                (Some(t), _) => Ok(t),
+                (None, Some(f)) => crate::host::secret_file(&f),
+                (None, None) => Err(anyhow::anyhow!(
+                    "give --token-file FILE or PATCHCAST_ENROLL_TOKEN"
+                )),
+            };
+            let r = match token {
+                Ok(token) => runtime().block_on(crate::agent::service::enroll(
+                    root.clone(),
+                    &server,
+                    &token,
+                    &fingerprint,
+                )),
+                Err(e) => Err(e),
+            };
             match r {
                 Ok(cfg) => {
                     println!(

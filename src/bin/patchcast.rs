@@ -25,9 +25,23 @@ fn main() -> ExitCode {
         .init();
     let cli = patchcast::cli::Cli::parse();
     quiet_on_closed_stdout();
+    let json = cli.json;
     match patchcast::cli::run(cli) {
         Ok(code) => code,
         // Usage errors exit 2 from clap itself; a failed operation exits 1, as cargo and git do.
+        Err(e) if json => {
+            // Scripts get the error as JSON too, with the result code the server gave, if any.
+            use patchcast::transport::client::CallError;
+            let code = e.chain().find_map(|c| match c.downcast_ref::<CallError>() {
+                Some(CallError::Status { body, .. }) => body.code,
+                _ => None,
+            });
+            eprintln!(
+                "{}",
+                serde_json::json!({ "error": format!("{e:#}"), "code": code })
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

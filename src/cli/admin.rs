@@ -23,9 +23,13 @@ pub struct Connect {
     /// The server certificate's fingerprint (`sha256:…`, printed at server start).
     #[arg(long, env = "PATCHCAST_FINGERPRINT")]
     pub fingerprint: Option<String>,
-    /// Admin token (the server's DATA/admin.token).
+    /// Admin token (the server's DATA/admin.token). Prefer PATCHCAST_TOKEN or --token-file:
+    /// a value given here shows in the process list.
     #[arg(long, env = "PATCHCAST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "PATCHCAST_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// On the server host: its data directory (reads server.json and admin.token).
     #[arg(long, env = "PATCHCAST_DATA")]
     pub data: Option<PathBuf>,
@@ -44,6 +48,11 @@ impl Connect {
             self.fingerprint.clone(),
             self.token.clone(),
         );
+        if token.is_none()
+            && let Some(f) = &self.token_file
+        {
+            token = Some(crate::host::secret_file(f)?);
+        }
         if let Some(d) = &self.data {
             let path = d.join("server.json");
             let info: crate::server::ServerInfo =
@@ -270,8 +279,7 @@ pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
     } else {
         println!("{}", t.token);
         eprintln!(
-            "enrollment token (shown once): `patchcast-agent enroll --server URL --fingerprint FP --token {}`",
-            t.token
+            "enrollment token (shown once) on stdout: give it to agents in a file (`patchcast-agent enroll --server URL --fingerprint FP --token-file FILE`) or in PATCHCAST_ENROLL_TOKEN, not as --token, which the process list shows"
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -15,8 +15,13 @@ pub struct ServerArgs {
     #[arg(long, env = "PATCHCAST_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
     /// PostgreSQL URL (`postgres://user:pass@host/db`); default: SQLite in DATA/patchcast.db.
-    #[arg(long, env = "PATCHCAST_DATABASE")]
+    /// Prefer PATCHCAST_DATABASE or --database-file when the URL holds a password: a value
+    /// given here shows in the process list.
+    #[arg(long, env = "PATCHCAST_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// A file holding the PostgreSQL URL.
+    #[arg(long, env = "PATCHCAST_DATABASE_FILE", conflicts_with = "database")]
+    pub database_file: Option<PathBuf>,
     /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
@@ -55,7 +60,10 @@ pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     let cfg = Config {
         listen: a.listen,
-        database: a.database,
+        database: match (a.database, &a.database_file) {
+            (None, Some(f)) => Some(crate::host::secret_file(f)?),
+            (d, _) => d,
+        },
         trust_keys: a.trust_keys,
         reserve: a.reserve,
         names: a.names,

@@ -308,4 +308,22 @@ fn exit_codes_are_cargos() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("error:"), "{}", text(&o));
+    // With --json the error is JSON on stderr, with the same exit code.
+    let o = patchcast(&[
+        "--json",
+        "results",
+        "--server",
+        "https://127.0.0.1:9",
+        "--fingerprint",
+        &format!("sha256:{}", "0".repeat(64)),
+        "--token",
+        "pcadm_x",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{err}"
+    );
+    assert!(err["code"].is_null(), "{err}");
 }

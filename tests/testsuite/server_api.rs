@@ -534,3 +534,39 @@ async fn regression_internal_error_detail_stays_in_the_server_log(backend: Backe
     }
 }
 both_backends!(regression_internal_error_detail_stays_in_the_server_log);
+
+async fn regression_secrets_come_from_files_not_argv(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let f = s.path().join("admin.token.copy");
+    std::fs::write(&f, format!("{}\n", s.token)).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(crate::common::server_harness::bin())
+            .args([
+                "machine",
+                "list",
+                "--server",
+                &s.url,
+                "--fingerprint",
+                &s.fingerprint,
+            ])
+            .args(extra)
+            .env_remove("PATCHCAST_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--token-file", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Both at once is a usage error.
+    let o = run(&["--token-file", f.to_str().unwrap(), "--token", "pcadm_x"]);
+    assert_eq!(o.status.code(), Some(2));
+    // The hint of `token create` no longer suggests putting the token in argv.
+    let o = s.cli(&["token", "create", "--group", "lab"]);
+    let hint = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        hint.contains("--token-file") && !hint.contains("--token pcenr_"),
+        "{hint}"
+    );
+}
+both_backends!(regression_secrets_come_from_files_not_argv);

@@ -109,12 +109,22 @@ impl TestServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(db) = &self.database {
-            cmd.arg("--database").arg(db);
+            // From a file: a database URL with its password never goes into argv.
+            let f = self.dir.path().join("database.url");
+            std::fs::write(&f, db).unwrap();
+            cmd.arg("--database-file").arg(f);
         }
         if !self.extra.iter().any(|a| a == "--reserve") {
             cmd.args(["--reserve", "0"]);
         }
         let mut child = cmd.spawn().expect("starting patchcast server");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+        for secret in self.database.iter() {
+            assert!(
+                !String::from_utf8_lossy(&argv).contains(secret.as_str()),
+                "the database URL is in the server's argv"
+            );
+        }
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         self.banner.clear();
