@@ -49,10 +49,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Output piped into `head` or `true` ends the program quietly when the reader goes away, as
-/// it ends `cat`: by SIGPIPE, not a panic message. SIGPIPE itself stays ignored (Rust's
-/// default), so a socket closed by a server is an error the command reports, never a silent
-/// death mid-upload.
+/// Output piped into `head` or `true` ends the program quietly when the reader goes away
+/// (`print!` panics on a closed stdout; see `cli::end_on_closed_stdout`).
 fn quiet_on_closed_stdout() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -63,13 +61,7 @@ fn quiet_on_closed_stdout() {
             .or_else(|| p.downcast_ref::<&str>().copied())
             .unwrap_or("");
         if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
-            #[cfg(unix)]
-            // SAFETY: restoring a signal's default disposition and raising it; no memory involved.
-            unsafe {
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                libc::raise(libc::SIGPIPE);
-            }
-            std::process::exit(1);
+            patchcast::cli::end_on_closed_stdout();
         }
         default(info)
     }));

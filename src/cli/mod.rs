@@ -89,6 +89,17 @@ pub enum Command {
     /// Custom update sources: which relays, shares and URLs machines fetch from, by address.
     #[command(subcommand)]
     Sources(sources::SourcesCmd),
+    /// Print a shell completion script (`patchcast completions bash > /etc/bash_completion.d/patchcast`).
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (patchcast.1 and one per subcommand) into a directory.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, default_value = "man")]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +140,28 @@ pub fn schema(doc: SchemaDoc) -> String {
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
+/// Ends the process as `cat` ends when its reader goes away: by SIGPIPE, quietly. (SIGPIPE
+/// itself stays ignored, so a server closing a connection is an error, never a silent end.)
+pub fn end_on_closed_stdout() -> ! {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition and raising it; no memory involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(1)
+}
+
+/// Writes to stdout; a reader that went away ends the process quietly.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_on_closed_stdout(),
+        r => Ok(r?),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),
@@ -140,6 +173,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Results(a) => admin::results(a, cli.json),
         Command::Loadtest(a) => admin::loadtest(a, cli.json),
         Command::Sources(c) => sources::run(c, cli.json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "patchcast", &mut script);
+            write_stdout(&script)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out)?;
+            clap_mangen::generate_to(Cli::command(), &out)?;
+            if !cli.json {
+                println!("man pages written to {}", out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Key(KeyCmd::Generate { out }) => {
             let key = crate::pack::keys::generate()?;
             let (secret, public) = crate::pack::keys::write_pair(&out, &key)?;

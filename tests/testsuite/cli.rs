@@ -327,3 +327,37 @@ fn exit_codes_are_cargos() {
     );
     assert!(err["code"].is_null(), "{err}");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_itself() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let o = patchcast(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", text(&o));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.contains("rollout") && script.contains("results"),
+            "{shell}"
+        );
+    }
+    assert_eq!(patchcast(&["completions", "tcsh"]).status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let o = patchcast(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let top = std::fs::read_to_string(dir.path().join("patchcast.1")).unwrap();
+    assert!(top.contains(".TH") && top.contains("patchcast"), "{top}");
+    let results = std::fs::read_to_string(dir.path().join("patchcast-results.1")).unwrap();
+    assert!(results.contains("csv"), "{results}");
+    // Closed pipe: completions end quietly too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_patchcast"))
+            .args(["completions", "bash"])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{}", text(&o));
+    }
+}
