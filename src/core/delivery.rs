@@ -70,6 +70,53 @@ impl State {
             State::LoopDetected { .. } => "loop_detected",
         }
     }
+
+    /// Where this state counts in results, the console's compliance and rollout gates.
+    pub fn bucket(&self) -> Bucket {
+        Bucket::of_name(self.name())
+    }
+}
+
+/// The one split of delivery states that results, compliance and rollout gates count by.
+/// A loop stopped by the breaker is `NotApplied` (the package is not in place and will not
+/// be delivered again by itself), distinct from a delivery that `Failed` with a code; a
+/// rollout gate counts both against a wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    Applied,
+    NotApplicable,
+    NotApplied,
+    Failed,
+    InProgress,
+}
+
+impl Bucket {
+    /// The bucket of a state by its stored name (`State::name`).
+    pub fn of_name(state: &str) -> Bucket {
+        match state {
+            "applied" => Bucket::Applied,
+            "not_applicable" => Bucket::NotApplicable,
+            "loop_detected" => Bucket::NotApplied,
+            "failed" => Bucket::Failed,
+            _ => Bucket::InProgress,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::Applied => "applied",
+            Bucket::NotApplicable => "not_applicable",
+            Bucket::NotApplied => "not_applied",
+            Bucket::Failed => "failed",
+            Bucket::InProgress => "in_progress",
+        }
+    }
+
+    /// Whether a rollout gate counts it against a wave.
+    pub fn fails_a_wave(self) -> bool {
+        matches!(self, Bucket::NotApplied | Bucket::Failed)
+    }
 }
 
 /// How an install command ended, as the agent saw it.
@@ -575,6 +622,29 @@ mod tests {
             "{:?}",
             d.state
         );
+    }
+
+    #[test]
+    fn one_bucket_per_state() {
+        let states = [
+            State::Pending,
+            State::Transferring,
+            State::Executing,
+            State::Verifying,
+            State::RebootPending,
+            State::AwaitingRetry,
+            State::Applied,
+            State::NotApplicable { reason: "r".into() },
+            State::Failed { code: Code::E06 },
+            State::LoopDetected { rule: "r".into() },
+        ];
+        for s in &states {
+            // Every terminal state has a bucket of its own; every other is in progress.
+            assert_eq!(s.is_terminal(), s.bucket() != Bucket::InProgress, "{s:?}");
+        }
+        assert_eq!(states[9].bucket(), Bucket::NotApplied);
+        assert!(Bucket::NotApplied.fails_a_wave() && Bucket::Failed.fails_a_wave());
+        assert!(!Bucket::NotApplicable.fails_a_wave());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::Server;
 use super::db;
-use crate::core::delivery::State;
+use crate::core::delivery::Bucket;
 use crate::core::errors::{Lang, render};
 use crate::transport::admin_api::{
     DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
@@ -67,13 +67,13 @@ impl Server {
                     package_id: d.package_id.clone(),
                     ..PackageSummary::default()
                 });
-            match d.state {
-                State::Applied => s.applied += 1,
-                State::NotApplicable { .. } => s.not_applicable += 1,
-                State::LoopDetected { .. } => s.not_applied += 1,
-                State::Failed { .. } => s.failed += 1,
-                _ => s.in_progress += 1,
-            }
+            *match d.state.bucket() {
+                Bucket::Applied => &mut s.applied,
+                Bucket::NotApplicable => &mut s.not_applicable,
+                Bucket::NotApplied => &mut s.not_applied,
+                Bucket::Failed => &mut s.failed,
+                Bucket::InProgress => &mut s.in_progress,
+            } += 1;
         }
         Ok(Results {
             deliveries,

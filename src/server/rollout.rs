@@ -9,6 +9,7 @@
 
 use super::Server;
 use super::db;
+use crate::core::delivery::Bucket;
 use crate::model::rollout::Rollout;
 use crate::model::scenario::Scenario;
 use crate::transport::schedule_api::{RolloutStatus, WaveStatus};
@@ -159,10 +160,10 @@ impl Server {
             let mut t = Tally::default();
             for (state, n) in counts {
                 t.total += n;
-                match state.as_str() {
-                    "applied" => t.applied += n,
-                    "not_applicable" => t.not_applicable += n,
-                    "failed" | "loop_detected" => t.failed += n,
+                match Bucket::of_name(&state) {
+                    Bucket::Applied => t.applied += n,
+                    Bucket::NotApplicable => t.not_applicable += n,
+                    b if b.fails_a_wave() => t.failed += n,
                     _ => {}
                 }
             }

@@ -7,15 +7,9 @@ use crate::transport::admin_api::{DeliveryRow, MachineView, PackageSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The compliance bucket of a delivery state (the same split as `patchcast results`).
+/// The compliance bucket of a delivery state, by name (`core::delivery::Bucket`).
 pub fn bucket(state: &State) -> &'static str {
-    match state {
-        State::Applied => "applied",
-        State::NotApplicable { .. } => "not_applicable",
-        State::LoopDetected { .. } => "not_applied",
-        State::Failed { .. } => "failed",
-        _ => "in_progress",
-    }
+    state.bucket().name()
 }
 
 /// The delivery that speaks for each (machine, package): the one of the newest scenario.
