@@ -10,9 +10,10 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
 use axum::extract::Path;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The admin API path the CLI uses (Bearer admin token).
 pub const ACCOUNTS: &str = "/api/v1/admin/accounts";
@@ -129,41 +130,48 @@ impl Server {
     }
 }
 
-fn admin_only(s: &Server, h: &HeaderMap) -> WebResult<()> {
-    if super::auth::bearer_is_admin(s, h) {
-        Ok(())
-    } else {
-        Err(WebError(
-            StatusCode::UNAUTHORIZED,
-            "admin request: missing or invalid credential (use the token in DATA/admin.token)"
-                .into(),
-        ))
+/// An authenticated administrator (the admin token). As an extractor placed before the body
+/// it refuses a request before its body is read.
+pub struct TokenAdmin;
+
+impl axum::extract::FromRequestParts<Arc<super::Web>> for TokenAdmin {
+    type Rejection = WebError;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        w: &Arc<super::Web>,
+    ) -> WebResult<TokenAdmin> {
+        if super::auth::bearer_is_admin(&w.server, &parts.headers) {
+            Ok(TokenAdmin)
+        } else {
+            Err(WebError(
+                StatusCode::UNAUTHORIZED,
+                "admin request: missing or invalid credential (use the token in DATA/admin.token)"
+                    .into(),
+            ))
+        }
     }
 }
 
 pub async fn api_add(
     axum::extract::State(w): WebState,
-    h: HeaderMap,
+    _: TokenAdmin,
     Json(a): Json<NewAccount>,
 ) -> WebResult {
-    admin_only(&w.server, &h)?;
     check_new(&a.name, &a.password).map_err(WebError::bad)?;
     let v = w.server.put_account(&a.name, &a.password).await?;
     tracing::info!(account = %a.name, "console account set");
     Ok(Json(v).into_response())
 }
 
-pub async fn api_list(axum::extract::State(w): WebState, h: HeaderMap) -> WebResult {
-    admin_only(&w.server, &h)?;
+pub async fn api_list(axum::extract::State(w): WebState, _: TokenAdmin) -> WebResult {
     Ok(Json(w.server.accounts().await?).into_response())
 }
 
 pub async fn api_remove(
     axum::extract::State(w): WebState,
-    h: HeaderMap,
+    _: TokenAdmin,
     Path(name): Path<String>,
 ) -> WebResult<Response> {
-    admin_only(&w.server, &h)?;
     if w.server.remove_account(&name).await? {
         tracing::info!(account = %name, "console account removed");
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -419,6 +419,7 @@ async fn regression_unbounded_request_bodies_before_authentication(backend: Back
         (&anon, proto::INVENTORY),
         (&forged, patchcast::transport::admin_api::SCENARIOS),
         (&anon, patchcast::transport::admin_api::PACKAGES),
+        (&forged, patchcast::web::accounts::ACCOUNTS),
     ] {
         // The refusal may reach the client as a 401 or, when the server closes the connection
         // while the body is still being sent, as a broken upload; never as a wait.
