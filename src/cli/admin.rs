@@ -101,6 +101,18 @@ pub enum TokenCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// List enrollment tokens (their ids, never the tokens themselves).
+    List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Revoke an enrollment token: it enrolls no machine from then on.
+    Revoke {
+        /// The token's id, as `token list` and `token create --json` show it.
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,12 +272,47 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
-    let TokenCmd::Create {
-        group,
-        uses,
-        expires,
-        connect,
-    } = cmd;
+    let (group, uses, expires, connect) = match cmd {
+        TokenCmd::Create {
+            group,
+            uses,
+            expires,
+            connect,
+        } => (group, uses, expires, connect),
+        TokenCmd::List { connect } => {
+            let list = rt()?.block_on(connect.admin()?.tokens())?;
+            if json {
+                print_json(&list)?;
+            } else {
+                println!("{:<16}  {:<12}  {:>9}  EXPIRES", "ID", "GROUP", "USES");
+                for t in &list {
+                    let uses = match t.max_uses {
+                        Some(m) => format!("{}/{m}", t.uses),
+                        None => t.uses.to_string(),
+                    };
+                    let expires = chrono::DateTime::from_timestamp_millis(t.expires_at_ms)
+                        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<16}  {:<12}  {:>9}  {expires}",
+                        t.id,
+                        t.group.as_deref().unwrap_or("-"),
+                        uses
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        TokenCmd::Revoke { id, connect } => {
+            rt()?.block_on(connect.admin()?.revoke_token(&id))?;
+            if json {
+                print_json(&serde_json::json!({ "revoked": id }))?;
+            } else {
+                println!("enrollment token {id} revoked");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let secs = crate::model::types::parse_duration(&expires)
         .map_err(|e| anyhow::anyhow!("--expires: {}", e.0))?
         .as_secs();

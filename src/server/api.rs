@@ -85,7 +85,11 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(proto::POLL, post(poll))
         .route(proto::REPORT, post(report))
         .route(&format!("{}/{{sha256}}", proto::CONTENT), get(content))
-        .route(admin::TOKENS, post(create_token))
+        .route(admin::TOKENS, post(create_token).get(tokens))
+        .route(
+            &format!("{}/{{id}}", admin::TOKENS),
+            axum::routing::delete(revoke_token),
+        )
         .route(admin::MACHINES, get(machines))
         .route(&format!("{}/{{id}}/labels", admin::MACHINES), post(label))
         .route(admin::GROUPS, get(groups).post(put_group))
@@ -297,6 +301,22 @@ async fn content(State(s): S, _: AgentId, h: HeaderMap, Path(sha): Path<String>)
             )
                 .into_response())
         }
+    }
+}
+
+async fn tokens(State(s): S, _: Admin) -> R<Response> {
+    Ok(Json(s.tokens().await?).into_response())
+}
+
+async fn revoke_token(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    if s.revoke_token(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no enrollment token `{id}`; see `patchcast token list`"),
+            None,
+        ))
     }
 }
 

@@ -5,7 +5,7 @@
 use super::db::{self, machines::NewMachine};
 use super::{Server, random_hex, sha256_hex};
 use crate::transport::admin_api::{
-    Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest,
+    Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest, TokenView,
 };
 use crate::transport::protocol::{EnrollRequest, EnrollResponse, Inventory};
 use anyhow::Result;
@@ -54,9 +54,43 @@ impl Server {
         .await?;
         tx.commit().await?;
         Ok(TokenCreated {
+            id: token_id(&sha256_hex(&token)),
             token,
             expires_at_ms: expires,
         })
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>> {
+        Ok(db::machines::tokens(&self.db)
+            .await?
+            .into_iter()
+            .map(|(hash, t, created)| TokenView {
+                id: token_id(&hash),
+                group: t.group,
+                created_at_ms: created,
+                expires_at_ms: t.expires_at,
+                uses: t.uses.max(0) as u64,
+                max_uses: t.max_uses.map(|m| m.max(0) as u64),
+            })
+            .collect())
+    }
+
+    /// Deletes the token `id` names; false when none does.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let Some(hash) = db::machines::tokens(&self.db)
+            .await?
+            .into_iter()
+            .map(|(hash, _, _)| hash)
+            .find(|h| token_id(h) == id)
+        else {
+            return Ok(false);
+        };
+        let mut tx = self.db.begin().await?;
+        db::machines::delete_token(&mut tx, &hash).await?;
+        tx.commit().await?;
+        tracing::info!(token = %id, "enrollment token revoked");
+        Ok(true)
     }
 
     pub async fn enroll(
@@ -279,6 +313,11 @@ fn matches(f: &GroupFilter, m: &MachineView) -> bool {
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A token's public name: the first 16 hex digits of its SHA-256.
+fn token_id(hash: &str) -> String {
+    hash.chars().take(16).collect()
 }
 
 #[cfg(test)]

@@ -42,7 +42,21 @@ pub struct TokenRequest {
 pub struct TokenCreated {
     /// Shown once; the server keeps only its SHA-256.
     pub token: String,
+    /// How `token list` and `token revoke` name it (the start of its SHA-256, not a secret).
+    #[serde(default)]
+    pub id: String,
     pub expires_at_ms: i64,
+}
+
+/// An enrollment token as listed: never the token itself, which the server does not keep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub group: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub uses: u64,
+    pub max_uses: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +230,18 @@ impl Admin {
 
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated, CallError> {
         self.0.post(TOKENS, req).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, CallError> {
+        self.0.get(TOKENS).await
+    }
+
+    /// Revokes the token `id` names (from `tokens`): it enrolls nothing from then on.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), CallError> {
+        let path = format!("{TOKENS}/{id}");
+        self.0
+            .send(self.0.request(reqwest::Method::DELETE, &path), &path)
+            .await
     }
 
     pub async fn machines(&self) -> Result<Vec<MachineView>, CallError> {

@@ -571,3 +571,49 @@ async fn regression_secrets_come_from_files_not_argv(backend: Backend) {
     );
 }
 both_backends!(regression_secrets_come_from_files_not_argv);
+
+async fn a_revoked_token_enrolls_nothing(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let admin = s.admin();
+    let req = TokenRequest {
+        group: Some("lab".into()),
+        uses: None,
+        expires_secs: 3600,
+    };
+    let (kept, revoked) = (
+        admin.create_token(&req).await.unwrap(),
+        admin.create_token(&req).await.unwrap(),
+    );
+    let listed = admin.tokens().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|t| !t.id.is_empty() && t.id.len() == 16));
+    assert!(
+        !serde_json::to_string(&listed)
+            .unwrap()
+            .contains(&kept.token),
+        "a listing never holds a token"
+    );
+    // Revoked from the CLI: refused from then on with E26; the other token still enrolls.
+    let o = s.cli(&["token", "revoke", &revoked.id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let enroll = |token: String| {
+        let (url, fp) = (s.url.clone(), s.fingerprint.clone());
+        async move { SimAgent::enroll(&url, &fp, &token, inventory("after", 7), Behaviour::Apply).await }
+    };
+    assert_eq!(
+        code_of(enroll(revoked.token.clone()).await.map(|a| a.machine_id)),
+        (401, Some(Code::E26))
+    );
+    assert!(enroll(kept.token.clone()).await.is_ok());
+    let o = s.cli(&["token", "list"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&kept.id) && !text.contains(&revoked.id),
+        "{text}"
+    );
+    // Revoking again names the token that is not there.
+    assert_eq!(code_of(admin.revoke_token(&revoked.id).await).0, 404);
+}
+both_backends!(a_revoked_token_enrolls_nothing);

@@ -78,6 +78,37 @@ pub async fn token(tx: &mut AnyConnection, hash: &str) -> Result<Option<Token>> 
     }))
 }
 
+/// Every enrollment token, newest first: (hash, token, created_at).
+pub async fn tokens(db: &AnyPool) -> Result<Vec<(String, Token, i64)>> {
+    let rows = sqlx::query(
+        "SELECT hash, grp, created_at, expires_at, uses, max_uses FROM tokens ORDER BY created_at DESC, hash",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|t| {
+            Ok((
+                t.try_get("hash")?,
+                Token {
+                    group: t.try_get("grp")?,
+                    expires_at: t.try_get("expires_at")?,
+                    uses: t.try_get("uses")?,
+                    max_uses: t.try_get("max_uses")?,
+                },
+                t.try_get("created_at")?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn delete_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
+    sqlx::query("DELETE FROM tokens WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Counts one use of the token.
 pub async fn use_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
     sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE hash = $1")
