@@ -54,29 +54,20 @@ impl Entry {
         }
     }
 
-    /// Queues a report and moves to `next` (the caller saves the entry: one write for both).
-    pub fn queue(&mut self, mut report: Report, next: Step) {
-        report.seq = self.next_seq;
-        self.next_seq += 1;
-        self.outbox.push(report);
-        self.step = next;
-    }
-
-    /// Records a decision: its report (if any) and its next step.
+    /// Records a decision: its report (if any) queued with the next `seq`, and its next step
+    /// (the caller saves the entry: one write for both).
     pub fn record(&mut self, d: Decision) {
-        match d.report {
-            Some((event, detail)) => {
-                let r = Report {
-                    delivery_id: self.work.delivery_id.clone(),
-                    attempt: self.work.attempt,
-                    seq: 0,
-                    event,
-                    detail,
-                };
-                self.queue(r, d.next);
-            }
-            None => self.step = d.next,
+        if let Some((event, detail)) = d.report {
+            self.outbox.push(Report {
+                delivery_id: self.work.delivery_id.clone(),
+                attempt: self.work.attempt,
+                seq: self.next_seq,
+                event,
+                detail,
+            });
+            self.next_seq += 1;
         }
+        self.step = d.next;
     }
 }
 

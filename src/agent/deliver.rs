@@ -54,6 +54,7 @@ impl Agent {
             client: &self.client,
             keys: &self.keys,
             installed: false,
+            extracted: None,
         };
         let (progress, installed) = match &mut self.endpoint {
             Some(endpoint) => {
@@ -166,6 +167,9 @@ struct Staging<'a> {
     keys: &'a [VerifyingKey],
     /// An install ran (the next inventory reads the package list again).
     installed: bool,
+    /// The payload directory this process extracted and verified; a payload found on disk
+    /// from before (a restart) is never used without extracting it again.
+    extracted: Option<String>,
 }
 
 impl Staging<'_> {
@@ -222,8 +226,8 @@ impl Staging<'_> {
     }
 
     /// Extracts (and so verifies again: hash, signature, every entry) the fetched archive
-    /// into a fresh payload directory.
-    fn extract(&self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+    /// into a fresh payload directory; returns where the archive came from.
+    fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
         let dir = self.work_dir(work);
         let payload = dir.join("payload");
         if payload.exists() {
@@ -247,12 +251,18 @@ impl Staging<'_> {
             )
             .into());
         }
-        Ok(payload.display().to_string())
+        self.extracted = Some(payload.display().to_string());
+        Ok(std::fs::read_to_string(super::sources::source_path(&dir))
+            .unwrap_or_else(|_| self.client.base().to_string()))
     }
 
-    fn source(&self, work: &Work) -> String {
-        std::fs::read_to_string(super::sources::source_path(&self.work_dir(work)))
-            .unwrap_or_else(|_| self.client.base().to_string())
+    /// The payload to install from: the one this process extracted, else (after a restart)
+    /// the archive extracted and verified again.
+    fn payload(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
+        if self.extracted.is_none() {
+            self.extract(work, signed)?;
+        }
+        Ok(self.extracted.clone().unwrap_or_default())
     }
 
     fn clean(&self, work: &Work) -> Result<(), Stop> {
@@ -327,14 +337,11 @@ impl runner::Target for Local<'_> {
     }
 
     async fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
-        self.staging.extract(work, signed)?;
-        Ok(self.staging.source(work))
+        self.staging.extract(work, signed)
     }
 
     async fn payload(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
-        // Always from the archive again: the extracted files sat on disk, maybe across a
-        // restart, and are never trusted without their hashes.
-        self.staging.extract(work, signed)
+        self.staging.payload(work, signed)
     }
 
     fn kill_leftover(&mut self, pgid: i32) {
@@ -411,12 +418,11 @@ impl runner::Target for Emulated<'_> {
     }
 
     async fn extract(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
-        self.staging.extract(work, signed)?;
-        Ok(self.staging.source(work))
+        self.staging.extract(work, signed)
     }
 
     async fn payload(&mut self, work: &Work, signed: &Verified) -> Result<String, Stop> {
-        self.staging.extract(work, signed)
+        self.staging.payload(work, signed)
     }
 
     fn kill_leftover(&mut self, _pgid: i32) {}

@@ -172,19 +172,12 @@ pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> 
         (Step::Disk, Outcome::FreeSpace(free)) => {
             let required = required_disk(archive_size);
             if free < required {
-                next(
-                    step,
-                    Outcome::Refused(Refusal::new(
-                        Code::E06,
-                        Params {
-                            free_bytes: Some(free),
-                            required_bytes: Some(required),
-                            ..Params::default()
-                        },
-                    )),
-                    pkg,
-                    archive_size,
-                )
+                let params = Params {
+                    free_bytes: Some(free),
+                    required_bytes: Some(required),
+                    ..Params::default()
+                };
+                refused(pkg.id.as_str(), Refusal::new(Code::E06, params))
             } else {
                 Decision::go(Step::Fetch)
             }

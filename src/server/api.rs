@@ -146,17 +146,37 @@ impl FromRequestParts<Arc<Server>> for AgentId {
     }
 }
 
-/// An authenticated administrator; like `AgentId`, checked before the body is read.
-pub(super) struct Admin;
+/// Router states that hold the server (the API's, the web console's).
+pub trait HasServer {
+    fn server(&self) -> &Server;
+}
 
-impl FromRequestParts<Arc<Server>> for Admin {
+impl HasServer for Arc<Server> {
+    fn server(&self) -> &Server {
+        self
+    }
+}
+
+impl Server {
+    /// Whether the request carries the admin token as its bearer credential.
+    pub fn is_admin_request(&self, h: &HeaderMap) -> bool {
+        bearer(h).is_some_and(|b| self.is_admin(b))
+    }
+}
+
+/// An authenticated administrator (the admin token); like `AgentId`, checked before the
+/// body is read. Used by the API and the console's account API alike.
+pub struct Admin;
+
+impl<S: HasServer + Send + Sync> FromRequestParts<S> for Admin {
     type Rejection = ApiErr;
-    async fn from_request_parts(parts: &mut Parts, s: &Arc<Server>) -> R<Admin> {
-        match bearer(&parts.headers) {
-            Some(b) if s.is_admin(b) => Ok(Admin),
-            _ => Err(unauthorized(
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> R<Admin> {
+        if s.server().is_admin_request(&parts.headers) {
+            Ok(Admin)
+        } else {
+            Err(unauthorized(
                 "admin request (use the token in DATA/admin.token)",
-            )),
+            ))
         }
     }
 }

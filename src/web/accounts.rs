@@ -4,6 +4,7 @@
 
 use super::{WebError, WebResult, WebState};
 use crate::server::Server;
+use crate::server::api::Admin;
 use crate::server::db::{self, now_ms};
 use anyhow::{Context, Result};
 use argon2::Argon2;
@@ -13,7 +14,6 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// The admin API path the CLI uses (Bearer admin token).
 pub const ACCOUNTS: &str = "/api/v1/admin/accounts";
@@ -130,31 +130,9 @@ impl Server {
     }
 }
 
-/// An authenticated administrator (the admin token). As an extractor placed before the body
-/// it refuses a request before its body is read.
-pub struct TokenAdmin;
-
-impl axum::extract::FromRequestParts<Arc<super::Web>> for TokenAdmin {
-    type Rejection = WebError;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        w: &Arc<super::Web>,
-    ) -> WebResult<TokenAdmin> {
-        if super::auth::bearer_is_admin(&w.server, &parts.headers) {
-            Ok(TokenAdmin)
-        } else {
-            Err(WebError(
-                StatusCode::UNAUTHORIZED,
-                "admin request: missing or invalid credential (use the token in DATA/admin.token)"
-                    .into(),
-            ))
-        }
-    }
-}
-
 pub async fn api_add(
     axum::extract::State(w): WebState,
-    _: TokenAdmin,
+    _: Admin,
     Json(a): Json<NewAccount>,
 ) -> WebResult {
     check_new(&a.name, &a.password).map_err(WebError::bad)?;
@@ -163,13 +141,13 @@ pub async fn api_add(
     Ok(Json(v).into_response())
 }
 
-pub async fn api_list(axum::extract::State(w): WebState, _: TokenAdmin) -> WebResult {
+pub async fn api_list(axum::extract::State(w): WebState, _: Admin) -> WebResult {
     Ok(Json(w.server.accounts().await?).into_response())
 }
 
 pub async fn api_remove(
     axum::extract::State(w): WebState,
-    _: TokenAdmin,
+    _: Admin,
     Path(name): Path<String>,
 ) -> WebResult<Response> {
     if w.server.remove_account(&name).await? {

@@ -51,13 +51,6 @@ pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
-pub fn bearer_is_admin(s: &Server, h: &HeaderMap) -> bool {
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| s.is_admin(t.trim()))
-}
-
 /// A `Set-Cookie` value for a secret cookie.
 pub fn secret_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
     format!("{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict")
@@ -66,7 +59,7 @@ pub fn secret_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
 impl Server {
     /// The viewer of a request, or None (not signed in, expired, or a wrong token).
     pub async fn viewer(&self, h: &HeaderMap) -> Result<Option<Viewer>> {
-        if bearer_is_admin(self, h) {
+        if self.is_admin_request(h) {
             return Ok(Some(Viewer::Token));
         }
         let Some(token) = cookie(h, SESSION_COOKIE).filter(|t| !t.is_empty()) else {

@@ -47,6 +47,12 @@ pub struct Web {
 
 pub type WebState = axum::extract::State<Arc<Web>>;
 
+impl crate::server::api::HasServer for Arc<Web> {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+}
+
 /// Templates, compiled into the binary so a deployment is one file.
 const TEMPLATES: &[(&str, &str)] = &[
     ("layout", include_str!("../../templates/layout.hbs")),

@@ -498,45 +498,13 @@ pub async fn codes_since(db: &AnyPool, since: i64) -> Result<Vec<CodeCount>> {
 mod tests {
     use super::*;
 
-    /// One state of each kind; the match makes a new kind of state fail to compile here, so
-    /// the sets above are looked at again.
-    fn every_state() -> Vec<State> {
-        let all = vec![
-            State::Pending,
-            State::Transferring,
-            State::Executing,
-            State::Verifying,
-            State::RebootPending,
-            State::AwaitingRetry,
-            State::Applied,
-            State::NotApplicable { reason: "r".into() },
-            State::Failed { code: Code::E06 },
-            State::LoopDetected { rule: "r".into() },
-        ];
-        for s in &all {
-            match s {
-                State::Pending
-                | State::Transferring
-                | State::Executing
-                | State::Verifying
-                | State::RebootPending
-                | State::AwaitingRetry
-                | State::Applied
-                | State::NotApplicable { .. }
-                | State::Failed { .. }
-                | State::LoopDetected { .. } => {}
-            }
-        }
-        all
-    }
-
     fn names(set: &[State]) -> Vec<&'static str> {
         set.iter().map(State::name).collect()
     }
 
     /// `set` holds exactly the states `belongs` says, by name.
     fn exactly(set: &[State], belongs: impl Fn(&State) -> bool) {
-        for s in every_state() {
+        for s in crate::core::delivery::every_state() {
             assert_eq!(
                 names(set).contains(&s.name()),
                 belongs(&s),
@@ -558,7 +526,7 @@ mod tests {
         exactly(FETCHING, |s| {
             names(WAITING).contains(&s.name()) || *s == State::Transferring
         });
-        for s in every_state() {
+        for s in crate::core::delivery::every_state() {
             assert_eq!(is_terminal_name(s.name()), s.is_terminal(), "{}", s.name());
         }
     }
