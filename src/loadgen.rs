@@ -264,25 +264,52 @@ pub fn sample_package(
     key: &ed25519_dalek::SigningKey,
     id: &str,
 ) -> Result<std::path::PathBuf> {
-    let pkg = dir.join(id);
-    std::fs::create_dir_all(&pkg)?;
+    let out = dir.join(format!("{id}.pcpkg"));
+    sample(&dir.join(id), &out, key, id, "1.0.0")
+}
+
+/// `sample_package` at another version (as `DIR/ID-VERSION.pcpkg`).
+pub fn sample_package_version(
+    dir: &std::path::Path,
+    key: &ed25519_dalek::SigningKey,
+    id: &str,
+    version: &str,
+) -> Result<std::path::PathBuf> {
+    let name = format!("{id}-{version}");
+    sample(
+        &dir.join(&name),
+        &dir.join(format!("{name}.pcpkg")),
+        key,
+        id,
+        version,
+    )
+}
+
+/// The sample package's directory at `pkg`, built and signed into `out`.
+fn sample(
+    pkg: &std::path::Path,
+    out: &std::path::Path,
+    key: &ed25519_dalek::SigningKey,
+    id: &str,
+    version: &str,
+) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(pkg)?;
     std::fs::write(pkg.join("hello.txt"), format!("hello from {id}\n"))?;
     std::fs::write(
         pkg.join("package.yaml"),
         format!(
-            "id: {id}\nkind: application\ntitle: load test package\nversion: 1.0.0\ntargets:\n  - {{ os: debian }}\n\
+            "id: {id}\nkind: application\ntitle: load test package\nversion: '{version}'\ntargets:\n  - {{ os: debian }}\n\
              identification:\n  - file: /opt/patchcast-loadtest/{id}\n    change: new\npayload: [hello.txt]\n\
              install:\n  command: 'cp \"{{{{payload.0}}}}\" /opt/patchcast-loadtest/{id}'\n  timeout: 1m\n"
         ),
     )?;
-    let report = crate::pack::lint::lint_dir(&pkg);
+    let report = crate::pack::lint::lint_dir(pkg);
     if report.has_errors() {
         bail!("sample package does not lint: {:?}", report.problems);
     }
     let raw = report.raw.context("sample package loaded")?;
-    let out = dir.join(format!("{id}.pcpkg"));
-    crate::pack::archive::build(&pkg, &raw, key, &out, |_| {})?;
-    Ok(out)
+    crate::pack::archive::build(pkg, &raw, key, out, |_| {})?;
+    Ok(out.to_path_buf())
 }
 
 /// Latency samples in microseconds, summarised.

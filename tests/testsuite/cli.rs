@@ -297,28 +297,22 @@ fn exit_codes_are_cargos() {
         patchcast(&["results", "--no-such-flag"]).status.code(),
         Some(2)
     );
-    let o = patchcast(&[
+    // A server nobody answers at: the operation fails.
+    let fp = format!("sha256:{}", "0".repeat(64));
+    let unreachable = [
         "results",
         "--server",
         "https://127.0.0.1:9",
         "--fingerprint",
-        &format!("sha256:{}", "0".repeat(64)),
+        &fp,
         "--token",
         "pcadm_x",
-    ]);
+    ];
+    let o = patchcast(&unreachable);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("error:"), "{}", text(&o));
     // With --json the error is JSON on stderr, with the same exit code.
-    let o = patchcast(&[
-        "--json",
-        "results",
-        "--server",
-        "https://127.0.0.1:9",
-        "--fingerprint",
-        &format!("sha256:{}", "0".repeat(64)),
-        "--token",
-        "pcadm_x",
-    ]);
+    let o = patchcast(&[&["--json"][..], &unreachable].concat());
     assert_eq!(o.status.code(), Some(1));
     let err: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
     assert!(

@@ -457,24 +457,8 @@ async fn regression_unbounded_request_bodies_before_authentication(backend: Back
 }
 both_backends!(regression_unbounded_request_bodies_before_authentication);
 
-/// A signed archive of `id` at `version` (an application copying one file).
 fn versioned(s: &TestServer, id: &str, version: &str) -> std::path::PathBuf {
-    let dir = s.path().join(format!("{id}-{version}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("a.txt"), version).unwrap();
-    std::fs::write(
-        dir.join("package.yaml"),
-        format!(
-            "id: {id}\nkind: application\ntitle: t\nversion: '{version}'\ntargets: [{{ os: debian }}]\n\
-             identification:\n  - file: /opt/{id}\n    change: new\npayload: [a.txt]\n\
-             install: {{ command: 'cp \"{{{{payload.0}}}}\" /opt/{id}' }}\n"
-        ),
-    )
-    .unwrap();
-    let raw = patchcast::pack::lint::lint_dir(&dir).raw.unwrap();
-    let out = s.path().join(format!("{id}-{version}.pcpkg"));
-    patchcast::pack::archive::build(&dir, &raw, &s.signing, &out, |_| {}).unwrap();
-    out
+    patchcast::loadgen::sample_package_version(s.path(), &s.signing, id, version).unwrap()
 }
 
 async fn regression_republishing_an_older_signed_version_is_refused(backend: Backend) {
