@@ -1,18 +1,24 @@
 //! patchcast: remote patch distribution.
 //!
-//! `model` holds the typed documents, `core` the pure decisions (no I/O), `pack` building,
-//! linting and verifying signed archives, `cli` the command-line front end.
+//! The root package is the command-line front end (`cli`, `loadgen`) and the two binaries;
+//! the work is done by the workspace's crates, layered so that each depends only on those
+//! below it (see ARCHITECTURE.md):
+//! `patchcast-core` (model + pure decisions) ← `patchcast-pack` (archives, keys, lint) ←
+//! `patchcast-proto` (protocol types, pinned HTTPS) ← `patchcast-smb`, `patchcast-runner` ←
+//! `patchcast-agent` / `patchcast-server` (with the console and the SSH client).
+//! They are re-exported here under their module names, so `patchcast::server::db` and
+//! `patchcast::core::pipeline` name the same items as inside the crates.
 
-pub mod agent;
 pub mod cli;
-pub mod core;
-pub mod host;
 pub mod loadgen;
-pub mod model;
-pub mod pack;
-pub mod runner;
-pub mod server;
-pub mod smb;
-pub mod ssh;
-pub mod transport;
-pub mod web;
+
+pub use patchcast_agent as agent;
+pub use patchcast_core as core;
+pub use patchcast_core::model;
+pub use patchcast_pack as pack;
+pub use patchcast_proto as transport;
+pub use patchcast_proto::host;
+pub use patchcast_runner as runner;
+pub use patchcast_server as server;
+pub use patchcast_server::{ssh, web};
+pub use patchcast_smb as smb;

@@ -1,5 +1,7 @@
-//! `patchcast-agent`: the endpoint agent service (its command line lives in `agent::cli`).
+//! `patchcast-agent`: the endpoint agent service (its command line lives in
+//! `patchcast_agent::cli`). It names the agent crate, not the root library, so the binary
+//! links no database, console or SSH client.
 
 fn main() -> std::process::ExitCode {
-    patchcast::agent::cli::main_from(std::env::args_os())
+    patchcast_agent::cli::main_from(std::env::args_os())
 }

@@ -1,0 +1,227 @@
+//! `patchcast-agent`'s command line: enroll, run (the service), identify.
+
+use clap::{Parser, Subcommand};
+use patchcast_core::identify::{identify, queries};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "patchcast-agent",
+    version,
+    about = "patchcast endpoint agent",
+    after_help = "To install it on another host over SSH, use the admin CLI: patchcast agent install --ssh USER@HOST …"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Probe this machine: is the package in DIR (a package directory) applied here?
+    /// Prints the verdict and every rule's outcome as JSON; reads only, changes nothing.
+    Identify { dir: PathBuf },
+    /// Enroll this machine with a patchcast server (once): stores the credential and pins the
+    /// server's certificate fingerprint under --root.
+    Enroll {
+        #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
+        root: PathBuf,
+        /// https://HOST:PORT of the management server.
+        #[arg(long, env = "PATCHCAST_SERVER")]
+        server: String,
+        /// The enrollment token the administrator created. Prefer PATCHCAST_ENROLL_TOKEN or
+        /// --token-file: a value given here shows in the process list.
+        #[arg(
+            long,
+            env = "PATCHCAST_ENROLL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the enrollment token.
+        #[arg(long, env = "PATCHCAST_ENROLL_TOKEN_FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The server certificate's fingerprint as the server prints it (`sha256:HEX`).
+        #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
+        fingerprint: String,
+    },
+    /// Run the agent in the foreground: long-poll the server and carry out deliveries.
+    /// SIGTERM or Ctrl-C stops it cleanly; an interrupted delivery resumes at the next start.
+    Run {
+        #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
+        root: PathBuf,
+        /// Really restart the machine when a delivery needs it and the server allows it
+        /// (otherwise the restart is recorded in ROOT/reboots.log).
+        #[arg(long, env = "PATCHCAST_ALLOW_REBOOT_FOR_REAL")]
+        allow_reboot_for_real: bool,
+        /// Longest wait between reconnects, in milliseconds (tests shorten it).
+        #[arg(
+            long,
+            env = "PATCHCAST_AGENT_BACKOFF_MAX_MS",
+            default_value_t = 60_000,
+            hide = true
+        )]
+        backoff_max_ms: u64,
+        /// How often a running install is announced to the server, in milliseconds.
+        #[arg(
+            long,
+            env = "PATCHCAST_AGENT_HEARTBEAT_MS",
+            default_value_t = 30_000,
+            hide = true
+        )]
+        heartbeat_ms: u64,
+    },
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // One thread: the agent does one thing at a time and must stay small when idle.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+}
+
+/// Registers for SIGTERM at once (a signal that arrives before the first poll still stops
+/// the agent cleanly); the future resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The agent program: `patchcast-agent ARGS`, or `patchcast agent ARGS` (the demo starts
+/// agents that way, so it needs only the one binary `cargo run` builds).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Cmd::Enroll {
+            root,
+            server,
+            token,
+            token_file,
+            fingerprint,
+        } => {
+            init_logging();
+            let token = match (token, token_file) {
+                (Some(t), _) => Ok(t),
+                (None, Some(f)) => patchcast_proto::host::secret_file(&f),
+                (None, None) => Err(anyhow::anyhow!(
+                    "give --token-file FILE or PATCHCAST_ENROLL_TOKEN"
+                )),
+            };
+            let r = match token {
+                Ok(token) => runtime().block_on(crate::service::enroll(
+                    root.clone(),
+                    &server,
+                    &token,
+                    &fingerprint,
+                )),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(cfg) => {
+                    println!(
+                        "enrolled as machine {} with {} (certificate {} pinned); start the agent with `patchcast-agent run --root {}`",
+                        cfg.machine_id,
+                        cfg.server,
+                        cfg.fingerprint,
+                        root.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run {
+            root,
+            allow_reboot_for_real,
+            backoff_max_ms,
+            heartbeat_ms,
+        } => {
+            init_logging();
+            #[cfg(windows)]
+            if let Some(code) =
+                crate::windows::try_run_as_service(root.clone(), allow_reboot_for_real)
+            {
+                return code;
+            }
+            let opts = crate::service::Options {
+                root,
+                allow_real_reboot: allow_reboot_for_real,
+                backoff_max: std::time::Duration::from_millis(backoff_max_ms.max(1)),
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
+            };
+            let r = runtime().block_on(async {
+                let stop = shutdown_signal();
+                tracing::info!(root = %opts.root.display(), "agent running");
+                tokio::select! {
+                    r = crate::service::run(opts) => r,
+                    _ = stop => {
+                        // Journal writes are synchronous, so stopping at this await point
+                        // never leaves one half done.
+                        tracing::info!("stopping on signal");
+                        Ok(())
+                    }
+                }
+            });
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Identify { dir } => {
+            let report = patchcast_pack::lint::lint_dir(&dir);
+            let Some(pkg) = report.package else {
+                for p in &report.problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("error: {} is not a valid package", dir.display());
+                return ExitCode::FAILURE;
+            };
+            let mut facts = crate::facts::machine();
+            crate::facts::gather(&mut facts, &queries(&pkg));
+            let id = identify(&pkg, &facts);
+            println!(
+                "{}",
+                serde_json::json!({"machine": {"os": facts.os, "arch": facts.arch, "language": facts.language}, "identification": id})
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The agent service: enrollment, and the loop that resumes journaled deliveries, reports the
+//! inventory when it changes, and long-polls the server for work, reconnecting with backoff.
+
+use super::backoff::{Backoff, jitter};
+use super::config::{AgentConfig, Root, bearer};
+use super::deliver::{Agent, Interrupted, Progress};
+use super::emulated::Endpoint;
+use super::inventory::{Collector, content_hash};
+use super::journal::{Entry, Journal, check_delivery_id};
+use anyhow::{Context, Result, bail};
+use patchcast_proto::client::{CallError, Client};
+use patchcast_proto::protocol::{AgentState, EnrollRequest, MAX_WAIT_MS, Poll, Work};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The server's certificate is not the pinned one: never talk to it.
+pub fn pin_mismatch(e: &CallError) -> Option<String> {
+    match e {
+        CallError::Unreachable { url, detail } if detail.contains("is not the pinned") => {
+            let why = detail
+                .split(": ")
+                .find(|p| p.contains("is not the pinned"))
+                .unwrap_or(detail);
+            Some(format!(
+                "refusing the server at {url}: its TLS certificate does not match the pinned fingerprint ({why}). Check the fingerprint the server prints at start; if the server was re-installed, enroll again"
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn check_fingerprint(fp: &str) -> Result<()> {
+    let ok = fp
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        bail!(
+            "--fingerprint `{fp}` is not `sha256:` followed by 64 hex digits; copy it from the server's start-up output"
+        );
+    }
+    Ok(())
+}
+
+/// Enrolls this machine: sends the inventory with the token, keeps the credential (0600) and
+/// the configuration under `root`.
+pub async fn enroll(
+    root: PathBuf,
+    server: &str,
+    token: &str,
+    fingerprint: &str,
+) -> Result<AgentConfig> {
+    check_fingerprint(fingerprint)?;
+    if !server.starts_with("https://") {
+        bail!("--server `{server}` must be an https:// URL (the agent only talks TLS)");
+    }
+    let root = Root(root);
+    std::fs::create_dir_all(&root.0)
+        .with_context(|| format!("creating the agent root {}", root.0.display()))?;
+    let endpoint = Endpoint::load(&root.0)?;
+    let inventory = Collector::default().collect(&root.0, endpoint.as_ref(), false);
+    let client = Client::new(server, fingerprint, None)?;
+    let resp = client
+        .enroll(&EnrollRequest {
+            token: token.to_string(),
+            inventory,
+        })
+        .await
+        .map_err(|e| match pin_mismatch(&e) {
+            Some(msg) => anyhow::anyhow!(msg),
+            None => anyhow::anyhow!("enrollment failed: {e}"),
+        })?;
+    let cfg = AgentConfig {
+        server: server.trim_end_matches('/').to_string(),
+        fingerprint: fingerprint.to_ascii_lowercase(),
+        machine_id: resp.machine_id,
+        publisher_keys: resp.publisher_keys,
+        poll_ms: resp.poll_ms,
+    };
+    cfg.trusted_keys()
+        .context("the server sent publisher keys this agent cannot use")?;
+    let cred = root.credential();
+    if cred.exists() {
+        std::fs::remove_file(&cred).with_context(|| format!("replacing {}", cred.display()))?;
+    }
+    patchcast_pack::keys::write_private(&cred, resp.credential.as_bytes())?;
+    cfg.save(&root)?;
+    Ok(cfg)
+}
+
+pub struct Options {
+    pub root: PathBuf,
+    pub allow_real_reboot: bool,
+    /// Longest wait between reconnects.
+    pub backoff_max: Duration,
+    /// How often a running install is announced to the server.
+    pub heartbeat: Duration,
+}
+
+/// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.
+pub async fn run(opts: Options) -> Result<()> {
+    let root = Root(opts.root.clone());
+    let cfg = AgentConfig::load(&root)?;
+    let client = Client::new(&cfg.server, &cfg.fingerprint, Some(bearer(&root, &cfg)?))?;
+    let keys = cfg.trusted_keys()?;
+    let endpoint = Endpoint::load(&root.0)?;
+    let mut agent = Agent {
+        journal: Journal::new(root.journal()),
+        root,
+        client,
+        keys,
+        endpoint,
+        allow_real_reboot: opts.allow_real_reboot,
+        installed_something: false,
+        heartbeat: opts.heartbeat,
+    };
+    tracing::info!(server = %cfg.server, machine = %cfg.machine_id, emulated = agent.endpoint.is_some(), "agent started");
+    let mut relay = super::relay::Relay::new(&agent.root.0, &cfg.machine_id);
+    let mut collector = Collector::default();
+    let mut sent: Option<String> = None;
+    let mut backoff = Backoff::new(Duration::from_millis(500), opts.backoff_max);
+    let wait_ms = cfg.poll_ms.clamp(100, MAX_WAIT_MS);
+    let mut setting = super::time_setting::Held::load(&agent.root.0)?;
+    loop {
+        let started = Instant::now();
+        match iteration(
+            &mut agent,
+            &mut relay,
+            &mut collector,
+            &mut sent,
+            &mut setting,
+            wait_ms,
+        )
+        .await
+        {
+            Ok(got_work) => {
+                backoff.reset();
+                // A server that answers a long poll at once must not make the agent spin.
+                let floor = Duration::from_millis(wait_ms.min(1000));
+                if !got_work && started.elapsed() < floor {
+                    tokio::time::sleep(floor - started.elapsed()).await;
+                }
+            }
+            Err(e) => {
+                if let Some(msg) = e.call().and_then(pin_mismatch) {
+                    bail!(msg);
+                }
+                if e.call().and_then(CallError::status) == Some(401) {
+                    tracing::error!(error = %e, "E26: the server rejected this agent's credential; enroll again");
+                }
+                let d = backoff.next(jitter());
+                tracing::warn!(error = %e, retry_in = ?d, "server call failed");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// One pass: journaled deliveries, inventory, poll. `Ok(true)` when work arrived.
+async fn iteration(
+    agent: &mut Agent,
+    relay: &mut super::relay::Relay,
+    collector: &mut Collector,
+    sent: &mut Option<String>,
+    setting: &mut super::time_setting::Held,
+    wait_ms: u64,
+) -> Result<bool, Interrupted> {
+    let mut waiting: Option<(String, u32)> = None;
+    for mut entry in agent.journal.entries()? {
+        match agent.deliver(&mut entry).await? {
+            Progress::Finished => {}
+            Progress::AwaitingReboot => {
+                waiting = Some((entry.work.delivery_id.clone(), entry.work.attempt))
+            }
+        }
+    }
+    if std::mem::take(&mut agent.installed_something) {
+        collector.invalidate_packages();
+    }
+    let inv = collector.collect(&agent.root.0, agent.endpoint.as_ref(), waiting.is_some());
+    let hash = content_hash(&inv);
+    if sent.as_ref() != Some(&hash) {
+        agent.client.send_inventory(&inv).await?;
+        tracing::info!("inventory sent");
+        *sent = Some(hash);
+    }
+    let state = match waiting {
+        Some((delivery_id, attempt)) => AgentState::RebootPending {
+            delivery_id,
+            attempt,
+        },
+        None => AgentState::Idle,
+    };
+    let resp = agent
+        .client
+        .poll(&Poll {
+            state,
+            wait_ms,
+            setting_version: Some(setting.version),
+            session: Some(setting.session.clone()),
+        })
+        .await?;
+    if let Some(s) = &resp.setting
+        && let Err(e) = setting.keep(s)
+    {
+        tracing::warn!(error = %e, "could not keep the auto-update time setting");
+    }
+    // The relay role never stops the agent's own deliveries: its errors are only logged.
+    if let Err(e) = relay.apply(resp.relay.as_ref(), &agent.client).await {
+        tracing::warn!(error = %format!("{e:#}"), "relay role");
+    }
+    match resp.work {
+        Some(work) => {
+            accept(&agent.journal, work)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Journals a new work item; a replay of a finished or already journaled attempt is ignored.
+pub fn accept(journal: &Journal, work: Work) -> Result<(), Interrupted> {
+    if let Err(e) = check_delivery_id(&work.delivery_id) {
+        tracing::error!(error = %e, "work item refused");
+        return Ok(());
+    }
+    if journal.is_done(&work.delivery_id, work.attempt) {
+        tracing::info!(delivery = %work.delivery_id, attempt = work.attempt, "work item already carried out; ignored");
+        return Ok(());
+    }
+    if let Some(e) = journal.load(&work.delivery_id)?
+        && e.work.attempt == work.attempt
+    {
+        return Ok(());
+    }
+    tracing::info!(delivery = %work.delivery_id, attempt = work.attempt, package = %work.package_id, "work received");
+    journal.save(&Entry::new(work))?;
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! One delivery, as decisions: which step comes next after what a step found, and what is
+//! reported on the way. Whoever carries a delivery out — the agent on its own machine, an
+//! emulated endpoint, the server's SSH worker on a remote host — runs the same steps
+//! (`runner`) and asks this module what they mean, so the steps, refusals, codes and the
+//! failing rule are decided once.
+//!
+//! `next(step, outcome, package)` is the whole state machine of one attempt on the machine;
+//! `core::delivery` is the server's view of the same attempt, fed by the reports made here.
+
+use crate::delivery::{Event, Execution};
+use crate::errors::{Code, Params};
+use crate::identify::{Check, Identification, Verdict};
+use crate::model::package::{Package, RebootPolicy};
+use serde::{Deserialize, Serialize};
+
+/// The step a delivery is at: the step about to run (or running when the carrier stopped).
+/// Agents journal it, so its serialized form is kept stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    Probe,
+    Disk,
+    Fetch,
+    Extract,
+    /// `pgid`: the install's process group once started; found at restart, it is killed and
+    /// the install runs again from a freshly verified payload.
+    Execute {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pgid: Option<i32>,
+    },
+    Verify,
+    /// Waiting for the restart the install asked for. `boot_id` is the boot it was installed
+    /// in; `reboot_requested`: the server allowed the agent to restart; `rebooted`: a restart
+    /// was recorded (tests) or observed.
+    RebootPending {
+        boot_id: String,
+        #[serde(default)]
+        reboot_requested: bool,
+        #[serde(default)]
+        rebooted: bool,
+    },
+    Done,
+}
+
+/// Why a delivery cannot go on: the code reported, with what its message names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: Code,
+    pub params: Params,
+}
+
+impl Refusal {
+    pub fn new(code: Code, params: Params) -> Refusal {
+        Refusal { code, params }
+    }
+
+    /// A refusal whose message only needs a free-text detail.
+    pub fn detail(code: Code, detail: impl Into<String>) -> Refusal {
+        Refusal::new(
+            code,
+            Params {
+                detail: Some(detail.into()),
+                ..Params::default()
+            },
+        )
+    }
+}
+
+/// What results show beside the state: figures, exit code, output, explanation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Detail {
+    /// The code the agent raised, with the figures its message needs (E06: free and required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(default)]
+    pub params: Params,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last 64 KiB of the install command's output (stdout and stderr interleaved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explanation: Vec<Check>,
+    /// Where the content came from (server, relay, URL, share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// What a step found, as typed data (never message text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The probe's identification (before anything is transferred).
+    Probed(Identification),
+    /// Free bytes where the package would be staged.
+    FreeSpace(u64),
+    /// The archive is on the machine, its hash checked.
+    Fetched,
+    /// The payload is extracted and verified; `source` says where it came from.
+    Extracted { source: String },
+    /// The install ran: its exit code (None: killed at its time limit), output, and the
+    /// boot it ran in.
+    Ran {
+        exit: Option<i32>,
+        output: String,
+        boot_id: String,
+    },
+    /// The identification after the install.
+    Verified(Identification),
+    /// The step could not be carried out.
+    Refused(Refusal),
+}
+
+/// What to report, if anything, and where to go next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub report: Option<(Event, Detail)>,
+    pub next: Step,
+}
+
+impl Decision {
+    fn go(next: Step) -> Decision {
+        Decision { report: None, next }
+    }
+    fn report(event: Event, detail: Detail, next: Step) -> Decision {
+        Decision {
+            report: Some((event, detail)),
+            next,
+        }
+    }
+}
+
+/// A refusal of package `package_id`: reported, and nothing after it runs.
+pub fn refused(package_id: &str, r: Refusal) -> Decision {
+    let Refusal { code, params } = r;
+    Decision::report(
+        Event::Refused { code },
+        Detail {
+            code: Some(code),
+            params: Params {
+                package: Some(package_id.to_string()),
+                ..params
+            },
+            ..Detail::default()
+        },
+        Step::Done,
+    )
+}
+
+/// The next step after `step` found `outcome`, for the signed package `pkg` of an archive of
+/// `archive_size` bytes. (Before the manifest's signature is checked there is no package:
+/// a bad signature is a `refused` decision.)
+pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> Decision {
+    match (step, outcome) {
+        (_, Outcome::Refused(r)) => refused(pkg.id.as_str(), r),
+        (Step::Probe, Outcome::Probed(ident)) => {
+            let next = if needs_install(&ident.verdict) {
+                Step::Disk
+            } else {
+                Step::Done
+            };
+            Decision::report(
+                Event::Probed {
+                    verdict: ident.verdict,
+                },
+                Detail {
+                    explanation: ident.explanation,
+                    ..Detail::default()
+                },
+                next,
+            )
+        }
+        (Step::Disk, Outcome::FreeSpace(free)) => {
+            let required = required_disk(archive_size);
+            if free < required {
+                let params = Params {
+                    free_bytes: Some(free),
+                    required_bytes: Some(required),
+                    ..Params::default()
+                };
+                refused(pkg.id.as_str(), Refusal::new(Code::E06, params))
+            } else {
+                Decision::go(Step::Fetch)
+            }
+        }
+        (Step::Fetch, Outcome::Fetched) => Decision::go(Step::Extract),
+        (Step::Extract, Outcome::Extracted { source }) => Decision::report(
+            Event::Transferred,
+            Detail {
+                source: Some(source),
+                ..Detail::default()
+            },
+            Step::Execute { pgid: None },
+        ),
+        (
+            Step::Execute { .. },
+            Outcome::Ran {
+                exit,
+                output,
+                boot_id,
+            },
+        ) => {
+            let execution = execution(pkg, exit);
+            let next = match execution {
+                Execution::Succeeded { .. } => Step::Verify,
+                Execution::RebootRequired { .. } => Step::RebootPending {
+                    boot_id,
+                    reboot_requested: false,
+                    rebooted: false,
+                },
+                Execution::Failed { .. } | Execution::TimedOut => Step::Done,
+            };
+            Decision::report(
+                Event::Executed {
+                    execution: execution.clone(),
+                },
+                Detail {
+                    code: execution_code(&execution),
+                    params: Params {
+                        package: Some(pkg.id.as_str().to_string()),
+                        exit_code: exit,
+                        ..Params::default()
+                    },
+                    exit_code: exit,
+                    output_tail: Some(output),
+                    ..Detail::default()
+                },
+                next,
+            )
+        }
+        (Step::Verify, Outcome::Verified(ident)) => Decision::report(
+            Event::Verified {
+                failing_rule: failing_rule(&ident),
+                verdict: ident.verdict,
+            },
+            Detail {
+                explanation: ident.explanation,
+                ..Detail::default()
+            },
+            Step::Done,
+        ),
+        // An outcome that does not belong to the step (a carrier's bug) stops the attempt
+        // without a report; the server's no-reply rule settles it.
+        (step, outcome) => {
+            debug_assert!(false, "{outcome:?} does not follow {step:?}");
+            Decision::go(Step::Done)
+        }
+    }
+}
+
+/// The rule to name when an identification did not say applied.
+pub fn failing_rule(ident: &Identification) -> Option<String> {
+    match ident.verdict {
+        Verdict::Applied => None,
+        _ => ident.failing_check().map(|c| c.check.clone()),
+    }
+}
+
+/// What a carrier waiting for a restart does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterReboot {
+    /// The machine restarted since the install: verify.
+    Verify,
+    /// The server allowed a restart and the package permits one: restart (or record it).
+    Restart,
+    /// Keep waiting for someone to restart the machine.
+    Wait,
+}
+
+/// The decision while in `RebootPending`, given the current boot id and the package's policy.
+pub fn after_reboot(step: &Step, current_boot: &str, policy: RebootPolicy) -> AfterReboot {
+    match step {
+        Step::RebootPending { rebooted: true, .. } => AfterReboot::Verify,
+        Step::RebootPending { boot_id, .. } if boot_id != current_boot => AfterReboot::Verify,
+        Step::RebootPending {
+            reboot_requested: true,
+            ..
+        } if policy != RebootPolicy::Never => AfterReboot::Restart,
+        _ => AfterReboot::Wait,
+    }
+}
+
+/// Free disk a package needs on the target: three times its archive (the FAQ's rule: the
+/// archive, the extracted payload, and room for the installer's own work).
+pub fn required_disk(archive_size: u64) -> u64 {
+    archive_size.saturating_mul(3)
+}
+
+/// Whether a probe's verdict calls for an install (else the delivery ends at the probe).
+pub fn needs_install(v: &Verdict) -> bool {
+    matches!(v, Verdict::NotApplied | Verdict::Indeterminate(_))
+}
+
+/// What an install's exit code (None: killed at its time limit) means for `pkg`.
+pub fn execution(pkg: &Package, exit: Option<i32>) -> Execution {
+    match exit {
+        None => Execution::TimedOut,
+        Some(c) if pkg.install.success_exit_codes.contains(&c) => {
+            if pkg.reboot == RebootPolicy::Always {
+                Execution::RebootRequired { code: c }
+            } else {
+                Execution::Succeeded { code: c }
+            }
+        }
+        Some(c) if pkg.install.reboot_exit_codes.contains(&c) => {
+            Execution::RebootRequired { code: c }
+        }
+        Some(c) => Execution::Failed { code: c },
+    }
+}
+
+/// The code an execution reports: E20 timed out, E21 failed, W22 restart needed.
+pub fn execution_code(e: &Execution) -> Option<Code> {
+    match e {
+        Execution::TimedOut => Some(Code::E20),
+        Execution::Failed { .. } => Some(Code::E21),
+        Execution::RebootRequired { .. } => Some(Code::W22),
+        Execution::Succeeded { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(reboot: &str) -> Package {
+        let yaml = format!(
+            "id: t\nkind: application\ntitle: t\nversion: 1.0.0\ntargets:\n  - {{ os: debian }}\n\
+             identification:\n  - probe: 'true'\n    exit_code: 0\npayload: [a.sh]\nreboot: {reboot}\n\
+             install:\n  command: 'sh a.sh'\n  timeout: 1m\n"
+        );
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(&yaml).unwrap();
+        let (p, problems) = crate::model::package::resolve(&raw);
+        p.unwrap_or_else(|| panic!("{problems:?}"))
+    }
+
+    #[test]
+    fn exits() {
+        let p = pkg("if_required");
+        let cases: &[(Option<i32>, Execution, Option<Code>)] = &[
+            (Some(0), Execution::Succeeded { code: 0 }, None),
+            (
+                Some(3010),
+                Execution::RebootRequired { code: 3010 },
+                Some(Code::W22),
+            ),
+            (Some(1), Execution::Failed { code: 1 }, Some(Code::E21)),
+            (None, Execution::TimedOut, Some(Code::E20)),
+        ];
+        for (exit, want, code) in cases {
+            let e = execution(&p, *exit);
+            assert_eq!(&e, want, "{exit:?}");
+            assert_eq!(execution_code(&e), *code, "{exit:?}");
+        }
+        assert_eq!(
+            execution(&pkg("always"), Some(0)),
+            Execution::RebootRequired { code: 0 }
+        );
+        assert_eq!(required_disk(100 << 20), 300 << 20);
+        assert_eq!(required_disk(u64::MAX), u64::MAX);
+        assert!(needs_install(&Verdict::NotApplied));
+        assert!(!needs_install(&Verdict::Applied));
+    }
+
+    fn ident(verdict: Verdict, failing: Option<&str>) -> Identification {
+        use crate::identify::{Check, Outcome as Checked};
+        Identification {
+            verdict,
+            explanation: failing
+                .map(|rule| Check {
+                    check: rule.into(),
+                    outcome: Checked::Fail,
+                    detail: String::new(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_attempt_step_by_step() {
+        let p = pkg("if_required");
+        let at = |step: Step, o: Outcome| next(&step, o, &p, 100);
+        // Already applied at the probe: reported, and nothing is transferred.
+        let d = at(Step::Probe, Outcome::Probed(ident(Verdict::Applied, None)));
+        assert_eq!(d.next, Step::Done);
+        assert!(matches!(d.report, Some((Event::Probed { .. }, _))));
+        assert_eq!(
+            at(
+                Step::Probe,
+                Outcome::Probed(ident(Verdict::NotApplied, Some("r")))
+            )
+            .next,
+            Step::Disk
+        );
+        // Three times the archive, or E06 with both figures.
+        assert_eq!(at(Step::Disk, Outcome::FreeSpace(300)).next, Step::Fetch);
+        let d = at(Step::Disk, Outcome::FreeSpace(299));
+        let (event, detail) = d.report.unwrap();
+        assert_eq!(event, Event::Refused { code: Code::E06 });
+        assert_eq!(
+            (
+                detail.params.free_bytes,
+                detail.params.required_bytes,
+                detail.params.package.as_deref()
+            ),
+            (Some(299), Some(300), Some("t"))
+        );
+        assert_eq!(d.next, Step::Done);
+        assert_eq!(at(Step::Fetch, Outcome::Fetched).next, Step::Extract);
+        let d = at(Step::Extract, Outcome::Extracted { source: "s".into() });
+        assert_eq!(d.next, Step::Execute { pgid: None });
+        assert_eq!(d.report.unwrap().1.source.as_deref(), Some("s"));
+        let ran = |exit| Outcome::Ran {
+            exit,
+            output: "o".into(),
+            boot_id: "b1".into(),
+        };
+        assert_eq!(
+            at(Step::Execute { pgid: None }, ran(Some(0))).next,
+            Step::Verify
+        );
+        assert_eq!(
+            at(Step::Execute { pgid: None }, ran(Some(3010))).next,
+            Step::RebootPending {
+                boot_id: "b1".into(),
+                reboot_requested: false,
+                rebooted: false
+            }
+        );
+        let d = at(Step::Execute { pgid: None }, ran(Some(1)));
+        assert_eq!(
+            (d.next, d.report.unwrap().1.code),
+            (Step::Done, Some(Code::E21))
+        );
+        // The verify names the first rule that did not pass; an applied one names none.
+        let d = at(
+            Step::Verify,
+            Outcome::Verified(ident(Verdict::NotApplied, Some("MS08-067"))),
+        );
+        assert_eq!(
+            d.report.unwrap().0,
+            Event::Verified {
+                verdict: Verdict::NotApplied,
+                failing_rule: Some("MS08-067".into())
+            }
+        );
+        assert_eq!(failing_rule(&ident(Verdict::Applied, Some("x"))), None);
+        // Any step's refusal ends the attempt with its code.
+        let d = at(
+            Step::Fetch,
+            Outcome::Refused(Refusal::detail(Code::E10, "gone")),
+        );
+        assert_eq!(
+            (d.next, d.report.unwrap().0),
+            (Step::Done, Event::Refused { code: Code::E10 })
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_restart() {
+        let waiting = |requested, rebooted| Step::RebootPending {
+            boot_id: "b1".into(),
+            reboot_requested: requested,
+            rebooted,
+        };
+        assert_eq!(
+            after_reboot(&waiting(false, false), "b2", RebootPolicy::Never),
+            AfterReboot::Verify
+        );
+        assert_eq!(
+            after_reboot(&waiting(false, true), "b1", RebootPolicy::Never),
+            AfterReboot::Verify
+        );
+        assert_eq!(
+            after_reboot(&waiting(false, false), "b1", RebootPolicy::Always),
+            AfterReboot::Wait
+        );
+        assert_eq!(
+            after_reboot(&waiting(true, false), "b1", RebootPolicy::IfRequired),
+            AfterReboot::Restart
+        );
+        assert_eq!(
+            after_reboot(&waiting(true, false), "b1", RebootPolicy::Never),
+            AfterReboot::Wait
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! The admin API: what `patchcast token/group/machine/package/scenario/results` send to the
+//! server. JSON over the same HTTPS listener as the agent protocol; every request carries
+//! `Authorization: Bearer <admin token>` (the server's `DATA/admin.token`).
+//!
+//! | method | path | body → reply |
+//! |---|---|---|
+//! | POST | `/api/v1/admin/tokens` | `TokenRequest` → `TokenCreated` |
+//! | GET | `/api/v1/admin/machines` | → `Vec<MachineView>` |
+//! | POST | `/api/v1/admin/machines/{id}/labels` | `Labels` → `MachineView` |
+//! | GET/POST | `/api/v1/admin/groups` | `Group` → `Vec<GroupView>` / `GroupView` |
+//! | GET/POST | `/api/v1/admin/packages` | archive bytes (streamed) → `PackageView` |
+//! | POST | `/api/v1/admin/scenarios` | `Scenario` → `ScenarioCreated` |
+//! | GET | `/api/v1/admin/scenarios/{id}` | → `ScenarioStatus` |
+//! | GET | `/api/v1/admin/results?machine=&package=&lang=&history=` | → `Results` |
+
+use crate::protocol::{Detail, Inventory};
+use patchcast_core::delivery::State;
+use patchcast_core::errors::{Code, Params, Rendered};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const TOKENS: &str = "/api/v1/admin/tokens";
+pub const MACHINES: &str = "/api/v1/admin/machines";
+pub const GROUPS: &str = "/api/v1/admin/groups";
+pub const PACKAGES: &str = "/api/v1/admin/packages";
+pub const SCENARIOS: &str = "/api/v1/admin/scenarios";
+pub const RESULTS: &str = "/api/v1/admin/results";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Group the enrolled machines join.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// How many enrollments the token allows (None: unlimited until it expires).
+    #[serde(default)]
+    pub uses: Option<u64>,
+    /// Lifetime in seconds.
+    pub expires_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// Shown once; the server keeps only its SHA-256.
+    pub token: String,
+    /// How `token list` and `token revoke` name it (the start of its SHA-256, not a secret).
+    #[serde(default)]
+    pub id: String,
+    pub expires_at_ms: i64,
+}
+
+/// An enrollment token as listed: never the token itself, which the server does not keep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub group: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub uses: u64,
+    pub max_uses: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineView {
+    pub id: String,
+    pub hostname: String,
+    /// The address the server saw the agent's last request come from.
+    pub peer_address: String,
+    pub inventory: Inventory,
+    pub labels: Vec<String>,
+    /// The group of the token the machine enrolled with.
+    #[serde(default)]
+    pub enroll_group: Option<String>,
+    pub groups: Vec<String>,
+    pub enrolled_at_ms: i64,
+    pub last_seen_ms: i64,
+    /// The agent's last reported state (`idle`, `busy`, `reboot_pending`).
+    pub agent_state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Labels {
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A group: static members plus machines matching every given filter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    /// Machine ids or hostnames.
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub filter: GroupFilter,
+}
+
+/// A machine matches when every set criterion matches; an empty filter matches nothing
+/// (a group is static unless a filter is given).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupFilter {
+    /// OS id or its prefix (`debian`, `windows-server-2008`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// Language tag prefix (`ja`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// CIDR (`10.0.0.0/8`): the peer address or any reported address inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl GroupFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == GroupFilter::default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupView {
+    #[serde(flatten)]
+    pub group: Group,
+    /// Machine ids currently in the group.
+    pub resolved: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageView {
+    pub id: String,
+    pub version: Option<String>,
+    pub title: String,
+    pub archive_sha256: String,
+    pub archive_size: u64,
+    pub key_id: String,
+    pub published_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioCreated {
+    pub id: String,
+    /// Deliveries created (machines × packages).
+    pub deliveries: u64,
+    pub machines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioStatus {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    /// Deliveries by state name.
+    pub counts: BTreeMap<String, u64>,
+    pub total: u64,
+    /// Every delivery is in a terminal state.
+    pub done: bool,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// One package on one machine, with what results show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    pub delivery_id: String,
+    pub scenario_id: String,
+    pub machine_id: String,
+    pub hostname: String,
+    pub package_id: String,
+    pub state: State,
+    pub attempts: u32,
+    pub unverified_runs: u32,
+    pub last_code: Option<Code>,
+    /// Message and remedy of `last_code` in the requested language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered: Option<Rendered>,
+    pub detail: Detail,
+    pub updated_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One persisted transition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub n: u64,
+    pub attempt: u32,
+    /// The report's seq (0 for server-side events: dispatch, retry, no reply).
+    pub seq: u32,
+    pub event: serde_json::Value,
+    /// State after the event.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(default)]
+    pub params: Params,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PackageSummary {
+    pub package_id: String,
+    pub applied: u64,
+    pub not_applied: u64,
+    pub not_applicable: u64,
+    pub failed: u64,
+    pub in_progress: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub deliveries: Vec<DeliveryRow>,
+    pub packages: Vec<PackageSummary>,
+    /// The auto-update time setting each machine has (W15/W16 when it could not be given one).
+    #[serde(default)]
+    pub settings: Vec<crate::schedule_api::MachineSetting>,
+}
+
+/// The admin API's client side, shared by the CLI, the load generator and tests.
+#[derive(Clone)]
+pub struct Admin(pub crate::client::Client);
+
+impl Admin {
+    pub fn new(url: &str, fingerprint: &str, token: &str) -> anyhow::Result<Admin> {
+        Ok(Admin(crate::client::Client::new(
+            url,
+            fingerprint,
+            Some(token.to_string()),
+        )?))
+    }
+
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenCreated, CallError> {
+        self.0.post(TOKENS, req).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, CallError> {
+        self.0.get(TOKENS).await
+    }
+
+    /// Revokes the token `id` names (from `tokens`): it enrolls nothing from then on.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), CallError> {
+        let path = format!("{TOKENS}/{id}");
+        self.0
+            .send(self.0.request(reqwest::Method::DELETE, &path), &path)
+            .await
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineView>, CallError> {
+        self.0.get(MACHINES).await
+    }
+
+    pub async fn label(&self, machine: &str, labels: &Labels) -> Result<MachineView, CallError> {
+        self.0
+            .post(&format!("{MACHINES}/{machine}/labels"), labels)
+            .await
+    }
+
+    pub async fn put_group(&self, g: &Group) -> Result<GroupView, CallError> {
+        self.0.post(GROUPS, g).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>, CallError> {
+        self.0.get(GROUPS).await
+    }
+
+    pub async fn packages(&self) -> Result<Vec<PackageView>, CallError> {
+        self.0.get(PACKAGES).await
+    }
+
+    /// Uploads a signed archive, streamed from disk.
+    pub async fn publish(
+        &self,
+        archive: &std::path::Path,
+    ) -> anyhow::Result<Result<PackageView, CallError>> {
+        use anyhow::Context;
+        let f = tokio::fs::File::open(archive)
+            .await
+            .with_context(|| format!("opening {}", archive.display()))?;
+        let len = f.metadata().await?.len();
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+        let rb = self
+            .0
+            .request(reqwest::Method::POST, PACKAGES)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        Ok(self.0.send(rb, PACKAGES).await)
+    }
+
+    pub async fn run_scenario(
+        &self,
+        s: &patchcast_core::model::scenario::Scenario,
+    ) -> Result<ScenarioCreated, CallError> {
+        self.0.post(SCENARIOS, s).await
+    }
+
+    pub async fn status(&self, id: &str, lang: &str) -> Result<ScenarioStatus, CallError> {
+        self.0.get(&format!("{SCENARIOS}/{id}?lang={lang}")).await
+    }
+
+    pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {
+        let mut q = vec![
+            format!("lang={}", query.lang),
+            format!("history={}", query.history),
+        ];
+        for (k, v) in [
+            ("machine", &query.machine),
+            ("package", &query.package),
+            ("scenario", &query.scenario),
+        ] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", encode(v)));
+            }
+        }
+        self.0.get(&format!("{RESULTS}?{}", q.join("&"))).await
+    }
+}
+
+/// What `patchcast results` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ResultsQuery {
+    pub machine: Option<String>,
+    pub package: Option<String>,
+    pub scenario: Option<String>,
+    pub history: bool,
+    pub lang: String,
+}
+
+/// Percent-encodes a query value (ids and hostnames are mostly safe already).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+use crate::client::CallError;

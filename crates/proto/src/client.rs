@@ -1,0 +1,165 @@
+//! A thin JSON client for the patchcast HTTP API, shared by the agent, the admin CLI and the
+//! load generator: one pinned HTTPS client, one bearer credential, errors that say what happened.
+
+use super::protocol::ApiError;
+use super::tls::pinned_http_client;
+use patchcast_core::errors::Code;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    bearer: Option<String>,
+}
+
+/// Why a call failed, sorted the way callers react to it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Could not reach the server or the connection broke: retry with backoff.
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// The server answered with an error.
+    #[error("{url}: HTTP {status}: {}", .body.error)]
+    Status {
+        url: String,
+        status: u16,
+        body: ApiError,
+    },
+    /// The server answered something that is not the expected JSON.
+    #[error("{url}: unexpected reply: {detail}")]
+    Protocol { url: String, detail: String },
+}
+
+impl CallError {
+    /// The catalog code of a transport failure, when it has one (host unknown → E14, else E03).
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            CallError::Unreachable { detail, .. } if detail.contains("dns error") => {
+                Some(Code::E14)
+            }
+            CallError::Unreachable { .. } => Some(Code::E03),
+            CallError::Status { body, .. } => body.code,
+            CallError::Protocol { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl Client {
+    /// `base` is `https://host:port`; `fingerprint` the pinned server certificate.
+    pub fn new(base: &str, fingerprint: &str, bearer: Option<String>) -> anyhow::Result<Client> {
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: pinned_http_client(fingerprint)?,
+            bearer,
+        })
+    }
+
+    /// A client over a given HTTP client (an HTTPS update source trusted through the system's
+    /// certificate authorities rather than a pinned fingerprint).
+    pub fn with_http(base: &str, http: reqwest::Client, bearer: Option<String>) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            bearer,
+        }
+    }
+
+    pub fn with_bearer(&self, bearer: String) -> Client {
+        Client {
+            bearer: Some(bearer),
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request builder with the credential attached, for calls this module does not wrap
+    /// (streaming uploads, range downloads).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, self.url(path));
+        match &self.bearer {
+            Some(b) => rb.bearer_auth(b),
+            None => rb,
+        }
+    }
+
+    pub async fn post<T: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<R, CallError> {
+        self.send(self.request(reqwest::Method::POST, path).json(body), path)
+            .await
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, CallError> {
+        self.send(self.request(reqwest::Method::GET, path), path)
+            .await
+    }
+
+    /// Sends `rb` and decodes a JSON reply; a 204 decodes as JSON `null` (use `Option<R>` or `()`).
+    pub async fn send<R: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+        path: &str,
+    ) -> Result<R, CallError> {
+        let resp = rb.send().await.map_err(|e| self.unreachable(path, &e))?;
+        self.decode(resp, path).await
+    }
+
+    pub async fn decode<R: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        path: &str,
+    ) -> Result<R, CallError> {
+        let url = self.url(path);
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(path, &e))?;
+        if !status.is_success() {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                error: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                code: None,
+            });
+            return Err(CallError::Status {
+                url,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        let json: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(json).map_err(|e| CallError::Protocol {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn unreachable(&self, path: &str, e: &reqwest::Error) -> CallError {
+        // The whole source chain: "error sending request" alone does not say refused vs. TLS pin.
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            source = s.source();
+        }
+        CallError::Unreachable {
+            url: self.url(path),
+            detail,
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! Deliveries (`deliveries`: one machine × package of a scenario, its `core::delivery` state as
+//! JSON and the state's name for queries) and their history (`events`: one row per transition).
+//!
+//! The sets of states the queries select on are `State` values below, rendered into SQL from
+//! `State::name`; the tests check them against the core's own `is_terminal` and `in_flight`.
+
+use super::json;
+use anyhow::Result;
+use patchcast_core::delivery::{Delivery, Event, State};
+use patchcast_core::errors::{Code, Params};
+use patchcast_proto::admin_api::HistoryEntry;
+use patchcast_proto::protocol::{Detail, Inventory};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+
+// The payloads of the states below do not matter: only their names are rendered.
+
+/// Finished: `State::is_terminal`.
+pub static TERMINAL: &[State] = &[
+    State::Applied,
+    State::NotApplicable {
+        reason: String::new(),
+    },
+    State::Failed { code: Code::E01 },
+    State::LoopDetected {
+        rule: String::new(),
+    },
+];
+
+/// On the agent now: `State::in_flight`.
+pub static IN_FLIGHT: &[State] = &[State::Transferring, State::Executing, State::Verifying];
+
+/// Holding the machine: in flight, or waiting for the reboot a delivery asked for.
+pub static BUSY: &[State] = &[
+    State::Transferring,
+    State::Executing,
+    State::Verifying,
+    State::RebootPending,
+];
+
+/// Waiting for the dispatcher to start them: neither finished nor busy.
+pub static WAITING: &[State] = &[State::Pending, State::AwaitingRetry];
+
+/// Still to fetch their content: waiting, or transferring.
+pub static FETCHING: &[State] = &[State::Pending, State::AwaitingRetry, State::Transferring];
+
+/// `('a','b')`: the states' names as an SQL list.
+fn list(states: &[State]) -> String {
+    let names: Vec<String> = states.iter().map(literal).collect();
+    format!("({})", names.join(","))
+}
+
+/// `'a'`: the state's name as an SQL string.
+fn literal(s: &State) -> String {
+    format!("'{}'", s.name())
+}
+
+/// Whether `name` (a `state` column value) is a terminal state's.
+pub fn is_terminal_name(name: &str) -> bool {
+    TERMINAL.iter().any(|s| s.name() == name)
+}
+
+/// A delivery row as stored.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub scenario_id: String,
+    pub machine_id: String,
+    pub package_id: String,
+    pub d: Delivery,
+    pub last_seq: u32,
+    pub deadline: Option<i64>,
+    pub retry_at: Option<i64>,
+    pub detail: Detail,
+    pub events: i64,
+}
+
+const COLUMNS: &str = "id, scenario_id, machine_id, package_id, delivery, last_seq, deadline, retry_at, detail, events";
+
+fn row(r: &AnyRow) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.try_get("id")?,
+        scenario_id: r.try_get("scenario_id")?,
+        machine_id: r.try_get("machine_id")?,
+        package_id: r.try_get("package_id")?,
+        d: json(r, "delivery")?,
+        last_seq: r.try_get::<i64, _>("last_seq")? as u32,
+        deadline: r.try_get("deadline")?,
+        retry_at: r.try_get("retry_at")?,
+        detail: json(r, "detail")?,
+        events: r.try_get("events")?,
+    })
+}
+
+/// The history row of one transition.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub event: &'a Event,
+    pub attempt: u32,
+    pub seq: u32,
+    pub code: Option<Code>,
+    pub params: &'a Params,
+}
+
+/// A new pending delivery of a scenario.
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    pub id: &'a str,
+    pub scenario_id: &'a str,
+    pub machine_id: &'a str,
+    pub package_id: &'a str,
+    pub position: i64,
+    pub archive_sha256: &'a str,
+    pub now: i64,
+}
+
+/// A delivery as `results` shows it.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    pub id: String,
+    pub scenario_id: String,
+    pub machine_id: String,
+    pub hostname: String,
+    pub package_id: String,
+    pub delivery: Delivery,
+    pub detail: Detail,
+    pub updated_at: i64,
+}
+
+/// A delivery that still fetches its content, with what planning its sources needs.
+#[derive(Debug, Clone)]
+pub struct ContentDemand {
+    pub machine_id: String,
+    pub peer_addr: String,
+    pub inventory: Inventory,
+    pub archive_sha256: String,
+    pub archive_size: u64,
+    pub manifest: String,
+}
+
+/// How often a code was raised, and when last.
+#[derive(Debug, Clone)]
+pub struct CodeCount {
+    pub code: String,
+    pub n: i64,
+    pub last: i64,
+}
+
+/// The machine's unfinished deliveries, in dispatch order (oldest scenario first, then
+/// position in the scenario).
+pub async fn unfinished_of_machine(
+    tx: &mut AnyConnection,
+    machine: &str,
+) -> Result<Vec<DeliveryRow>> {
+    let q = format!(
+        "SELECT d.{} FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
+         WHERE d.machine_id = $1 AND d.state NOT IN {} \
+         ORDER BY s.created_at, d.scenario_id, d.position",
+        COLUMNS.replace(", ", ", d."),
+        list(TERMINAL)
+    );
+    sqlx::query(AssertSqlSafe(q))
+        .bind(machine)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+}
+
+/// The delivery `id` if it is `machine`'s.
+pub async fn of_machine(
+    tx: &mut AnyConnection,
+    id: &str,
+    machine: &str,
+) -> Result<Option<DeliveryRow>> {
+    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND machine_id = $2");
+    sqlx::query(AssertSqlSafe(q))
+        .bind(id)
+        .bind(machine)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
+}
+
+/// The delivery `id`; an error when there is none.
+pub async fn get(tx: &mut AnyConnection, id: &str) -> Result<DeliveryRow> {
+    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
+    row(&sqlx::query(AssertSqlSafe(q))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+/// In-flight deliveries whose deadline is before `now`.
+pub async fn expired(db: &AnyPool, now: i64) -> Result<Vec<DeliveryRow>> {
+    let q = format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE state IN {} AND deadline < $1",
+        list(IN_FLIGHT)
+    );
+    sqlx::query(AssertSqlSafe(q))
+        .bind(now)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+}
+
+pub async fn set_deadline(tx: &mut AnyConnection, id: &str, deadline: i64) -> Result<()> {
+    sqlx::query("UPDATE deliveries SET deadline = $1 WHERE id = $2")
+        .bind(deadline)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Gives every in-flight delivery the deadline `deadline`; how many there were.
+pub async fn set_in_flight_deadlines(db: &AnyPool, deadline: i64) -> Result<u64> {
+    let q = format!(
+        "UPDATE deliveries SET deadline = $1 WHERE state IN {}",
+        list(IN_FLIGHT)
+    );
+    let r = sqlx::query(AssertSqlSafe(q))
+        .bind(deadline)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Writes `r` as it is after a transition, and the transition's history row (`r.events` is
+/// its number).
+pub async fn record(
+    tx: &mut AnyConnection,
+    r: &DeliveryRow,
+    e: &NewEvent<'_>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE deliveries SET delivery = $1, state = $2, attempt = $3, last_seq = $4, deadline = $5, \
+         retry_at = $6, detail = $7, updated_at = $8, events = $9 WHERE id = $10",
+    )
+    .bind(serde_json::to_string(&r.d)?)
+    .bind(r.d.state.name())
+    .bind(r.d.attempt as i64)
+    .bind(r.last_seq as i64)
+    .bind(r.deadline)
+    .bind(r.retry_at)
+    .bind(serde_json::to_string(&r.detail)?)
+    .bind(now)
+    .bind(r.events)
+    .bind(&r.id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&r.id)
+    .bind(r.events)
+    .bind(e.attempt as i64)
+    .bind(e.seq as i64)
+    .bind(serde_json::to_string(e.event)?)
+    .bind(serde_json::to_string(&r.d.state)?)
+    .bind(e.code.map(|c| c.to_string()))
+    .bind(serde_json::to_string(e.params)?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// How many machines other than `machine` a delivery of the scenario keeps busy.
+pub async fn busy_machines(
+    tx: &mut AnyConnection,
+    scenario_id: &str,
+    machine: &str,
+) -> Result<i64> {
+    let q = format!(
+        "SELECT COUNT(DISTINCT machine_id) FROM deliveries WHERE scenario_id = $1 \
+         AND machine_id <> $2 AND state IN {}",
+        list(BUSY)
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(q))
+        .bind(scenario_id)
+        .bind(machine)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+/// Whether a delivery keeps `machine` busy.
+pub async fn machine_busy(db: &AnyPool, machine: &str) -> Result<bool> {
+    let q = format!(
+        "SELECT COUNT(*) FROM deliveries WHERE machine_id = $1 AND state IN {}",
+        list(BUSY)
+    );
+    let n: i64 = sqlx::query_scalar(AssertSqlSafe(q))
+        .bind(machine)
+        .fetch_one(db)
+        .await?;
+    Ok(n > 0)
+}
+
+/// Machines with a delivery of the scenario waiting to start.
+pub async fn waiting_machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>> {
+    let q = format!(
+        "SELECT DISTINCT machine_id FROM deliveries WHERE scenario_id = $1 AND state IN {}",
+        list(WAITING)
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(q))
+        .bind(scenario_id)
+        .fetch_all(db)
+        .await?)
+}
+
+/// Machines with any delivery waiting to start.
+pub async fn waiting_machines(db: &AnyPool) -> Result<Vec<String>> {
+    let q = format!(
+        "SELECT DISTINCT machine_id FROM deliveries WHERE state IN {}",
+        list(WAITING)
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(q)).fetch_all(db).await?)
+}
+
+/// Machines that have a delivery of the scenario (in any state).
+pub async fn machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT machine_id FROM deliveries WHERE scenario_id = $1")
+            .bind(scenario_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// A fresh delivery (`Delivery::default()`, pending, no detail).
+pub async fn insert_pending(tx: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<()> {
+    let q = format!(
+        "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
+         last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6, {}, 0, 0, NULL, NULL, '{{}}', $7, 0, $8)",
+        literal(&State::Pending)
+    );
+    sqlx::query(AssertSqlSafe(q))
+        .bind(d.id)
+        .bind(d.scenario_id)
+        .bind(d.machine_id)
+        .bind(d.package_id)
+        .bind(d.position)
+        .bind(serde_json::to_string(&Delivery::default())?)
+        .bind(d.now)
+        .bind(d.archive_sha256)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// When the delivery last moved; an error when there is none.
+pub async fn updated_at(db: &AnyPool, id: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT updated_at FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_one(db)
+            .await?,
+    )
+}
+
+/// (machine, address the server sees it at) of each transferring delivery not on `machine`.
+pub async fn transfers_except(db: &AnyPool, machine: &str) -> Result<Vec<(String, String)>> {
+    let q = format!(
+        "SELECT d.machine_id, m.peer_addr FROM deliveries d JOIN machines m ON m.id = d.machine_id \
+         WHERE d.state = {} AND d.machine_id <> $1",
+        literal(&State::Transferring)
+    );
+    Ok(sqlx::query_as(AssertSqlSafe(q))
+        .bind(machine)
+        .fetch_all(db)
+        .await?)
+}
+
+/// The scenario's deliveries counted by state name.
+pub async fn count_by_state(db: &AnyPool, scenario_id: &str) -> Result<Vec<(String, u64)>> {
+    let rows = sqlx::query(
+        "SELECT state, COUNT(*) AS n FROM deliveries WHERE scenario_id = $1 GROUP BY state",
+    )
+    .bind(scenario_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("state")?, r.try_get::<i64, _>("n")? as u64)))
+        .collect()
+}
+
+/// Deliveries that still fetch their content (one row per machine and archive).
+pub async fn content_demand(db: &AnyPool) -> Result<Vec<ContentDemand>> {
+    let q = format!(
+        "SELECT DISTINCT d.machine_id, m.peer_addr, m.inventory, p.archive_sha256, p.archive_size, p.manifest \
+         FROM deliveries d JOIN machines m ON m.id = d.machine_id JOIN packages p ON p.id = d.package_id \
+         WHERE d.state IN {}",
+        list(FETCHING)
+    );
+    let rows = sqlx::query(AssertSqlSafe(q)).fetch_all(db).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ContentDemand {
+                machine_id: r.try_get("machine_id")?,
+                peer_addr: r.try_get("peer_addr")?,
+                inventory: json(r, "inventory")?,
+                archive_sha256: r.try_get("archive_sha256")?,
+                archive_size: r.try_get::<i64, _>("archive_size")? as u64,
+                manifest: r.try_get("manifest")?,
+            })
+        })
+        .collect()
+}
+
+/// Deliveries, filtered by scenario, machine (id or hostname) and package when given, in
+/// scenario creation order, then by hostname, machine and position.
+pub async fn results(
+    db: &AnyPool,
+    scenario: Option<&str>,
+    machine: Option<&str>,
+    package: Option<&str>,
+) -> Result<Vec<ResultRow>> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, d.updated_at \
+         FROM deliveries d JOIN machines m ON m.id = d.machine_id JOIN scenarios s ON s.id = d.scenario_id \
+         WHERE ($1 = '' OR d.scenario_id = $1) AND ($2 = '' OR d.machine_id = $2 OR m.hostname = $2) \
+         AND ($3 = '' OR d.package_id = $3) ORDER BY s.created_at, m.hostname, d.machine_id, d.position",
+    )
+    .bind(scenario.unwrap_or_default())
+    .bind(machine.unwrap_or_default())
+    .bind(package.unwrap_or_default())
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ResultRow {
+                delivery: json(r, "delivery")?,
+                detail: json(r, "detail")?,
+                id: r.try_get("id")?,
+                scenario_id: r.try_get("scenario_id")?,
+                machine_id: r.try_get("machine_id")?,
+                hostname: r.try_get("hostname")?,
+                package_id: r.try_get("package_id")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The delivery's transitions, in order.
+pub async fn history(db: &AnyPool, delivery: &str) -> Result<Vec<HistoryEntry>> {
+    let rows = sqlx::query("SELECT n, attempt, seq, event, state, code, params, at FROM events WHERE delivery_id = $1 ORDER BY n")
+        .bind(delivery)
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let state: State = json(r, "state")?;
+            let code: Option<String> = r.try_get("code")?;
+            Ok(HistoryEntry {
+                n: r.try_get::<i64, _>("n")? as u64,
+                attempt: r.try_get::<i64, _>("attempt")? as u32,
+                seq: r.try_get::<i64, _>("seq")? as u32,
+                event: json(r, "event")?,
+                state: state.name().to_string(),
+                code: code.and_then(|c| c.parse::<Code>().ok()),
+                params: json(r, "params")?,
+                at_ms: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+/// Codes raised by transitions at or after `since`.
+pub async fn codes_since(db: &AnyPool, since: i64) -> Result<Vec<CodeCount>> {
+    let rows = sqlx::query(
+        "SELECT code, COUNT(*) AS n, MAX(at) AS last FROM events WHERE code IS NOT NULL AND at >= $1 GROUP BY code",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(CodeCount {
+                code: r.try_get("code")?,
+                n: r.try_get("n")?,
+                last: r.try_get("last")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(set: &[State]) -> Vec<&'static str> {
+        set.iter().map(State::name).collect()
+    }
+
+    /// `set` holds exactly the states `belongs` says, by name.
+    fn exactly(set: &[State], belongs: impl Fn(&State) -> bool) {
+        for s in patchcast_core::delivery::every_state() {
+            assert_eq!(
+                names(set).contains(&s.name()),
+                belongs(&s),
+                "{} in {:?}",
+                s.name(),
+                names(set)
+            );
+        }
+    }
+
+    #[test]
+    fn state_sets_follow_the_core() {
+        exactly(TERMINAL, State::is_terminal);
+        exactly(IN_FLIGHT, State::in_flight);
+        exactly(BUSY, |s| s.in_flight() || *s == State::RebootPending);
+        exactly(WAITING, |s| {
+            !s.is_terminal() && !s.in_flight() && *s != State::RebootPending
+        });
+        exactly(FETCHING, |s| {
+            names(WAITING).contains(&s.name()) || *s == State::Transferring
+        });
+        for s in patchcast_core::delivery::every_state() {
+            assert_eq!(is_terminal_name(s.name()), s.is_terminal(), "{}", s.name());
+        }
+    }
+
+    #[test]
+    fn sets_render_as_sql_lists() {
+        assert_eq!(
+            list(TERMINAL),
+            "('applied','not_applicable','failed','loop_detected')"
+        );
+        assert_eq!(list(IN_FLIGHT), "('transferring','executing','verifying')");
+        assert_eq!(literal(&State::Pending), "'pending'");
+    }
+}

@@ -1,0 +1,373 @@
+//! Machines: enrollment tokens (`tokens`), machines and their inventory (`machines`), groups
+//! (`machine_groups`) and the access of agentless SSH machines (`ssh_machines`).
+
+use super::json;
+use anyhow::Result;
+use patchcast_proto::admin_api::{Group, MachineView};
+use patchcast_proto::protocol::Inventory;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+/// An enrollment token as stored.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub group: Option<String>,
+    pub expires_at: i64,
+    pub uses: i64,
+    pub max_uses: Option<i64>,
+}
+
+/// A machine row to insert (enrolled by an agent, or added as an SSH host).
+#[derive(Debug, Clone)]
+pub struct NewMachine<'a> {
+    pub id: &'a str,
+    pub secret_hash: &'a str,
+    pub hostname: &'a str,
+    pub inventory: &'a Inventory,
+    pub peer_addr: &'a str,
+    pub now: i64,
+    pub agent_state: &'a str,
+    pub enroll_group: Option<&'a str>,
+}
+
+/// The access of an SSH machine as stored.
+#[derive(Debug, Clone)]
+pub struct SshRow {
+    pub machine_id: String,
+    pub username: String,
+    pub host: String,
+    pub port: i64,
+    pub key_path: String,
+    pub known_hosts: String,
+    pub trust_on_first_use: bool,
+    pub work_dir: String,
+}
+
+pub async fn insert_token(
+    tx: &mut AnyConnection,
+    hash: &str,
+    group: Option<&str>,
+    now: i64,
+    expires_at: i64,
+    max_uses: Option<i64>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO tokens (hash, grp, created_at, expires_at, uses, max_uses) VALUES ($1, $2, $3, $4, 0, $5)")
+        .bind(hash)
+        .bind(group)
+        .bind(now)
+        .bind(expires_at)
+        .bind(max_uses)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn token(tx: &mut AnyConnection, hash: &str) -> Result<Option<Token>> {
+    let Some(t) = sqlx::query("SELECT grp, expires_at, uses, max_uses FROM tokens WHERE hash = $1")
+        .bind(hash)
+        .fetch_optional(&mut *tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Token {
+        group: t.try_get("grp")?,
+        expires_at: t.try_get("expires_at")?,
+        uses: t.try_get("uses")?,
+        max_uses: t.try_get("max_uses")?,
+    }))
+}
+
+/// Every enrollment token, newest first: (hash, token, created_at).
+pub async fn tokens(db: &AnyPool) -> Result<Vec<(String, Token, i64)>> {
+    let rows = sqlx::query(
+        "SELECT hash, grp, created_at, expires_at, uses, max_uses FROM tokens ORDER BY created_at DESC, hash",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|t| {
+            Ok((
+                t.try_get("hash")?,
+                Token {
+                    group: t.try_get("grp")?,
+                    expires_at: t.try_get("expires_at")?,
+                    uses: t.try_get("uses")?,
+                    max_uses: t.try_get("max_uses")?,
+                },
+                t.try_get("created_at")?,
+            ))
+        })
+        .collect()
+}
+
+pub async fn delete_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
+    sqlx::query("DELETE FROM tokens WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Counts one use of the token.
+pub async fn use_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
+    sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A new machine, enrolled and last seen `now`, without labels.
+pub async fn insert(tx: &mut AnyConnection, m: &NewMachine<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
+         VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, $7, $8)",
+    )
+    .bind(m.id)
+    .bind(m.secret_hash)
+    .bind(m.hostname)
+    .bind(serde_json::to_string(m.inventory)?)
+    .bind(m.peer_addr)
+    .bind(m.now)
+    .bind(m.agent_state)
+    .bind(m.enroll_group)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn secret_hash(db: &AnyPool, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT secret_hash FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// Records when and where from the machine was last heard, and its agent's state.
+pub async fn seen(db: &AnyPool, id: &str, now: i64, peer_addr: &str, state: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
+    )
+    .bind(now)
+    .bind(peer_addr)
+    .bind(state)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_inventory(
+    db: &AnyPool,
+    id: &str,
+    inv: &Inventory,
+    now: i64,
+    peer_addr: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
+        .bind(serde_json::to_string(inv)?)
+        .bind(&inv.hostname)
+        .bind(now)
+        .bind(peer_addr)
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Every machine (without its groups), by hostname then id.
+pub async fn list(db: &AnyPool) -> Result<Vec<MachineView>> {
+    sqlx::query(
+        "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines ORDER BY hostname, id",
+    )
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(machine_view)
+    .collect()
+}
+
+/// One machine (without its groups).
+pub async fn get(db: &AnyPool, id: &str) -> Result<Option<MachineView>> {
+    sqlx::query(
+        "SELECT id, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group FROM machines WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(machine_view)
+    .transpose()
+}
+
+/// The id of the machine with that id or hostname (the lowest id when several share it).
+pub async fn resolve(db: &AnyPool, id_or_hostname: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM machines WHERE id = $1 OR hostname = $1 ORDER BY id LIMIT 1",
+    )
+    .bind(id_or_hostname)
+    .fetch_optional(db)
+    .await?)
+}
+
+pub async fn peer_addr(db: &AnyPool, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT peer_addr FROM machines WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+/// The address the server sees the machine at, and its inventory.
+pub async fn addressing(tx: &mut AnyConnection, id: &str) -> Result<Option<(String, Inventory)>> {
+    let Some(m) = sqlx::query("SELECT peer_addr, inventory FROM machines WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let inv: Inventory = json(&m, "inventory")?;
+    Ok(Some((m.try_get("peer_addr")?, inv)))
+}
+
+/// The labels of the machine(s) with that id or hostname (the first row read).
+pub async fn labels(db: &AnyPool, id_or_hostname: &str) -> Result<Option<Vec<String>>> {
+    sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
+        .bind(id_or_hostname)
+        .fetch_optional(db)
+        .await?
+        .map(|r| json(&r, "labels"))
+        .transpose()
+}
+
+/// Sets the labels of every machine with that id or hostname.
+pub async fn set_labels(db: &AnyPool, id_or_hostname: &str, labels: &[String]) -> Result<()> {
+    sqlx::query("UPDATE machines SET labels = $1 WHERE id = $2 OR hostname = $2")
+        .bind(serde_json::to_string(labels)?)
+        .bind(id_or_hostname)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+fn machine_view(r: &AnyRow) -> Result<MachineView> {
+    Ok(MachineView {
+        id: r.try_get("id")?,
+        hostname: r.try_get("hostname")?,
+        peer_address: r.try_get("peer_addr")?,
+        inventory: json(r, "inventory")?,
+        labels: json(r, "labels")?,
+        enroll_group: r.try_get("enroll_group")?,
+        groups: Vec::new(),
+        enrolled_at_ms: r.try_get("enrolled_at")?,
+        last_seen_ms: r.try_get("last_seen")?,
+        agent_state: r.try_get("agent_state")?,
+    })
+}
+
+/// Every group, by name.
+pub async fn groups(db: &AnyPool) -> Result<Vec<Group>> {
+    sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(group_row)
+        .collect()
+}
+
+pub async fn group(tx: &mut AnyConnection, name: &str) -> Result<Option<Group>> {
+    sqlx::query("SELECT name, members, filter FROM machine_groups WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(group_row)
+        .transpose()
+}
+
+/// Creates or replaces the group.
+pub async fn save_group(tx: &mut AnyConnection, g: &Group) -> Result<()> {
+    sqlx::query("DELETE FROM machine_groups WHERE name = $1")
+        .bind(&g.name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO machine_groups (name, members, filter) VALUES ($1, $2, $3)")
+        .bind(&g.name)
+        .bind(serde_json::to_string(&g.members)?)
+        .bind(serde_json::to_string(&g.filter)?)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn group_row(r: &AnyRow) -> Result<Group> {
+    Ok(Group {
+        name: r.try_get("name")?,
+        members: json(r, "members")?,
+        filter: json(r, "filter")?,
+    })
+}
+
+/// The machine already registered for `user@host:port`, if any.
+pub async fn ssh_by_target(
+    db: &AnyPool,
+    user: &str,
+    host: &str,
+    port: u16,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT machine_id FROM ssh_machines WHERE username = $1 AND host = $2 AND port = $3",
+    )
+    .bind(user)
+    .bind(host)
+    .bind(port as i64)
+    .fetch_optional(db)
+    .await?)
+}
+
+pub async fn insert_ssh(tx: &mut AnyConnection, s: &SshRow, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ssh_machines (machine_id, username, host, port, key_path, known_hosts, trust_on_first_use, work_dir, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&s.machine_id)
+    .bind(&s.username)
+    .bind(&s.host)
+    .bind(s.port)
+    .bind(&s.key_path)
+    .bind(&s.known_hosts)
+    .bind(s.trust_on_first_use as i64)
+    .bind(&s.work_dir)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Every SSH machine's access (`trust_on_first_use` as recorded when it was added).
+pub async fn ssh_list(db: &AnyPool) -> Result<Vec<SshRow>> {
+    let rows = sqlx::query(
+        "SELECT machine_id, username, host, port, key_path, known_hosts, trust_on_first_use, work_dir FROM ssh_machines",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SshRow {
+                machine_id: r.try_get("machine_id")?,
+                username: r.try_get("username")?,
+                host: r.try_get("host")?,
+                port: r.try_get("port")?,
+                key_path: r.try_get("key_path")?,
+                known_hosts: r.try_get("known_hosts")?,
+                trust_on_first_use: r.try_get::<i64, _>("trust_on_first_use")? != 0,
+                work_dir: r.try_get("work_dir")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,143 @@
+//! Published packages (`packages`): the signed manifest, the archive's hash and size, and
+//! the install timeout the dispatcher needs.
+
+use anyhow::Result;
+use patchcast_proto::admin_api::PackageView;
+use sqlx::{AnyConnection, AnyPool, Row};
+
+/// What a work item carries about its package.
+#[derive(Debug, Clone)]
+pub struct WorkPackage {
+    pub archive_sha256: String,
+    pub archive_size: u64,
+    pub manifest: String,
+    pub signature: String,
+}
+
+/// What planning a package's sources needs.
+#[derive(Debug, Clone)]
+pub struct SourcePackage {
+    pub manifest: String,
+    pub archive_sha256: String,
+    pub archive_size: u64,
+}
+
+/// Publishes `v` (replacing an earlier publish of the same id).
+pub async fn replace(
+    tx: &mut AnyConnection,
+    v: &PackageView,
+    manifest: &str,
+    signature: &str,
+    install_timeout_secs: u64,
+) -> Result<()> {
+    sqlx::query("DELETE FROM packages WHERE id = $1")
+        .bind(&v.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO packages (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&v.id)
+    .bind(v.version.clone())
+    .bind(&v.title)
+    .bind(&v.archive_sha256)
+    .bind(v.archive_size as i64)
+    .bind(manifest)
+    .bind(signature)
+    .bind(&v.key_id)
+    .bind(v.published_at_ms)
+    .bind(install_timeout_secs as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Every published package, by id.
+pub async fn list(db: &AnyPool) -> Result<Vec<PackageView>> {
+    let rows = sqlx::query("SELECT id, version, title, archive_sha256, archive_size, key_id, published_at FROM packages ORDER BY id")
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PackageView {
+                id: r.try_get("id")?,
+                version: r.try_get("version")?,
+                title: r.try_get("title")?,
+                archive_sha256: r.try_get("archive_sha256")?,
+                archive_size: r.try_get::<i64, _>("archive_size")? as u64,
+                key_id: r.try_get("key_id")?,
+                published_at_ms: r.try_get("published_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Whether a package with that id is published.
+pub async fn exists(tx: &mut AnyConnection, id: &str) -> Result<bool> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM packages WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// The stored manifest (JSON, as signed).
+pub async fn manifest(db: &AnyPool, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT manifest FROM packages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
+pub async fn archive_sha256(tx: &mut AnyConnection, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT archive_sha256 FROM packages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
+}
+
+pub async fn install_timeout_secs(tx: &mut AnyConnection, id: &str) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT install_timeout_secs FROM packages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
+}
+
+/// The package of a work item; an error when it is not published.
+pub async fn for_work(tx: &mut AnyConnection, id: &str) -> Result<WorkPackage> {
+    let p = sqlx::query(
+        "SELECT archive_sha256, archive_size, manifest, signature FROM packages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(WorkPackage {
+        archive_sha256: p.try_get("archive_sha256")?,
+        archive_size: p.try_get::<i64, _>("archive_size")? as u64,
+        manifest: p.try_get("manifest")?,
+        signature: p.try_get("signature")?,
+    })
+}
+
+pub async fn for_sources(tx: &mut AnyConnection, id: &str) -> Result<Option<SourcePackage>> {
+    let Some(p) =
+        sqlx::query("SELECT manifest, archive_sha256, archive_size FROM packages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(SourcePackage {
+        manifest: p.try_get("manifest")?,
+        archive_sha256: p.try_get("archive_sha256")?,
+        archive_size: p.try_get::<i64, _>("archive_size")? as u64,
+    }))
+}

@@ -1,0 +1,477 @@
+//! The dispatcher: hands deliveries to agents on poll and moves them on reports, timeouts and
+//! retries, through the pure state machine in `core::delivery`.
+//!
+//! Every transition is written (new state plus an `events` row with attempt, seq, code and
+//! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
+//! point either loses nothing or repeats an action the state machine refuses to count twice.
+//! Writes are serialised by one in-process lock: SQLite has a single writer anyway, and it
+//! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
+
+use super::Server;
+use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
+use super::windows::Gate;
+use anyhow::{Context, Result};
+use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
+use patchcast_core::errors::{Code, Params};
+use patchcast_core::model::scenario::Scenario;
+use patchcast_core::model::types::Sha256;
+use patchcast_proto::protocol::{AgentState, Detail, Report, ReportAck, Work};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Default when the package's install timeout cannot be read (it always can after publish).
+const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
+
+/// What the outcome of a report is, for the HTTP layer.
+pub enum ReportOutcome {
+    Ack(ReportAck),
+    NotFound,
+    Refused(Invalid),
+}
+
+impl Server {
+    pub fn notifier(&self, machine: &str) -> Arc<Notify> {
+        let mut map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(machine.to_string())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    pub fn wake(&self, machine: &str) {
+        self.notifier(machine).notify_one();
+    }
+
+    async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
+        db::scenarios::spec(tx, id).await
+    }
+
+    fn policy(s: &Scenario) -> Policy {
+        Policy {
+            max_unverified_runs: s.max_unverified_runs,
+            allow_reboot: s.allow_reboot,
+            max_attempts: s.max_attempts,
+        }
+    }
+
+    /// Applies `event` to `r` and persists the result with its history row. Nothing is written
+    /// when the state machine refuses the event.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        r: &mut DeliveryRow,
+        event: &Event,
+        attempt: u32,
+        seq: u32,
+        detail: &Detail,
+        scenario: &Scenario,
+        now: i64,
+    ) -> Result<Result<Action, Invalid>> {
+        let t = match next(&r.d, event, attempt, &Self::policy(scenario)) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        let before_code = r.d.last_code;
+        r.d = t.delivery;
+        if seq > 0 {
+            r.last_seq = seq;
+        }
+        if *event == Event::Dispatched {
+            // Reports of the new attempt count their seq from 1 again.
+            r.last_seq = 0;
+        }
+        merge(&mut r.detail, detail);
+        let mut params = detail.params.clone();
+        if let State::LoopDetected { rule } = &r.d.state {
+            params.rule = Some(rule.clone());
+            params.package = Some(r.package_id.clone());
+            r.detail.params = params.clone();
+        }
+        // A code raised by this event: the agent's, or the one the state machine set.
+        let code = detail.code.or(if r.d.last_code != before_code {
+            r.d.last_code
+        } else {
+            None
+        });
+        if let (Some(c), None) = (code, r.detail.code) {
+            r.detail.code = Some(c);
+        }
+        r.deadline = if r.d.state.in_flight() {
+            Some(now + self.deadline_ms(scenario, &r.package_id, &mut *tx).await)
+        } else {
+            None
+        };
+        r.retry_at = match t.action {
+            Action::ScheduleRetry => Some(now + scenario.retry_delay_ms as i64),
+            _ if r.d.state == State::AwaitingRetry => r.retry_at,
+            _ => None,
+        };
+        r.events += 1;
+        db::deliveries::record(
+            tx,
+            r,
+            &NewEvent {
+                event,
+                attempt,
+                seq,
+                code,
+                params: &params,
+            },
+            now,
+        )
+        .await?;
+        Ok(Ok(t.action))
+    }
+
+    /// How long an in-flight delivery may go unheard: its install timeout plus the margin.
+    async fn deadline_ms(
+        &self,
+        scenario: &Scenario,
+        package: &str,
+        tx: &mut sqlx::AnyConnection,
+    ) -> i64 {
+        let secs = match scenario.timeout_secs {
+            Some(s) => s,
+            None => db::packages::install_timeout_secs(tx, package)
+                .await
+                .ok()
+                .flatten()
+                .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
+        };
+        (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
+    }
+
+    async fn work(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        r: &DeliveryRow,
+        s: &Scenario,
+    ) -> Result<Work> {
+        let p = db::packages::for_work(tx, &r.package_id)
+            .await
+            .with_context(|| format!("package {} is no longer published", r.package_id))?;
+        Ok(Work {
+            delivery_id: r.id.clone(),
+            attempt: r.d.attempt,
+            package_id: r.package_id.clone(),
+            archive_sha256: p
+                .archive_sha256
+                .parse::<Sha256>()
+                .map_err(|e| anyhow::anyhow!(e.0))?,
+            archive_size: p.archive_size,
+            manifest: p.manifest,
+            signature: p.signature,
+            policy: Self::policy(s),
+            timeout_secs: s.timeout_secs,
+            sources: self
+                .work_sources(&mut *tx, &r.machine_id, &r.package_id)
+                .await?,
+        })
+    }
+
+    /// One look for work for `machine`; also returns when a retry falls due (to wait until then).
+    async fn try_dispatch(
+        &self,
+        machine: &str,
+        state: &AgentState,
+    ) -> Result<(Option<Work>, Option<i64>)> {
+        let _w = self.write.lock().await;
+        let now = self.now();
+        let mut tx = self.db.begin().await?;
+        let rows = db::deliveries::unfinished_of_machine(&mut tx, machine).await?;
+        match state {
+            AgentState::Busy {
+                delivery_id,
+                attempt,
+            } => {
+                // A heartbeat: the agent is still on it, so push the no-reply deadline out.
+                if let Some(r) = rows.iter().find(|r| {
+                    &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()
+                }) {
+                    let s = self.scenario(&mut tx, &r.scenario_id).await?;
+                    let deadline = now + self.deadline_ms(&s, &r.package_id, &mut tx).await;
+                    db::deliveries::set_deadline(&mut tx, &r.id, deadline).await?;
+                }
+                tx.commit().await?;
+                return Ok((None, None));
+            }
+            AgentState::RebootPending { .. } => {
+                tx.commit().await?;
+                return Ok((None, None));
+            }
+            AgentState::Idle => {}
+        }
+        let mut rows = rows;
+        // An idle agent with a delivery in flight either never got the work (the reply was
+        // lost: send it again, same attempt) or lost it after starting (no reply: E13).
+        for r in rows.iter_mut().filter(|r| r.d.state.in_flight()) {
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if r.last_seq == 0 && r.d.state == State::Transferring {
+                let w = self.work(&mut tx, r, &s).await?;
+                tx.commit().await?;
+                return Ok((Some(w), None));
+            }
+            let detail =
+                no_reply_detail("the agent reported idle while this delivery was in flight");
+            let attempt = r.d.attempt;
+            self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
+                .await??;
+        }
+        if rows.iter().any(|r| r.d.state == State::RebootPending) {
+            tx.commit().await?;
+            return Ok((None, None));
+        }
+        let mut next_due: Option<i64> = None;
+        let mut seen = std::collections::HashSet::new();
+        for r in rows.iter_mut() {
+            // Packages of a scenario go in order: only the first unfinished one may move.
+            if !seen.insert(r.scenario_id.clone()) {
+                continue;
+            }
+            let due = match r.d.state {
+                State::Pending => true,
+                State::AwaitingRetry => match r.retry_at {
+                    Some(t) if t > now => {
+                        next_due = Some(next_due.map_or(t, |n: i64| n.min(t)));
+                        false
+                    }
+                    _ => true,
+                },
+                _ => false,
+            };
+            if !due {
+                continue;
+            }
+            // Holds, windows and transfer caps (`windows::Server::gate`).
+            if let Gate::Wait { until, why } = self
+                .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)
+                .await?
+            {
+                tracing::debug!(machine, delivery = %r.id, why, "not starting yet");
+                if let Some(t) = until {
+                    next_due = Some(next_due.map_or(t, |n: i64| n.min(t)));
+                }
+                continue;
+            }
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if let Some(max) = s.max_concurrent {
+                let busy = db::deliveries::busy_machines(&mut tx, &r.scenario_id, machine).await?;
+                if busy >= max as i64 {
+                    continue;
+                }
+            }
+            // OfficeScan upgrade method 2: clients wait until their relay has the content.
+            if self.held_for_relay(&mut tx, machine, &r.package_id).await? {
+                continue;
+            }
+            if r.d.state == State::AwaitingRetry {
+                let a = r.d.attempt;
+                self.transition(
+                    &mut tx,
+                    r,
+                    &Event::RetryDue,
+                    a,
+                    0,
+                    &Detail::default(),
+                    &s,
+                    now,
+                )
+                .await??;
+            }
+            let a = r.d.attempt + 1;
+            self.transition(
+                &mut tx,
+                r,
+                &Event::Dispatched,
+                a,
+                0,
+                &Detail::default(),
+                &s,
+                now,
+            )
+            .await??;
+            let w = self.work(&mut tx, r, &s).await?;
+            tx.commit().await?;
+            return Ok((Some(w), None));
+        }
+        tx.commit().await?;
+        Ok((None, next_due))
+    }
+
+    /// A long poll: work now, or wait (up to `wait_ms`) to be woken by a new scenario, a freed
+    /// concurrency slot or a retry falling due.
+    pub async fn poll(
+        &self,
+        machine: &str,
+        state: &AgentState,
+        wait_ms: u64,
+    ) -> Result<Option<Work>> {
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(wait_ms.min(patchcast_proto::protocol::MAX_WAIT_MS));
+        let notify = self.notifier(machine);
+        loop {
+            let (work, due) = self.try_dispatch(machine, state).await?;
+            if work.is_some() {
+                return Ok(work);
+            }
+            if !matches!(state, AgentState::Idle) {
+                // A heartbeat: held like an idle poll (so a simple agent loop does not spin),
+                // and released early when this machine reports.
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                return Ok(None);
+            }
+            let mut wake = until;
+            if let Some(due) = due {
+                let in_ms = (due - self.now()).max(0) as u64;
+                wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(in_ms + 5));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                // One last look, so a wake-up right at the end is not lost.
+                return Ok(self.try_dispatch(machine, state).await?.0);
+            }
+        }
+    }
+
+    /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
+    pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
+        let (action, scenario_id, freed) = {
+            let _w = self.write.lock().await;
+            let now = self.now();
+            let mut tx = self.db.begin().await?;
+            let Some(mut r) =
+                db::deliveries::of_machine(&mut tx, &rep.delivery_id, machine).await?
+            else {
+                return Ok(ReportOutcome::NotFound);
+            };
+            // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
+            if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
+                return Ok(ReportOutcome::Ack(ReportAck {
+                    applied: false,
+                    reboot: false,
+                }));
+            }
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            let was_busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+            match self
+                .transition(
+                    &mut tx,
+                    &mut r,
+                    &rep.event,
+                    rep.attempt,
+                    rep.seq,
+                    &rep.detail,
+                    &s,
+                    now,
+                )
+                .await?
+            {
+                Ok(action) => {
+                    tx.commit().await?;
+                    let busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+                    // A concurrency slot opened only if the scenario limits them.
+                    let freed = s.max_concurrent.is_some() && was_busy && !busy;
+                    (action, r.scenario_id, freed)
+                }
+                Err(e) => return Ok(ReportOutcome::Refused(e)),
+            }
+        };
+        // The machine may have its next package, and others a freed concurrency slot.
+        self.wake(machine);
+        if freed {
+            self.wake_scenario(&scenario_id).await;
+        }
+        Ok(ReportOutcome::Ack(ReportAck {
+            applied: true,
+            reboot: action == Action::Reboot,
+        }))
+    }
+
+    pub async fn wake_scenario(&self, scenario_id: &str) {
+        let machines = db::deliveries::waiting_machines_of(&self.db, scenario_id)
+            .await
+            .unwrap_or_default();
+        for m in machines {
+            self.wake(&m);
+        }
+    }
+
+    /// In-flight deliveries whose agent went quiet past the deadline get `NoReply` (E13).
+    pub async fn sweep(&self) -> Result<usize> {
+        let now = self.now();
+        let expired = db::deliveries::expired(&self.db, now).await?;
+        let mut n = 0;
+        for r in expired {
+            let _w = self.write.lock().await;
+            let mut tx = self.db.begin().await?;
+            // Re-read under the lock: a report may have moved it meanwhile.
+            let mut cur = db::deliveries::get(&mut tx, &r.id).await?;
+            if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
+                continue;
+            }
+            let s = self.scenario(&mut tx, &cur.scenario_id).await?;
+            let a = cur.d.attempt;
+            let detail =
+                no_reply_detail("no report from the agent within the install timeout and margin");
+            if self
+                .transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now)
+                .await?
+                .is_ok()
+            {
+                tx.commit().await?;
+                n += 1;
+                tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, "no reply from the agent (E13)");
+                self.wake(&cur.machine_id);
+            }
+        }
+        Ok(n)
+    }
+
+    /// After a start: in-flight deliveries get a fresh deadline, so agents that carried on
+    /// while the server was down can still report; the rest of the state is already in the DB.
+    pub async fn recover(&self) -> Result<u64> {
+        let margin = self.no_reply_margin.as_millis() as i64;
+        db::deliveries::set_in_flight_deadlines(&self.db, self.now() + margin).await
+    }
+}
+
+fn no_reply_detail(why: &str) -> Detail {
+    Detail {
+        code: Some(Code::E13),
+        params: Params {
+            detail: Some(why.to_string()),
+            ..Params::default()
+        },
+        ..Detail::default()
+    }
+}
+
+/// Keeps what earlier reports said unless the new one says something else.
+fn merge(into: &mut Detail, new: &Detail) {
+    if new.code.is_some() {
+        into.code = new.code;
+        into.params = new.params.clone();
+    }
+    if new.exit_code.is_some() {
+        into.exit_code = new.exit_code;
+    }
+    if new.output_tail.is_some() {
+        into.output_tail = new.output_tail.clone();
+    }
+    if !new.explanation.is_empty() {
+        into.explanation = new.explanation.clone();
+    }
+    if new.source.is_some() {
+        into.source = new.source.clone();
+    }
+}

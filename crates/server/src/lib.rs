@@ -1,0 +1,246 @@
+//! The management server: HTTPS (axum over rustls) for agents and administrators, a database
+//! (SQLite or PostgreSQL) holding every machine, package, scenario and delivery transition, a
+//! content store of signed archives, and the dispatcher that drives deliveries through the
+//! pure state machine in `core::delivery`.
+
+pub mod ssh;
+pub mod web;
+
+pub mod api;
+pub mod autoupdate;
+pub mod caps;
+pub mod clock;
+pub mod db;
+pub mod dispatch;
+pub mod machines;
+pub mod results;
+pub mod rollout;
+pub mod scenarios;
+pub mod schedule_routes;
+pub mod settings;
+pub mod sources;
+pub mod sources_api;
+pub mod ssh_machines;
+pub mod ssh_worker;
+pub mod store;
+pub mod throttle;
+pub mod windows;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How the server is started (`patchcast server` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// `postgres://…`; None: SQLite at DATA/patchcast.db.
+    pub database: Option<String>,
+    /// Publisher public keys (`.pub`) whose packages are accepted.
+    pub trust_keys: Vec<PathBuf>,
+    /// Free bytes the server keeps on its disk; a publish that would go below is refused (E17).
+    pub reserve: u64,
+    /// Extra host names / addresses for the certificate.
+    pub names: Vec<String>,
+    /// Added to an install timeout before an unheard in-flight delivery gets NoReply (E13).
+    pub no_reply_margin: Duration,
+    /// Long-poll length agents are told to use.
+    pub poll_ms: u64,
+    /// Lets an admin set the server's time (tests only; see `clock`).
+    pub test_clock: bool,
+    /// Transfer caps and the per-transfer bandwidth limit (`caps`).
+    pub caps: caps::Caps,
+}
+
+impl Config {
+    pub fn new(data: &Path) -> Config {
+        Config {
+            data: data.to_path_buf(),
+            listen: "127.0.0.1:8443".parse().expect("a valid address"),
+            database: None,
+            trust_keys: Vec::new(),
+            reserve: 1 << 30,
+            names: Vec::new(),
+            no_reply_margin: Duration::from_secs(120),
+            poll_ms: 30_000,
+            test_clock: false,
+            caps: caps::Caps::default(),
+        }
+    }
+}
+
+/// What `DATA/server.json` holds: how admin commands on this host reach the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub url: String,
+    pub fingerprint: String,
+}
+
+/// When a machine's last-seen row was written, with the (peer, state) written.
+pub type SeenWrite = (i64, (String, String));
+
+pub struct Server {
+    pub db: sqlx::AnyPool,
+    pub store: store::Store,
+    pub trusted: Vec<VerifyingKey>,
+    pub admin_hash: String,
+    pub reserve: u64,
+    pub no_reply_margin: Duration,
+    pub poll_ms: u64,
+    /// Serialises state-changing transactions (see `dispatch`).
+    pub write: tokio::sync::Mutex<()>,
+    pub notify: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Last `seen` write per machine.
+    pub seen: Mutex<HashMap<String, SeenWrite>>,
+    /// Where the server reads the time (`clock`).
+    pub clock: clock::Clock,
+    pub caps: caps::Caps,
+    /// Agents' sessions and open polls, for time settings (`settings`).
+    pub presence: Mutex<settings::Presence>,
+    /// Update sources and relays (`sources`).
+    pub sources: sources::State,
+    /// Workers delivering to SSH machines (`ssh_worker`).
+    pub ssh: ssh_worker::Workers,
+}
+
+/// A started server.
+pub struct Running {
+    pub info: ServerInfo,
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub recovered: u64,
+    pub server: Arc<Server>,
+    pub handle: axum_server::Handle<SocketAddr>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    patchcast_pack::hash::sha256_bytes(s.as_bytes()).hex()
+}
+
+pub use patchcast_pack::keys::random_hex;
+
+/// The admin token in DATA/admin.token, created (0600) on first start.
+fn admin_token(data: &Path) -> Result<String> {
+    let path = data.join("admin.token");
+    if !path.exists() {
+        let token = format!("pcadm_{}", random_hex(24)?);
+        patchcast_pack::keys::write_private(&path, format!("{token}\n").as_bytes())?;
+    }
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Starts the server: identity, database (migrated), content store, recovery, listener.
+pub async fn start(cfg: Config) -> Result<Running> {
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("creating {}", cfg.data.display()))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(cfg.names.iter().cloned());
+    if !cfg.listen.ip().is_unspecified() {
+        names.push(cfg.listen.ip().to_string());
+    }
+    names.dedup();
+    let identity = patchcast_proto::tls::Identity::load_or_create(&cfg.data.join("tls"), &names)?;
+    let url = match &cfg.database {
+        Some(u) => u.clone(),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            cfg.data.join("patchcast.db").display()
+        ),
+    };
+    let db = db::open(&url).await?;
+    let trusted = cfg
+        .trust_keys
+        .iter()
+        .map(|p| patchcast_pack::keys::read_public(p))
+        .collect::<Result<Vec<_>>>()?;
+    let admin = admin_token(&cfg.data)?;
+    let server = Arc::new(Server {
+        db,
+        store: store::Store::open(&cfg.data.join("content"))?,
+        trusted,
+        admin_hash: sha256_hex(&admin),
+        reserve: cfg.reserve,
+        no_reply_margin: cfg.no_reply_margin,
+        poll_ms: cfg.poll_ms,
+        write: tokio::sync::Mutex::new(()),
+        notify: Mutex::new(HashMap::new()),
+        seen: Mutex::new(HashMap::new()),
+        clock: if cfg.test_clock {
+            tracing::warn!(
+                "TEST CLOCK enabled: an admin can set this server's time; never use this in production"
+            );
+            clock::Clock::test()
+        } else {
+            clock::Clock::system()
+        },
+        caps: cfg.caps.clone(),
+        presence: Mutex::new(settings::Presence::default()),
+        sources: sources::State::new(cfg.listen),
+        ssh: ssh_worker::Workers::new(&cfg.data),
+    });
+    let recovered = server.recover().await?;
+    ssh_worker::start_all(server.clone()).await?;
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let info = ServerInfo {
+        url: format!("https://{host}:{}", addr.port()),
+        fingerprint: identity.fingerprint.clone(),
+    };
+    write_info(&cfg.data, &info)?;
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+    let handle = axum_server::Handle::new();
+    let app = api::router(server.clone());
+    let srv = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+    let task = tokio::spawn(srv.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
+    // The no-reply sweeper (E13).
+    let sweeper = server.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeper.sweep().await {
+                tracing::error!("no-reply sweep failed: {e:#}");
+            }
+        }
+    });
+    // Automatic update, rollout gates (`autoupdate`, `rollout`).
+    windows::spawn_ticker(server.clone());
+    Ok(Running {
+        info,
+        addr,
+        admin_token: admin,
+        recovered,
+        server,
+        handle,
+        task,
+    })
+}
+
+fn write_info(data: &Path, info: &ServerInfo) -> Result<()> {
+    let path = data.join("server.json");
+    let tmp = data.join("server.json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(info)?;
+    bytes.push(b'\n');
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

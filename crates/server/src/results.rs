@@ -1,0 +1,114 @@
+//! Results: per delivery (state, attempts, last code rendered in the reader's language, exit
+//! code, output tail, explanation, optionally the full history) and per package counts.
+
+use super::Server;
+use super::db;
+use anyhow::{Result, bail};
+use patchcast_core::delivery::Bucket;
+use patchcast_core::errors::{Lang, render};
+use patchcast_proto::admin_api::{
+    DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
+};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub scenario: Option<String>,
+    pub machine: Option<String>,
+    pub package: Option<String>,
+    pub history: bool,
+    pub lang: Lang,
+}
+
+impl Server {
+    pub async fn results(&self, q: &Query) -> Result<Results> {
+        let rows = db::deliveries::results(
+            &self.db,
+            q.scenario.as_deref(),
+            q.machine.as_deref(),
+            q.package.as_deref(),
+        )
+        .await?;
+        let mut deliveries = Vec::new();
+        for r in rows {
+            let d = r.delivery;
+            let detail = r.detail;
+            let mut params = detail.params.clone();
+            if params.exit_code.is_none() {
+                params.exit_code = detail.exit_code;
+            }
+            let code = d.last_code;
+            let history = if q.history {
+                self.history(&r.id).await?
+            } else {
+                Vec::new()
+            };
+            deliveries.push(DeliveryRow {
+                delivery_id: r.id,
+                scenario_id: r.scenario_id,
+                machine_id: r.machine_id,
+                hostname: r.hostname,
+                package_id: r.package_id,
+                attempts: d.attempt,
+                unverified_runs: d.unverified_runs,
+                last_code: code,
+                rendered: code.map(|c| render(c, q.lang, &params)),
+                state: d.state,
+                detail,
+                updated_at_ms: r.updated_at,
+                history,
+            });
+        }
+        let mut by_pkg: BTreeMap<String, PackageSummary> = BTreeMap::new();
+        for d in &deliveries {
+            let s = by_pkg
+                .entry(d.package_id.clone())
+                .or_insert_with(|| PackageSummary {
+                    package_id: d.package_id.clone(),
+                    ..PackageSummary::default()
+                });
+            *match d.state.bucket() {
+                Bucket::Applied => &mut s.applied,
+                Bucket::NotApplicable => &mut s.not_applicable,
+                Bucket::NotApplied => &mut s.not_applied,
+                Bucket::Failed => &mut s.failed,
+                Bucket::InProgress => &mut s.in_progress,
+            } += 1;
+        }
+        Ok(Results {
+            deliveries,
+            packages: by_pkg.into_values().collect(),
+            settings: self.machine_settings(q.lang, q.machine.as_deref()).await?,
+        })
+    }
+
+    pub async fn history(&self, delivery: &str) -> Result<Vec<HistoryEntry>> {
+        db::deliveries::history(&self.db, delivery).await
+    }
+
+    pub async fn scenario_status(&self, id: &str, lang: Lang) -> Result<ScenarioStatus> {
+        let Some((name, created_at_ms)) = db::scenarios::header(&self.db, id).await? else {
+            bail!("no scenario `{id}` on this server");
+        };
+        let res = self
+            .results(&Query {
+                scenario: Some(id.to_string()),
+                lang,
+                ..Query::default()
+            })
+            .await?;
+        let mut counts = BTreeMap::new();
+        for d in &res.deliveries {
+            *counts.entry(d.state.name().to_string()).or_insert(0u64) += 1;
+        }
+        Ok(ScenarioStatus {
+            id: id.to_string(),
+            name,
+            created_at_ms,
+            total: res.deliveries.len() as u64,
+            done: res.deliveries.iter().all(|d| d.state.is_terminal()),
+            counts,
+            deliveries: res.deliveries,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Scenario runs: a checked scenario becomes one delivery per machine × package, all pending,
+//! written in one transaction; the dispatcher takes it from there.
+
+use super::Server;
+use super::db::{self, deliveries::NewDelivery};
+use super::machines::in_group;
+use anyhow::{Result, bail};
+use patchcast_core::model::scenario::Scenario;
+use patchcast_proto::admin_api::ScenarioCreated;
+
+impl Server {
+    pub async fn create_scenario(&self, s: &Scenario) -> Result<ScenarioCreated> {
+        let machines = self.machines().await?;
+        let groups = self.groups().await?;
+        let mut targets: Vec<String> = Vec::new();
+        let mut add = |id: &String| {
+            if !targets.contains(id) {
+                targets.push(id.clone());
+            }
+        };
+        for name in &s.machines {
+            let found: Vec<_> = machines
+                .iter()
+                .filter(|m| m.id == *name || m.hostname == *name)
+                .collect();
+            match found.as_slice() {
+                [] => bail!(
+                    "scenario target machine `{name}` is not enrolled; see `patchcast machine list`"
+                ),
+                [m] => add(&m.id),
+                _ => bail!(
+                    "scenario target `{name}` names {} machines (same hostname); use their ids from `patchcast machine list`",
+                    found.len()
+                ),
+            }
+        }
+        for g in &s.groups {
+            let Some(v) = groups.iter().find(|v| v.group.name == *g) else {
+                bail!(
+                    "scenario target group `{g}` does not exist; create it with `patchcast group create {g} …`"
+                );
+            };
+            for m in machines.iter().filter(|m| in_group(&v.group, m)) {
+                add(&m.id);
+            }
+        }
+        if targets.is_empty() {
+            bail!(
+                "the scenario's targets resolve to no machine; check `patchcast group list` and `patchcast machine list`"
+            );
+        }
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        let mut shas = Vec::new();
+        for p in &s.packages {
+            match db::packages::archive_sha256(&mut tx, p.as_str()).await? {
+                Some(sha) => shas.push(sha),
+                None => bail!(
+                    "package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"
+                ),
+            }
+        }
+        let id = format!("s-{}", super::random_hex(6)?);
+        let now = self.now();
+        db::scenarios::insert(&mut tx, &id, s, now).await?;
+        let mut n = 0u64;
+        for m in &targets {
+            for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
+                db::deliveries::insert_pending(
+                    &mut tx,
+                    &NewDelivery {
+                        id: &format!("d-{}", super::random_hex(8)?),
+                        scenario_id: &id,
+                        machine_id: m,
+                        package_id: p.as_str(),
+                        position: pos as i64,
+                        archive_sha256: sha,
+                        now,
+                    },
+                )
+                .await?;
+                n += 1;
+            }
+        }
+        tx.commit().await?;
+        drop(_w);
+        for m in &targets {
+            self.wake(m);
+        }
+        tracing::info!(scenario = %id, name = %s.name, machines = targets.len(), deliveries = n, "scenario started");
+        Ok(ScenarioCreated {
+            id,
+            deliveries: n,
+            machines: targets,
+        })
+    }
+}
