@@ -5,7 +5,8 @@
 # --release for comparison) run side by side against the same server, so the machine's noise
 # falls on both alike. The server is the scripted test server
 # (tests/testsuite/agent_bench_server.rs, `--ignored`), so the benchmark needs nothing but
-# this repository.
+# this repository. COMPARE=PATH adds one more agent binary (say, a copy built from an older
+# commit), labelled "compare", to the same run: before/after figures from one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${SECONDS_TO_RUN:-60}
@@ -19,9 +20,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+bins=()
 for p in "${profiles[@]}"; do
     cargo build --profile "$p" --quiet --bin patchcast-agent
+    bins+=("target/$p/patchcast-agent")
 done
+if [ -n "${COMPARE:-}" ]; then
+    profiles+=(compare)
+    bins+=("$COMPARE")
+fi
 
 # The scripted server runs inside a test binary; it writes URL and fingerprint to a file and
 # serves until killed.
@@ -39,8 +46,9 @@ done
 . "$work/server.env"
 
 agents=()
-for p in "${profiles[@]}"; do
-    bin=target/$p/patchcast-agent
+for i in "${!profiles[@]}"; do
+    p=${profiles[i]}
+    bin=${bins[i]}
     "$bin" enroll --root "$work/$p" --server "$URL" --token bench --fingerprint "$FINGERPRINT" >/dev/null
     PATCHCAST_LOG=warn "$bin" run --root "$work/$p" 2>"$work/$p.log" &
     pids+=($!)
@@ -73,7 +81,7 @@ for i in "${!agents[@]}"; do
     cpu1=$(cpu "$a")
     anon=$(awk '/RssAnon/ {print $2}' "/proc/$a/status")
     file=$(awk '/RssFile/ {print $2}' "/proc/$a/status")
-    size=$(stat -c %s "target/$p/patchcast-agent")
+    size=$(stat -c %s "${bins[i]}")
     logged=$(grep -c . "$work/$p.log" || true)
     awk -v p="$p" -v max="${max[$a]}" -v sum="${sum[$a]}" -v n="$DURATION" -v c0="${cpu0[$a]}" \
         -v c1="$cpu1" -v t="$ticks" -v anon="$anon" -v file="$file" -v size="$size" -v logged="$logged" 'BEGIN {

@@ -66,7 +66,9 @@ if ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
         --no-install-recommends gcc-mingw-w64-x86-64
 fi
 rustup target add x86_64-pc-windows-gnu
-cargo check --locked --target x86_64-pc-windows-gnu --bin patchcast-agent
+# The agent crate alone: it is the endpoint binary's whole code, and it leaves out the
+# server's dependencies (sqlx, russh), which only the admin binary links.
+cargo check --locked --target x86_64-pc-windows-gnu -p patchcast-agent
 
 step "sample packages lint clean"
 # The binary `cargo test` built: `cargo run` would rebuild the dependencies without the

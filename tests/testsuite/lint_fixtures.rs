@@ -60,6 +60,7 @@ const ALL_CODES: &[&str] = &[
     "template-undefined-variable",
     "template-syntax",
     "template-too-complex",
+    "template-value-unquotable",
     "template-escaped-variable",
     "duration-format",
     "exit-code-overlap",

@@ -291,14 +291,24 @@ impl Resolver {
             .collect();
         self.identifiability(raw, &kind);
         let payload = self.payload(&raw.payload);
-        // Lint renders with a sample machine: any variable that exists on every machine will do.
+        // Lint renders with a sample machine of the package's kind (Windows or not: the shell
+        // the command is quoted for); any variable that exists on every machine will do.
+        let windows = raw
+            .targets
+            .first()
+            .is_some_and(|t| t.os.starts_with("windows"));
+        let (os, workdir) = if windows {
+            ("windows-10", "C:\\ProgramData\\patchcast\\work\\example")
+        } else {
+            ("debian-12", "/var/lib/patchcast/work/example")
+        };
         let sample = TemplateMachine {
-            os: "debian-12".into(),
+            os: os.into(),
             arch: "x64".into(),
             language: "en".into(),
             hostname: "example".into(),
         };
-        let ctx = TemplateContext::new(raw, "/var/lib/patchcast/work/example", sample);
+        let ctx = TemplateContext::new(raw, workdir, sample);
         let install = self.command("install", &raw.install, &ctx);
         let uninstall = raw
             .uninstall
@@ -774,6 +784,10 @@ impl Resolver {
             let (code, help) = match why {
                 RenderError::Undefined(_) => ("template-undefined-variable", variables),
                 RenderError::Invalid(_) => ("template-syntax", variables),
+                RenderError::Unquotable(_) => (
+                    "template-value-unquotable",
+                    "values are quoted for the shell, but cmd cannot take `\"`, `%` or control characters literally: rename the title or file they come from".into(),
+                ),
                 RenderError::TooComplex(_) => (
                     "template-too-complex",
                     "write the command as one line with `{{variable}}`s; partials and decorators are refused, blocks (if, unless, each, with) nest at most 4 deep".into(),

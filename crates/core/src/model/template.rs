@@ -6,6 +6,13 @@
 //! recurse or grind: partials and decorators (the only way to recurse) are refused, blocks are
 //! limited to `if`, `unless`, `each` and `with` with a bounded depth and no `each` inside
 //! another, and the output has a budget.
+//!
+//! Every value is quoted for the shell that runs the command (`sh -c` on Linux and SSH
+//! hosts, `cmd /C` on Windows), according to where it lands in the rendered line: bare, or
+//! inside the author's own double or single quotes. Values are rendered between two
+//! private-use markers, then the line is read as the shell would read it, so `"{{payload.0}}"`
+//! and `{{payload.0}}` both give one word whatever the value holds. A value that cannot be
+//! written safely for `cmd` (a `"`, a `%`) or holds a control character is refused.
 
 use super::raw::RawPackage;
 use serde::Serialize;
@@ -28,6 +35,25 @@ pub struct TemplateMachine {
     pub arch: String,
     pub language: String,
     pub hostname: String,
+}
+
+/// The shell a command line is handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    /// `sh -c` (Linux agents, SSH hosts).
+    Sh,
+    /// `cmd /C` (Windows agents).
+    Cmd,
+}
+
+impl TemplateMachine {
+    pub fn shell(&self) -> Shell {
+        if self.os.starts_with("windows") {
+            Shell::Cmd
+        } else {
+            Shell::Sh
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,7 +124,13 @@ pub fn check_bounds(template: &str) -> Result<(), RenderError> {
         if template[j..].starts_with("{{") {
             return refuse(start, "raw blocks (`{{{{`) are not allowed".into());
         }
-        // Triple-stash, whitespace control and spaces come before the sigil.
+        if template[j..].starts_with('{') {
+            return refuse(
+                start,
+                "triple braces (`{{{`) would print a value unquoted; write `{{name}}`, values are quoted for the shell".into(),
+            );
+        }
+        // Whitespace control and spaces come before the sigil.
         j += template[j..]
             .find(|c: char| c != '{' && c != '~' && !c.is_ascii_whitespace())
             .unwrap_or(template.len() - j);
@@ -174,6 +206,9 @@ pub enum RenderError {
     Invalid(String),
     #[error("{0}")]
     TooComplex(String),
+    /// A value the target shell cannot be given literally.
+    #[error("{0}")]
+    Unquotable(String),
 }
 
 /// Counts what is written and refuses to go past the budget.
@@ -202,7 +237,7 @@ pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, RenderErr
     check_bounds(template)?;
     let mut hb = handlebars::Handlebars::new();
     hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
+    hb.register_escape_fn(|v| format!("{VALUE_START}{v}{VALUE_END}"));
     let mut budget = Budget {
         out: Vec::new(),
         exceeded: false,
@@ -233,8 +268,102 @@ pub fn render(template: &str, ctx: &TemplateContext) -> Result<String, RenderErr
             RenderError::Invalid(format!("{first}{at}"))
         }
     })?;
-    String::from_utf8(budget.out)
-        .map_err(|_| RenderError::Invalid("the rendered command is not UTF-8".into()))
+    let marked = String::from_utf8(budget.out)
+        .map_err(|_| RenderError::Invalid("the rendered command is not UTF-8".into()))?;
+    quote(&marked, ctx.machine.shell())
+}
+
+/// Where a value begins and ends in the marked rendering (Unicode private-use characters).
+const VALUE_START: char = '\u{E000}';
+const VALUE_END: char = '\u{E001}';
+
+/// Reads a marked rendering as `shell` would, and writes each value so that it stays the
+/// literal text it is where it lands: bare, inside double quotes or inside single quotes.
+pub fn quote(marked: &str, shell: Shell) -> Result<String, RenderError> {
+    #[derive(PartialEq)]
+    enum In {
+        Bare,
+        Double,
+        Single,
+    }
+    let mut state = In::Bare;
+    let mut out = String::with_capacity(marked.len());
+    let reserved = || RenderError::Invalid("a value holds a reserved character".into());
+    let mut chars = marked.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == VALUE_END {
+            return Err(reserved());
+        }
+        if c != VALUE_START {
+            out.push(c);
+            match (shell, &state, c) {
+                (Shell::Sh, In::Bare | In::Double, '\\') => {
+                    // The escaped character is literal: it opens or closes no quote.
+                    if let Some(next) = chars.next_if(|n| *n != VALUE_START) {
+                        out.push(next);
+                    }
+                }
+                (_, In::Bare, '"') => state = In::Double,
+                (_, In::Double, '"') => state = In::Bare,
+                (Shell::Sh, In::Bare, '\'') => state = In::Single,
+                (Shell::Sh, In::Single, '\'') => state = In::Bare,
+                _ => {}
+            }
+            continue;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some(VALUE_END) => break,
+                Some(VALUE_START) | None => {
+                    return Err(reserved());
+                }
+                Some(v) => value.push(v),
+            }
+        }
+        if let Some(bad) = value.chars().find(|c| c.is_control()) {
+            return Err(RenderError::Unquotable(format!(
+                "the value `{}` holds a control character ({bad:?}) and cannot be put in a command line",
+                value.escape_debug()
+            )));
+        }
+        let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@+,-".contains(c);
+        match shell {
+            Shell::Sh => match state {
+                In::Bare if !value.is_empty() && value.chars().all(safe) => out.push_str(&value),
+                In::Bare => {
+                    out.push('\'');
+                    out.push_str(&value.replace('\'', "'\\''"));
+                    out.push('\'');
+                }
+                In::Double => {
+                    for v in value.chars() {
+                        if matches!(v, '\\' | '"' | '$' | '`') {
+                            out.push('\\');
+                        }
+                        out.push(v);
+                    }
+                }
+                In::Single => out.push_str(&value.replace('\'', "'\\''")),
+            },
+            Shell::Cmd => {
+                if let Some(bad) = value.chars().find(|c| matches!(c, '"' | '%')) {
+                    return Err(RenderError::Unquotable(format!(
+                        "the value `{value}` holds `{bad}`, which cmd cannot take literally; rename what it comes from"
+                    )));
+                }
+                let bare_safe = !value.is_empty() && value.chars().all(|c| safe(c) || c == '\\');
+                if state == In::Bare && !bare_safe {
+                    out.push('"');
+                    out.push_str(&value);
+                    out.push('"');
+                } else {
+                    out.push_str(&value);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -281,6 +410,92 @@ mod tests {
             hostname: "h".into(),
         };
         TemplateContext::new(&raw, "/w", machine)
+    }
+
+    fn hostile(os: &str) -> TemplateContext {
+        let raw: RawPackage = serde_saphyr::from_str(
+            "id: k\nkind: application\ntitle: \"it's $(reboot) `id` \\\\ \\\"q\\\" & | ; *\"\ntargets: []\npayload: [setup.exe]\ninstall: { command: x }\n",
+        )
+        .unwrap();
+        let machine = TemplateMachine {
+            os: os.into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            hostname: "$(touch /tmp/pwned) ; echo".into(),
+        };
+        TemplateContext::new(&raw, "/w d", machine)
+    }
+
+    /// What `sh` makes of a command line: its words, one per line.
+    fn sh_words(line: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s\\n' {line}")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn regression_template_values_are_quoted_for_the_shell() {
+        let ctx = hostile("debian-12");
+        let title = "it's $(reboot) `id` \\ \"q\" & | ; *";
+        let host = "$(touch /tmp/pwned) ; echo";
+        // Bare, in the author's double quotes, in single quotes: one literal word each time.
+        for t in [
+            "{{package.title}} {{machine.hostname}}",
+            "\"{{package.title}}\" \"{{machine.hostname}}\"",
+            "'{{package.title}}' '{{machine.hostname}}'",
+            "\"x{{package.title}}\"y{{machine.hostname}}",
+        ] {
+            let line = render(t, &ctx).unwrap();
+            let words = sh_words(&line);
+            let want = if t.starts_with("\"x") {
+                format!("x{title}y{host}\n")
+            } else {
+                format!("{title}\n{host}\n")
+            };
+            assert_eq!(words, want, "{t} rendered as {line}");
+        }
+        // Values that need nothing stay readable.
+        assert_eq!(render("dpkg -i {{package.id}}", &ctx).unwrap(), "dpkg -i k");
+        assert_eq!(
+            render("sh {{payload.0}}", &ctx).unwrap(),
+            "sh '/w d/setup.exe'"
+        );
+    }
+
+    #[test]
+    fn cmd_values_are_quoted_or_refused() {
+        let raw: RawPackage = serde_saphyr::from_str(
+            "id: k\nkind: hotfix\ntitle: a & b\nkb: KB958644\ntargets: []\npayload: [setup.exe]\ninstall: { command: x }\n",
+        )
+        .unwrap();
+        let machine = |hostname: &str| TemplateMachine {
+            os: "windows-10".into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            hostname: hostname.into(),
+        };
+        let ctx = TemplateContext::new(&raw, "C:\\Program Files\\pc", machine("pc1"));
+        assert_eq!(
+            render("{{payload.0}} /log:{{package.title}}", &ctx).unwrap(),
+            "\"C:\\Program Files\\pc\\setup.exe\" /log:\"a & b\""
+        );
+        assert_eq!(
+            render("\"{{payload.0}}\" /quiet", &ctx).unwrap(),
+            "\"C:\\Program Files\\pc\\setup.exe\" /quiet"
+        );
+        for bad in ["%PATH%", "a\"b", "a\nb"] {
+            let ctx = TemplateContext::new(&raw, "C:\\w", machine(bad));
+            assert!(
+                matches!(
+                    render("x {{machine.hostname}}", &ctx),
+                    Err(RenderError::Unquotable(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(too_complex("{{{package.title}}}").contains("triple braces"));
     }
 
     fn too_complex(t: &str) -> String {
