@@ -107,16 +107,28 @@ async fn release_0_1_database(backend: Backend) {
             exec(&s, &dump).await;
         }
     }
+    // Release 0.1 matched group members by id or hostname, so a group could hold a hostname.
+    exec(
+        &s,
+        r#"INSERT INTO machine_groups VALUES ('named', '["sim-00000","gone-host"]', '{}')"#,
+    )
+    .await;
     // (Release 0.1's `schema_migrations` has no `checksum` column: the server adds it.)
     s.spawn();
     let machines = s.admin().machines().await.unwrap();
-    assert!(
-        machines.iter().any(|m| m.hostname == "sim-00000"),
-        "release 0.1's machine is kept: {machines:?}"
-    );
+    let m = machines
+        .iter()
+        .find(|m| m.hostname == "sim-00000")
+        .unwrap_or_else(|| panic!("release 0.1's machine is kept: {machines:?}"));
+    // The data upgrade stored the id the hostname stood for; a name that stands for no
+    // machine is kept as written and matches nothing.
+    let groups = s.admin().groups().await.unwrap();
+    let named = groups.iter().find(|g| g.group.name == "named").unwrap();
+    assert_eq!(named.group.members, vec![m.id.clone(), "gone-host".into()]);
+    assert_eq!(named.resolved, vec![m.id.clone()]);
     s.kill();
     let after = recorded(&s).await;
-    assert_eq!(after.len(), 5, "{after:?}");
+    assert_eq!(after.len(), 6, "{after:?}");
     for (version, sum) in &after {
         let sum = sum.as_deref().unwrap_or_default();
         assert!(

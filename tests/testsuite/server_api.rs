@@ -222,6 +222,102 @@ async fn enrollment_and_misuse(backend: Backend) {
 }
 both_backends!(enrollment_and_misuse);
 
+/// An agent chooses the hostname it reports: before, a machine reporting another's hostname
+/// (or id) as its own received that machine's labels and group membership.
+async fn regression_a_reported_hostname_grants_nothing(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let admin = s.admin();
+    let t = admin
+        .create_token(&TokenRequest {
+            group: None,
+            uses: None,
+            expires_secs: 3600,
+        })
+        .await
+        .unwrap();
+    let enroll = |host: String, n| {
+        let (url, fp, token) = (s.url.clone(), s.fingerprint.clone(), t.token.clone());
+        async move {
+            SimAgent::enroll(&url, &fp, &token, inventory(&host, n), Behaviour::Apply)
+                .await
+                .unwrap()
+                .machine_id
+                .clone()
+        }
+    };
+    let web1 = enroll("web1".into(), 10).await;
+    // The administrator writes a hostname; the server stores the id it stands for.
+    let g = admin
+        .put_group(&Group {
+            name: "web".into(),
+            members: vec!["web1".into()],
+            filter: GroupFilter::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.group.members, vec![web1.clone()]);
+    let prod = Labels {
+        add: vec!["prod".into()],
+        remove: vec![],
+    };
+    admin.label("web1", &prod).await.unwrap();
+
+    // Two impostors: one reports the same hostname, one reports web1's id as its hostname.
+    let twin = enroll("WEB1".into(), 11).await;
+    let claims_id = enroll(web1.clone(), 12).await;
+    let groups = admin.groups().await.unwrap();
+    let web = groups.iter().find(|g| g.group.name == "web").unwrap();
+    assert_eq!(web.resolved, vec![web1.clone()], "members are ids");
+    for m in admin.machines().await.unwrap() {
+        assert_eq!(
+            m.labels.contains(&"prod".to_string()),
+            m.id == web1,
+            "{} ({}) has {:?}",
+            m.id,
+            m.hostname,
+            m.labels
+        );
+        assert_eq!(m.groups.contains(&"web".to_string()), m.id == web1);
+    }
+    // An id names its machine, never one reporting it as hostname.
+    let m = admin.label(&web1, &prod).await.unwrap();
+    assert_eq!(m.id, web1);
+    let m = admin.label(&claims_id, &prod).await.unwrap();
+    assert_eq!(m.id, claims_id);
+    // A hostname two machines report is refused: which one?
+    match admin.label("web1", &prod).await {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 409);
+            assert!(
+                body.error.contains("which one?")
+                    && body.error.contains(&web1)
+                    && body.error.contains(&twin),
+                "{}",
+                body.error
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    let q = patchcast::transport::admin_api::ResultsQuery {
+        machine: Some("web1".into()),
+        lang: "en".into(),
+        ..Default::default()
+    };
+    assert_eq!(code_of(admin.results(&q).await).0, 409);
+    assert_eq!(code_of(admin.label("no-such-host", &prod).await).0, 404);
+    let bad = admin
+        .put_group(&Group {
+            name: "twins".into(),
+            members: vec!["web1".into()],
+            filter: GroupFilter::default(),
+        })
+        .await;
+    assert_eq!(code_of(bad).0, 400);
+}
+both_backends!(regression_a_reported_hostname_grants_nothing);
+
 async fn publish_refusals(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {
         return;

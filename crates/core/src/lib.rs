@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod errors;
 pub mod facts;
 pub mod identify;
+pub mod machine_names;
 pub mod pipeline;
 pub mod schedule;
 pub mod sources;

@@ -88,7 +88,7 @@ pub struct Labels {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Group {
     pub name: String,
-    /// Machine ids or hostnames.
+    /// Machine ids. An id or hostname may be sent; the server stores the id it resolves to.
     #[serde(default)]
     pub members: Vec<String>,
     #[serde(default)]

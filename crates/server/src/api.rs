@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use patchcast_core::errors::{Code, Lang};
+use patchcast_core::machine_names::NameError;
 use patchcast_core::model::scenario::Scenario;
 use patchcast_core::model::types::Sha256;
 use patchcast_pack::archive::VerifyError;
@@ -53,6 +54,14 @@ impl IntoResponse for ApiErr {
 
 impl From<anyhow::Error> for ApiErr {
     fn from(e: anyhow::Error) -> ApiErr {
+        // A machine name the administrator wrote that picks out no single machine.
+        if let Some(n) = e.downcast_ref::<NameError>() {
+            let status = match n {
+                NameError::Unknown(_) => StatusCode::NOT_FOUND,
+                NameError::Ambiguous { .. } => StatusCode::CONFLICT,
+            };
+            return ApiErr::new(status, n.to_string(), None);
+        }
         // The detail (paths, SQL, addresses) stays in the server's log; the caller, who may
         // not be authenticated yet, gets a reference to find it there.
         let incident = super::random_hex(4).unwrap_or_default();

@@ -5,6 +5,7 @@
 use super::db::{self, machines::NewMachine};
 use super::{Server, random_hex, sha256_hex};
 use anyhow::Result;
+use patchcast_core::machine_names;
 use patchcast_proto::admin_api::{
     Group, GroupFilter, GroupView, MachineView, TokenCreated, TokenRequest, TokenView,
 };
@@ -206,12 +207,25 @@ impl Server {
         Ok(Some(m))
     }
 
+    /// The id an administrator's machine name (id or hostname) stands for, resolved now so
+    /// that only ids are stored; a name that picks out no single machine is a `NameError`
+    /// (the API answers 404 or 409 with "which one?").
+    pub async fn machine_id(&self, name: &str) -> Result<String> {
+        let named = db::machines::named(&self.db, name).await?;
+        Ok(machine_names::resolve(
+            name,
+            named.iter().map(|(id, host)| (id.as_str(), host.as_str())),
+        )?)
+    }
+
     pub async fn label(
         &self,
         machine: &str,
         add: &[String],
         remove: &[String],
     ) -> Result<Option<MachineView>> {
+        let machine = self.machine_id(machine).await?;
+        let machine = machine.as_str();
         let _w = self.write.lock().await;
         let Some(mut labels) = db::machines::labels(&self.db, machine).await? else {
             return Ok(None);
@@ -224,11 +238,7 @@ impl Server {
         }
         db::machines::set_labels(&self.db, machine, &labels).await?;
         drop(_w);
-        Ok(self
-            .machines()
-            .await?
-            .into_iter()
-            .find(|m| m.id == machine || m.hostname == machine))
+        Ok(self.machines().await?.into_iter().find(|m| m.id == machine))
     }
 
     pub async fn put_group(&self, g: &Group) -> Result<GroupView> {
@@ -238,6 +248,11 @@ impl Server {
             })?;
         }
         anyhow::ensure!(!g.name.trim().is_empty(), "the group name is empty");
+        let mut g = g.clone();
+        for m in &mut g.members {
+            *m = self.machine_id(m).await?;
+        }
+        let g = &g;
         {
             let _w = self.write.lock().await;
             let mut tx = self.db.begin().await?;
@@ -271,7 +286,7 @@ impl Server {
 /// Static member, or matches every criterion of a non-empty filter.
 pub fn in_group(g: &Group, m: &MachineView) -> bool {
     m.enroll_group.as_deref() == Some(g.name.as_str())
-        || g.members.iter().any(|x| *x == m.id || *x == m.hostname)
+        || g.members.contains(&m.id)
         || (!g.filter.is_empty() && matches(&g.filter, m))
 }
 
@@ -421,7 +436,10 @@ mod tests {
         let mut g = group(GroupFilter::default());
         assert!(!in_group(&g, &m));
         g.members = vec!["h1".into()];
-        assert!(in_group(&g, &m), "by hostname");
+        assert!(
+            !in_group(&g, &m),
+            "a hostname is the machine's own claim: members are ids"
+        );
         g.members = vec!["m-1".into()];
         assert!(in_group(&g, &m), "by id");
         g.members.clear();

@@ -22,10 +22,15 @@ pub struct Query {
 
 impl Server {
     pub async fn results(&self, q: &Query) -> Result<Results> {
+        // A machine filter is a name the administrator typed: the one machine it stands for.
+        let machine = match &q.machine {
+            Some(name) if !name.is_empty() => Some(self.machine_id(name).await?),
+            _ => None,
+        };
         let rows = db::deliveries::results(
             &self.db,
             q.scenario.as_deref(),
-            q.machine.as_deref(),
+            machine.as_deref(),
             q.package.as_deref(),
         )
         .await?;

@@ -5,6 +5,7 @@ use super::Server;
 use super::db::{self, deliveries::NewDelivery};
 use super::machines::in_group;
 use anyhow::{Result, bail};
+use patchcast_core::machine_names;
 use patchcast_core::model::scenario::Scenario;
 use patchcast_proto::admin_api::ScenarioCreated;
 
@@ -19,20 +20,14 @@ impl Server {
             }
         };
         for name in &s.machines {
-            let found: Vec<_> = machines
-                .iter()
-                .filter(|m| m.id == *name || m.hostname == *name)
-                .collect();
-            match found.as_slice() {
-                [] => bail!(
-                    "scenario target machine `{name}` is not enrolled; see `patchcast machine list`"
-                ),
-                [m] => add(&m.id),
-                _ => bail!(
-                    "scenario target `{name}` names {} machines (same hostname); use their ids from `patchcast machine list`",
-                    found.len()
-                ),
-            }
+            let id = machine_names::resolve(
+                name,
+                machines
+                    .iter()
+                    .map(|m| (m.id.as_str(), m.hostname.as_str())),
+            )
+            .map_err(|e| anyhow::anyhow!("scenario target: {e}"))?;
+            add(&id);
         }
         for g in &s.groups {
             let Some(v) = groups.iter().find(|v| v.group.name == *g) else {

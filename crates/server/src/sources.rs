@@ -8,6 +8,7 @@ use super::Server;
 use super::db::{self, now_ms};
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
+use patchcast_core::machine_names::NameError;
 use patchcast_core::model::types::Sha256;
 use patchcast_core::sources::{self as cs, Category, Plan, Source, SourceList, validate};
 use patchcast_proto::protocol::Inventory;
@@ -74,8 +75,9 @@ impl RelayRow {
         }
     }
 
-    fn is(&self, name: &str) -> bool {
-        self.machine_id == name || self.hostname == name
+    /// Whether a stored source names this relay (sources store machine ids).
+    fn is(&self, id: &str) -> bool {
+        self.machine_id == id
     }
 
     /// Where neighbours reach it: the address it listens on, or every address it has when
@@ -223,25 +225,49 @@ impl Server {
     ) -> Result<std::result::Result<SourcesView, SourcesRefused>> {
         // Made here, outside any dispatch transaction, so later work items only read it.
         self.token_key().await?;
+        // A relay is stored by id: the name written is resolved now, once. An unknown name
+        // is left for `validate` ("not known"); a hostname of several machines is refused.
+        let mut list = list.clone();
+        let mut ambiguous = Vec::new();
+        for (e, entry) in list.entries.iter_mut().enumerate() {
+            for (i, source) in entry.sources.iter_mut().enumerate() {
+                if let Source::Relay { machine } = source {
+                    match self.machine_id(machine).await {
+                        Ok(id) => *machine = id,
+                        Err(err) if err.is::<NameError>() => {
+                            if let Some(a @ NameError::Ambiguous { .. }) = err.downcast_ref() {
+                                ambiguous.push(SourceProblem {
+                                    path: format!("entries[{e}].sources[{i}]"),
+                                    message: a.to_string(),
+                                });
+                            }
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+        }
+        let list = &list;
         let facts = self.source_facts(list).await?;
-        let problems = validate(list, &|s| facts.get(s).cloned().flatten());
-        if !problems.is_empty() {
+        let mut refused: Vec<SourceProblem> = validate(list, &|s| facts.get(s).cloned().flatten())
+            .iter()
+            .map(|p| SourceProblem {
+                path: match (p.entry, p.source) {
+                    (Some(e), Some(s)) => format!("entries[{e}].sources[{s}]"),
+                    (Some(e), None) => format!("entries[{e}]"),
+                    _ => "entries".into(),
+                },
+                message: p.message.clone(),
+            })
+            .collect();
+        refused.extend(ambiguous);
+        if !refused.is_empty() {
             return Ok(Err(SourcesRefused {
                 error: format!(
                     "the source list was not saved: {} problem(s)",
-                    problems.len()
+                    refused.len()
                 ),
-                problems: problems
-                    .iter()
-                    .map(|p| SourceProblem {
-                        path: match (p.entry, p.source) {
-                            (Some(e), Some(s)) => format!("entries[{e}].sources[{s}]"),
-                            (Some(e), None) => format!("entries[{e}]"),
-                            _ => "entries".into(),
-                        },
-                        message: p.message.clone(),
-                    })
-                    .collect(),
+                problems: refused,
             }));
         }
         let _w = self.write.lock().await;
@@ -288,10 +314,8 @@ impl Server {
                 format!("--listen `{l}` is not ADDRESS:PORT (e.g. 0.0.0.0:8444)")
             })?;
         }
+        let id = self.machine_id(machine).await?;
         let _w = self.write.lock().await;
-        let Some(id) = db::machines::resolve(&self.db, machine).await? else {
-            return Ok(None);
-        };
         let old = db::sources::relay_listen(&self.db, &id).await?;
         let had_row = old.is_some();
         let listen = role

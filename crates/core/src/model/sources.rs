@@ -71,7 +71,8 @@ pub enum RawSource {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSourceMap {
-    /// An agent with the relay (update agent) role: machine id or hostname.
+    /// An agent with the relay (update agent) role: machine id or hostname (the server stores
+    /// the id it resolves to when the list is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     /// `smb://host[:port]/share/dir` holding `<sha256>.pcpkg` files.

@@ -427,7 +427,7 @@ pub async fn results(
     let rows = sqlx::query(
         "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, d.updated_at \
          FROM deliveries d JOIN machines m ON m.id = d.machine_id JOIN scenarios s ON s.id = d.scenario_id \
-         WHERE ($1 = '' OR d.scenario_id = $1) AND ($2 = '' OR d.machine_id = $2 OR m.hostname = $2) \
+         WHERE ($1 = '' OR d.scenario_id = $1) AND ($2 = '' OR d.machine_id = $2) \
          AND ($3 = '' OR d.package_id = $3) ORDER BY s.created_at, m.hostname, d.machine_id, d.position",
     )
     .bind(scenario.unwrap_or_default())

@@ -203,13 +203,13 @@ pub async fn get(db: &AnyPool, id: &str) -> Result<Option<MachineView>> {
     .transpose()
 }
 
-/// The id of the machine with that id or hostname (the lowest id when several share it).
-pub async fn resolve(db: &AnyPool, id_or_hostname: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM machines WHERE id = $1 OR hostname = $1 ORDER BY id LIMIT 1",
+/// `(id, hostname)` of the machines a name could stand for (`core::machine_names` decides).
+pub async fn named(db: &AnyPool, name: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, hostname FROM machines WHERE id = $1 OR LOWER(hostname) = LOWER($1)",
     )
-    .bind(id_or_hostname)
-    .fetch_optional(db)
+    .bind(name)
+    .fetch_all(db)
     .await?)
 }
 
@@ -235,21 +235,20 @@ pub async fn addressing(tx: &mut AnyConnection, id: &str) -> Result<Option<(Stri
     Ok(Some((m.try_get("peer_addr")?, inv)))
 }
 
-/// The labels of the machine(s) with that id or hostname (the first row read).
-pub async fn labels(db: &AnyPool, id_or_hostname: &str) -> Result<Option<Vec<String>>> {
-    sqlx::query("SELECT labels FROM machines WHERE id = $1 OR hostname = $1")
-        .bind(id_or_hostname)
+/// The labels of a machine.
+pub async fn labels(db: &AnyPool, id: &str) -> Result<Option<Vec<String>>> {
+    sqlx::query("SELECT labels FROM machines WHERE id = $1")
+        .bind(id)
         .fetch_optional(db)
         .await?
         .map(|r| json(&r, "labels"))
         .transpose()
 }
 
-/// Sets the labels of every machine with that id or hostname.
-pub async fn set_labels(db: &AnyPool, id_or_hostname: &str, labels: &[String]) -> Result<()> {
-    sqlx::query("UPDATE machines SET labels = $1 WHERE id = $2 OR hostname = $2")
+pub async fn set_labels(db: &AnyPool, id: &str, labels: &[String]) -> Result<()> {
+    sqlx::query("UPDATE machines SET labels = $1 WHERE id = $2")
         .bind(serde_json::to_string(labels)?)
-        .bind(id_or_hostname)
+        .bind(id)
         .execute(db)
         .await?;
     Ok(())

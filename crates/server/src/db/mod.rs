@@ -23,6 +23,7 @@ pub mod policies;
 pub mod rollouts;
 pub mod scenarios;
 pub mod sources;
+pub mod upgrades;
 
 use anyhow::{Context, Result};
 use sqlx::any::AnyPoolOptions;
@@ -100,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX events_at ON events (at)",
         ],
     ),
+    (
+        6,
+        "data upgrades run once (stored machine names become ids)",
+        &["CREATE TABLE data_upgrades (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"],
+    ),
 ];
 
 /// The wall clock. Decisions read `Server::now()` (the one clock, which tests can move);
@@ -137,6 +143,7 @@ pub async fn open(url: &str) -> Result<AnyPool> {
         .await
         .with_context(|| format!("opening the database {}", redact(url)))?;
     migrate(&pool).await?;
+    upgrades::run(&pool).await?;
     Ok(pool)
 }
 

@@ -1,0 +1,82 @@
+//! Changes to stored documents that SQL cannot express on both backends, each run once, in
+//! one transaction with its record in `data_upgrades` (created by migration 6).
+
+use super::json;
+use anyhow::{Context, Result};
+use patchcast_core::machine_names;
+use patchcast_core::sources::{Source, SourceList};
+use sqlx::{AnyConnection, AnyPool, Row};
+
+/// Ordered; never edit a released entry, append a new one.
+const UPGRADES: &[&str] = &["machine names to ids"];
+
+pub async fn run(db: &AnyPool) -> Result<()> {
+    let done: Vec<String> = sqlx::query_scalar("SELECT name FROM data_upgrades")
+        .fetch_all(db)
+        .await
+        .context("reading data_upgrades")?;
+    for &name in UPGRADES.iter().filter(|u| !done.iter().any(|d| d == *u)) {
+        let mut tx = db.begin().await?;
+        match name {
+            "machine names to ids" => names_to_ids(&mut tx).await?,
+            other => anyhow::bail!("no data upgrade named {other}"),
+        }
+        sqlx::query("INSERT INTO data_upgrades (name, applied_at) VALUES ($1, $2)")
+            .bind(name)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit()
+            .await
+            .with_context(|| format!("data upgrade `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// Group members and relay sources were matched by id or hostname when read, so an agent
+/// could claim a name; they are ids from now on. A name that stands for one machine becomes
+/// its id; one that does not is kept as written, matches nothing (only ids are compared) and
+/// is logged for the administrator to rewrite.
+async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
+    let machines: Vec<(String, String)> = sqlx::query_as("SELECT id, hostname FROM machines")
+        .fetch_all(&mut *tx)
+        .await?;
+    let to_id = |what: &str, name: &mut String| match machine_names::resolve(
+        name,
+        machines.iter().map(|(i, h)| (i.as_str(), h.as_str())),
+    ) {
+        Ok(id) => *name = id,
+        Err(e) => tracing::warn!("{what}: {e}; it names no machine until it is rewritten"),
+    };
+    let groups = sqlx::query("SELECT name, members FROM machine_groups")
+        .fetch_all(&mut *tx)
+        .await?;
+    for g in &groups {
+        let group: String = g.try_get("name")?;
+        let mut members: Vec<String> = json(g, "members")?;
+        for m in &mut members {
+            to_id(&format!("group {group}"), m);
+        }
+        sqlx::query("UPDATE machine_groups SET members = $1 WHERE name = $2")
+            .bind(serde_json::to_string(&members)?)
+            .bind(&group)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(row) = sqlx::query("SELECT spec FROM update_sources WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        let mut list: SourceList = json(&row, "spec")?;
+        for s in list.entries.iter_mut().flat_map(|e| e.sources.iter_mut()) {
+            if let Source::Relay { machine } = s {
+                to_id("update sources", machine);
+            }
+        }
+        sqlx::query("UPDATE update_sources SET spec = $1 WHERE id = 1")
+            .bind(serde_json::to_string(&list)?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
