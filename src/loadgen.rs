@@ -431,6 +431,7 @@ pub async fn run(
 
     let scenario = Scenario {
         name: format!("loadtest {agents}"),
+        action: crate::core::pipeline::Action::Install,
         packages: vec![
             pkg_id
                 .parse()

@@ -652,7 +652,7 @@ fn state_text(d: &DeliveryRow) -> String {
     match &d.state {
         State::Failed { code } => format!("failed({code})"),
         State::LoopDetected { rule } => format!("loop_detected({rule})"),
-        s => s.name().to_string(),
+        _ => d.state_name().to_string(),
     }
 }
 
@@ -742,7 +742,7 @@ pub fn csv(r: &Results) -> String {
                 d.machine_id.clone(),
                 d.hostname.clone(),
                 d.package_id.clone(),
-                d.state.name().to_string(),
+                d.state_name().to_string(),
                 detail,
                 d.attempts.to_string(),
                 d.last_code.map(|c| c.to_string()).unwrap_or_default(),
@@ -867,6 +867,7 @@ mod tests {
             machine_id: "m-1".into(),
             hostname: "=HYPERLINK(\"http://x\")".into(),
             package_id: "p".into(),
+            action: Default::default(),
             state: crate::core::delivery::State::Applied,
             attempts: 1,
             unverified_runs: 0,

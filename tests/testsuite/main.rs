@@ -16,6 +16,7 @@ mod archive;
 mod cli;
 mod e2e_fleet;
 mod lint_fixtures;
+mod lifecycle;
 mod linux_samples;
 mod migrations;
 mod relay_prefetch;

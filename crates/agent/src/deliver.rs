@@ -445,6 +445,10 @@ impl runner::Target for Emulated<'_> {
         })
     }
 
+    fn uninstalls(&self) -> bool {
+        false
+    }
+
     async fn boot_id(&mut self) -> String {
         boot_id()
     }

@@ -201,7 +201,7 @@ pub fn applicability(pkg: &Package, facts: &Facts) -> Result<Check, String> {
         .join(", ");
     match hit {
         Some(_) => Ok(check(
-            "target OS, architecture and language",
+            TARGET_CHECK,
             Outcome::Pass,
             format!("machine is {machine}; package targets {targets}"),
         )),
@@ -211,17 +211,17 @@ pub fn applicability(pkg: &Package, facts: &Facts) -> Result<Check, String> {
     }
 }
 
+/// The name of the first check of every identification: whether the package targets the
+/// machine at all (the rules follow it).
+pub const TARGET_CHECK: &str = "target OS, architecture and language";
+
 /// Decides whether `pkg` is applied on the machine described by `facts`.
 pub fn identify(pkg: &Package, facts: &Facts) -> Identification {
     let mut explanation = Vec::new();
     match applicability(pkg, facts) {
         Ok(c) => explanation.push(c),
         Err(reason) => {
-            explanation.push(check(
-                "target OS, architecture and language",
-                Outcome::Fail,
-                reason.clone(),
-            ));
+            explanation.push(check(TARGET_CHECK, Outcome::Fail, reason.clone()));
             return Identification {
                 verdict: Verdict::NotApplicable(reason),
                 explanation,

@@ -9,8 +9,8 @@
 
 use crate::delivery::{Event, Execution};
 use crate::errors::{Code, Params};
-use crate::identify::{Check, Identification, Verdict};
-use crate::model::package::{Package, RebootPolicy};
+use crate::identify::{Check, Identification, TARGET_CHECK, Verdict};
+use crate::model::package::{Command, Package, RebootPolicy};
 use serde::{Deserialize, Serialize};
 
 /// The step a delivery is at: the step about to run (or running when the carrier stopped).
@@ -40,6 +40,67 @@ pub enum Step {
         rebooted: bool,
     },
     Done,
+}
+
+/// What a delivery is for: the package's install command until identification says
+/// applied, or its uninstall command until it says not applied. Both run the same steps;
+/// an uninstall's "done" is the package gone, so the server's states (applied, loop
+/// detected…) mean "goal reached" and "goal never verified" for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Install,
+    Uninstall,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Install => "install",
+            Action::Uninstall => "uninstall",
+        })
+    }
+}
+
+impl Action {
+    pub fn is_install(&self) -> bool {
+        *self == Action::Install
+    }
+
+    /// The command this action runs; None: the package has no uninstall command.
+    pub fn command<'p>(&self, pkg: &'p Package) -> Option<&'p Command> {
+        match self {
+            Action::Install => Some(&pkg.install),
+            Action::Uninstall => pkg.uninstall.as_ref(),
+        }
+    }
+
+    /// The identification read toward this action's goal: for an uninstall, "applied" means
+    /// there is work to do and "not applied" that the goal is reached. The checks stay as
+    /// they were observed.
+    pub fn toward(&self, ident: Identification) -> Identification {
+        let verdict = match (self, ident.verdict) {
+            (Action::Uninstall, Verdict::Applied) => Verdict::NotApplied,
+            (Action::Uninstall, Verdict::NotApplied) => Verdict::Applied,
+            (_, v) => v,
+        };
+        Identification { verdict, ..ident }
+    }
+
+    /// The rule to name when the goal was not reached: the first that did not pass for an
+    /// install, the first that still holds for an uninstall.
+    pub fn failing_rule(&self, ident: &Identification) -> Option<String> {
+        match (self, &ident.verdict) {
+            (_, Verdict::Applied) => None,
+            (Action::Install, _) => ident.failing_check().map(|c| c.check.clone()),
+            (Action::Uninstall, _) => ident
+                .explanation
+                .iter()
+                .find(|c| c.outcome == crate::identify::Outcome::Pass && c.check != TARGET_CHECK)
+                .map(|c| format!("{} (still holds after the uninstall)", c.check)),
+        }
+    }
 }
 
 /// Why a delivery cannot go on: the code reported, with what its message names.
@@ -146,13 +207,20 @@ pub fn refused(package_id: &str, r: Refusal) -> Decision {
     )
 }
 
-/// The next step after `step` found `outcome`, for the signed package `pkg` of an archive of
-/// `archive_size` bytes. (Before the manifest's signature is checked there is no package:
-/// a bad signature is a `refused` decision.)
-pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> Decision {
+/// The next step after `step` found `outcome`, for `action` on the signed package `pkg` of an
+/// archive of `archive_size` bytes. (Before the manifest's signature is checked there is no
+/// package: a bad signature is a `refused` decision.)
+pub fn next(
+    step: &Step,
+    outcome: Outcome,
+    pkg: &Package,
+    action: Action,
+    archive_size: u64,
+) -> Decision {
     match (step, outcome) {
         (_, Outcome::Refused(r)) => refused(pkg.id.as_str(), r),
         (Step::Probe, Outcome::Probed(ident)) => {
+            let ident = action.toward(ident);
             let next = if needs_install(&ident.verdict) {
                 Step::Disk
             } else {
@@ -199,7 +267,10 @@ pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> 
                 boot_id,
             },
         ) => {
-            let execution = execution(pkg, exit);
+            let Some(command) = action.command(pkg) else {
+                return refused(pkg.id.as_str(), no_uninstall());
+            };
+            let execution = execution(pkg, command, exit);
             let next = match execution {
                 Execution::Succeeded { .. } => Step::Verify,
                 Execution::RebootRequired { .. } => Step::RebootPending {
@@ -227,17 +298,20 @@ pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> 
                 next,
             )
         }
-        (Step::Verify, Outcome::Verified(ident)) => Decision::report(
-            Event::Verified {
-                failing_rule: failing_rule(&ident),
-                verdict: ident.verdict,
-            },
-            Detail {
-                explanation: ident.explanation,
-                ..Detail::default()
-            },
-            Step::Done,
-        ),
+        (Step::Verify, Outcome::Verified(ident)) => {
+            let ident = action.toward(ident);
+            Decision::report(
+                Event::Verified {
+                    failing_rule: action.failing_rule(&ident),
+                    verdict: ident.verdict,
+                },
+                Detail {
+                    explanation: ident.explanation,
+                    ..Detail::default()
+                },
+                Step::Done,
+            )
+        }
         // An outcome that does not belong to the step (a carrier's bug) stops the attempt
         // without a report; the server's no-reply rule settles it.
         (step, outcome) => {
@@ -247,12 +321,13 @@ pub fn next(step: &Step, outcome: Outcome, pkg: &Package, archive_size: u64) -> 
     }
 }
 
-/// The rule to name when an identification did not say applied.
-pub fn failing_rule(ident: &Identification) -> Option<String> {
-    match ident.verdict {
-        Verdict::Applied => None,
-        _ => ident.failing_check().map(|c| c.check.clone()),
-    }
+/// An uninstall of a package that has none (the server refuses such scenarios; a carrier
+/// that gets one anyway refuses it too).
+pub fn no_uninstall() -> Refusal {
+    Refusal::detail(
+        Code::E12,
+        "the package has no uninstall command; add `uninstall:` to it and publish it again",
+    )
 }
 
 /// What a carrier waiting for a restart does now.
@@ -290,20 +365,18 @@ pub fn needs_install(v: &Verdict) -> bool {
     matches!(v, Verdict::NotApplied | Verdict::Indeterminate(_))
 }
 
-/// What an install's exit code (None: killed at its time limit) means for `pkg`.
-pub fn execution(pkg: &Package, exit: Option<i32>) -> Execution {
+/// What the exit code of `pkg`'s `command` (None: killed at its time limit) means.
+pub fn execution(pkg: &Package, command: &Command, exit: Option<i32>) -> Execution {
     match exit {
         None => Execution::TimedOut,
-        Some(c) if pkg.install.success_exit_codes.contains(&c) => {
+        Some(c) if command.success_exit_codes.contains(&c) => {
             if pkg.reboot == RebootPolicy::Always {
                 Execution::RebootRequired { code: c }
             } else {
                 Execution::Succeeded { code: c }
             }
         }
-        Some(c) if pkg.install.reboot_exit_codes.contains(&c) => {
-            Execution::RebootRequired { code: c }
-        }
+        Some(c) if command.reboot_exit_codes.contains(&c) => Execution::RebootRequired { code: c },
         Some(c) => Execution::Failed { code: c },
     }
 }
@@ -347,12 +420,12 @@ mod tests {
             (None, Execution::TimedOut, Some(Code::E20)),
         ];
         for (exit, want, code) in cases {
-            let e = execution(&p, *exit);
+            let e = execution(&p, &p.install, *exit);
             assert_eq!(&e, want, "{exit:?}");
             assert_eq!(execution_code(&e), *code, "{exit:?}");
         }
         assert_eq!(
-            execution(&pkg("always"), Some(0)),
+            execution(&pkg("always"), &pkg("always").install, Some(0)),
             Execution::RebootRequired { code: 0 }
         );
         assert_eq!(required_disk(100 << 20), 300 << 20);
@@ -379,7 +452,7 @@ mod tests {
     #[test]
     fn one_attempt_step_by_step() {
         let p = pkg("if_required");
-        let at = |step: Step, o: Outcome| next(&step, o, &p, 100);
+        let at = |step: Step, o: Outcome| next(&step, o, &p, Action::Install, 100);
         // Already applied at the probe: reported, and nothing is transferred.
         let d = at(Step::Probe, Outcome::Probed(ident(Verdict::Applied, None)));
         assert_eq!(d.next, Step::Done);
@@ -444,7 +517,10 @@ mod tests {
                 failing_rule: Some("MS08-067".into())
             }
         );
-        assert_eq!(failing_rule(&ident(Verdict::Applied, Some("x"))), None);
+        assert_eq!(
+            Action::Install.failing_rule(&ident(Verdict::Applied, Some("x"))),
+            None
+        );
         // Any step's refusal ends the attempt with its code.
         let d = at(
             Step::Fetch,
@@ -453,6 +529,62 @@ mod tests {
         assert_eq!(
             (d.next, d.report.unwrap().0),
             (Step::Done, Event::Refused { code: Code::E10 })
+        );
+    }
+
+    #[test]
+    fn an_uninstall_aims_at_not_applied() {
+        use crate::identify::{Check, Outcome as Checked};
+        let mut p = pkg("if_required");
+        let at = |p: &Package, step: Step, o: Outcome| next(&step, o, p, Action::Uninstall, 100);
+        let holds = Identification {
+            verdict: Verdict::Applied,
+            explanation: vec![Check {
+                check: "file /opt/x exists".into(),
+                outcome: Checked::Pass,
+                detail: String::new(),
+            }],
+        };
+        // No uninstall command: refused at the install step with E12.
+        let ran = Outcome::Ran {
+            exit: Some(0),
+            output: String::new(),
+            boot_id: "b".into(),
+        };
+        let d = at(&p, Step::Execute { pgid: None }, ran.clone());
+        assert_eq!(d.report.unwrap().0, Event::Refused { code: Code::E12 });
+        p.uninstall = Some(p.install.clone());
+        // Installed: there is work; already absent: the goal is reached at the probe.
+        let d = at(&p, Step::Probe, Outcome::Probed(holds.clone()));
+        assert_eq!(d.next, Step::Disk);
+        let gone = ident(Verdict::NotApplied, Some("file /opt/x exists"));
+        let d = at(&p, Step::Probe, Outcome::Probed(gone.clone()));
+        assert_eq!(
+            (d.next, d.report.unwrap().0),
+            (
+                Step::Done,
+                Event::Probed {
+                    verdict: Verdict::Applied
+                }
+            )
+        );
+        assert_eq!(at(&p, Step::Execute { pgid: None }, ran).next, Step::Verify);
+        // Still there after the uninstall: not reached, naming the rule that still holds.
+        let d = at(&p, Step::Verify, Outcome::Verified(holds));
+        assert_eq!(
+            d.report.unwrap().0,
+            Event::Verified {
+                verdict: Verdict::NotApplied,
+                failing_rule: Some("file /opt/x exists (still holds after the uninstall)".into())
+            }
+        );
+        let d = at(&p, Step::Verify, Outcome::Verified(gone));
+        assert_eq!(
+            d.report.unwrap().0,
+            Event::Verified {
+                verdict: Verdict::Applied,
+                failing_rule: None
+            }
         );
     }
 

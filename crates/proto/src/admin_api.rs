@@ -14,8 +14,9 @@
 //! | GET | `/api/v1/admin/results?machine=&package=&lang=&history=` | → `Results` |
 
 use crate::protocol::{Detail, Inventory};
-use patchcast_core::delivery::State;
+use patchcast_core::delivery::{Bucket, State};
 use patchcast_core::errors::{Code, Params, Rendered};
+use patchcast_core::pipeline::Action;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -166,6 +167,9 @@ pub struct DeliveryRow {
     pub machine_id: String,
     pub hostname: String,
     pub package_id: String,
+    /// The scenario's action: for an uninstall, `applied` means removed (verified absent).
+    #[serde(default, skip_serializing_if = "Action::is_install")]
+    pub action: Action,
     pub state: State,
     pub attempts: u32,
     pub unverified_runs: u32,
@@ -177,6 +181,25 @@ pub struct DeliveryRow {
     pub updated_at_ms: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+}
+
+impl DeliveryRow {
+    /// The state's name as shown: `removed` for an uninstall that reached its goal.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Applied if !self.action.is_install() => "removed",
+            ref s => s.name(),
+        }
+    }
+
+    /// The compliance bucket: an uninstall that reached its goal leaves the package not
+    /// applied on the machine.
+    pub fn bucket(&self) -> Bucket {
+        match self.state.bucket() {
+            Bucket::Applied if !self.action.is_install() => Bucket::NotApplied,
+            b => b,
+        }
+    }
 }
 
 /// One persisted transition.

@@ -173,6 +173,11 @@ pub trait Target {
         limit: Duration,
         started: &mut (dyn FnMut(i32) -> anyhow::Result<()> + Send),
     ) -> Result<Ran, Stop>;
+    /// Whether the target runs uninstall commands (the emulated endpoint emulates installers
+    /// only, so it refuses an uninstall rather than pretend).
+    fn uninstalls(&self) -> bool {
+        true
+    }
     /// The identity of the current boot: changes with every restart.
     async fn boot_id(&mut self) -> String;
     async fn restart(&mut self, work: &Work) -> Result<Restart, Stop>;
@@ -284,7 +289,13 @@ pub async fn run<T: Target, R: Reporter + Sync>(
             }
             Err(Stop::Interrupted(i)) => return Err(i),
         };
-        let decision = pipeline::next(&step, outcome, &signed.package, entry.work.archive_size);
+        let decision = pipeline::next(
+            &step,
+            outcome,
+            &signed.package,
+            entry.work.action,
+            entry.work.archive_size,
+        );
         if let Some((event, _)) = &decision.report {
             tracing::info!(delivery = %id, ?event, next = ?decision.next, "step decided");
         }
@@ -332,19 +343,28 @@ async fn carry_out<T: Target, R: Reporter + Sync>(
                 entry.step = Step::Execute { pgid: None };
                 reporter.save(entry)?;
             }
+            let action = entry.work.action;
+            let cmd = action.command(pkg).ok_or_else(pipeline::no_uninstall)?;
+            if !action.is_install() && !target.uninstalls() {
+                return Err(Refusal::detail(
+                    Code::E12,
+                    "this endpoint cannot run uninstall commands (an emulated endpoint emulates installers only)",
+                )
+                .into());
+            }
             let payload = target.payload(&entry.work, signed).await?;
             let ctx = TemplateContext::new(&signed.manifest.package, &payload, target.machine());
-            let command = render(&pkg.install.template, &ctx).map_err(|e| {
+            let command = render(&cmd.template, &ctx).map_err(|e| {
                 Refusal::detail(
                     Code::E12,
-                    format!("the install command cannot be rendered: {e}"),
+                    format!("the {action} command cannot be rendered: {e}"),
                 )
             })?;
             let limit = entry
                 .work
                 .timeout_secs
                 .map(Duration::from_secs)
-                .unwrap_or(pkg.install.timeout);
+                .unwrap_or(cmd.timeout);
             tracing::info!(delivery = %entry.work.delivery_id, %command, timeout = ?limit, "installing");
             let state = AgentState::Busy {
                 delivery_id: entry.work.delivery_id.clone(),

@@ -116,6 +116,7 @@ impl Server {
             let sid = scenario_id(&a.group, &a.package_id);
             let scenario = Scenario {
                 name: format!("autoupdate {}: {}", a.group, a.package_id),
+                action: patchcast_core::pipeline::Action::Install,
                 packages: vec![pkg.id.clone()],
                 machines: Vec::new(),
                 groups: vec![a.group.clone()],

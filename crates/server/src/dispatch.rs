@@ -163,6 +163,7 @@ impl Server {
             manifest: p.manifest,
             signature: p.signature,
             policy: Self::policy(s),
+            action: s.action,
             timeout_secs: s.timeout_secs,
             sources: self
                 .work_sources(&mut *tx, &r.machine_id, &r.package_id)

@@ -35,7 +35,14 @@ impl Server {
         )
         .await?;
         let mut deliveries = Vec::new();
+        let mut actions = std::collections::HashMap::new();
         for r in rows {
+            if !actions.contains_key(&r.scenario_id) {
+                let mut conn = self.db.acquire().await?;
+                let spec = db::scenarios::spec(&mut conn, &r.scenario_id).await?;
+                actions.insert(r.scenario_id.clone(), spec.action);
+            }
+            let action = actions[&r.scenario_id];
             let d = r.delivery;
             let detail = r.detail;
             let mut params = detail.params.clone();
@@ -54,6 +61,7 @@ impl Server {
                 machine_id: r.machine_id,
                 hostname: r.hostname,
                 package_id: r.package_id,
+                action,
                 attempts: d.attempt,
                 unverified_runs: d.unverified_runs,
                 last_code: code,
@@ -72,7 +80,7 @@ impl Server {
                     package_id: d.package_id.clone(),
                     ..PackageSummary::default()
                 });
-            *match d.state.bucket() {
+            *match d.bucket() {
                 Bucket::Applied => &mut s.applied,
                 Bucket::NotApplicable => &mut s.not_applicable,
                 Bucket::NotApplied => &mut s.not_applied,

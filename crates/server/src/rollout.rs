@@ -123,6 +123,7 @@ impl Server {
             .collect();
         let s = Scenario {
             name: format!("rollout {} wave {wave} ({group})", r.name),
+            action: patchcast_core::pipeline::Action::Install,
             packages: r.packages.clone(),
             machines: Vec::new(),
             groups: vec![group.clone()],

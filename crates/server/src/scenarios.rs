@@ -7,6 +7,8 @@ use super::machines::in_group;
 use anyhow::{Result, bail};
 use patchcast_core::machine_names;
 use patchcast_core::model::scenario::Scenario;
+use patchcast_core::pipeline::Action;
+use patchcast_pack::archive::Manifest;
 use patchcast_proto::admin_api::ScenarioCreated;
 
 impl Server {
@@ -53,6 +55,15 @@ impl Server {
                 None => bail!(
                     "package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"
                 ),
+            }
+            if s.action == Action::Uninstall {
+                let manifest = db::packages::manifest(&self.db, p.as_str()).await?;
+                let m: Option<Manifest> = manifest.and_then(|m| serde_json::from_str(&m).ok());
+                if m.is_none_or(|m| m.package.uninstall.is_none()) {
+                    bail!(
+                        "package `{p}` has no uninstall command, so it cannot be uninstalled; add `uninstall:` to it and publish it again"
+                    );
+                }
             }
         }
         let id = format!("s-{}", super::random_hex(6)?);

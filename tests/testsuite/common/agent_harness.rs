@@ -83,6 +83,7 @@ pub fn work(delivery_id: &str, attempt: u32, b: &Built) -> Work {
         manifest: b.manifest.clone(),
         signature: b.signature.clone(),
         policy: Policy::default(),
+        action: Default::default(),
         timeout_secs: None,
         sources: None,
     }

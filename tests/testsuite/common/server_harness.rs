@@ -250,6 +250,7 @@ pub fn scenario(
 ) -> patchcast::model::scenario::Scenario {
     patchcast::model::scenario::Scenario {
         name: name.into(),
+        action: patchcast::core::pipeline::Action::Install,
         packages: packages.iter().map(|p| p.parse().unwrap()).collect(),
         machines: vec![],
         groups: vec![group.into()],

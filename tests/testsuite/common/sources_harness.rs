@@ -178,6 +178,7 @@ impl Site {
     pub async fn run(&self, machines: &[&str], packages: &[&str], max_attempts: u32) -> String {
         let s = patchcast::model::scenario::Scenario {
             name: format!("sources-{}", patchcast::server::random_hex(3).unwrap()),
+            action: patchcast::core::pipeline::Action::Install,
             packages: packages.iter().map(|p| p.parse().unwrap()).collect(),
             machines: machines.iter().map(|m| m.to_string()).collect(),
             groups: vec![],

@@ -7,6 +7,7 @@
 
 use super::problem::{Located, Problem};
 use super::types::{PackageId, parse_duration};
+use crate::pipeline::Action;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,11 @@ pub struct RawScenario {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `install` (the default): run each package's install command until its identification
+    /// says applied. `uninstall`: run its uninstall command until identification says not
+    /// applied (every package must have one); loops and retries work the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<RawAction>,
     /// Package ids, delivered in this order on each machine (the next starts once the
     /// previous one has finished on that machine).
     pub packages: Vec<String>,
@@ -71,10 +77,20 @@ pub struct RawRetry {
     pub delay: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAction {
+    Install,
+    Uninstall,
+}
+
 /// A checked scenario, as the server stores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
+    /// Scenarios stored before uninstalls existed are installs.
+    #[serde(default)]
+    pub action: Action,
     pub packages: Vec<PackageId>,
     pub machines: Vec<String>,
     pub groups: Vec<String>,
@@ -186,6 +202,10 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
     let ok = problems.is_empty();
     let scenario = Scenario {
         name: raw.name.trim().to_string(),
+        action: match raw.action {
+            Some(RawAction::Uninstall) => Action::Uninstall,
+            Some(RawAction::Install) | None => Action::Install,
+        },
         packages,
         machines: raw.targets.machines.clone(),
         groups: raw.targets.groups.clone(),

@@ -118,8 +118,8 @@ fn delivery_cells(d: &DeliveryRow, lang: Lang) -> Vec<String> {
         d.machine_id.clone(),
         d.hostname.clone(),
         d.package_id.clone(),
-        d.state.name().into(),
-        state_label(d.state.name(), lang),
+        d.state_name().into(),
+        state_label(d.state_name(), lang),
         d.attempts.to_string(),
         d.last_code.map(|c| c.to_string()).unwrap_or_default(),
         r.as_ref().map(|r| r.message.clone()).unwrap_or_default(),
@@ -179,7 +179,7 @@ pub async fn machines(
             let mine: Vec<&DeliveryRow> = current.iter().filter(|d| d.machine_id == m.id).collect();
             let n = |b: &str| {
                 mine.iter()
-                    .filter(|d| views::bucket(&d.state) == b)
+                    .filter(|d| views::bucket(d) == b)
                     .count()
                     .to_string()
             };

@@ -333,9 +333,9 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
         "machine": d.machine_id,
         "hostname": d.hostname,
         "package": d.package_id,
-        "state": d.state.name(),
-        "state_label": state_label(d.state.name(), lang),
-        "bucket": bucket(&d.state),
+        "state": d.state_name(),
+        "state_label": state_label(d.state_name(), lang),
+        "bucket": bucket(d),
         "attempts": d.attempts,
         "code": d.last_code.map(|c| code_view(c, lang, &params_of(d))),
         "updated": time(d.updated_at_ms),
@@ -470,7 +470,7 @@ pub async fn machines(
             let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
             let mut codes = BTreeSet::new();
             for d in current.iter().filter(|d| d.machine_id == m.id) {
-                *counts.entry(bucket(&d.state)).or_default() += 1;
+                *counts.entry(bucket(d)).or_default() += 1;
                 if let Some(c) = d.last_code {
                     codes.insert(c.as_str());
                 }

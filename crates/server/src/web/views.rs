@@ -2,14 +2,13 @@
 //! parameter): the current delivery of each package on each machine, compliance per package,
 //! the machine filters, and machines not seen lately.
 
-use patchcast_core::delivery::State;
 use patchcast_proto::admin_api::{DeliveryRow, MachineView, PackageSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The compliance bucket of a delivery state, by name (`core::delivery::Bucket`).
-pub fn bucket(state: &State) -> &'static str {
-    state.bucket().name()
+/// The compliance bucket of a delivery, by name (`DeliveryRow::bucket`).
+pub fn bucket(d: &DeliveryRow) -> &'static str {
+    d.bucket().name()
 }
 
 /// The delivery that speaks for each (machine, package): the one of the newest scenario.
@@ -38,7 +37,7 @@ pub fn compliance(current: &[&DeliveryRow]) -> Vec<PackageSummary> {
             package_id: d.package_id.clone(),
             ..PackageSummary::default()
         });
-        match bucket(&d.state) {
+        match bucket(d) {
             "applied" => s.applied += 1,
             "not_applicable" => s.not_applicable += 1,
             "not_applied" => s.not_applied += 1,
@@ -109,6 +108,7 @@ pub fn time(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use patchcast_core::delivery::State;
     use patchcast_core::errors::Code;
     use patchcast_proto::protocol::{Detail, Inventory};
 
@@ -119,6 +119,7 @@ mod tests {
             machine_id: machine.into(),
             hostname: machine.into(),
             package_id: package.into(),
+            action: Default::default(),
             last_code: match &state {
                 State::Failed { code } => Some(*code),
                 _ => None,
@@ -187,12 +188,15 @@ mod tests {
 
     #[test]
     fn buckets() {
-        assert_eq!(
-            bucket(&State::LoopDetected { rule: "r".into() }),
-            "not_applied"
-        );
-        assert_eq!(bucket(&State::AwaitingRetry), "in_progress");
-        assert_eq!(bucket(&State::Failed { code: Code::E06 }), "failed");
+        let of = |state| bucket(&row("m", "p", "s", state)).to_string();
+        assert_eq!(of(State::LoopDetected { rule: "r".into() }), "not_applied");
+        assert_eq!(of(State::AwaitingRetry), "in_progress");
+        assert_eq!(of(State::Failed { code: Code::E06 }), "failed");
+        // A verified uninstall leaves the package not applied.
+        let mut removed = row("m", "p", "s", State::Applied);
+        assert_eq!(bucket(&removed), "applied");
+        removed.action = patchcast_core::pipeline::Action::Uninstall;
+        assert_eq!(bucket(&removed), "not_applied");
     }
 
     #[test]

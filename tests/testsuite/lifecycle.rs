@@ -1,0 +1,162 @@
+//! Package lifecycle through the one pipeline: an uninstall is an ordinary delivery that
+//! succeeds only when identification then says not applied, and loops like an install when
+//! it does not. The real server and a real Linux agent process, on SQLite and PostgreSQL.
+
+use crate::common::agent_harness::AgentProc;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use patchcast::core::delivery::State;
+use patchcast::core::errors::Code;
+use patchcast::core::pipeline::Action;
+use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
+use sha2::Digest;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const GROUP: &str = "life";
+
+/// A package installing `tool` (a file, identified by its hash); `uninstall` as given.
+fn package(dir: &Path, id: &str, tool: &Path, uninstall: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let body = format!("{id} 1.0\n");
+    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    std::fs::write(
+        dir.join("install.sh"),
+        format!("printf '%s\\n' '{id} 1.0' > '{}'\n", tool.display()),
+    )
+    .unwrap();
+    let uninstall = uninstall
+        .map(|c| format!("uninstall:\n  command: '{c}'\n  timeout: 1m\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        dir.join("package.yaml"),
+        format!(
+            "id: {id}\nkind: application\ntitle: {id}\nversion: 1.0.0\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
+             identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
+             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{uninstall}",
+            tool.display()
+        ),
+    )
+    .unwrap();
+}
+
+async fn wait_done(admin: &Admin, id: &str, agent: &AgentProc) -> Vec<DeliveryRow> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(st) = admin.status(id, "en").await
+            && st.done
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "scenario {id} did not finish; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    admin
+        .results(&ResultsQuery {
+            machine: None,
+            package: None,
+            scenario: Some(id.into()),
+            history: true,
+            lang: "en".into(),
+        })
+        .await
+        .unwrap()
+        .deliveries
+}
+
+async fn uninstall_is_verified_as_not_applied(backend: Backend) {
+    let Some(server) = TestServer::start(backend, &["--poll", "1s"]).await else {
+        return;
+    };
+    let work = server.path().join("packages");
+    let tools = server.path().join("installed");
+    std::fs::create_dir_all(&tools).unwrap();
+    let (good, stuck, plain) = (tools.join("good"), tools.join("stuck"), tools.join("plain"));
+    package(
+        &work.join("good"),
+        "life-good",
+        &good,
+        Some(&format!("rm -f {}", good.display())),
+    );
+    // An uninstaller that exits 0 and removes nothing.
+    package(&work.join("stuck"), "life-stuck", &stuck, Some("true"));
+    package(&work.join("plain"), "life-plain", &plain, None);
+    let key = server.key.to_str().unwrap().to_string();
+    for p in ["good", "stuck", "plain"] {
+        let o = server.cli(&[
+            "package",
+            "publish",
+            work.join(p).to_str().unwrap(),
+            "--key",
+            &key,
+        ]);
+        assert!(o.status.success(), "publish {p}: {o:?}");
+    }
+    let token = server.group_token(GROUP).await;
+    let mut agent = AgentProc::new(&server.path().join("agent"));
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "enroll: {out}");
+    agent.start();
+    let admin = server.admin();
+
+    let install = scenario("install", GROUP, &["life-good", "life-stuck", "life-plain"]);
+    let id = admin.run_scenario(&install).await.unwrap().id;
+    let rows = wait_done(&admin, &id, &agent).await;
+    assert!(rows.iter().all(|r| r.state == State::Applied), "{rows:#?}");
+    assert!(good.exists() && stuck.exists() && plain.exists());
+
+    // A package without an uninstall command cannot be uninstalled: refused up front.
+    let mut uninstall = scenario("uninstall", GROUP, &["life-good", "life-plain"]);
+    uninstall.action = Action::Uninstall;
+    let err = admin
+        .run_scenario(&uninstall)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("life-plain") && err.contains("no uninstall command"),
+        "{err}"
+    );
+
+    uninstall.packages = vec!["life-good".parse().unwrap(), "life-stuck".parse().unwrap()];
+    let id = admin.run_scenario(&uninstall).await.unwrap().id;
+    let rows = wait_done(&admin, &id, &agent).await;
+    let row = |p: &str| rows.iter().find(|r| r.package_id == p).unwrap();
+    // Removed: applied toward the uninstall's goal, verified absent.
+    let g = row("life-good");
+    assert_eq!(
+        (g.action, &g.state),
+        (Action::Uninstall, &State::Applied),
+        "{g:#?}"
+    );
+    assert_eq!(g.state_name(), "removed");
+    assert!(!good.exists(), "the uninstall ran for real");
+    // The uninstaller that removes nothing loops like an install and names what still holds.
+    let s = row("life-stuck");
+    let State::LoopDetected { rule } = &s.state else {
+        panic!("expected loop_detected: {s:#?}");
+    };
+    assert!(
+        rule.contains(&stuck.display().to_string()) && rule.contains("still holds"),
+        "{rule}"
+    );
+    assert_eq!((s.unverified_runs, s.last_code), (3, Some(Code::E24)));
+    assert!(stuck.exists());
+    assert!(
+        plain.exists(),
+        "a package not in the scenario is left alone"
+    );
+
+    // The CLI shows the uninstall's result as `removed`.
+    let o = server.cli(&["results", "--scenario", &id]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("life-good") && l.contains("removed")),
+        "{text}"
+    );
+}
+both_backends!(uninstall_is_verified_as_not_applied);
