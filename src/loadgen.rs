@@ -445,6 +445,7 @@ pub async fn run(
         retry_delay_ms: 1000,
         allow_reboot: false,
         timeout_secs: None,
+        when: None,
     };
     // The token put every agent in the group; make sure the group exists even for 0 agents.
     if agents == 0 {

@@ -1,6 +1,7 @@
 //! Package lifecycle through the one pipeline: an uninstall is an ordinary delivery that
 //! succeeds only when identification then says not applied, and loops like an install when
-//! it does not. The real server and a real Linux agent process, on SQLite and PostgreSQL.
+//! it does not; a `next_boot` package is staged and runs only after the machine starts
+//! again. The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
 use crate::common::agent_harness::AgentProc;
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 
 const GROUP: &str = "life";
 
-/// A package installing `tool` (a file, identified by its hash); `uninstall` as given.
-fn package(dir: &Path, id: &str, tool: &Path, uninstall: Option<&str>) {
+/// A package installing `tool` (a file, identified by its hash); `extra` YAML appended
+/// (an `uninstall:`, a `when:`).
+fn package(dir: &Path, id: &str, tool: &Path, extra: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let body = format!("{id} 1.0\n");
     let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
@@ -24,15 +26,12 @@ fn package(dir: &Path, id: &str, tool: &Path, uninstall: Option<&str>) {
         format!("printf '%s\\n' '{id} 1.0' > '{}'\n", tool.display()),
     )
     .unwrap();
-    let uninstall = uninstall
-        .map(|c| format!("uninstall:\n  command: '{c}'\n  timeout: 1m\n"))
-        .unwrap_or_default();
     std::fs::write(
         dir.join("package.yaml"),
         format!(
             "id: {id}\nkind: application\ntitle: {id}\nversion: 1.0.0\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
              identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
-             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{uninstall}",
+             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{extra}",
             tool.display()
         ),
     )
@@ -75,15 +74,17 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
     let tools = server.path().join("installed");
     std::fs::create_dir_all(&tools).unwrap();
     let (good, stuck, plain) = (tools.join("good"), tools.join("stuck"), tools.join("plain"));
-    package(
-        &work.join("good"),
-        "life-good",
-        &good,
-        Some(&format!("rm -f {}", good.display())),
-    );
+    let uninstall = |c: &str| format!("uninstall:\n  command: '{c}'\n  timeout: 1m\n");
+    let rm = format!("rm -f {}", good.display());
+    package(&work.join("good"), "life-good", &good, &uninstall(&rm));
     // An uninstaller that exits 0 and removes nothing.
-    package(&work.join("stuck"), "life-stuck", &stuck, Some("true"));
-    package(&work.join("plain"), "life-plain", &plain, None);
+    package(
+        &work.join("stuck"),
+        "life-stuck",
+        &stuck,
+        &uninstall("true"),
+    );
+    package(&work.join("plain"), "life-plain", &plain, "");
     let key = server.key.to_str().unwrap().to_string();
     for p in ["good", "stuck", "plain"] {
         let o = server.cli(&[
@@ -160,3 +161,76 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
     );
 }
 both_backends!(uninstall_is_verified_as_not_applied);
+
+async fn next_boot_runs_only_after_the_machine_starts_again(backend: Backend) {
+    let Some(server) = TestServer::start(backend, &["--poll", "1s"]).await else {
+        return;
+    };
+    let dir = server.path().join("boot-pkg");
+    let tool = server.path().join("driver");
+    package(&dir, "life-boot", &tool, "when: next_boot\n");
+    let key = server.key.to_str().unwrap().to_string();
+    let o = server.cli(&["package", "publish", dir.to_str().unwrap(), "--key", &key]);
+    assert!(o.status.success(), "publish: {o:?}");
+    // The machine's boot id, as the agent reads it.
+    let boot = server.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let token = server.group_token(GROUP).await;
+    let mut agent = AgentProc::new(&server.path().join("agent"));
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "enroll: {out}");
+    agent.start_with(&[("PATCHCAST_BOOT_ID_FILE", &boot)]);
+    let admin = server.admin();
+    let id = admin
+        .run_scenario(&scenario("boot", GROUP, &["life-boot"]))
+        .await
+        .unwrap()
+        .id;
+    let results = || async {
+        admin
+            .results(&ResultsQuery {
+                machine: None,
+                package: None,
+                scenario: Some(id.clone()),
+                history: true,
+                lang: "en".into(),
+            })
+            .await
+            .unwrap()
+            .deliveries
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while results().await[0].state != State::StagedForBoot {
+        assert!(
+            Instant::now() < deadline,
+            "not staged; agent log:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several polls later, in the same boot: still staged, nothing ran.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(results().await[0].state, State::StagedForBoot);
+    assert!(!tool.exists(), "ran before the machine started again");
+    assert!(!admin.status(&id, "en").await.unwrap().done);
+
+    // The machine starts again: the agent runs the staged install first, then verifies.
+    assert!(agent.sigterm().await.success());
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    agent.start_with(&[("PATCHCAST_BOOT_ID_FILE", &boot)]);
+    let rows = wait_done(&admin, &id, &agent).await;
+    assert_eq!(rows[0].state, State::Applied, "{:#?}", rows[0]);
+    assert!(tool.exists());
+    let events: Vec<&str> = rows[0]
+        .history
+        .iter()
+        .filter_map(|h| h.event.get("event").and_then(|e| e.as_str()))
+        .collect();
+    let staged = events.iter().position(|e| *e == "staged_for_boot");
+    let executed = events.iter().position(|e| *e == "executed");
+    assert!(
+        matches!((staged, executed), (Some(s), Some(e)) if s < e),
+        "{events:?}"
+    );
+}
+both_backends!(next_boot_runs_only_after_the_machine_starts_again);

@@ -463,8 +463,12 @@ impl runner::Target for Emulated<'_> {
 }
 
 /// The identity of the current boot: changes with every restart.
+/// Read from the file `PATCHCAST_BOOT_ID_FILE` names when set (how tests restart a machine
+/// without restarting it), else the kernel's boot id.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    let file = std::env::var_os("PATCHCAST_BOOT_ID_FILE")
+        .unwrap_or_else(|| "/proc/sys/kernel/random/boot_id".into());
+    std::fs::read_to_string(file)
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| sysinfo::System::boot_time().unwrap_or(0).to_string())
 }

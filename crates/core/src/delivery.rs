@@ -24,6 +24,8 @@ pub enum State {
     Verifying,
     /// Installed with a reboot exit code; verification happens after the restart.
     RebootPending,
+    /// Transferred and verified, to be run at the machine's next start (`when: next_boot`).
+    StagedForBoot,
     /// Not applied yet; delivered again at the next opportunity.
     AwaitingRetry,
     Applied,
@@ -56,6 +58,12 @@ impl State {
         )
     }
 
+    /// Holding the machine: in flight, or waiting for it to start again (the restart an
+    /// install asked for, or the next start a staged install runs at).
+    pub fn is_busy(&self) -> bool {
+        self.in_flight() || matches!(self, State::RebootPending | State::StagedForBoot)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             State::Pending => "pending",
@@ -63,6 +71,7 @@ impl State {
             State::Executing => "executing",
             State::Verifying => "verifying",
             State::RebootPending => "reboot_pending",
+            State::StagedForBoot => "staged_for_boot",
             State::AwaitingRetry => "awaiting_retry",
             State::Applied => "applied",
             State::NotApplicable { .. } => "not_applicable",
@@ -152,6 +161,8 @@ pub enum Event {
         code: Code,
     },
     Transferred,
+    /// The payload waits on the machine for its next start (`when: next_boot`).
+    StagedForBoot,
     Executed {
         execution: Execution,
     },
@@ -310,7 +321,10 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
                 go(n, State::Transferring, Action::Nothing)
             }
         },
-        (State::Transferring | State::Executing, Event::Refused { code }) => {
+        (
+            State::Transferring | State::Executing | State::StagedForBoot,
+            Event::Refused { code },
+        ) => {
             n.last_code = Some(*code);
             if code.transient() {
                 go(n, State::AwaitingRetry, Action::ScheduleRetry)
@@ -323,7 +337,9 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             }
         }
         (State::Transferring, Event::Transferred) => go(n, State::Executing, Action::Nothing),
-        (State::Executing, Event::Executed { execution }) => match execution {
+        (State::Executing, Event::StagedForBoot) => go(n, State::StagedForBoot, Action::Nothing),
+        (State::Executing | State::StagedForBoot, Event::Executed { execution }) => match execution
+        {
             Execution::Succeeded { .. } => go(n, State::Verifying, Action::Nothing),
             Execution::RebootRequired { .. } => {
                 n.last_code = Some(Code::W22);
@@ -401,6 +417,7 @@ pub fn every_state() -> Vec<State> {
         State::Executing,
         State::Verifying,
         State::RebootPending,
+        State::StagedForBoot,
         State::AwaitingRetry,
         State::Applied,
         State::NotApplicable { reason: "r".into() },
@@ -414,6 +431,7 @@ pub fn every_state() -> Vec<State> {
             | State::Executing
             | State::Verifying
             | State::RebootPending
+            | State::StagedForBoot
             | State::AwaitingRetry
             | State::Applied
             | State::NotApplicable { .. }
@@ -664,7 +682,10 @@ mod tests {
             // Every terminal state has a bucket of its own; every other is in progress.
             assert_eq!(s.is_terminal(), s.bucket() != Bucket::InProgress, "{s:?}");
         }
-        assert_eq!(states[9].bucket(), Bucket::NotApplied);
+        let looped = states
+            .iter()
+            .find(|s| matches!(s, State::LoopDetected { .. }));
+        assert_eq!(looped.unwrap().bucket(), Bucket::NotApplied);
         assert!(Bucket::NotApplied.fails_a_wave() && Bucket::Failed.fails_a_wave());
         assert!(!Bucket::NotApplicable.fails_a_wave());
     }

@@ -11,6 +11,7 @@ use crate::delivery::{Event, Execution};
 use crate::errors::{Code, Params};
 use crate::identify::{Check, Identification, TARGET_CHECK, Verdict};
 use crate::model::package::{Command, Package, RebootPolicy};
+use crate::model::raw::When;
 use serde::{Deserialize, Serialize};
 
 /// The step a delivery is at: the step about to run (or running when the carrier stopped).
@@ -27,6 +28,14 @@ pub enum Step {
     Execute {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pgid: Option<i32>,
+    },
+    /// `when: next_boot`: the verified payload stays staged; the boot it was staged in is
+    /// read and reported.
+    Stage,
+    /// Staged, waiting for the machine to start again: the install runs at the first start
+    /// after `boot_id`, before any other work.
+    AwaitBoot {
+        boot_id: String,
     },
     Verify,
     /// Waiting for the restart the install asked for. `boot_id` is the boot it was installed
@@ -158,6 +167,8 @@ pub enum Outcome {
     Fetched,
     /// The payload is extracted and verified; `source` says where it came from.
     Extracted { source: String },
+    /// The payload is staged for the next start; `boot_id` is the current boot.
+    Staged { boot_id: String },
     /// The install ran: its exit code (None: killed at its time limit), output, and the
     /// boot it ran in.
     Ran {
@@ -208,13 +219,14 @@ pub fn refused(package_id: &str, r: Refusal) -> Decision {
 }
 
 /// The next step after `step` found `outcome`, for `action` on the signed package `pkg` of an
-/// archive of `archive_size` bytes. (Before the manifest's signature is checked there is no
-/// package: a bad signature is a `refused` decision.)
+/// archive of `archive_size` bytes, run `when` says. (Before the manifest's signature is
+/// checked there is no package: a bad signature is a `refused` decision.)
 pub fn next(
     step: &Step,
     outcome: Outcome,
     pkg: &Package,
     action: Action,
+    when: When,
     archive_size: u64,
 ) -> Decision {
     match (step, outcome) {
@@ -257,7 +269,15 @@ pub fn next(
                 source: Some(source),
                 ..Detail::default()
             },
-            Step::Execute { pgid: None },
+            match when {
+                When::Immediately => Step::Execute { pgid: None },
+                When::NextBoot => Step::Stage,
+            },
+        ),
+        (Step::Stage, Outcome::Staged { boot_id }) => Decision::report(
+            Event::StagedForBoot,
+            Detail::default(),
+            Step::AwaitBoot { boot_id },
         ),
         (
             Step::Execute { .. },
@@ -328,6 +348,12 @@ pub fn no_uninstall() -> Refusal {
         Code::E12,
         "the package has no uninstall command; add `uninstall:` to it and publish it again",
     )
+}
+
+/// Whether a delivery staged for the next start runs now: the machine has started again
+/// since it was staged.
+pub fn boot_came(step: &Step, current_boot: &str) -> bool {
+    matches!(step, Step::AwaitBoot { boot_id } if boot_id != current_boot)
 }
 
 /// What a carrier waiting for a restart does now.
@@ -452,7 +478,8 @@ mod tests {
     #[test]
     fn one_attempt_step_by_step() {
         let p = pkg("if_required");
-        let at = |step: Step, o: Outcome| next(&step, o, &p, Action::Install, 100);
+        let at =
+            |step: Step, o: Outcome| next(&step, o, &p, Action::Install, When::Immediately, 100);
         // Already applied at the probe: reported, and nothing is transferred.
         let d = at(Step::Probe, Outcome::Probed(ident(Verdict::Applied, None)));
         assert_eq!(d.next, Step::Done);
@@ -536,7 +563,9 @@ mod tests {
     fn an_uninstall_aims_at_not_applied() {
         use crate::identify::{Check, Outcome as Checked};
         let mut p = pkg("if_required");
-        let at = |p: &Package, step: Step, o: Outcome| next(&step, o, p, Action::Uninstall, 100);
+        let at = |p: &Package, step: Step, o: Outcome| {
+            next(&step, o, p, Action::Uninstall, When::Immediately, 100)
+        };
         let holds = Identification {
             verdict: Verdict::Applied,
             explanation: vec![Check {
@@ -586,6 +615,36 @@ mod tests {
                 failing_rule: None
             }
         );
+    }
+
+    #[test]
+    fn next_boot_stages_then_waits_for_a_new_boot() {
+        let p = pkg("if_required");
+        let at = |step: Step, o: Outcome| next(&step, o, &p, Action::Install, When::NextBoot, 100);
+        let d = at(Step::Extract, Outcome::Extracted { source: "s".into() });
+        assert_eq!(
+            (d.next, d.report.unwrap().0),
+            (Step::Stage, Event::Transferred)
+        );
+        let d = at(
+            Step::Stage,
+            Outcome::Staged {
+                boot_id: "b1".into(),
+            },
+        );
+        let waiting = Step::AwaitBoot {
+            boot_id: "b1".into(),
+        };
+        assert_eq!(
+            (d.next, d.report.unwrap().0),
+            (waiting.clone(), Event::StagedForBoot)
+        );
+        assert!(!boot_came(&waiting, "b1"), "same boot: keep waiting");
+        assert!(
+            boot_came(&waiting, "b2"),
+            "the machine started again: install"
+        );
+        assert!(!boot_came(&Step::Verify, "b2"));
     }
 
     #[test]

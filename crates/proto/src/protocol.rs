@@ -23,6 +23,7 @@
 
 use patchcast_core::delivery::{Event, Policy};
 use patchcast_core::errors::Code;
+use patchcast_core::model::raw::When;
 use patchcast_core::model::types::Sha256;
 use patchcast_core::pipeline::Action;
 pub use patchcast_core::pipeline::Detail;
@@ -164,6 +165,9 @@ pub struct Work {
     /// Install (the default) or uninstall: which command runs and which verdict is the goal.
     #[serde(default, skip_serializing_if = "Action::is_install")]
     pub action: Action,
+    /// Overrides the package's `when` (scenario option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
     /// Overrides the package's install timeout (scenario option), in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,

@@ -178,6 +178,11 @@ pub trait Target {
     fn uninstalls(&self) -> bool {
         true
     }
+    /// Whether something on the machine runs a staged install at its next start (an agent
+    /// does; an SSH host has nobody to do it, so it refuses `when: next_boot`).
+    fn runs_at_boot(&self) -> bool {
+        true
+    }
     /// The identity of the current boot: changes with every restart.
     async fn boot_id(&mut self) -> String;
     async fn restart(&mut self, work: &Work) -> Result<Restart, Stop>;
@@ -280,6 +285,14 @@ pub async fn run<T: Target, R: Reporter + Sync>(
             reporter.save(entry)?;
             continue;
         }
+        if matches!(entry.step, Step::AwaitBoot { .. }) {
+            if !pipeline::boot_came(&entry.step, &target.boot_id().await) {
+                return Ok(Progress::AwaitingReboot);
+            }
+            tracing::info!(delivery = %id, "the machine started again; running the staged install");
+            entry.step = Step::Execute { pgid: None };
+            reporter.save(entry)?;
+        }
         let step = entry.step.clone();
         let outcome = match carry_out(target, reporter, entry, &signed).await {
             Ok(o) => o,
@@ -294,6 +307,7 @@ pub async fn run<T: Target, R: Reporter + Sync>(
             outcome,
             &signed.package,
             entry.work.action,
+            entry.work.when.unwrap_or(signed.package.when),
             entry.work.archive_size,
         );
         if let Some((event, _)) = &decision.report {
@@ -384,8 +398,18 @@ async fn carry_out<T: Target, R: Reporter + Sync>(
                 boot_id: target.boot_id().await,
             }
         }
+        Step::Stage if !target.runs_at_boot() => {
+            return Err(Refusal::detail(
+                Code::E12,
+                "nothing on this host runs an install at its next start (no agent); deliver it with `when: immediately` or install the agent",
+            )
+            .into());
+        }
+        Step::Stage => Outcome::Staged {
+            boot_id: target.boot_id().await,
+        },
         Step::Verify => Outcome::Verified(identify(pkg, &target.facts(pkg).await?)),
-        Step::RebootPending { .. } | Step::Done => {
+        Step::RebootPending { .. } | Step::AwaitBoot { .. } | Step::Done => {
             unreachable!("handled by run before carry_out")
         }
     })

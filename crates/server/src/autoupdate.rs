@@ -126,6 +126,7 @@ impl Server {
                 retry_delay_ms: DEFAULT_RETRY_DELAY_MS,
                 allow_reboot: false,
                 timeout_secs: None,
+                when: None,
             };
             let members: Vec<&MachineView> = machines
                 .iter()

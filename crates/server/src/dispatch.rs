@@ -164,6 +164,7 @@ impl Server {
             signature: p.signature,
             policy: Self::policy(s),
             action: s.action,
+            when: s.when,
             timeout_secs: s.timeout_secs,
             sources: self
                 .work_sources(&mut *tx, &r.machine_id, &r.package_id)
@@ -219,7 +220,10 @@ impl Server {
             self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
                 .await??;
         }
-        if rows.iter().any(|r| r.d.state == State::RebootPending) {
+        if rows
+            .iter()
+            .any(|r| r.d.state.is_busy() && !r.d.state.in_flight())
+        {
             tx.commit().await?;
             return Ok((None, None));
         }
@@ -363,7 +367,7 @@ impl Server {
                 }));
             }
             let s = self.scenario(&mut tx, &r.scenario_id).await?;
-            let was_busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+            let was_busy = r.d.state.is_busy();
             match self
                 .transition(
                     &mut tx,
@@ -379,7 +383,7 @@ impl Server {
             {
                 Ok(action) => {
                     tx.commit().await?;
-                    let busy = r.d.state.in_flight() || r.d.state == State::RebootPending;
+                    let busy = r.d.state.is_busy();
                     // A concurrency slot opened only if the scenario limits them.
                     let freed = s.max_concurrent.is_some() && was_busy && !busy;
                     (action, r.scenario_id, freed)

@@ -133,6 +133,7 @@ impl Server {
             retry_delay_ms: r.retry_delay_ms,
             allow_reboot: false,
             timeout_secs: None,
+            when: None,
         };
         self.insert_scheduled(
             &wave_scenario(id, wave),

@@ -435,6 +435,10 @@ impl runner::Target for SshHost<'_> {
         Ok(Ran { exit, output })
     }
 
+    fn runs_at_boot(&self) -> bool {
+        false
+    }
+
     async fn boot_id(&mut self) -> String {
         self.host
             .as_ref()

@@ -84,6 +84,7 @@ pub fn work(delivery_id: &str, attempt: u32, b: &Built) -> Work {
         signature: b.signature.clone(),
         policy: Policy::default(),
         action: Default::default(),
+        when: None,
         timeout_secs: None,
         sources: None,
     }
@@ -194,11 +195,17 @@ impl AgentProc {
     }
 
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the agent with extra environment variables.
+    pub fn start_with(&mut self, env: &[(&str, &Path)]) {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--root"])
             .arg(&self.root)
+            .envs(env.iter().copied())
             .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
             .env("PATCHCAST_AGENT_HEARTBEAT_MS", "200")
             .env("PATCHCAST_LOG", "info")

@@ -260,5 +260,6 @@ pub fn scenario(
         retry_delay_ms: 0,
         allow_reboot: false,
         timeout_secs: None,
+        when: None,
     }
 }

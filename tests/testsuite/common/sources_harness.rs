@@ -188,6 +188,7 @@ impl Site {
             retry_delay_ms: 0,
             allow_reboot: false,
             timeout_secs: None,
+            when: None,
         };
         self.server.admin().run_scenario(&s).await.unwrap().id
     }

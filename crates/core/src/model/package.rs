@@ -22,6 +22,7 @@ pub struct Package {
     pub install: Command,
     pub uninstall: Option<Command>,
     pub reboot: RebootPolicy,
+    pub when: When,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,6 +335,7 @@ impl Resolver {
                 None => None,
             },
             reboot,
+            when: raw.when.unwrap_or_default(),
         })
     }
 

@@ -47,6 +47,20 @@ pub struct RawPackage {
     /// When the machine must restart after installing (default: `if_required`, i.e. on a reboot exit code).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot: Option<RawRebootPolicy>,
+    /// When the install runs: `immediately` (default) or `next_boot`: the agent stages the
+    /// verified payload and runs it at its first start after the machine restarts, before
+    /// any other work (DeploymentManager's "execute at next start-up"; drivers, in-use files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
+}
+
+/// When an install runs on the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    #[default]
+    Immediately,
+    NextBoot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

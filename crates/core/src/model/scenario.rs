@@ -6,6 +6,7 @@
 //! the path of its value so the loader can print `file:line:column`.
 
 use super::problem::{Located, Problem};
+use super::raw::When;
 use super::types::{PackageId, parse_duration};
 use crate::pipeline::Action;
 use schemars::JsonSchema;
@@ -58,6 +59,9 @@ pub struct RawScenarioOptions {
     /// Install timeout for every package, overriding the packages' own (e.g. `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// `immediately` or `next_boot` for every package, overriding the packages' own `when`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -101,6 +105,9 @@ pub struct Scenario {
     pub retry_delay_ms: u64,
     pub allow_reboot: bool,
     pub timeout_secs: Option<u64>,
+    /// Overrides each package's `when`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<When>,
 }
 
 pub const DEFAULT_RETRY_DELAY_MS: u64 = 60_000;
@@ -215,6 +222,7 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         retry_delay_ms,
         allow_reboot: o.allow_reboot.unwrap_or(false),
         timeout_secs,
+        when: o.when,
     };
     (ok.then_some(scenario), problems)
 }

@@ -30,12 +30,13 @@ pub static TERMINAL: &[State] = &[
 /// On the agent now: `State::in_flight`.
 pub static IN_FLIGHT: &[State] = &[State::Transferring, State::Executing, State::Verifying];
 
-/// Holding the machine: in flight, or waiting for the reboot a delivery asked for.
+/// Holding the machine: `State::is_busy`.
 pub static BUSY: &[State] = &[
     State::Transferring,
     State::Executing,
     State::Verifying,
     State::RebootPending,
+    State::StagedForBoot,
 ];
 
 /// Waiting for the dispatcher to start them: neither finished nor busy.
@@ -519,10 +520,8 @@ mod tests {
     fn state_sets_follow_the_core() {
         exactly(TERMINAL, State::is_terminal);
         exactly(IN_FLIGHT, State::in_flight);
-        exactly(BUSY, |s| s.in_flight() || *s == State::RebootPending);
-        exactly(WAITING, |s| {
-            !s.is_terminal() && !s.in_flight() && *s != State::RebootPending
-        });
+        exactly(BUSY, State::is_busy);
+        exactly(WAITING, |s| !s.is_terminal() && !s.is_busy());
         exactly(FETCHING, |s| {
             names(WAITING).contains(&s.name()) || *s == State::Transferring
         });

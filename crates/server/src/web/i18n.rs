@@ -153,6 +153,11 @@ const STATES: &[(&str, &str, &str)] = &[
     ("executing", "Executing", "実行中"),
     ("verifying", "Verifying", "確認中"),
     ("reboot_pending", "Restart pending", "再起動待ち"),
+    (
+        "staged_for_boot",
+        "Staged for next start",
+        "次回起動時に実行",
+    ),
     ("awaiting_retry", "Awaiting retry", "再試行待ち"),
     ("applied", "Applied", "適用済み"),
     ("not_applicable", "Not applicable", "対象外"),
@@ -164,12 +169,13 @@ const STATES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub const STATE_NAMES: [&str; 10] = [
+pub const STATE_NAMES: [&str; 11] = [
     "pending",
     "transferring",
     "executing",
     "verifying",
     "reboot_pending",
+    "staged_for_boot",
     "awaiting_retry",
     "applied",
     "not_applicable",
