@@ -34,6 +34,8 @@ const ALL_CODES: &[&str] = &[
     "hotfix-unidentifiable",
     "service-pack-has-rules",
     "application-unidentifiable",
+    "placeholder",
+    "service-pack-level-zero",
     // targets
     "no-targets",
     "unknown-os",
@@ -55,6 +57,8 @@ const ALL_CODES: &[&str] = &[
     // payload list
     "payload-path",
     "payload-duplicate",
+    "payload-name-mismatch",
+    "payload-name-no-number",
     // commands
     "command-empty",
     "template-undefined-variable",
@@ -76,6 +80,8 @@ const ALL_CODES: &[&str] = &[
 
 /// The codes that are warnings; every other code is an error.
 const WARNING_CODES: &[&str] = &[
+    "payload-name-mismatch",
+    "payload-name-no-number",
     "service-pack-has-rules",
     "payload-unreferenced",
     "payload-version-mismatch",

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod group_policy;
 pub mod package;
+pub mod pitfalls;
 pub mod problem;
 pub mod raw;
 pub mod rollout;

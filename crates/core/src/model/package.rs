@@ -291,6 +291,9 @@ impl Resolver {
             .filter_map(|(i, r)| self.rule(&format!("identification[{i}]"), r))
             .collect();
         self.identifiability(raw, &kind);
+        let targets_ok = !self.problems.iter().any(|p| p.path.starts_with("targets"));
+        self.problems
+            .extend(super::pitfalls::check(raw, targets_ok));
         let payload = self.payload(&raw.payload);
         // Lint renders with a sample machine of the package's kind (Windows or not: the shell
         // the command is quoted for); any variable that exists on every machine will do.
