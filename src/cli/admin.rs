@@ -583,19 +583,6 @@ pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const STATES: [&str; 10] = [
-    "pending",
-    "transferring",
-    "executing",
-    "verifying",
-    "reboot_pending",
-    "awaiting_retry",
-    "applied",
-    "not_applicable",
-    "failed",
-    "loop_detected",
-];
-
 async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<ScenarioStatus> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     let mp = MultiProgress::with_draw_target(if json {
@@ -606,7 +593,8 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
     let style = ProgressStyle::with_template("{prefix:>15} [{bar:40}] {pos}/{len}")
         .expect("a valid template")
         .progress_chars("#>-");
-    let bars: Vec<ProgressBar> = STATES
+    let states = crate::core::delivery::state_names();
+    let bars: Vec<ProgressBar> = states
         .iter()
         .map(|s| {
             let b = mp.add(ProgressBar::new(0));
@@ -617,9 +605,9 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
         .collect();
     loop {
         let st = admin.status(id, l.as_str()).await?;
-        for (b, s) in bars.iter().zip(STATES) {
+        for (b, s) in bars.iter().zip(&states) {
             b.set_length(st.total);
-            b.set_position(st.counts.get(s).copied().unwrap_or(0));
+            b.set_position(st.counts.get(*s).copied().unwrap_or(0));
         }
         if st.done {
             for b in &bars {
@@ -632,59 +620,103 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
 }
 
 fn print_status(st: &ScenarioStatus, l: Lang) {
-    println!(
-        "scenario {} ({}): {} deliveries{}",
-        st.id,
-        st.name,
-        st.total,
-        if st.done { ", done" } else { "" }
-    );
-    for s in STATES {
-        if let Some(n) = st.counts.get(s) {
-            println!("  {s:<15} {n}");
-        }
+    let done = match (st.done, l) {
+        (false, _) => "",
+        (true, Lang::En) => ", done",
+        (true, Lang::Ja) => "、完了",
+    };
+    match l {
+        Lang::En => println!(
+            "scenario {} ({}): {} deliveries{done}",
+            st.id, st.name, st.total
+        ),
+        Lang::Ja => println!(
+            "シナリオ {} ({}): 配信 {} 件{done}",
+            st.id, st.name, st.total
+        ),
+    }
+    let counts: Vec<Vec<String>> = crate::core::delivery::state_names()
+        .into_iter()
+        .filter_map(|s| {
+            let n = st.counts.get(s)?;
+            Some(vec![state_word(s, l).to_string(), n.to_string()])
+        })
+        .collect();
+    let t = super::table::Table::new(&["", ""], &counts, &[false, true]);
+    for c in &counts {
+        println!("  {}", t.line(c));
     }
     print_rows(&st.deliveries, l, false);
 }
 
-fn state_text(d: &DeliveryRow) -> String {
-    use crate::core::delivery::State;
-    match &d.state {
-        State::Failed { code } => format!("failed({code})"),
-        State::LoopDetected { rule } => format!("loop_detected({rule})"),
-        _ => d.state_name().to_string(),
+/// A state's name in a table: the name itself in English (what `--json` and scripts see),
+/// the label in Japanese.
+fn state_word(name: &str, l: Lang) -> &str {
+    match l {
+        Lang::En => name,
+        Lang::Ja => crate::core::delivery::state_label(name, l),
     }
 }
 
-fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
-    println!(
-        "{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}",
-        "MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT"
-    );
-    for d in rows {
-        println!(
-            "{:<18} {:<26} {:<34} {:>8} {:<5} {:>5}",
-            d.hostname,
-            d.package_id,
-            state_text(d),
-            d.attempts,
-            d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-            d.detail
-                .exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_default()
-        );
+fn state_text(d: &DeliveryRow, l: Lang) -> String {
+    use crate::core::delivery::State;
+    let word = state_word(d.state_name(), l);
+    match &d.state {
+        State::Failed { code } => format!("{word}({code})"),
+        State::LoopDetected { rule } => format!("{word}({rule})"),
+        _ => word.to_string(),
+    }
+}
+
+fn print_rows(rows: &[DeliveryRow], l: Lang, history: bool) {
+    let header = match l {
+        Lang::En => ["MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT"],
+        Lang::Ja => [
+            "マシン",
+            "パッケージ",
+            "状態",
+            "試行",
+            "コード",
+            "終了コード",
+        ],
+    };
+    let (remedy, source, not_applicable) = match l {
+        Lang::En => ("remedy", "source", "not applicable"),
+        Lang::Ja => ("対処", "取得元", "対象外"),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|d| {
+            vec![
+                d.hostname.clone(),
+                d.package_id.clone(),
+                state_text(d, l),
+                d.attempts.to_string(),
+                d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+                d.detail
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let t = super::table::Table::new(&header, &cells, &[false, false, false, true, false, true]);
+    println!("{}", t.line(&header));
+    for (d, row) in rows.iter().zip(&cells) {
+        println!("{}", t.line(row));
         if let Some(r) = &d.rendered {
-            println!("    {}: {}\n    remedy: {}", r.code, r.message, r.remedy);
+            println!("    {}: {}\n    {remedy}: {}", r.code, r.message, r.remedy);
         }
         if let Some(s) = &d.detail.source {
-            println!("    source: {s}");
+            println!("    {source}: {s}");
         }
         if let crate::core::delivery::State::NotApplicable { reason } = &d.state {
-            println!("    not applicable: {reason}");
-        }
-        for c in &d.detail.explanation {
-            println!("    {:?} {}: {}", c.outcome, c.check, c.detail);
+            // The reason once: the explanation holds only the same target check.
+            println!("    {not_applicable}: {reason}");
+        } else {
+            for c in &d.detail.explanation {
+                println!("    {:?} {}: {}", c.outcome, c.check, c.detail);
+            }
         }
         if let Some(t) = &d.detail.output_tail {
             let tail: Vec<&str> = t.lines().rev().take(3).collect();
@@ -700,7 +732,7 @@ fn print_rows(rows: &[DeliveryRow], _l: Lang, history: bool) {
                     h.attempt,
                     h.seq,
                     h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"),
-                    h.state,
+                    state_word(&h.state, l),
                     h.code.map(|c| format!(" [{c}]")).unwrap_or_default()
                 );
             }

@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// The scenario to run.
     #[arg(long, default_value = "scenarios/demo.yaml")]
     pub scenario: PathBuf,
+    /// Language of the final results table and its messages: en or ja.
+    #[arg(long, default_value = "en", value_parser = ["en", "ja"])]
+    pub lang: String,
 }
 
 /// One endpoint of the demo fleet.
@@ -198,15 +201,17 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         bail!("watching scenario {id} failed");
     }
     println!();
-    admin(&["results"]).status()?;
+    admin(&["results", "--lang", &a.lang]).status()?;
+    if a.exit {
+        // The server is stopped on return: no commands to try against it.
+        println!("\nlogs and agent roots: {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "\nserver: {url}\ncertificate: {fingerprint}\nadmin CLI: PATCHCAST_DATA={} patchcast results --machine ws2008-en\nlogs and agent roots: {}",
         data.display(),
         dir.display()
     );
-    if a.exit {
-        return Ok(ExitCode::SUCCESS);
-    }
     println!("serving until Ctrl-C");
     wait_for_ctrl_c(&mut fleet);
     Ok(ExitCode::SUCCESS)

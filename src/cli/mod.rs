@@ -10,6 +10,7 @@ mod schedule;
 pub mod server;
 pub mod sources;
 pub mod ssh;
+mod table;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;

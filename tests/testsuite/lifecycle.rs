@@ -151,7 +151,8 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
         "a package not in the scenario is left alone"
     );
 
-    // The CLI shows the uninstall's result as `removed`.
+    // The CLI shows the uninstall's result as `removed`, and in Japanese as 削除済み, with
+    // Japanese headers and the loop's label, in columns sized to their content.
     let o = server.cli(&["results", "--scenario", &id]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -159,6 +160,22 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
             .any(|l| l.contains("life-good") && l.contains("removed")),
         "{text}"
     );
+    let o = server.cli(&["results", "--scenario", &id, "--lang", "ja"]);
+    let ja = String::from_utf8_lossy(&o.stdout);
+    let header = ja.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("マシン") && header.contains("状態"),
+        "{ja}"
+    );
+    assert!(
+        ja.lines()
+            .any(|l| l.contains("life-good") && l.contains("削除済み")),
+        "{ja}"
+    );
+    assert!(ja.contains("再配信ループ停止("), "{ja}");
+    let o = server.cli(&["scenario", "status", &id, "--lang", "ja"]);
+    let st = String::from_utf8_lossy(&o.stdout);
+    assert!(st.starts_with("シナリオ ") && st.contains("、完了"), "{st}");
 }
 both_backends!(uninstall_is_verified_as_not_applied);
 

@@ -9,7 +9,7 @@
 //! again at the next opportunity; after `Policy::max_unverified_runs` such runs it stops in
 //! `LoopDetected`, naming the rule that keeps failing (the FAQ's Q2, turned into a diagnosis).
 
-use super::errors::Code;
+use super::errors::{Code, Lang};
 use super::identify::Verdict;
 use serde::{Deserialize, Serialize};
 
@@ -407,6 +407,47 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
     }
 }
 
+/// Every state's name, in the order of the delivery's life.
+pub fn state_names() -> Vec<&'static str> {
+    every_state().iter().map(State::name).collect()
+}
+
+/// State names as people read them, in English and Japanese; `removed` is how an uninstall's
+/// `applied` is shown.
+const LABELS: &[(&str, &str, &str)] = &[
+    ("pending", "Pending", "待機中"),
+    ("transferring", "Transferring", "転送中"),
+    ("executing", "Executing", "実行中"),
+    ("verifying", "Verifying", "確認中"),
+    ("reboot_pending", "Restart pending", "再起動待ち"),
+    (
+        "staged_for_boot",
+        "Staged for next start",
+        "次回起動時に実行",
+    ),
+    ("awaiting_retry", "Awaiting retry", "再試行待ち"),
+    ("applied", "Applied", "適用済み"),
+    ("removed", "Removed", "削除済み"),
+    ("not_applicable", "Not applicable", "対象外"),
+    ("failed", "Failed", "失敗"),
+    (
+        "loop_detected",
+        "Re-delivery loop stopped",
+        "再配信ループ停止",
+    ),
+];
+
+/// A state's label in `lang`; an unknown name is shown as it is.
+pub fn state_label(name: &str, lang: Lang) -> &str {
+    LABELS
+        .iter()
+        .find(|(k, _, _)| *k == name)
+        .map_or(name, |(_, en, ja)| match lang {
+            Lang::En => en,
+            Lang::Ja => ja,
+        })
+}
+
 /// One state of each kind, for tests (here and in the store) that check a rule against every
 /// state; the match makes a new kind of state fail to compile here, so those rules are looked
 /// at again.
@@ -673,6 +714,16 @@ mod tests {
             "{:?}",
             d.state
         );
+    }
+
+    #[test]
+    fn every_state_has_a_label_in_both_languages() {
+        for name in state_names() {
+            assert_ne!(state_label(name, Lang::En), name, "{name}");
+            assert_ne!(state_label(name, Lang::Ja), name, "{name}");
+        }
+        assert_eq!(state_label("removed", Lang::Ja), "削除済み");
+        assert_eq!(state_label("nonsense", Lang::Ja), "nonsense");
     }
 
     #[test]

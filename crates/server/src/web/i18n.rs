@@ -146,43 +146,6 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Delivery state names as people read them.
-const STATES: &[(&str, &str, &str)] = &[
-    ("pending", "Pending", "待機中"),
-    ("transferring", "Transferring", "転送中"),
-    ("executing", "Executing", "実行中"),
-    ("verifying", "Verifying", "確認中"),
-    ("reboot_pending", "Restart pending", "再起動待ち"),
-    (
-        "staged_for_boot",
-        "Staged for next start",
-        "次回起動時に実行",
-    ),
-    ("awaiting_retry", "Awaiting retry", "再試行待ち"),
-    ("applied", "Applied", "適用済み"),
-    ("not_applicable", "Not applicable", "対象外"),
-    ("failed", "Failed", "失敗"),
-    (
-        "loop_detected",
-        "Re-delivery loop stopped",
-        "再配信ループ停止",
-    ),
-];
-
-pub const STATE_NAMES: [&str; 11] = [
-    "pending",
-    "transferring",
-    "executing",
-    "verifying",
-    "reboot_pending",
-    "staged_for_boot",
-    "awaiting_retry",
-    "applied",
-    "not_applicable",
-    "failed",
-    "loop_detected",
-];
-
 fn pick(lang: Lang, en: &'static str, ja: &'static str) -> &'static str {
     match lang {
         Lang::En => en,
@@ -207,12 +170,9 @@ pub fn word(key: &str, lang: Lang) -> &'static str {
         .map_or("", |(_, en, ja)| pick(lang, en, ja))
 }
 
-/// A state's label; an unknown name is shown as it is.
+/// A state's label (`core::delivery::state_label`), owned for templates.
 pub fn state_label(state: &str, lang: Lang) -> String {
-    STATES.iter().find(|(k, _, _)| *k == state).map_or_else(
-        || state.to_string(),
-        |(_, en, ja)| pick(lang, en, ja).to_string(),
-    )
+    patchcast_core::delivery::state_label(state, lang).to_string()
 }
 
 /// `?lang=` first (and whether to remember it), then the cookie, then Accept-Language.
@@ -237,15 +197,9 @@ mod tests {
     #[test]
     fn every_string_has_both_languages_and_keys_are_unique() {
         let mut seen = std::collections::HashSet::new();
-        for (k, en, ja) in STRINGS.iter().chain(STATES) {
+        for (k, en, ja) in STRINGS {
             assert!(!en.is_empty() && !ja.is_empty(), "{k}");
-            assert!(
-                seen.insert(*k) || STATES.iter().any(|s| s.0 == *k),
-                "duplicate {k}"
-            );
-        }
-        for s in STATE_NAMES {
-            assert!(STATES.iter().any(|(k, _, _)| *k == s), "no label for {s}");
+            assert!(seen.insert(*k), "duplicate {k}");
         }
     }
 

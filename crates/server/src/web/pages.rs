@@ -5,7 +5,7 @@
 use super::auth::{
     LANG_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL_MS, Viewer, secret_cookie,
 };
-use super::i18n::{STATE_NAMES, lang_of, state_label, strings, word};
+use super::i18n::{lang_of, state_label, strings, word};
 use super::views::{self, MachineFilter, bucket, time};
 use super::{Web, WebError, WebResult, WebState};
 use crate::db::{self, now_ms};
@@ -13,6 +13,7 @@ use crate::results::Query as ResultsQuery;
 use axum::extract::{ConnectInfo, Form, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use patchcast_core::delivery::state_names;
 use patchcast_core::errors::{Code, Lang, Params, entry, human_bytes, render};
 use patchcast_proto::admin_api::DeliveryRow;
 use serde::Deserialize;
@@ -439,7 +440,7 @@ pub async fn machine_rows(
         "groups": options(groups.into_iter().map(|g| (g.clone(), g)), &f.group),
         "oses": options(oses.into_iter().map(|o| (o.clone(), o)), &f.os),
         "languages": options(langs.into_iter().map(|l| (l.clone(), l)), &f.language),
-        "states": options(STATE_NAMES.iter().map(|s| (s.to_string(), state_label(s, lang))), &f.state),
+        "states": options(state_names().into_iter().map(|s| (s.to_string(), state_label(s, lang))), &f.state),
         "codes": options(codes.into_iter().map(|c| (c.to_string(), c.to_string())), &f.code),
     });
     let keep: Vec<_> = machines
@@ -639,7 +640,7 @@ pub async fn scenario(
     let Ok(st) = w.server.scenario_status(&id, lang).await else {
         return not_found_page(&w, &ctx, &format!("scenario {id}"));
     };
-    let states: Vec<Value> = STATE_NAMES
+    let states: Vec<Value> = state_names()
         .iter()
         .map(|s| json!({"state": s, "label": state_label(s, lang), "count": st.counts.get(*s).copied().unwrap_or(0)}))
         .collect();
