@@ -138,6 +138,13 @@ pub enum MachineCmd {
     },
     /// Register an agentless Unix host the server delivers to over SSH.
     AddSsh(super::ssh::AddSshArgs),
+    /// Remove a machine (id or hostname): its credential, deliveries and history go, and its
+    /// agent is refused from then on (it can enroll again with a new token).
+    Remove {
+        machine: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Add (or with --remove, remove) labels on a machine (id or hostname).
     Label {
         machine: String,
@@ -169,7 +176,14 @@ pub enum GroupCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// List groups with the machines they resolve to.
     List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Delete a group (refused while a window policy or automatic update uses it).
+    Delete {
+        name: String,
         #[command(flatten)]
         connect: Connect,
     },
@@ -372,6 +386,14 @@ pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
             listen,
             connect,
         } => return super::sources::relay(&machine, enable, disable, listen, &connect, json),
+        MachineCmd::Remove { machine, connect } => {
+            rt()?.block_on(connect.admin()?.remove_machine(&machine))?;
+            if json {
+                print_json(&serde_json::json!({ "removed": machine }))?;
+            } else {
+                println!("machine {machine} removed");
+            }
+        }
         MachineCmd::Label {
             machine,
             labels,
@@ -430,6 +452,14 @@ pub fn group(cmd: GroupCmd, json: bool) -> Result<ExitCode> {
                     v.group.name,
                     v.resolved.len()
                 );
+            }
+        }
+        GroupCmd::Delete { name, connect } => {
+            rt()?.block_on(connect.admin()?.delete_group(&name))?;
+            if json {
+                print_json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                println!("group {name} deleted");
             }
         }
         GroupCmd::List { connect } => {

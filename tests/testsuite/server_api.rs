@@ -318,6 +318,89 @@ async fn regression_a_reported_hostname_grants_nothing(backend: Backend) {
 }
 both_backends!(regression_a_reported_hostname_grants_nothing);
 
+/// `machine remove` and `group delete`: what is removed is refused from then on.
+async fn removed_machines_and_groups_are_refused_from_then_on(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let admin = s.admin();
+    let t = admin
+        .create_token(&TokenRequest {
+            group: None,
+            uses: None,
+            expires_secs: 3600,
+        })
+        .await
+        .unwrap();
+    let enroll = |host: &'static str, n| {
+        let (url, fp, token) = (s.url.clone(), s.fingerprint.clone(), t.token.clone());
+        async move {
+            SimAgent::enroll(&url, &fp, &token, inventory(host, n), Behaviour::Apply)
+                .await
+                .unwrap()
+        }
+    };
+    let gone = enroll("gone", 20).await;
+    let kept = enroll("kept", 21).await;
+    admin
+        .put_group(&Group {
+            name: "g".into(),
+            members: vec!["gone".into(), "kept".into()],
+            filter: GroupFilter::default(),
+        })
+        .await
+        .unwrap();
+
+    admin.remove_machine("gone").await.unwrap();
+    let ids: Vec<String> = admin
+        .machines()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, vec![kept.machine_id.clone()]);
+    // Its agent's credential is gone with it (E26 on the agent's side).
+    assert_eq!(code_of(gone.poll(AgentState::Idle, 0).await).0, 401);
+    assert!(kept.poll(AgentState::Idle, 0).await.is_ok());
+    assert_eq!(code_of(admin.remove_machine("gone").await).0, 404);
+    let g = admin.groups().await.unwrap();
+    assert_eq!(g[0].resolved, vec![kept.machine_id.clone()]);
+
+    // A group automatic update uses is not deleted under it.
+    s.publish_sample("pkg-auto").await;
+    let assign = |assign| patchcast::transport::schedule_api::Assign {
+        group: "g".into(),
+        package_id: "pkg-auto".into(),
+        assign,
+    };
+    admin.assign(&assign(true)).await.unwrap();
+    match admin.delete_group("g").await {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 409);
+            assert!(
+                body.error.contains("autoupdate unassign pkg-auto"),
+                "{}",
+                body.error
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    admin.assign(&assign(false)).await.unwrap();
+    admin.delete_group("g").await.unwrap();
+    assert!(admin.groups().await.unwrap().is_empty());
+    assert_eq!(code_of(admin.delete_group("g").await).0, 404);
+    let run = admin
+        .run_scenario(&crate::common::server_harness::scenario(
+            "s",
+            "g",
+            &["pkg-auto"],
+        ))
+        .await;
+    assert_eq!(code_of(run).0, 400, "a deleted group is no target");
+}
+both_backends!(removed_machines_and_groups_are_refused_from_then_on);
+
 async fn publish_refusals(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {
         return;

@@ -261,14 +261,28 @@ impl Admin {
 
     /// Revokes the token `id` names (from `tokens`): it enrolls nothing from then on.
     pub async fn revoke_token(&self, id: &str) -> Result<(), CallError> {
-        let path = format!("{TOKENS}/{id}");
-        self.0
-            .send(self.0.request(reqwest::Method::DELETE, &path), &path)
-            .await
+        self.delete(&format!("{TOKENS}/{id}")).await
     }
 
     pub async fn machines(&self) -> Result<Vec<MachineView>, CallError> {
         self.0.get(MACHINES).await
+    }
+
+    /// Removes a machine (id or hostname): its agent is refused from then on.
+    pub async fn remove_machine(&self, machine: &str) -> Result<(), CallError> {
+        self.delete(&format!("{MACHINES}/{}", encode(machine)))
+            .await
+    }
+
+    /// Deletes a group no policy or automatic update uses.
+    pub async fn delete_group(&self, name: &str) -> Result<(), CallError> {
+        self.delete(&format!("{GROUPS}/{}", encode(name))).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), CallError> {
+        self.0
+            .send(self.0.request(reqwest::Method::DELETE, path), path)
+            .await
     }
 
     pub async fn label(&self, machine: &str, labels: &Labels) -> Result<MachineView, CallError> {

@@ -101,7 +101,15 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route(admin::MACHINES, get(machines))
         .route(&format!("{}/{{id}}/labels", admin::MACHINES), post(label))
+        .route(
+            &format!("{}/{{id}}", admin::MACHINES),
+            axum::routing::delete(remove_machine),
+        )
         .route(admin::GROUPS, get(groups).post(put_group))
+        .route(
+            &format!("{}/{{name}}", admin::GROUPS),
+            axum::routing::delete(delete_group),
+        )
         .route(admin::PACKAGES, get(packages).post(publish))
         .route(admin::SCENARIOS, post(run_scenario))
         .route(
@@ -370,6 +378,23 @@ async fn label(
             format!("no machine `{id}`; see `patchcast machine list`"),
             None,
         )),
+    }
+}
+
+async fn remove_machine(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    s.remove_machine(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_group(State(s): S, _: Admin, Path(name): Path<String>) -> R<Response> {
+    match s.delete_group(&name).await? {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no group `{name}`; see `patchcast group list`"),
+            None,
+        )),
+        Err(why) => Err(ApiErr::new(StatusCode::CONFLICT, why, None)),
     }
 }
 

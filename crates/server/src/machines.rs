@@ -218,6 +218,58 @@ impl Server {
         )?)
     }
 
+    /// Removes the machine an admin names; its id, for the record.
+    pub async fn remove_machine(&self, name: &str) -> Result<String> {
+        let id = self.machine_id(name).await?;
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        db::machines::remove(&mut tx, &id).await?;
+        tx.commit().await?;
+        tracing::info!(machine = %id, "machine removed");
+        Ok(id)
+    }
+
+    /// Deletes a group; refused while a window policy or an automatic-update assignment
+    /// still names it (they would silently stop applying). False when there is no such group.
+    pub async fn delete_group(&self, name: &str) -> Result<std::result::Result<bool, String>> {
+        let policy = db::policies::list(&self.db)
+            .await?
+            .iter()
+            .any(|p| p.policy.group == name);
+        let assigned: Vec<String> = db::policies::assignments(&self.db)
+            .await?
+            .into_iter()
+            .filter(|a| a.group == name)
+            .map(|a| a.package_id)
+            .collect();
+        if policy || !assigned.is_empty() {
+            let mut what = Vec::new();
+            if policy {
+                what.push("a window policy (`patchcast schedule`)".to_string());
+            }
+            if !assigned.is_empty() {
+                let commands: Vec<String> = assigned
+                    .iter()
+                    .map(|p| format!("`patchcast autoupdate unassign {p} --group {name}`"))
+                    .collect();
+                what.push(format!(
+                    "automatic update of {} ({})",
+                    assigned.join(", "),
+                    commands.join("; ")
+                ));
+            }
+            return Ok(Err(format!(
+                "group `{name}` is still used by {}; remove those first",
+                what.join(" and ")
+            )));
+        }
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        let found = db::machines::delete_group(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(Ok(found))
+    }
+
     pub async fn label(
         &self,
         machine: &str,

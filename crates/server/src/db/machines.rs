@@ -109,6 +109,33 @@ pub async fn delete_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
     Ok(())
 }
 
+/// Forgets a machine: its credential (so its agent is refused from then on), deliveries with
+/// their history, settings, SSH and relay rows.
+pub async fn remove(tx: &mut AnyConnection, id: &str) -> Result<bool> {
+    for q in [
+        "DELETE FROM events WHERE delivery_id IN (SELECT id FROM deliveries WHERE machine_id = $1)",
+        "DELETE FROM deliveries WHERE machine_id = $1",
+        "DELETE FROM machine_settings WHERE machine_id = $1",
+        "DELETE FROM ssh_machines WHERE machine_id = $1",
+        "DELETE FROM relays WHERE machine_id = $1",
+    ] {
+        sqlx::query(q).bind(id).execute(&mut *tx).await?;
+    }
+    let r = sqlx::query("DELETE FROM machines WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn delete_group(tx: &mut AnyConnection, name: &str) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM machine_groups WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
 /// Counts one use of the token.
 pub async fn use_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
     sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE hash = $1")
