@@ -189,6 +189,34 @@ pub enum GroupCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum DeliveryCmd {
+    /// Start a failed or loop-detected delivery again once its cause is fixed (a corrected
+    /// package republished, disk freed): back to pending with a fresh loop count.
+    Retry {
+        /// The delivery id (`patchcast results --json` shows them).
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+pub fn delivery(cmd: DeliveryCmd, json: bool) -> Result<ExitCode> {
+    match cmd {
+        DeliveryCmd::Retry { id, connect } => {
+            let v = rt()?.block_on(connect.admin()?.retry_delivery(&id))?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "delivery {id} is pending again; it is delivered at its machine's next check-in"
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args)]
 pub struct PublishArgs {
     /// A package directory (built and signed with --key first) or a built .pcpkg archive.

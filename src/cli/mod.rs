@@ -69,6 +69,9 @@ pub enum Command {
     /// Delivery scenarios: run one, follow its status.
     #[command(subcommand)]
     Scenario(admin::ScenarioCmd),
+    /// Single deliveries: retry one that stopped.
+    #[command(subcommand)]
+    Delivery(admin::DeliveryCmd),
     /// Delivery results per machine and per package (--json, --csv, --history).
     Results(admin::ResultsArgs),
     /// Load a server with simulated agents speaking the real protocol; prints rates and latencies.
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Group(c) => admin::group(c, cli.json),
         Command::Scenario(c) => admin::scenario(c, cli.json),
         Command::Results(a) => admin::results(a, cli.json),
+        Command::Delivery(c) => admin::delivery(c, cli.json),
         Command::Loadtest(a) => admin::loadtest(a, cli.json),
         Command::Sources(c) => sources::run(c, cli.json),
         Command::Completions { shell } => {

@@ -9,6 +9,7 @@ use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::core::pipeline::Action;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
+use patchcast::transport::client::CallError;
 use sha2::Digest;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -176,6 +177,32 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
     let o = server.cli(&["scenario", "status", &id, "--lang", "ja"]);
     let st = String::from_utf8_lossy(&o.stdout);
     assert!(st.starts_with("シナリオ ") && st.contains("、完了"), "{st}");
+
+    // The administrator removes the file by hand and retries the stopped delivery: the probe
+    // now finds the goal reached. Only a stopped delivery is retried.
+    let code = |r: Result<serde_json::Value, CallError>| match r {
+        Err(CallError::Status { status, .. }) => status,
+        other => panic!("expected an HTTP error: {other:?}"),
+    };
+    assert_eq!(code(admin.retry_delivery(&g.delivery_id).await), 409);
+    assert_eq!(code(admin.retry_delivery("d-nonexistent").await), 404);
+    std::fs::remove_file(&stuck).unwrap();
+    let o = server.cli(&["delivery", "retry", &s.delivery_id]);
+    assert!(o.status.success(), "{o:?}");
+    let rows = wait_done(&admin, &id, &agent).await;
+    let s = rows.iter().find(|r| r.package_id == "life-stuck").unwrap();
+    assert_eq!(
+        (s.state_name(), s.unverified_runs),
+        ("removed", 0),
+        "{s:#?}"
+    );
+    assert!(
+        s.history
+            .iter()
+            .any(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("reset")),
+        "{:#?}",
+        s.history
+    );
 }
 both_backends!(uninstall_is_verified_as_not_applied);
 

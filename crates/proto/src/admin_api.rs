@@ -26,6 +26,7 @@ pub const GROUPS: &str = "/api/v1/admin/groups";
 pub const PACKAGES: &str = "/api/v1/admin/packages";
 pub const SCENARIOS: &str = "/api/v1/admin/scenarios";
 pub const RESULTS: &str = "/api/v1/admin/results";
+pub const DELIVERIES: &str = "/api/v1/admin/deliveries";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRequest {
@@ -271,6 +272,16 @@ impl Admin {
     /// Removes a machine (id or hostname): its agent is refused from then on.
     pub async fn remove_machine(&self, machine: &str) -> Result<(), CallError> {
         self.delete(&format!("{MACHINES}/{}", encode(machine)))
+            .await
+    }
+
+    /// Starts a stopped (failed or loop-detected) delivery again.
+    pub async fn retry_delivery(&self, id: &str) -> Result<serde_json::Value, CallError> {
+        self.0
+            .post(
+                &format!("{DELIVERIES}/{}/retry", encode(id)),
+                &serde_json::json!({}),
+            )
             .await
     }
 

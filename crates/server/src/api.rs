@@ -117,6 +117,10 @@ pub fn router(server: Arc<Server>) -> Router {
             get(scenario_status),
         )
         .route(admin::RESULTS, get(results))
+        .route(
+            &format!("{}/{{id}}/retry", admin::DELIVERIES),
+            post(retry_delivery),
+        )
         .merge(super::schedule_routes::routes())
         .merge(super::sources_api::routes())
         .route(
@@ -395,6 +399,27 @@ async fn delete_group(State(s): S, _: Admin, Path(name): Path<String>) -> R<Resp
             None,
         )),
         Err(why) => Err(ApiErr::new(StatusCode::CONFLICT, why, None)),
+    }
+}
+
+async fn retry_delivery(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    match s.retry_delivery(&id).await? {
+        Some(Ok(state)) => {
+            Ok(Json(serde_json::json!({ "delivery": id, "state": state })).into_response())
+        }
+        Some(Err(e)) => Err(ApiErr::new(
+            StatusCode::CONFLICT,
+            format!(
+                "delivery `{id}` is {}: only a failed or loop-detected delivery is retried",
+                e.state
+            ),
+            None,
+        )),
+        None => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no delivery `{id}`; `patchcast results --json` lists them"),
+            None,
+        )),
     }
 }
 

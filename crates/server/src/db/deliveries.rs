@@ -186,6 +186,18 @@ pub async fn of_machine(
         .transpose()
 }
 
+/// The delivery `id`, if there is one.
+pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
+    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
+    sqlx::query(AssertSqlSafe(q))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(row)
+        .transpose()
+}
+
 /// The delivery `id`; an error when there is none.
 pub async fn get(tx: &mut AnyConnection, id: &str) -> Result<DeliveryRow> {
     let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
