@@ -201,6 +201,43 @@ pub enum DeliveryCmd {
     },
 }
 
+pub fn packages(connect: &Connect, json: bool) -> Result<ExitCode> {
+    let ps = rt()?.block_on(connect.admin()?.packages())?;
+    if json {
+        print_json(&ps)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = ["ID", "VERSION", "SIZE", "SHA-256", "TITLE"];
+    let rows: Vec<Vec<String>> = ps
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.version.clone().unwrap_or_else(|| "-".into()),
+                crate::core::errors::human_bytes(p.archive_size),
+                p.archive_sha256.chars().take(12).collect(),
+                p.title.clone(),
+            ]
+        })
+        .collect();
+    let t = super::table::Table::new(&header, &rows, &[false, false, true, false, false]);
+    println!("{}", t.line(&header));
+    for r in &rows {
+        println!("{}", t.line(r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove_package(id: &str, connect: &Connect, json: bool) -> Result<ExitCode> {
+    rt()?.block_on(connect.admin()?.remove_package(id))?;
+    if json {
+        print_json(&serde_json::json!({ "removed": id }))?;
+    } else {
+        println!("package {id} removed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn delivery(cmd: DeliveryCmd, json: bool) -> Result<ExitCode> {
     match cmd {
         DeliveryCmd::Retry { id, connect } => {

@@ -37,6 +37,18 @@ pub enum PackageCmd {
     },
     /// Upload a package to a server: a directory is linted, built and signed with --key first.
     Publish(crate::cli::admin::PublishArgs),
+    /// List the packages published on a server.
+    List {
+        #[command(flatten)]
+        connect: crate::cli::admin::Connect,
+    },
+    /// Unpublish a package (refused while deliveries of it are under way or automatic update
+    /// assigns it); scenarios naming it are refused from then on.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        connect: crate::cli::admin::Connect,
+    },
     /// Write a commented package skeleton into DIR.
     New {
         #[arg(long, value_enum)]
@@ -91,6 +103,10 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
         }
         PackageCmd::Build { dir, key, out } => build(&dir, &key, out, json),
         PackageCmd::Publish(a) => crate::cli::admin::publish(a, json),
+        PackageCmd::List { connect } => crate::cli::admin::packages(&connect, json),
+        PackageCmd::Remove { id, connect } => {
+            crate::cli::admin::remove_package(&id, &connect, json)
+        }
         PackageCmd::Verify {
             archive: path,
             keys: key_files,

@@ -318,8 +318,9 @@ async fn regression_a_reported_hostname_grants_nothing(backend: Backend) {
 }
 both_backends!(regression_a_reported_hostname_grants_nothing);
 
-/// `machine remove` and `group delete`: what is removed is refused from then on.
-async fn removed_machines_and_groups_are_refused_from_then_on(backend: Backend) {
+/// `machine remove`, `group delete` and `package remove`: what is removed is refused from
+/// then on.
+async fn removed_machines_groups_and_packages_are_refused_from_then_on(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {
         return;
     };
@@ -386,7 +387,51 @@ async fn removed_machines_and_groups_are_refused_from_then_on(backend: Backend) 
         }
         other => panic!("expected 409, got {other:?}"),
     }
+    // So is a package.
+    match admin.remove_package("pkg-auto").await {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 409);
+            assert!(
+                body.error.contains("unassign pkg-auto --group g"),
+                "{}",
+                body.error
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
     admin.assign(&assign(false)).await.unwrap();
+    // The delivery automatic update started (still pending) must finish first.
+    match admin.remove_package("pkg-auto").await {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 409);
+            assert!(
+                body.error.contains("1 deliveries under way"),
+                "{}",
+                body.error
+            );
+        }
+        other => panic!("expected 409, got {other:?}"),
+    }
+    // A package nothing uses goes.
+    s.publish_sample("pkg-idle").await;
+    admin.remove_package("pkg-idle").await.unwrap();
+    let ids: Vec<String> = admin
+        .packages()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec!["pkg-auto".to_string()]);
+    assert_eq!(code_of(admin.remove_package("pkg-idle").await).0, 404);
+    let run = admin
+        .run_scenario(&crate::common::server_harness::scenario(
+            "s",
+            "g",
+            &["pkg-idle"],
+        ))
+        .await;
+    assert_eq!(code_of(run).0, 400, "a removed package is no target");
     admin.delete_group("g").await.unwrap();
     assert!(admin.groups().await.unwrap().is_empty());
     assert_eq!(code_of(admin.delete_group("g").await).0, 404);
@@ -397,9 +442,13 @@ async fn removed_machines_and_groups_are_refused_from_then_on(backend: Backend) 
             &["pkg-auto"],
         ))
         .await;
-    assert_eq!(code_of(run).0, 400, "a deleted group is no target");
+    assert_eq!(
+        code_of(run).0,
+        400,
+        "a deleted group and a removed package are no target"
+    );
 }
-both_backends!(removed_machines_and_groups_are_refused_from_then_on);
+both_backends!(removed_machines_groups_and_packages_are_refused_from_then_on);
 
 async fn publish_refusals(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {

@@ -285,6 +285,11 @@ impl Admin {
             .await
     }
 
+    /// Unpublishes a package no delivery under way or automatic update uses.
+    pub async fn remove_package(&self, id: &str) -> Result<(), CallError> {
+        self.delete(&format!("{PACKAGES}/{}", encode(id))).await
+    }
+
     /// Deletes a group no policy or automatic update uses.
     pub async fn delete_group(&self, name: &str) -> Result<(), CallError> {
         self.delete(&format!("{GROUPS}/{}", encode(name))).await

@@ -111,6 +111,10 @@ pub fn router(server: Arc<Server>) -> Router {
             axum::routing::delete(delete_group),
         )
         .route(admin::PACKAGES, get(packages).post(publish))
+        .route(
+            &format!("{}/{{id}}", admin::PACKAGES),
+            axum::routing::delete(remove_package),
+        )
         .route(admin::SCENARIOS, post(run_scenario))
         .route(
             &format!("{}/{{id}}", admin::SCENARIOS),
@@ -420,6 +424,18 @@ async fn retry_delivery(State(s): S, _: Admin, Path(id): Path<String>) -> R<Resp
             format!("no delivery `{id}`; `patchcast results --json` lists them"),
             None,
         )),
+    }
+}
+
+async fn remove_package(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    match s.remove_package(&id).await? {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no package `{id}`; see `patchcast package list`"),
+            None,
+        )),
+        Err(why) => Err(ApiErr::new(StatusCode::CONFLICT, why, None)),
     }
 }
 

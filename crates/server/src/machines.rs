@@ -229,6 +229,37 @@ impl Server {
         Ok(id)
     }
 
+    /// Unpublishes a package: refused while deliveries of it are under way or automatic
+    /// update assigns it; scenarios naming it are refused from then on. False: none.
+    pub async fn remove_package(&self, id: &str) -> Result<std::result::Result<bool, String>> {
+        let _w = self.write.lock().await;
+        let groups: Vec<String> = db::policies::assignments(&self.db)
+            .await?
+            .into_iter()
+            .filter(|a| a.package_id == id)
+            .map(|a| format!("`patchcast autoupdate unassign {id} --group {}`", a.group))
+            .collect();
+        if !groups.is_empty() {
+            return Ok(Err(format!(
+                "package `{id}` is assigned for automatic update; unassign it first: {}",
+                groups.join("; ")
+            )));
+        }
+        let unfinished = db::deliveries::unfinished_of_package(&self.db, id).await?;
+        if unfinished > 0 {
+            return Ok(Err(format!(
+                "package `{id}` has {unfinished} deliveries under way; wait for them to finish (`patchcast results --package {id}`)"
+            )));
+        }
+        let mut tx = self.db.begin().await?;
+        let found = db::packages::remove(&mut tx, id).await?;
+        tx.commit().await?;
+        if found {
+            tracing::info!(package = %id, "package removed");
+        }
+        Ok(Ok(found))
+    }
+
     /// Deletes a group; refused while a window policy or an automatic-update assignment
     /// still names it (they would silently stop applying). False when there is no such group.
     pub async fn delete_group(&self, name: &str) -> Result<std::result::Result<bool, String>> {

@@ -317,6 +317,18 @@ pub async fn machine_busy(db: &AnyPool, machine: &str) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Deliveries of a package that have not finished.
+pub async fn unfinished_of_package(db: &AnyPool, package: &str) -> Result<i64> {
+    let q = format!(
+        "SELECT COUNT(*) FROM deliveries WHERE package_id = $1 AND state NOT IN {}",
+        list(TERMINAL)
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(q))
+        .bind(package)
+        .fetch_one(db)
+        .await?)
+}
+
 /// Machines with a delivery of the scenario waiting to start.
 pub async fn waiting_machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>> {
     let q = format!(

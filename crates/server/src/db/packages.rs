@@ -73,6 +73,16 @@ pub async fn list(db: &AnyPool) -> Result<Vec<PackageView>> {
         .collect()
 }
 
+/// Unpublishes a package; false when there was none. Its content file stays in the store
+/// (deliveries' history names its hash).
+pub async fn remove(tx: &mut AnyConnection, id: &str) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM packages WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
 /// Whether a package with that id is published.
 pub async fn exists(tx: &mut AnyConnection, id: &str) -> Result<bool> {
     let found: Option<String> = sqlx::query_scalar("SELECT id FROM packages WHERE id = $1")
