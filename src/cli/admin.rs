@@ -201,6 +201,16 @@ pub enum DeliveryCmd {
     },
 }
 
+/// What a revoke, remove or delete did: `{"removed": ID}` with --json, else a sentence.
+fn done(json: bool, verb: &str, what: &str, id: &str) -> Result<()> {
+    if json {
+        print_json(&serde_json::json!({ verb: id }))
+    } else {
+        println!("{what} {id} {verb}");
+        Ok(())
+    }
+}
+
 pub fn packages(connect: &Connect, json: bool) -> Result<ExitCode> {
     let ps = rt()?.block_on(connect.admin()?.packages())?;
     if json {
@@ -230,11 +240,7 @@ pub fn packages(connect: &Connect, json: bool) -> Result<ExitCode> {
 
 pub fn remove_package(id: &str, connect: &Connect, json: bool) -> Result<ExitCode> {
     rt()?.block_on(connect.admin()?.remove_package(id))?;
-    if json {
-        print_json(&serde_json::json!({ "removed": id }))?;
-    } else {
-        println!("package {id} removed");
-    }
+    done(json, "removed", "package", id)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -384,11 +390,7 @@ pub fn token(cmd: TokenCmd, json: bool) -> Result<ExitCode> {
         }
         TokenCmd::Revoke { id, connect } => {
             rt()?.block_on(connect.admin()?.revoke_token(&id))?;
-            if json {
-                print_json(&serde_json::json!({ "revoked": id }))?;
-            } else {
-                println!("enrollment token {id} revoked");
-            }
+            done(json, "revoked", "enrollment token", &id)?;
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -453,11 +455,7 @@ pub fn machine(cmd: MachineCmd, json: bool) -> Result<ExitCode> {
         } => return super::sources::relay(&machine, enable, disable, listen, &connect, json),
         MachineCmd::Remove { machine, connect } => {
             rt()?.block_on(connect.admin()?.remove_machine(&machine))?;
-            if json {
-                print_json(&serde_json::json!({ "removed": machine }))?;
-            } else {
-                println!("machine {machine} removed");
-            }
+            done(json, "removed", "machine", &machine)?;
         }
         MachineCmd::Label {
             machine,
@@ -521,11 +519,7 @@ pub fn group(cmd: GroupCmd, json: bool) -> Result<ExitCode> {
         }
         GroupCmd::Delete { name, connect } => {
             rt()?.block_on(connect.admin()?.delete_group(&name))?;
-            if json {
-                print_json(&serde_json::json!({ "deleted": name }))?;
-            } else {
-                println!("group {name} deleted");
-            }
+            done(json, "deleted", "group", &name)?;
         }
         GroupCmd::List { connect } => {
             let gs = rt()?.block_on(connect.admin()?.groups())?;

@@ -16,6 +16,28 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, CallError>) -> (u16, Option<Code>) {
     }
 }
 
+/// A simulated agent enrolled on `s` with a fresh token, reporting `host` as its hostname.
+async fn enrolled(s: &TestServer, host: &str, n: u32) -> SimAgent {
+    let t = s
+        .admin()
+        .create_token(&TokenRequest {
+            group: None,
+            uses: None,
+            expires_secs: 3600,
+        })
+        .await
+        .unwrap();
+    SimAgent::enroll(
+        &s.url,
+        &s.fingerprint,
+        &t.token,
+        inventory(host, n),
+        Behaviour::Apply,
+    )
+    .await
+    .unwrap()
+}
+
 async fn enrollment_and_misuse(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {
         return;
@@ -229,23 +251,9 @@ async fn regression_a_reported_hostname_grants_nothing(backend: Backend) {
         return;
     };
     let admin = s.admin();
-    let t = admin
-        .create_token(&TokenRequest {
-            group: None,
-            uses: None,
-            expires_secs: 3600,
-        })
-        .await
-        .unwrap();
     let enroll = |host: String, n| {
-        let (url, fp, token) = (s.url.clone(), s.fingerprint.clone(), t.token.clone());
-        async move {
-            SimAgent::enroll(&url, &fp, &token, inventory(&host, n), Behaviour::Apply)
-                .await
-                .unwrap()
-                .machine_id
-                .clone()
-        }
+        let s = &s;
+        async move { enrolled(s, &host, n).await.machine_id.clone() }
     };
     let web1 = enroll("web1".into(), 10).await;
     // The administrator writes a hostname; the server stores the id it stands for.
@@ -325,24 +333,8 @@ async fn removed_machines_groups_and_packages_are_refused_from_then_on(backend: 
         return;
     };
     let admin = s.admin();
-    let t = admin
-        .create_token(&TokenRequest {
-            group: None,
-            uses: None,
-            expires_secs: 3600,
-        })
-        .await
-        .unwrap();
-    let enroll = |host: &'static str, n| {
-        let (url, fp, token) = (s.url.clone(), s.fingerprint.clone(), t.token.clone());
-        async move {
-            SimAgent::enroll(&url, &fp, &token, inventory(host, n), Behaviour::Apply)
-                .await
-                .unwrap()
-        }
-    };
-    let gone = enroll("gone", 20).await;
-    let kept = enroll("kept", 21).await;
+    let gone = enrolled(&s, "gone", 20).await;
+    let kept = enrolled(&s, "kept", 21).await;
     admin
         .put_group(&Group {
             name: "g".into(),

@@ -35,8 +35,6 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ),
     ("package", "Package", "パッケージ"),
     ("applied", "Applied", "適用済み"),
-    // An uninstall that reached its goal (`applied` state of an uninstall delivery).
-    ("removed", "Removed", "削除済み"),
     ("not_applied", "Not applied", "未適用"),
     ("not_applicable", "Not applicable", "対象外"),
     ("failed", "Failed", "失敗"),
