@@ -895,15 +895,44 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         print!("{}", csv(&r));
     } else {
         print_rows(&r.deliveries, l, a.history);
-        println!(
-            "\n{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}",
-            "PACKAGE", "APPLIED", "NOT APPLIED", "NOT APPLICABLE", "FAILED", "IN PROGRESS"
-        );
-        for p in &r.packages {
-            println!(
-                "{:<26} {:>8} {:>12} {:>15} {:>7} {:>12}",
-                p.package_id, p.applied, p.not_applied, p.not_applicable, p.failed, p.in_progress
-            );
+        let header = match l {
+            Lang::En => [
+                "PACKAGE",
+                "APPLIED",
+                "NOT APPLIED",
+                "NOT APPLICABLE",
+                "FAILED",
+                "IN PROGRESS",
+            ],
+            Lang::Ja => [
+                "パッケージ",
+                "適用済み",
+                "未適用",
+                "対象外",
+                "失敗",
+                "処理中",
+            ],
+        };
+        let rows: Vec<Vec<String>> = r
+            .packages
+            .iter()
+            .map(|p| {
+                let n = [
+                    p.applied,
+                    p.not_applied,
+                    p.not_applicable,
+                    p.failed,
+                    p.in_progress,
+                ];
+                std::iter::once(p.package_id.clone())
+                    .chain(n.iter().map(u64::to_string))
+                    .collect()
+            })
+            .collect();
+        let t = super::table::Table::new(&header, &rows, &[false, true, true, true, true, true]);
+        println!("\n{}", t.line(&header));
+        for row in &rows {
+            println!("{}", t.line(row));
         }
         if !r.settings.is_empty() {
             println!(
