@@ -290,6 +290,11 @@ pub enum ScenarioCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// List scenarios, the newest first, with their deliveries counted by state.
+    List {
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Show a scenario's deliveries by state; --watch follows it with progress bars until done.
     Status {
         id: String,
@@ -621,6 +626,33 @@ fn tempfile_dir() -> Result<PathBuf> {
 
 pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
     match cmd {
+        ScenarioCmd::List { connect } => {
+            let list = rt()?.block_on(connect.admin()?.scenarios())?;
+            if json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let header = ["ID", "NAME", "DELIVERIES", "DONE", "STATES"];
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    let states: Vec<String> =
+                        s.counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    vec![
+                        s.id.clone(),
+                        s.name.clone(),
+                        s.total.to_string(),
+                        if s.done { "yes" } else { "no" }.to_string(),
+                        states.join(", "),
+                    ]
+                })
+                .collect();
+            let t = super::table::Table::new(&header, &rows, &[false, false, true, false, false]);
+            println!("{}", t.line(&header));
+            for r in &rows {
+                println!("{}", t.line(r));
+            }
+        }
         ScenarioCmd::Run { file, connect } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

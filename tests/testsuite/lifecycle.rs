@@ -203,6 +203,21 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
         "{:#?}",
         s.history
     );
+
+    // `scenario list` shows both scenarios, the newest first, finished.
+    let o = server.cli(&["--json", "scenario", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["done"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("uninstall", true), ("install", true)],
+        "{list:#}"
+    );
 }
 both_backends!(uninstall_is_verified_as_not_applied);
 

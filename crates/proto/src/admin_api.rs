@@ -347,6 +347,11 @@ impl Admin {
         self.0.post(SCENARIOS, s).await
     }
 
+    /// Every scenario, the newest first, counted by state (without delivery rows).
+    pub async fn scenarios(&self) -> Result<Vec<ScenarioStatus>, CallError> {
+        self.0.get(SCENARIOS).await
+    }
+
     pub async fn status(&self, id: &str, lang: &str) -> Result<ScenarioStatus, CallError> {
         self.0.get(&format!("{SCENARIOS}/{id}?lang={lang}")).await
     }

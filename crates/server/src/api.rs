@@ -115,7 +115,7 @@ pub fn router(server: Arc<Server>) -> Router {
             &format!("{}/{{id}}", admin::PACKAGES),
             axum::routing::delete(remove_package),
         )
-        .route(admin::SCENARIOS, post(run_scenario))
+        .route(admin::SCENARIOS, post(run_scenario).get(scenario_list))
         .route(
             &format!("{}/{{id}}", admin::SCENARIOS),
             get(scenario_status),
@@ -437,6 +437,10 @@ async fn remove_package(State(s): S, _: Admin, Path(id): Path<String>) -> R<Resp
         )),
         Err(why) => Err(ApiErr::new(StatusCode::CONFLICT, why, None)),
     }
+}
+
+async fn scenario_list(State(s): S, _: Admin) -> R<Response> {
+    Ok(Json(s.scenario_list().await?).into_response())
 }
 
 async fn groups(State(s): S, _: Admin) -> R<Response> {

@@ -9,6 +9,7 @@ use patchcast_core::errors::{Lang, render};
 use patchcast_proto::admin_api::{
     DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
 };
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone)]
@@ -124,4 +125,44 @@ impl Server {
             deliveries: res.deliveries,
         })
     }
+
+    /// Every scenario, the newest first, with its deliveries counted by state (no rows).
+    pub async fn scenario_list(&self) -> Result<Vec<ScenarioStatus>> {
+        let mut out = Vec::new();
+        for h in db::scenarios::newest_first(&self.db).await? {
+            let c = counts(self, &h.id).await?;
+            out.push(ScenarioStatus {
+                id: h.id,
+                name: h.name,
+                created_at_ms: h.created_at,
+                counts: c.states,
+                total: c.total,
+                done: c.done,
+                deliveries: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Deliveries of a scenario by state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub states: BTreeMap<String, u64>,
+    pub total: u64,
+    /// Every delivery is in a terminal state (and there is at least one).
+    pub done: bool,
+}
+
+pub async fn counts(s: &Server, scenario: &str) -> Result<Counts> {
+    let mut c = Counts::default();
+    for (state, n) in db::deliveries::count_by_state(&s.db, scenario).await? {
+        c.states.insert(state, n);
+        c.total += n;
+    }
+    c.done = c.total > 0
+        && c.states
+            .iter()
+            .all(|(k, n)| *n == 0 || db::deliveries::is_terminal_name(k));
+    Ok(c)
 }

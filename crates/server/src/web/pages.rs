@@ -615,7 +615,7 @@ pub async fn scenarios(
     let rows = db::scenarios::newest_first(&w.server.db).await?;
     let mut list = Vec::new();
     for r in rows {
-        let counts = super::sse::counts(&w.server, &r.id).await?;
+        let counts = crate::results::counts(&w.server, &r.id).await?;
         list.push(json!({
             "id": r.id,
             "name": r.name,

@@ -8,39 +8,14 @@
 //! choice (reconnects resume by themselves: EventSource retries).
 
 use super::{WebError, WebResult, WebState};
-use crate::Server;
-use crate::db::deliveries;
+use crate::results::{Counts, counts};
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use serde::Serialize;
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
-
-/// Deliveries of a scenario by state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Counts {
-    pub states: BTreeMap<String, u64>,
-    pub total: u64,
-    /// Every delivery is in a terminal state (and there is at least one).
-    pub done: bool,
-}
-
-pub async fn counts(s: &Server, scenario: &str) -> anyhow::Result<Counts> {
-    let mut c = Counts::default();
-    for (state, n) in deliveries::count_by_state(&s.db, scenario).await? {
-        c.states.insert(state, n);
-        c.total += n;
-    }
-    c.done = c.total > 0
-        && c.states
-            .iter()
-            .all(|(k, n)| *n == 0 || deliveries::is_terminal_name(k));
-    Ok(c)
-}
 
 pub async fn scenario_events(
     axum::extract::State(w): WebState,
