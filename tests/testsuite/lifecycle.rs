@@ -1,7 +1,8 @@
 //! Package lifecycle through the one pipeline: an uninstall is an ordinary delivery that
 //! succeeds only when identification then says not applied, and loops like an install when
 //! it does not; a `next_boot` package is staged and runs only after the machine starts
-//! again. The real server and a real Linux agent process, on SQLite and PostgreSQL.
+//! again; `patchcast-agent doctor` names each fault between an agent and its server. The
+//! real server and a real Linux agent process, on SQLite and PostgreSQL.
 
 use crate::common::agent_harness::AgentProc;
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
@@ -293,3 +294,60 @@ async fn next_boot_runs_only_after_the_machine_starts_again(backend: Backend) {
     );
 }
 both_backends!(next_boot_runs_only_after_the_machine_starts_again);
+
+/// `patchcast-agent doctor` on a real enrolled agent root: every check passes, then each
+/// fault gives its own failing check and code (E26 removed machine, E03 server down, E14
+/// unknown host).
+async fn agent_doctor_names_each_fault(backend: Backend) {
+    let Some(mut server) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let token = server.group_token(GROUP).await;
+    let agent = AgentProc::new(&server.path().join("agent"));
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "enroll: {out}");
+    let doctor = || {
+        let o = std::process::Command::new(crate::common::agent_harness::BIN)
+            .args(["doctor", "--json", "--root"])
+            .arg(&agent.root)
+            .output()
+            .unwrap();
+        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let failed: Vec<(String, Option<String>)> = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| !c["ok"].as_bool().unwrap())
+            .map(|c| {
+                let code = c["code"].as_str().map(str::to_string);
+                (c["check"].as_str().unwrap().to_string(), code)
+            })
+            .collect();
+        (o.status.success(), failed, checks)
+    };
+    let (ok, failed, checks) = doctor();
+    assert!(ok && failed.is_empty(), "{checks:#}");
+    assert_eq!(checks.as_array().unwrap().len(), 5, "{checks:#}");
+
+    let id = server.admin().machines().await.unwrap()[0].id.clone();
+    server.admin().remove_machine(&id).await.unwrap();
+    let (ok, failed, _) = doctor();
+    assert!(!ok);
+    assert_eq!(failed, vec![("credential".into(), Some("E26".into()))]);
+
+    server.kill();
+    let (_, failed, _) = doctor();
+    assert_eq!(failed, vec![("TCP connection".into(), Some("E03".into()))]);
+
+    let config = agent.root.join("agent.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let url = server.url.clone();
+    std::fs::write(
+        &config,
+        text.replace(&url, "https://patchcast-no-such-host.invalid:8443"),
+    )
+    .unwrap();
+    let (_, failed, _) = doctor();
+    assert_eq!(failed, vec![("name resolution".into(), Some("E14".into()))]);
+}
+both_backends!(agent_doctor_names_each_fault);

@@ -46,6 +46,18 @@ enum Cmd {
         #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
         fingerprint: String,
     },
+    /// Check this machine's way to its server: name resolution, TCP, the pinned certificate,
+    /// the credential. Each failure names its code and remedy; exits 1 if any check fails.
+    Doctor {
+        #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
+        root: PathBuf,
+        /// Language of the remedies: en or ja.
+        #[arg(long, default_value = "en", value_parser = ["en", "ja"])]
+        lang: String,
+        /// One JSON array of checks instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the agent in the foreground: long-poll the server and carry out deliveries.
     /// SIGTERM or Ctrl-C stops it cleanly; an interrupted delivery resumes at the next start.
     Run {
@@ -203,6 +215,33 @@ where
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Cmd::Doctor { root, lang, json } => {
+            let lang = patchcast_core::errors::Lang::from_tag(&lang);
+            let checks = runtime().block_on(crate::doctor::run(&crate::config::Root(root), lang));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks).unwrap_or_default()
+                );
+            } else {
+                for c in &checks {
+                    println!(
+                        "{:<5} {}: {}",
+                        if c.ok { "ok" } else { "FAIL" },
+                        c.check,
+                        c.detail
+                    );
+                    if let (Some(code), Some(remedy)) = (c.code, &c.remedy) {
+                        println!("      {code}: {remedy}");
+                    }
+                }
+            }
+            if checks.iter().all(|c| c.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Cmd::Identify { dir } => {

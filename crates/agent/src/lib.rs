@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod doctor;
 pub mod emulated;
 pub mod exec;
 pub mod facts;
