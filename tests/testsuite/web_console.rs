@@ -207,6 +207,12 @@ async fn console_in_chromium() {
         errors.contains("E06") && errors.contains("Could not create the files on the machine"),
         "{errors}"
     );
+    // The FAQ's Q1: the main screen says "auto-update error" and leads to the machines.
+    let banner = b.text("#autoupdate-error").await;
+    assert!(
+        banner.contains("Auto-update error") && banner.contains("1 machines"),
+        "{banner}"
+    );
     let p = b.screenshot(&shots, "dashboard").await;
     println!("screenshot: {}", p.display());
 
@@ -274,6 +280,8 @@ async fn console_in_chromium() {
         t == "ダッシュボード"
     })
     .await;
+    let banner = b.text("#autoupdate-error").await;
+    assert!(banner.contains("自動更新エラー"), "{banner}");
 
     // CSV export of the machine's results, in the chosen language.
     c.goto(&format!("{}/machines?q=small", server.url))

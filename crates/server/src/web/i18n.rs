@@ -136,6 +136,10 @@ const STRINGS: &[(&str, &str, &str)] = &[
     ("no", "no", "いいえ"),
     ("not_found", "Not found", "見つかりません"),
     ("machine_count", "machines", "台"),
+    // The FAQ's Q1: the main screen's banner when an auto-update failed.
+    ("autoupdate_error", "Auto-update error", "自動更新エラー"),
+    ("loop_stopped", "re-delivery stopped", "再配信停止"),
+    ("mac", "MAC address", "MACアドレス"),
     ("source", "Source", "取得元"),
     (
         "emulated",

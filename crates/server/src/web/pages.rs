@@ -367,6 +367,18 @@ pub async fn dashboard(
     let now = w.server.now();
     let errors = recent_errors(&w, now - RECENT_ERRORS_MS, lang).await?;
     let machines = w.server.machines().await?;
+    // Machines whose current delivery of some package stopped: the FAQ's Q1 banner.
+    let stopped = |state: &str| {
+        current
+            .iter()
+            .filter(|d| d.state.name() == state)
+            .map(|d| d.machine_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    let (failed, looped) = (stopped("failed"), stopped("loop_detected"));
+    let autoupdate_error =
+        (failed + looped > 0).then(|| json!({"failed": failed, "looped": looped}));
     let stale: Vec<Value> = views::stale(&machines, now, STALE_AFTER_MS)
         .iter()
         .map(|m| json!({"id": m.id, "hostname": m.hostname, "os": m.inventory.os, "last_seen": time(m.last_seen_ms)}))
@@ -378,6 +390,7 @@ pub async fn dashboard(
         json!({
             "compliance": compliance,
             "errors": errors,
+            "autoupdate_error": autoupdate_error,
             "stale": stale,
             "machine_total": machines.len(),
         }),
@@ -479,6 +492,7 @@ pub async fn machines(
             json!({
                 "id": m.id, "hostname": m.hostname, "os": m.inventory.os, "language": m.inventory.language,
                 "groups": m.groups.join(", "), "last_seen": time(m.last_seen_ms), "agent_state": m.agent_state,
+                "mac": m.inventory.interfaces.iter().map(|i| i.mac.as_str()).find(|a| !a.is_empty()).unwrap_or(""),
                 "applied": counts.get("applied").copied().unwrap_or(0),
                 "failed": counts.get("failed").copied().unwrap_or(0) + counts.get("not_applied").copied().unwrap_or(0),
                 "in_progress": counts.get("in_progress").copied().unwrap_or(0),
