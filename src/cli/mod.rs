@@ -31,6 +31,12 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The endpoint agent, the same program as `patchcast-agent` (enroll, run, doctor,
+    /// identify); `agent install` puts it on a Unix host over SSH. `patchcast agent --help`.
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Author, check, build and verify packages.
     #[command(subcommand)]
     Package(package::PackageCmd),
@@ -169,6 +175,11 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),
+        // Reached only when `agent` is not the first argument (`patchcast --json agent …`):
+        // the binary's main hands `patchcast agent …` to the agent before parsing.
+        Command::Agent { args } => Ok(crate::agent::cli::main_from(
+            std::iter::once(std::ffi::OsString::from("patchcast agent")).chain(args),
+        )),
         Command::Server(a) => server::run(a, cli.json),
         Command::Token(c) => admin::token(c, cli.json),
         Command::Machine(c) => admin::machine(c, cli.json),

@@ -331,6 +331,23 @@ fn regression_output_into_a_closed_pipe_ends_quietly() {
     );
 }
 
+/// The agent program is discoverable from the admin CLI's own help.
+#[test]
+fn agent_is_listed_in_the_top_level_help() {
+    let o = patchcast(&["--help"]);
+    let help = text(&o);
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("agent ")),
+        "{help}"
+    );
+    let o = patchcast(&["agent", "--help"]);
+    let agent = text(&o);
+    assert!(
+        o.status.success() && agent.contains("doctor") && agent.contains("enroll"),
+        "{agent}"
+    );
+}
+
 #[test]
 fn exit_codes_are_cargos() {
     // A usage error is 2; an operation that fails is 1.
