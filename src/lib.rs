@@ -10,6 +10,7 @@
 //! `patchcast::core::pipeline` name the same items as inside the crates.
 
 pub mod cli;
+pub mod fuzzing;
 pub mod loadgen;
 
 pub use patchcast_agent as agent;

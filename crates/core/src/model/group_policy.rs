@@ -121,7 +121,7 @@ impl GroupPolicy {
             .filter_map(|w| {
                 Window::new(
                     &w.start,
-                    chrono::Duration::seconds(w.duration_secs as i64),
+                    seconds(w.duration_secs),
                     &w.time_zone,
                     self.blackout_dates.iter().copied(),
                 )
@@ -131,12 +131,22 @@ impl GroupPolicy {
     }
 
     pub fn spread(&self) -> chrono::Duration {
-        chrono::Duration::seconds(self.check_in_spread_secs as i64)
+        seconds(self.check_in_spread_secs)
     }
 
     pub fn holds(&self, kind: ContentKind) -> bool {
         self.hold.contains(&kind)
     }
+}
+
+/// `secs` as a `chrono::Duration`, the longest one when it holds more seconds than that can
+/// (`chrono::Duration::seconds` panics there): a policy posted to the API carries any `u64`,
+/// and `Window::new` refuses such a window as too long like any other over 7 days.
+fn seconds(secs: u64) -> chrono::Duration {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .unwrap_or(chrono::Duration::MAX)
 }
 
 /// Checks a raw policy, collecting every problem.
@@ -178,12 +188,7 @@ pub fn resolve(raw: &RawGroupPolicy) -> (Option<GroupPolicy>, Vec<Problem>) {
             }
         };
         let secs = duration.as_secs();
-        match Window::new(
-            &w.start,
-            chrono::Duration::seconds(secs as i64),
-            &tz,
-            blackout.iter().copied(),
-        ) {
+        match Window::new(&w.start, seconds(secs), &tz, blackout.iter().copied()) {
             Ok(_) => windows.push(WindowSpec {
                 start: w.start.trim().to_string(),
                 duration_secs: secs,
