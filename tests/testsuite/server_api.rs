@@ -442,6 +442,29 @@ async fn removed_machines_groups_and_packages_are_refused_from_then_on(backend: 
 }
 both_backends!(removed_machines_groups_and_packages_are_refused_from_then_on);
 
+/// The server took a scenario posted to its API as checked: a retry delay of u64::MAX
+/// overflowed the retry time. It checks every scenario again now.
+async fn regression_an_unchecked_scenario_from_the_api_is_refused(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    s.publish_sample("pkg-x").await;
+    let mut sc = crate::common::server_harness::scenario("huge", "g", &["pkg-x"]);
+    sc.retry_delay_ms = u64::MAX;
+    match s.admin().run_scenario(&sc).await {
+        Err(CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 400);
+            assert!(body.error.contains("options.retry.delay"), "{}", body.error);
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    sc.retry_delay_ms = 1000;
+    sc.max_unverified_runs = 0;
+    let e = s.admin().run_scenario(&sc).await;
+    assert_eq!(code_of(e).0, 400);
+}
+both_backends!(regression_an_unchecked_scenario_from_the_api_is_refused);
+
 async fn publish_refusals(backend: Backend) {
     let Some(s) = TestServer::start(backend, &[]).await else {
         return;

@@ -103,7 +103,7 @@ impl Server {
             None
         };
         r.retry_at = match t.action {
-            Action::ScheduleRetry => Some(now + scenario.retry_delay_ms as i64),
+            Action::ScheduleRetry => Some(now.saturating_add(scenario.retry_delay_ms as i64)),
             _ if r.d.state == State::AwaitingRetry => r.retry_at,
             _ => None,
         };

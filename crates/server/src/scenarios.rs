@@ -13,6 +13,10 @@ use patchcast_proto::admin_api::ScenarioCreated;
 
 impl Server {
     pub async fn create_scenario(&self, s: &Scenario) -> Result<ScenarioCreated> {
+        // A scenario posted to the API is checked again: a client may send any values.
+        if let Some((path, msg)) = s.problems().into_iter().next() {
+            bail!("the scenario is refused: {path}: {msg}");
+        }
         let machines = self.machines().await?;
         let groups = self.groups().await?;
         let mut targets: Vec<String> = Vec::new();

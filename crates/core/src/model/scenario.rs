@@ -111,6 +111,52 @@ pub struct Scenario {
 }
 
 pub const DEFAULT_RETRY_DELAY_MS: u64 = 60_000;
+/// Longest retry delay and install timeout a scenario may set (30 days): longer is a typo,
+/// and the bound keeps every time computed from them far from overflowing.
+pub const MAX_OPTION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+impl Scenario {
+    /// What a checked scenario must hold, whoever built it: the resolver for documents, and
+    /// the server again for scenarios posted to its API (a client may send any values).
+    /// Each problem as (path, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.name.trim().is_empty() {
+            out.push(("name", "the scenario name is empty".to_string()));
+        }
+        if self.packages.is_empty() {
+            out.push(("packages", "no packages listed".into()));
+        }
+        if self.max_concurrent == Some(0) {
+            out.push((
+                "options.max_concurrent",
+                "max_concurrent is 0, so nothing would ever be delivered".into(),
+            ));
+        }
+        if self.max_unverified_runs == 0 {
+            out.push((
+                "options.retry.max_unverified_runs",
+                "max_unverified_runs is 0".into(),
+            ));
+        }
+        if self.retry_delay_ms > MAX_OPTION_MS {
+            out.push((
+                "options.retry.delay",
+                "the retry delay is longer than 30 days".into(),
+            ));
+        }
+        if self
+            .timeout_secs
+            .is_some_and(|t| t == 0 || t.saturating_mul(1000) > MAX_OPTION_MS)
+        {
+            out.push((
+                "options.timeout",
+                "the timeout is zero or longer than 30 days".into(),
+            ));
+        }
+        out
+    }
+}
 
 /// Checks a raw scenario, collecting every problem.
 pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
@@ -224,6 +270,21 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         timeout_secs,
         when: o.when,
     };
+    // The bounds no single key above checks (durations beyond 30 days).
+    for (path, msg) in scenario.problems() {
+        if !problems
+            .iter()
+            .any(|p| p.path == path || p.path.starts_with("packages") && path == "packages")
+        {
+            problems.push(Problem::error(
+                "scenario",
+                path,
+                msg,
+                "use a shorter duration".to_string(),
+            ));
+        }
+    }
+    let ok = ok && problems.is_empty();
     (ok.then_some(scenario), problems)
 }
 
@@ -258,6 +319,19 @@ mod tests {
             (e[0].line, e[0].problem.path.as_str()),
             (6, "options.retry.delay")
         );
+    }
+
+    #[test]
+    fn durations_beyond_30_days_are_refused_in_place() {
+        let text = "name: t\npackages: [a]\ntargets: { machines: [m1] }\noptions:\n  retry:\n    delay: 31d\n";
+        let e = load("s.yaml", text).unwrap_err();
+        assert_eq!(
+            (e.len(), e[0].line, e[0].problem.path.as_str()),
+            (1, 6, "options.retry.delay"),
+            "{e:?}"
+        );
+        let ok = load("s.yaml", &text.replace("31d", "30d")).unwrap();
+        assert!(ok.problems().is_empty());
     }
 
     #[test]
