@@ -945,22 +945,7 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
                 "処理中",
             ],
         };
-        let rows: Vec<Vec<String>> = r
-            .packages
-            .iter()
-            .map(|p| {
-                let n = [
-                    p.applied,
-                    p.not_applied,
-                    p.not_applicable,
-                    p.failed,
-                    p.in_progress,
-                ];
-                std::iter::once(p.package_id.clone())
-                    .chain(n.iter().map(u64::to_string))
-                    .collect()
-            })
-            .collect();
+        let rows: Vec<Vec<String>> = r.packages.iter().map(|p| p.cells()).collect();
         let t = super::table::Table::new(&header, &rows, &[false, true, true, true, true, true]);
         println!("\n{}", t.line(&header));
         for row in &rows {

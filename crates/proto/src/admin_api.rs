@@ -230,6 +230,22 @@ pub struct PackageSummary {
     pub in_progress: u64,
 }
 
+impl PackageSummary {
+    /// The package and its counts, in column order, as table and export cells.
+    pub fn cells(&self) -> Vec<String> {
+        let counts = [
+            self.applied,
+            self.not_applied,
+            self.not_applicable,
+            self.failed,
+            self.in_progress,
+        ];
+        std::iter::once(self.package_id.clone())
+            .chain(counts.iter().map(u64::to_string))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub deliveries: Vec<DeliveryRow>,

@@ -11,7 +11,7 @@ use super::Server;
 use super::db;
 use anyhow::{Result, bail};
 use patchcast_core::delivery::Bucket;
-use patchcast_core::model::rollout::Rollout;
+use patchcast_core::model::rollout::{Rollout, RolloutState};
 use patchcast_core::model::scenario::Scenario;
 use patchcast_proto::schedule_api::{RolloutStatus, WaveStatus};
 
@@ -186,9 +186,12 @@ impl Server {
                 }
                 Decision::Stop(why) => {
                     tracing::warn!(rollout = %id, why, "rollout stopped automatically");
-                    ("stopped", why)
+                    (RolloutState::Stopped, why)
                 }
-                Decision::Complete => ("completed", "every wave cleared the threshold".into()),
+                Decision::Complete => (
+                    RolloutState::Completed,
+                    "every wave cleared the threshold".into(),
+                ),
             };
             let _w = self.write.lock().await;
             db::rollouts::finish(&self.db, &id, state, &reason, self.now()).await?;
@@ -201,6 +204,7 @@ impl Server {
             bail!("no rollout `{id}`; see `patchcast rollout status`");
         };
         let r = row.spec;
+        let stopped = row.state == RolloutState::Stopped.name();
         let state = row.state;
         let wave = row.wave as usize;
         let reason = row.reason;
@@ -210,7 +214,7 @@ impl Server {
             let t = tallies.get(i).copied().unwrap_or_default();
             let (gate, why) = if i > wave {
                 let prev = tallies.get(i - 1).copied().unwrap_or_default();
-                if state == "stopped" {
+                if stopped {
                     ("stopped".to_string(), reason.clone())
                 } else {
                     (
@@ -224,7 +228,7 @@ impl Server {
                         ),
                     )
                 }
-            } else if state == "stopped" {
+            } else if stopped {
                 ("stopped".to_string(), reason.clone())
             } else if t.applied_permille() >= r.success_permille {
                 ("passed".to_string(), "cleared the success threshold".into())

@@ -25,6 +25,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use patchcast_core::model::group_policy::{ContentKind, GroupPolicy};
 use patchcast_core::model::raw::RawKind;
+use patchcast_core::model::rollout::RolloutState;
 use patchcast_core::schedule::{Occurrence, check_in_at};
 use patchcast_proto::admin_api::MachineView;
 use patchcast_proto::schedule_api::{GroupSchedule, Opening, PolicyView};
@@ -204,7 +205,7 @@ impl Server {
         };
         if let Some(r) = &s.rollout_id {
             let state = db::rollouts::state(&self.db, r).await?;
-            if state.as_deref() != Some("running") {
+            if state.as_deref() != Some(RolloutState::Running.name()) {
                 return Ok(Gate::Wait {
                     until: None,
                     why: format!("rollout {r} is {}", state.unwrap_or("gone".into())),

@@ -59,6 +59,25 @@ pub struct RawWave {
 }
 
 /// A checked rollout, as the server stores it. Rates are per mille (900 = 90%).
+/// Where a rollout is: its waves still opening, stopped by a gate, or every wave cleared.
+/// `name` is how the store keeps it and the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutState {
+    Running,
+    Stopped,
+    Completed,
+}
+
+impl RolloutState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Stopped => "stopped",
+            RolloutState::Completed => "completed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
     pub name: String,

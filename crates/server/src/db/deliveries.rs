@@ -362,21 +362,22 @@ pub async fn machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>>
 
 /// A fresh delivery (`Delivery::default()`, pending, no detail).
 pub async fn insert_pending(tx: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<()> {
-    let q = format!(
+    let fresh = Delivery::default();
+    sqlx::query(
         "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
          last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6, {}, 0, 0, NULL, NULL, '{{}}', $7, 0, $8)",
-        literal(&State::Pending)
-    );
-    sqlx::query(AssertSqlSafe(q))
-        .bind(d.id)
-        .bind(d.scenario_id)
-        .bind(d.machine_id)
-        .bind(d.package_id)
-        .bind(d.position)
-        .bind(serde_json::to_string(&Delivery::default())?)
-        .bind(d.now)
-        .bind(d.archive_sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, NULL, NULL, $8, $9, 0, $10)",
+    )
+    .bind(d.id)
+    .bind(d.scenario_id)
+    .bind(d.machine_id)
+    .bind(d.package_id)
+    .bind(d.position)
+    .bind(serde_json::to_string(&fresh)?)
+    .bind(fresh.state.name())
+    .bind(serde_json::to_string(&Detail::default())?)
+    .bind(d.now)
+    .bind(d.archive_sha256)
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -394,15 +395,14 @@ pub async fn updated_at(db: &AnyPool, id: &str) -> Result<i64> {
 
 /// (machine, address the server sees it at) of each transferring delivery not on `machine`.
 pub async fn transfers_except(db: &AnyPool, machine: &str) -> Result<Vec<(String, String)>> {
-    let q = format!(
+    Ok(sqlx::query_as(
         "SELECT d.machine_id, m.peer_addr FROM deliveries d JOIN machines m ON m.id = d.machine_id \
-         WHERE d.state = {} AND d.machine_id <> $1",
-        literal(&State::Transferring)
-    );
-    Ok(sqlx::query_as(AssertSqlSafe(q))
-        .bind(machine)
-        .fetch_all(db)
-        .await?)
+         WHERE d.state = $1 AND d.machine_id <> $2",
+    )
+    .bind(State::Transferring.name())
+    .bind(machine)
+    .fetch_all(db)
+    .await?)
 }
 
 /// The scenario's deliveries counted by state name.

@@ -298,12 +298,24 @@ fn machine_view(r: &AnyRow) -> Result<MachineView> {
 
 /// Every group, by name.
 pub async fn groups(db: &AnyPool) -> Result<Vec<Group>> {
+    groups_in(&mut *db.acquire().await?).await
+}
+
+/// Every group, by name (in a transaction).
+pub async fn groups_in(tx: &mut AnyConnection) -> Result<Vec<Group>> {
     sqlx::query("SELECT name, members, filter FROM machine_groups ORDER BY name")
-        .fetch_all(db)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(group_row)
         .collect()
+}
+
+/// `(id, hostname)` of every machine (in a transaction).
+pub async fn names(tx: &mut AnyConnection) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT id, hostname FROM machines")
+        .fetch_all(&mut *tx)
+        .await?)
 }
 
 pub async fn group(tx: &mut AnyConnection, name: &str) -> Result<Option<Group>> {

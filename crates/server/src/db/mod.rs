@@ -87,7 +87,16 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
        trust_on_first_use BIGINT NOT NULL, work_dir TEXT NOT NULL, created_at BIGINT NOT NULL)",
         ],
     ),
-    (4, "update sources and relays", sources::MIGRATION),
+    (
+        4,
+        "update sources and relays",
+        &[
+            "CREATE TABLE update_sources (id BIGINT PRIMARY KEY, spec TEXT NOT NULL, updated_at BIGINT NOT NULL)",
+            "CREATE TABLE relays (machine_id TEXT PRIMARY KEY, enabled BIGINT NOT NULL, listen TEXT NOT NULL, \
+     url TEXT, fingerprint TEXT, cached TEXT NOT NULL, updated_at BIGINT NOT NULL)",
+            "CREATE TABLE source_keys (id BIGINT PRIMARY KEY, secret TEXT NOT NULL)",
+        ],
+    ),
     (
         5,
         "web console: admin accounts and sessions",

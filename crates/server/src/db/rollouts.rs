@@ -3,7 +3,7 @@
 
 use super::json;
 use anyhow::Result;
-use patchcast_core::model::rollout::Rollout;
+use patchcast_core::model::rollout::{Rollout, RolloutState};
 use sqlx::{AnyPool, Row};
 
 /// A rollout as stored.
@@ -20,11 +20,13 @@ pub struct RolloutRow {
 pub async fn insert(db: &AnyPool, id: &str, r: &Rollout, now: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO rollouts (id, name, spec, state, wave, reason, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'running', 0, '', $4, $4)",
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
     )
     .bind(id)
     .bind(&r.name)
     .bind(serde_json::to_string(r)?)
+    .bind(RolloutState::Running.name())
+    .bind("")
     .bind(now)
     .execute(db)
     .await?;
@@ -44,7 +46,8 @@ pub async fn set_wave(db: &AnyPool, id: &str, wave: i64, now: i64) -> Result<()>
 /// (id, spec, newest open wave) of each running rollout.
 pub async fn running(db: &AnyPool) -> Result<Vec<(String, Rollout, i64)>> {
     let rows: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT id, spec, wave FROM rollouts WHERE state = 'running'")
+        sqlx::query_as("SELECT id, spec, wave FROM rollouts WHERE state = $1")
+            .bind(RolloutState::Running.name())
             .fetch_all(db)
             .await?;
     rows.into_iter()
@@ -53,14 +56,21 @@ pub async fn running(db: &AnyPool) -> Result<Vec<(String, Rollout, i64)>> {
 }
 
 /// Ends a running rollout in `state` (a rollout no longer running is left as it is).
-pub async fn finish(db: &AnyPool, id: &str, state: &str, reason: &str, now: i64) -> Result<()> {
+pub async fn finish(
+    db: &AnyPool,
+    id: &str,
+    state: RolloutState,
+    reason: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
-        "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = 'running'",
+        "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5",
     )
-    .bind(state)
+    .bind(state.name())
     .bind(reason)
     .bind(now)
     .bind(id)
+    .bind(RolloutState::Running.name())
     .execute(db)
     .await?;
     Ok(())

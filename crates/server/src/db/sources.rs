@@ -7,14 +7,6 @@ use patchcast_core::sources::SourceList;
 use patchcast_proto::protocol::Inventory;
 use sqlx::{AnyConnection, AnyPool, Row};
 
-/// Schema of migration 4 (in `db::MIGRATIONS`).
-pub const MIGRATION: &[&str] = &[
-    "CREATE TABLE update_sources (id BIGINT PRIMARY KEY, spec TEXT NOT NULL, updated_at BIGINT NOT NULL)",
-    "CREATE TABLE relays (machine_id TEXT PRIMARY KEY, enabled BIGINT NOT NULL, listen TEXT NOT NULL, \
-     url TEXT, fingerprint TEXT, cached TEXT NOT NULL, updated_at BIGINT NOT NULL)",
-    "CREATE TABLE source_keys (id BIGINT PRIMARY KEY, secret TEXT NOT NULL)",
-];
-
 /// A relay with what the server knows of its machine.
 #[derive(Debug, Clone)]
 pub struct Relay {

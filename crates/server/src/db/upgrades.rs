@@ -1,11 +1,10 @@
 //! Changes to stored documents that SQL cannot express on both backends, each run once, in
 //! one transaction with its record in `data_upgrades` (created by migration 6).
 
-use super::json;
 use anyhow::{Context, Result};
 use patchcast_core::machine_names;
-use patchcast_core::sources::{Source, SourceList};
-use sqlx::{AnyConnection, AnyPool, Row};
+use patchcast_core::sources::Source;
+use sqlx::{AnyConnection, AnyPool};
 
 /// Ordered; never edit a released entry, append a new one.
 const UPGRADES: &[&str] = &["machine names to ids"];
@@ -38,9 +37,7 @@ pub async fn run(db: &AnyPool) -> Result<()> {
 /// its id; one that does not is kept as written, matches nothing (only ids are compared) and
 /// is logged for the administrator to rewrite.
 async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
-    let machines: Vec<(String, String)> = sqlx::query_as("SELECT id, hostname FROM machines")
-        .fetch_all(&mut *tx)
-        .await?;
+    let machines = super::machines::names(tx).await?;
     let to_id = |what: &str, name: &mut String| match machine_names::resolve(
         name,
         machines.iter().map(|(i, h)| (i.as_str(), h.as_str())),
@@ -48,35 +45,19 @@ async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
         Ok(id) => *name = id,
         Err(e) => tracing::warn!("{what}: {e}; it names no machine until it is rewritten"),
     };
-    let groups = sqlx::query("SELECT name, members FROM machine_groups")
-        .fetch_all(&mut *tx)
-        .await?;
-    for g in &groups {
-        let group: String = g.try_get("name")?;
-        let mut members: Vec<String> = json(g, "members")?;
-        for m in &mut members {
-            to_id(&format!("group {group}"), m);
+    for mut g in super::machines::groups_in(tx).await? {
+        for m in &mut g.members {
+            to_id(&format!("group {}", g.name), m);
         }
-        sqlx::query("UPDATE machine_groups SET members = $1 WHERE name = $2")
-            .bind(serde_json::to_string(&members)?)
-            .bind(&group)
-            .execute(&mut *tx)
-            .await?;
+        super::machines::save_group(tx, &g).await?;
     }
-    if let Some(row) = sqlx::query("SELECT spec FROM update_sources WHERE id = 1")
-        .fetch_optional(&mut *tx)
-        .await?
-    {
-        let mut list: SourceList = json(&row, "spec")?;
+    if let Some(mut list) = super::sources::list_in(tx).await? {
         for s in list.entries.iter_mut().flat_map(|e| e.sources.iter_mut()) {
             if let Source::Relay { machine } = s {
                 to_id("update sources", machine);
             }
         }
-        sqlx::query("UPDATE update_sources SET spec = $1 WHERE id = 1")
-            .bind(serde_json::to_string(&list)?)
-            .execute(&mut *tx)
-            .await?;
+        super::sources::replace(tx, &list, super::now_ms()).await?;
     }
     Ok(())
 }

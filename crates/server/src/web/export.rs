@@ -136,19 +136,7 @@ pub async fn compliance(
     let (lang, fmt) = allowed(&w, &h, &uri).await?;
     let rows = all_results(&w, lang).await?;
     let c = views::compliance(&views::current(&rows));
-    let cells: Vec<Vec<String>> = c
-        .iter()
-        .map(|p| {
-            vec![
-                p.package_id.clone(),
-                p.applied.to_string(),
-                p.not_applied.to_string(),
-                p.not_applicable.to_string(),
-                p.failed.to_string(),
-                p.in_progress.to_string(),
-            ]
-        })
-        .collect();
+    let cells: Vec<Vec<String>> = c.iter().map(|p| p.cells()).collect();
     Ok(download(
         fmt,
         "compliance",
