@@ -56,19 +56,23 @@ if [ -z "${PATCHCAST_TEST_SSH:-}" ]; then
 fi
 echo "PATCHCAST_TEST_SSH=$PATCHCAST_TEST_SSH"
 
-step "tests (unit, property, integration)"
-cargo test --locked
-
-step "agent compiles for Windows (x86_64-pc-windows-gnu)"
-if ! command -v x86_64-w64-mingw32-gcc >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-        --no-install-recommends gcc-mingw-w64-x86-64
+step "Windows agent (x86_64-pc-windows-gnu) and a Wine prefix to run it in"
+if [ -z "${PATCHCAST_TEST_WINEPREFIX:-}" ]; then
+    WINE_DIR=$(mktemp -d /tmp/patchcast-wine.XXXXXX)
+    CLEANUP+=("scripts/wine.sh stop '$WINE_DIR'; rm -rf '$WINE_DIR'")
+    eval "$(scripts/wine.sh start "$WINE_DIR")"   # installs wine64 and MinGW when missing
 fi
+echo "PATCHCAST_TEST_WINEPREFIX=$PATCHCAST_TEST_WINEPREFIX"
 rustup target add x86_64-pc-windows-gnu
 # The agent crate alone: it is the endpoint binary's whole code, and it leaves out the
 # server's dependencies (sqlx, russh), which only the admin binary links.
-cargo check --locked --target x86_64-pc-windows-gnu -p patchcast-agent
+cargo clippy --locked --target x86_64-pc-windows-gnu -p patchcast-agent --features bin -- -D warnings
+cargo build --locked --target x86_64-pc-windows-gnu -p patchcast-agent --features bin
+TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+export PATCHCAST_TEST_WINDOWS_AGENT="$TARGET_DIR/x86_64-pc-windows-gnu/debug/patchcast-agent.exe"
+
+step "tests (unit, property, integration; the Windows agent under Wine among them)"
+cargo test --locked
 
 step "sample packages lint clean"
 # The binary `cargo test` built: `cargo run` would rebuild the dependencies without the

@@ -36,3 +36,4 @@ mod ssh_agent_install;
 mod ssh_delivery;
 mod web_console;
 mod web_http;
+mod windows_wine;

@@ -13,7 +13,7 @@ SRC="${SCRIPT_DIR}/src"
 CC="${CC_MINGW:-x86_64-w64-mingw32-gcc}"
 WINDRES="${WINDRES_MINGW:-x86_64-w64-mingw32-windres}"
 
-for tool in "$CC" "$WINDRES" dpkg-deb sha256sum; do
+for tool in "$CC" "$WINDRES" dpkg-deb wixl sha256sum; do
     command -v "$tool" >/dev/null 2>&1 || { echo "error: required tool '$tool' not found" >&2; exit 1; }
 done
 
@@ -71,6 +71,21 @@ stub_exe 981550 out/Windows6.0-KB981550-x86.exe kb981550.res.o
 rc kb948465.rc kb948465.res.o
 stub_exe 948465 out/Windows6.0-KB948465-X86.exe kb948465.res.o
 
+# (g) an EXE installer (copies pctool.dll, writes a registry value, exits 3010) and its DLL
+rc setup.rc setup.res.o
+"$CC" "${CFLAGS[@]}" -c setup.c -o setup.o
+"$CC" "${LDFLAGS[@]}" -mconsole -Wl,-e,setup_entry \
+    -o out/patchcast-sample-tool-2.0-setup.exe setup.o setup.res.o -lkernel32 -ladvapi32
+rc pctool.rc pctool.res.o
+"$CC" "${LDFLAGS[@]}" -shared -mwindows -Wl,-e,pcsample_dll_entry \
+    -o out/pctool.dll pcsample.o pctool.res.o -lkernel32
+
+# (h) an MSI installing pcsample.dll under Program Files (wixl, from msitools). Not
+# byte-reproducible: wixl writes a fresh package code and creation time into the summary
+# information, as every new MSI build has.
+cp out/pcsample.dll msi/pcsample.dll
+(cd msi && wixl -a x64 -o ../out/patchcast-sample-app-1.2.0-x64.msi sample-app.wxs)
+
 # (e) PE without any version resource
 stub_exe 0 out/noversion.exe
 
@@ -95,6 +110,9 @@ install_out out/Windows6.0-KB2286198-x86.exe          packages/ms10-046-ws2008-m
 install_out out/pcsample.dll                          packages/kb981550-ws2008-fileversion/pcsample.dll
 install_out out/Windows6.0-KB981550-x86.exe           packages/kb981550-ws2008-fileversion/Windows6.0-KB981550-x86.exe
 install_out out/Windows6.0-KB948465-X86.exe           packages/ws2008-sp2/Windows6.0-KB948465-X86.exe
+install_out out/patchcast-sample-tool-2.0-setup.exe packages/win-sample-tool-exe/patchcast-sample-tool-2.0-setup.exe
+install_out out/pctool.dll                             packages/win-sample-tool-exe/pctool.dll
+install_out out/patchcast-sample-app-1.2.0-x64.msi     packages/win-sample-app-msi/patchcast-sample-app-1.2.0-x64.msi
 install_out out/noversion.exe                         tests/fixtures/pe/noversion.exe
 install_out out/pcsample.dll                          tests/fixtures/pe/withversion.dll
 install_out out/patchcast-sample-hello_1.2.0-1_all.deb packages/linux-hello-deb/patchcast-sample-hello_1.2.0-1_all.deb

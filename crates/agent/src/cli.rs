@@ -94,18 +94,46 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("starting the async runtime")
 }
 
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
+        .try_init()
+        .ok();
+}
+
+/// Logging for a process without a console (the Windows service): appended to `path`, which
+/// is moved to `path.1` first once it passes 10 MiB.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn init_logging_to_file(path: &std::path::Path) {
+    const ROTATE_AT: u64 = 10 << 20;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_AT) {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    else {
+        return init_logging();
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
         .try_init()
         .ok();
 }
 
 /// Registers for SIGTERM at once (a signal that arrives before the first poll still stops
 /// the agent cleanly); the future resolves on SIGTERM or SIGINT.
+// Not an `async fn`: on Unix the handler must be registered before the first await.
+#[cfg_attr(not(unix), allow(clippy::manual_async_fn))]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -183,19 +211,18 @@ where
             backoff_max_ms,
             heartbeat_ms,
         } => {
-            init_logging();
-            #[cfg(windows)]
-            if let Some(code) =
-                crate::windows::try_run_as_service(root.clone(), allow_reboot_for_real)
-            {
-                return code;
-            }
             let opts = crate::service::Options {
                 root,
                 allow_real_reboot: allow_reboot_for_real,
                 backoff_max: std::time::Duration::from_millis(backoff_max_ms.max(1)),
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
             };
+            // As a service, it logs to a file (windows::service); from a console, to stderr.
+            #[cfg(windows)]
+            if let Some(code) = crate::windows::service::try_run_as_service(&opts) {
+                return code;
+            }
+            init_logging();
             let r = runtime().block_on(async {
                 let stop = shutdown_signal();
                 tracing::info!(root = %opts.root.display(), "agent running");

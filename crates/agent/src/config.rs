@@ -43,6 +43,10 @@ impl Root {
     pub fn reboots_log(&self) -> PathBuf {
         self.0.join("reboots.log")
     }
+    /// Where the agent logs when it runs as a Windows service (no console to log to).
+    pub fn service_log(&self) -> PathBuf {
+        self.0.join("agent.log")
+    }
 }
 
 impl AgentConfig {

@@ -329,7 +329,7 @@ impl runner::Target for Local<'_> {
     }
 
     async fn free_space(&mut self) -> Result<u64, Stop> {
-        Ok(patchcast_proto::host::disk_of(&self.staging.root.0).1)
+        Ok(super::facts::disk_of(&self.staging.root.0).1)
     }
 
     async fn fetch(&mut self, work: &Work) -> Result<(), Stop> {

@@ -399,21 +399,19 @@ struct Effects {
 /// Expands the environment variables Windows file rules use, as on a default installation.
 fn expand_env(path: &str) -> String {
     const VARS: &[(&str, &str)] = &[
-        ("%systemroot%", "C:\\Windows"),
-        ("%windir%", "C:\\Windows"),
-        ("%systemdrive%", "C:"),
-        ("%programfiles(x86)%", "C:\\Program Files (x86)"),
-        ("%programfiles%", "C:\\Program Files"),
-        ("%commonprogramfiles%", "C:\\Program Files\\Common Files"),
-        ("%programdata%", "C:\\ProgramData"),
+        ("systemroot", "C:\\Windows"),
+        ("windir", "C:\\Windows"),
+        ("systemdrive", "C:"),
+        ("programfiles(x86)", "C:\\Program Files (x86)"),
+        ("programfiles", "C:\\Program Files"),
+        ("commonprogramfiles", "C:\\Program Files\\Common Files"),
+        ("programdata", "C:\\ProgramData"),
     ];
-    let mut out = path.to_string();
-    for (var, value) in VARS {
-        while let Some(i) = out.to_ascii_lowercase().find(var) {
-            out.replace_range(i..i + var.len(), value);
-        }
-    }
-    out
+    patchcast_core::facts::windows::expand_vars(path, |name| {
+        VARS.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    })
 }
 
 fn find_case_insensitive(dir: &Path, name: &str) -> Option<PathBuf> {

@@ -1,6 +1,6 @@
-//! Running an install command: `sh -c` in its own process group, with a time limit that kills
-//! the whole group (an installer's children included), keeping the exit code and the last
-//! 64 KiB of its combined output.
+//! Running an install command: `sh -c` in its own process group (Unix) or `cmd /c` in a job
+//! object (Windows), with a time limit that kills the whole tree (an installer's children
+//! included), keeping the exit code and the last 64 KiB of its combined output.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -51,6 +51,8 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
+/// Nothing to do on Windows: the installer's job was closed when the agent that held it
+/// died, and closing it killed the tree (`windows::job`).
 #[cfg(not(unix))]
 pub fn kill_group(_pgid: i32) {}
 
@@ -64,29 +66,48 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     use anyhow::Context;
     let (reader, writer) = std::io::pipe().context("creating the output pipe")?;
-    let mut cmd = shell(command);
+    let mut cmd = tokio::process::Command::from(shell(command));
     cmd.current_dir(cwd)
         .stdin(std::process::Stdio::null())
         .stdout(writer.try_clone()?)
         .stderr(writer);
     #[cfg(unix)]
     cmd.process_group(0);
+    // Suspended until it is inside its job (`windows::job`).
+    #[cfg(windows)]
+    cmd.creation_flags(
+        windows_sys::Win32::System::Threading::CREATE_SUSPENDED
+            | windows_sys::Win32::System::Threading::CREATE_NO_WINDOW,
+    );
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting `{command}`"))?;
     // The command holds the write ends; dropping it leaves them only in the child.
     drop(cmd);
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    #[cfg(windows)]
+    let job = child
+        .raw_handle()
+        // SAFETY: the handle belongs to `child`, which outlives the call.
+        .and_then(|h| unsafe { crate::windows::job::Job::contain(h, pid as u32) });
     started(pid)?;
     let tail = tokio::task::spawn_blocking(move || read_tail(reader));
 
     let exit = match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => {
             let status = status.context("waiting for the install command")?;
+            #[cfg(windows)]
+            if let Some(job) = job {
+                job.release();
+            }
             Exit::Code(exit_code(status))
         }
         Err(_) => {
             kill_group(pid);
+            #[cfg(windows)]
+            if let Some(job) = &job {
+                job.kill();
+            }
             let _ = child.kill().await;
             Exit::TimedOut
         }
@@ -102,17 +123,21 @@ pub async fn run(
     })
 }
 
+/// The machine's shell running `command` (install commands and probes alike).
 #[cfg(unix)]
-fn shell(command: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("sh");
+pub fn shell(command: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
     c.arg("-c").arg(command);
     c
 }
 
+/// `cmd /d /s /c "COMMAND"`: with /s, cmd strips the outer quotes and runs the rest as
+/// written, so the command line reaches it exactly as its template quoted it for cmd.
 #[cfg(windows)]
-fn shell(command: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new("cmd");
-    c.arg("/C").arg(command);
+pub fn shell(command: &str) -> std::process::Command {
+    use std::os::windows::process::CommandExt;
+    let mut c = std::process::Command::new("cmd");
+    c.args(["/d", "/s", "/c"]).raw_arg(format!("\"{command}\""));
     c
 }
 

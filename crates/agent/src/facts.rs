@@ -4,17 +4,20 @@
 //! it, probes run only when a rule names them. Probes run through `sh -c` with a timeout;
 //! one that cannot run or is killed is reported as unknown, not as a failure.
 
+#[cfg(not(windows))]
 use patchcast_core::facts::{arch_name, language_tag, os_id, parse_dpkg, parse_rpm};
 use patchcast_core::identify::{Facts, FileFact, Query};
 use patchcast_pack::{hash, pe};
 use std::path::Path;
-use std::process::{Command, Stdio};
+#[cfg(not(windows))]
+use std::process::Command;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// OS id, architecture and language of this machine, in the catalog's terms.
+/// OS id, architecture, language and service pack of this machine, in the catalog's terms.
 #[cfg(windows)]
 pub fn machine() -> Facts {
-    super::windows::machine()
+    super::windows::system::machine()
 }
 
 /// OS id, architecture and language of this machine, in the catalog's terms.
@@ -31,6 +34,14 @@ pub fn machine() -> Facts {
         language: language_tag(&lang),
         ..Facts::default()
     }
+}
+
+/// The volume `path` is on, its free bytes and its size.
+pub fn disk_of(path: &Path) -> (String, u64, u64) {
+    #[cfg(windows)]
+    return super::windows::system::disk_of(path);
+    #[cfg(not(windows))]
+    patchcast_proto::host::disk_of(path)
 }
 
 /// Reads one file's facts: existence, and version / hash when asked.
@@ -61,7 +72,22 @@ pub fn file(path: &Path, version: bool, sha256: bool) -> FileFact {
     }
 }
 
+/// Installed version of a package: dpkg's or rpm's on Linux (`None`: not installed; `None`
+/// outside: neither tool answered).
+#[cfg(not(windows))]
+fn package_version(name: &str) -> Option<Option<String>> {
+    dpkg_version(name).or_else(|| rpm_version(name))
+}
+
+/// Installed version of a program as Programs and Features lists it, by display name or
+/// product code.
+#[cfg(windows)]
+fn package_version(name: &str) -> Option<Option<String>> {
+    Some(super::windows::system::program_version(name))
+}
+
 /// Installed version of a package per dpkg (`None`: not installed).
+#[cfg(not(windows))]
 fn dpkg_version(name: &str) -> Option<Option<String>> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}\t${Version}", name])
@@ -71,6 +97,7 @@ fn dpkg_version(name: &str) -> Option<Option<String>> {
     Some(parse_dpkg(&String::from_utf8_lossy(&out.stdout)))
 }
 
+#[cfg(not(windows))]
 fn rpm_version(name: &str) -> Option<Option<String>> {
     let out = Command::new("rpm")
         .args(["-q", "--qf", "%{EPOCH}:%{VERSION}-%{RELEASE}", name])
@@ -85,8 +112,7 @@ fn rpm_version(name: &str) -> Option<Option<String>> {
 
 /// Runs a probe with a time limit; `None` when it could not run or was killed.
 pub fn probe(command: &str, limit: Duration) -> Option<i32> {
-    let mut child = Command::new("sh")
-        .args(["-c", command])
+    let mut child = super::exec::shell(command)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,12 +141,17 @@ pub fn gather(facts: &mut Facts, queries: &[Query]) {
                 version,
                 sha256,
             } => {
+                // `%SystemRoot%\System32\x.dll` names a file through the environment.
+                #[cfg(windows)]
+                let on_disk = super::windows::system::expand(path);
+                #[cfg(not(windows))]
+                let on_disk = path;
                 facts
                     .files
-                    .insert(path.clone(), file(Path::new(path), *version, *sha256));
+                    .insert(path.clone(), file(Path::new(&on_disk), *version, *sha256));
             }
             Query::Package { name } => {
-                if let Some(v) = dpkg_version(name).or_else(|| rpm_version(name)) {
+                if let Some(v) = package_version(name) {
                     facts.packages.insert(name.clone(), v);
                 }
             }
@@ -131,15 +162,15 @@ pub fn gather(facts: &mut Facts, queries: &[Query]) {
             }
             #[cfg(windows)]
             Query::InstalledUpdates => {
-                facts.installed_updates = super::windows::installed_updates()
+                facts.installed_updates = super::windows::system::installed_updates()
             }
             #[cfg(windows)]
-            Query::ServicePack => facts.service_pack = super::windows::service_pack(),
+            Query::ServicePack => facts.service_pack = Some(super::windows::system::service_pack()),
             #[cfg(windows)]
             Query::Registry { key } => {
                 facts
                     .registry
-                    .insert(key.clone(), super::windows::registry(key));
+                    .insert(key.clone(), super::windows::registry::value_text(key));
             }
             // Windows-only facts: not available on this platform, so they stay unknown.
             #[cfg(not(windows))]

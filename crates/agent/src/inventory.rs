@@ -1,7 +1,8 @@
 //! The machine inventory the agent reports: at start, and whenever its content changes.
 //!
 //! Cheap parts (host name, interfaces, disk, pending reboot) are read on every loop iteration;
-//! the installed package list (dpkg/rpm, a process spawn) is refreshed only every few minutes.
+//! the installed package list (dpkg/rpm, a process spawn; on Windows the programs and the
+//! installed updates, a WMI query) is refreshed only every few minutes.
 //! Changes are detected by a hash of the content with free disk space rounded, so a log file
 //! growing does not resend the inventory on every poll.
 
@@ -9,6 +10,7 @@ use super::emulated::Endpoint;
 use patchcast_proto::protocol::{Interface, Inventory};
 use std::collections::BTreeMap;
 use std::path::Path;
+#[cfg(not(windows))]
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ const PACKAGES_EVERY: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub struct Collector {
     packages: BTreeMap<String, String>,
+    updates: Vec<String>,
     packages_read: Option<Instant>,
 }
 
@@ -43,6 +46,27 @@ fn interfaces() -> Vec<Interface> {
     list
 }
 
+#[cfg(windows)]
+fn installed_packages() -> BTreeMap<String, String> {
+    crate::windows::system::installed_programs()
+}
+
+#[cfg(windows)]
+fn installed_updates() -> Vec<String> {
+    crate::windows::system::installed_updates()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Windows only: Linux has no update list besides its packages.
+#[cfg(not(windows))]
+fn installed_updates() -> Vec<String> {
+    Vec::new()
+}
+
+#[cfg(not(windows))]
 fn installed_packages() -> BTreeMap<String, String> {
     let dpkg = Command::new("dpkg-query")
         .args(["-W", "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"])
@@ -78,6 +102,12 @@ fn installed_packages() -> BTreeMap<String, String> {
     }
 }
 
+#[cfg(windows)]
+fn os_pretty_name() -> String {
+    crate::windows::system::os_version_text()
+}
+
+#[cfg(not(windows))]
 fn os_pretty_name() -> String {
     let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
     text.lines()
@@ -96,8 +126,15 @@ fn memory_total() -> u64 {
 }
 
 /// Whether the OS itself says a restart is pending (Debian's flag file).
+#[cfg(not(windows))]
 fn os_reboot_flag() -> bool {
     Path::new("/var/run/reboot-required").exists()
+}
+
+/// Whether Windows itself says a restart is pending (servicing, Windows Update, file renames).
+#[cfg(windows)]
+fn os_reboot_flag() -> bool {
+    crate::windows::system::reboot_pending()
 }
 
 impl Collector {
@@ -138,10 +175,11 @@ impl Collector {
             .is_none_or(|t| t.elapsed() >= PACKAGES_EVERY)
         {
             self.packages = installed_packages();
+            self.updates = installed_updates();
             self.packages_read = Some(Instant::now());
         }
         let machine = super::facts::machine();
-        let (system_drive, disk_free, disk_total) = patchcast_proto::host::disk_of(root);
+        let (system_drive, disk_free, disk_total) = super::facts::disk_of(root);
         Inventory {
             // Several agents on one host (containers, the demo) tell themselves apart by name.
             hostname: std::env::var("PATCHCAST_AGENT_HOSTNAME")
@@ -153,7 +191,7 @@ impl Collector {
             os_version: os_pretty_name(),
             arch: machine.arch,
             language: machine.language,
-            service_pack: None,
+            service_pack: machine.service_pack.map(|sp| sp.to_string()),
             system_drive,
             disk_free,
             disk_total,
@@ -163,7 +201,7 @@ impl Collector {
             boot_time,
             pending_reboot: reboot_pending || os_reboot_flag(),
             packages: self.packages.clone(),
-            installed_updates: Vec::new(),
+            installed_updates: self.updates.clone(),
             emulated: false,
         }
     }

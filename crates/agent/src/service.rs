@@ -87,6 +87,7 @@ pub async fn enroll(
     Ok(cfg)
 }
 
+#[derive(Debug, Clone)]
 pub struct Options {
     pub root: PathBuf,
     pub allow_real_reboot: bool,

@@ -2,6 +2,8 @@
 //! `uname -m`, the locale, dpkg and rpm output. Pure, so the agent (on its own machine) and
 //! the SSH worker (on a remote host's output) read them with the same rules.
 
+pub mod windows;
+
 /// The catalog OS id (`debian-12`, `rocky-9`, `ubuntu-22.04`) from /etc/os-release's text.
 pub fn os_id(os_release: &str) -> String {
     let field = |k: &str| {

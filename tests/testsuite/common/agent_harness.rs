@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::wine_env::Wine;
+
 /// The publisher key the test server hands out at enrollment.
 pub fn publisher() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
@@ -156,6 +158,8 @@ pub struct AgentProc {
     pub root: PathBuf,
     pub child: Option<Child>,
     pub runs: u32,
+    /// The Windows build under Wine instead of the native binary.
+    pub wine: Option<Wine>,
 }
 
 impl AgentProc {
@@ -165,13 +169,32 @@ impl AgentProc {
             root: root.to_path_buf(),
             child: None,
             runs: 0,
+            wine: None,
         }
+    }
+
+    /// The Windows agent under Wine, its root a directory of the prefix (`root` as this host
+    /// sees it; the agent is given its Windows path).
+    pub fn wine(root: &Path, wine: &Wine) -> AgentProc {
+        let mut agent = AgentProc::new(root);
+        agent.wine = Some(wine.clone());
+        agent
+    }
+
+    /// The agent program with `ARGS --root ROOT` ready for the subcommand's own flags.
+    fn command(&self, subcommand: &str) -> Command {
+        let (mut cmd, root) = match &self.wine {
+            None => (Command::new(BIN), self.root.as_os_str().to_owned()),
+            Some(w) => (w.command(&w.agent), w.windows_path(&self.root).into()),
+        };
+        cmd.args([subcommand, "--root"]).arg(root);
+        cmd
     }
 
     /// Runs `enroll` to completion: (success, stdout + stderr).
     pub async fn enroll(&self, url: &str, token: &str, fingerprint: &str) -> (bool, String) {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args(["enroll", "--root"]).arg(&self.root).args([
+        let mut cmd = tokio::process::Command::from(self.command("enroll"));
+        cmd.args([
             "--server",
             url,
             "--token",
@@ -202,9 +225,8 @@ impl AgentProc {
     pub fn start_with(&mut self, env: &[(&str, &Path)]) {
         self.runs += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--root"])
-            .arg(&self.root)
+        let child = self
+            .command("run")
             .envs(env.iter().copied())
             .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
             .env("PATCHCAST_AGENT_HEARTBEAT_MS", "200")

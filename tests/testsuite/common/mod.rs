@@ -8,6 +8,7 @@ pub mod server_harness;
 pub mod sources_harness;
 pub mod sshd_env;
 pub mod web_client;
+pub mod wine_env;
 
 /// Held by each test that installs or removes software on this machine itself (dpkg, files
 /// under /usr/local/bin): all tests run as threads of one process, and two of them install

@@ -109,6 +109,13 @@ pub const OPERATING_SYSTEMS: &[OsInfo] = &[
         X86_X64,
     ),
     win(
+        "windows-server-2008-r2",
+        "windows-server-2008-r2",
+        "Windows Server 2008 R2",
+        X64,
+    ),
+    win("windows-7", "windows-7", "Windows 7", X86_X64),
+    win(
         "windows-server-2012",
         "windows-server-2012",
         "Windows Server 2012",

@@ -831,7 +831,11 @@ impl Resolver {
             None => DEFAULT_TIMEOUT,
         };
         let success = raw.success_exit_codes.clone().unwrap_or_else(|| vec![0]);
-        let reboot = raw.reboot_exit_codes.clone().unwrap_or_else(|| vec![3010]);
+        // 3010: installed, restart required; 1641: installed, the installer started the restart.
+        let reboot = raw
+            .reboot_exit_codes
+            .clone()
+            .unwrap_or_else(|| vec![3010, 1641]);
         if let Some(c) = success.iter().find(|c| reboot.contains(c)) {
             self.err(
                 "exit-code-overlap",

@@ -181,7 +181,8 @@ pub struct RawCommand {
     /// Exit codes that mean success (default `[0]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_exit_codes: Option<Vec<i32>>,
-    /// Exit codes that mean "applied, restart required" (default `[3010]`).
+    /// Exit codes that mean "applied, restart required" (default `[3010, 1641]`: restart
+    /// required, restart initiated by the installer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_exit_codes: Option<Vec<i32>>,
     /// Longest run before the command is killed, e.g. `30m`, `90s`, `1h` (default `30m`).

@@ -1,0 +1,109 @@
+//! The Wine prefix scripts/wine.sh prepares and the Windows build of the agent: running
+//! Windows programs in it, Windows paths for files under its C: drive, registry seeding.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const WINE64: &str = "/usr/lib/wine/wine64";
+
+#[derive(Clone, Debug)]
+pub struct Wine {
+    pub prefix: PathBuf,
+    /// `patchcast-agent.exe`, built for x86_64-pc-windows-gnu.
+    pub agent: PathBuf,
+}
+
+/// Tests that change the shared prefix's machine-wide state (registry, Program Files) take
+/// turns.
+pub static PREFIX: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Wine {
+    /// The prefix and agent scripts/test.sh prepared; `None` (skipped) outside CI when they
+    /// are missing, a failure in CI.
+    pub fn get() -> Option<Wine> {
+        let prefix = std::env::var_os("PATCHCAST_TEST_WINEPREFIX").map(PathBuf::from);
+        let agent = std::env::var_os("PATCHCAST_TEST_WINDOWS_AGENT").map(PathBuf::from);
+        match (prefix, agent) {
+            (Some(prefix), Some(agent)) if prefix.is_dir() && agent.is_file() => {
+                Some(Wine { prefix, agent })
+            }
+            (prefix, agent) => {
+                let why = format!(
+                    "PATCHCAST_TEST_WINEPREFIX={prefix:?} and PATCHCAST_TEST_WINDOWS_AGENT={agent:?} must name a Wine prefix and the Windows agent (scripts/test.sh prepares both)"
+                );
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but {why}"
+                );
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+
+    /// `program` (a Windows path or a file on this host) run by Wine in the prefix.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(WINE64);
+        c.arg(program)
+            .env("WINEPREFIX", &self.prefix)
+            .env("WINEDEBUG", "-all");
+        c
+    }
+
+    pub fn drive_c(&self) -> PathBuf {
+        self.prefix.join("drive_c")
+    }
+
+    /// The path Windows programs in the prefix use for `p`: `C:\…` under the C: drive,
+    /// `Z:\…` (Wine's view of the host's root) elsewhere.
+    pub fn windows_path(&self, p: &Path) -> String {
+        let (drive, rest) = match p.strip_prefix(self.drive_c()) {
+            Ok(rest) => ("C:", rest),
+            Err(_) => ("Z:", p.strip_prefix("/").unwrap_or(p)),
+        };
+        let rest: Vec<String> = rest
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        format!("{drive}\\{}", rest.join("\\"))
+    }
+
+    /// Runs a Windows command line through `cmd /c`: (success, output).
+    pub fn cmd(&self, line: &str) -> (bool, String) {
+        let o = self.command("cmd").args(["/c", line]).output().unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    /// `reg add KEY /v NAME /t TYPE /d DATA /f` in the 64-bit view; panics when it fails.
+    pub fn reg_add(&self, key: &str, name: &str, kind: &str, data: &str) {
+        let o = self
+            .command("reg")
+            .args([
+                "add", key, "/v", name, "/t", kind, "/d", data, "/f", "/reg:64",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "reg add {key}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+
+    /// `reg delete KEY /f`; a missing key is fine.
+    pub fn reg_delete(&self, key: &str) {
+        let _ = self
+            .command("reg")
+            .args(["delete", key, "/f", "/reg:64"])
+            .output()
+            .unwrap();
+    }
+}

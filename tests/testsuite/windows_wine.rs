@@ -1,0 +1,538 @@
+//! The Windows agent for real: the x86_64-pc-windows-gnu build runs under Wine against the
+//! real server on loopback, reads the machine through the registry, WMI and kernel32, and
+//! installs the MSI and EXE samples of packages/ with their own installers (msiexec, setup).
+//! Tests that need what Wine cannot pretend to be (Windows Server 2003/2008 in Japanese) use
+//! the emulated endpoint instead (agent_emulated.rs).
+
+use crate::common::agent_harness::{AgentProc, wait_for};
+use crate::common::server_harness::{Backend, TestServer};
+use crate::common::sources_harness::publish;
+use crate::common::wine_env::{PREFIX, Wine};
+use patchcast::core::delivery::State;
+use patchcast::transport::admin_api::{DeliveryRow, MachineView, ResultsQuery};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SERVICING: &str =
+    "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Component Based Servicing\\Packages";
+const MSI_PRODUCT: &str = "{7C0D3E4A-5B1F-4E2A-9C61-2F3B8D4A1E07}";
+
+fn servicing_key(kb: &str) -> String {
+    format!("{SERVICING}\\Package_for_{kb}~31bf3856ad364e35~amd64~~10.0.1.0")
+}
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packages")
+        .join(name)
+}
+
+/// A package directory written by the test: `package.yaml` plus small payload files.
+fn package(dir: &Path, id: &str, yaml: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let d = dir.join(id);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("package.yaml"), yaml).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(d.join(name), bytes).unwrap();
+    }
+    d
+}
+
+const TARGETS: &str = "targets:\n  - { os: windows-10, arch: x64 }\n";
+
+struct WinSite {
+    server: TestServer,
+    agent: AgentProc,
+    machine: String,
+}
+
+impl WinSite {
+    /// A server and the Windows agent enrolled under Wine, its root on the prefix's C: drive
+    /// (or on `root` when given).
+    async fn new(wine: &Wine, root: Option<PathBuf>) -> WinSite {
+        let server = TestServer::start(Backend::Sqlite, &["--poll", "1s"])
+            .await
+            .unwrap();
+        let token = server.group_token("windows").await;
+        let root = root.unwrap_or_else(|| {
+            wine.drive_c()
+                .join("patchcast-tests")
+                .join(patchcast::server::random_hex(4).unwrap())
+        });
+        let agent = AgentProc::wine(&root, wine);
+        let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+        assert!(ok, "the Windows agent enrolls under Wine: {out}");
+        let machine = server.admin().machines().await.unwrap()[0].id.clone();
+        WinSite {
+            server,
+            agent,
+            machine,
+        }
+    }
+
+    async fn view(&self) -> MachineView {
+        let all = self.server.admin().machines().await.unwrap();
+        all.into_iter().find(|m| m.id == self.machine).unwrap()
+    }
+
+    async fn run(&self, packages: &[&str]) -> String {
+        let s = patchcast::model::scenario::Scenario {
+            name: format!("wine-{}", patchcast::server::random_hex(3).unwrap()),
+            action: patchcast::core::pipeline::Action::Install,
+            packages: packages.iter().map(|p| p.parse().unwrap()).collect(),
+            machines: vec![self.machine.clone()],
+            groups: vec![],
+            max_concurrent: None,
+            max_unverified_runs: 3,
+            max_attempts: 1,
+            retry_delay_ms: 0,
+            allow_reboot: false,
+            timeout_secs: None,
+            when: None,
+        };
+        self.server.admin().run_scenario(&s).await.unwrap().id
+    }
+
+    async fn rows(&self, scenario: &str) -> Vec<DeliveryRow> {
+        let q = ResultsQuery {
+            machine: None,
+            package: None,
+            scenario: Some(scenario.into()),
+            history: true,
+            lang: "en".into(),
+        };
+        self.server.admin().results(&q).await.unwrap().deliveries
+    }
+
+    /// Waits (a hang guard, not a timing check) until every delivery satisfies `done`.
+    async fn settle(&self, scenario: &str, done: impl Fn(&State) -> bool) -> Vec<DeliveryRow> {
+        let start = Instant::now();
+        loop {
+            let rows = self.rows(scenario).await;
+            if !rows.is_empty() && rows.iter().all(|r| done(&r.state)) {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(240),
+                "scenario {scenario} did not settle: {rows:#?}\nagent log:\n{}",
+                self.agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn row<'a>(rows: &'a [DeliveryRow], package: &str) -> &'a DeliveryRow {
+    rows.iter()
+        .find(|r| r.package_id == package)
+        .unwrap_or_else(|| panic!("no delivery of {package}: {rows:#?}"))
+}
+
+/// Processes of this host whose command line holds `marker` (Wine runs each Windows process
+/// as a host process named by its Windows command line).
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat[stat.rfind(')')? + 2..].starts_with('Z');
+            (text.contains(marker) && !zombie).then_some(text)
+        })
+        .collect()
+}
+
+/// Leaves the prefix as a fresh one for the samples (a rerun by hand reuses it).
+fn forget_samples(wine: &Wine) {
+    let _ = wine.cmd(&format!("msiexec /x {MSI_PRODUCT} /qn"));
+    wine.reg_delete("HKLM\\SOFTWARE\\patchcast samples");
+    for kb in ["KB5099001", "KB5099002", "KB5099003"] {
+        wine.reg_delete(&servicing_key(kb));
+    }
+    let _ = std::fs::remove_dir_all(wine.drive_c().join("Program Files/patchcast sample tool"));
+    wine.reg_delete("HKLM\\SYSTEM\\CurrentControlSet\\Control\\Windows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages() {
+    let Some(wine) = Wine::get() else { return };
+    let _prefix = PREFIX.lock().await;
+    forget_samples(&wine);
+    // What Windows would list: one update installed through component servicing, one whose
+    // install waits for a restart (not applied yet), and Service Pack 1 in the registry.
+    wine.reg_add(
+        &servicing_key("KB5099001"),
+        "CurrentState",
+        "REG_DWORD",
+        "112",
+    );
+    wine.reg_add(
+        &servicing_key("KB5099003"),
+        "CurrentState",
+        "REG_DWORD",
+        "96",
+    );
+    wine.reg_add(
+        "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Windows",
+        "CSDVersion",
+        "REG_DWORD",
+        "256",
+    );
+
+    let mut site = WinSite::new(&wine, None).await;
+    // Enrollment sent the inventory Windows reports, not the host's.
+    let inv = site.view().await.inventory;
+    assert_eq!(
+        (inv.os.as_str(), inv.arch.as_str(), inv.language.as_str()),
+        ("windows-10", "x64", "en"),
+        "{inv:#?}"
+    );
+    assert!(!inv.emulated);
+    assert!(inv.os_version.contains("Windows 10"), "{}", inv.os_version);
+    assert_eq!(inv.system_drive, "C:", "{inv:#?}");
+    assert!(inv.disk_total > 0 && inv.disk_free > 0 && inv.disk_free <= inv.disk_total);
+    assert_eq!(inv.service_pack.as_deref(), Some("1.0"));
+    let updates = &inv.installed_updates;
+    assert!(updates.iter().any(|u| u == "KB5099001"), "{updates:?}");
+    assert!(
+        !updates.iter().any(|u| u == "KB5099003"),
+        "an install pending a restart is not installed: {updates:?}"
+    );
+    // Wine's WMI answers one fixed Win32_QuickFixEngineering record.
+    assert!(updates.iter().any(|u| u == "KB1234567"), "{updates:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let stub = std::fs::read(sample("ms10-046-ws2008-multi/Windows6.0-KB2286198-x86.exe")).unwrap();
+    let seeded = package(
+        tmp.path(),
+        "kb5099001-seeded",
+        &format!(
+            "id: kb5099001-seeded\nkind: hotfix\ntitle: seeded update (KB5099001)\nversion: \"1.0\"\nkb: KB5099001\n{TARGETS}payload: [Windows10.0-KB5099001-x64.exe]\ninstall:\n  command: '\"{{{{payload.0}}}}\" /quiet'\n  timeout: 5m\n"
+        ),
+        &[("Windows10.0-KB5099001-x64.exe", &stub)],
+    );
+    // Installed by its own setup, which registers it with component servicing as Windows
+    // Update does; the KB then appears in the installed-update list.
+    let registering = package(
+        tmp.path(),
+        "kb5099002-registers",
+        &format!(
+            "id: kb5099002-registers\nkind: hotfix\ntitle: registering update (KB5099002)\nversion: \"1.0\"\nkb: KB5099002\n{TARGETS}payload: [Windows10.0-KB5099002-x64.exe]\ninstall:\n  command: '\"{{{{payload.0}}}}\" /quiet && reg add \"{}\" /v CurrentState /t REG_DWORD /d 112 /f /reg:64'\n  timeout: 5m\n",
+            servicing_key("KB5099002")
+        ),
+        &[("Windows10.0-KB5099002-x64.exe", &stub)],
+    );
+    let sp1 = package(
+        tmp.path(),
+        "win10-sp1",
+        &format!(
+            "id: win10-sp1\nkind: service_pack\ntitle: Service Pack 1 (judged from the registry)\nversion: \"1.0\"\nservice_pack: {{ major: 1, minor: 0 }}\n{TARGETS}payload: [Windows10.0-KB5099009-x64.exe]\ninstall:\n  command: '\"{{{{payload.0}}}}\" /quiet'\n  timeout: 5m\n"
+        ),
+        &[("Windows10.0-KB5099009-x64.exe", &stub)],
+    );
+    // Starts a second program in the background and waits on a third: the time limit must
+    // end all of them (the job object), not only cmd.
+    let hangs = package(
+        tmp.path(),
+        "hangs-with-children",
+        &format!(
+            "id: hangs-with-children\nkind: application\ntitle: an installer that never ends\nversion: \"1.0\"\n{TARGETS}identification:\n  - registry: 'HKLM\\SOFTWARE\\patchcast samples\\never'\npayload: [readme.txt]\ninstall:\n  command: 'start /b ping -n 3017 127.0.0.1 >nul & ping -n 3018 127.0.0.1 >nul'\n  timeout: 4s\n"
+        ),
+        &[("readme.txt", b"waits forever\r\n")],
+    );
+    for dir in [
+        sample("win-sample-app-msi"),
+        sample("win-sample-tool-exe"),
+        seeded,
+        registering,
+        sp1,
+        hangs,
+    ] {
+        publish(&site.server, &dir, &[]);
+    }
+
+    site.agent.start();
+    let scenario = site
+        .run(&[
+            "win-sample-app-msi",
+            "kb5099001-seeded",
+            "kb5099002-registers",
+            "win10-sp1",
+            "hangs-with-children",
+        ])
+        .await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    let log = site.agent.log();
+    for id in [
+        "win-sample-app-msi",
+        "kb5099001-seeded",
+        "kb5099002-registers",
+        "win10-sp1",
+    ] {
+        assert_eq!(
+            row(&rows, id).state,
+            State::Applied,
+            "{id}: {rows:#?}\n{log}"
+        );
+    }
+    // msiexec really installed the MSI: the file and the Programs and Features entry.
+    let dll = wine
+        .drive_c()
+        .join("Program Files/patchcast sample app/pcsample.dll");
+    assert!(dll.is_file(), "{}", dll.display());
+    let (ok, out) = wine.cmd(&format!(
+        "reg query HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\{MSI_PRODUCT} /v DisplayVersion"
+    ));
+    assert!(ok && out.contains("1.2.0"), "{out}");
+    // Already applied ones ran nothing: their history has no execution.
+    for id in ["kb5099001-seeded", "win10-sp1"] {
+        let r = row(&rows, id);
+        let events: Vec<&str> = r
+            .history
+            .iter()
+            .filter_map(|h| h.event["event"].as_str())
+            .collect();
+        assert!(
+            !events.contains(&"executed"),
+            "{id} was identified as applied before any run: {events:?}"
+        );
+    }
+    let hung = row(&rows, "hangs-with-children");
+    assert_eq!(
+        hung.state,
+        State::Failed {
+            code: "E20".parse().unwrap()
+        },
+        "{hung:#?}\n{log}"
+    );
+    let rendered = hung.rendered.as_ref().expect("a message and remedy");
+    assert!(!rendered.remedy.is_empty(), "{rendered:?}");
+    wait_for("the installer's whole process tree to end", || {
+        processes_with("-n 3017").is_empty() && processes_with("-n 3018").is_empty()
+    })
+    .await;
+
+    // An EXE setup exiting 3010: installed, verified only after the restart it asks for.
+    let boot = site.agent.root.join("boot-id");
+    std::fs::write(&boot, "boot-1").unwrap();
+    let boot_win = wine.windows_path(&boot);
+    site.agent.sigkill();
+    site.agent
+        .start_with(&[("PATCHCAST_BOOT_ID_FILE", Path::new(&boot_win))]);
+    let scenario = site.run(&["win-sample-tool-exe"]).await;
+    let rows = site
+        .settle(&scenario, |s| {
+            matches!(s, State::RebootPending) || s.is_terminal()
+        })
+        .await;
+    assert_eq!(
+        row(&rows, "win-sample-tool-exe").state,
+        State::RebootPending,
+        "{rows:#?}\n{}",
+        site.agent.log()
+    );
+    let tool = wine
+        .drive_c()
+        .join("Program Files/patchcast sample tool/pctool.dll");
+    assert!(tool.is_file(), "the setup ran: {}", tool.display());
+    // The server sees the restart pending; without its consent the agent does not restart.
+    let start = Instant::now();
+    while !site.view().await.inventory.pending_reboot {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no pending restart reported"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!site.agent.root.join("reboots.log").exists());
+    // The machine restarts (a new boot id); the agent verifies at its first start.
+    site.agent.sigkill();
+    std::fs::write(&boot, "boot-2").unwrap();
+    site.agent
+        .start_with(&[("PATCHCAST_BOOT_ID_FILE", Path::new(&boot_win))]);
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    assert_eq!(
+        row(&rows, "win-sample-tool-exe").state,
+        State::Applied,
+        "{rows:#?}\n{}",
+        site.agent.log()
+    );
+    forget_samples(&wine);
+}
+
+/// Stops and deletes the test's service however the test ends.
+struct Service<'a> {
+    wine: &'a Wine,
+    name: &'static str,
+    /// Wine ends its services when its last ordinary program exits (Windows would not): a
+    /// program kept running for the test's length keeps the service's session alive.
+    keeper: std::process::Child,
+}
+
+impl Service<'_> {
+    fn sc(&self, args: &[&str]) -> String {
+        let o = self.wine.command("sc").args(args).output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+}
+
+impl Drop for Service<'_> {
+    fn drop(&mut self) {
+        self.sc(&["stop", self.name]);
+        self.sc(&["delete", self.name]);
+        let _ = self.keeper.kill();
+        let _ = self.keeper.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_runs_as_a_service_under_wine() {
+    let Some(wine) = Wine::get() else { return };
+    let _prefix = PREFIX.lock().await;
+    let site = WinSite::new(&wine, None).await;
+    let enrolled = site.view().await.last_seen_ms;
+    let service = Service {
+        wine: &wine,
+        name: "patchcast-agent",
+        keeper: wine
+            .command("ping")
+            .args(["-n", "3599", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    service.sc(&["delete", service.name]);
+    let command = format!(
+        "{} run --root {}",
+        wine.windows_path(&wine.agent),
+        wine.windows_path(&site.agent.root)
+    );
+    let out = service.sc(&["create", service.name, "binpath=", &command]);
+    assert!(!out.contains("FAILED"), "sc create: {out}");
+    let out = service.sc(&["start", service.name]);
+    assert!(!out.contains("FAILED"), "sc start: {out}");
+
+    // The Service Control Manager started it: it checks in and logs to its root.
+    let start = Instant::now();
+    while site.view().await.last_seen_ms <= enrolled {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the service never checked in: {}\n{}",
+            service.sc(&["query", service.name]),
+            std::fs::read_to_string(site.agent.root.join("agent.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(site.agent.root.join("agent.log")).unwrap_or_default();
+    let query = service.sc(&["query", service.name]);
+    assert!(query.contains("RUNNING"), "{query}\n{log}");
+    assert!(!log.is_empty(), "the service logs to agent.log");
+
+    // Stop ends it cleanly (exit code 0), as SIGTERM does on Unix.
+    service.sc(&["stop", service.name]);
+    let start = Instant::now();
+    loop {
+        let query = service.sc(&["query", service.name]);
+        if query.contains("STOPPED") {
+            assert!(query.contains("WIN32_EXIT_CODE    : 0 "), "{query}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{query}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A tmpfs of `size` mounted at `dir` (unmounted on drop); `None` when this process may not
+/// mount (not root, outside CI).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        if !crate::common::agent_harness::root_or_skip() {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_under_wine_refuses_a_package_its_drive_cannot_hold() {
+    let Some(wine) = Wine::get() else { return };
+    // A drive of 32 MiB: its free space is what GetDiskFreeSpaceEx says under Wine.
+    let dir = wine.drive_c().join(format!(
+        "small-{}",
+        patchcast::server::random_hex(3).unwrap()
+    ));
+    let Some(_disk) = SmallDisk::mount(&dir, "32m") else {
+        return;
+    };
+    let mut site = WinSite::new(&wine, Some(dir.join("agent"))).await;
+    let inv = site.view().await.inventory;
+    assert!(
+        inv.disk_total <= 32 << 20 && inv.disk_free > 0,
+        "the agent measures the drive its root is on: {inv:#?}"
+    );
+    // 16 MiB that do not compress: three times that does not fit.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let big: Vec<u8> = (0..(16 << 20) / 8)
+        .flat_map(|_| {
+            // xorshift64: cheap bytes no archive compression shrinks.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let dir_pkg = package(
+        tmp.path(),
+        "too-big",
+        &format!(
+            "id: too-big\nkind: application\ntitle: larger than the drive allows\nversion: \"1.0\"\n{TARGETS}identification:\n  - registry: 'HKLM\\SOFTWARE\\patchcast samples\\too-big'\npayload: [data.bin]\ninstall:\n  command: 'copy \"{{{{payload.0}}}}\" nul'\n  timeout: 5m\n"
+        ),
+        &[("data.bin", &big)],
+    );
+    publish(&site.server, &dir_pkg, &[]);
+    site.agent.start();
+    let scenario = site.run(&["too-big"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    let r = row(&rows, "too-big");
+    assert_eq!(
+        r.state,
+        State::Failed {
+            code: "E06".parse().unwrap()
+        },
+        "{r:#?}\n{}",
+        site.agent.log()
+    );
+    let p = &r.detail.params;
+    assert!(
+        p.free_bytes.is_some() && p.required_bytes.is_some_and(|n| n >= 3 * (16 << 20)),
+        "{p:?}"
+    );
+    site.agent.sigkill();
+}
