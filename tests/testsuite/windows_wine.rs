@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 const SERVICING: &str =
     "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Component Based Servicing\\Packages";
+const REBOOT_REQUIRED: &str = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\WindowsUpdate\\Auto Update\\RebootRequired";
 const MSI_PRODUCT: &str = "{7C0D3E4A-5B1F-4E2A-9C61-2F3B8D4A1E07}";
 
 fn servicing_key(kb: &str) -> String {
@@ -162,23 +163,12 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
     forget_samples(&wine);
     // What Windows would list: one update installed through component servicing, one whose
     // install waits for a restart (not applied yet), and Service Pack 1 in the registry.
-    wine.reg_add(
-        &servicing_key("KB5099001"),
-        "CurrentState",
-        "REG_DWORD",
-        "112",
-    );
-    wine.reg_add(
-        &servicing_key("KB5099003"),
-        "CurrentState",
-        "REG_DWORD",
-        "96",
-    );
+    let state = |n| Some(("CurrentState", "REG_DWORD", n));
+    wine.reg_add(&servicing_key("KB5099001"), state("112"));
+    wine.reg_add(&servicing_key("KB5099003"), state("96"));
     wine.reg_add(
         "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Windows",
-        "CSDVersion",
-        "REG_DWORD",
-        "256",
+        Some(("CSDVersion", "REG_DWORD", "256")),
     );
 
     let mut site = WinSite::new(&wine, None).await;
@@ -282,9 +272,12 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         .drive_c()
         .join("Program Files/patchcast sample app/pcsample.dll");
     assert!(dll.is_file(), "{}", dll.display());
-    let (ok, out) = wine.cmd(&format!(
-        "reg query HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\{MSI_PRODUCT} /v DisplayVersion"
-    ));
+    let (ok, out) = wine.reg(&[
+        "query",
+        &format!("HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\{MSI_PRODUCT}"),
+        "/v",
+        "DisplayVersion",
+    ]);
     assert!(ok && out.contains("1.2.0"), "{out}");
     // Already applied ones ran nothing: their history has no execution.
     for id in ["kb5099001-seeded", "win10-sp1"] {
@@ -397,6 +390,8 @@ async fn windows_agent_runs_as_a_service_under_wine() {
     let _prefix = PREFIX.lock().await;
     let site = WinSite::new(&wine, None).await;
     let enrolled = site.view().await.last_seen_ms;
+    // Windows Update says a restart is pending: the inventory must say so too.
+    wine.reg_add(REBOOT_REQUIRED, None);
     let service = Service {
         wine: &wine,
         name: "patchcast-agent",
@@ -432,6 +427,10 @@ async fn windows_agent_runs_as_a_service_under_wine() {
     let log = std::fs::read_to_string(site.agent.root.join("agent.log")).unwrap_or_default();
     let query = service.sc(&["query", service.name]);
     assert!(query.contains("RUNNING"), "{query}\n{log}");
+    let inv = site.view().await.inventory;
+    wine.reg_delete(REBOOT_REQUIRED);
+    assert!(inv.pending_reboot, "{inv:#?}");
+    assert!(!inv.interfaces.is_empty(), "{inv:#?}");
     assert!(!log.is_empty(), "the service logs to agent.log");
 
     // Stop ends it cleanly (exit code 0), as SIGTERM does on Unix.
@@ -474,7 +473,11 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazily: Wine may still hold a handle on the directory for a moment.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
         let _ = std::fs::remove_dir(&self.0);
     }
 }

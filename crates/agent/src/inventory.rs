@@ -25,8 +25,14 @@ pub struct Collector {
     packages_read: Option<Instant>,
 }
 
+#[cfg(windows)]
+fn interfaces() -> Vec<Interface> {
+    crate::windows::system::interfaces()
+}
+
 /// Every network interface with its MAC and all of its addresses (machines with several NICs
 /// are reported as they are; no "primary address" guess).
+#[cfg(not(windows))]
 fn interfaces() -> Vec<Interface> {
     let Ok(nets) = sysinfo::Networks::new_with_refreshed_list() else {
         return Vec::new();

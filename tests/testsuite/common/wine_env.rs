@@ -82,28 +82,33 @@ impl Wine {
         )
     }
 
-    /// `reg add KEY /v NAME /t TYPE /d DATA /f` in the 64-bit view; panics when it fails.
-    pub fn reg_add(&self, key: &str, name: &str, kind: &str, data: &str) {
+    /// `reg ARGS… /reg:64` (the 64-bit view): (success, output).
+    pub fn reg(&self, args: &[&str]) -> (bool, String) {
         let o = self
             .command("reg")
-            .args([
-                "add", key, "/v", name, "/t", kind, "/d", data, "/f", "/reg:64",
-            ])
+            .args(args)
+            .arg("/reg:64")
             .output()
             .unwrap();
-        assert!(
+        (
             o.status.success(),
-            "reg add {key}: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// `reg add KEY [/v NAME /t TYPE /d DATA] /f`; panics when it fails.
+    pub fn reg_add(&self, key: &str, value: Option<(&str, &str, &str)>) {
+        let mut args = vec!["add", key];
+        if let Some((name, kind, data)) = value {
+            args.extend(["/v", name, "/t", kind, "/d", data]);
+        }
+        args.push("/f");
+        let (ok, out) = self.reg(&args);
+        assert!(ok, "reg add {key}: {out}");
     }
 
     /// `reg delete KEY /f`; a missing key is fine.
     pub fn reg_delete(&self, key: &str) {
-        let _ = self
-            .command("reg")
-            .args(["delete", key, "/f", "/reg:64"])
-            .output()
-            .unwrap();
+        self.reg(&["delete", key, "/f"]);
     }
 }

@@ -6,6 +6,7 @@ use patchcast_core::facts::windows::{self as rules, WindowsVersion};
 use patchcast_core::identify::Facts;
 use patchcast_core::model::package::SpLevel;
 use patchcast_core::model::types::UpdateId;
+use patchcast_proto::protocol::Interface;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -246,4 +247,98 @@ pub fn disk_of(path: &Path) -> (String, u64, u64) {
         return (volume.trim_end_matches('\\').to_string(), 0, 0);
     }
     (volume.trim_end_matches('\\').to_string(), free, total)
+}
+
+/// Every network adapter with its MAC and addresses, from `GetAdaptersAddresses` (what
+/// `ipconfig /all` lists; Wine answers it too, where sysinfo's interface list stays empty).
+pub fn interfaces() -> Vec<Interface> {
+    use windows_sys::Win32::NetworkManagement::IpHelper::{
+        GAA_FLAG_SKIP_ANYCAST, GAA_FLAG_SKIP_DNS_SERVER, GAA_FLAG_SKIP_MULTICAST,
+        GetAdaptersAddresses, IP_ADAPTER_ADDRESSES_LH,
+    };
+    use windows_sys::Win32::Networking::WinSock::{
+        AF_INET, AF_INET6, AF_UNSPEC, SOCKADDR_IN, SOCKADDR_IN6,
+    };
+    const ERROR_BUFFER_OVERFLOW: u32 = 111;
+    let flags = GAA_FLAG_SKIP_ANYCAST | GAA_FLAG_SKIP_MULTICAST | GAA_FLAG_SKIP_DNS_SERVER;
+    // u64 words keep the list's structures aligned.
+    let mut buf: Vec<u64> = vec![0; 2048];
+    let mut size = (buf.len() * 8) as u32;
+    let mut tries = 0;
+    loop {
+        // SAFETY: `buf` is writable for `size` bytes; the call fills it or says how many it needs.
+        let rc = unsafe {
+            GetAdaptersAddresses(
+                AF_UNSPEC as u32,
+                flags,
+                std::ptr::null(),
+                buf.as_mut_ptr().cast(),
+                &mut size,
+            )
+        };
+        match rc {
+            0 => break,
+            ERROR_BUFFER_OVERFLOW if tries < 3 => {
+                buf = vec![0; (size as usize).div_ceil(8)];
+                tries += 1;
+            }
+            _ => return Vec::new(),
+        }
+    }
+    let mut out = Vec::new();
+    let mut adapter = buf.as_ptr() as *const IP_ADAPTER_ADDRESSES_LH;
+    // SAFETY: the list and everything it points to live in `buf`, as the call filled it.
+    unsafe {
+        while let Some(a) = adapter.as_ref() {
+            let name = wide_to_string(a.FriendlyName);
+            let len = (a.PhysicalAddressLength as usize).min(a.PhysicalAddress.len());
+            let mac = a.PhysicalAddress[..len]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let mut addresses = Vec::new();
+            let mut unicast = a.FirstUnicastAddress;
+            while let Some(u) = unicast.as_ref() {
+                let sa = u.Address.lpSockaddr;
+                if let Some(family) = sa.as_ref().map(|s| s.sa_family) {
+                    if family == AF_INET {
+                        let v4 = &*(sa as *const SOCKADDR_IN);
+                        let octets = v4.sin_addr.S_un.S_addr.to_ne_bytes();
+                        addresses.push(std::net::IpAddr::from(octets));
+                    } else if family == AF_INET6 {
+                        let v6 = &*(sa as *const SOCKADDR_IN6);
+                        addresses.push(std::net::IpAddr::from(v6.sin6_addr.u.Byte));
+                    }
+                }
+                unicast = u.Next;
+            }
+            addresses.sort();
+            out.push(Interface {
+                name,
+                mac,
+                addresses,
+            });
+            adapter = a.Next;
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// A NUL-terminated UTF-16 string from the system.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated UTF-16 string.
+unsafe fn wide_to_string(p: *const u16) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    let mut len = 0;
+    // SAFETY: the caller promises a terminator.
+    while unsafe { *p.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` units were just read.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(p, len) })
 }
