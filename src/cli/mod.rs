@@ -25,6 +25,14 @@ pub struct Cli {
     /// Machine-readable JSON output instead of text.
     #[arg(long, global = true, env = "PATCHCAST_JSON")]
     pub json: bool,
+    /// HTTP CONNECT proxy to the server, `http://HOST:PORT` (default: HTTPS_PROXY; NO_PROXY
+    /// lists hosts reached directly). The proxy only tunnels: the pinned certificate is
+    /// still checked.
+    #[arg(long, global = true, env = "PATCHCAST_PROXY")]
+    pub proxy: Option<String>,
+    /// A file holding the proxy's `USER:PASSWORD` (never on the command line).
+    #[arg(long, global = true, env = "PATCHCAST_PROXY_CREDENTIALS_FILE")]
+    pub proxy_credentials_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,8 +69,9 @@ pub enum Command {
         #[arg(long, env = "PATCHCAST_LANG")]
         lang: Option<String>,
     },
-    /// Run the management server (HTTPS for agents and admins) in the foreground.
-    Server(server::ServerArgs),
+    /// Run the management server (HTTPS for agents and admins) in the foreground; `server
+    /// backup` and `server restore` copy a whole server into one file and back.
+    Server(server::ServerCmd),
     /// Enrollment tokens for agents.
     #[command(subcommand)]
     Token(admin::TokenCmd),
@@ -173,6 +182,13 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The agent reads its own proxy flags.
+    if !matches!(cli.command, Command::Agent { .. }) {
+        crate::transport::proxy::configure_from(
+            cli.proxy.as_deref(),
+            cli.proxy_credentials_file.as_deref(),
+        )?;
+    }
     match cli.command {
         Command::Package(cmd) => package::run(cmd, cli.json),
         // Reached only when `agent` is not the first argument (`patchcast --json agent …`):

@@ -1,19 +1,63 @@
-//! `patchcast server`: starts the management server in the foreground until Ctrl-C / SIGTERM.
+//! `patchcast server`: starts the management server in the foreground until Ctrl-C / SIGTERM;
+//! `server backup` and `server restore` copy everything a server is into one file and back.
 
 use crate::server::{Config, start};
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `patchcast server [FLAGS]` runs the server; `patchcast server backup|restore` do not.
 #[derive(Args)]
-pub struct ServerArgs {
-    /// Data directory: database (SQLite), content store, TLS identity, admin.token, server.json.
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ServerCmd {
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+    #[command(flatten)]
+    pub run: ServerArgs,
+}
+
+#[derive(Subcommand)]
+pub enum ServerAction {
+    /// Back up a server, running or not: database, content store, TLS key and certificate,
+    /// admin token, trusted publisher keys, into one file (mode 0600: it holds secrets).
+    Backup(BackupArgs),
+    /// Restore a backup into a new, empty data directory (and, for PostgreSQL, an empty
+    /// database); every member is checked against the manifest before anything is written.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// The server's data directory.
     #[arg(long, env = "PATCHCAST_DATA")]
     pub data: PathBuf,
-    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
-    #[arg(long, env = "PATCHCAST_LISTEN", default_value = "127.0.0.1:8443")]
-    pub listen: SocketAddr,
+    /// The backup file to write (replaced once the new backup is complete).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The publisher keys the server trusts (as given to `patchcast server --trust-key`).
+    #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
+    pub trust_keys: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    /// The new data directory: must not exist yet or be empty.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// For a PostgreSQL backup: the empty database to restore into.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Where a PostgreSQL database is (none: SQLite in the data directory).
+#[derive(Args)]
+pub struct DatabaseArgs {
     /// PostgreSQL URL (`postgres://user:pass@host/db`); default: SQLite in DATA/patchcast.db.
     /// Prefer PATCHCAST_DATABASE or --database-file when the URL holds a password: a value
     /// given here shows in the process list.
@@ -22,6 +66,27 @@ pub struct ServerArgs {
     /// A file holding the PostgreSQL URL.
     #[arg(long, env = "PATCHCAST_DATABASE_FILE", conflicts_with = "database")]
     pub database_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    fn url(&self) -> anyhow::Result<Option<String>> {
+        Ok(match (&self.database, &self.database_file) {
+            (None, Some(f)) => Some(crate::host::secret_file(f)?),
+            (d, _) => d.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Data directory: database (SQLite), content store, TLS identity, admin.token, server.json.
+    #[arg(long, env = "PATCHCAST_DATA", required = true)]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
+    #[arg(long, env = "PATCHCAST_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
@@ -54,16 +119,74 @@ pub struct ServerArgs {
     pub transfer_rate: Option<u64>,
 }
 
-pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd.action {
+        None => serve(cmd.run, json),
+        Some(ServerAction::Backup(a)) => backup(a, json),
+        Some(ServerAction::Restore(a)) => restore(a, json),
+    }
+}
+
+fn backup(a: BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let src = crate::server::backup::Source {
+        data: a.data,
+        database: a.database.url()?,
+        trust_keys: a.trust_keys,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let s = rt.block_on(crate::server::backup::backup(&src, &a.out))?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "backup written to {} ({} members, {} bytes, database {:?}); it holds the server's private key and admin token: keep it like them",
+            s.out.display(),
+            s.members,
+            s.bytes,
+            s.database
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let database = a.database.url()?;
+    let target = crate::server::backup::Target {
+        data: a.data,
+        database,
+    };
+    let r = crate::server::backup::restore(&a.input, &target)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "restored {} members into {} (database {:?})",
+            r.members,
+            r.data.display(),
+            r.database
+        );
+        let mut start = format!("patchcast server --data {}", r.data.display());
+        for k in &r.trust_keys {
+            start.push_str(&format!(" --trust-key {}", k.display()));
+        }
+        if a.database.database_file.is_some() || a.database.database.is_some() {
+            start.push_str(" --database-file FILE");
+        }
+        println!("start it with: {start}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let data = a
+        .data
+        .ok_or_else(|| anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA)"))?;
     let parse = |what: &str, s: &str| {
         crate::model::types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
     };
     let cfg = Config {
         listen: a.listen,
-        database: match (a.database, &a.database_file) {
-            (None, Some(f)) => Some(crate::host::secret_file(f)?),
-            (d, _) => d,
-        },
+        database: a.database.url()?,
         trust_keys: a.trust_keys,
         reserve: a.reserve,
         names: a.names,
@@ -77,7 +200,7 @@ pub fn run(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             transfer_rate: a.transfer_rate,
             ..Default::default()
         },
-        ..Config::new(&a.data)
+        ..Config::new(&data)
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

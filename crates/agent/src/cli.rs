@@ -1,6 +1,6 @@
 //! `patchcast-agent`'s command line: enroll, run (the service), identify.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use patchcast_core::identify::{identify, queries};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,28 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// How this agent reaches its server (and HTTPS sources) through an HTTP CONNECT proxy.
+#[derive(Args)]
+struct ProxyArgs {
+    /// HTTP CONNECT proxy, `http://HOST:PORT` (default: HTTPS_PROXY; NO_PROXY lists hosts
+    /// reached directly). The proxy only tunnels: the pinned certificate is still checked.
+    #[arg(long, env = "PATCHCAST_PROXY")]
+    proxy: Option<String>,
+    /// A file holding the proxy's `USER:PASSWORD` (never on the command line).
+    #[arg(long, env = "PATCHCAST_PROXY_CREDENTIALS_FILE")]
+    proxy_credentials_file: Option<PathBuf>,
+}
+
+impl ProxyArgs {
+    fn configure(&self) -> anyhow::Result<()> {
+        patchcast_proto::proxy::configure_from(
+            self.proxy.as_deref(),
+            self.proxy_credentials_file.as_deref(),
+        )?;
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -45,6 +67,8 @@ enum Cmd {
         /// The server certificate's fingerprint as the server prints it (`sha256:HEX`).
         #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
         fingerprint: String,
+        #[command(flatten)]
+        proxy: ProxyArgs,
     },
     /// Check this machine's way to its server: name resolution, TCP, the pinned certificate,
     /// the credential. Each failure names its code and remedy; exits 1 if any check fails.
@@ -83,6 +107,8 @@ enum Cmd {
             hide = true
         )]
         heartbeat_ms: u64,
+        #[command(flatten)]
+        proxy: ProxyArgs,
     },
 }
 
@@ -170,8 +196,13 @@ where
             token,
             token_file,
             fingerprint,
+            proxy,
         } => {
             init_logging();
+            if let Err(e) = proxy.configure() {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
             let token = match (token, token_file) {
                 (Some(t), _) => Ok(t),
                 (None, Some(f)) => patchcast_proto::host::secret_file(&f),
@@ -210,7 +241,12 @@ where
             allow_reboot_for_real,
             backoff_max_ms,
             heartbeat_ms,
+            proxy,
         } => {
+            if let Err(e) = proxy.configure() {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
             let opts = crate::service::Options {
                 root,
                 allow_real_reboot: allow_reboot_for_real,

@@ -141,11 +141,12 @@ async fn one(
         SourceTarget::Https { url, fingerprint } => {
             let c = match fingerprint {
                 Some(fp) => Client::new(url, fp, None),
-                None => reqwest::Client::builder()
-                    .connect_timeout(std::time::Duration::from_secs(10))
-                    .build()
-                    .map(|h| Client::with_http(url, h, None))
-                    .map_err(anyhow::Error::from),
+                None => patchcast_proto::proxy::apply(reqwest::Client::builder()).and_then(|b| {
+                    b.connect_timeout(std::time::Duration::from_secs(10))
+                        .build()
+                        .map(|h| Client::with_http(url, h, None))
+                        .map_err(anyhow::Error::from)
+                }),
             }
             .map_err(|e| FetchError::Cut(format!("{e:#}")))?;
             let path = format!("/{}", content_name(sha256));

@@ -7,6 +7,7 @@ pub mod agent_api;
 pub mod client;
 pub mod csv;
 pub mod protocol;
+pub mod proxy;
 pub mod range;
 pub mod schedule_api;
 pub mod sources;

@@ -79,9 +79,10 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-/// An HTTP client for a server pinned by fingerprint.
+/// An HTTP client for a server pinned by fingerprint, through this process's proxy if it has
+/// one (`proxy`: the pin is checked inside the tunnel all the same).
 pub fn pinned_http_client(fingerprint: &str) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+    crate::proxy::apply(reqwest::Client::builder())?
         .use_preconfigured_tls(pinned_client_config(fingerprint)?)
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)

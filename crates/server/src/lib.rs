@@ -8,6 +8,7 @@ pub mod web;
 
 pub mod api;
 pub mod autoupdate;
+pub mod backup;
 pub mod caps;
 pub mod clock;
 pub mod db;
