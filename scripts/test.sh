@@ -48,6 +48,14 @@ if [ -z "${PATCHCAST_TEST_SMB:-}" ]; then
 fi
 echo "PATCHCAST_TEST_SMB=$PATCHCAST_TEST_SMB"
 
+step "tinyproxy (a private HTTP CONNECT proxy on loopback, for the proxy tests)"
+if [ -z "${PATCHCAST_TEST_PROXY:-}" ]; then
+    PROXY_DIR=$(mktemp -d /tmp/patchcast-proxy.XXXXXX)
+    CLEANUP+=("scripts/tinyproxy.sh stop '$PROXY_DIR'; rm -rf '$PROXY_DIR'")
+    eval "$(scripts/tinyproxy.sh start "$PROXY_DIR")"
+fi
+echo "PATCHCAST_TEST_PROXY=$PATCHCAST_TEST_PROXY"
+
 step "OpenSSH (private sshd on loopback, for the SSH delivery tests)"
 if [ -z "${PATCHCAST_TEST_SSH:-}" ]; then
     SSH_DIR=$(mktemp -d /tmp/patchcast-sshd.XXXXXX)

@@ -37,7 +37,7 @@ pub fn bin() -> &'static str {
 }
 
 /// A fresh PostgreSQL database, or None (skipped) when no server is configured outside CI.
-async fn postgres_database() -> Option<String> {
+pub async fn postgres_database() -> Option<String> {
     use sqlx::Connection;
     let base = match std::env::var("PATCHCAST_TEST_POSTGRES") {
         Ok(u) if !u.is_empty() => u,
