@@ -34,7 +34,13 @@ fn admin_cli(s: &TestServer, fingerprint: &str, proxy_args: &[&str], args: &[&st
     Command::new(bin())
         .args(proxy_args)
         .args(args)
-        .args(["--server", &s.url, "--fingerprint", fingerprint, "--token-file"])
+        .args([
+            "--server",
+            &s.url,
+            "--fingerprint",
+            fingerprint,
+            "--token-file",
+        ])
         .arg(&token)
         .env_remove("PATCHCAST_DATA")
         .env_remove("HTTPS_PROXY")
@@ -73,7 +79,12 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
     let o = Command::new(AGENT)
         .args(["enroll", "--root"])
         .arg(&agent.root)
-        .args(["--server", &server.url, "--fingerprint", &server.fingerprint])
+        .args([
+            "--server",
+            &server.url,
+            "--fingerprint",
+            &server.fingerprint,
+        ])
         .args(["--proxy", &proxy.url, "--proxy-credentials-file"])
         .arg(&creds)
         .env("PATCHCAST_ENROLL_TOKEN", &token)
@@ -82,7 +93,10 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
         .unwrap();
     assert!(o.status.success(), "enroll: {}", text(&o));
     let after_enroll = proxy.connects_to(&target);
-    assert!(after_enroll > before, "the proxy saw the enrollment's CONNECT");
+    assert!(
+        after_enroll > before,
+        "the proxy saw the enrollment's CONNECT"
+    );
 
     // The service through HTTPS_PROXY, credentials in the variable as proxies usually take them.
     let with_creds = proxy.url.replacen(
@@ -121,7 +135,13 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
         .unwrap()
         .deliveries;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].state, State::Applied, "{:#?}\n{}", rows[0], agent.log());
+    assert_eq!(
+        rows[0].state,
+        State::Applied,
+        "{:#?}\n{}",
+        rows[0],
+        agent.log()
+    );
     assert!(
         rows[0]
             .history
@@ -134,8 +154,16 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
         proxy.connects_to(&target) > after_enroll,
         "the agent's polls, reports and download went through the proxy"
     );
-    let argv = std::fs::read(format!("/proc/{}/cmdline", agent.child.as_ref().unwrap().id()))
-        .unwrap_or_default();
+    let log = agent.log();
+    assert!(
+        log.contains("through a proxy") && !log.contains(&proxy.password),
+        "{log}"
+    );
+    let argv = std::fs::read(format!(
+        "/proc/{}/cmdline",
+        agent.child.as_ref().unwrap().id()
+    ))
+    .unwrap_or_default();
     assert!(!String::from_utf8_lossy(&argv).contains(&proxy.password));
 }
 
@@ -160,12 +188,20 @@ async fn the_admin_cli_works_through_the_proxy() {
         &["token", "create", "--group", "via-proxy"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(proxy.connects_to(&target) > before, "the proxy saw the CONNECT");
+    assert!(
+        proxy.connects_to(&target) > before,
+        "the proxy saw the CONNECT"
+    );
     let tokens = s.admin().tokens().await.unwrap();
     assert_eq!(tokens.len(), 1, "the token was created: {tokens:?}");
 
     // Really through the proxy: without credentials the proxy itself refuses (407).
-    let o = admin_cli(&s, &s.fingerprint, &["--proxy", &proxy.url], &["token", "list"]);
+    let o = admin_cli(
+        &s,
+        &s.fingerprint,
+        &["--proxy", &proxy.url],
+        &["token", "list"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("proxy authorization required"),
@@ -174,7 +210,12 @@ async fn the_admin_cli_works_through_the_proxy() {
     );
     // Credentials never go on the command line.
     let in_argv = proxy.url.replacen("http://", "http://u:p@", 1);
-    let o = admin_cli(&s, &s.fingerprint, &["--proxy", &in_argv], &["token", "list"]);
+    let o = admin_cli(
+        &s,
+        &s.fingerprint,
+        &["--proxy", &in_argv],
+        &["token", "list"],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("--proxy-credentials-file") && !text(&o).contains("u:p@"),

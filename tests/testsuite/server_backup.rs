@@ -39,7 +39,8 @@ fn server_cmd(s: &TestServer, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.arg("server").args(args).env_remove("PATCHCAST_DATA");
     if s.database.is_some() {
-        cmd.arg("--database-file").arg(s.path().join("database.url"));
+        cmd.arg("--database-file")
+            .arg(s.path().join("database.url"));
     }
     cmd.output().unwrap()
 }
@@ -117,7 +118,10 @@ async fn a_restored_server_has_the_same_results_certificate_and_token(backend: B
     assert!(text(&o).contains(&format!("--trust-key {}", restored_key.display())));
     s.data = restored;
     s.spawn();
-    assert_eq!(s.fingerprint, fingerprint, "agents pin the same certificate");
+    assert_eq!(
+        s.fingerprint, fingerprint,
+        "agents pin the same certificate"
+    );
     assert_eq!(s.token, token, "the same admin token");
 
     let admin = s.admin();
@@ -159,6 +163,9 @@ both_backends!(a_restored_server_has_the_same_results_certificate_and_token);
 async fn a_changed_byte_is_refused_before_anything_is_written() {
     let s = TestServer::start(Backend::Sqlite, &[]).await.unwrap();
     s.publish_sample("pkg-one").await;
+    let known_hosts = "[10.0.0.5]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n";
+    std::fs::create_dir_all(s.data.join("ssh")).unwrap();
+    std::fs::write(s.data.join("ssh/known_hosts"), known_hosts).unwrap();
     let out = s.path().join("backup.tar");
     let o = server_cmd(
         &s,
@@ -241,4 +248,16 @@ async fn a_changed_byte_is_refused_before_anything_is_written() {
         std::fs::read(fresh.join("content").join(name)).unwrap(),
         member
     );
+    assert_eq!(
+        std::fs::read_to_string(fresh.join("ssh/known_hosts")).unwrap(),
+        known_hosts
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["tls/key.pem", "admin.token", "patchcast.db"] {
+        let mode = std::fs::metadata(fresh.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{secret} is private");
+    }
 }

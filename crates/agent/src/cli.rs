@@ -262,6 +262,10 @@ where
             let r = runtime().block_on(async {
                 let stop = shutdown_signal();
                 tracing::info!(root = %opts.root.display(), "agent running");
+                // The proxy's address only: its credentials never reach a log.
+                if let Ok(Some(p)) = patchcast_proto::proxy::current() {
+                    tracing::info!(proxy = %p.url, no_proxy = ?p.no_proxy, "reaching the server through a proxy");
+                }
                 tokio::select! {
                     r = crate::service::run(opts) => r,
                     _ = stop => {

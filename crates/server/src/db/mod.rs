@@ -288,6 +288,27 @@ fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> R
     serde_json::from_str(&s).with_context(|| format!("column {col} holds unreadable JSON"))
 }
 
+/// Writes a consistent copy of the SQLite database at `db` into `out` (which must not exist)
+/// with `VACUUM INTO`: a read transaction, so the running server keeps writing meanwhile and
+/// the copy is one point in time, compacted and without a WAL beside it.
+pub async fn sqlite_snapshot(db: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use sqlx::Connection;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(30));
+    let mut conn = sqlx::sqlite::SqliteConnection::connect_with(&opts)
+        .await
+        .with_context(|| format!("opening {}", db.display()))?;
+    sqlx::query("VACUUM INTO $1")
+        .bind(out.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("copying {} into {}", db.display(), out.display()))?;
+    conn.close().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,25 +368,4 @@ mod tests {
             "versions ascend: {versions:?}"
         );
     }
-}
-
-/// Writes a consistent copy of the SQLite database at `db` into `out` (which must not exist)
-/// with `VACUUM INTO`: a read transaction, so the running server keeps writing meanwhile and
-/// the copy is one point in time, compacted and without a WAL beside it.
-pub async fn sqlite_snapshot(db: &std::path::Path, out: &std::path::Path) -> Result<()> {
-    use sqlx::Connection;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .create_if_missing(false)
-        .busy_timeout(Duration::from_secs(30));
-    let mut conn = sqlx::sqlite::SqliteConnection::connect_with(&opts)
-        .await
-        .with_context(|| format!("opening {}", db.display()))?;
-    sqlx::query("VACUUM INTO $1")
-        .bind(out.to_string_lossy().into_owned())
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("copying {} into {}", db.display(), out.display()))?;
-    conn.close().await?;
-    Ok(())
 }
