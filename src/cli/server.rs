@@ -50,9 +50,10 @@ pub struct RestoreArgs {
     /// The new data directory: must not exist yet or be empty.
     #[arg(long)]
     pub data: PathBuf,
-    /// For a PostgreSQL backup: the empty database to restore into.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// For a PostgreSQL backup: a file holding the URL of the new, empty database to restore
+    /// into. Never read from the environment, which may name the running server's database.
+    #[arg(long)]
+    pub database_file: Option<PathBuf>,
 }
 
 /// Where a PostgreSQL database is (none: SQLite in the data directory).
@@ -150,7 +151,11 @@ fn backup(a: BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let database = a.database.url()?;
+    let database = a
+        .database_file
+        .as_deref()
+        .map(crate::host::secret_file)
+        .transpose()?;
     let target = crate::server::backup::Target {
         data: a.data,
         database,
@@ -169,8 +174,8 @@ fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
         for k in &r.trust_keys {
             start.push_str(&format!(" --trust-key {}", k.display()));
         }
-        if a.database.database_file.is_some() || a.database.database.is_some() {
-            start.push_str(" --database-file FILE");
+        if let Some(f) = &a.database_file {
+            start.push_str(&format!(" --database-file {}", f.display()));
         }
         println!("start it with: {start}");
     }
