@@ -45,6 +45,24 @@ fn server_cmd(s: &TestServer, args: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
+/// `url` as a role with a password would write it (the test cluster trusts every local
+/// login, so the password is not checked, but pg_dump and pg_restore must still get a URL
+/// they accept once the password is taken out of it).
+async fn with_password(url: &str) -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("PATCHCAST_TEST_POSTGRES").unwrap();
+    let role = format!("backup_{}", patchcast::server::random_hex(4).unwrap());
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'p@ss:w/rd'"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (_, rest) = url.split_once('@').unwrap();
+    format!("postgres://{role}:p%40ss%3Aw%2Frd@{rest}")
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -71,6 +89,11 @@ async fn a_restored_server_has_the_same_results_certificate_and_token(backend: B
     let before = results(&admin).await;
     let (fingerprint, token) = (s.fingerprint.clone(), s.token.clone());
 
+    if backend == Backend::Postgres {
+        // The backup reads the URL with a password; the server keeps its own.
+        let url = with_password(s.database.as_ref().unwrap()).await;
+        std::fs::write(s.path().join("database.url"), &url).unwrap();
+    }
     // Taken while the server runs.
     let out = s.path().join("backup.tar");
     let publisher = s.path().join("publisher.pub");
@@ -97,7 +120,8 @@ async fn a_restored_server_has_the_same_results_certificate_and_token(backend: B
     let restored = s.path().join("restored");
     if backend == Backend::Postgres {
         s.database = Some(postgres_database().await.expect("PostgreSQL is configured"));
-        std::fs::write(s.path().join("database.url"), s.database.as_ref().unwrap()).unwrap();
+        let url = with_password(s.database.as_ref().unwrap()).await;
+        std::fs::write(s.path().join("database.url"), &url).unwrap();
     }
     let o = server_cmd(
         &s,
