@@ -208,6 +208,29 @@ async fn the_admin_cli_works_through_the_proxy() {
         "{}",
         text(&o)
     );
+    // NO_PROXY names the server: straight there, the proxy (and its 407) never involved.
+    let token = s.path().join("admin.token.copy");
+    let seen = proxy.connects_to(&target);
+    let o = Command::new(bin())
+        .args(["--proxy", &proxy.url, "token", "list"])
+        .args([
+            "--server",
+            &s.url,
+            "--fingerprint",
+            &s.fingerprint,
+            "--token-file",
+        ])
+        .arg(&token)
+        .env_remove("PATCHCAST_DATA")
+        .env("NO_PROXY", "localhost,127.0.0.0/8")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        proxy.connects_to(&target),
+        seen,
+        "NO_PROXY bypassed the proxy"
+    );
     // Credentials never go on the command line.
     let in_argv = proxy.url.replacen("http://", "http://u:p@", 1);
     let o = admin_cli(
