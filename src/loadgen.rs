@@ -80,6 +80,17 @@ impl SimAgent {
             url: url.into(),
             detail: e.to_string(),
         })?;
+        Self::enroll_with(&anon, token, inv, behaviour).await
+    }
+
+    /// Enrolls through `anon`, whose connection pool the agent then shares (many simulated
+    /// agents behind one proxy, as a fleet's site would be).
+    pub async fn enroll_with(
+        anon: &Client,
+        token: &str,
+        inv: Inventory,
+        behaviour: Behaviour,
+    ) -> Result<SimAgent, CallError> {
         let r: EnrollResponse = anon
             .post(
                 proto::ENROLL,
@@ -344,34 +355,156 @@ fn stats(mut us: Vec<u64>, wall: Duration) -> Stats {
     }
 }
 
+/// What a load run does. Enrollment is closed loop (`concurrency` requests in flight); the
+/// check-ins are open loop: agent i first checks in at `interval × i / agents` and then every
+/// `interval`, whether or not earlier answers came back, as a real fleet arrives.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub agents: usize,
+    pub concurrency: usize,
+    pub check_in_interval: Duration,
+    /// How long the steady check-ins run before the rollout (or the end).
+    pub duration: Duration,
+    /// Then one package rolled out to every agent, learnt at their next check-in.
+    pub rollout: bool,
+    /// Then this many long polls held open at once (to measure their memory).
+    pub long_polls: usize,
+}
+
+/// The server process's memory (VmRSS / VmHWM of /proc/PID/status), when it can be read.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Memory {
+    pub rss_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+impl Memory {
+    pub fn of(pid: Option<u32>) -> Option<Memory> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+        let kib = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|k| k * 1024)
+        };
+        Some(Memory {
+            rss_bytes: kib("VmRSS:")?,
+            peak_bytes: kib("VmHWM:")?,
+        })
+    }
+}
+
 #[derive(Debug, serde::Serialize)]
 pub struct LoadReport {
     pub agents: usize,
-    pub concurrency: usize,
+    pub check_in_interval_s: f64,
     pub enrollment: Stats,
-    pub checkin: Stats,
-    /// One per agent: from the poll that handed out the work to the acknowledged verify.
-    pub delivery: Stats,
-    pub applied: u64,
+    /// Steady check-ins (open loop).
+    pub check_in: Stats,
+    pub check_ins_per_s: f64,
+    pub check_in_p50_ms: f64,
+    pub check_in_p99_ms: f64,
+    /// Failed requests of every phase.
+    pub errors: u64,
+    /// From `rollout start` until every agent's verify was acknowledged.
+    pub rollout_seconds: Option<f64>,
+    pub rollout_applied: u64,
+    /// Check-ins during the rollout, and each delivery from its work to the verify ack.
+    pub rollout_check_in: Option<Stats>,
+    pub delivery: Option<Stats>,
+    /// Server memory before enrollment, after it, with the long polls open, and its peak.
+    pub server_rss_before: Option<u64>,
+    pub server_rss_enrolled: Option<u64>,
+    pub server_bytes_per_machine: Option<f64>,
+    pub long_polls: usize,
+    pub server_bytes_per_long_poll: Option<f64>,
+    pub server_peak_rss: Option<u64>,
 }
 
-/// Where the load goes: a server to reach, with an admin token and a publisher key it trusts.
+/// Where the load goes: a server to reach, with an admin token and a publisher key it trusts,
+/// and its process id when its memory can be read.
 pub struct Target {
     pub url: String,
     pub fingerprint: String,
     pub admin_token: String,
     pub signing_key: ed25519_dalek::SigningKey,
+    pub server_pid: Option<u32>,
 }
 
-/// Runs `agents` simulated agents (at most `concurrency` requests in flight) through
-/// enrollment, a check-in, and a one-package scenario to applied.
-pub async fn run(
-    t: &Target,
-    agents: usize,
-    concurrency: usize,
-    work: &std::path::Path,
-) -> Result<LoadReport> {
+#[derive(Default)]
+struct Tally {
+    check_ins: Vec<u64>,
+    deliveries: Vec<u64>,
+    errors: u64,
+    applied: u64,
+}
+
+/// Open-loop check-ins until `until` (or, with `done`, until it says the work is done):
+/// each agent at its own phase of `interval`; one that is still carrying out work skips its
+/// turn, as an agent does.
+async fn check_ins(
+    sims: &std::sync::Arc<Vec<SimAgent>>,
+    busy: &std::sync::Arc<Vec<std::sync::atomic::AtomicBool>>,
+    interval: Duration,
+    until: Instant,
+    done: impl Fn(&Tally) -> bool,
+) -> Tally {
+    use std::sync::atomic::Ordering;
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+    let n = sims.len().max(1) as u128;
+    let start = Instant::now();
+    let due = |k: u128| start + Duration::from_nanos((interval.as_nanos() * k / n) as u64);
+    let mut k: u128 = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < until && !done(&tally.lock().expect("tally")) {
+        let now = Instant::now();
+        while due(k) <= now {
+            let i = (k % n) as usize;
+            k += 1;
+            if busy[i].swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let (sims, busy, tally) = (sims.clone(), busy.clone(), tally.clone());
+            tasks.spawn(async move {
+                let a = &sims[i];
+                let t0 = Instant::now();
+                let polled = a.poll(AgentState::Idle, 0).await;
+                let us = t0.elapsed().as_micros() as u64;
+                let outcome = match polled {
+                    Ok(Some(w)) => {
+                        let t1 = Instant::now();
+                        let r = a.carry_out(&w).await;
+                        Some(r.map(|_| t1.elapsed().as_micros() as u64))
+                    }
+                    Ok(None) => None,
+                    Err(_) => Some(Err(anyhow::anyhow!("check-in failed"))),
+                };
+                let mut t = tally.lock().expect("tally");
+                t.check_ins.push(us);
+                match outcome {
+                    Some(Ok(d)) => {
+                        t.deliveries.push(d);
+                        t.applied += 1;
+                    }
+                    Some(Err(_)) => t.errors += 1,
+                    None => {}
+                }
+                drop(t);
+                busy[i].store(false, Ordering::Release);
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    std::mem::take(&mut *tally.lock().expect("tally"))
+}
+
+/// Enrolls `plan.agents` simulated agents over one shared connection pool, runs the steady
+/// open-loop check-ins, then (optionally) a rollout and a burst of long polls.
+pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<LoadReport> {
     use futures_util::StreamExt;
+    use std::sync::Arc;
     let admin = Admin::new(&t.url, &t.fingerprint, &t.admin_token)?;
     let tag = crate::server::random_hex(4)?;
     let group = format!("loadtest-{tag}");
@@ -381,30 +514,33 @@ pub async fn run(
     let token = admin
         .create_token(&TokenRequest {
             group: Some(group.clone()),
-            uses: Some(agents as u64),
+            uses: Some(plan.agents as u64),
             expires_secs: 3600,
         })
         .await?
         .token;
+    admin
+        .put_group(&Group {
+            name: group.clone(),
+            ..Group::default()
+        })
+        .await?;
+    let before = Memory::of(t.server_pid);
 
+    // Many agents behind one proxy: one pool of connections for all of them.
+    let anon = Client::new(&t.url, &t.fingerprint, None)?;
     let started = Instant::now();
-    let enrolled: Vec<Result<(SimAgent, u64)>> = futures_util::stream::iter(0..agents)
+    let enrolled: Vec<Result<(SimAgent, u64)>> = futures_util::stream::iter(0..plan.agents)
         .map(|i| {
-            let (url, fp, token) = (t.url.clone(), t.fingerprint.clone(), token.clone());
+            let (anon, token) = (anon.clone(), token.clone());
             async move {
                 let t0 = Instant::now();
-                let a = SimAgent::enroll(
-                    &url,
-                    &fp,
-                    &token,
-                    inventory(&format!("sim-{i:05}"), i as u32),
-                    Behaviour::Apply,
-                )
-                .await?;
+                let inv = inventory(&format!("sim-{i:06}"), i as u32);
+                let a = SimAgent::enroll_with(&anon, &token, inv, Behaviour::Apply).await?;
                 Ok((a, t0.elapsed().as_micros() as u64))
             }
         })
-        .buffer_unordered(concurrency)
+        .buffer_unordered(plan.concurrency.max(1))
         .collect()
         .await;
     let enroll_wall = started.elapsed();
@@ -416,69 +552,109 @@ pub async fn run(
         lat.push(us);
     }
     let enrollment = stats(lat, enroll_wall);
+    let enrolled_mem = Memory::of(t.server_pid);
+    let sims = Arc::new(sims);
+    let busy: Arc<Vec<_>> = Arc::new(
+        (0..sims.len())
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+    );
 
-    let started = Instant::now();
-    let lat: Vec<Result<u64>> = futures_util::stream::iter(sims.iter())
-        .map(|a| async move {
-            let t0 = Instant::now();
-            a.poll(AgentState::Idle, 0).await?;
-            Ok(t0.elapsed().as_micros() as u64)
+    let steady_start = Instant::now();
+    let steady = check_ins(
+        &sims,
+        &busy,
+        plan.check_in_interval,
+        steady_start + plan.duration,
+        |_| false,
+    )
+    .await;
+    let check_in = stats(steady.check_ins, steady_start.elapsed());
+    let mut errors = steady.errors;
+
+    let (mut rollout_seconds, mut rollout_applied, mut rollout_check_in, mut delivery) =
+        (None, 0, None, None);
+    if plan.rollout {
+        let scenario = Scenario {
+            name: format!("loadtest rollout {}", plan.agents),
+            action: crate::core::pipeline::Action::Install,
+            packages: vec![
+                pkg_id
+                    .parse()
+                    .map_err(|e: crate::model::types::FormatError| anyhow::anyhow!(e.0))?,
+            ],
+            machines: Vec::new(),
+            groups: vec![group.clone()],
+            max_concurrent: None,
+            max_unverified_runs: 3,
+            max_attempts: 0,
+            retry_delay_ms: 1000,
+            allow_reboot: false,
+            timeout_secs: None,
+            when: None,
+        };
+        let t0 = Instant::now();
+        admin.run_scenario(&scenario).await?;
+        let agents = sims.len() as u64;
+        // A generous guard: every agent checks in several times before it gives up.
+        let guard = t0 + (plan.check_in_interval * 5).max(Duration::from_secs(300));
+        let r = check_ins(&sims, &busy, plan.check_in_interval, guard, |t| {
+            t.applied >= agents
         })
-        .buffer_unordered(concurrency)
-        .collect()
         .await;
-    let checkin = stats(lat.into_iter().collect::<Result<_>>()?, started.elapsed());
-
-    let scenario = Scenario {
-        name: format!("loadtest {agents}"),
-        action: crate::core::pipeline::Action::Install,
-        packages: vec![
-            pkg_id
-                .parse()
-                .map_err(|e: crate::model::types::FormatError| anyhow::anyhow!(e.0))?,
-        ],
-        machines: Vec::new(),
-        groups: vec![group.clone()],
-        max_concurrent: None,
-        max_unverified_runs: 3,
-        max_attempts: 0,
-        retry_delay_ms: 1000,
-        allow_reboot: false,
-        timeout_secs: None,
-        when: None,
-    };
-    // The token put every agent in the group; make sure the group exists even for 0 agents.
-    if agents == 0 {
-        admin
-            .put_group(&Group {
-                name: group.clone(),
-                ..Group::default()
-            })
-            .await?;
+        if r.applied >= agents {
+            rollout_seconds = Some(t0.elapsed().as_secs_f64());
+        }
+        rollout_applied = r.applied;
+        errors += r.errors;
+        rollout_check_in = Some(stats(r.check_ins, t0.elapsed()));
+        delivery = Some(stats(r.deliveries, t0.elapsed()));
     }
-    let created = admin.run_scenario(&scenario).await?;
-    let started = Instant::now();
-    let lat: Vec<Result<u64>> = futures_util::stream::iter(sims.iter())
-        .map(|a| async move {
-            loop {
-                let t0 = Instant::now();
-                if let Some(w) = a.poll(AgentState::Idle, 5_000).await? {
-                    a.carry_out(&w).await?;
-                    return Ok(t0.elapsed().as_micros() as u64);
-                }
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let delivery = stats(lat.into_iter().collect::<Result<_>>()?, started.elapsed());
-    let status = admin.status(&created.id, "en").await?;
+
+    let mut per_long_poll = None;
+    if plan.long_polls > 0 {
+        let base = Memory::of(t.server_pid);
+        let n = plan.long_polls.min(sims.len());
+        let polls: Vec<_> = sims[..n]
+            .iter()
+            .map(|a| a.poll(AgentState::Idle, 20_000))
+            .collect();
+        let all = futures_util::future::join_all(polls);
+        tokio::pin!(all);
+        // Measured while they are all open (they end after 20 s without work).
+        let open = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => Memory::of(t.server_pid),
+            _ = &mut all => None,
+        };
+        errors += all.await.iter().filter(|r| r.is_err()).count() as u64;
+        if let (Some(b), Some(o)) = (base, open) {
+            per_long_poll = Some((o.rss_bytes as f64 - b.rss_bytes as f64) / n as f64);
+        }
+    }
+    let peak = Memory::of(t.server_pid);
     Ok(LoadReport {
-        agents,
-        concurrency,
+        agents: sims.len(),
+        check_in_interval_s: plan.check_in_interval.as_secs_f64(),
         enrollment,
-        checkin,
+        check_ins_per_s: check_in.per_second,
+        check_in_p50_ms: check_in.p50_ms,
+        check_in_p99_ms: check_in.p99_ms,
+        check_in,
+        errors,
+        rollout_seconds,
+        rollout_applied,
+        rollout_check_in,
         delivery,
-        applied: status.counts.get("applied").copied().unwrap_or(0),
+        server_rss_before: before.map(|m| m.rss_bytes),
+        server_rss_enrolled: enrolled_mem.map(|m| m.rss_bytes),
+        server_bytes_per_machine: match (before, enrolled_mem) {
+            (Some(b), Some(e)) if !sims.is_empty() => {
+                Some((e.rss_bytes as f64 - b.rss_bytes as f64) / sims.len() as f64)
+            }
+            _ => None,
+        },
+        long_polls: plan.long_polls.min(sims.len()),
+        server_bytes_per_long_poll: per_long_poll,
+        server_peak_rss: peak.map(|m| m.peak_bytes),
     })
 }

@@ -333,9 +333,21 @@ pub struct ResultsArgs {
 pub struct LoadtestArgs {
     #[arg(long, default_value_t = 100)]
     pub agents: usize,
-    /// Requests in flight at once.
+    /// Enrollment requests in flight at once (enrollment is closed loop).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// How often each agent checks in (open loop, each agent at its own phase).
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    pub check_in_interval: std::time::Duration,
+    /// How long the steady check-ins run.
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    pub duration: std::time::Duration,
+    /// Then roll one package out to every agent (they learn of it at their next check-in).
+    #[arg(long)]
+    pub rollout: bool,
+    /// Then hold this many long polls open at once, to measure their memory.
+    #[arg(long, default_value_t = 0)]
+    pub long_polls: usize,
     /// Signing key the target server trusts (needed with --server; otherwise one is made).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -343,9 +355,17 @@ pub struct LoadtestArgs {
     /// in-process on a temporary directory with SQLite.
     #[command(flatten)]
     pub connect: Connect,
-    /// PostgreSQL URL for the in-process server.
+    /// A file holding the PostgreSQL URL for the server it starts (default: SQLite).
     #[arg(long)]
-    pub database: Option<String>,
+    pub database_file: Option<PathBuf>,
+    /// The pid of the server given with --server/--data, to read its memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// `90s`, `5m`, `1h30m` (humantime), for clap.
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::model::types::parse_duration(s).map_err(|e| e.0)
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
@@ -974,48 +994,133 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
 
 pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
     let work = tempfile_dir()?;
-    let result = rt()?.block_on(async {
-        let given = a.connect.server.is_some() || a.connect.data.is_some();
-        let (target, _running) = if given {
-            let Some(key) = &a.key else { bail!("--key SECRET.key (a publisher key the server trusts) is needed with --server/--data") };
-            let (url, fp, tok) = a.connect.parts()?;
-            (crate::loadgen::Target { url, fingerprint: fp, admin_token: tok, signing_key: crate::pack::keys::read_secret(key)? }, None)
+    let plan = crate::loadgen::Plan {
+        agents: a.agents,
+        concurrency: a.concurrency.max(1),
+        check_in_interval: a
+            .check_in_interval
+            .max(std::time::Duration::from_millis(10)),
+        duration: a.duration,
+        rollout: a.rollout,
+        long_polls: a.long_polls,
+    };
+    let mut server = None;
+    let result = (|| -> Result<crate::loadgen::LoadReport> {
+        let target = if a.connect.server.is_some() || a.connect.data.is_some() {
+            let Some(key) = &a.key else {
+                bail!(
+                    "--key SECRET.key (a publisher key the server trusts) is needed with --server/--data"
+                )
+            };
+            let (url, fingerprint, admin_token) = a.connect.parts()?;
+            crate::loadgen::Target {
+                url,
+                fingerprint,
+                admin_token,
+                signing_key: crate::pack::keys::read_secret(key)?,
+                server_pid: a.server_pid,
+            }
         } else {
+            // The server as its own process, as in production: its memory is its own.
             let key = crate::pack::keys::generate()?;
             crate::pack::keys::write_pair(&work.join("publisher"), &key)?;
-            let mut cfg = crate::server::Config::new(&work.join("server"));
-            cfg.listen = "127.0.0.1:0".parse()?;
-            cfg.trust_keys = vec![work.join("publisher.pub")];
-            cfg.reserve = 0;
-            cfg.database = a.database.clone();
-            let running = crate::server::start(cfg).await?;
-            eprintln!("in-process server on {}", running.info.url);
-            (
-                crate::loadgen::Target { url: running.info.url.clone(), fingerprint: running.info.fingerprint.clone(), admin_token: running.admin_token.clone(), signing_key: key },
-                Some(running),
-            )
+            let data = work.join("server");
+            let mut cmd = std::process::Command::new(std::env::current_exe()?);
+            cmd.arg("server")
+                .arg("--data")
+                .arg(&data)
+                .args(["--listen", "127.0.0.1:0", "--reserve", "0", "--trust-key"])
+                .arg(work.join("publisher.pub"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if let Some(f) = &a.database_file {
+                cmd.arg("--database-file").arg(f);
+            }
+            let child = server.insert(cmd.spawn().context("starting patchcast server")?);
+            let pid = child.id();
+            let info = data.join("server.json");
+            let t0 = std::time::Instant::now();
+            while !info.exists() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the server exited at start ({status})");
+                }
+                if t0.elapsed() > std::time::Duration::from_secs(60) {
+                    bail!("the server did not start within 60 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let connect = Connect {
+                server: None,
+                fingerprint: None,
+                token: None,
+                token_file: None,
+                data: Some(data),
+            };
+            let (url, fingerprint, admin_token) = connect.parts()?;
+            eprintln!("server process {pid} on {url}");
+            crate::loadgen::Target {
+                url,
+                fingerprint,
+                admin_token,
+                signing_key: key,
+                server_pid: Some(pid),
+            }
         };
-        crate::loadgen::run(&target, a.agents, a.concurrency.max(1), &work).await
-    });
+        rt()?.block_on(crate::loadgen::run(&target, &plan, &work))
+    })();
+    if let Some(mut child) = server {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&work);
     let r = result?;
     if json {
         print_json(&r)?;
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} simulated agents over one connection pool, each checking in every {:.0} s (open loop); {} errors",
+        r.agents, r.check_in_interval_s, r.errors
+    );
+    let phases = [
+        ("enrollment", Some(&r.enrollment)),
+        ("check-in", Some(&r.check_in)),
+        ("rollout check-in", r.rollout_check_in.as_ref()),
+        ("delivery", r.delivery.as_ref()),
+    ];
+    for (name, s) in phases {
+        let Some(s) = s else { continue };
         println!(
-            "{} simulated agents, {} requests in flight at most; {} applied",
-            r.agents, r.concurrency, r.applied
+            "{name:<17} {:>8} in {:>7.2}s = {:>8.1}/s   p50 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+            s.count, s.seconds, s.per_second, s.p50_ms, s.p99_ms, s.max_ms
         );
-        for (name, s) in [
-            ("enrollment", &r.enrollment),
-            ("check-in", &r.checkin),
-            ("delivery", &r.delivery),
-        ] {
-            println!(
-                "{name:<11} {:>7} in {:>7.2}s = {:>8.1}/s   p50 {:>8.1} ms  p95 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
-                s.count, s.seconds, s.per_second, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
-            );
+    }
+    if r.rollout_check_in.is_some() {
+        match r.rollout_seconds {
+            Some(s) => println!(
+                "rollout: {} applied in {s:.1} s from its start",
+                r.rollout_applied
+            ),
+            None => println!(
+                "rollout: only {} of {} applied before the guard",
+                r.rollout_applied, r.agents
+            ),
         }
+    }
+    let mib = |b: f64| b / (1 << 20) as f64;
+    if let (Some(per), Some(peak)) = (r.server_bytes_per_machine, r.server_peak_rss) {
+        println!(
+            "server memory: {:.1} KiB per enrolled machine, peak {:.0} MiB",
+            per / 1024.0,
+            mib(peak as f64)
+        );
+    }
+    if let Some(per) = r.server_bytes_per_long_poll {
+        println!(
+            "server memory: {:.1} KiB per open long poll ({} open)",
+            per / 1024.0,
+            r.long_polls
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

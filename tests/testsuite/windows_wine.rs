@@ -366,11 +366,21 @@ struct Service<'a> {
 
 impl Service<'_> {
     fn sc(&self, args: &[&str]) -> String {
-        let o = self.wine.command("sc").args(args).output().unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+        self.try_sc(args).1
+    }
+
+    /// `sc ARGS`: (success, output).
+    fn try_sc(&self, args: &[&str]) -> (bool, String) {
+        let mut c = self.wine.command("sc");
+        c.args(args);
+        let o = Wine::output(c);
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
         )
     }
 }
@@ -392,6 +402,9 @@ async fn windows_agent_runs_as_a_service_under_wine() {
     let enrolled = site.view().await.last_seen_ms;
     // Windows Update says a restart is pending: the inventory must say so too.
     wine.reg_add(REBOOT_REQUIRED, None);
+    // The session is up (services.exe running) before the keeper and sc.
+    let (ok, out) = wine.cmd("ver");
+    assert!(ok, "{out}");
     let service = Service {
         wine: &wine,
         name: "patchcast-agent",
@@ -402,16 +415,20 @@ async fn windows_agent_runs_as_a_service_under_wine() {
             .spawn()
             .unwrap(),
     };
+    wait_for("the keeper to run", || {
+        !processes_with("-n 3599").is_empty()
+    })
+    .await;
     service.sc(&["delete", service.name]);
     let command = format!(
         "{} run --root {}",
         wine.windows_path(&wine.agent),
         wine.windows_path(&site.agent.root)
     );
-    let out = service.sc(&["create", service.name, "binpath=", &command]);
-    assert!(!out.contains("FAILED"), "sc create: {out}");
-    let out = service.sc(&["start", service.name]);
-    assert!(!out.contains("FAILED"), "sc start: {out}");
+    let (ok, out) = service.try_sc(&["create", service.name, "binpath=", &command]);
+    assert!(ok, "sc create: {out}");
+    let (ok, out) = service.try_sc(&["start", service.name]);
+    assert!(ok && out.contains("RUNNING"), "sc start: {out}");
 
     // The Service Control Manager started it: it checks in and logs to its root.
     let start = Instant::now();

@@ -69,9 +69,32 @@ impl Wine {
         format!("{drive}\\{}", rest.join("\\"))
     }
 
+    /// Runs `cmd` to its end and returns its output; a Wine program that hangs fails the test
+    /// after two minutes instead of holding the whole suite.
+    pub fn output(mut cmd: Command) -> std::process::Output {
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("{cmd:?} did not end within 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs a Windows command line through `cmd /c`: (success, output).
     pub fn cmd(&self, line: &str) -> (bool, String) {
-        let o = self.command("cmd").args(["/c", line]).output().unwrap();
+        let mut c = self.command("cmd");
+        c.args(["/c", line]);
+        let o = Wine::output(c);
         (
             o.status.success(),
             format!(
@@ -84,12 +107,9 @@ impl Wine {
 
     /// `reg ARGS… /reg:64` (the 64-bit view): (success, output).
     pub fn reg(&self, args: &[&str]) -> (bool, String) {
-        let o = self
-            .command("reg")
-            .args(args)
-            .arg("/reg:64")
-            .output()
-            .unwrap();
+        let mut c = self.command("reg");
+        c.args(args).arg("/reg:64");
+        let o = Wine::output(c);
         (
             o.status.success(),
             String::from_utf8_lossy(&o.stdout).into_owned(),
