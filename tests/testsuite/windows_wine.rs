@@ -149,6 +149,14 @@ fn processes_with(marker: &str) -> Vec<String> {
 fn forget_samples(wine: &Wine) {
     let _ = wine.cmd(&format!("msiexec /x {MSI_PRODUCT} /qn"));
     wine.reg_delete("HKLM\\SOFTWARE\\patchcast samples");
+    let mut reg32 = wine.command("reg");
+    reg32.args([
+        "delete",
+        "HKLM\\SOFTWARE\\patchcast samples",
+        "/f",
+        "/reg:32",
+    ]);
+    Wine::output(reg32);
     for kb in ["KB5099001", "KB5099002", "KB5099003"] {
         wine.reg_delete(&servicing_key(kb));
     }
@@ -170,6 +178,21 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Windows",
         Some(("CSDVersion", "REG_DWORD", "256")),
     );
+    // A 32-bit installer's key, in the 32-bit view (WOW6432Node) only.
+    let mut reg32 = wine.command("reg");
+    reg32.args([
+        "add",
+        "HKLM\\SOFTWARE\\patchcast samples\\wow32",
+        "/v",
+        "Version",
+        "/t",
+        "REG_SZ",
+        "/d",
+        "1.0",
+        "/f",
+        "/reg:32",
+    ]);
+    assert!(Wine::output(reg32).status.success());
 
     let mut site = WinSite::new(&wine, None).await;
     // Enrollment sent the inventory Windows reports, not the host's.
@@ -222,6 +245,15 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         ),
         &[("Windows10.0-KB5099009-x64.exe", &stub)],
     );
+    // Identified by a key only the 32-bit view has: the agent reads both views.
+    let wow32 = package(
+        tmp.path(),
+        "wow32-app",
+        &format!(
+            "id: wow32-app\nkind: application\ntitle: a 32-bit program's registry key\nversion: \"1.0\"\n{TARGETS}identification:\n  - registry: 'HKLM\\SOFTWARE\\patchcast samples\\wow32'\n    value: Version\n    data: \"1.0\"\npayload: [readme.txt]\ninstall:\n  command: 'type \"{{{{payload.0}}}}\"'\n  timeout: 1m\n"
+        ),
+        &[("readme.txt", b"already there\r\n")],
+    );
     // Starts a second program in the background and waits on a third: the time limit must
     // end all of them (the job object), not only cmd.
     let hangs = package(
@@ -238,6 +270,7 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         seeded,
         registering,
         sp1,
+        wow32,
         hangs,
     ] {
         publish(&site.server, &dir, &[]);
@@ -250,6 +283,7 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
             "kb5099001-seeded",
             "kb5099002-registers",
             "win10-sp1",
+            "wow32-app",
             "hangs-with-children",
         ])
         .await;
@@ -260,6 +294,7 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         "kb5099001-seeded",
         "kb5099002-registers",
         "win10-sp1",
+        "wow32-app",
     ] {
         assert_eq!(
             row(&rows, id).state,
@@ -280,7 +315,7 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
     ]);
     assert!(ok && out.contains("1.2.0"), "{out}");
     // Already applied ones ran nothing: their history has no execution.
-    for id in ["kb5099001-seeded", "win10-sp1"] {
+    for id in ["kb5099001-seeded", "win10-sp1", "wow32-app"] {
         let r = row(&rows, id);
         let events: Vec<&str> = r
             .history
@@ -402,9 +437,6 @@ async fn windows_agent_runs_as_a_service_under_wine() {
     let enrolled = site.view().await.last_seen_ms;
     // Windows Update says a restart is pending: the inventory must say so too.
     wine.reg_add(REBOOT_REQUIRED, None);
-    // The session is up (services.exe running) before the keeper and sc.
-    let (ok, out) = wine.cmd("ver");
-    assert!(ok, "{out}");
     let service = Service {
         wine: &wine,
         name: "patchcast-agent",

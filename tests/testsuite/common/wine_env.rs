@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const WINE64: &str = "/usr/lib/wine/wine64";
+const WINESERVER: &str = "/usr/lib/wine/wineserver";
+
+static SESSION: std::sync::Once = std::sync::Once::new();
 
 #[derive(Clone, Debug)]
 pub struct Wine {
@@ -26,7 +29,9 @@ impl Wine {
         let agent = std::env::var_os("PATCHCAST_TEST_WINDOWS_AGENT").map(PathBuf::from);
         match (prefix, agent) {
             (Some(prefix), Some(agent)) if prefix.is_dir() && agent.is_file() => {
-                Some(Wine { prefix, agent })
+                let wine = Wine { prefix, agent };
+                wine.start_session();
+                Some(wine)
             }
             (prefix, agent) => {
                 let why = format!(
@@ -40,6 +45,30 @@ impl Wine {
                 None
             }
         }
+    }
+
+    /// The first Wine program of a session starts wineserver and the system processes
+    /// (services.exe, explorer) with its own standard output: a test that captured it would
+    /// wait for an end of file they never send. So the session is started here, once, with
+    /// no output, and kept (`-p`) for the whole run; scripts/test.sh ends it.
+    fn start_session(&self) {
+        SESSION.call_once(|| {
+            use std::process::Stdio;
+            let quiet = |mut c: Command| {
+                c.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+            };
+            let mut server = Command::new(WINESERVER);
+            server.arg("-p").env("WINEPREFIX", &self.prefix);
+            // Fails harmlessly when a server already runs for the prefix.
+            let _ = quiet(server);
+            let mut boot = self.command("cmd");
+            boot.args(["/c", "ver"]);
+            let status = quiet(boot).expect("running Wine");
+            assert!(status.success(), "Wine could not start a session: {status}");
+        });
     }
 
     /// `program` (a Windows path or a file on this host) run by Wine in the prefix.
