@@ -369,6 +369,9 @@ pub struct Plan {
     pub rollout: bool,
     /// Then this many long polls held open at once (to measure their memory).
     pub long_polls: usize,
+    /// Check-ins (with the work they bring) in flight at most, as through one proxy's bounded
+    /// pool; later arrivals queue, and their wait counts in their latency.
+    pub connections: usize,
 }
 
 /// The server process's memory (VmRSS / VmHWM of /proc/PID/status), when it can be read.
@@ -404,8 +407,11 @@ pub struct LoadReport {
     pub check_ins_per_s: f64,
     pub check_in_p50_ms: f64,
     pub check_in_p99_ms: f64,
-    /// Failed requests of every phase.
+    /// Failed check-ins of the steady phase.
     pub errors: u64,
+    /// Failed check-ins and deliveries during the rollout, and the first few of every phase.
+    pub rollout_errors: u64,
+    pub error_samples: Vec<String>,
     /// From `rollout start` until every agent's verify was acknowledged.
     pub rollout_seconds: Option<f64>,
     pub rollout_applied: u64,
@@ -436,7 +442,18 @@ struct Tally {
     check_ins: Vec<u64>,
     deliveries: Vec<u64>,
     errors: u64,
+    /// The first few errors' text, to say what failed.
+    samples: Vec<String>,
     applied: u64,
+}
+
+impl Tally {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.samples.len() < 3 {
+            self.samples.push(e.to_string());
+        }
+    }
 }
 
 /// Open-loop check-ins until `until` (or, with `done`, until it says the work is done):
@@ -445,6 +462,7 @@ struct Tally {
 async fn check_ins(
     sims: &std::sync::Arc<Vec<SimAgent>>,
     busy: &std::sync::Arc<Vec<std::sync::atomic::AtomicBool>>,
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
     interval: Duration,
     until: Instant,
     done: impl Fn(&Tally) -> bool,
@@ -464,10 +482,13 @@ async fn check_ins(
             if busy[i].swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let (sims, busy, tally) = (sims.clone(), busy.clone(), tally.clone());
+            let (sims, busy, tally, slots) =
+                (sims.clone(), busy.clone(), tally.clone(), slots.clone());
             tasks.spawn(async move {
                 let a = &sims[i];
+                // From the arrival, not from the send: a queued check-in was late.
                 let t0 = Instant::now();
+                let _slot = slots.acquire().await.expect("never closed");
                 let polled = a.poll(AgentState::Idle, 0).await;
                 let us = t0.elapsed().as_micros() as u64;
                 let outcome = match polled {
@@ -477,7 +498,7 @@ async fn check_ins(
                         Some(r.map(|_| t1.elapsed().as_micros() as u64))
                     }
                     Ok(None) => None,
-                    Err(_) => Some(Err(anyhow::anyhow!("check-in failed"))),
+                    Err(e) => Some(Err(anyhow::anyhow!("check-in: {e}"))),
                 };
                 let mut t = tally.lock().expect("tally");
                 t.check_ins.push(us);
@@ -486,7 +507,7 @@ async fn check_ins(
                         t.deliveries.push(d);
                         t.applied += 1;
                     }
-                    Some(Err(_)) => t.errors += 1,
+                    Some(Err(e)) => t.error(format!("{e:#}")),
                     None => {}
                 }
                 drop(t);
@@ -560,17 +581,21 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             .collect(),
     );
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(plan.connections.max(1)));
     let steady_start = Instant::now();
     let steady = check_ins(
         &sims,
         &busy,
+        &slots,
         plan.check_in_interval,
         steady_start + plan.duration,
         |_| false,
     )
     .await;
     let check_in = stats(steady.check_ins, steady_start.elapsed());
-    let mut errors = steady.errors;
+    let errors = steady.errors;
+    let mut error_samples = steady.samples;
+    let mut rollout_errors = 0;
 
     let (mut rollout_seconds, mut rollout_applied, mut rollout_check_in, mut delivery) =
         (None, 0, None, None);
@@ -598,7 +623,7 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         let agents = sims.len() as u64;
         // A generous guard: every agent checks in several times before it gives up.
         let guard = t0 + (plan.check_in_interval * 5).max(Duration::from_secs(300));
-        let r = check_ins(&sims, &busy, plan.check_in_interval, guard, |t| {
+        let r = check_ins(&sims, &busy, &slots, plan.check_in_interval, guard, |t| {
             t.applied >= agents
         })
         .await;
@@ -606,7 +631,8 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             rollout_seconds = Some(t0.elapsed().as_secs_f64());
         }
         rollout_applied = r.applied;
-        errors += r.errors;
+        rollout_errors = r.errors;
+        error_samples.extend(r.samples);
         rollout_check_in = Some(stats(r.check_ins, t0.elapsed()));
         delivery = Some(stats(r.deliveries, t0.elapsed()));
     }
@@ -626,7 +652,13 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             _ = tokio::time::sleep(Duration::from_secs(10)) => Memory::of(t.server_pid),
             _ = &mut all => None,
         };
-        errors += all.await.iter().filter(|r| r.is_err()).count() as u64;
+        for r in all.await {
+            if let Err(e) = r
+                && error_samples.len() < 6
+            {
+                error_samples.push(format!("long poll: {e}"));
+            }
+        }
         if let (Some(b), Some(o)) = (base, open) {
             per_long_poll = Some((o.rss_bytes as f64 - b.rss_bytes as f64) / n as f64);
         }
@@ -641,6 +673,8 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         check_in_p99_ms: check_in.p99_ms,
         check_in,
         errors,
+        rollout_errors,
+        error_samples,
         rollout_seconds,
         rollout_applied,
         rollout_check_in,

@@ -348,6 +348,10 @@ pub struct LoadtestArgs {
     /// Then hold this many long polls open at once, to measure their memory.
     #[arg(long, default_value_t = 0)]
     pub long_polls: usize,
+    /// Check-ins in flight at most (one proxy's bounded pool); later arrivals queue and
+    /// their wait counts in their latency.
+    #[arg(long, default_value_t = 2048)]
+    pub connections: usize,
     /// Signing key the target server trusts (needed with --server; otherwise one is made).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -1003,6 +1007,7 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
         duration: a.duration,
         rollout: a.rollout,
         long_polls: a.long_polls,
+        connections: a.connections,
     };
     let mut server = None;
     let result = (|| -> Result<crate::loadgen::LoadReport> {
@@ -1079,9 +1084,12 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{} simulated agents over one connection pool, each checking in every {:.0} s (open loop); {} errors",
-        r.agents, r.check_in_interval_s, r.errors
+        "{} simulated agents over one connection pool, each checking in every {:.0} s (open loop); {} errors in the steady phase, {} in the rollout",
+        r.agents, r.check_in_interval_s, r.errors, r.rollout_errors
     );
+    for e in &r.error_samples {
+        println!("  e.g. {e}");
+    }
     let phases = [
         ("enrollment", Some(&r.enrollment)),
         ("check-in", Some(&r.check_in)),

@@ -179,20 +179,22 @@ async fn windows_agent_under_wine_reports_the_machine_and_installs_real_packages
         Some(("CSDVersion", "REG_DWORD", "256")),
     );
     // A 32-bit installer's key, in the 32-bit view (WOW6432Node) only.
-    let mut reg32 = wine.command("reg");
-    reg32.args([
-        "add",
-        "HKLM\\SOFTWARE\\patchcast samples\\wow32",
-        "/v",
-        "Version",
-        "/t",
-        "REG_SZ",
-        "/d",
-        "1.0",
-        "/f",
-        "/reg:32",
-    ]);
-    assert!(Wine::output(reg32).status.success());
+    let (ok, out) = wine.run(
+        "reg",
+        &[
+            "add",
+            "HKLM\\SOFTWARE\\patchcast samples\\wow32",
+            "/v",
+            "Version",
+            "/t",
+            "REG_SZ",
+            "/d",
+            "1.0",
+            "/f",
+            "/reg:32",
+        ],
+    );
+    assert!(ok, "{out}");
 
     let mut site = WinSite::new(&wine, None).await;
     // Enrollment sent the inventory Windows reports, not the host's.
@@ -406,17 +408,7 @@ impl Service<'_> {
 
     /// `sc ARGS`: (success, output).
     fn try_sc(&self, args: &[&str]) -> (bool, String) {
-        let mut c = self.wine.command("sc");
-        c.args(args);
-        let o = Wine::output(c);
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
+        self.wine.run("sc", args)
     }
 }
 

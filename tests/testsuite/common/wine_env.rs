@@ -119,10 +119,10 @@ impl Wine {
         child.wait_with_output().unwrap()
     }
 
-    /// Runs a Windows command line through `cmd /c`: (success, output).
-    pub fn cmd(&self, line: &str) -> (bool, String) {
-        let mut c = self.command("cmd");
-        c.args(["/c", line]);
+    /// Runs a Windows program with `args` to its end: (success, stdout and stderr).
+    pub fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let mut c = self.command(program);
+        c.args(args);
         let o = Wine::output(c);
         (
             o.status.success(),
@@ -134,15 +134,14 @@ impl Wine {
         )
     }
 
+    /// Runs a Windows command line through `cmd /c`: (success, output).
+    pub fn cmd(&self, line: &str) -> (bool, String) {
+        self.run("cmd", &["/c", line])
+    }
+
     /// `reg ARGS… /reg:64` (the 64-bit view): (success, output).
     pub fn reg(&self, args: &[&str]) -> (bool, String) {
-        let mut c = self.command("reg");
-        c.args(args).arg("/reg:64");
-        let o = Wine::output(c);
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
+        self.run("reg", &[args, &["/reg:64"]].concat())
     }
 
     /// `reg add KEY [/v NAME /t TYPE /d DATA] /f`; panics when it fails.
