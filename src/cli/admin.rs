@@ -1055,11 +1055,8 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             let connect = Connect {
-                server: None,
-                fingerprint: None,
-                token: None,
-                token_file: None,
                 data: Some(data),
+                ..Connect::default()
             };
             let (url, fingerprint, admin_token) = connect.parts()?;
             eprintln!("server process {pid} on {url}");

@@ -407,6 +407,13 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
     }
 }
 
+/// Whether `name` (a stored state's name) names a terminal state.
+pub fn is_terminal_name(name: &str) -> bool {
+    every_state()
+        .iter()
+        .any(|s| s.name() == name && s.is_terminal())
+}
+
 /// Every state's name, in the order of the delivery's life.
 pub fn state_names() -> Vec<&'static str> {
     every_state().iter().map(State::name).collect()
@@ -714,6 +721,14 @@ mod tests {
             "{:?}",
             d.state
         );
+    }
+
+    #[test]
+    fn terminal_names_follow_the_states() {
+        for s in every_state() {
+            assert_eq!(is_terminal_name(s.name()), s.is_terminal(), "{}", s.name());
+        }
+        assert!(!is_terminal_name("no such state"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod ssh_machines;
 pub mod ssh_worker;
 pub mod store;
 pub mod throttle;
+pub mod upgrades;
 pub mod windows;
 
 use anyhow::{Context, Result};
@@ -160,6 +161,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         ),
     };
     let db = db::open(&url).await?;
+    upgrades::run(&db).await?;
     let trusted = cfg
         .trust_keys
         .iter()

@@ -163,6 +163,6 @@ pub async fn counts(s: &Server, scenario: &str) -> Result<Counts> {
     c.done = c.total > 0
         && c.states
             .iter()
-            .all(|(k, n)| *n == 0 || db::deliveries::is_terminal_name(k));
+            .all(|(k, n)| *n == 0 || patchcast_core::delivery::is_terminal_name(k));
     Ok(c)
 }

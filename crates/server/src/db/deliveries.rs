@@ -56,11 +56,6 @@ fn literal(s: &State) -> String {
     format!("'{}'", s.name())
 }
 
-/// Whether `name` (a `state` column value) is a terminal state's.
-pub fn is_terminal_name(name: &str) -> bool {
-    TERMINAL.iter().any(|s| s.name() == name)
-}
-
 /// A delivery row as stored.
 #[derive(Debug, Clone)]
 pub struct DeliveryRow {
@@ -549,9 +544,6 @@ mod tests {
         exactly(FETCHING, |s| {
             names(WAITING).contains(&s.name()) || *s == State::Transferring
         });
-        for s in patchcast_core::delivery::every_state() {
-            assert_eq!(is_terminal_name(s.name()), s.is_terminal(), "{}", s.name());
-        }
     }
 
     #[test]

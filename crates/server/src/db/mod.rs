@@ -152,7 +152,6 @@ pub async fn open(url: &str) -> Result<AnyPool> {
         .await
         .with_context(|| format!("opening the database {}", redact(url)))?;
     migrate(&pool).await?;
-    upgrades::run(&pool).await?;
     Ok(pool)
 }
 

@@ -1,63 +1,23 @@
-//! Changes to stored documents that SQL cannot express on both backends, each run once, in
-//! one transaction with its record in `data_upgrades` (created by migration 6).
+//! The record of data upgrades run (`data_upgrades`, created by migration 6). What each
+//! upgrade does is decided in `server::upgrades`.
 
 use anyhow::{Context, Result};
-use patchcast_core::machine_names;
-use patchcast_core::sources::Source;
 use sqlx::{AnyConnection, AnyPool};
 
-/// Ordered; never edit a released entry, append a new one.
-const UPGRADES: &[&str] = &["machine names to ids"];
-
-pub async fn run(db: &AnyPool) -> Result<()> {
-    let done: Vec<String> = sqlx::query_scalar("SELECT name FROM data_upgrades")
+/// The names of the upgrades already applied.
+pub async fn done(db: &AnyPool) -> Result<Vec<String>> {
+    sqlx::query_scalar("SELECT name FROM data_upgrades")
         .fetch_all(db)
         .await
-        .context("reading data_upgrades")?;
-    for &name in UPGRADES.iter().filter(|u| !done.iter().any(|d| d == *u)) {
-        let mut tx = db.begin().await?;
-        match name {
-            "machine names to ids" => names_to_ids(&mut tx).await?,
-            other => anyhow::bail!("no data upgrade named {other}"),
-        }
-        sqlx::query("INSERT INTO data_upgrades (name, applied_at) VALUES ($1, $2)")
-            .bind(name)
-            .bind(super::now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit()
-            .await
-            .with_context(|| format!("data upgrade `{name}`"))?;
-    }
-    Ok(())
+        .context("reading data_upgrades")
 }
 
-/// Group members and relay sources were matched by id or hostname when read, so an agent
-/// could claim a name; they are ids from now on. A name that stands for one machine becomes
-/// its id; one that does not is kept as written, matches nothing (only ids are compared) and
-/// is logged for the administrator to rewrite.
-async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
-    let machines = super::machines::names(tx).await?;
-    let to_id = |what: &str, name: &mut String| match machine_names::resolve(
-        name,
-        machines.iter().map(|(i, h)| (i.as_str(), h.as_str())),
-    ) {
-        Ok(id) => *name = id,
-        Err(e) => tracing::warn!("{what}: {e}; it names no machine until it is rewritten"),
-    };
-    for mut g in super::machines::groups_in(tx).await? {
-        for m in &mut g.members {
-            to_id(&format!("group {}", g.name), m);
-        }
-        super::machines::save_group(tx, &g).await?;
-    }
-    if let Some(mut list) = super::sources::list_in(tx).await? {
-        for s in list.entries.iter_mut().flat_map(|e| e.sources.iter_mut()) {
-            if let Source::Relay { machine } = s {
-                to_id("update sources", machine);
-            }
-        }
-        super::sources::replace(tx, &list, super::now_ms()).await?;
-    }
+/// Records `name` as applied, in the transaction that applied it.
+pub async fn record(tx: &mut AnyConnection, name: &str, now: i64) -> Result<()> {
+    sqlx::query("INSERT INTO data_upgrades (name, applied_at) VALUES ($1, $2)")
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
