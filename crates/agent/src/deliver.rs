@@ -11,6 +11,7 @@ use super::journal::{Entry, Journal, Step};
 use ed25519_dalek::VerifyingKey;
 use patchcast_core::delivery::{Event, Execution};
 use patchcast_core::errors::{Code, Params};
+use patchcast_core::faults::{self, Fault};
 use patchcast_core::identify::{Facts, queries};
 use patchcast_core::model::package::Package;
 use patchcast_core::model::template::TemplateMachine;
@@ -206,22 +207,31 @@ impl Staging<'_> {
                 },
             )
             .into()),
-            Ok(Fetched::Refused(why)) => Err(Refusal::detail(Code::E11, why).into()),
+            // The source answered that it has no such content (404, 403…).
+            Ok(Fetched::Refused(why)) => Err(Fault::ContentMissing.refusal(None, why).into()),
             Ok(Fetched::Exhausted(tried)) => {
                 tracing::error!(delivery = %work.delivery_id, ?tried, "no update source could provide the archive and the server fallback is off");
                 Err(Refusal::detail(Code::E27, tried.join("; ")).into())
             }
-            Err(FetchError::Disk { path, err }) => Err(Refusal::new(
-                Code::E06,
-                Params {
-                    file: Some(path),
-                    detail: Some(err.to_string()),
-                    ..Params::default()
-                },
-            )
-            .into()),
+            Err(FetchError::Staging { path, err }) => {
+                Err(faults::staging_fault(err.kind())
+                    .refusal(Some(path), err.to_string())
+                    .into())
+            }
+            Err(FetchError::Disk { path, err }) => Err(faults::write_fault(err.kind())
+                .refusal(Some(path), err.to_string())
+                .into()),
+            // The server itself cannot be reached: nothing can be reported now either; the
+            // delivery resumes from the journal, or the server's deadline settles it (E05).
             Err(FetchError::Call(c)) => Err(c.into()),
-            Err(e @ FetchError::Cut(_)) => Err(anyhow::Error::from(e).into()),
+            // Reset, cut or stalled on every quick retry: reported with its own code.
+            Err(e @ FetchError::Broken { how, .. }) => Err(how
+                .fault()
+                .refusal(
+                    Some(format!("{} ({})", work.package_id, work.archive_sha256)),
+                    e.to_string(),
+                )
+                .into()),
         }
     }
 
@@ -348,6 +358,14 @@ impl runner::Target for Local<'_> {
         exec::kill_group(pgid);
     }
 
+    fn shell(&self) -> runner::Shell {
+        if cfg!(windows) {
+            runner::Shell::Other
+        } else {
+            runner::Shell::Posix
+        }
+    }
+
     async fn install(
         &mut self,
         _signed: &Verified,
@@ -438,7 +456,16 @@ impl runner::Target for Emulated<'_> {
         self.staging.installed = true;
         // The emulated installer reads its behaviour from the verified payload; the package
         // definition only says which exit codes mean success.
-        let (code, output) = self.endpoint.install(&signed.package, payload.as_ref())?;
+        let (code, output) = self
+            .endpoint
+            .install(&signed.package, payload.as_ref())
+            .map_err(|e| match e.downcast::<super::emulated::Replace>() {
+                // A destination it cannot write (busy: the Windows sharing violation).
+                Ok(r) => Stop::from(
+                    faults::write_fault(r.err.kind()).refusal(Some(r.windows_path.clone()), r.to_string()),
+                ),
+                Err(e) => Stop::from(e),
+            })?;
         Ok(Ran {
             exit: Some(code),
             output,
@@ -447,6 +474,10 @@ impl runner::Target for Emulated<'_> {
 
     fn uninstalls(&self) -> bool {
         false
+    }
+
+    fn shell(&self) -> runner::Shell {
+        runner::Shell::Other
     }
 
     async fn boot_id(&mut self) -> String {

@@ -292,8 +292,11 @@ impl Endpoint {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::copy(&src, &dest)
-                .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+            std::fs::copy(&src, &dest).map_err(|err| Replace {
+                windows_path: windows_path.clone(),
+                dest: dest.display().to_string(),
+                err,
+            })?;
             out.push_str(&format!("replaced {windows_path}\n"));
         }
         self.save()?;
@@ -425,6 +428,16 @@ fn find_case_insensitive(dir: &Path, name: &str) -> Option<PathBuf> {
             .filter(|n| n.eq_ignore_ascii_case(name))
             .map(|_| e.path())
     })
+}
+
+/// Replacing a file on the emulated machine failed; typed so that the target sorts it by
+/// its `io::ErrorKind` (a busy file is the Windows sharing violation, E11).
+#[derive(Debug, thiserror::Error)]
+#[error("replacing {windows_path} ({dest}): {err}")]
+pub struct Replace {
+    pub windows_path: String,
+    pub dest: String,
+    pub err: std::io::Error,
 }
 
 #[cfg(test)]

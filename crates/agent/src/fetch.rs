@@ -4,14 +4,23 @@
 //! finished file is hashed and becomes `archive.pcpkg` only when it matches the work item's hash.
 
 use futures_util::StreamExt;
+use patchcast_core::faults::Broken;
 use patchcast_core::model::types::Sha256;
 use patchcast_proto::client::{CallError, Client};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A body that sends nothing for this long counts as cut.
+/// A body that sends nothing for this long has stalled (E09 once the retries are spent).
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The idle limit: `PATCHCAST_TRANSFER_IDLE_SECS` when set (tests shorten it), else 60 s.
+fn idle_limit() -> Duration {
+    std::env::var("PATCHCAST_TRANSFER_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(IDLE_LIMIT, Duration::from_secs)
+}
 /// Cuts retried at once (resuming) before the delivery waits for the next loop iteration.
 const QUICK_RETRIES: u32 = 5;
 
@@ -32,10 +41,69 @@ pub enum Fetched {
 pub enum FetchError {
     #[error("{0}")]
     Call(#[from] CallError),
-    #[error("download cut: {0}")]
-    Cut(String),
+    /// The body broke off: how (reset, cut, stalled) decides the code once retries are spent.
+    #[error("download {}: {detail}", match how { Broken::Reset => "reset", Broken::Cut => "cut", Broken::Stalled => "stalled" })]
+    Broken { how: Broken, detail: String },
+    /// The staging directory could not be created.
+    #[error("creating {path}: {err}")]
+    Staging { path: String, err: std::io::Error },
     #[error("writing {path}: {err}")]
     Disk { path: String, err: std::io::Error },
+}
+
+impl FetchError {
+    /// A transfer that ended early for a reason other than the socket's (a short or overlong
+    /// body, an unexpected status or range).
+    pub fn cut(detail: impl Into<String>) -> FetchError {
+        FetchError::Broken {
+            how: Broken::Cut,
+            detail: detail.into(),
+        }
+    }
+
+    /// A failure of this machine's disk rather than of the transfer: no other source helps.
+    pub fn is_local(&self) -> bool {
+        matches!(self, FetchError::Staging { .. } | FetchError::Disk { .. })
+    }
+
+    /// A body broken by `e`: the first I/O error in its chain says reset or cut.
+    fn body(e: &reqwest::Error) -> FetchError {
+        let mut how = if e.is_timeout() {
+            Broken::Stalled
+        } else {
+            Broken::Cut
+        };
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                how = Broken::of_io(io.kind());
+                break;
+            }
+            source = s.source();
+        }
+        FetchError::Broken {
+            how,
+            detail: chain(e),
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub(crate) fn staging(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
+    move |err| FetchError::Staging {
+        path: path.display().to_string(),
+        err,
+    }
 }
 
 pub fn archive_path(work_dir: &Path) -> PathBuf {
@@ -80,13 +148,13 @@ pub async fn fetch_http(
         return Ok(Fetched::Complete(done));
     }
     let part = part_path(work_dir);
-    std::fs::create_dir_all(work_dir).map_err(disk(work_dir))?;
+    std::fs::create_dir_all(work_dir).map_err(staging(work_dir))?;
     let mut failures = 0;
     loop {
         match attempt(client, path, size, &part).await {
             Ok(Some(refused)) => return Ok(Fetched::Refused(refused)),
             Ok(None) => break,
-            Err(e @ FetchError::Disk { .. }) => return Err(e),
+            Err(e) if e.is_local() => return Err(e),
             Err(e) => {
                 failures += 1;
                 tracing::warn!(error = %e, failures, "download interrupted; resuming");
@@ -141,7 +209,7 @@ async fn attempt(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !range.starts_with(&format!("bytes {have}-")) {
-                return Err(FetchError::Cut(format!(
+                return Err(FetchError::cut(format!(
                     "asked for bytes {have}- but the server sent `{range}`"
                 )));
             }
@@ -151,7 +219,7 @@ async fn attempt(
         416 => {
             // The file was complete already, or is larger than expected: start over.
             let _ = std::fs::remove_file(part);
-            return Err(FetchError::Cut("range not satisfiable; restarting".into()));
+            return Err(FetchError::cut("range not satisfiable; restarting"));
         }
         s if (400..500).contains(&s) && s != 408 && s != 429 => {
             let body = resp.text().await.unwrap_or_default();
@@ -160,7 +228,7 @@ async fn attempt(
                 body.chars().take(300).collect::<String>()
             )));
         }
-        s => return Err(FetchError::Cut(format!("HTTP {s}"))),
+        s => return Err(FetchError::cut(format!("HTTP {s}"))),
     };
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -171,20 +239,30 @@ async fn attempt(
         .map_err(disk(part))?;
     let mut stream = resp.bytes_stream();
     let mut written = if append { have } else { 0 };
+    let idle = idle_limit();
     loop {
-        let chunk = match tokio::time::timeout(IDLE_LIMIT, stream.next()).await {
-            Err(_) => return Err(FetchError::Cut("no data for 60 s".into())),
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                f.sync_data().map_err(disk(part))?;
+                return Err(FetchError::Broken {
+                    how: Broken::Stalled,
+                    detail: format!(
+                        "no data for {} s after {written} of {size} bytes",
+                        idle.as_secs()
+                    ),
+                });
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 f.sync_data().map_err(disk(part))?;
-                return Err(FetchError::Cut(e.to_string()));
+                return Err(FetchError::body(&e));
             }
             Ok(Some(Ok(c))) => c,
         };
         written += chunk.len() as u64;
         if written > size {
             let _ = std::fs::remove_file(part);
-            return Err(FetchError::Cut(format!(
+            return Err(FetchError::cut(format!(
                 "the server sent more than the expected {size} bytes"
             )));
         }
@@ -192,7 +270,7 @@ async fn attempt(
     }
     f.sync_data().map_err(disk(part))?;
     if written < size {
-        return Err(FetchError::Cut(format!(
+        return Err(FetchError::cut(format!(
             "body ended at {written} of {size} bytes"
         )));
     }

@@ -63,7 +63,7 @@ pub async fn fetch(
                     )),
                     Ok(Fetched::Refused(why)) => tried.push(format!("{label}: {why}")),
                     Ok(Fetched::Exhausted(t)) => tried.extend(t),
-                    Err(e @ FetchError::Disk { .. }) => return Err(e),
+                    Err(e) if e.is_local() => return Err(e),
                     Err(e) => tried.push(format!("{label}: {e}")),
                 }
                 tracing::warn!(source = %label, failure = %tried.last().map(String::as_str).unwrap_or(""), "update source failed; trying the next");
@@ -131,7 +131,7 @@ async fn one(
             ..
         } => {
             let c = Client::new(url, fp, Some(token.clone()))
-                .map_err(|e| FetchError::Cut(format!("{e:#}")))?;
+                .map_err(|e| FetchError::cut(format!("{e:#}")))?;
             let path = format!("{CONTENT}/{}", sha256.hex());
             fetch::fetch_http(&c, &path, sha256, size, work_dir, SOURCE_RETRIES).await
         }
@@ -148,7 +148,7 @@ async fn one(
                         .map_err(anyhow::Error::from)
                 }),
             }
-            .map_err(|e| FetchError::Cut(format!("{e:#}")))?;
+            .map_err(|e| FetchError::cut(format!("{e:#}")))?;
             let path = format!("/{}", content_name(sha256));
             fetch::fetch_http(&c, &path, sha256, size, work_dir, SOURCE_RETRIES).await
         }
@@ -164,12 +164,12 @@ pub async fn smb_fetch(
     size: u64,
     work_dir: &Path,
 ) -> Result<Fetched, FetchError> {
-    let share = ShareUrl::parse(url).map_err(|e| FetchError::Cut(e.to_string()))?;
+    let share = ShareUrl::parse(url).map_err(|e| FetchError::cut(e.to_string()))?;
     let creds = match smb_credentials(root) {
         Ok(c) => c,
         Err(e) => return Ok(Fetched::Refused(e.to_string())),
     };
-    std::fs::create_dir_all(work_dir).map_err(fetch::disk(work_dir))?;
+    std::fs::create_dir_all(work_dir).map_err(fetch::staging(work_dir))?;
     let part = fetch::part_path(work_dir);
     let mut have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     if have > size {
@@ -184,7 +184,7 @@ pub async fn smb_fetch(
         .map_err(fetch::disk(&part))?;
     let conn = Share::connect(&share, &creds)
         .await
-        .map_err(|e| FetchError::Cut(e.to_string()))?;
+        .map_err(|e| FetchError::cut(e.to_string()))?;
     let got = conn
         .download(&content_name(sha256), have, size, &mut out, &part)
         .await;
@@ -204,7 +204,7 @@ pub async fn smb_fetch(
         Err(patchcast_smb::SmbError::Local { path, err }) => {
             return Err(FetchError::Disk { path, err });
         }
-        Err(e) => return Err(FetchError::Cut(e.to_string())),
+        Err(e) => return Err(FetchError::cut(e.to_string())),
     }
     out.sync_data().map_err(fetch::disk(&part))?;
     fetch::finish(sha256, work_dir)

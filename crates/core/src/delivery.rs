@@ -400,7 +400,7 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             }
         },
         (s, Event::NoReply) if s.in_flight() => {
-            n.last_code = Some(Code::E13);
+            n.last_code = Some(crate::faults::no_reply(*s == State::Transferring).code());
             go(n, State::AwaitingRetry, Action::ScheduleRetry)
         }
         _ => Err(invalid()),

@@ -43,7 +43,7 @@ macro_rules! codes {
 codes! {
     /// Error while preparing the auto-update (server short of resources).
     E01,
-    /// Socket error: the server's network stack could not be initialised.
+    /// Socket error (patchcast: the connection was reset during the download, after retries).
     E02,
     /// Could not connect to the machine.
     E03,
@@ -53,11 +53,13 @@ codes! {
     E05,
     /// Could not create the files on the machine (free disk < 3 × the package size).
     E06,
-    /// Error preparing the file transfer.
+    /// Error preparing the file transfer (patchcast: the staging directory cannot be created).
     E07,
-    /// The file transfer thread could not start.
+    /// The file transfer thread could not start (patchcast: the transfer ended early, after
+    /// retries).
     E08,
-    /// The file transfer control thread could not start.
+    /// The file transfer control thread could not start (patchcast: the transfer stalled, after
+    /// retries).
     E09,
     /// Error transferring a file.
     E10,
@@ -411,22 +413,6 @@ macro_rules! restart_server_ja {
          管理サーバ(patchcast server)を再起動してください。"
     };
 }
-macro_rules! thread_en {
-    () => {
-        concat!(
-            "Starting a thread on the server failed. ",
-            restart_server_en!()
-        )
-    };
-}
-macro_rules! thread_ja {
-    () => {
-        concat!(
-            "スレッドの生成に失敗しました。管理サーバ側のリソースが不足した可能性があります。",
-            "管理サーバ(patchcast server)を再起動してください。"
-        )
-    };
-}
 
 const fn text(en: &'static str, ja: &'static str) -> Text {
     Text { en, ja }
@@ -450,15 +436,20 @@ static CATALOG: [Entry; 27] = [
         code: Code::E02,
         title: text("Socket error", "ソケットエラー"),
         message: text("A socket error occurred.", "ソケットエラーが発生しました。"),
+        // patchcast: the connection was reset during the download, on every quick retry.
         remedy: text(
-            "The server's network stack could not be initialised. Check the patchcast server's \
-             network settings (is TCP/IP configured?). If they are fine, restart the patchcast \
-             server.",
-            "ソケットの初期化に失敗しました。管理サーバのネットワーク設定\
-             (TCP/IPプロトコルが実装されているか)を確認してください。\
-             問題がない場合,管理サーバ(patchcast server)を再起動してください。",
+            "The connection was reset while the machine downloaded the package, on every \
+             retry. Something between the machine and the patchcast server or update source \
+             (a firewall, proxy or security appliance) may be cutting it: check it and the \
+             server's network settings (is TCP/IP configured?). The package is delivered \
+             again at the next auto-update.",
+            "パッケージのダウンロード中に接続がリセットされ,再試行しても同じでした。\
+             コンピュータと管理サーバ(またはアップデート元)の間のファイアウォール,\
+             プロキシ,セキュリティ機器などが接続を切断している可能性があります。\
+             それらと管理サーバのネットワーク設定(TCP/IPプロトコルが実装されているか)を\
+             確認してください。次回自動更新時に再度配信されます。",
         ),
-        transient: false,
+        transient: true,
     },
     Entry {
         code: Code::E03,
@@ -569,15 +560,16 @@ static CATALOG: [Entry; 27] = [
             "An error occurred while preparing the file transfer.",
             "ファイル転送準備時にエラーが発生しました。",
         ),
+        // patchcast: the agent cannot create the directory it stages the package in.
         remedy: text(
-            concat!(
-                "An error occurred in the processing before the file transfer. ",
-                restart_server_en!()
-            ),
-            concat!(
-                "ファイル転送前の処理でエラーが発生しました。",
-                restart_server_ja!()
-            ),
+            "An error occurred in the processing before the file transfer: the agent could not \
+             create the directory it stages the package in (a read-only file system, missing \
+             permissions, or a file in the way). Check that the agent's data directory (its \
+             `work` directory) on the machine is writable, then deliver the package again.",
+            "ファイル転送前の処理でエラーが発生しました。エージェントがパッケージを一時保存する\
+             ディレクトリを作成できませんでした(読み取り専用のファイルシステム,権限不足,\
+             同名のファイルなど)。コンピュータ上のエージェントのデータディレクトリ\
+             (work ディレクトリ)に書き込めるか確認し,パッケージを再度配信してください。",
         ),
         transient: false,
     },
@@ -591,8 +583,20 @@ static CATALOG: [Entry; 27] = [
             "Creating the file transfer thread failed.",
             "ファイル転送スレッドの生成に失敗しました。",
         ),
-        remedy: text(thread_en!(), thread_ja!()),
-        transient: false,
+        // patchcast: the download ended before its last byte, on every quick retry.
+        remedy: text(
+            "The transfer ended before its last byte on every retry: the patchcast server or \
+             update source closed the connection early, or its transfer task stopped. Check \
+             that the server (or source) keeps running and its log, and the network in between \
+             (ping the machine). If the server is short of resources, restart it. The package \
+             is delivered again at the next auto-update.",
+            "再試行しても,ファイル転送が最後まで届く前に終了しました。管理サーバ\
+             (またはアップデート元)が接続を途中で閉じたか,転送処理が停止しています。\
+             管理サーバ(またはアップデート元)が動作し続けているかとそのログ,\
+             間のネットワーク(ping)を確認してください。管理サーバのリソースが不足している\
+             場合は再起動してください。次回自動更新時に再度配信されます。",
+        ),
+        transient: true,
     },
     Entry {
         code: Code::E09,
@@ -604,8 +608,21 @@ static CATALOG: [Entry; 27] = [
             "Creating the file transfer control thread failed.",
             "ファイル転送コントロールスレッドの生成に失敗しました。",
         ),
-        remedy: text(thread_en!(), thread_ja!()),
-        transient: false,
+        // patchcast: the transfer stalled (no byte for the idle limit), on every quick retry.
+        remedy: text(
+            "The transfer stalled: no data arrived for its idle limit, on every retry. Check \
+             the network between the machine and the patchcast server or update source (ping; \
+             a firewall or proxy holding connections open) and whether the server is \
+             overloaded (restart it if it is short of resources). The package is delivered \
+             again at the next auto-update.",
+            "ファイル転送が停止しました(一定時間データが届かない状態が,再試行しても続きました)。\
+             コンピュータと管理サーバ(またはアップデート元)の間のネットワーク\
+             (ping,接続を保持したままにするファイアウォールやプロキシ)と,\
+             管理サーバが過負荷になっていないかを確認してください\
+             (リソースが不足している場合は再起動してください)。\
+             次回自動更新時に再度配信されます。",
+        ),
+        transient: true,
     },
     Entry {
         code: Code::E10,
@@ -1309,6 +1326,12 @@ mod tests {
             (Code::E13, true),
             (Code::E14, true),
             (Code::E06, true),
+            (Code::E02, true),
+            (Code::E08, true),
+            (Code::E09, true),
+            (Code::E01, false),
+            (Code::E07, false),
+            (Code::E12, false),
             (Code::E17, false),
             (Code::E18, false),
             (Code::E19, false),

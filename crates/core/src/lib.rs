@@ -8,6 +8,7 @@ pub mod model;
 pub mod delivery;
 pub mod errors;
 pub mod facts;
+pub mod faults;
 pub mod identify;
 pub mod machine_names;
 pub mod pipeline;

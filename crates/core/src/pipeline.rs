@@ -9,6 +9,7 @@
 
 use crate::delivery::{Event, Execution};
 use crate::errors::{Code, Params};
+use crate::faults::{self, Fault, Shell};
 use crate::identify::{Check, Identification, TARGET_CHECK, Verdict};
 use crate::model::package::{Command, Package, RebootPolicy};
 use crate::model::raw::When;
@@ -175,6 +176,8 @@ pub enum Outcome {
         exit: Option<i32>,
         output: String,
         boot_id: String,
+        /// What ran the command: under `sh`, 126 and 127 are the shell's own.
+        shell: Shell,
     },
     /// The identification after the install.
     Verified(Identification),
@@ -285,11 +288,24 @@ pub fn next(
                 exit,
                 output,
                 boot_id,
+                shell,
             },
         ) => {
             let Some(command) = action.command(pkg) else {
                 return refused(pkg.id.as_str(), no_uninstall());
             };
+            if let Some(why) = exit.and_then(|c| {
+                let listed = command.success_exit_codes.contains(&c)
+                    || command.reboot_exit_codes.contains(&c);
+                faults::not_started(shell, c, listed)
+            }) {
+                // The shell's own complaint ("Permission denied", "not found") ends the output.
+                let said = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                return refused(
+                    pkg.id.as_str(),
+                    Fault::InstallerNotStarted.refusal(None, format!("{why}: {}", said.trim())),
+                );
+            }
             let execution = execution(pkg, command, exit);
             let next = match execution {
                 Execution::Succeeded { .. } => Step::Verify,
@@ -514,6 +530,7 @@ mod tests {
             exit,
             output: "o".into(),
             boot_id: "b1".into(),
+            shell: Shell::Posix,
         };
         assert_eq!(
             at(Step::Execute { pgid: None }, ran(Some(0))).next,
@@ -532,6 +549,23 @@ mod tests {
             (d.next, d.report.unwrap().1.code),
             (Step::Done, Some(Code::E21))
         );
+        // Under sh, 126 and 127 are the shell's: the installer never started (E12), and
+        // nothing ran, so it is a refusal rather than a failed run.
+        for exit in [126, 127] {
+            let d = at(Step::Execute { pgid: None }, ran(Some(exit)));
+            assert_eq!(
+                (d.next, d.report.unwrap().0),
+                (Step::Done, Event::Refused { code: Code::E12 })
+            );
+        }
+        let other = Outcome::Ran {
+            exit: Some(127),
+            output: "o".into(),
+            boot_id: "b1".into(),
+            shell: Shell::Other,
+        };
+        let d = at(Step::Execute { pgid: None }, other);
+        assert_eq!(d.report.unwrap().1.code, Some(Code::E21));
         // The verify names the first rule that did not pass; an applied one names none.
         let d = at(
             Step::Verify,
@@ -579,6 +613,7 @@ mod tests {
             exit: Some(0),
             output: String::new(),
             boot_id: "b".into(),
+            shell: Shell::Posix,
         };
         let d = at(&p, Step::Execute { pgid: None }, ran.clone());
         assert_eq!(d.report.unwrap().0, Event::Refused { code: Code::E12 });

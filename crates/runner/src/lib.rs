@@ -21,6 +21,7 @@
 
 use ed25519_dalek::VerifyingKey;
 use patchcast_core::errors::{Code, Params};
+pub use patchcast_core::faults::Shell;
 use patchcast_core::identify::{Facts, identify};
 use patchcast_core::model::package::Package;
 use patchcast_core::model::template::{TemplateContext, TemplateMachine, render};
@@ -182,6 +183,11 @@ pub trait Target {
     /// does; an SSH host has nobody to do it, so it refuses `when: next_boot`).
     fn runs_at_boot(&self) -> bool {
         true
+    }
+    /// What runs install commands: `sh -c` unless the target says otherwise (`cmd /C` on
+    /// Windows, the emulated installer).
+    fn shell(&self) -> Shell {
+        Shell::Posix
     }
     /// The identity of the current boot: changes with every restart.
     async fn boot_id(&mut self) -> String;
@@ -396,6 +402,7 @@ async fn carry_out<T: Target, R: Reporter + Sync>(
                 exit: ran.exit,
                 output: format!("$ {command}\n{}", ran.output),
                 boot_id: target.boot_id().await,
+                shell: target.shell(),
             }
         }
         Step::Stage if !target.runs_at_boot() => {

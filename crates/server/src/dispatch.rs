@@ -12,7 +12,9 @@ use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
 use super::windows::Gate;
 use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
-use patchcast_core::errors::{Code, Params};
+use patchcast_core::errors::Params;
+use patchcast_core::faults::{self, Fault};
+use patchcast_core::pipeline::Refusal;
 use patchcast_core::model::scenario::Scenario;
 use patchcast_core::model::types::Sha256;
 use patchcast_proto::protocol::{AgentState, Detail, Report, ReportAck, Work};
@@ -206,6 +208,33 @@ impl Server {
         })
     }
 
+    /// Whether the archive of `w` can be served: present in the content store, readable, of
+    /// the published size. Else the refusal the delivery ends with (E01).
+    async fn content_ready(&self, w: &Work) -> std::result::Result<(), Refusal> {
+        let path = self.store.path_of(&w.archive_sha256);
+        let file = Some(path.display().to_string());
+        let checked = async {
+            let f = tokio::fs::File::open(&path).await?;
+            f.metadata().await
+        }
+        .await;
+        match checked {
+            Ok(m) if m.len() == w.archive_size => Ok(()),
+            Ok(m) => Err(Fault::ContentUnavailable.refusal(
+                file,
+                format!(
+                    "the stored archive is {} bytes, not the published {}",
+                    m.len(),
+                    w.archive_size
+                ),
+            )),
+            Err(e) => Err(Fault::ContentUnavailable.refusal(
+                file,
+                format!("the archive cannot be read from the content store: {e}"),
+            )),
+        }
+    }
+
     /// One look for work for `machine`; also returns when a retry falls due (to wait until then).
     async fn try_dispatch(
         &self,
@@ -249,7 +278,7 @@ impl Server {
                 return Ok((Some(w), None));
             }
             let detail =
-                no_reply_detail("the agent reported idle while this delivery was in flight");
+                no_reply_detail(&r.d.state, "the agent reported idle while this delivery was in flight");
             let attempt = r.d.attempt;
             self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
                 .await??;
@@ -331,6 +360,23 @@ impl Server {
             )
             .await??;
             let w = self.work(&mut tx, r, &s).await?;
+            if let Err(refusal) = self.content_ready(&w).await {
+                // The server cannot prepare this delivery: the machine's result says so (E01)
+                // instead of the agent seeing an HTTP error it cannot name.
+                tracing::error!(delivery = %r.id, machine, file = ?refusal.params.file, detail = ?refusal.params.detail, "cannot prepare the delivery (E01)");
+                let detail = Detail {
+                    code: Some(refusal.code),
+                    params: Params {
+                        package: Some(r.package_id.clone()),
+                        ..refusal.params
+                    },
+                    ..Detail::default()
+                };
+                let code = refusal.code;
+                self.transition(&mut tx, r, &Event::Refused { code }, a, 0, &detail, &s, now)
+                    .await??;
+                continue;
+            }
             tx.commit().await?;
             return Ok((Some(w), None));
         }
@@ -461,7 +507,7 @@ impl Server {
             let s = self.scenario(&mut tx, &cur.scenario_id).await?;
             let a = cur.d.attempt;
             let detail =
-                no_reply_detail("no report from the agent within the install timeout and margin");
+                no_reply_detail(&cur.d.state, "no report from the agent within the install timeout and margin");
             if self
                 .transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now)
                 .await?
@@ -469,7 +515,7 @@ impl Server {
             {
                 tx.commit().await?;
                 n += 1;
-                tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, "no reply from the agent (E13)");
+                tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, code = ?cur.d.last_code, "no reply from the agent");
                 self.wake(&cur.machine_id);
             }
         }
@@ -484,9 +530,11 @@ impl Server {
     }
 }
 
-fn no_reply_detail(why: &str) -> Detail {
+/// The detail of a delivery left unheard in `state`: E05 when the agent went silent during
+/// the transfer, E13 after it (`core::faults::no_reply` decides).
+fn no_reply_detail(state: &State, why: &str) -> Detail {
     Detail {
-        code: Some(Code::E13),
+        code: Some(faults::no_reply(*state == State::Transferring).code()),
         params: Params {
             detail: Some(why.to_string()),
             ..Params::default()
