@@ -15,6 +15,7 @@ mod agent_resume;
 mod archive;
 mod cli;
 mod e2e_fleet;
+mod faults;
 mod fuzz_corpora;
 mod lifecycle;
 mod lint_fixtures;

@@ -433,7 +433,9 @@ async fn silent_agent_gets_no_reply_then_retry(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(d.state, State::AwaitingRetry);
-    assert_eq!(d.last_code, Some(Code::E13));
+    // Silent while transferring: the agent was lost mid-delivery (E05); silent after the
+    // transfer would be E13.
+    assert_eq!(d.last_code, Some(Code::E05));
     // A late report of the abandoned attempt moves nothing.
     assert!(
         a.report(&w, 2, Event::Transferred, Detail::default())

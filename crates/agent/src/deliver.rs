@@ -208,16 +208,16 @@ impl Staging<'_> {
             )
             .into()),
             // The source answered that it has no such content (404, 403…).
-            Ok(Fetched::Refused(why)) => Err(Fault::ContentMissing.refusal(None, why).into()),
+            Ok(Fetched::Refused(why)) => Err(Fault::ContentMissing
+                .refusal(Some(format!("{}.pcpkg", work.archive_sha256)), why)
+                .into()),
             Ok(Fetched::Exhausted(tried)) => {
                 tracing::error!(delivery = %work.delivery_id, ?tried, "no update source could provide the archive and the server fallback is off");
                 Err(Refusal::detail(Code::E27, tried.join("; ")).into())
             }
-            Err(FetchError::Staging { path, err }) => {
-                Err(faults::staging_fault(err.kind())
-                    .refusal(Some(path), err.to_string())
-                    .into())
-            }
+            Err(FetchError::Staging { path, err }) => Err(faults::staging_fault(err.kind())
+                .refusal(Some(path), err.to_string())
+                .into()),
             Err(FetchError::Disk { path, err }) => Err(faults::write_fault(err.kind())
                 .refusal(Some(path), err.to_string())
                 .into()),
@@ -462,7 +462,8 @@ impl runner::Target for Emulated<'_> {
             .map_err(|e| match e.downcast::<super::emulated::Replace>() {
                 // A destination it cannot write (busy: the Windows sharing violation).
                 Ok(r) => Stop::from(
-                    faults::write_fault(r.err.kind()).refusal(Some(r.windows_path.clone()), r.to_string()),
+                    faults::write_fault(r.err.kind())
+                        .refusal(Some(r.windows_path.clone()), r.to_string()),
                 ),
                 Err(e) => Stop::from(e),
             })?;

@@ -61,6 +61,21 @@ impl FetchError {
         }
     }
 
+    /// The code this failure would be reported with on its own (named beside each source an
+    /// E27 lists).
+    pub fn code(&self) -> Option<patchcast_core::errors::Code> {
+        match self {
+            FetchError::Call(c) => c.code(),
+            FetchError::Broken { how, .. } => Some(how.fault().code()),
+            FetchError::Staging { err, .. } => {
+                Some(patchcast_core::faults::staging_fault(err.kind()).code())
+            }
+            FetchError::Disk { err, .. } => {
+                Some(patchcast_core::faults::write_fault(err.kind()).code())
+            }
+        }
+    }
+
     /// A failure of this machine's disk rather than of the transfer: no other source helps.
     pub fn is_local(&self) -> bool {
         matches!(self, FetchError::Staging { .. } | FetchError::Disk { .. })

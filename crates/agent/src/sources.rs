@@ -9,6 +9,7 @@
 //! names it even after a restart.
 
 use super::fetch::{self, FetchError, Fetched};
+use patchcast_core::faults::Fault;
 use patchcast_core::model::types::Sha256;
 use patchcast_core::sources::{Next, after_failure};
 use patchcast_proto::client::Client;
@@ -61,10 +62,15 @@ pub async fn fetch(
                     Ok(Fetched::Mismatch { got }) => tried.push(format!(
                         "{label}: sent content hashing to {got}, not {sha256} (discarded)"
                     )),
-                    Ok(Fetched::Refused(why)) => tried.push(format!("{label}: {why}")),
+                    Ok(Fetched::Refused(why)) => {
+                        tried.push(format!("{label}: {}: {why}", Fault::ContentMissing.code()))
+                    }
                     Ok(Fetched::Exhausted(t)) => tried.extend(t),
                     Err(e) if e.is_local() => return Err(e),
-                    Err(e) => tried.push(format!("{label}: {e}")),
+                    Err(e) => tried.push(match e.code() {
+                        Some(code) => format!("{label}: {code}: {e}"),
+                        None => format!("{label}: {e}"),
+                    }),
                 }
                 tracing::warn!(source = %label, failure = %tried.last().map(String::as_str).unwrap_or(""), "update source failed; trying the next");
                 failed = Some(i);

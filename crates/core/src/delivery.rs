@@ -309,13 +309,17 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
 
         (State::Transferring, Event::Probed { verdict }) => match verdict {
             Verdict::Applied => go(n, State::Applied, Action::Nothing),
-            Verdict::NotApplicable(reason) => go(
-                n,
-                State::NotApplicable {
-                    reason: reason.clone(),
-                },
-                Action::Nothing,
-            ),
+            // E04 on the result line: the package is not for this machine (no failure).
+            Verdict::NotApplicable(reason) => {
+                n.last_code = Some(Code::E04);
+                go(
+                    n,
+                    State::NotApplicable {
+                        reason: reason.clone(),
+                    },
+                    Action::Nothing,
+                )
+            }
             // Not applied, or cannot tell yet: install, then verify decides.
             Verdict::NotApplied | Verdict::Indeterminate(_) => {
                 go(n, State::Transferring, Action::Nothing)
@@ -367,13 +371,17 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             },
         ) => match verdict {
             Verdict::Applied => go(n, State::Applied, Action::Nothing),
-            Verdict::NotApplicable(reason) => go(
-                n,
-                State::NotApplicable {
-                    reason: reason.clone(),
-                },
-                Action::Nothing,
-            ),
+            // E04 on the result line: the package is not for this machine (no failure).
+            Verdict::NotApplicable(reason) => {
+                n.last_code = Some(Code::E04);
+                go(
+                    n,
+                    State::NotApplicable {
+                        reason: reason.clone(),
+                    },
+                    Action::Nothing,
+                )
+            }
             Verdict::Indeterminate(_) => {
                 n.last_code = Some(Code::E23);
                 go(

@@ -435,7 +435,10 @@ static CATALOG: [Entry; 27] = [
     Entry {
         code: Code::E02,
         title: text("Socket error", "ソケットエラー"),
-        message: text("A socket error occurred.", "ソケットエラーが発生しました。"),
+        message: text(
+            "A socket error occurred[ while downloading {file}|].",
+            "[「{file}」のダウンロード中に|]ソケットエラーが発生しました。",
+        ),
         // patchcast: the connection was reset during the download, on every quick retry.
         remedy: text(
             "The connection was reset while the machine downloaded the package, on every \
@@ -580,8 +583,10 @@ static CATALOG: [Entry; 27] = [
             "ファイル転送スレッドの生成失敗",
         ),
         message: text(
-            "Creating the file transfer thread failed.",
-            "ファイル転送スレッドの生成に失敗しました。",
+            "Creating the file transfer thread failed.[ The transfer of {file} ended before \
+             its last byte.|]",
+            "ファイル転送スレッドの生成に失敗しました。\
+             [「{file}」の転送が最後まで届く前に終了しました。|]",
         ),
         // patchcast: the download ended before its last byte, on every quick retry.
         remedy: text(
@@ -605,8 +610,10 @@ static CATALOG: [Entry; 27] = [
             "ファイル転送コントロールスレッドの生成失敗",
         ),
         message: text(
-            "Creating the file transfer control thread failed.",
-            "ファイル転送コントロールスレッドの生成に失敗しました。",
+            "Creating the file transfer control thread failed.[ The transfer of {file} \
+             stalled.|]",
+            "ファイル転送コントロールスレッドの生成に失敗しました。\
+             [「{file}」の転送が停止しました。|]",
         ),
         // patchcast: the transfer stalled (no byte for the idle limit), on every quick retry.
         remedy: text(

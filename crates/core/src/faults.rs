@@ -152,7 +152,9 @@ pub fn not_started(shell: Shell, exit: i32, listed: bool) -> Option<&'static str
         return None;
     }
     match exit {
-        126 => Some("the shell found the installer but could not execute it (exit 126: not executable or wrong format)"),
+        126 => Some(
+            "the shell found the installer but could not execute it (exit 126: not executable or wrong format)",
+        ),
         127 => Some("the shell could not find the installer (exit 127: no such command or file)"),
         _ => None,
     }
@@ -211,7 +213,10 @@ mod tests {
 
     #[test]
     fn file_errors_sort_by_kind() {
-        assert_eq!(staging_fault(ErrorKind::ReadOnlyFilesystem).code(), Code::E07);
+        assert_eq!(
+            staging_fault(ErrorKind::ReadOnlyFilesystem).code(),
+            Code::E07
+        );
         assert_eq!(staging_fault(ErrorKind::PermissionDenied).code(), Code::E07);
         assert_eq!(staging_fault(ErrorKind::NotADirectory).code(), Code::E07);
         assert_eq!(staging_fault(ErrorKind::StorageFull).code(), Code::E06);

@@ -300,7 +300,11 @@ pub fn next(
                 faults::not_started(shell, c, listed)
             }) {
                 // The shell's own complaint ("Permission denied", "not found") ends the output.
-                let said = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                let said = output
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
                 return refused(
                     pkg.id.as_str(),
                     Fault::InstallerNotStarted.refusal(None, format!("{why}: {}", said.trim())),

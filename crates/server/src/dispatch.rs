@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
 use patchcast_core::errors::Params;
 use patchcast_core::faults::{self, Fault};
-use patchcast_core::pipeline::Refusal;
 use patchcast_core::model::scenario::Scenario;
 use patchcast_core::model::types::Sha256;
+use patchcast_core::pipeline::Refusal;
 use patchcast_proto::protocol::{AgentState, Detail, Report, ReportAck, Work};
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,14 +223,18 @@ impl Server {
             Ok(m) => Err(Fault::ContentUnavailable.refusal(
                 file,
                 format!(
-                    "the stored archive is {} bytes, not the published {}",
+                    "{} is {} bytes in the content store, not the published {}",
+                    path.display(),
                     m.len(),
                     w.archive_size
                 ),
             )),
             Err(e) => Err(Fault::ContentUnavailable.refusal(
                 file,
-                format!("the archive cannot be read from the content store: {e}"),
+                format!(
+                    "{} cannot be read from the content store: {e}",
+                    path.display()
+                ),
             )),
         }
     }
@@ -277,8 +281,10 @@ impl Server {
                 tx.commit().await?;
                 return Ok((Some(w), None));
             }
-            let detail =
-                no_reply_detail(&r.d.state, "the agent reported idle while this delivery was in flight");
+            let detail = no_reply_detail(
+                &r.d.state,
+                "the agent reported idle while this delivery was in flight",
+            );
             let attempt = r.d.attempt;
             self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
                 .await??;
@@ -506,8 +512,10 @@ impl Server {
             }
             let s = self.scenario(&mut tx, &cur.scenario_id).await?;
             let a = cur.d.attempt;
-            let detail =
-                no_reply_detail(&cur.d.state, "no report from the agent within the install timeout and margin");
+            let detail = no_reply_detail(
+                &cur.d.state,
+                "no report from the agent within the install timeout and margin",
+            );
             if self
                 .transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now)
                 .await?

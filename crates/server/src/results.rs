@@ -50,6 +50,10 @@ impl Server {
             if params.exit_code.is_none() {
                 params.exit_code = detail.exit_code;
             }
+            // Codes the server raised itself (E04, E05, E13) name the package too.
+            if params.package.is_none() {
+                params.package = Some(r.package_id.clone());
+            }
             let code = d.last_code;
             let history = if q.history {
                 self.history(&r.id).await?
