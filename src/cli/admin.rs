@@ -833,7 +833,10 @@ fn print_rows(rows: &[DeliveryRow], l: Lang, history: bool) {
         .iter()
         .map(|d| {
             vec![
-                d.hostname.clone(),
+                match &d.mac {
+                    Some(mac) => format!("{} ({mac})", d.hostname),
+                    None => d.hostname.clone(),
+                },
                 d.package_id.clone(),
                 state_text(d, l),
                 d.attempts.to_string(),
@@ -1143,6 +1146,7 @@ mod tests {
             scenario_id: "s".into(),
             machine_id: "m-1".into(),
             hostname: "=HYPERLINK(\"http://x\")".into(),
+            mac: None,
             package_id: "p".into(),
             action: Default::default(),
             state: crate::core::delivery::State::Applied,

@@ -406,6 +406,15 @@ async fn linux_agent_faults(backend: Backend) {
     )
     .await;
 
+    // The result names the machine with its MAC address, in the JSON and in the table.
+    let mac = result(&server, &sc, "en")["mac"]
+        .as_str()
+        .expect("results --json names the MAC")
+        .to_string();
+    let o = server.cli(&["results", "--scenario", &sc]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains(&format!("({mac})")), "{table}");
+
     let marker = server.path().join("never-created");
     let noexec = package(
         "noexec",

@@ -167,6 +167,10 @@ pub struct DeliveryRow {
     pub scenario_id: String,
     pub machine_id: String,
     pub hostname: String,
+    /// The machine's MAC address (its first interface that has one), shown beside its name
+    /// as the FAQ's result list does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     pub package_id: String,
     /// The scenario's action: for an uninstall, `applied` means removed (verified absent).
     #[serde(default, skip_serializing_if = "Action::is_install")]

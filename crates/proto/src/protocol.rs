@@ -92,6 +92,16 @@ pub struct Inventory {
     pub emulated: bool,
 }
 
+impl Inventory {
+    /// The MAC address of the first interface that has a real one (loopback reports zeros).
+    pub fn mac(&self) -> Option<&str> {
+        self.interfaces
+            .iter()
+            .map(|i| i.mac.as_str())
+            .find(|m| m.chars().any(|c| c.is_ascii_hexdigit() && c != '0'))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,

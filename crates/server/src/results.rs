@@ -35,6 +35,13 @@ impl Server {
             q.package.as_deref(),
         )
         .await?;
+        // The FAQ's result list names each computer with its MAC address.
+        let macs: std::collections::HashMap<String, String> = self
+            .machines()
+            .await?
+            .into_iter()
+            .filter_map(|m| m.inventory.mac().map(|mac| (m.id.clone(), mac.to_string())))
+            .collect();
         let mut deliveries = Vec::new();
         let mut actions = std::collections::HashMap::new();
         for r in rows {
@@ -60,10 +67,12 @@ impl Server {
             } else {
                 Vec::new()
             };
+            let mac = macs.get(&r.machine_id).cloned();
             deliveries.push(DeliveryRow {
                 delivery_id: r.id,
                 scenario_id: r.scenario_id,
                 machine_id: r.machine_id,
+                mac,
                 hostname: r.hostname,
                 package_id: r.package_id,
                 action,

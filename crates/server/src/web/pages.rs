@@ -333,6 +333,7 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
         "scenario": d.scenario_id,
         "machine": d.machine_id,
         "hostname": d.hostname,
+        "mac": d.mac,
         "package": d.package_id,
         "state": d.state_name(),
         "state_label": state_label(d.state_name(), lang),
@@ -492,7 +493,7 @@ pub async fn machines(
             json!({
                 "id": m.id, "hostname": m.hostname, "os": m.inventory.os, "language": m.inventory.language,
                 "groups": m.groups.join(", "), "last_seen": time(m.last_seen_ms), "agent_state": m.agent_state,
-                "mac": m.inventory.interfaces.iter().map(|i| i.mac.as_str()).find(|a| !a.is_empty()).unwrap_or(""),
+                "mac": m.inventory.mac().unwrap_or(""),
                 "applied": counts.get("applied").copied().unwrap_or(0),
                 "failed": counts.get("failed").copied().unwrap_or(0) + counts.get("not_applied").copied().unwrap_or(0),
                 "in_progress": counts.get("in_progress").copied().unwrap_or(0),

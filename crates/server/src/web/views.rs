@@ -118,6 +118,7 @@ mod tests {
             scenario_id: scenario.into(),
             machine_id: machine.into(),
             hostname: machine.into(),
+            mac: None,
             package_id: package.into(),
             action: Default::default(),
             last_code: match &state {
