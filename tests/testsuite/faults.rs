@@ -15,6 +15,8 @@
 //! | E10 | the content vanishes from the server between dispatch and download |
 //! | E11 | the file the installer replaces is a running executable (ETXTBSY) |
 //! | E12 | the installer is not executable (sh exits 126) |
+//! | E13 | the agent is killed while its installer runs: the deadline passes |
+//! | E21 | the installer exits 3 |
 
 use crate::common::agent_harness::{AgentProc, root_or_skip};
 use crate::common::fault_proxy::{FaultProxy, Mode};
@@ -359,7 +361,9 @@ impl Drop for Unmount {
 /// (E10: the probe, run on the agent before the download, deletes it), and an installer
 /// without its executable bit (E12: `sh` exits 126).
 async fn linux_agent_faults(backend: Backend) {
-    let Some(server) = TestServer::start(backend, &["--poll", "1s"]).await else {
+    let Some(server) =
+        TestServer::start(backend, &["--poll", "1s", "--no-reply-margin", "1s"]).await
+    else {
         return;
     };
     let token = server.group_token(GROUP).await;
@@ -433,6 +437,60 @@ async fn linux_agent_faults(backend: Backend) {
             "パッケージ「noexec」実行時にエラーが発生しました。",
         ),
         &["exit 126", "Permission denied"],
+    )
+    .await;
+
+    // E21: the installer ran and said it failed.
+    let fails = package(
+        "fails",
+        &format!("  - file: {}\n    change: new\n", marker.display()),
+        "sh -c \"exit 3\"",
+    );
+    publish(&server, &fails, &[]);
+    let sc = run(&server, &machine, "fails", None).await;
+    check(
+        &server,
+        &sc,
+        &agent,
+        Code::E21,
+        (
+            "The installation of package fails exited with exit code 3.",
+            "パッケージ「fails」のインストールが終了コード3で終了しました。",
+        ),
+        &[],
+    )
+    .await;
+
+    // E13: the agent dies while the installer runs (after the transfer): no "finished" reply
+    // within the deadline (the install timeout, 2 s, and the 1 s margin).
+    let slow = package(
+        "slow",
+        &format!("  - file: {}\n    change: new\n", marker.display()),
+        "sleep 4",
+    );
+    let yaml = slow.join("package.yaml");
+    let text = std::fs::read_to_string(&yaml)
+        .unwrap()
+        .replace("timeout: 1m", "timeout: 2s");
+    std::fs::write(&yaml, text).unwrap();
+    publish(&server, &slow, &[]);
+    let sc = run(&server, &machine, "slow", None).await;
+    let start = Instant::now();
+    while result(&server, &sc, "en")["state"]["state"] != "executing" {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.sigkill();
+    check(
+        &server,
+        &sc,
+        &agent,
+        Code::E13,
+        (
+            "The \"auto-update finished\" reply from the machine was not received.",
+            "クライアントからの「自動更新終了」応答を受け取れませんでした。",
+        ),
+        &["no report from the agent"],
     )
     .await;
 }

@@ -47,6 +47,11 @@ async fn unreachable_sources_and_the_switches(backend: Backend) {
             && detail.contains(&format!("https://127.0.0.1:{dead_https}/mirror")),
         "E27 names every source tried: {detail}"
     );
+    // A source that could not be connected to is listed with its own fault's code (E03).
+    assert!(
+        detail.contains(&format!("https://127.0.0.1:{dead_https}/mirror: E03: ")),
+        "{detail}"
+    );
     let msg = &fix.rendered.as_ref().expect("rendered").message;
     assert!(msg.contains("every custom update source"), "{msg}");
 

@@ -224,6 +224,7 @@ impl Staging<'_> {
             // The server itself cannot be reached: nothing can be reported now either; the
             // delivery resumes from the journal, or the server's deadline settles it (E05).
             Err(FetchError::Call(c)) => Err(c.into()),
+            Err(FetchError::Unreachable(why)) => Err(Fault::Unreachable.refusal(None, why).into()),
             // Reset, cut or stalled on every quick retry: reported with its own code.
             Err(e @ FetchError::Broken { how, .. }) => Err(how
                 .fault()

@@ -44,6 +44,9 @@ pub enum FetchError {
     /// The body broke off: how (reset, cut, stalled) decides the code once retries are spent.
     #[error("download {}: {detail}", match how { Broken::Reset => "reset", Broken::Cut => "cut", Broken::Stalled => "stalled" })]
     Broken { how: Broken, detail: String },
+    /// A source other than the server could not be connected to (an SMB server).
+    #[error("{0}")]
+    Unreachable(String),
     /// The staging directory could not be created.
     #[error("creating {path}: {err}")]
     Staging { path: String, err: std::io::Error },
@@ -66,6 +69,7 @@ impl FetchError {
     pub fn code(&self) -> Option<patchcast_core::errors::Code> {
         match self {
             FetchError::Call(c) => c.code(),
+            FetchError::Unreachable(_) => Some(patchcast_core::faults::Fault::Unreachable.code()),
             FetchError::Broken { how, .. } => Some(how.fault().code()),
             FetchError::Staging { err, .. } => {
                 Some(patchcast_core::faults::staging_fault(err.kind()).code())

@@ -9,7 +9,6 @@
 //! names it even after a restart.
 
 use super::fetch::{self, FetchError, Fetched};
-use patchcast_core::faults::Fault;
 use patchcast_core::model::types::Sha256;
 use patchcast_core::sources::{Next, after_failure};
 use patchcast_proto::client::Client;
@@ -62,9 +61,9 @@ pub async fn fetch(
                     Ok(Fetched::Mismatch { got }) => tried.push(format!(
                         "{label}: sent content hashing to {got}, not {sha256} (discarded)"
                     )),
-                    Ok(Fetched::Refused(why)) => {
-                        tried.push(format!("{label}: {}: {why}", Fault::ContentMissing.code()))
-                    }
+                    // A refusal (no such content, no credentials) is no transport fault:
+                    // listed as the source said it.
+                    Ok(Fetched::Refused(why)) => tried.push(format!("{label}: {why}")),
                     Ok(Fetched::Exhausted(t)) => tried.extend(t),
                     Err(e) if e.is_local() => return Err(e),
                     Err(e) => tried.push(match e.code() {
@@ -188,9 +187,10 @@ pub async fn smb_fetch(
         .truncate(have == 0)
         .open(&part)
         .map_err(fetch::disk(&part))?;
-    let conn = Share::connect(&share, &creds)
-        .await
-        .map_err(|e| FetchError::cut(e.to_string()))?;
+    let conn = Share::connect(&share, &creds).await.map_err(|e| match e {
+        patchcast_smb::SmbError::Unreachable { .. } => FetchError::Unreachable(e.to_string()),
+        e => FetchError::cut(e.to_string()),
+    })?;
     let got = conn
         .download(&content_name(sha256), have, size, &mut out, &part)
         .await;
