@@ -17,6 +17,7 @@
 //! | E12 | the installer is not executable (sh exits 126) |
 //! | E13 | the agent is killed while its installer runs: the deadline passes |
 //! | E21 | the installer exits 3 |
+//! | E17 | the server's data directory (a 48 MB tmpfs) fills below its reserve while it works |
 
 use crate::common::agent_harness::{AgentProc, root_or_skip};
 use crate::common::fault_proxy::{FaultProxy, Mode};
@@ -353,7 +354,11 @@ struct Unmount(PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Lazy: a server still holding files there lets go as it exits.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -510,4 +515,120 @@ async fn wait_machine(server: &TestServer) -> String {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// FAQ Q3: the server's own disk fills while it works. Its data directory is a 48 MB tmpfs
+/// and it keeps 8 MB; once a file leaves less than that, the next delivery ends with E17 and
+/// both figures, the dashboard's auto-update-error banner shows it, and the server keeps
+/// running: with the space freed, the same delivery retried is applied.
+async fn server_disk_fills_during_operation(backend: Backend) {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(mut server) =
+        TestServer::start(backend, &["--poll", "1s", "--reserve", "8000000"]).await
+    else {
+        return;
+    };
+    // Move the data directory onto a small tmpfs of its own.
+    server.kill();
+    let saved = server.path().join("data-saved");
+    let sh = |cmd: &str| {
+        let o = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let (data, saved_s) = (
+        server.data.display().to_string(),
+        saved.display().to_string(),
+    );
+    sh(&format!(
+        "cp -a '{data}' '{saved_s}' && mount -t tmpfs -o size=48m tmpfs '{data}' && cp -a '{saved_s}/.' '{data}/'"
+    ));
+    let _unmount = Unmount(server.data.clone());
+    server.spawn();
+
+    let token = server.group_token(GROUP).await;
+    let mut agent = AgentProc::new(&server.path().join("agents/ws-q3"));
+    std::fs::write(agent.root.join("endpoint.yaml"), profile("ws-q3")).unwrap();
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "{out}");
+    agent.start();
+    let dir = server.path().join("pkgs");
+    publish(
+        &server,
+        &crate::common::sources_harness::hotfix(&dir, "q3", "KB9100940"),
+        &[],
+    );
+
+    // Fill the disk to 4 MB short of the reserve's 8 MB.
+    let free = free_bytes(&server.data);
+    let filler = server.data.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = free.saturating_sub(4_000_000);
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    let sc = run(&server, "ws-q3", "q3", None).await;
+    check(
+        &server,
+        &sc,
+        &agent,
+        Code::E17,
+        (
+            "The auto-update failed: the patchcast server's disk is short of space.",
+            "管理サーバのディスク容量が不足しています。",
+        ),
+        &["8.0 MB"],
+    )
+    .await;
+
+    // The console's dashboard: the auto-update error banner, and E17 among the recent errors.
+    let add = crate::common::web_client::add_account(&server.data, "q3", "a long console password");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let mut c = crate::common::web_client::WebClient::new(&server.url, &server.fingerprint);
+    c.sign_in("q3", "a long console password").await;
+    let page = c.get("/").await;
+    assert!(
+        page.body.contains("id=\"autoupdate-error\"") && page.body.contains("E17"),
+        "{}",
+        page.body
+    );
+
+    // Still running: with the space freed, the same delivery retried is applied.
+    std::fs::remove_file(&filler).unwrap();
+    let id = result(&server, &sc, "en")["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = server.cli(&["delivery", "retry", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = settled(&server, &sc, &agent).await;
+    assert_eq!(d["state"]["state"], "applied", "{d:#}");
+}
+both_backends!(server_disk_fills_during_operation);
+
+fn free_bytes(path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string and a zeroed out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
 }

@@ -49,6 +49,9 @@ pub enum Fault {
     NoFinishReply,
     /// E14: a host name does not resolve.
     UnknownHost,
+    /// E17: the server's own disk is below its reserve while it works (FAQ Q3): no new
+    /// delivery is handed out that the server could not record.
+    ServerDiskFull,
 }
 
 impl Fault {
@@ -67,6 +70,7 @@ impl Fault {
             Fault::InstallerNotStarted => Code::E12,
             Fault::NoFinishReply => Code::E13,
             Fault::UnknownHost => Code::E14,
+            Fault::ServerDiskFull => Code::E17,
         }
     }
 
@@ -81,6 +85,21 @@ impl Fault {
             },
         )
     }
+}
+
+/// The refusal for a delivery about to be handed out while the server has `free` bytes left
+/// and keeps `reserve` (E17 with both figures), or None when there is room.
+pub fn server_disk(free: u64, reserve: u64) -> Option<Refusal> {
+    (free < reserve).then(|| {
+        Refusal::new(
+            Fault::ServerDiskFull.code(),
+            Params {
+                free_bytes: Some(free),
+                required_bytes: Some(reserve),
+                ..Params::default()
+            },
+        )
+    })
 }
 
 /// How a transfer's body ended early, as the carrier saw it on the socket.
@@ -190,6 +209,7 @@ mod tests {
             Fault::InstallerNotStarted,
             Fault::NoFinishReply,
             Fault::UnknownHost,
+            Fault::ServerDiskFull,
         ];
         let codes: std::collections::HashSet<Code> = all.iter().map(|f| f.code()).collect();
         assert_eq!(codes.len(), all.len());
@@ -232,6 +252,17 @@ mod tests {
         assert!(not_started(Shell::Posix, 1, false).is_none());
         assert!(not_started(Shell::Posix, 127, true).is_none());
         assert!(not_started(Shell::Other, 127, false).is_none());
+    }
+
+    #[test]
+    fn server_disk_below_its_reserve_is_e17_with_both_figures() {
+        assert_eq!(server_disk(100, 100), None);
+        let r = server_disk(99, 100).unwrap();
+        assert_eq!(r.code, Code::E17);
+        assert_eq!(
+            (r.params.free_bytes, r.params.required_bytes),
+            (Some(99), Some(100))
+        );
     }
 
     #[test]

@@ -208,6 +208,20 @@ impl Server {
         })
     }
 
+    /// Whether the server can carry `w` through: room on its own disk above the reserve (it
+    /// records every step; FAQ Q3: E17), then the archive ready to serve (E01).
+    async fn prepared(&self, w: &Work) -> std::result::Result<(), Refusal> {
+        match self.store.free_bytes() {
+            Ok(free) => {
+                if let Some(r) = faults::server_disk(free, self.reserve) {
+                    return Err(r);
+                }
+            }
+            Err(e) => tracing::warn!("reading the server's free disk space: {e:#}"),
+        }
+        self.content_ready(w).await
+    }
+
     /// Whether the archive of `w` can be served: present in the content store, readable, of
     /// the published size. Else the refusal the delivery ends with (E01).
     async fn content_ready(&self, w: &Work) -> std::result::Result<(), Refusal> {
@@ -366,10 +380,10 @@ impl Server {
             )
             .await??;
             let w = self.work(&mut tx, r, &s).await?;
-            if let Err(refusal) = self.content_ready(&w).await {
-                // The server cannot prepare this delivery: the machine's result says so (E01)
-                // instead of the agent seeing an HTTP error it cannot name.
-                tracing::error!(delivery = %r.id, machine, file = ?refusal.params.file, detail = ?refusal.params.detail, "cannot prepare the delivery (E01)");
+            if let Err(refusal) = self.prepared(&w).await {
+                // The server cannot prepare this delivery: the machine's result says so (E01,
+                // E17) instead of the agent seeing an HTTP error it cannot name.
+                tracing::error!(delivery = %r.id, machine, code = %refusal.code, file = ?refusal.params.file, detail = ?refusal.params.detail, "cannot prepare the delivery");
                 let detail = Detail {
                     code: Some(refusal.code),
                     params: Params {
