@@ -216,6 +216,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use clap::CommandFactory;
             std::fs::create_dir_all(&out)?;
             clap_mangen::generate_to(Cli::command(), &out)?;
+            // The endpoint binary's own pages (enroll, run, doctor, identify), in place of
+            // the page of `patchcast agent`, which only passes its arguments on.
+            clap_mangen::generate_to(crate::agent::cli::command(), &out)?;
             if !cli.json {
                 println!("man pages written to {}", out.display());
             }

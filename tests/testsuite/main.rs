@@ -21,6 +21,7 @@ mod lifecycle;
 mod lint_fixtures;
 mod linux_samples;
 mod migrations;
+mod packaging;
 mod proxy;
 mod relay_prefetch;
 mod rollout_waves;

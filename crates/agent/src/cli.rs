@@ -17,6 +17,12 @@ struct Cli {
     command: Cmd,
 }
 
+/// The agent's command line, for `patchcast man` and completions.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+}
+
 /// How this agent reaches its server (and HTTPS sources) through an HTTP CONNECT proxy.
 #[derive(Args)]
 struct ProxyArgs {
