@@ -908,10 +908,15 @@ fn is_windows_device(seg: &str) -> bool {
             && stem.as_bytes()[3] != b'0')
 }
 
-/// Two payload paths that are one file on Windows or a case-insensitive file system, or a
-/// file that is also another's directory (`a` beside `a/b`): the first such pair.
+/// Two payload paths that are one file on Windows or a case-insensitive file system, or on a
+/// normalising one (`é` precomposed and `e` + U+0301 are one name on macOS), or a file that is
+/// also another's directory (`a` beside `a/b`): the first such pair.
 pub fn colliding_paths(paths: &[String]) -> Option<(&str, &str)> {
-    let folded: Vec<String> = paths.iter().map(|p| p.to_lowercase()).collect();
+    use unicode_normalization::UnicodeNormalization;
+    let folded: Vec<String> = paths
+        .iter()
+        .map(|p| p.nfd().collect::<String>().to_lowercase().nfc().collect())
+        .collect();
     for (i, a) in folded.iter().enumerate() {
         for (j, b) in folded.iter().enumerate().skip(i + 1) {
             let nested = |x: &str, y: &str| y.strip_prefix(x).is_some_and(|r| r.starts_with('/'));
@@ -960,6 +965,22 @@ mod tests {
             Some(("Setup.exe", "setup.EXE"))
         );
         assert_eq!(colliding_paths(&v(&["a", "a/b"])), Some(("a", "a/b")));
+    }
+
+    #[test]
+    fn regression_unicode_normalisation_collisions_are_refused() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // precomposed é against e + combining acute; and in another case
+        let nfc = "caf\u{e9}/setup.exe";
+        let nfd = "cafe\u{301}/setup.exe";
+        assert_eq!(colliding_paths(&v(&[nfc, nfd])), Some((nfc, nfd)));
+        assert_eq!(
+            colliding_paths(&v(&["CAFE\u{301}.msi", "caf\u{e9}.msi"])),
+            Some(("CAFE\u{301}.msi", "caf\u{e9}.msi"))
+        );
+        // a directory under one form, a file under the other
+        assert!(colliding_paths(&v(&["r\u{e9}sum\u{e9}", "re\u{301}sume\u{301}/a"])).is_some());
+        assert_eq!(colliding_paths(&v(&["caf\u{e9}.msi", "cafe.msi"])), None);
         assert_eq!(colliding_paths(&v(&["a/b", "ab", "a.b"])), None);
     }
 
