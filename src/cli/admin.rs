@@ -199,6 +199,68 @@ pub enum DeliveryCmd {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Withdraw a delivery that waits (pending or awaiting retry): it is never handed out
+    /// again and shows as cancelled. One already on its machine is refused (it finishes there).
+    Cancel {
+        /// The delivery id (`patchcast results --json` shows them).
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+}
+
+/// Prints what an action did: the `ActionDone` with --json, else one line.
+pub(super) fn print_done(d: &crate::transport::admin_api::ActionDone, json: bool) -> Result<()> {
+    if json {
+        print_json(d)
+    } else {
+        println!("{} {}: {} (now {})", d.action, d.target, d.detail, d.state);
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// How many entries, the newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+/// `patchcast audit`: who did what, when (console and admin token alike).
+pub fn audit(a: AuditArgs, json: bool) -> Result<ExitCode> {
+    let list = rt()?.block_on(a.connect.admin()?.audit(a.limit))?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("no administrator actions recorded yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = ["#", "WHEN (UTC)", "WHO", "ACTION", "TARGET", "DETAIL"];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            vec![
+                e.n.to_string(),
+                chrono::DateTime::from_timestamp_millis(e.at_ms)
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    let t = super::table::Table::new(&header, &rows, &[true, false, false, false, false, false]);
+    println!("{}", t.line(&header));
+    for r in &rows {
+        println!("{}", t.line(r));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What a revoke, remove or delete did: `{"removed": ID}` with --json, else a sentence.
@@ -256,6 +318,10 @@ pub fn delivery(cmd: DeliveryCmd, json: bool) -> Result<ExitCode> {
                 );
             }
         }
+        DeliveryCmd::Cancel { id, connect } => {
+            let d = rt()?.block_on(connect.admin()?.cancel_delivery(&id))?;
+            print_done(&d, json)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,6 +358,13 @@ pub enum ScenarioCmd {
     },
     /// List scenarios, the newest first, with their deliveries counted by state.
     List {
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Cancel a scenario's waiting deliveries (pending, awaiting retry); those already on
+    /// their machines finish there.
+    Cancel {
+        id: String,
         #[command(flatten)]
         connect: Connect,
     },
@@ -676,6 +749,10 @@ pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
             for r in &rows {
                 println!("{}", t.line(r));
             }
+        }
+        ScenarioCmd::Cancel { id, connect } => {
+            let d = rt()?.block_on(connect.admin()?.cancel_scenario(&id))?;
+            print_done(&d, json)?;
         }
         ScenarioCmd::Run { file, connect } => {
             let text = std::fs::read_to_string(&file)

@@ -84,11 +84,13 @@ pub enum Command {
     /// Delivery scenarios: run one, follow its status.
     #[command(subcommand)]
     Scenario(admin::ScenarioCmd),
-    /// Single deliveries: retry one that stopped.
+    /// Single deliveries: retry one that stopped, cancel one that waits.
     #[command(subcommand)]
     Delivery(admin::DeliveryCmd),
     /// Delivery results per machine and per package (--json, --csv, --history).
     Results(admin::ResultsArgs),
+    /// Administrators' actions, the newest first: who did what, when (console and CLI alike).
+    Audit(admin::AuditArgs),
     /// Load a server with simulated agents speaking the real protocol; prints rates and latencies.
     Loadtest(admin::LoadtestArgs),
     /// Run the end-to-end demonstration (server, agents, scenario).
@@ -203,6 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scenario(c) => admin::scenario(c, cli.json),
         Command::Results(a) => admin::results(a, cli.json),
         Command::Delivery(c) => admin::delivery(c, cli.json),
+        Command::Audit(a) => admin::audit(a, cli.json),
         Command::Loadtest(a) => admin::loadtest(a, cli.json),
         Command::Sources(c) => sources::run(c, cli.json),
         Command::Completions { shell } => {

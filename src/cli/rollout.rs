@@ -1,4 +1,5 @@
-//! `patchcast rollout start FILE` and `patchcast rollout status [ID]`: waves and their gates.
+//! `patchcast rollout start FILE`, `patchcast rollout status [ID]` (waves and their gates) and
+//! `patchcast rollout pause|resume|abort ID`.
 
 use super::admin::Connect;
 use super::schedule::{print_json, rt};
@@ -16,9 +17,29 @@ pub enum RolloutCmd {
         #[command(flatten)]
         connect: Connect,
     },
-    /// Waves of one rollout (or of all) and their gates: open, passed, waiting, stopped.
+    /// Waves of one rollout (or of all) and their gates: open, passed, waiting, paused,
+    /// stopped, aborted.
     Status {
         id: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Hold a running rollout: none of its deliveries starts and no wave opens until resumed
+    /// (work already on a machine finishes).
+    Pause {
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Let a paused rollout go on.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// End a running or paused rollout for good: its waiting deliveries are cancelled.
+    Abort {
+        id: String,
         #[command(flatten)]
         connect: Connect,
     },
@@ -66,6 +87,11 @@ fn print(r: &RolloutStatus) {
     }
 }
 
+fn verb(id: &str, verb: &str, connect: &Connect, json: bool) -> Result<()> {
+    let d = rt()?.block_on(connect.admin()?.rollout_action(id, verb))?;
+    super::admin::print_done(&d, json)
+}
+
 pub fn rollout(cmd: RolloutCmd, json: bool) -> Result<ExitCode> {
     match cmd {
         RolloutCmd::Start { file, connect } => {
@@ -91,6 +117,9 @@ pub fn rollout(cmd: RolloutCmd, json: bool) -> Result<ExitCode> {
                 );
             }
         }
+        RolloutCmd::Pause { id, connect } => verb(&id, "pause", &connect, json)?,
+        RolloutCmd::Resume { id, connect } => verb(&id, "resume", &connect, json)?,
+        RolloutCmd::Abort { id, connect } => verb(&id, "abort", &connect, json)?,
         RolloutCmd::Status { id, connect } => {
             let admin = connect.admin()?;
             let list = rt()?.block_on(async {

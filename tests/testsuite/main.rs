@@ -14,6 +14,7 @@ mod agent_refusals;
 mod agent_resume;
 mod archive;
 mod cli;
+mod console_actions;
 mod e2e_fleet;
 mod faults;
 mod fuzz_corpora;

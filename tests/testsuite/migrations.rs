@@ -128,7 +128,7 @@ async fn release_0_1_database(backend: Backend) {
     assert_eq!(named.resolved, vec![m.id.clone()]);
     s.kill();
     let after = recorded(&s).await;
-    assert_eq!(after.len(), 6, "{after:?}");
+    assert_eq!(after.len(), 7, "{after:?}");
     for (version, sum) in &after {
         let sum = sum.as_deref().unwrap_or_default();
         assert!(

@@ -5,6 +5,7 @@
 //! events, no reload), read the dashboard, open the machine with the failed delivery and see
 //! E06 with its remedy, switch to Japanese and see both in Japanese, export CSV and check its
 //! rows; a sign-out form posted without or with a wrong CSRF token is refused with 403.
+//! `console_actions_in_chromium`: the console's action buttons and forms, and the Audit page.
 //! Screenshots of the dashboard and the machine page go to target/web-screenshots/.
 
 use crate::common::agent_harness::AgentProc;
@@ -371,6 +372,265 @@ async fn fetch_status(b: &Browser) -> u64 {
         .execute_async(
             "const done = arguments[0]; fetch('/logout', {method: 'POST', body: new URLSearchParams()}).then(r => done(r.status), e => done(0));",
             vec![],
+        )
+        .await
+        .unwrap();
+    v.as_u64().unwrap()
+}
+
+/// Signs in as alice from the sign-in page `path` leads to.
+async fn sign_in(b: &Browser, url: &str, path: &str) {
+    let c = &b.client;
+    c.goto(&format!("{url}{path}")).await.unwrap();
+    for (id, text) in [("account", "alice"), ("password", PASSWORD)] {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Clicks the element `css` and waits for the page it loads (the old one goes stale).
+async fn click(b: &Browser, css: &str) {
+    let e = b
+        .client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"));
+    e.click().await.unwrap();
+    let start = Instant::now();
+    // The clicked element belongs to the old page; once it is gone the new page is loaded.
+    while e.text().await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{css} led nowhere");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The console's actions in Chromium, against agents enrolled but not started (so their
+/// deliveries wait): cancel a delivery, pause and resume a rollout, start a scenario from a
+/// published package and a group, assign automatic update; then the Audit page lists each one
+/// with the account that did it. A POST without the session's CSRF token is refused with 403
+/// and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_actions_in_chromium() {
+    if !browser::available() {
+        return;
+    }
+    let server = TestServer::start(Backend::Sqlite, &["--poll", "2s"])
+        .await
+        .expect("SQLite is always available");
+    let key = server.key.to_str().unwrap().to_string();
+    for p in [PACKAGE, "ws2008-sp2"] {
+        let dir = format!("{}/packages/{p}", env!("CARGO_MANIFEST_DIR"));
+        let o = server.cli(&["package", "publish", &dir, "--key", &key]);
+        assert!(o.status.success(), "publish: {o:?}");
+    }
+    let o = web_client::add_account(&server.data, "alice", PASSWORD);
+    assert!(o.status.success(), "admin add: {o:?}");
+    for (group, name) in [(GROUP, "ws2008-office"), ("pilot", "ws2008-pilot")] {
+        let token = server.group_token(group).await;
+        let a = AgentProc::new(&server.path().join("agents").join(name));
+        std::fs::write(a.root.join("endpoint.yaml"), profile(name, 21_474_836_480)).unwrap();
+        let (ok, out) = a.enroll(&server.url, &token, &server.fingerprint).await;
+        assert!(ok, "enroll {name}: {out}");
+    }
+    let admin = server.admin();
+    let sid = admin
+        .run_scenario(&scenario("to cancel", GROUP, &[PACKAGE]))
+        .await
+        .unwrap()
+        .id;
+    let f = server.path().join("rollout.yaml");
+    std::fs::write(
+        &f,
+        "name: pilot-first\npackages: [ws2008-sp2]\npilot: { group: pilot, success_threshold: 90% }\n",
+    )
+    .unwrap();
+    let o = server.cli(&["rollout", "start", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let rid = String::from_utf8_lossy(&o.stdout).trim().to_string();
+
+    let spki = browser::spki_pin(&server.data.join("tls/cert.pem"));
+    let b = Browser::start(&spki).await;
+    let c = &b.client;
+    let shots = screenshots();
+    sign_in(&b, &server.url, &format!("/scenarios/{sid}")).await;
+
+    // Cancel the waiting delivery from its row.
+    wait_text(&b, "#deliveries tbody tr", "the scenario's delivery", |t| {
+        t.contains("Pending")
+    })
+    .await;
+    click(&b, "button.cancel-delivery").await;
+    let row = wait_text(&b, "#deliveries tbody tr", "the cancelled delivery", |t| {
+        t.contains("Cancelled")
+    })
+    .await;
+    assert!(row.contains(PACKAGE), "{row}");
+    assert_eq!(b.text("[data-count=cancelled]").await, "1");
+    assert!(
+        c.find(Locator::Css("button.cancel-delivery")).await.is_err(),
+        "a cancelled delivery offers no cancel"
+    );
+    let d = admin.status(&sid, "en").await.unwrap();
+    assert_eq!(d.deliveries[0].state.name(), "cancelled");
+
+    // Pause and resume the rollout from its wave's page.
+    c.goto(&format!("{}/scenarios/{rid}:w0", server.url))
+        .await
+        .unwrap();
+    assert_eq!(b.text("#rollout-state").await, "running");
+    click(&b, "#rollout-pause").await;
+    wait_text(&b, "#rollout-state", "the paused rollout", |t| t == "paused").await;
+    assert!(
+        b.text("#rollout-reason").await.contains("console:alice"),
+        "the reason names who paused it"
+    );
+    assert_eq!(admin.rollout(&rid).await.unwrap().state, "paused");
+    click(&b, "#rollout-resume").await;
+    wait_text(&b, "#rollout-state", "the resumed rollout", |t| t == "running").await;
+    assert_eq!(admin.rollout(&rid).await.unwrap().state, "running");
+
+    // Start a scenario from a published package and a group, and assign automatic update.
+    c.goto(&format!("{}/scenarios", server.url)).await.unwrap();
+    c.find(Locator::Css("#start-package option[value='ws2008-sp2']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css(&format!("#start-group option[value='{GROUP}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click(&b, "#start-submit").await;
+    wait_text(&b, "h1", "the new scenario's page", |t| {
+        t == format!("ws2008-sp2 on {GROUP}")
+    })
+    .await;
+    let started = c.current_url().await.unwrap().path().to_string();
+    let new_sid = started.strip_prefix("/scenarios/").unwrap().to_string();
+    assert!(new_sid.starts_with("s-"), "{started}");
+    wait_text(&b, "[data-count=pending]", "its pending delivery", |t| t == "1").await;
+    c.goto(&format!("{}/scenarios", server.url)).await.unwrap();
+    c.find(Locator::Css("#assign-package option[value='ws2008-sp2']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#assign-group option[value='pilot']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click(&b, "#assign-submit").await;
+    let assigned = wait_text(&b, "#assignments tbody", "the assignment", |t| {
+        t.contains("ws2008-sp2")
+    })
+    .await;
+    assert!(
+        assigned.contains("pilot") && assigned.contains("ws2008-sp2"),
+        "{assigned}"
+    );
+    let a = admin.assignments().await.unwrap();
+    assert_eq!(
+        a.iter()
+            .map(|a| (a.group.as_str(), a.package_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("pilot", "ws2008-sp2")]
+    );
+
+    // CSRF: the same cancel posted by the page without the token, or with another one, is
+    // refused with 403 and does nothing.
+    for fields in [
+        serde_json::json!({"action": "scenario.cancel", "id": new_sid}),
+        serde_json::json!({"action": "scenario.cancel", "id": new_sid, "csrf": "00ff"}),
+    ] {
+        let status = post_status(&b, "/actions", fields).await;
+        assert_eq!(status, 403, "a POST without the session's CSRF token");
+    }
+    let st = admin.status(&new_sid, "en").await.unwrap();
+    assert_eq!(st.counts.get("pending"), Some(&1), "{st:#?}");
+
+    // The Audit page: each action, the newest first, with who did it.
+    click(&b, "#nav-audit").await;
+    wait_text(&b, "#audit tbody", "the audit", |t| t.contains("autoupdate.assign")).await;
+    let rows = c
+        .find_all(Locator::Css("#audit tbody tr"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for r in &rows {
+        seen.push(r.text().await.unwrap());
+    }
+    let actions: Vec<&str> = seen
+        .iter()
+        .map(|t| {
+            [
+                "autoupdate.assign",
+                "scenario.start",
+                "rollout.resume",
+                "rollout.pause",
+                "delivery.cancel",
+                "rollout.start",
+            ]
+            .into_iter()
+            .find(|a| t.contains(a))
+            .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "autoupdate.assign",
+            "scenario.start",
+            "rollout.resume",
+            "rollout.pause",
+            "delivery.cancel",
+            "rollout.start",
+            "scenario.start",
+        ],
+        "{seen:#?}"
+    );
+    for t in &seen[..5] {
+        assert!(t.contains("console:alice"), "{t}");
+    }
+    for t in &seen[5..] {
+        assert!(t.contains("admin-token"), "{t}");
+    }
+    assert!(seen[1].contains(&new_sid) && seen[2].contains(&rid), "{seen:#?}");
+    // The CLI reads the same audit.
+    let o = server.cli(&["--json", "audit", "--limit", "1"]);
+    let last: Vec<patchcast::transport::admin_api::AuditEntry> =
+        serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (last[0].actor.as_str(), last[0].action.as_str()),
+        ("console:alice", "autoupdate.assign")
+    );
+    let p = b.screenshot(&shots, "audit").await;
+    println!("screenshot: {}", p.display());
+    b.close().await;
+}
+
+/// The status of a form POST made by the page's own fetch (its session cookie, same origin).
+async fn post_status(b: &Browser, path: &str, fields: serde_json::Value) -> u64 {
+    let v = b
+        .client
+        .execute_async(
+            "const [path, fields, done] = arguments; fetch(path, {method: 'POST', body: new URLSearchParams(fields)}).then(r => done(r.status), e => done(0));",
+            vec![serde_json::json!(path), fields],
         )
         .await
         .unwrap();

@@ -38,6 +38,9 @@ pub enum State {
     LoopDetected {
         rule: String,
     },
+    /// An administrator withdrew it before it was handed out (or while it waited to be handed
+    /// out again): never handed out again, and not applied.
+    Cancelled,
 }
 
 impl State {
@@ -48,6 +51,7 @@ impl State {
                 | State::NotApplicable { .. }
                 | State::Failed { .. }
                 | State::LoopDetected { .. }
+                | State::Cancelled
         )
     }
 
@@ -77,6 +81,7 @@ impl State {
             State::NotApplicable { .. } => "not_applicable",
             State::Failed { .. } => "failed",
             State::LoopDetected { .. } => "loop_detected",
+            State::Cancelled => "cancelled",
         }
     }
 
@@ -106,7 +111,8 @@ impl Bucket {
         match state {
             "applied" => Bucket::Applied,
             "not_applicable" => Bucket::NotApplicable,
-            "loop_detected" => Bucket::NotApplied,
+            // Not in place, and not delivered again by itself.
+            "loop_detected" | "cancelled" => Bucket::NotApplied,
             "failed" => Bucket::Failed,
             _ => Bucket::InProgress,
         }
@@ -177,6 +183,10 @@ pub enum Event {
     RetryDue,
     /// An administrator restarts a delivery that stopped (failed, loop detected).
     Reset,
+    /// An administrator withdraws a delivery that is waiting (pending, awaiting retry). One
+    /// already on the machine (in flight, restart pending, staged) is not withdrawn: the
+    /// machine would go on with it and the result would not say so.
+    Cancel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,7 +313,10 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             n.unverified_runs = 0;
             go(n, State::Pending, Action::Nothing)
         }
-        (_, Event::RetryDue | Event::Reset) => Err(invalid()),
+        (State::Pending | State::AwaitingRetry, Event::Cancel) => {
+            go(n, State::Cancelled, Action::Nothing)
+        }
+        (_, Event::RetryDue | Event::Reset | Event::Cancel) => Err(invalid()),
 
         _ if !reports_current => Err(invalid()),
 
@@ -450,6 +463,7 @@ const LABELS: &[(&str, &str, &str)] = &[
         "Re-delivery loop stopped",
         "再配信ループ停止",
     ),
+    ("cancelled", "Cancelled", "キャンセル済み"),
 ];
 
 /// A state's label in `lang`; an unknown name is shown as it is.
@@ -479,6 +493,7 @@ pub fn every_state() -> Vec<State> {
         State::NotApplicable { reason: "r".into() },
         State::Failed { code: Code::E06 },
         State::LoopDetected { rule: "r".into() },
+        State::Cancelled,
     ];
     for s in &all {
         match s {
@@ -492,7 +507,8 @@ pub fn every_state() -> Vec<State> {
             | State::Applied
             | State::NotApplicable { .. }
             | State::Failed { .. }
-            | State::LoopDetected { .. } => {}
+            | State::LoopDetected { .. }
+            | State::Cancelled => {}
         }
     }
     all
@@ -612,6 +628,34 @@ mod tests {
             (t.delivery.state, t.delivery.unverified_runs),
             (State::Pending, 0)
         );
+    }
+
+    #[test]
+    fn only_waiting_deliveries_are_cancelled_and_stay_cancelled() {
+        let p = Policy::default();
+        let pending = Delivery::default();
+        let t = next(&pending, &Event::Cancel, 0, &p).unwrap();
+        assert_eq!(t.delivery.state, State::Cancelled);
+        assert!(t.delivery.state.is_terminal());
+        assert_eq!(t.delivery.state.bucket(), Bucket::NotApplied);
+        let waiting = run(&one_run(Execution::Failed { code: 1 }, None), &p);
+        assert_eq!(waiting.state, State::AwaitingRetry);
+        assert_eq!(
+            next(&waiting, &Event::Cancel, waiting.attempt, &p)
+                .unwrap()
+                .delivery
+                .state,
+            State::Cancelled
+        );
+        // On the machine: not withdrawn.
+        let busy = run(&[Event::Dispatched], &p);
+        assert!(next(&busy, &Event::Cancel, busy.attempt, &p).is_err());
+        // Never handed out again, never reset, never cancelled twice.
+        let c = t.delivery;
+        for e in [Event::Dispatched, Event::RetryDue, Event::Reset, Event::Cancel] {
+            assert!(next(&c, &e, c.attempt, &p).is_err(), "{e:?}");
+        }
+        assert_eq!(state_label("cancelled", Lang::Ja), "キャンセル済み");
     }
 
     #[test]
@@ -809,6 +853,7 @@ mod tests {
             Just(Event::NoReply),
             Just(Event::RetryDue),
             Just(Event::Reset),
+            Just(Event::Cancel),
         ]
     }
 

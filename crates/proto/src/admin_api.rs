@@ -12,6 +12,9 @@
 //! | POST | `/api/v1/admin/scenarios` | `Scenario` → `ScenarioCreated` |
 //! | GET | `/api/v1/admin/scenarios/{id}` | → `ScenarioStatus` |
 //! | GET | `/api/v1/admin/results?machine=&package=&lang=&history=` | → `Results` |
+//! | POST | `/api/v1/admin/deliveries/{id}/retry` and `…/cancel` | → `ActionDone` |
+//! | POST | `/api/v1/admin/scenarios/{id}/cancel` | → `ActionDone` |
+//! | GET | `/api/v1/admin/audit?limit=` | → `Vec<AuditEntry>`, the newest first |
 
 use crate::protocol::{Detail, Inventory};
 use patchcast_core::delivery::{Bucket, State};
@@ -27,6 +30,33 @@ pub const PACKAGES: &str = "/api/v1/admin/packages";
 pub const SCENARIOS: &str = "/api/v1/admin/scenarios";
 pub const RESULTS: &str = "/api/v1/admin/results";
 pub const DELIVERIES: &str = "/api/v1/admin/deliveries";
+pub const AUDIT: &str = "/api/v1/admin/audit";
+
+/// What an administrator's action did (`server::actions`): the audit entry it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionDone {
+    /// `delivery.cancel`, `rollout.pause`, …
+    pub action: String,
+    /// The delivery, scenario or rollout id (or `group/package` of an assignment).
+    pub target: String,
+    /// The target's state afterwards (`cancelled`, `paused`, `pending`, …).
+    pub state: String,
+    /// One sentence for people (also the audit entry's detail).
+    pub detail: String,
+}
+
+/// One audit entry: who did what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Ascending: a later entry has a larger number.
+    pub n: u64,
+    pub at_ms: i64,
+    /// `console:ACCOUNT` or `admin-token`.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRequest {
@@ -303,6 +333,28 @@ impl Admin {
                 &serde_json::json!({}),
             )
             .await
+    }
+
+    /// Withdraws a delivery that waits (pending, awaiting retry): it is never handed out again.
+    pub async fn cancel_delivery(&self, id: &str) -> Result<ActionDone, CallError> {
+        self.action(&format!("{DELIVERIES}/{}/cancel", encode(id)))
+            .await
+    }
+
+    /// Withdraws every waiting delivery of a scenario.
+    pub async fn cancel_scenario(&self, id: &str) -> Result<ActionDone, CallError> {
+        self.action(&format!("{SCENARIOS}/{}/cancel", encode(id)))
+            .await
+    }
+
+    /// A bodiless action POST.
+    pub async fn action(&self, path: &str) -> Result<ActionDone, CallError> {
+        self.0.post(path, &serde_json::json!({})).await
+    }
+
+    /// The newest `limit` audit entries, the newest first.
+    pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, CallError> {
+        self.0.get(&format!("{AUDIT}?limit={limit}")).await
     }
 
     /// Unpublishes a package no delivery under way or automatic update uses.

@@ -119,7 +119,8 @@ pub struct Assignment {
 pub struct RolloutStatus {
     pub id: String,
     pub name: String,
-    /// `running`, `stopped` or `completed`.
+    /// `running`, `paused` (by an administrator), `stopped` (by its failure limit),
+    /// `aborted` (by an administrator) or `completed`.
     pub state: String,
     /// Why it stopped (or completed).
     pub reason: String,
@@ -183,6 +184,16 @@ impl Admin {
 
     pub async fn rollouts(&self) -> Result<Vec<RolloutStatus>, CallError> {
         self.0.get(ROLLOUTS).await
+    }
+
+    /// `pause`, `resume` or `abort` a rollout (`RolloutVerb`).
+    pub async fn rollout_action(
+        &self,
+        id: &str,
+        verb: &str,
+    ) -> Result<crate::admin_api::ActionDone, CallError> {
+        self.action(&format!("{ROLLOUTS}/{}/{verb}", encode(id)))
+            .await
     }
 
     pub async fn rollout(&self, id: &str) -> Result<RolloutStatus, CallError> {

@@ -125,6 +125,15 @@ pub fn router(server: Arc<Server>) -> Router {
             &format!("{}/{{id}}/retry", admin::DELIVERIES),
             post(retry_delivery),
         )
+        .route(
+            &format!("{}/{{id}}/cancel", admin::DELIVERIES),
+            post(cancel_delivery),
+        )
+        .route(
+            &format!("{}/{{id}}/cancel", admin::SCENARIOS),
+            post(cancel_scenario),
+        )
+        .route(admin::AUDIT, get(audit))
         .merge(super::schedule_routes::routes())
         .merge(super::sources_api::routes())
         .route(
@@ -406,25 +415,42 @@ async fn delete_group(State(s): S, _: Admin, Path(name): Path<String>) -> R<Resp
     }
 }
 
-async fn retry_delivery(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
-    match s.retry_delivery(&id).await? {
-        Some(Ok(state)) => {
-            Ok(Json(serde_json::json!({ "delivery": id, "state": state })).into_response())
+/// An administrator's action through the API: its `ActionDone`, or the refusal as 404, 409
+/// or 400 with the message (`actions`).
+pub(super) async fn act(s: &Server, a: crate::actions::AdminAction) -> R<Response> {
+    use crate::actions::Refused;
+    match s.act(&crate::actions::Actor::token(), &a).await? {
+        Ok(done) => Ok(Json(done).into_response()),
+        Err(r) => {
+            let status = match r {
+                Refused::NotFound(_) => StatusCode::NOT_FOUND,
+                Refused::Conflict(_) => StatusCode::CONFLICT,
+                Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiErr::new(status, r.message(), None))
         }
-        Some(Err(e)) => Err(ApiErr::new(
-            StatusCode::CONFLICT,
-            format!(
-                "delivery `{id}` is {}: only a failed or loop-detected delivery is retried",
-                e.state
-            ),
-            None,
-        )),
-        None => Err(ApiErr::new(
-            StatusCode::NOT_FOUND,
-            format!("no delivery `{id}`; `patchcast results --json` lists them"),
-            None,
-        )),
     }
+}
+
+async fn retry_delivery(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    act(&s, crate::actions::AdminAction::RetryDelivery(id)).await
+}
+
+async fn cancel_delivery(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    act(&s, crate::actions::AdminAction::CancelDelivery(id)).await
+}
+
+async fn cancel_scenario(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    act(&s, crate::actions::AdminAction::CancelScenario(id)).await
+}
+
+#[derive(Deserialize)]
+struct AuditQ {
+    limit: Option<u32>,
+}
+
+async fn audit(State(s): S, _: Admin, Query(q): Query<AuditQ>) -> R<Response> {
+    Ok(Json(s.audit(q.limit.unwrap_or(50)).await?).into_response())
 }
 
 async fn remove_package(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
@@ -553,7 +579,7 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
 }
 
 async fn run_scenario(State(s): S, _: Admin, Json(sc): Json<Scenario>) -> R<Response> {
-    match s.create_scenario(&sc).await {
+    match s.create_scenario(&sc, &crate::actions::Actor::token()).await {
         Ok(c) => Ok(Json(c).into_response()),
         Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
     }

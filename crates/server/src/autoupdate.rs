@@ -68,7 +68,9 @@ impl Server {
         db::policies::assignments(&self.db).await
     }
 
-    pub async fn assign(&self, a: &Assign) -> Result<Vec<Assignment>> {
+    /// Assigns (or withdraws) automatic update for `who`, with its audit entry in the same
+    /// transaction.
+    pub async fn assign(&self, a: &Assign, who: &crate::actions::Actor) -> Result<Vec<Assignment>> {
         a.package_id
             .parse::<PackageId>()
             .map_err(|e| anyhow::anyhow!(e.0))?;
@@ -91,6 +93,20 @@ impl Server {
                     a.group
                 );
             }
+            let (action, what) = if a.assign {
+                ("autoupdate.assign", "delivered automatically to the group's machines")
+            } else {
+                ("autoupdate.unassign", "no longer delivered automatically")
+            };
+            db::audit::insert(
+                &mut tx,
+                &who.0,
+                action,
+                &format!("{}/{}", a.group, a.package_id),
+                &format!("package {} {what} (group {})", a.package_id, a.group),
+                db::now_ms(),
+            )
+            .await?;
             tx.commit().await?;
         }
         if a.assign {

@@ -126,38 +126,26 @@ impl Server {
         Ok(Ok(t.action))
     }
 
-    /// An administrator's retry of a delivery that stopped (failed, loop detected) once its
-    /// cause is fixed: back to pending with a fresh loop count (`Event::Reset`), recorded in
-    /// its history. None: no such delivery; Err: it has not stopped.
-    pub async fn retry_delivery(&self, id: &str) -> Result<Option<Result<State, Invalid>>> {
-        let _w = self.write.lock().await;
-        let mut tx = self.db.begin().await?;
-        let Some(mut r) = db::deliveries::find(&mut tx, id).await? else {
+    /// An administrator's event on one delivery (`Event::Reset` to retry one that stopped,
+    /// `Event::Cancel` to withdraw one that waits), persisted in `tx` with its history row;
+    /// the caller holds the write lock, writes the audit entry and commits (`actions`).
+    /// None: no such delivery; Err: the state machine refuses the event in its state.
+    pub(crate) async fn admin_event(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        id: &str,
+        event: &Event,
+    ) -> Result<Option<Result<DeliveryRow, Invalid>>> {
+        let Some(mut r) = db::deliveries::find(tx, id).await? else {
             return Ok(None);
         };
-        let s = self.scenario(&mut tx, &r.scenario_id).await?;
+        let s = self.scenario(tx, &r.scenario_id).await?;
         let attempt = r.d.attempt;
         let now = self.now();
         let done = self
-            .transition(
-                &mut tx,
-                &mut r,
-                &Event::Reset,
-                attempt,
-                0,
-                &Detail::default(),
-                &s,
-                now,
-            )
+            .transition(tx, &mut r, event, attempt, 0, &Detail::default(), &s, now)
             .await?;
-        if let Err(e) = done {
-            return Ok(Some(Err(e)));
-        }
-        tx.commit().await?;
-        drop(_w);
-        tracing::info!(delivery = %id, machine = %r.machine_id, "delivery retried by an administrator");
-        self.wake(&r.machine_id);
-        Ok(Some(Ok(r.d.state)))
+        Ok(Some(done.map(|_| r)))
     }
 
     /// How long an in-flight delivery may go unheard: its install timeout plus the margin.

@@ -6,6 +6,7 @@
 pub mod ssh;
 pub mod web;
 
+pub mod actions;
 pub mod api;
 pub mod autoupdate;
 pub mod backup;

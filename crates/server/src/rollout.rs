@@ -10,7 +10,7 @@
 use super::Server;
 use super::db;
 use anyhow::{Result, bail};
-use patchcast_core::delivery::Bucket;
+use patchcast_core::delivery::{Bucket, State};
 use patchcast_core::model::rollout::{Rollout, RolloutState};
 use patchcast_core::model::scenario::Scenario;
 use patchcast_proto::schedule_api::{RolloutStatus, WaveStatus};
@@ -80,12 +80,17 @@ pub fn decide(r: &Rollout, started: &[Tally]) -> Decision {
     Decision::Keep
 }
 
-fn wave_scenario(id: &str, wave: usize) -> String {
+pub(crate) fn wave_scenario(id: &str, wave: usize) -> String {
     format!("{id}:w{wave}")
 }
 
 impl Server {
-    pub async fn start_rollout(&self, r: &Rollout) -> Result<RolloutStatus> {
+    /// Starts a rollout for `who` (audited with it), opening the pilot wave.
+    pub async fn start_rollout(
+        &self,
+        r: &Rollout,
+        who: &crate::actions::Actor,
+    ) -> Result<RolloutStatus> {
         for p in &r.packages {
             if self.package_model(p.as_str()).await?.is_none() {
                 bail!(
@@ -105,7 +110,21 @@ impl Server {
         let now = self.now();
         {
             let _w = self.write.lock().await;
-            db::rollouts::insert(&self.db, &id, r, now).await?;
+            let mut tx = self.db.begin().await?;
+            db::rollouts::insert(&mut tx, &id, r, now).await?;
+            let what = format!(
+                "{} of {} in {} waves, pilot group {}",
+                r.name,
+                r.packages
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.groups.len(),
+                r.groups[0]
+            );
+            db::audit::insert(&mut tx, &who.0, "rollout.start", &id, &what, db::now_ms()).await?;
+            tx.commit().await?;
         }
         self.open_wave(&id, r, 0).await?;
         tracing::info!(rollout = %id, name = %r.name, waves = r.groups.len(), "rollout started");
@@ -161,6 +180,11 @@ impl Server {
             let counts = db::deliveries::count_by_state(&self.db, &wave_scenario(id, w)).await?;
             let mut t = Tally::default();
             for (state, n) in counts {
+                // A cancelled delivery was taken out of the wave by an administrator: it
+                // neither passes nor fails it.
+                if state == State::Cancelled.name() {
+                    continue;
+                }
                 t.total += n;
                 match Bucket::of_name(&state) {
                     Bucket::Applied => t.applied += n,
@@ -204,7 +228,14 @@ impl Server {
             bail!("no rollout `{id}`; see `patchcast rollout status`");
         };
         let r = row.spec;
-        let stopped = row.state == RolloutState::Stopped.name();
+        // Paused, stopped or aborted: no wave delivers, each wave's gate says which.
+        let stopped = [
+            RolloutState::Paused,
+            RolloutState::Stopped,
+            RolloutState::Aborted,
+        ]
+        .iter()
+        .any(|s| s.name() == row.state);
         let state = row.state;
         let wave = row.wave as usize;
         let reason = row.reason;
@@ -215,7 +246,7 @@ impl Server {
             let (gate, why) = if i > wave {
                 let prev = tallies.get(i - 1).copied().unwrap_or_default();
                 if stopped {
-                    ("stopped".to_string(), reason.clone())
+                    (state.clone(), reason.clone())
                 } else {
                     (
                         "waiting".to_string(),
@@ -229,7 +260,7 @@ impl Server {
                     )
                 }
             } else if stopped {
-                ("stopped".to_string(), reason.clone())
+                (state.clone(), reason.clone())
             } else if t.applied_permille() >= r.success_permille {
                 ("passed".to_string(), "cleared the success threshold".into())
             } else {

@@ -2,6 +2,7 @@
 //! written in one transaction; the dispatcher takes it from there.
 
 use super::Server;
+use super::actions::Actor;
 use super::db::{self, deliveries::NewDelivery};
 use super::machines::in_group;
 use anyhow::{Result, bail};
@@ -12,7 +13,8 @@ use patchcast_pack::archive::Manifest;
 use patchcast_proto::admin_api::ScenarioCreated;
 
 impl Server {
-    pub async fn create_scenario(&self, s: &Scenario) -> Result<ScenarioCreated> {
+    /// Starts a scenario for `who`, with its audit entry in the same transaction.
+    pub async fn create_scenario(&self, s: &Scenario, who: &Actor) -> Result<ScenarioCreated> {
         // A scenario posted to the API is checked again: a client may send any values.
         if let Some((path, msg)) = s.problems().into_iter().next() {
             bail!("the scenario is refused: {path}: {msg}");
@@ -92,6 +94,23 @@ impl Server {
                 n += 1;
             }
         }
+        let what = format!(
+            "{} of {} on {} machines ({} deliveries): {}",
+            if s.action == Action::Uninstall {
+                "uninstall"
+            } else {
+                "install"
+            },
+            s.packages
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            targets.len(),
+            n,
+            s.name
+        );
+        db::audit::insert(&mut tx, &who.0, "scenario.start", &id, &what, db::now_ms()).await?;
         tx.commit().await?;
         drop(_w);
         for m in &targets {

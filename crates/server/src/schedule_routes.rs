@@ -25,6 +25,10 @@ pub fn routes() -> Router<Arc<Server>> {
         .route(sched::AUTOUPDATE, get(assignments).post(assign))
         .route(sched::ROLLOUTS, get(rollouts).post(start_rollout))
         .route(&format!("{}/{{id}}", sched::ROLLOUTS), get(rollout))
+        .route(
+            &format!("{}/{{id}}/{{verb}}", sched::ROLLOUTS),
+            axum::routing::post(rollout_action),
+        )
         .route(sched::CLOCK, get(clock).post(change_clock))
 }
 
@@ -60,7 +64,12 @@ async fn assignments(State(s): S, _: Admin) -> R<Response> {
 }
 
 async fn assign(State(s): S, _: Admin, Json(a): Json<Assign>) -> R<Response> {
-    Ok(Json(s.assign(&a).await.map_err(bad)?).into_response())
+    Ok(Json(
+        s.assign(&a, &crate::actions::Actor::token())
+            .await
+            .map_err(bad)?,
+    )
+    .into_response())
 }
 
 async fn rollouts(State(s): S, _: Admin) -> R<Response> {
@@ -69,7 +78,12 @@ async fn rollouts(State(s): S, _: Admin) -> R<Response> {
 }
 
 async fn start_rollout(State(s): S, _: Admin, Json(r): Json<Rollout>) -> R<Response> {
-    Ok(Json(s.start_rollout(&r).await.map_err(bad)?).into_response())
+    Ok(Json(
+        s.start_rollout(&r, &crate::actions::Actor::token())
+            .await
+            .map_err(bad)?,
+    )
+    .into_response())
 }
 
 async fn rollout(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
@@ -78,6 +92,22 @@ async fn rollout(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
         Ok(r) => Ok(Json(r).into_response()),
         Err(e) => Err(ApiErr::new(StatusCode::NOT_FOUND, format!("{e:#}"), None)),
     }
+}
+
+/// `pause`, `resume` or `abort` (`actions`).
+async fn rollout_action(
+    State(s): S,
+    _: Admin,
+    Path((id, verb)): Path<(String, String)>,
+) -> R<Response> {
+    let Some(v) = patchcast_core::model::rollout::RolloutVerb::parse(&verb) else {
+        return Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no rollout action `{verb}`: use pause, resume or abort"),
+            None,
+        ));
+    };
+    super::api::act(&s, crate::actions::AdminAction::Rollout(id, v)).await
 }
 
 async fn clock(State(s): S, _: Admin) -> R<Response> {

@@ -64,15 +64,66 @@ pub struct RawWave {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutState {
     Running,
+    /// Held by an administrator: no delivery of it starts and no wave opens until resumed.
+    Paused,
+    /// Stopped by its failure limit.
     Stopped,
+    /// Ended by an administrator: its waiting deliveries are cancelled.
+    Aborted,
     Completed,
+}
+
+/// What an administrator does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutVerb {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutVerb {
+    pub fn parse(s: &str) -> Option<RolloutVerb> {
+        match s {
+            "pause" => Some(RolloutVerb::Pause),
+            "resume" => Some(RolloutVerb::Resume),
+            "abort" => Some(RolloutVerb::Abort),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutVerb::Pause => "pause",
+            RolloutVerb::Resume => "resume",
+            RolloutVerb::Abort => "abort",
+        }
+    }
+
+    /// The state a rollout in `from` (a stored name) goes to, or why it cannot: only a
+    /// running rollout pauses, only a paused one resumes, and one that ended stays ended.
+    pub fn apply(self, from: &str) -> Result<RolloutState, String> {
+        let (running, paused) = (RolloutState::Running.name(), RolloutState::Paused.name());
+        match self {
+            RolloutVerb::Pause if from == running => Ok(RolloutState::Paused),
+            RolloutVerb::Resume if from == paused => Ok(RolloutState::Running),
+            RolloutVerb::Abort if from == running || from == paused => Ok(RolloutState::Aborted),
+            RolloutVerb::Pause | RolloutVerb::Resume => Err(format!(
+                "the rollout is {from}: only a running rollout is paused, only a paused one resumed"
+            )),
+            RolloutVerb::Abort => Err(format!(
+                "the rollout is {from} already: only a running or paused rollout is aborted"
+            )),
+        }
+    }
 }
 
 impl RolloutState {
     pub fn name(self) -> &'static str {
         match self {
             RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
             RolloutState::Stopped => "stopped",
+            RolloutState::Aborted => "aborted",
             RolloutState::Completed => "completed",
         }
     }
@@ -212,6 +263,24 @@ pub fn load(file: &str, text: &str) -> Result<Rollout, Vec<Located>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn administrators_pause_resume_and_abort() {
+        use RolloutVerb::*;
+        assert_eq!(Pause.apply("running"), Ok(RolloutState::Paused));
+        assert_eq!(Resume.apply("paused"), Ok(RolloutState::Running));
+        assert_eq!(Abort.apply("paused"), Ok(RolloutState::Aborted));
+        assert_eq!(Abort.apply("running"), Ok(RolloutState::Aborted));
+        assert!(Resume.apply("running").is_err());
+        assert!(Pause.apply("paused").is_err());
+        for ended in ["stopped", "aborted", "completed"] {
+            for v in [Pause, Resume, Abort] {
+                assert!(v.apply(ended).is_err(), "{v:?} {ended}");
+            }
+        }
+        assert_eq!(RolloutVerb::parse("abort"), Some(Abort));
+        assert_eq!(RolloutVerb::parse("stop"), None);
+    }
 
     #[test]
     fn rates_parse() {

@@ -25,6 +25,7 @@ pub static TERMINAL: &[State] = &[
     State::LoopDetected {
         rule: String::new(),
     },
+    State::Cancelled,
 ];
 
 /// On the agent now: `State::in_flight`.
@@ -337,6 +338,18 @@ pub async fn waiting_machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<
 }
 
 /// Machines with any delivery waiting to start.
+/// The ids of a scenario's waiting deliveries (what cancelling the scenario withdraws).
+pub async fn waiting_of(tx: &mut AnyConnection, scenario_id: &str) -> Result<Vec<String>> {
+    let q = format!(
+        "SELECT id FROM deliveries WHERE scenario_id = $1 AND state IN {} ORDER BY id",
+        list(WAITING)
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(q))
+        .bind(scenario_id)
+        .fetch_all(&mut *tx)
+        .await?)
+}
+
 pub async fn waiting_machines(db: &AnyPool) -> Result<Vec<String>> {
     let q = format!(
         "SELECT DISTINCT machine_id FROM deliveries WHERE state IN {}",

@@ -16,6 +16,7 @@
 //! checks the recorded checksums against this list and refuses an edited or unknown migration.
 
 pub mod accounts;
+pub mod audit;
 pub mod deliveries;
 pub mod machines;
 pub mod packages;
@@ -114,6 +115,15 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         6,
         "data upgrades run once (stored machine names become ids)",
         &["CREATE TABLE data_upgrades (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)"],
+    ),
+    (
+        7,
+        "audit of administrators' actions",
+        &[
+            // `n` orders entries written in the same millisecond; written under the write lock.
+            "CREATE TABLE audit (n BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, \
+         action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)",
+        ],
     ),
 ];
 

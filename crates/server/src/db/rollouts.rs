@@ -4,7 +4,7 @@
 use super::json;
 use anyhow::Result;
 use patchcast_core::model::rollout::{Rollout, RolloutState};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 /// A rollout as stored.
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ pub struct RolloutRow {
 }
 
 /// A new running rollout at wave 0.
-pub async fn insert(db: &AnyPool, id: &str, r: &Rollout, now: i64) -> Result<()> {
+pub async fn insert(tx: &mut AnyConnection, id: &str, r: &Rollout, now: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO rollouts (id, name, spec, state, wave, reason, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, 0, $5, $6, $6)",
@@ -28,7 +28,7 @@ pub async fn insert(db: &AnyPool, id: &str, r: &Rollout, now: i64) -> Result<()>
     .bind(RolloutState::Running.name())
     .bind("")
     .bind(now)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -93,6 +93,40 @@ pub async fn get(db: &AnyPool, id: &str) -> Result<Option<RolloutRow>> {
         reason: row.try_get("reason")?,
         created_at: row.try_get("created_at")?,
     }))
+}
+
+/// Moves a rollout from state `from` to `to` with `reason`; false when it was not in `from`
+/// (another change came first).
+pub async fn change_state(
+    tx: &mut AnyConnection,
+    id: &str,
+    from: &str,
+    to: RolloutState,
+    reason: &str,
+    now: i64,
+) -> Result<bool> {
+    let n = sqlx::query(
+        "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5",
+    )
+    .bind(to.name())
+    .bind(reason)
+    .bind(now)
+    .bind(id)
+    .bind(from)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// (state, newest open wave) of a rollout, in a transaction.
+pub async fn state_and_wave(tx: &mut AnyConnection, id: &str) -> Result<Option<(String, i64)>> {
+    Ok(
+        sqlx::query_as("SELECT state, wave FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
 }
 
 /// Every rollout id, the oldest first.

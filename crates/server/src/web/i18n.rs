@@ -146,6 +146,34 @@ const STRINGS: &[(&str, &str, &str)] = &[
         "emulated endpoint",
         "エミュレートされたエンドポイント",
     ),
+    // Actions (each a CSRF-protected form; every one is in the audit).
+    ("actions", "Actions", "操作"),
+    ("retry", "Retry", "再試行"),
+    ("cancel", "Cancel", "キャンセル"),
+    (
+        "cancel_scenario",
+        "Cancel waiting deliveries",
+        "待機中の配信をキャンセル",
+    ),
+    ("rollout", "Rollout", "ロールアウト"),
+    ("pause", "Pause", "一時停止"),
+    ("resume", "Resume", "再開"),
+    ("abort", "Abort", "中止"),
+    (
+        "start_scenario",
+        "Start a scenario: a published package on a group",
+        "シナリオを開始: 公開済みパッケージをグループへ",
+    ),
+    ("start", "Start", "開始"),
+    ("autoupdate", "Automatic update", "自動更新"),
+    ("assign", "Assign", "割り当て"),
+    ("unassign", "Withdraw", "割り当て解除"),
+    ("assigned", "Assigned", "割り当て済み"),
+    ("audit", "Audit", "監査ログ"),
+    ("when", "When (UTC)", "日時(UTC)"),
+    ("who", "Who", "実行者"),
+    ("action", "Action", "操作"),
+    ("target", "Target", "対象"),
 ];
 
 fn pick(lang: Lang, en: &'static str, ja: &'static str) -> &'static str {

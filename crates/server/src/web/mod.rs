@@ -4,6 +4,7 @@
 //! | module | role |
 //! |---|---|
 //! | `accounts` | admin accounts: argon2id hashes in `web_accounts`, the CLI's account endpoint |
+//! | `actions` | the action forms (one CSRF-checked POST, run through `crate::actions`) and the Audit page |
 //! | `auth` | sessions (random cookie, stored hashed), the viewer of a request (session or Bearer) |
 //! | `csrf` | the synchronizer token every state-changing form carries |
 //! | `lockout` | refuses sign-in for an account or address after repeated failures |
@@ -18,6 +19,7 @@
 //! inline script or style), `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
 pub mod accounts;
+pub mod actions;
 pub mod auth;
 pub mod csrf;
 pub mod export;
@@ -63,6 +65,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("scenarios", include_str!("../../templates/scenarios.hbs")),
     ("scenario", include_str!("../../templates/scenario.hbs")),
     ("error", include_str!("../../templates/error.hbs")),
+    ("audit", include_str!("../../templates/audit.hbs")),
 ];
 
 const CSS: &str = include_str!("../../static/app.css");
@@ -96,6 +99,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/scenarios", get(pages::scenarios))
         .route("/scenarios/{id}", get(pages::scenario))
         .route("/scenarios/{id}/events", get(sse::scenario_events))
+        .route(actions::ACTIONS, post(actions::post))
+        .route("/audit", get(actions::page))
         // Exports: the extension picks the format (see `export::Format::of`).
         .route("/export/compliance.csv", get(export::compliance))
         .route("/export/compliance.json", get(export::compliance))

@@ -13,7 +13,7 @@ use crate::results::Query as ResultsQuery;
 use axum::extract::{ConnectInfo, Form, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use patchcast_core::delivery::state_names;
+use patchcast_core::delivery::{State, state_names};
 use patchcast_core::errors::{Code, Lang, Params, entry, human_bytes, render};
 use patchcast_proto::admin_api::DeliveryRow;
 use serde::Deserialize;
@@ -110,6 +110,8 @@ impl Ctx {
         obj.insert("lang".into(), self.lang.as_str().into());
         obj.insert("switch_url".into(), self.switch_url().into());
         obj.insert("nav".into(), template.into());
+        // Action forms come back to the page they were on.
+        obj.insert("back".into(), self.uri.path().into());
         obj.insert(
             "account".into(),
             self.viewer.as_ref().map(|v| v.account().to_string()).into(),
@@ -339,6 +341,9 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
         "state_label": state_label(d.state_name(), lang),
         "bucket": bucket(d),
         "attempts": d.attempts,
+        // The buttons its state allows (the state machine refuses the rest anyway).
+        "can_retry": matches!(d.state, State::Failed { .. } | State::LoopDetected { .. }),
+        "can_cancel": matches!(d.state, State::Pending | State::AwaitingRetry),
         "code": d.last_code.map(|c| code_view(c, lang, &params_of(d))),
         "updated": time(d.updated_at_ms),
     })
@@ -640,7 +645,34 @@ pub async fn scenarios(
             "failed": counts.states.get("failed").copied().unwrap_or(0),
         }));
     }
-    ctx.page(&w, "scenarios", StatusCode::OK, json!({"scenarios": list}))
+    // The forms: start a scenario from a published package and a group; automatic update.
+    let packages: Vec<String> = w
+        .server
+        .packages()
+        .await?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let groups: Vec<String> = w
+        .server
+        .groups()
+        .await?
+        .into_iter()
+        .map(|g| g.group.name)
+        .collect();
+    let assignments: Vec<Value> = w
+        .server
+        .assignments()
+        .await?
+        .into_iter()
+        .map(|a| json!({"group": a.group, "package": a.package_id, "since": time(a.assigned_at_ms)}))
+        .collect();
+    ctx.page(
+        &w,
+        "scenarios",
+        StatusCode::OK,
+        json!({"scenarios": list, "packages": packages, "groups": groups, "assignments": assignments}),
+    )
 }
 
 pub async fn scenario(
@@ -659,7 +691,11 @@ pub async fn scenario(
         .iter()
         .map(|s| json!({"state": s, "label": state_label(s, lang), "count": st.counts.get(*s).copied().unwrap_or(0)}))
         .collect();
-    let waves = super::waves::for_scenario(&w.server, &id).await?;
+    let rollout = super::waves::for_scenario(&w.server, &id).await?;
+    let waiting = st
+        .deliveries
+        .iter()
+        .any(|d| matches!(d.state, State::Pending | State::AwaitingRetry));
     ctx.page(
         &w,
         "scenario",
@@ -668,7 +704,8 @@ pub async fn scenario(
             "s": {"id": st.id, "name": st.name, "created": time(st.created_at_ms), "total": st.total, "done": st.done},
             "states": states,
             "deliveries": st.deliveries.iter().map(|d| delivery_view(d, lang)).collect::<Vec<_>>(),
-            "waves": waves,
+            "rollout": rollout,
+            "can_cancel": waiting,
             "events_url": format!("/scenarios/{}/events", enc(&st.id)),
             "export_csv": format!("/export/scenarios/{}/deliveries.csv", enc(&st.id)),
             "export_json": format!("/export/scenarios/{}/deliveries.json", enc(&st.id)),

@@ -3,6 +3,7 @@
 //! waves with their gates; any other scenario shows none.
 
 use crate::Server;
+use patchcast_core::model::rollout::RolloutVerb;
 use serde::Serialize;
 
 /// One wave of a rollout as the scenario page shows it.
@@ -16,20 +17,44 @@ pub struct WaveView {
     pub gate: String,
 }
 
-/// The waves of the rollout scenario `id` belongs to, in order; none for a plain scenario.
-pub async fn for_scenario(server: &Server, id: &str) -> anyhow::Result<Vec<WaveView>> {
+/// The rollout a scenario page shows, with the actions its state allows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub reason: String,
+    pub can_pause: bool,
+    pub can_resume: bool,
+    pub can_abort: bool,
+    pub waves: Vec<WaveView>,
+}
+
+/// The rollout scenario `id` is a wave of, with all its waves in order; None for a plain
+/// scenario.
+pub async fn for_scenario(server: &Server, id: &str) -> anyhow::Result<Option<RolloutView>> {
     let Some(Some(rollout)) = crate::db::scenarios::rollout_of(&server.db, id).await? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let status = server.rollout_status(&rollout).await?;
-    Ok(status
-        .waves
-        .into_iter()
-        .map(|w| WaveView {
-            name: format!("{} · {}", w.index, w.group),
-            state: w.gate,
-            machines: w.total,
-            gate: w.why,
-        })
-        .collect())
+    let can = |v: RolloutVerb| v.apply(&status.state).is_ok();
+    Ok(Some(RolloutView {
+        id: status.id.clone(),
+        name: status.name.clone(),
+        can_pause: can(RolloutVerb::Pause),
+        can_resume: can(RolloutVerb::Resume),
+        can_abort: can(RolloutVerb::Abort),
+        state: status.state.clone(),
+        reason: status.reason.clone(),
+        waves: status
+            .waves
+            .into_iter()
+            .map(|w| WaveView {
+                name: format!("{} · {}", w.index, w.group),
+                state: w.gate,
+                machines: w.total,
+                gate: w.why,
+            })
+            .collect(),
+    }))
 }
