@@ -3,7 +3,7 @@
 //! headers, escaping of endpoint-supplied text, exports for scripts with the admin token, and
 //! sign-out ending the session. The browser story is in web_console.rs.
 
-use crate::common::server_harness::{Backend, TestServer, both_backends};
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use crate::common::web_client::{WebClient, add_account, hidden};
 use patchcast::loadgen::{Behaviour, SimAgent, inventory};
 use patchcast::transport::admin_api::TokenRequest;
@@ -121,10 +121,93 @@ async fn console_auth(backend: Backend) {
     );
     let csrf = hidden(&machines.body, "csrf");
     // Every page renders (strict templates), unknown ones are 404 pages.
-    for page in ["/", "/scenarios", "/machines?os=debian&state=failed&q=x"] {
+    for page in [
+        "/",
+        "/scenarios",
+        "/machines?os=debian&state=failed&q=x",
+        "/audit",
+    ] {
         let r = c.get(page).await;
         assert_eq!(r.status, StatusCode::OK, "{page}: {}", r.body);
     }
+
+    // Actions: a form without the session's CSRF token, or with a wrong one, is refused with
+    // 403 and changes nothing; with it, the action runs and the Audit page shows it, escaped.
+    server.publish_sample("console-sample").await;
+    let sid = server
+        .admin()
+        .run_scenario(&scenario("<b>evil</b> scenario", "lab", &["console-sample"]))
+        .await
+        .unwrap()
+        .id;
+    let pending = || async {
+        server.admin().status(&sid, "en").await.unwrap().counts.get("pending").copied()
+    };
+    for form in [
+        vec![("action", "scenario.cancel"), ("id", sid.as_str())],
+        vec![("action", "scenario.cancel"), ("id", sid.as_str()), ("csrf", "00ff")],
+    ] {
+        let r = c.post_form("/actions", &form).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{form:?}: {}", r.body);
+        assert!(r.body.contains("CSRF token"), "{}", r.body);
+    }
+    assert_eq!(pending().await, Some(1), "nothing was cancelled");
+    let mut anon = WebClient::new(&server.url, &server.fingerprint);
+    let r = anon
+        .post_form("/actions", &[("action", "scenario.cancel"), ("id", &sid), ("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token, or none");
+    let r = c
+        .post_form(
+            "/actions",
+            &[("csrf", &csrf), ("action", "scenario.cancel"), ("id", &sid), ("back", "/audit")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.header("location"), "/audit");
+    assert_eq!(pending().await, None);
+    let r = c
+        .post_form(
+            "/actions",
+            &[("csrf", &csrf), ("action", "delivery.cancel"), ("id", "d-none"), ("back", "//evil.example/")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = c
+        .post_form(
+            "/actions",
+            &[("csrf", &csrf), ("action", "scenario.cancel"), ("id", &sid), ("back", "/")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "nothing left to cancel: {}", r.body);
+    let r = c
+        .post_form(
+            "/actions",
+            &[
+                ("csrf", &csrf),
+                ("action", "autoupdate.assign"),
+                ("group", "lab"),
+                ("package", "console-sample"),
+                ("back", "//evil.example/"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.header("location"), "/", "back stays on this site");
+    let audit = c.get("/audit").await;
+    assert_eq!(audit.status, StatusCode::OK);
+    assert!(
+        audit.body.contains("console:alice")
+            && audit.body.contains("scenario.cancel")
+            && audit.body.contains("autoupdate.assign"),
+        "{}",
+        audit.body
+    );
+    assert!(
+        audit.body.contains("&lt;b&gt;evil&lt;/b&gt; scenario") && !audit.body.contains("<b>evil"),
+        "the scenario's name is escaped: {}",
+        audit.body
+    );
     let r = c.get("/machines/no-such-machine").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.body.contains("machine no-such-machine"), "{}", r.body);

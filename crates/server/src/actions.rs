@@ -187,6 +187,11 @@ impl Server {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
         let n = self.cancel_waiting(&mut tx, id).await?;
+        if n == 0 {
+            return Ok(Err(Refused::Conflict(format!(
+                "scenario `{id}` has no waiting delivery to cancel (those on their machines finish there)"
+            ))));
+        }
         let detail = format!("{n} waiting deliveries cancelled");
         db::audit::insert(
             &mut tx,
@@ -249,7 +254,7 @@ impl Server {
         db::audit::insert(&mut tx, &who.0, &action, id, &detail, db::now_ms()).await?;
         tx.commit().await?;
         drop(_w);
-        tracing::info!(rollout = %id, actor = %who.0, action, "rollout changed by an administrator");
+        tracing::info!(rollout = %id, actor = %who.0, %action, "rollout changed by an administrator");
         if verb == RolloutVerb::Resume {
             // Its waiting deliveries may start now; the ticker may also open the next wave.
             for w in 0..=wave.max(0) as usize {

@@ -563,7 +563,7 @@ mod tests {
     fn sets_render_as_sql_lists() {
         assert_eq!(
             list(TERMINAL),
-            "('applied','not_applicable','failed','loop_detected')"
+            "('applied','not_applicable','failed','loop_detected','cancelled')"
         );
         assert_eq!(list(IN_FLIGHT), "('transferring','executing','verifying')");
         assert_eq!(literal(&State::Pending), "'pending'");

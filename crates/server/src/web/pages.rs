@@ -13,7 +13,7 @@ use crate::results::Query as ResultsQuery;
 use axum::extract::{ConnectInfo, Form, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use patchcast_core::delivery::{State, state_names};
+use patchcast_core::delivery::{State as DeliveryState, state_names};
 use patchcast_core::errors::{Code, Lang, Params, entry, human_bytes, render};
 use patchcast_proto::admin_api::DeliveryRow;
 use serde::Deserialize;
@@ -342,8 +342,8 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
         "bucket": bucket(d),
         "attempts": d.attempts,
         // The buttons its state allows (the state machine refuses the rest anyway).
-        "can_retry": matches!(d.state, State::Failed { .. } | State::LoopDetected { .. }),
-        "can_cancel": matches!(d.state, State::Pending | State::AwaitingRetry),
+        "can_retry": matches!(d.state, DeliveryState::Failed { .. } | DeliveryState::LoopDetected { .. }),
+        "can_cancel": matches!(d.state, DeliveryState::Pending | DeliveryState::AwaitingRetry),
         "code": d.last_code.map(|c| code_view(c, lang, &params_of(d))),
         "updated": time(d.updated_at_ms),
     })
@@ -695,7 +695,7 @@ pub async fn scenario(
     let waiting = st
         .deliveries
         .iter()
-        .any(|d| matches!(d.state, State::Pending | State::AwaitingRetry));
+        .any(|d| matches!(d.state, DeliveryState::Pending | DeliveryState::AwaitingRetry));
     ctx.page(
         &w,
         "scenario",
