@@ -45,7 +45,10 @@ fn refused(s: &TestServer, args: &[&str], why: &str) {
     assert!(err.contains(why), "{args:?}: {err}");
 }
 
-async fn rows_of(s: &TestServer, scenario: &str) -> Vec<patchcast::transport::admin_api::DeliveryRow> {
+async fn rows_of(
+    s: &TestServer,
+    scenario: &str,
+) -> Vec<patchcast::transport::admin_api::DeliveryRow> {
     s.admin()
         .results(&ResultsQuery {
             scenario: Some(scenario.into()),
@@ -67,7 +70,10 @@ async fn wait_state(s: &TestServer, scenario: &str, state: &str, agents: &[&Agen
         }
         if Instant::now() > deadline {
             let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
-            panic!("{scenario} never became {state}: {rows:#?}\n{}", logs.join("\n---\n"));
+            panic!(
+                "{scenario} never became {state}: {rows:#?}\n{}",
+                logs.join("\n---\n")
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -117,7 +123,10 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
     let d = done(&s, &["scenario", "cancel", &s2]);
     assert_eq!(d.detail, "1 waiting deliveries cancelled");
     let st = admin.status(&s2, "en").await.unwrap();
-    assert!(st.done, "every delivery of a cancelled scenario is finished: {st:#?}");
+    assert!(
+        st.done,
+        "every delivery of a cancelled scenario is finished: {st:#?}"
+    );
     assert_eq!(st.counts.get("cancelled"), Some(&1), "{st:#?}");
 
     // The agent starts: a third scenario's delivery of the same package is applied; the
@@ -158,10 +167,20 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
     assert!(o.status.success(), "{o:?}");
     let r1 = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let d = done(&s, &["rollout", "pause", &r1]);
-    assert_eq!((d.action.as_str(), d.state.as_str()), ("rollout.pause", "paused"));
-    refused(&s, &["rollout", "pause", &r1], "only a running rollout is paused");
+    assert_eq!(
+        (d.action.as_str(), d.state.as_str()),
+        ("rollout.pause", "paused")
+    );
+    refused(
+        &s,
+        &["rollout", "pause", &r1],
+        "only a running rollout is paused",
+    );
     let st = admin.rollout(&r1).await.unwrap();
-    assert_eq!((st.state.as_str(), st.waves[0].gate.as_str()), ("paused", "paused"));
+    assert_eq!(
+        (st.state.as_str(), st.waves[0].gate.as_str()),
+        ("paused", "paused")
+    );
     assert!(st.reason.contains("paused by admin-token"), "{st:#?}");
     pilot.start();
     let wave = format!("{r1}:w0");
@@ -184,7 +203,9 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
     // Aborted: its waiting delivery (an agent that never runs) is cancelled.
     std::fs::write(
         &f,
-        format!("name: late\npackages: [{SP2}]\npilot: {{ group: late, success_threshold: 90% }}\n"),
+        format!(
+            "name: late\npackages: [{SP2}]\npilot: {{ group: late, success_threshold: 90% }}\n"
+        ),
     )
     .unwrap();
     let o = s.cli(&["rollout", "start", f.to_str().unwrap()]);
@@ -192,11 +213,20 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
     let r2 = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let d = done(&s, &["rollout", "abort", &r2]);
     assert_eq!(d.state, "aborted");
-    assert!(d.detail.ends_with("1 waiting deliveries cancelled"), "{d:?}");
-    assert_eq!(rows_of(&s, &format!("{r2}:w0")).await[0].state.name(), "cancelled");
+    assert!(
+        d.detail.ends_with("1 waiting deliveries cancelled"),
+        "{d:?}"
+    );
+    assert_eq!(
+        rows_of(&s, &format!("{r2}:w0")).await[0].state.name(),
+        "cancelled"
+    );
     refused(&s, &["rollout", "resume", &r2], "only a paused one resumed");
     let o = s.cli(&["rollout", "status", &r2]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("aborted"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("aborted"),
+        "{o:?}"
+    );
 
     // The audit: every action, the newest first, with who and when; refusals are not in it.
     let o = s.cli(&["--json", "audit"]);
@@ -223,14 +253,20 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
         "{audit:#?}"
     );
     assert!(audit.iter().all(|e| e.actor == "admin-token"), "{audit:#?}");
-    assert!(audit.windows(2).all(|w| w[0].n > w[1].n && w[0].at_ms >= w[1].at_ms));
+    assert!(
+        audit
+            .windows(2)
+            .all(|w| w[0].n > w[1].n && w[0].at_ms >= w[1].at_ms)
+    );
     let o = s.cli(&["--json", "audit", "--limit", "2"]);
     let two: Vec<AuditEntry> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(two, audit[..2].to_vec());
     let o = s.cli(&["audit"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        text.starts_with("#") && text.contains("admin-token") && text.contains("delivery.cancel"),
+        text.trim_start().starts_with('#')
+            && text.contains("admin-token")
+            && text.contains("delivery.cancel"),
         "{text}"
     );
 }

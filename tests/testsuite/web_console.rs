@@ -409,7 +409,10 @@ async fn click(b: &Browser, css: &str) {
     let start = Instant::now();
     // The clicked element belongs to the old page; once it is gone the new page is loaded.
     while e.text().await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{css} led nowhere");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{css} led nowhere"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -477,7 +480,9 @@ async fn console_actions_in_chromium() {
     assert!(row.contains(PACKAGE), "{row}");
     assert_eq!(b.text("[data-count=cancelled]").await, "1");
     assert!(
-        c.find(Locator::Css("button.cancel-delivery")).await.is_err(),
+        c.find(Locator::Css("button.cancel-delivery"))
+            .await
+            .is_err(),
         "a cancelled delivery offers no cancel"
     );
     let d = admin.status(&sid, "en").await.unwrap();
@@ -489,14 +494,20 @@ async fn console_actions_in_chromium() {
         .unwrap();
     assert_eq!(b.text("#rollout-state").await, "running");
     click(&b, "#rollout-pause").await;
-    wait_text(&b, "#rollout-state", "the paused rollout", |t| t == "paused").await;
+    wait_text(&b, "#rollout-state", "the paused rollout", |t| {
+        t == "paused"
+    })
+    .await;
     assert!(
         b.text("#rollout-reason").await.contains("console:alice"),
         "the reason names who paused it"
     );
     assert_eq!(admin.rollout(&rid).await.unwrap().state, "paused");
     click(&b, "#rollout-resume").await;
-    wait_text(&b, "#rollout-state", "the resumed rollout", |t| t == "running").await;
+    wait_text(&b, "#rollout-state", "the resumed rollout", |t| {
+        t == "running"
+    })
+    .await;
     assert_eq!(admin.rollout(&rid).await.unwrap().state, "running");
 
     // Start a scenario from a published package and a group, and assign automatic update.
@@ -507,12 +518,14 @@ async fn console_actions_in_chromium() {
         .click()
         .await
         .unwrap();
-    c.find(Locator::Css(&format!("#start-group option[value='{GROUP}']")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    c.find(Locator::Css(&format!(
+        "#start-group option[value='{GROUP}']"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
     click(&b, "#start-submit").await;
     wait_text(&b, "h1", "the new scenario's page", |t| {
         t == format!("ws2008-sp2 on {GROUP}")
@@ -521,7 +534,10 @@ async fn console_actions_in_chromium() {
     let started = c.current_url().await.unwrap().path().to_string();
     let new_sid = started.strip_prefix("/scenarios/").unwrap().to_string();
     assert!(new_sid.starts_with("s-"), "{started}");
-    wait_text(&b, "[data-count=pending]", "its pending delivery", |t| t == "1").await;
+    wait_text(&b, "[data-count=pending]", "its pending delivery", |t| {
+        t == "1"
+    })
+    .await;
     c.goto(&format!("{}/scenarios", server.url)).await.unwrap();
     c.find(Locator::Css("#assign-package option[value='ws2008-sp2']"))
         .await
@@ -566,11 +582,11 @@ async fn console_actions_in_chromium() {
 
     // The Audit page: each action, the newest first, with who did it.
     click(&b, "#nav-audit").await;
-    wait_text(&b, "#audit tbody", "the audit", |t| t.contains("autoupdate.assign")).await;
-    let rows = c
-        .find_all(Locator::Css("#audit tbody tr"))
-        .await
-        .unwrap();
+    wait_text(&b, "#audit tbody", "the audit", |t| {
+        t.contains("autoupdate.assign")
+    })
+    .await;
+    let rows = c.find_all(Locator::Css("#audit tbody tr")).await.unwrap();
     let mut seen = Vec::new();
     for r in &rows {
         seen.push(r.text().await.unwrap());
@@ -610,7 +626,10 @@ async fn console_actions_in_chromium() {
     for t in &seen[5..] {
         assert!(t.contains("admin-token"), "{t}");
     }
-    assert!(seen[1].contains(&new_sid) && seen[2].contains(&rid), "{seen:#?}");
+    assert!(
+        seen[1].contains(&new_sid) && seen[2].contains(&rid),
+        "{seen:#?}"
+    );
     // The CLI reads the same audit.
     let o = server.cli(&["--json", "audit", "--limit", "1"]);
     let last: Vec<patchcast::transport::admin_api::AuditEntry> =

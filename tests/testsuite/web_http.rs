@@ -136,16 +136,31 @@ async fn console_auth(backend: Backend) {
     server.publish_sample("console-sample").await;
     let sid = server
         .admin()
-        .run_scenario(&scenario("<b>evil</b> scenario", "lab", &["console-sample"]))
+        .run_scenario(&scenario(
+            "<b>evil</b> scenario",
+            "lab",
+            &["console-sample"],
+        ))
         .await
         .unwrap()
         .id;
     let pending = || async {
-        server.admin().status(&sid, "en").await.unwrap().counts.get("pending").copied()
+        server
+            .admin()
+            .status(&sid, "en")
+            .await
+            .unwrap()
+            .counts
+            .get("pending")
+            .copied()
     };
     for form in [
         vec![("action", "scenario.cancel"), ("id", sid.as_str())],
-        vec![("action", "scenario.cancel"), ("id", sid.as_str()), ("csrf", "00ff")],
+        vec![
+            ("action", "scenario.cancel"),
+            ("id", sid.as_str()),
+            ("csrf", "00ff"),
+        ],
     ] {
         let r = c.post_form("/actions", &form).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{form:?}: {}", r.body);
@@ -154,13 +169,25 @@ async fn console_auth(backend: Backend) {
     assert_eq!(pending().await, Some(1), "nothing was cancelled");
     let mut anon = WebClient::new(&server.url, &server.fingerprint);
     let r = anon
-        .post_form("/actions", &[("action", "scenario.cancel"), ("id", &sid), ("csrf", &csrf)])
+        .post_form(
+            "/actions",
+            &[("action", "scenario.cancel"), ("id", &sid), ("csrf", &csrf)],
+        )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "another session's token, or none");
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "another session's token, or none"
+    );
     let r = c
         .post_form(
             "/actions",
-            &[("csrf", &csrf), ("action", "scenario.cancel"), ("id", &sid), ("back", "/audit")],
+            &[
+                ("csrf", &csrf),
+                ("action", "scenario.cancel"),
+                ("id", &sid),
+                ("back", "/audit"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
@@ -169,17 +196,32 @@ async fn console_auth(backend: Backend) {
     let r = c
         .post_form(
             "/actions",
-            &[("csrf", &csrf), ("action", "delivery.cancel"), ("id", "d-none"), ("back", "//evil.example/")],
+            &[
+                ("csrf", &csrf),
+                ("action", "delivery.cancel"),
+                ("id", "d-none"),
+                ("back", "//evil.example/"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
     let r = c
         .post_form(
             "/actions",
-            &[("csrf", &csrf), ("action", "scenario.cancel"), ("id", &sid), ("back", "/")],
+            &[
+                ("csrf", &csrf),
+                ("action", "scenario.cancel"),
+                ("id", &sid),
+                ("back", "/"),
+            ],
         )
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "nothing left to cancel: {}", r.body);
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "nothing left to cancel: {}",
+        r.body
+    );
     let r = c
         .post_form(
             "/actions",

@@ -652,7 +652,12 @@ mod tests {
         assert!(next(&busy, &Event::Cancel, busy.attempt, &p).is_err());
         // Never handed out again, never reset, never cancelled twice.
         let c = t.delivery;
-        for e in [Event::Dispatched, Event::RetryDue, Event::Reset, Event::Cancel] {
+        for e in [
+            Event::Dispatched,
+            Event::RetryDue,
+            Event::Reset,
+            Event::Cancel,
+        ] {
             assert!(next(&c, &e, c.attempt, &p).is_err(), "{e:?}");
         }
         assert_eq!(state_label("cancelled", Lang::Ja), "キャンセル済み");

@@ -110,7 +110,11 @@ impl Server {
                     "scenario.start",
                     &c.id,
                     "started",
-                    format!("{} deliveries on {} machines", c.deliveries, c.machines.len()),
+                    format!(
+                        "{} deliveries on {} machines",
+                        c.deliveries,
+                        c.machines.len()
+                    ),
                 )),
                 // The scenario's checks (unknown group, unpublished package) speak to the admin.
                 Err(e) => Ok(Err(Refused::Invalid(format!("{e:#}")))),

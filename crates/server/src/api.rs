@@ -579,7 +579,10 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
 }
 
 async fn run_scenario(State(s): S, _: Admin, Json(sc): Json<Scenario>) -> R<Response> {
-    match s.create_scenario(&sc, &crate::actions::Actor::token()).await {
+    match s
+        .create_scenario(&sc, &crate::actions::Actor::token())
+        .await
+    {
         Ok(c) => Ok(Json(c).into_response()),
         Err(e) => Err(ApiErr::bad(format!("{e:#}"))),
     }

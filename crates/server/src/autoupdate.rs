@@ -94,7 +94,10 @@ impl Server {
                 );
             }
             let (action, what) = if a.assign {
-                ("autoupdate.assign", "delivered automatically to the group's machines")
+                (
+                    "autoupdate.assign",
+                    "delivered automatically to the group's machines",
+                )
             } else {
                 ("autoupdate.unassign", "no longer delivered automatically")
             };

@@ -103,11 +103,7 @@ pub async fn post(State(w): WebState, h: HeaderMap, Form(f): Form<ActionForm>) -
 }
 
 /// GET /audit: the newest entries, who did what, when.
-pub async fn page(
-    State(w): WebState,
-    h: HeaderMap,
-    OriginalUri(uri): OriginalUri,
-) -> WebResult {
+pub async fn page(State(w): WebState, h: HeaderMap, OriginalUri(uri): OriginalUri) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     if let Err(redirect) = ctx.require() {
         return Ok(*redirect);

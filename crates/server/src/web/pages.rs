@@ -665,7 +665,9 @@ pub async fn scenarios(
         .assignments()
         .await?
         .into_iter()
-        .map(|a| json!({"group": a.group, "package": a.package_id, "since": time(a.assigned_at_ms)}))
+        .map(
+            |a| json!({"group": a.group, "package": a.package_id, "since": time(a.assigned_at_ms)}),
+        )
         .collect();
     ctx.page(
         &w,
@@ -692,10 +694,12 @@ pub async fn scenario(
         .map(|s| json!({"state": s, "label": state_label(s, lang), "count": st.counts.get(*s).copied().unwrap_or(0)}))
         .collect();
     let rollout = super::waves::for_scenario(&w.server, &id).await?;
-    let waiting = st
-        .deliveries
-        .iter()
-        .any(|d| matches!(d.state, DeliveryState::Pending | DeliveryState::AwaitingRetry));
+    let waiting = st.deliveries.iter().any(|d| {
+        matches!(
+            d.state,
+            DeliveryState::Pending | DeliveryState::AwaitingRetry
+        )
+    });
     ctx.page(
         &w,
         "scenario",
