@@ -136,7 +136,8 @@ pub struct WaveStatus {
     pub index: u32,
     pub group: String,
     /// `open` (delivering), `passed` (cleared the threshold), `waiting` (for the wave
-    /// before it) or `stopped`.
+    /// before it), or the rollout's own state when it holds every wave: `paused`, `stopped`
+    /// or `aborted`.
     pub gate: String,
     pub why: String,
     pub total: u64,
