@@ -167,6 +167,16 @@ async fn console_auth(backend: Backend) {
         assert!(r.body.contains("CSRF token"), "{}", r.body);
     }
     assert_eq!(pending().await, Some(1), "nothing was cancelled");
+    // The machine's page offers the waiting delivery's Cancel button (a form with the token).
+    let st = server.admin().status(&sid, "en").await.unwrap();
+    let d = &st.deliveries[0];
+    let page = c.get(&format!("/machines/{}", d.machine_id)).await;
+    let form = format!(
+        "<input type=\"hidden\" name=\"action\" value=\"delivery.cancel\"><input type=\"hidden\" name=\"id\" value=\"{}\">",
+        d.delivery_id
+    );
+    assert!(page.body.contains(&form), "{}", page.body);
+    assert!(!page.body.contains("delivery.retry"), "nothing to retry");
     let mut anon = WebClient::new(&server.url, &server.fingerprint);
     let r = anon
         .post_form(
