@@ -16,14 +16,11 @@ fn main() -> ExitCode {
         }
         return patchcast::agent::cli::main_from(std::iter::once(argv0).chain(rest));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = patchcast::cli::Cli::parse();
+    // `patchcast server` sets up its log itself, once its configuration says which format.
+    if !cli.runs_server() {
+        patchcast::cli::server::init_logging(patchcast::cli::server::LogFormat::Text);
+    }
     quiet_on_closed_stdout();
     let json = cli.json;
     match patchcast::cli::run(cli) {

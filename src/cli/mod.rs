@@ -37,6 +37,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `patchcast server` itself (not `server backup` or `restore`).
+    pub fn runs_server(&self) -> bool {
+        matches!(&self.command, Command::Server(s) if s.action.is_none())
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// The endpoint agent, the same program as `patchcast-agent` (enroll, run, doctor,
@@ -140,6 +147,8 @@ pub enum SchemaDoc {
     GroupPolicy,
     Rollout,
     Sources,
+    /// `patchcast server --config FILE`.
+    ServerConfig,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +166,7 @@ pub fn schema(doc: SchemaDoc) -> String {
         }
         SchemaDoc::Rollout => schemars::schema_for!(crate::model::rollout::RawRollout),
         SchemaDoc::Sources => schemars::schema_for!(crate::model::sources::RawSources),
+        SchemaDoc::ServerConfig => schemars::schema_for!(server::ServerFile),
     };
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }

@@ -80,29 +80,35 @@ impl DatabaseArgs {
 
 #[derive(Args)]
 pub struct ServerArgs {
+    /// A YAML configuration file with any of these settings (schemas/server-config.schema.json;
+    /// `patchcast schema server-config`); flags and environment variables override it, and
+    /// relative paths in it are relative to the file.
+    #[arg(long, env = "PATCHCAST_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Data directory: database (SQLite), content store, TLS identity, admin.token, server.json.
-    #[arg(long, env = "PATCHCAST_DATA", required = true)]
+    #[arg(long, env = "PATCHCAST_DATA", required_unless_present = "config")]
     pub data: Option<PathBuf>,
-    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
-    #[arg(long, env = "PATCHCAST_LISTEN", default_value = "127.0.0.1:8443")]
-    pub listen: SocketAddr,
+    /// Address to listen on (default 127.0.0.1:8443; `127.0.0.1:0` picks a free port and prints it).
+    #[arg(long, env = "PATCHCAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
-    /// Free disk space the server keeps; a publish that would go below it is refused (E17).
-    #[arg(long, env = "PATCHCAST_RESERVE", default_value_t = 1 << 30)]
-    pub reserve: u64,
+    /// Free disk space the server keeps, in bytes (default 1 GiB); a publish that would go
+    /// below it is refused (E17).
+    #[arg(long, env = "PATCHCAST_RESERVE")]
+    pub reserve: Option<u64>,
     /// Extra DNS name or address for the certificate (repeatable).
     #[arg(long = "name", env = "PATCHCAST_NAMES", value_delimiter = ',')]
     pub names: Vec<String>,
-    /// Grace after a package's install timeout before an unheard delivery gets E13 (e.g. `2m`).
-    #[arg(long, env = "PATCHCAST_NO_REPLY_MARGIN", default_value = "2m")]
-    pub no_reply_margin: String,
-    /// Long-poll length agents are told to use (e.g. `30s`).
-    #[arg(long, env = "PATCHCAST_POLL", default_value = "30s")]
-    pub poll: String,
+    /// Grace after a package's install timeout before an unheard delivery gets E13 (default 2m).
+    #[arg(long, env = "PATCHCAST_NO_REPLY_MARGIN")]
+    pub no_reply_margin: Option<String>,
+    /// Long-poll length agents are told to use (default 30s).
+    #[arg(long, env = "PATCHCAST_POLL")]
+    pub poll: Option<String>,
     /// Tests only: lets an admin set and advance this server's clock.
     #[arg(long, hide = true)]
     pub test_clock: bool,
@@ -112,12 +118,118 @@ pub struct ServerArgs {
     /// Deliveries transferring at once per subnet (/24 IPv4, /64 IPv6; default: no limit).
     #[arg(long, env = "PATCHCAST_MAX_TRANSFERS_PER_SUBNET")]
     pub max_transfers_per_subnet: Option<u32>,
-    /// Subnet size for --max-transfers-per-subnet, IPv4 prefix length.
-    #[arg(long, env = "PATCHCAST_SUBNET_PREFIX", default_value_t = 24)]
-    pub subnet_prefix: u8,
+    /// Subnet size for --max-transfers-per-subnet, IPv4 prefix length (default 24).
+    #[arg(long, env = "PATCHCAST_SUBNET_PREFIX")]
+    pub subnet_prefix: Option<u8>,
     /// Bandwidth of one content download in bytes per second (default: no limit).
     #[arg(long, env = "PATCHCAST_TRANSFER_RATE")]
     pub transfer_rate: Option<u64>,
+    /// Also serve /metrics at ADDR, over plain HTTP and without the admin token (bind it to
+    /// loopback or a management network). On the main listener /metrics needs the token.
+    #[arg(long, env = "PATCHCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines on stderr as text (default) or JSON, one object a line; PATCHCAST_LOG filters.
+    #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `patchcast server --config FILE`: the server's flags as a YAML document. Every key is
+/// optional; a flag or environment variable given as well wins.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[schemars(title = "patchcast server configuration")]
+pub struct ServerFile {
+    /// Data directory: database (SQLite), content store, TLS identity, admin.token, server.json.
+    pub data: Option<PathBuf>,
+    /// Address to listen on, `HOST:PORT` (default 127.0.0.1:8443).
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<SocketAddr>,
+    /// PostgreSQL URL; default: SQLite in DATA/patchcast.db. Prefer `database_file` when the
+    /// URL holds a password.
+    pub database: Option<String>,
+    /// A file holding the PostgreSQL URL.
+    pub database_file: Option<PathBuf>,
+    /// Publisher public keys (`.pub`) whose packages this server accepts.
+    #[serde(default)]
+    pub trust_keys: Vec<PathBuf>,
+    /// Free disk space the server keeps, in bytes (default 1073741824).
+    pub reserve: Option<u64>,
+    /// Extra DNS names or addresses for the certificate.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Grace after a package's install timeout before an unheard delivery gets E13 (default 2m).
+    pub no_reply_margin: Option<String>,
+    /// Long-poll length agents are told to use (default 30s).
+    pub poll: Option<String>,
+    /// Deliveries transferring at once on this server.
+    pub max_transfers: Option<u32>,
+    /// Deliveries transferring at once per subnet.
+    pub max_transfers_per_subnet: Option<u32>,
+    /// Subnet size for max_transfers_per_subnet, IPv4 prefix length (default 24).
+    pub subnet_prefix: Option<u8>,
+    /// Bandwidth of one content download in bytes per second.
+    pub transfer_rate: Option<u64>,
+    /// Also serve /metrics here over plain HTTP without the admin token.
+    #[schemars(with = "Option<String>")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// `text` (default) or `json`.
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServerFile {
+    /// Reads FILE; an error names `FILE:LINE:COLUMN`. Relative paths become relative to
+    /// the file's directory, where its author meant them.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<ServerFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let (mut f, _): (ServerFile, _) = crate::model::yaml::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}:{}: {}",
+                path.display(),
+                e.position.line,
+                e.position.column,
+                e.message
+            )
+        })?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        f.data.as_mut().map(rel);
+        f.database_file.as_mut().map(rel);
+        f.trust_keys.iter_mut().for_each(rel);
+        Ok(f)
+    }
+}
+
+/// Installs the process's log subscriber: stderr as text or JSON, filtered by PATCHCAST_LOG
+/// (default `warn`), and the database-time layer behind the server's metrics.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PATCHCAST_LOG")
+        .unwrap_or_else(|_| "warn".into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(crate::server::ops::db_time_layer())
+        .try_init()
+        .ok();
 }
 
 pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
@@ -183,28 +295,54 @@ fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let file = match &a.config {
+        Some(p) => ServerFile::load(p)?,
+        None => ServerFile::default(),
+    };
+    // Flags (and environment variables) win over the file, the file over the defaults.
+    init_logging(a.log_format.or(file.log_format).unwrap_or(LogFormat::Text));
     let data = a
         .data
-        .ok_or_else(|| anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA)"))?;
+        .or(file.data)
+        .ok_or_else(|| anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA, or `data:` in the configuration file)"))?;
     let parse = |what: &str, s: &str| {
         crate::model::types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
     };
+    let database = match a.database.url()? {
+        Some(u) => Some(u),
+        None => match (file.database, &file.database_file) {
+            (None, Some(f)) => Some(crate::host::secret_file(f)?),
+            (d, _) => d,
+        },
+    };
+    let either = |flag: Vec<_>, file: Vec<_>| if flag.is_empty() { file } else { flag };
+    let no_reply_margin = a.no_reply_margin.or(file.no_reply_margin);
+    let poll = a.poll.or(file.poll);
     let cfg = Config {
-        listen: a.listen,
-        database: a.database.url()?,
-        trust_keys: a.trust_keys,
-        reserve: a.reserve,
-        names: a.names,
-        no_reply_margin: parse("no-reply-margin", &a.no_reply_margin)?,
-        poll_ms: parse("poll", &a.poll)?.as_millis() as u64,
+        listen: a
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8443".parse().expect("a valid address")),
+        database,
+        trust_keys: either(a.trust_keys, file.trust_keys),
+        reserve: a.reserve.or(file.reserve).unwrap_or(1 << 30),
+        names: either(a.names, file.names),
+        no_reply_margin: parse(
+            "no-reply-margin",
+            no_reply_margin.as_deref().unwrap_or("2m"),
+        )?,
+        poll_ms: parse("poll", poll.as_deref().unwrap_or("30s"))?.as_millis() as u64,
         test_clock: a.test_clock,
         caps: crate::server::caps::Caps {
-            max_transfers: a.max_transfers,
-            max_transfers_per_subnet: a.max_transfers_per_subnet,
-            subnet_prefix_v4: a.subnet_prefix,
-            transfer_rate: a.transfer_rate,
+            max_transfers: a.max_transfers.or(file.max_transfers),
+            max_transfers_per_subnet: a
+                .max_transfers_per_subnet
+                .or(file.max_transfers_per_subnet),
+            subnet_prefix_v4: a.subnet_prefix.or(file.subnet_prefix).unwrap_or(24),
+            transfer_rate: a.transfer_rate.or(file.transfer_rate),
             ..Default::default()
         },
+        metrics_listen: a.metrics_listen.or(file.metrics_listen),
         ..Config::new(&data)
     };
     let rt = tokio::runtime::Runtime::new()?;
@@ -213,7 +351,7 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         if json {
             println!(
                 "{}",
-                serde_json::json!({"url": running.info.url, "fingerprint": running.info.fingerprint, "recovered_in_flight": running.recovered})
+                serde_json::json!({"url": running.info.url, "fingerprint": running.info.fingerprint, "recovered_in_flight": running.recovered, "metrics_url": running.metrics_addr.map(|m| format!("http://{m}/metrics"))})
             );
         } else {
             println!("patchcast server listening on {}", running.info.url);
@@ -227,6 +365,9 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "admin commands on this host: --data {} (reads server.json and admin.token)",
                 cfg.data.display()
             );
+            if let Some(m) = running.metrics_addr {
+                println!("metrics without a token on http://{m}/metrics");
+            }
         }
         use std::io::Write;
         std::io::stdout().flush()?;

@@ -22,6 +22,7 @@ mod lifecycle;
 mod lint_fixtures;
 mod linux_samples;
 mod migrations;
+mod operations;
 mod packaging;
 mod proxy;
 mod relay_prefetch;

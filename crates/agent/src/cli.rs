@@ -113,6 +113,10 @@ enum Cmd {
             hide = true
         )]
         heartbeat_ms: u64,
+        /// Log lines as text (default) or JSON, one object a line; on stderr, or in
+        /// ROOT/agent.log (rotated at 10 MiB, three kept) when running as a Windows service.
+        #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
         #[command(flatten)]
         proxy: ProxyArgs,
     },
@@ -131,35 +135,44 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_writer(std::io::stderr)
-        .try_init()
-        .ok();
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
-/// Logging for a process without a console (the Windows service): appended to `path`, which
-/// is moved to `path.1` first once it passes 10 MiB.
+/// The format `run` was given, for the service's log file set up later (`windows::service`).
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+fn init_logging() {
+    let json = LOG_FORMAT.get() == Some(&LogFormat::Json);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().try_init().ok();
+    } else {
+        b.try_init().ok();
+    }
+}
+
+/// Logging for a process without a console (the Windows service): appended to `path` and
+/// rotated by size as it runs (`logfile`), in the format `run` was given.
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) fn init_logging_to_file(path: &std::path::Path) {
-    const ROTATE_AT: u64 = 10 << 20;
-    if std::fs::metadata(path).is_ok_and(|m| m.len() > ROTATE_AT) {
-        let _ = std::fs::rename(path, path.with_extension("log.1"));
-    }
-    let Ok(file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    else {
+    let Ok(file) = crate::logfile::RotatingFile::open(path, crate::logfile::ROTATE_AT) else {
         return init_logging();
     };
-    tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(log_filter())
         .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(file))
-        .try_init()
-        .ok();
+        .with_writer(file);
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        b.json().try_init().ok();
+    } else {
+        b.try_init().ok();
+    }
 }
 
 /// Registers for SIGTERM at once (a signal that arrives before the first poll still stops
@@ -247,8 +260,10 @@ where
             allow_reboot_for_real,
             backoff_max_ms,
             heartbeat_ms,
+            log_format,
             proxy,
         } => {
+            let _ = LOG_FORMAT.set(log_format);
             if let Err(e) = proxy.configure() {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;

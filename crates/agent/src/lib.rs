@@ -13,6 +13,7 @@ pub mod facts;
 pub mod fetch;
 pub mod inventory;
 pub mod journal;
+pub mod logfile;
 pub mod relay;
 pub mod service;
 pub mod sources;

@@ -136,6 +136,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(admin::AUDIT, get(audit))
         .merge(super::schedule_routes::routes())
         .merge(super::sources_api::routes())
+        .merge(super::ops::routes())
         .route(
             patchcast_proto::ssh_api::SSH_MACHINES,
             post(add_ssh_machine),
@@ -143,7 +144,12 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(server.clone())
         // The web console (issue 7) at `/`, on the same listener.
-        .merge(crate::web::router(server))
+        .merge(crate::web::router(server.clone()))
+        // After routing, so the template (`MatchedPath`) is known; unmatched paths are not timed.
+        .route_layer(axum::middleware::from_fn_with_state(
+            server,
+            super::ops::track,
+        ))
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {
@@ -255,6 +261,7 @@ async fn poll(
         AgentState::Busy { .. } => "busy",
         AgentState::RebootPending { .. } => "reboot_pending",
     };
+    s.ops.check_ins.inc();
     s.seen(&m, peer.ip(), state).await?;
     let _open = s.open_poll(&m);
     // A time setting goes out at once, without waiting out the long poll.

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod db;
 pub mod dispatch;
 pub mod machines;
+pub mod ops;
 pub mod results;
 pub mod rollout;
 pub mod scenarios;
@@ -60,6 +61,8 @@ pub struct Config {
     pub test_clock: bool,
     /// Transfer caps and the per-transfer bandwidth limit (`caps`).
     pub caps: caps::Caps,
+    /// A second, plain-HTTP listener serving `/metrics` without the admin token (`ops`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -75,6 +78,7 @@ impl Config {
             poll_ms: 30_000,
             test_clock: false,
             caps: caps::Caps::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -111,12 +115,16 @@ pub struct Server {
     pub sources: sources::State,
     /// Workers delivering to SSH machines (`ssh_worker`).
     pub ssh: ssh_worker::Workers,
+    /// Metrics and probes (`ops`).
+    pub ops: ops::Ops,
 }
 
 /// A started server.
 pub struct Running {
     pub info: ServerInfo,
     pub addr: SocketAddr,
+    /// Where `--metrics-listen` serves `/metrics`, when given.
+    pub metrics_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub recovered: u64,
     pub server: Arc<Server>,
@@ -192,6 +200,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         presence: Mutex::new(settings::Presence::default()),
         sources: sources::State::new(cfg.listen),
         ssh: ssh_worker::Workers::new(&cfg.data),
+        ops: ops::Ops::new(&cfg.data),
     });
     let recovered = server.recover().await?;
     ssh_worker::start_all(server.clone()).await?;
@@ -215,6 +224,23 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let app = api::router(server.clone());
     let srv = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
     let task = tokio::spawn(srv.serve(app.into_make_service_with_connect_info::<SocketAddr>()));
+    // Plain HTTP and no token: for a scraper on a management network or loopback.
+    let metrics_addr = match cfg.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("listening on {at} (--metrics-listen)"))?;
+            let bound = l.local_addr()?;
+            let app = ops::metrics_router(server.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!("metrics listener stopped: {e}");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     // The no-reply sweeper (E13).
     let sweeper = server.clone();
     tokio::spawn(async move {
@@ -231,6 +257,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     Ok(Running {
         info,
         addr,
+        metrics_addr,
         admin_token: admin,
         recovered,
         server,

@@ -88,6 +88,13 @@ impl super::Server {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
+        // Counted as the body is read out to the client, so an aborted download counts what went.
+        let sent = self.ops.transfer_bytes.clone();
+        let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+            if let Ok(b) = chunk {
+                sent.inc_by(b.len() as u64);
+            }
+        });
         match self.caps.transfer_rate {
             Some(rate) => axum::body::Body::from_stream(limit(stream, rate)),
             None => axum::body::Body::from_stream(stream),

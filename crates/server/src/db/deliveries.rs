@@ -426,6 +426,21 @@ pub async fn count_by_state(db: &AnyPool, scenario_id: &str) -> Result<Vec<(Stri
         .collect()
 }
 
+/// Every delivery counted by state name and the result code of its last transition (`""`
+/// when it raised none), for the metrics gauge: one statement, grouped by the database.
+pub async fn count_by_state_and_code(db: &AnyPool) -> Result<Vec<(String, String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT d.state, COALESCE(e.code, '') AS code, COUNT(*) AS n FROM deliveries d \
+         LEFT JOIN events e ON e.delivery_id = d.id AND e.n = d.events \
+         GROUP BY d.state, COALESCE(e.code, '')",
+    )
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("state")?, r.try_get("code")?, r.try_get("n")?)))
+        .collect()
+}
+
 /// Deliveries that still fetch their content (one row per machine and archive).
 pub async fn content_demand(db: &AnyPool) -> Result<Vec<ContentDemand>> {
     let q = format!(
