@@ -205,9 +205,10 @@ impl ServerFile {
                 *p = base.join(&*p);
             }
         };
-        f.data.as_mut().map(rel);
-        f.database_file.as_mut().map(rel);
-        f.trust_keys.iter_mut().for_each(rel);
+        f.data.iter_mut()
+            .chain(f.database_file.iter_mut())
+            .chain(f.trust_keys.iter_mut())
+            .for_each(rel);
         Ok(f)
     }
 }
@@ -294,6 +295,11 @@ fn restore(a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A list flag given replaces the file's list.
+fn either<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() { file } else { flag }
+}
+
 fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let file = match &a.config {
         Some(p) => ServerFile::load(p)?,
@@ -315,7 +321,6 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             (d, _) => d,
         },
     };
-    let either = |flag: Vec<_>, file: Vec<_>| if flag.is_empty() { file } else { flag };
     let no_reply_margin = a.no_reply_margin.or(file.no_reply_margin);
     let poll = a.poll.or(file.poll);
     let cfg = Config {
