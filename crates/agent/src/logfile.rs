@@ -64,8 +64,11 @@ impl Inner {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Rotated between lines (the subscriber writes one line at a time), never inside one.
         if self.len > 0 && self.len + buf.len() as u64 > self.limit {
-            // A failed rotation (say, the old file held open elsewhere) keeps logging here.
-            let _ = self.rotate();
+            // A failed rotation (say, a .1 held open by a viewer) keeps logging here and
+            // tries again a limit's worth later, not at every line.
+            if self.rotate().is_err() {
+                self.len = 0;
+            }
         }
         self.file.write_all(buf)?;
         self.len += buf.len() as u64;
