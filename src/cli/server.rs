@@ -134,7 +134,9 @@ pub struct ServerArgs {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, clap::ValueEnum, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -205,7 +207,8 @@ impl ServerFile {
                 *p = base.join(&*p);
             }
         };
-        f.data.iter_mut()
+        f.data
+            .iter_mut()
             .chain(f.database_file.iter_mut())
             .chain(f.trust_keys.iter_mut())
             .for_each(rel);
@@ -307,10 +310,9 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     // Flags (and environment variables) win over the file, the file over the defaults.
     init_logging(a.log_format.or(file.log_format).unwrap_or(LogFormat::Text));
-    let data = a
-        .data
-        .or(file.data)
-        .ok_or_else(|| anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA, or `data:` in the configuration file)"))?;
+    let data = a.data.or(file.data).ok_or_else(|| {
+        anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA, or `data:` in the configuration file)")
+    })?;
     let parse = |what: &str, s: &str| {
         crate::model::types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
     };
@@ -340,9 +342,7 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         test_clock: a.test_clock,
         caps: crate::server::caps::Caps {
             max_transfers: a.max_transfers.or(file.max_transfers),
-            max_transfers_per_subnet: a
-                .max_transfers_per_subnet
-                .or(file.max_transfers_per_subnet),
+            max_transfers_per_subnet: a.max_transfers_per_subnet.or(file.max_transfers_per_subnet),
             subnet_prefix_v4: a.subnet_prefix.or(file.subnet_prefix).unwrap_or(24),
             transfer_rate: a.transfer_rate.or(file.transfer_rate),
             ..Default::default()

@@ -22,7 +22,9 @@ fn repo() -> PathBuf {
 
 fn pinned(fingerprint: &str) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_preconfigured_tls(patchcast::transport::tls::pinned_client_config(fingerprint).unwrap())
+        .use_preconfigured_tls(
+            patchcast::transport::tls::pinned_client_config(fingerprint).unwrap(),
+        )
         .build()
         .unwrap()
 }
@@ -208,7 +210,10 @@ async fn probes_and_metrics(backend: Backend) {
     let r = get("/readyz").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Alive all along.
-    assert_eq!(get("/healthz").send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        get("/healthz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 both_backends!(probes_and_metrics);
 
@@ -309,14 +314,19 @@ fn log_lines_are_json_on_request() {
     let root = tmp.path().join("agent");
     std::fs::create_dir_all(&root).unwrap();
     let o = Command::new(AGENT_BIN)
-        .args(["run", "--root", root.to_str().unwrap(), "--log-format", "json"])
+        .args([
+            "run",
+            "--root",
+            root.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
         .env("PATCHCAST_LOG", "info")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     let first = err.lines().next().unwrap_or_default();
-    let v: serde_json::Value =
-        serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {err}"));
+    let v: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {err}"));
     assert_eq!(v["level"], "INFO", "{v}");
     assert_eq!(v["fields"]["message"], "agent running", "{v}");
 }
@@ -360,9 +370,17 @@ async fn configuration_file(backend: Backend) {
         serde_json::from_slice(&std::fs::read(data.join("server.json")).unwrap()).unwrap();
     let fingerprint = info["fingerprint"].as_str().unwrap();
     match &database {
-        Some(_) => assert!(s.banner[2].starts_with("database: postgres://"), "{:?}", s.banner),
+        Some(_) => assert!(
+            s.banner[2].starts_with("database: postgres://"),
+            "{:?}",
+            s.banner
+        ),
         None => {
-            assert!(s.banner[2].starts_with("database: SQLite"), "{:?}", s.banner);
+            assert!(
+                s.banner[2].starts_with("database: SQLite"),
+                "{:?}",
+                s.banner
+            );
             assert!(data.join("patchcast.db").exists());
         }
     }
@@ -399,7 +417,11 @@ async fn configuration_file(backend: Backend) {
 
     // A mistake is refused with where it is.
     let bad = etc.join("bad.yaml");
-    std::fs::write(&bad, format!("data: ../data\nlisten: {listen}\npoll_interval: 5s\n")).unwrap();
+    std::fs::write(
+        &bad,
+        format!("data: ../data\nlisten: {listen}\npoll_interval: 5s\n"),
+    )
+    .unwrap();
     let e = Proc::start(&["--config", bad.to_str().unwrap()], &elsewhere)
         .err()
         .expect("refused");

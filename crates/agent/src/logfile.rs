@@ -117,7 +117,12 @@ mod tests {
                 .unwrap();
         }
         // 40-byte lines, 100-byte files: two lines a file, whole lines only.
-        for p in [path.clone(), numbered(&path, 1), numbered(&path, 2), numbered(&path, 3)] {
+        for p in [
+            path.clone(),
+            numbered(&path, 1),
+            numbered(&path, 2),
+            numbered(&path, 3),
+        ] {
             let text = std::fs::read_to_string(&p).unwrap();
             assert_eq!(text.len(), 80, "{}: {text:?}", p.display());
             assert!(text.lines().all(|l| l.len() == 39), "{text:?}");
@@ -126,7 +131,11 @@ mod tests {
         // The newest lines are in the current file, the ones before in .1.
         let now = std::fs::read_to_string(&path).unwrap();
         assert!(now.starts_with('s') && now.contains("\nt"), "{now:?}");
-        assert!(std::fs::read_to_string(numbered(&path, 1)).unwrap().starts_with('q'));
+        assert!(
+            std::fs::read_to_string(numbered(&path, 1))
+                .unwrap()
+                .starts_with('q')
+        );
         // Reopened, it appends and rotates at once when full.
         drop(f);
         let f = RotatingFile::open(&path, 100).unwrap();
@@ -134,6 +143,10 @@ mod tests {
             .write_all(format!("next{}\n", "x".repeat(35)).as_bytes())
             .unwrap();
         assert!(std::fs::read_to_string(&path).unwrap().starts_with("next"));
-        assert!(std::fs::read_to_string(numbered(&path, 1)).unwrap().starts_with('s'));
+        assert!(
+            std::fs::read_to_string(numbered(&path, 1))
+                .unwrap()
+                .starts_with('s')
+        );
     }
 }

@@ -141,11 +141,8 @@ impl Server {
     /// Why the server cannot serve now (database unreachable, data directory not writable),
     /// or None when it can.
     pub async fn not_ready(&self) -> Option<String> {
-        let db = tokio::time::timeout(
-            READY_TIMEOUT,
-            sqlx::query("SELECT 1").fetch_one(&self.db),
-        )
-        .await;
+        let db =
+            tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").fetch_one(&self.db)).await;
         match db {
             Err(_) => return Some("database: no answer within 3s".into()),
             Ok(Err(e)) => return Some(format!("database: {e}")),
@@ -240,11 +237,7 @@ pub async fn track(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
 pub struct DbTimeLayer;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DbTimeLayer {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         struct Elapsed(Option<f64>);
         impl tracing::field::Visit for Elapsed {
             fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
