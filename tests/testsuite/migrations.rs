@@ -126,6 +126,15 @@ async fn release_0_1_database(backend: Backend) {
     let named = groups.iter().find(|g| g.group.name == "named").unwrap();
     assert_eq!(named.group.members, vec![m.id.clone(), "gone-host".into()]);
     assert_eq!(named.resolved, vec![m.id.clone()]);
+    // Migration 8 keeps the package release 0.1 published as its one, current version.
+    let versions = s
+        .admin()
+        .package_versions("loadtest-a591224b")
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(versions[0].current && !versions[0].rollback);
+    assert_eq!(versions[0].version.as_deref(), Some("1.0.0"));
     s.kill();
     let after = recorded(&s).await;
     assert_eq!(after.len(), 7, "{after:?}");

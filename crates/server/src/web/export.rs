@@ -6,7 +6,7 @@
 //! A cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or CR first, and
 //! not a number) gets a leading `'`: host names and outputs come from endpoints.
 
-use super::i18n::{delivery_label, lang_of, state_label};
+use super::i18n::{delivery_label, lang_of};
 use super::pages::{all_results, find_machine, machine_rows};
 use super::views::{self, MachineFilter, time};
 use super::{WebError, WebResult, WebState};
