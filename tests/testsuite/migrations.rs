@@ -127,11 +127,9 @@ async fn release_0_1_database(backend: Backend) {
     assert_eq!(named.group.members, vec![m.id.clone(), "gone-host".into()]);
     assert_eq!(named.resolved, vec![m.id.clone()]);
     // Migration 8 keeps the package release 0.1 published as its one, current version.
-    let versions = s
-        .admin()
-        .package_versions("loadtest-a591224b")
-        .await
-        .unwrap();
+    let packages = s.admin().packages().await.unwrap();
+    assert_eq!(packages.len(), 1, "{packages:?}");
+    let versions = s.admin().package_versions(&packages[0].id).await.unwrap();
     assert_eq!(versions.len(), 1, "{versions:?}");
     assert!(versions[0].current && !versions[0].rollback);
     assert_eq!(versions[0].version.as_deref(), Some("1.0.0"));
