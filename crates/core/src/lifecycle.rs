@@ -217,6 +217,25 @@ mod tests {
     }
 
     #[test]
+    fn supersedes_entries_read_as_ids_or_mappings() {
+        let entries = |list: &str| {
+            let yaml = format!(
+                "id: app\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\n\
+                 install: {{ command: 'true' }}\nsupersedes: {list}\n"
+            );
+            serde_saphyr::from_str::<crate::model::raw::RawPackage>(&yaml)
+                .map(|r| r.supersedes)
+                .map_err(|e| e.to_string())
+        };
+        let read = entries("[old, 2024, { id: x, version: '< 2' }, { id: y }]").unwrap();
+        let ids: Vec<&str> = read.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["old", "2024", "x", "y"]);
+        // A typo inside a mapping is the unknown key it is.
+        let err = entries("[{ id: x, versoin: '< 2' }]").unwrap_err();
+        assert!(err.contains("unknown field `versoin`"), "{err}");
+    }
+
+    #[test]
     fn rollback_is_explicit() {
         let (v1, v2) = (pkg("app", "1.0", ""), pkg("app", "2.0", ""));
         assert_eq!(publish(None, &v1, false), Publish::Accept);

@@ -61,7 +61,7 @@ pub struct RawPackage {
 }
 
 /// One package a package replaces.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawSupersedes {
     /// Every version of the package with this id.
@@ -79,6 +79,35 @@ pub struct RawSupersededVersions {
     /// version. A constraint only matches a package that has a `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+// By hand rather than `untagged`: a mapping is read as `RawSupersededVersions`, so a typo in
+// it is reported as the unknown key it is, not as "did not match any variant".
+impl<'de> Deserialize<'de> for RawSupersedes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSupersedes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a package id, or { id, version }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSupersedes, E> {
+                Ok(RawSupersedes::Id(v.to_string()))
+            }
+            // An all-digit id (`- 2024`) reads as a number in YAML.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSupersedes, E> {
+                Ok(RawSupersedes::Id(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RawSupersedes, A::Error> {
+                RawSupersededVersions::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawSupersedes::Versions)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl RawSupersedes {
