@@ -135,7 +135,7 @@ async fn release_0_1_database(backend: Backend) {
     assert_eq!(versions[0].version.as_deref(), Some("1.0.0"));
     s.kill();
     let after = recorded(&s).await;
-    assert_eq!(after.len(), 7, "{after:?}");
+    assert_eq!(after.len(), 8, "{after:?}");
     for (version, sum) in &after {
         let sum = sum.as_deref().unwrap_or_default();
         assert!(
