@@ -300,6 +300,44 @@ pub fn packages(connect: &Connect, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `package versions ID`: every signed version published under the id, the most recently
+/// published first, the current one marked `*`.
+pub fn package_versions(id: &str, connect: &Connect, json: bool) -> Result<ExitCode> {
+    let vs = rt()?.block_on(connect.admin()?.package_versions(id))?;
+    if json {
+        print_json(&vs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = ["", "VERSION", "SIZE", "SHA-256", "PUBLISHED", "NOTE"];
+    let rows: Vec<Vec<String>> = vs
+        .iter()
+        .map(|v| {
+            let note = match (v.current, v.rollback) {
+                (true, true) => "current (rollback)",
+                (true, false) => "current",
+                (false, true) => "rollback",
+                (false, false) => "",
+            };
+            vec![
+                if v.current { "*" } else { "" }.into(),
+                v.version.clone().unwrap_or_else(|| "-".into()),
+                crate::core::errors::human_bytes(v.archive_size),
+                v.archive_sha256.chars().take(12).collect(),
+                chrono::DateTime::from_timestamp_millis(v.published_at_ms)
+                    .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_default(),
+                note.into(),
+            ]
+        })
+        .collect();
+    let t = super::table::Table::new(&header, &rows, &[false, false, true, false, false, false]);
+    println!("{}", t.line(&header));
+    for r in &rows {
+        println!("{}", t.line(r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn remove_package(id: &str, connect: &Connect, json: bool) -> Result<ExitCode> {
     rt()?.block_on(connect.admin()?.remove_package(id))?;
     done(json, "removed", "package", id)?;
@@ -344,6 +382,10 @@ pub struct PublishArgs {
     /// With --to: copy to the share only, do not publish to the server.
     #[arg(long)]
     pub share_only: bool,
+    /// Roll back: accept a version older than the one published (normal publishes refuse
+    /// it) and make it current; it is delivered as an ordinary update.
+    #[arg(long)]
+    pub rollback: bool,
     #[command(flatten)]
     pub connect: Connect,
 }
@@ -692,7 +734,7 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
     } else if a.share_only {
         bail!("--share-only goes with --to smb://HOST/SHARE/DIR");
     }
-    let r = rt()?.block_on(async { a.connect.admin()?.publish(&archive).await });
+    let r = rt()?.block_on(async { a.connect.admin()?.publish_with(&archive, a.rollback).await });
     if let Some(d) = archive.parent().filter(|_| a.path.is_dir()) {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -701,7 +743,12 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<ExitCode> {
         print_json(&v)?;
     } else {
         println!(
-            "published {} {} ({} bytes, sha256 {}, signed by {})",
+            "{} {} {} ({} bytes, sha256 {}, signed by {})",
+            if a.rollback {
+                "rolled back to"
+            } else {
+                "published"
+            },
             v.id,
             v.version.as_deref().unwrap_or(""),
             v.archive_size,
@@ -886,6 +933,10 @@ fn state_text(d: &DeliveryRow, l: Lang) -> String {
     match &d.state {
         State::Failed { code } => format!("{word}({code})"),
         State::LoopDetected { rule } => format!("{word}({rule})"),
+        State::Superseded { by } => match l {
+            Lang::En => format!("{word} by {by}"),
+            Lang::Ja => format!("{word}({by})"),
+        },
         _ => word.to_string(),
     }
 }
@@ -987,6 +1038,7 @@ pub fn csv(r: &Results) -> String {
                 crate::core::delivery::State::Failed { code } => code.to_string(),
                 crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
                 crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
+                crate::core::delivery::State::Superseded { by } => format!("superseded by {by}"),
                 _ => String::new(),
             };
             let rendered = |f: fn(&crate::core::errors::Rendered) -> &String| {

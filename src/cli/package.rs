@@ -42,6 +42,12 @@ pub enum PackageCmd {
         #[command(flatten)]
         connect: crate::cli::admin::Connect,
     },
+    /// List every signed version published under a package id, the current one marked.
+    Versions {
+        id: String,
+        #[command(flatten)]
+        connect: crate::cli::admin::Connect,
+    },
     /// Unpublish a package (refused while deliveries of it are under way or automatic update
     /// assigns it); scenarios naming it are refused from then on.
     Remove {
@@ -104,6 +110,9 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
         PackageCmd::Build { dir, key, out } => build(&dir, &key, out, json),
         PackageCmd::Publish(a) => crate::cli::admin::publish(a, json),
         PackageCmd::List { connect } => crate::cli::admin::packages(&connect, json),
+        PackageCmd::Versions { id, connect } => {
+            crate::cli::admin::package_versions(&id, &connect, json)
+        }
         PackageCmd::Remove { id, connect } => {
             crate::cli::admin::remove_package(&id, &connect, json)
         }

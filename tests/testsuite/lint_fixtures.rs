@@ -76,6 +76,8 @@ const ALL_CODES: &[&str] = &[
     "version-without-resource",
     "change-needs-version-resource",
     "payload-version-mismatch",
+    // lifecycle
+    "supersedes-itself",
 ];
 
 /// The codes that are warnings; every other code is an error.

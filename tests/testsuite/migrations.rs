@@ -126,9 +126,16 @@ async fn release_0_1_database(backend: Backend) {
     let named = groups.iter().find(|g| g.group.name == "named").unwrap();
     assert_eq!(named.group.members, vec![m.id.clone(), "gone-host".into()]);
     assert_eq!(named.resolved, vec![m.id.clone()]);
+    // Migration 8 keeps the package release 0.1 published as its one, current version.
+    let packages = s.admin().packages().await.unwrap();
+    assert_eq!(packages.len(), 1, "{packages:?}");
+    let versions = s.admin().package_versions(&packages[0].id).await.unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(versions[0].current && !versions[0].rollback);
+    assert_eq!(versions[0].version.as_deref(), Some("1.0.0"));
     s.kill();
     let after = recorded(&s).await;
-    assert_eq!(after.len(), 7, "{after:?}");
+    assert_eq!(after.len(), 8, "{after:?}");
     for (version, sum) in &after {
         let sum = sum.as_deref().unwrap_or_default();
         assert!(

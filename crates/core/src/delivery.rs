@@ -41,6 +41,11 @@ pub enum State {
     /// An administrator withdrew it before it was handed out (or while it waited to be handed
     /// out again): never handed out again, and not applied.
     Cancelled,
+    /// Never delivered: a package that supersedes it (`by`) is applied on the machine or
+    /// being delivered to it (`core::lifecycle::superseded_by`). Counts as applied.
+    Superseded {
+        by: String,
+    },
 }
 
 impl State {
@@ -52,6 +57,7 @@ impl State {
                 | State::Failed { .. }
                 | State::LoopDetected { .. }
                 | State::Cancelled
+                | State::Superseded { .. }
         )
     }
 
@@ -82,6 +88,7 @@ impl State {
             State::Failed { .. } => "failed",
             State::LoopDetected { .. } => "loop_detected",
             State::Cancelled => "cancelled",
+            State::Superseded { .. } => "superseded",
         }
     }
 
@@ -94,7 +101,8 @@ impl State {
 /// The one split of delivery states that results, compliance and rollout gates count by.
 /// A loop stopped by the breaker is `NotApplied` (the package is not in place and will not
 /// be delivered again by itself), distinct from a delivery that `Failed` with a code; a
-/// rollout gate counts both against a wave.
+/// rollout gate counts both against a wave. A `superseded` package counts as applied: its
+/// successor, which is in place, replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bucket {
@@ -109,7 +117,7 @@ impl Bucket {
     /// The bucket of a state by its stored name (`State::name`).
     pub fn of_name(state: &str) -> Bucket {
         match state {
-            "applied" => Bucket::Applied,
+            "applied" | "superseded" => Bucket::Applied,
             "not_applicable" => Bucket::NotApplicable,
             // Not in place, and not delivered again by itself.
             "loop_detected" | "cancelled" => Bucket::NotApplied,
@@ -187,6 +195,11 @@ pub enum Event {
     /// already on the machine (in flight, restart pending, staged) is not withdrawn: the
     /// machine would go on with it and the result would not say so.
     Cancel,
+    /// The dispatcher found a package superseding this one applied or being delivered on
+    /// the machine (`core::lifecycle::superseded_by`): it is never handed out.
+    Superseded {
+        by: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +330,11 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             go(n, State::Cancelled, Action::Nothing)
         }
         (_, Event::RetryDue | Event::Reset | Event::Cancel) => Err(invalid()),
+        // Decided by the server before a hand-out, so only while nothing is on the agent.
+        (State::Pending | State::AwaitingRetry, Event::Superseded { by }) => {
+            go(n, State::Superseded { by: by.clone() }, Action::Nothing)
+        }
+        (_, Event::Superseded { .. }) => Err(invalid()),
 
         _ if !reports_current => Err(invalid()),
 
@@ -464,6 +482,7 @@ const LABELS: &[(&str, &str, &str)] = &[
         "再配信ループ停止",
     ),
     ("cancelled", "Cancelled", "キャンセル済み"),
+    ("superseded", "Superseded", "置き換え済み"),
 ];
 
 /// A state's label in `lang`; an unknown name is shown as it is.
@@ -494,6 +513,7 @@ pub fn every_state() -> Vec<State> {
         State::Failed { code: Code::E06 },
         State::LoopDetected { rule: "r".into() },
         State::Cancelled,
+        State::Superseded { by: "p".into() },
     ];
     for s in &all {
         match s {
@@ -508,7 +528,8 @@ pub fn every_state() -> Vec<State> {
             | State::NotApplicable { .. }
             | State::Failed { .. }
             | State::LoopDetected { .. }
-            | State::Cancelled => {}
+            | State::Cancelled
+            | State::Superseded { .. } => {}
         }
     }
     all
@@ -814,6 +835,37 @@ mod tests {
     }
 
     #[test]
+    fn superseded_only_before_a_hand_out() {
+        let p = Policy::default();
+        let by = Event::Superseded {
+            by: "hotfix-2".into(),
+        };
+        let d = next(&Delivery::default(), &by, 0, &p).unwrap();
+        assert_eq!(
+            d.delivery.state,
+            State::Superseded {
+                by: "hotfix-2".into()
+            }
+        );
+        assert_eq!(d.delivery.state.bucket(), Bucket::Applied);
+        assert!(d.delivery.state.is_terminal());
+        // Waiting for a retry: nothing is on the agent, so it may still be superseded.
+        let waiting = run(&one_run(Execution::Failed { code: 1 }, None), &p);
+        assert_eq!(waiting.state, State::AwaitingRetry);
+        assert!(next(&waiting, &by, 0, &p).is_ok());
+        // On the agent, or finished: the dispatcher's decision no longer applies.
+        let sent = next(&Delivery::default(), &Event::Dispatched, 1, &p)
+            .unwrap()
+            .delivery;
+        assert!(next(&sent, &by, 1, &p).is_err());
+        let applied = run(
+            &one_run(Execution::Succeeded { code: 0 }, Some(Verdict::Applied)),
+            &p,
+        );
+        assert!(next(&applied, &by, 1, &p).is_err());
+    }
+
+    #[test]
     fn stale_reports_are_refused() {
         let p = Policy::default();
         let d = run(&one_run(Execution::Failed { code: 1 }, None), &p);
@@ -859,6 +911,7 @@ mod tests {
             Just(Event::RetryDue),
             Just(Event::Reset),
             Just(Event::Cancel),
+            Just(Event::Superseded { by: "p".into() }),
         ]
     }
 

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod facts;
 pub mod faults;
 pub mod identify;
+pub mod lifecycle;
 pub mod machine_names;
 pub mod pipeline;
 pub mod schedule;

@@ -169,6 +169,21 @@ pub struct PackageView {
     pub published_at_ms: i64,
 }
 
+/// One signed version published under a package id (`GET PACKAGES/{id}/versions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageVersionView {
+    pub version: Option<String>,
+    pub archive_sha256: String,
+    pub archive_size: u64,
+    pub key_id: String,
+    pub published_at_ms: i64,
+    /// The version scenarios and automatic update deliver now.
+    pub current: bool,
+    /// Published as an explicit rollback (older than the version then current).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScenarioCreated {
     pub id: String,
@@ -391,10 +406,27 @@ impl Admin {
         self.0.get(PACKAGES).await
     }
 
+    /// Every version published under a package id, the most recent first.
+    pub async fn package_versions(&self, id: &str) -> Result<Vec<PackageVersionView>, CallError> {
+        self.0
+            .get(&format!("{PACKAGES}/{}/versions", encode(id)))
+            .await
+    }
+
     /// Uploads a signed archive, streamed from disk.
     pub async fn publish(
         &self,
         archive: &std::path::Path,
+    ) -> anyhow::Result<Result<PackageView, CallError>> {
+        self.publish_with(archive, false).await
+    }
+
+    /// Uploads a signed archive; `rollback` accepts a version older than the current one
+    /// (which normal publishes refuse) and makes it current.
+    pub async fn publish_with(
+        &self,
+        archive: &std::path::Path,
+        rollback: bool,
     ) -> anyhow::Result<Result<PackageView, CallError>> {
         use anyhow::Context;
         let f = tokio::fs::File::open(archive)
@@ -403,13 +435,18 @@ impl Admin {
         let len = f.metadata().await?.len();
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10));
+        let path = if rollback {
+            format!("{PACKAGES}?rollback=true")
+        } else {
+            PACKAGES.to_string()
+        };
         let rb = self
             .0
-            .request(reqwest::Method::POST, PACKAGES)
+            .request(reqwest::Method::POST, &path)
             .header(reqwest::header::CONTENT_LENGTH, len)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
-        Ok(self.0.send(rb, PACKAGES).await)
+        Ok(self.0.send(rb, &path).await)
     }
 
     pub async fn run_scenario(

@@ -115,6 +115,10 @@ pub fn router(server: Arc<Server>) -> Router {
             &format!("{}/{{id}}", admin::PACKAGES),
             axum::routing::delete(remove_package),
         )
+        .route(
+            &format!("{}/{{id}}/versions", admin::PACKAGES),
+            get(package_versions),
+        )
         .route(admin::SCENARIOS, post(run_scenario).get(scenario_list))
         .route(
             &format!("{}/{{id}}", admin::SCENARIOS),
@@ -504,7 +508,32 @@ fn e17(free: u64, needed: u64, reserve: u64) -> ApiErr {
     )
 }
 
-async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Response> {
+async fn package_versions(State(s): S, _: Admin, Path(id): Path<String>) -> R<Response> {
+    let v = super::db::packages::versions(&s.db, &id).await?;
+    if v.is_empty() {
+        return Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no package `{id}` is published; `patchcast package list` shows the ids"),
+            None,
+        ));
+    }
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct PublishQ {
+    /// Accept a version older than the current one and make it current.
+    #[serde(default)]
+    rollback: bool,
+}
+
+async fn publish(
+    State(s): S,
+    _: Admin,
+    Query(q): Query<PublishQ>,
+    h: HeaderMap,
+    req: Request,
+) -> R<Response> {
     if s.trusted.is_empty() {
         return Err(ApiErr::new(
             StatusCode::FORBIDDEN,
@@ -555,7 +584,7 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
             ));
         }
     };
-    if let Some(why) = s.older_than_published(&v.package).await? {
+    if let Some(why) = s.older_than_published(&v.package, q.rollback).await? {
         let _ = std::fs::remove_file(&staged.path);
         return Err(ApiErr::new(StatusCode::CONFLICT, why, None));
     }
@@ -579,9 +608,9 @@ async fn publish(State(s): S, _: Admin, h: HeaderMap, req: Request) -> R<Respons
         .as_deref()
         .and_then(|t| patchcast_core::model::types::parse_duration(t).ok())
         .map_or(30 * 60, |d| d.as_secs());
-    s.save_package(&view, &manifest, &signature, timeout)
+    s.save_package(&view, &manifest, &signature, timeout, q.rollback)
         .await?;
-    tracing::info!(package = %view.id, sha256 = %view.archive_sha256, "published");
+    tracing::info!(package = %view.id, sha256 = %view.archive_sha256, rollback = q.rollback, "published");
     Ok(Json(view).into_response())
 }
 
@@ -642,43 +671,43 @@ impl Server {
         manifest: &str,
         signature: &str,
         install_timeout_secs: u64,
+        rollback: bool,
     ) -> anyhow::Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.db.begin().await?;
-        super::db::packages::replace(&mut tx, v, manifest, signature, install_timeout_secs).await?;
+        super::db::packages::replace(
+            &mut tx,
+            v,
+            manifest,
+            signature,
+            install_timeout_secs,
+            rollback,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Why publishing `new` would replay an older signed version of a published package.
+    /// Why publishing `new` would replay an older signed version of a published package
+    /// (`core::lifecycle::publish`); an explicit `rollback` accepts it.
     async fn older_than_published(
         &self,
         new: &patchcast_core::model::package::Package,
+        rollback: bool,
     ) -> anyhow::Result<Option<String>> {
+        use patchcast_core::lifecycle::{Publish, publish};
         let Some(text) = super::db::packages::manifest(&self.db, new.id.as_str()).await? else {
             return Ok(None);
         };
         let m: patchcast_pack::archive::Manifest = serde_json::from_str(&text)?;
-        let Some(published) = patchcast_core::model::package::resolve(&m.package).0 else {
-            return Ok(None);
-        };
-        let older = patchcast_core::versions::publish_order(&published, new)
-            == Some(std::cmp::Ordering::Less);
-        let shown = |p: &patchcast_core::model::package::Package| match (&p.version, &p.kind) {
-            (Some(v), _) => v.clone(),
-            (None, patchcast_core::model::package::Kind::ServicePack { level }) => {
-                format!("SP {level}")
-            }
-            _ => "unversioned".into(),
-        };
-        Ok(older.then(|| {
-            format!(
-                "package `{}` {} is published; {} is older and is refused (a replay of an older signed version); publish a newer version, or roll back explicitly",
+        let published = patchcast_core::model::package::resolve(&m.package).0;
+        Ok(match publish(published.as_ref(), new, rollback) {
+            Publish::RefuseOlder { current, offered } => Some(format!(
+                "package `{}` {current} is published; {offered} is older and is refused (a replay of an older signed version); publish a newer version, or roll back explicitly with `patchcast package publish --rollback`",
                 new.id.as_str(),
-                shown(&published),
-                shown(new)
-            )
-        }))
+            )),
+            Publish::Accept | Publish::Rollback => None,
+        })
     }
 
     pub async fn packages(&self) -> anyhow::Result<Vec<PackageView>> {

@@ -319,6 +319,27 @@ impl Server {
             if !due {
                 continue;
             }
+            // A package a successor replaces on this machine is never handed out; the next
+            // package of the scenario may move at once.
+            if let Some(by) = self.superseded(&mut tx, machine, &r.package_id).await? {
+                let s = self.scenario(&mut tx, &r.scenario_id).await?;
+                let a = r.d.attempt;
+                tracing::info!(machine, delivery = %r.id, package = %r.package_id, by, "superseded");
+                let detail = Detail::default();
+                self.transition(
+                    &mut tx,
+                    r,
+                    &Event::Superseded { by },
+                    a,
+                    0,
+                    &detail,
+                    &s,
+                    now,
+                )
+                .await??;
+                seen.remove(&r.scenario_id);
+                continue;
+            }
             // Holds, windows and transfer caps (`windows::Server::gate`).
             if let Gate::Wait { until, why } = self
                 .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)

@@ -14,6 +14,7 @@ pub mod caps;
 pub mod clock;
 pub mod db;
 pub mod dispatch;
+pub mod lifecycle;
 pub mod machines;
 pub mod ops;
 pub mod results;

@@ -23,6 +23,15 @@ pub struct Package {
     pub uninstall: Option<Command>,
     pub reboot: RebootPolicy,
     pub when: When,
+    /// Packages this one replaces (`core::lifecycle`).
+    pub supersedes: Vec<Supersedes>,
+}
+
+/// A package this one replaces: an id, and the versions of it (every version when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Supersedes {
+    pub id: PackageId,
+    pub versions: Option<VersionConstraint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -318,6 +327,7 @@ impl Resolver {
             .uninstall
             .as_ref()
             .map(|u| self.command("uninstall", u, &ctx));
+        let supersedes = self.supersedes(raw);
         let reboot = match raw.reboot.unwrap_or(RawRebootPolicy::IfRequired) {
             RawRebootPolicy::Never => RebootPolicy::Never,
             RawRebootPolicy::IfRequired => RebootPolicy::IfRequired,
@@ -339,7 +349,52 @@ impl Resolver {
             },
             reboot,
             when: raw.when.unwrap_or_default(),
+            supersedes,
         })
+    }
+
+    /// `supersedes:` entries; a package cannot replace itself (it would never be delivered).
+    fn supersedes(&mut self, raw: &RawPackage) -> Vec<Supersedes> {
+        let mut out = Vec::new();
+        for (i, s) in raw.supersedes.iter().enumerate() {
+            let at = format!("supersedes[{i}]");
+            let Some(id) = self.parse::<PackageId>(
+                "invalid-id",
+                &at,
+                s.id(),
+                "name the replaced package by its id, e.g. `kb981550-ws2008-fileversion`",
+            ) else {
+                continue;
+            };
+            if s.id() == raw.id {
+                self.err(
+                    "supersedes-itself",
+                    &at,
+                    format!(
+                        "package `{}` supersedes itself, so it would never be delivered",
+                        raw.id
+                    ),
+                    "list the ids of the older packages this one replaces, not its own",
+                );
+                continue;
+            }
+            let versions = match s {
+                RawSupersedes::Versions(RawSupersededVersions { version: Some(v), .. }) => {
+                    match self.parse::<VersionConstraint>(
+                        "package-version-format",
+                        &format!("{at}.version"),
+                        v,
+                        "write a constraint such as `< 2.0`, or omit `version` to replace every version",
+                    ) {
+                        Some(c) => Some(c),
+                        None => continue,
+                    }
+                }
+                _ => None,
+            };
+            out.push(Supersedes { id, versions });
+        }
+        out
     }
 
     fn kind(&mut self, raw: &RawPackage) -> Option<Kind> {

@@ -52,6 +52,71 @@ pub struct RawPackage {
     /// any other work (DeploymentManager's "execute at next start-up"; drivers, in-use files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
+    /// Packages this one replaces (a cumulative hotfix, a newer application): a machine
+    /// where this package is applied, or being delivered, never receives them; their
+    /// delivery ends `superseded` and counts as applied. Each entry is a package id (every
+    /// version of it) or `{ id, version }` with a version constraint such as `< 2.0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<RawSupersedes>,
+}
+
+/// One package a package replaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawSupersedes {
+    /// Every version of the package with this id.
+    Id(String),
+    /// The versions of a package that match a constraint.
+    Versions(RawSupersededVersions),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupersededVersions {
+    /// The replaced package's id.
+    pub id: String,
+    /// Versions replaced, e.g. `< 2.0` or `= 1.4` (dpkg ordering); omitted means every
+    /// version. A constraint only matches a package that has a `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+// By hand rather than `untagged`: a mapping is read as `RawSupersededVersions`, so a typo in
+// it is reported as the unknown key it is, not as "did not match any variant".
+impl<'de> Deserialize<'de> for RawSupersedes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSupersedes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a package id, or { id, version }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSupersedes, E> {
+                Ok(RawSupersedes::Id(v.to_string()))
+            }
+            // An all-digit id (`- 2024`) reads as a number in YAML.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSupersedes, E> {
+                Ok(RawSupersedes::Id(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<RawSupersedes, A::Error> {
+                RawSupersededVersions::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawSupersedes::Versions)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RawSupersedes {
+    pub fn id(&self) -> &str {
+        match self {
+            RawSupersedes::Id(id) => id,
+            RawSupersedes::Versions(v) => &v.id,
+        }
+    }
 }
 
 /// When an install runs on the machine.

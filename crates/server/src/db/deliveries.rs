@@ -26,6 +26,7 @@ pub static TERMINAL: &[State] = &[
         rule: String::new(),
     },
     State::Cancelled,
+    State::Superseded { by: String::new() },
 ];
 
 /// On the agent now: `State::in_flight`.
@@ -163,6 +164,33 @@ pub async fn unfinished_of_machine(
         .iter()
         .map(row)
         .collect()
+}
+
+/// The latest delivery of each package on `machine` that is applied there or busy on it,
+/// with its scenario's action: what may supersede a package (`core::lifecycle`).
+pub async fn applied_or_busy_of_machine(
+    tx: &mut AnyConnection,
+    machine: &str,
+) -> Result<Vec<(String, State, patchcast_core::pipeline::Action)>> {
+    let mut states = vec![State::Applied];
+    states.extend(BUSY.iter().cloned());
+    let q = format!(
+        "SELECT d.package_id, d.delivery, s.spec FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
+         WHERE d.machine_id = $1 AND d.state IN {} ORDER BY s.created_at, d.scenario_id, d.position",
+        list(&states)
+    );
+    let rows = sqlx::query(AssertSqlSafe(q))
+        .bind(machine)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut latest: std::collections::BTreeMap<String, (State, patchcast_core::pipeline::Action)> =
+        std::collections::BTreeMap::new();
+    for r in &rows {
+        let d: Delivery = json(r, "delivery")?;
+        let spec: patchcast_core::model::scenario::Scenario = json(r, "spec")?;
+        latest.insert(r.try_get("package_id")?, (d.state, spec.action));
+    }
+    Ok(latest.into_iter().map(|(p, (s, a))| (p, s, a)).collect())
 }
 
 /// The delivery `id` if it is `machine`'s.
@@ -578,7 +606,7 @@ mod tests {
     fn sets_render_as_sql_lists() {
         assert_eq!(
             list(TERMINAL),
-            "('applied','not_applicable','failed','loop_detected','cancelled')"
+            "('applied','not_applicable','failed','loop_detected','cancelled','superseded')"
         );
         assert_eq!(list(IN_FLIGHT), "('transferring','executing','verifying')");
         assert_eq!(literal(&State::Pending), "'pending'");

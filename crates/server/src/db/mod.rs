@@ -125,6 +125,23 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL)",
         ],
     ),
+    (
+        8,
+        "package versions: every signed version published under an id",
+        &[
+            // `packages` keeps the current version of each id; this holds every one, by
+            // archive, so a rollback has something to choose from and `versions` to list.
+            "CREATE TABLE package_versions (id TEXT NOT NULL, archive_sha256 TEXT NOT NULL, \
+         version TEXT, title TEXT NOT NULL, archive_size BIGINT NOT NULL, manifest TEXT NOT NULL, \
+         signature TEXT NOT NULL, key_id TEXT NOT NULL, published_at BIGINT NOT NULL, \
+         install_timeout_secs BIGINT NOT NULL, rollback BIGINT NOT NULL, \
+         PRIMARY KEY (id, archive_sha256))",
+            "INSERT INTO package_versions (id, archive_sha256, version, title, archive_size, manifest, \
+         signature, key_id, published_at, install_timeout_secs, rollback) \
+         SELECT id, archive_sha256, version, title, archive_size, manifest, signature, key_id, \
+         published_at, install_timeout_secs, 0 FROM packages",
+        ],
+    ),
 ];
 
 /// The wall clock. Decisions read `Server::now()` (the one clock, which tests can move);

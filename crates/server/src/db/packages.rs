@@ -2,7 +2,7 @@
 //! the install timeout the dispatcher needs.
 
 use anyhow::Result;
-use patchcast_proto::admin_api::PackageView;
+use patchcast_proto::admin_api::{PackageVersionView, PackageView};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 /// What a work item carries about its package.
@@ -22,16 +22,24 @@ pub struct SourcePackage {
     pub archive_size: u64,
 }
 
-/// Publishes `v` (replacing an earlier publish of the same id).
+/// Publishes `v` as the current version of its id (replacing the earlier current one) and
+/// records it among the id's versions (`rollback`: published as an explicit rollback).
 pub async fn replace(
     tx: &mut AnyConnection,
     v: &PackageView,
     manifest: &str,
     signature: &str,
     install_timeout_secs: u64,
+    rollback: bool,
 ) -> Result<()> {
     sqlx::query("DELETE FROM packages WHERE id = $1")
         .bind(&v.id)
+        .execute(&mut *tx)
+        .await?;
+    // The same archive published again is one version, published anew.
+    sqlx::query("DELETE FROM package_versions WHERE id = $1 AND archive_sha256 = $2")
+        .bind(&v.id)
+        .bind(&v.archive_sha256)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -50,7 +58,68 @@ pub async fn replace(
     .bind(install_timeout_secs as i64)
     .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "INSERT INTO package_versions (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs, rollback) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&v.id)
+    .bind(v.version.clone())
+    .bind(&v.title)
+    .bind(&v.archive_sha256)
+    .bind(v.archive_size as i64)
+    .bind(manifest)
+    .bind(signature)
+    .bind(&v.key_id)
+    .bind(v.published_at_ms)
+    .bind(install_timeout_secs as i64)
+    .bind(i64::from(rollback))
+    .execute(&mut *tx)
+    .await?;
     Ok(())
+}
+
+/// Every version published under `id`, the most recently published first; `current` marks
+/// the one in `packages`. Empty when the id was never published (or was removed).
+pub async fn versions(db: &AnyPool, id: &str) -> Result<Vec<PackageVersionView>> {
+    let rows = sqlx::query(
+        "SELECT v.version, v.archive_sha256, v.archive_size, v.key_id, v.published_at, v.rollback, \
+         p.archive_sha256 AS current_sha256 FROM package_versions v \
+         LEFT JOIN packages p ON p.id = v.id WHERE v.id = $1 \
+         ORDER BY v.published_at DESC, v.archive_sha256",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let sha: String = r.try_get("archive_sha256")?;
+            let current: Option<String> = r.try_get("current_sha256")?;
+            Ok(PackageVersionView {
+                version: r.try_get("version")?,
+                current: current.as_deref() == Some(sha.as_str()),
+                archive_sha256: sha,
+                archive_size: r.try_get::<i64, _>("archive_size")? as u64,
+                key_id: r.try_get("key_id")?,
+                published_at_ms: r.try_get("published_at")?,
+                rollback: r.try_get::<i64, _>("rollback")? != 0,
+            })
+        })
+        .collect()
+}
+
+/// The manifests of the current versions of `ids` (those still published).
+pub async fn manifests(tx: &mut AnyConnection, ids: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for id in ids {
+        let m: Option<String> = sqlx::query_scalar("SELECT manifest FROM packages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(m) = m {
+            out.push((id.clone(), m));
+        }
+    }
+    Ok(out)
 }
 
 /// Every published package, by id.
@@ -76,6 +145,11 @@ pub async fn list(db: &AnyPool) -> Result<Vec<PackageView>> {
 /// Unpublishes a package; false when there was none. Its content file stays in the store
 /// (deliveries' history names its hash).
 pub async fn remove(tx: &mut AnyConnection, id: &str) -> Result<bool> {
+    // Every version goes: a later publish of the id starts its history afresh.
+    sqlx::query("DELETE FROM package_versions WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     let r = sqlx::query("DELETE FROM packages WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

@@ -6,7 +6,7 @@
 //! A cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or CR first, and
 //! not a number) gets a leading `'`: host names and outputs come from endpoints.
 
-use super::i18n::{lang_of, state_label};
+use super::i18n::{delivery_label, lang_of};
 use super::pages::{all_results, find_machine, machine_rows};
 use super::views::{self, MachineFilter, time};
 use super::{WebError, WebResult, WebState};
@@ -119,7 +119,7 @@ fn delivery_cells(d: &DeliveryRow, lang: Lang) -> Vec<String> {
         d.hostname.clone(),
         d.package_id.clone(),
         d.state_name().into(),
-        state_label(d.state_name(), lang),
+        delivery_label(d, lang),
         d.attempts.to_string(),
         d.last_code.map(|c| c.to_string()).unwrap_or_default(),
         r.as_ref().map(|r| r.message.clone()).unwrap_or_default(),

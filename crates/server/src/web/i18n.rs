@@ -205,6 +205,19 @@ pub fn state_label(state: &str, lang: Lang) -> String {
     patchcast_core::delivery::state_label(state, lang).to_string()
 }
 
+/// A delivery's state label, naming the successor of a superseded package
+/// ("Superseded by X", 置き換え済み(X)).
+pub fn delivery_label(d: &patchcast_proto::admin_api::DeliveryRow, lang: Lang) -> String {
+    let label = state_label(d.state_name(), lang);
+    match &d.state {
+        patchcast_core::delivery::State::Superseded { by } => match lang {
+            Lang::En => format!("{label} by {by}"),
+            Lang::Ja => format!("{label}({by})"),
+        },
+        _ => label,
+    }
+}
+
 /// `?lang=` first (and whether to remember it), then the cookie, then Accept-Language.
 pub fn lang_of(h: &HeaderMap, query: Option<&str>) -> (Lang, bool) {
     if let Some(q) = query.filter(|q| !q.is_empty()) {

@@ -5,7 +5,7 @@
 use super::auth::{
     LANG_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL_MS, Viewer, secret_cookie,
 };
-use super::i18n::{lang_of, state_label, strings, word};
+use super::i18n::{delivery_label, lang_of, state_label, strings, word};
 use super::views::{self, MachineFilter, bucket, time};
 use super::{Web, WebError, WebResult, WebState};
 use crate::db::{self, now_ms};
@@ -338,7 +338,7 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
         "mac": d.mac,
         "package": d.package_id,
         "state": d.state_name(),
-        "state_label": state_label(d.state_name(), lang),
+        "state_label": delivery_label(d, lang),
         "bucket": bucket(d),
         "attempts": d.attempts,
         // The buttons its state allows (the state machine refuses the rest anyway).

@@ -1,0 +1,255 @@
+//! Package lifecycle decisions: which published version may become current (publish order,
+//! explicit rollback) and whether a delivery is superseded on a machine. Pure: the server
+//! reads the rows and carries out what these return.
+
+use crate::delivery::State;
+use crate::model::package::{Op, Package, Supersedes};
+use crate::versions::{dpkg_cmp, publish_order};
+use std::cmp::Ordering;
+
+/// How a package about to be published stands against the current version under its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// Newer, equal or not comparable: it becomes current.
+    Accept,
+    /// Older, and the publish said `rollback`: it becomes current again.
+    Rollback,
+    /// Older, without `rollback`: a replay of an older signed version is refused.
+    RefuseOlder { current: String, offered: String },
+}
+
+/// Decides a publish of `new` over `current` (None: the first publish of the id).
+pub fn publish(current: Option<&Package>, new: &Package, rollback: bool) -> Publish {
+    let Some(current) = current else {
+        return Publish::Accept;
+    };
+    match (publish_order(current, new), rollback) {
+        (Some(Ordering::Less), true) => Publish::Rollback,
+        (Some(Ordering::Less), false) => Publish::RefuseOlder {
+            current: shown_version(current),
+            offered: shown_version(new),
+        },
+        _ => Publish::Accept,
+    }
+}
+
+/// A package's version as people name it: `version`, else its service-pack level.
+pub fn shown_version(p: &Package) -> String {
+    match (&p.version, &p.kind) {
+        (Some(v), _) => v.clone(),
+        (None, crate::model::package::Kind::ServicePack { level }) => format!("SP {level}"),
+        _ => "unversioned".into(),
+    }
+}
+
+/// Whether the `supersedes:` entry `s` names `p` (its id, and its version when the entry
+/// has a constraint; a constraint never matches a package without a version).
+pub fn names(s: &Supersedes, p: &Package) -> bool {
+    if s.id != p.id {
+        return false;
+    }
+    let Some(c) = &s.versions else {
+        return true;
+    };
+    let Some(v) = &p.version else {
+        return false;
+    };
+    let o = dpkg_cmp(v, &c.version);
+    match c.op {
+        Op::Lt => o == Ordering::Less,
+        Op::Le => o != Ordering::Greater,
+        Op::Eq => o == Ordering::Equal,
+        Op::Ge => o != Ordering::Less,
+        Op::Gt => o == Ordering::Greater,
+    }
+}
+
+/// One delivery to the machine of another published package.
+#[derive(Debug, Clone, Copy)]
+pub struct Other<'a> {
+    pub package: &'a Package,
+    pub state: &'a State,
+    /// An install (not an uninstall, whose `applied` means removed).
+    pub install: bool,
+}
+
+/// The package that supersedes `package` on a machine, if any: one whose `supersedes:`
+/// names it and which is applied there, or on its way (busy on the machine: transferring,
+/// executing, verifying, awaiting the restart it asked for or staged for the next start).
+/// A successor that is merely pending, failed or not applicable supersedes nothing: the
+/// machine would otherwise end with neither package.
+pub fn superseded_by(package: &Package, others: &[Other]) -> Option<String> {
+    others
+        .iter()
+        .filter(|o| o.install && o.package.id != package.id)
+        .filter(|o| *o.state == State::Applied || o.state.is_busy())
+        .find(|o| o.package.supersedes.iter().any(|s| names(s, package)))
+        .map(|o| o.package.id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::every_state;
+    use crate::errors::Code;
+
+    fn pkg(id: &str, version: &str, supersedes: &str) -> Package {
+        let yaml = format!(
+            "id: {id}\nkind: application\ntitle: t\nversion: '{version}'\ntargets: [{{ os: debian }}]\n\
+             identification: [{{ probe: 'true' }}]\npayload: [a.sh]\ninstall: {{ command: 'sh a.sh' }}\n{supersedes}"
+        );
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(&yaml).unwrap();
+        let (p, problems) = crate::model::package::resolve(&raw);
+        p.unwrap_or_else(|| panic!("{problems:?}"))
+    }
+
+    #[test]
+    fn a_successor_applied_or_on_its_way_supersedes() {
+        let old = pkg("app", "1.0", "");
+        let new = pkg("app-fix", "2.0", "supersedes: [app]\n");
+        let other = pkg("tool", "1.0", "");
+        for s in every_state() {
+            let want = (s == State::Applied || s.is_busy()).then(|| "app-fix".to_string());
+            let o = Other {
+                package: &new,
+                state: &s,
+                install: true,
+            };
+            assert_eq!(superseded_by(&old, &[o]), want, "{s:?}");
+            // An uninstall of the successor supersedes nothing, whatever its state.
+            let removed = Other {
+                install: false,
+                ..o
+            };
+            assert_eq!(superseded_by(&old, &[removed]), None, "{s:?}");
+        }
+        // A package that does not name it, or the package itself, supersedes nothing.
+        let applied = State::Applied;
+        let unrelated = Other {
+            package: &other,
+            state: &applied,
+            install: true,
+        };
+        assert_eq!(superseded_by(&old, &[unrelated]), None);
+        assert_eq!(
+            superseded_by(
+                &new,
+                &[Other {
+                    package: &new,
+                    ..unrelated
+                }]
+            ),
+            None
+        );
+        let failed = State::Failed { code: Code::E21 };
+        let both = [
+            Other {
+                package: &new,
+                state: &failed,
+                install: true,
+            },
+            Other {
+                package: &new,
+                state: &applied,
+                install: true,
+            },
+        ];
+        assert_eq!(superseded_by(&old, &both), Some("app-fix".into()));
+    }
+
+    #[test]
+    fn a_version_constraint_names_only_those_versions() {
+        let fix = pkg(
+            "app-fix",
+            "2.0",
+            "supersedes:\n  - { id: app, version: '< 2.0' }\n",
+        );
+        let applied = State::Applied;
+        let o = [Other {
+            package: &fix,
+            state: &applied,
+            install: true,
+        }];
+        assert_eq!(
+            superseded_by(&pkg("app", "1.9", ""), &o),
+            Some("app-fix".into())
+        );
+        assert_eq!(
+            superseded_by(&pkg("app", "1.10", ""), &o),
+            Some("app-fix".into())
+        );
+        assert_eq!(superseded_by(&pkg("app", "2.0", ""), &o), None);
+        assert_eq!(superseded_by(&pkg("app", "2.0.1", ""), &o), None);
+        for (c, v, want) in [
+            ("<= 2.0", "2.0", true),
+            ("= 2.0", "2.0", true),
+            ("= 2.0", "2.1", false),
+            (">= 2.0", "1.0", false),
+            ("> 2.0", "2.0~rc1", false),
+            ("> 2.0", "2.0.1", true),
+        ] {
+            let fix = pkg(
+                "app-fix",
+                "3.0",
+                &format!("supersedes:\n  - {{ id: app, version: '{c}' }}\n"),
+            );
+            let s = &fix.supersedes[0];
+            assert_eq!(names(s, &pkg("app", v, "")), want, "{c} vs {v}");
+        }
+    }
+
+    #[test]
+    fn lint_refuses_a_package_that_supersedes_itself() {
+        let yaml = "id: app\nkind: application\ntitle: t\ntargets: [{ os: debian }]\n\
+             identification: [{ probe: 'true' }]\npayload: [a.sh]\ninstall: { command: 'sh a.sh' }\n\
+             supersedes: [old, { id: app, version: '< 2' }, { id: x, version: '~~' }]\n";
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(yaml).unwrap();
+        let (p, problems) = crate::model::package::resolve(&raw);
+        assert!(p.is_none());
+        let codes: Vec<(&str, &str)> = problems.iter().map(|p| (p.code, p.path.as_str())).collect();
+        assert_eq!(
+            codes,
+            [
+                ("supersedes-itself", "supersedes[1]"),
+                ("package-version-format", "supersedes[2].version")
+            ]
+        );
+    }
+
+    #[test]
+    fn supersedes_entries_read_as_ids_or_mappings() {
+        let entries = |list: &str| {
+            let yaml = format!(
+                "id: app\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\n\
+                 install: {{ command: 'true' }}\nsupersedes: {list}\n"
+            );
+            serde_saphyr::from_str::<crate::model::raw::RawPackage>(&yaml)
+                .map(|r| r.supersedes)
+                .map_err(|e| e.to_string())
+        };
+        let read = entries("[old, 2024, { id: x, version: '< 2' }, { id: y }]").unwrap();
+        let ids: Vec<&str> = read.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["old", "2024", "x", "y"]);
+        // A typo inside a mapping is the unknown key it is.
+        let err = entries("[{ id: x, versoin: '< 2' }]").unwrap_err();
+        assert!(err.contains("unknown field `versoin`"), "{err}");
+    }
+
+    #[test]
+    fn rollback_is_explicit() {
+        let (v1, v2) = (pkg("app", "1.0", ""), pkg("app", "2.0", ""));
+        assert_eq!(publish(None, &v1, false), Publish::Accept);
+        assert_eq!(publish(Some(&v1), &v2, false), Publish::Accept);
+        assert_eq!(publish(Some(&v2), &v2, false), Publish::Accept);
+        assert_eq!(
+            publish(Some(&v2), &v1, false),
+            Publish::RefuseOlder {
+                current: "2.0".into(),
+                offered: "1.0".into()
+            }
+        );
+        assert_eq!(publish(Some(&v2), &v1, true), Publish::Rollback);
+        // Rollback to a newer version is just a publish.
+        assert_eq!(publish(Some(&v1), &v2, true), Publish::Accept);
+    }
+}

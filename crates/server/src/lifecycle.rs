@@ -1,0 +1,67 @@
+//! Supersedence at dispatch: before a delivery is handed out, the packages applied on (or
+//! busy on) its machine are read and `core::lifecycle::superseded_by` decides whether one
+//! of them replaces it.
+
+use super::Server;
+use super::db;
+use anyhow::Result;
+use patchcast_core::lifecycle::{Other, superseded_by};
+use patchcast_core::model::package::{Package, resolve};
+
+/// The current version of a published package, resolved from its signed manifest.
+fn resolved(manifest: &str) -> Option<Package> {
+    let m: patchcast_pack::archive::Manifest = serde_json::from_str(manifest).ok()?;
+    resolve(&m.package).0
+}
+
+impl Server {
+    /// The id of the package that supersedes `package` on `machine`, if any.
+    pub(super) async fn superseded(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        machine: &str,
+        package: &str,
+    ) -> Result<Option<String>> {
+        let others = db::deliveries::applied_or_busy_of_machine(tx, machine).await?;
+        let others: Vec<_> = others.into_iter().filter(|o| o.0 != package).collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let ids: Vec<String> = std::iter::once(package.to_string())
+            .chain(others.iter().map(|o| o.0.clone()))
+            .collect();
+        let manifests = db::packages::manifests(tx, &ids).await?;
+        let find = |id: &str| -> Option<Package> {
+            manifests
+                .iter()
+                .find(|(i, _)| i == id)
+                .and_then(|(_, m)| resolved(m))
+        };
+        // Only a manifest that lists `supersedes` can replace anything: resolve just those.
+        let lists = |id: &str| {
+            manifests
+                .iter()
+                .any(|(i, m)| i == id && m.contains("\"supersedes\""))
+        };
+        let packages: Vec<(Package, &_)> = others
+            .iter()
+            .filter(|o| lists(&o.0))
+            .filter_map(|o| Some((find(&o.0)?, o)))
+            .collect();
+        if packages.is_empty() {
+            return Ok(None);
+        }
+        let Some(this) = find(package) else {
+            return Ok(None);
+        };
+        let others: Vec<Other> = packages
+            .iter()
+            .map(|(p, o)| Other {
+                package: p,
+                state: &o.1,
+                install: o.2.is_install(),
+            })
+            .collect();
+        Ok(superseded_by(&this, &others))
+    }
+}
