@@ -298,6 +298,40 @@ both_backends!(next_boot_runs_only_after_the_machine_starts_again);
 /// `patchcast-agent doctor` on a real enrolled agent root: every check passes, then each
 /// fault gives its own failing check and code (E26 removed machine, E03 server down, E14
 /// unknown host).
+/// `patchcast-agent doctor --json --lang LANG`: whether every check passed, the failed
+/// checks with their codes, and the whole output.
+fn doctor(root: &Path, lang: &str) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let o = std::process::Command::new(crate::common::agent_harness::BIN)
+        .args(["doctor", "--json", "--lang", lang, "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failed: Vec<(String, Option<String>)> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["ok"].as_bool().unwrap())
+        .map(|c| {
+            let code = c["code"].as_str().map(str::to_string);
+            (c["check"].as_str().unwrap().to_string(), code)
+        })
+        .collect();
+    (o.status.success(), failed, checks)
+}
+
+/// The failed checks named `check`, as (detail, message, remedy).
+fn failures(checks: &serde_json::Value, check: &str) -> Vec<(String, String, String)> {
+    let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == check && !c["ok"].as_bool().unwrap())
+        .map(|c| (text(c, "detail"), text(c, "message"), text(c, "remedy")))
+        .collect()
+}
+
 async fn agent_doctor_names_each_fault(backend: Backend) {
     let Some(mut server) = TestServer::start(backend, &[]).await else {
         return;
@@ -306,28 +340,11 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     let agent = AgentProc::new(&server.path().join("agent"));
     let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
     assert!(ok, "enroll: {out}");
-    let doctor = || {
-        let o = std::process::Command::new(crate::common::agent_harness::BIN)
-            .args(["doctor", "--json", "--root"])
-            .arg(&agent.root)
-            .output()
-            .unwrap();
-        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let failed: Vec<(String, Option<String>)> = checks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| !c["ok"].as_bool().unwrap())
-            .map(|c| {
-                let code = c["code"].as_str().map(str::to_string);
-                (c["check"].as_str().unwrap().to_string(), code)
-            })
-            .collect();
-        (o.status.success(), failed, checks)
-    };
+    let doctor = || doctor(&agent.root, "en");
     let (ok, failed, checks) = doctor();
     assert!(ok && failed.is_empty(), "{checks:#}");
-    assert_eq!(checks.as_array().unwrap().len(), 5, "{checks:#}");
+    // Enrollment, name, TCP, certificate, credential, clock; no custom sources.
+    assert_eq!(checks.as_array().unwrap().len(), 6, "{checks:#}");
 
     let id = server.admin().machines().await.unwrap()[0].id.clone();
     server.admin().remove_machine(&id).await.unwrap();
@@ -351,3 +368,98 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     assert_eq!(failed, vec![("name resolution".into(), Some("E14".into()))]);
 }
 both_backends!(agent_doctor_names_each_fault);
+
+/// The doctor's clock check against the server's `Date` (its test clock moved 10 minutes:
+/// E28) and its check of each custom update source the server lists for the machine: a
+/// closed port (E03), a name under `.invalid` (E14), a certificate that is not the pinned
+/// one (E26), with message and remedy in English and Japanese.
+async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
+    let Some(server) = TestServer::start(backend, &["--test-clock"]).await else {
+        return;
+    };
+    let token = server.group_token(GROUP).await;
+    let agent = AgentProc::new(&server.path().join("agent"));
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "enroll: {out}");
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(ok && failed.is_empty(), "{checks:#}");
+
+    let clock = |advance_ms: i64| {
+        let admin = server.admin();
+        async move {
+            admin
+                .clock(&patchcast::transport::schedule_api::ClockChange {
+                    set_ms: None,
+                    advance_ms: Some(advance_ms),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // The server ten minutes ahead: this machine is 600 s behind.
+    clock(600_000).await;
+    for lang in ["en", "ja"] {
+        let (ok, failed, checks) = doctor(&agent.root, lang);
+        assert!(!ok);
+        assert_eq!(failed, vec![("clock".into(), Some("E28".into()))], "{checks:#}");
+        let (detail, message, remedy) = failures(&checks, "clock").remove(0);
+        assert!(
+            detail.contains(" s behind the server's") && detail.contains("300 s"),
+            "{detail}"
+        );
+        if lang == "en" {
+            assert!(message.contains("more than 5 minutes") && message.contains("s)"), "{message}");
+            assert!(remedy.contains("NTP"), "{remedy}");
+        } else {
+            assert!(message.contains("5分以上ずれています"), "{message}");
+            assert!(remedy.contains("時刻源"), "{remedy}");
+        }
+    }
+    // Four minutes off is within the limit.
+    clock(-360_000).await;
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(ok && failed.is_empty(), "{checks:#}");
+    clock(-240_000).await;
+
+    let dead = crate::common::sources_harness::closed_port();
+    let wrong_pin = format!("sha256:{}", "ab".repeat(32));
+    let yaml = format!(
+        "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://127.0.0.1:{dead}/mirror\n      - https: https://patchcast-no-such-host.invalid:8443/mirror\n      - https: {}/mirror\n        fingerprint: \"{wrong_pin}\"\n      - https: {}/mirror\n        fingerprint: \"{}\"\n      - server\n",
+        server.url, server.url, server.fingerprint
+    );
+    let (ok, err) = crate::common::sources_harness::set_sources(&server, &yaml);
+    assert!(ok, "{err}");
+    for lang in ["en", "ja"] {
+        let (ok, failed, checks) = doctor(&agent.root, lang);
+        assert!(!ok);
+        let source = |code: &str| ("update source".to_string(), Some(code.to_string()));
+        assert_eq!(
+            failed,
+            vec![source("E03"), source("E14"), source("E26")],
+            "{checks:#}"
+        );
+        let f = failures(&checks, "update source");
+        assert!(f[0].0.starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")), "{f:?}");
+        assert!(f[1].0.contains("patchcast-no-such-host.invalid"), "{f:?}");
+        assert!(f[2].0.contains("pinned"), "{f:?}");
+        let (e03, e14) = (&f[0], &f[1]);
+        if lang == "en" {
+            assert!(e03.1.contains("Connecting to the machine failed"), "{e03:?}");
+            assert!(e14.1.contains("no such host is known"), "{e14:?}");
+            assert!(e14.2.contains("name resolution"), "{e14:?}");
+        } else {
+            assert!(e03.1.contains("接続に失敗しました"), "{e03:?}");
+            assert!(e14.1.contains("ホストは不明です"), "{e14:?}");
+            assert!(e14.2.contains("名前解決"), "{e14:?}");
+        }
+        // The source with the right pin answers, and is the one that passed.
+        let passed: Vec<&serde_json::Value> = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["check"] == "update source" && c["ok"] == true)
+            .collect();
+        assert_eq!(passed.len(), 1, "{checks:#}");
+    }
+}
+both_backends!(agent_doctor_checks_the_clock_and_each_source);

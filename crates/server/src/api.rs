@@ -143,7 +143,22 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(server.clone())
         // The web console (issue 7) at `/`, on the same listener.
-        .merge(crate::web::router(server))
+        .merge(crate::web::router(server.clone()))
+        .layer(axum::middleware::map_response_with_state(
+            server,
+            date_header,
+        ))
+}
+
+/// Every reply carries the server's time in `Date` (its test clock when it has one, which
+/// hyper's own header would not follow): the reference for the agent doctor's clock check
+/// (E28).
+async fn date_header(State(s): State<Arc<Server>>, mut resp: Response) -> Response {
+    let date = s.now_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = header::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {
