@@ -301,11 +301,45 @@ both_backends!(next_boot_runs_only_after_the_machine_starts_again);
 /// `patchcast-agent doctor --json --lang LANG`: whether every check passed, the failed
 /// checks with their codes, and the whole output.
 fn doctor(root: &Path, lang: &str) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
-    let o = std::process::Command::new(crate::common::agent_harness::BIN)
-        .args(["doctor", "--json", "--lang", lang, "--root"])
-        .arg(root)
-        .output()
-        .unwrap();
+    let mut cmd = std::process::Command::new(crate::common::agent_harness::BIN);
+    cmd.args(["doctor", "--json", "--lang", lang, "--root"]).arg(root);
+    doctor_output(cmd)
+}
+
+/// The doctor run on a machine whose name service knows only the names in `hosts` (a mount
+/// namespace with its own /etc/hosts and `hosts: files`): a name the server resolves that this
+/// machine does not, as with split DNS. Root only.
+fn doctor_without_names(
+    root: &Path,
+    lang: &str,
+    hosts: &Path,
+) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let nsswitch = hosts.with_extension("nsswitch");
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/nsswitch.conf && exec \"$0\" doctor --json --lang \"$3\" --root \"$4\"",
+        crate::common::agent_harness::BIN,
+    ])
+    .arg(hosts)
+    .arg(&nsswitch)
+    .arg(lang)
+    .arg(root);
+    doctor_output(cmd)
+}
+
+fn doctor_output(
+    mut cmd: std::process::Command,
+) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let o = cmd.output().unwrap();
+    assert!(
+        !o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let failed: Vec<(String, Option<String>)> = checks
         .as_array()
@@ -421,45 +455,80 @@ async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
     assert!(ok && failed.is_empty(), "{checks:#}");
     clock(-240_000).await;
 
-    let dead = crate::common::sources_harness::closed_port();
+    // A name that resolves nowhere is refused when the list is set (the server checks each
+    // source's address), so the doctor meets E14 where this machine's view of names differs
+    // from the server's: `localhost` below, on a machine that does not know it.
+    let invalid = "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://patchcast-no-such-host.invalid:8443/mirror\n";
+    let (ok, err) = crate::common::sources_harness::set_sources(&server, invalid);
+    assert!(!ok && err.contains("sources-address"), "{err}");
+
+    let (dead, dead_named) = (
+        crate::common::sources_harness::closed_port(),
+        crate::common::sources_harness::closed_port(),
+    );
     let wrong_pin = format!("sha256:{}", "ab".repeat(32));
     let yaml = format!(
-        "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://127.0.0.1:{dead}/mirror\n      - https: https://patchcast-no-such-host.invalid:8443/mirror\n      - https: {}/mirror\n        fingerprint: \"{wrong_pin}\"\n      - https: {}/mirror\n        fingerprint: \"{}\"\n      - server\n",
+        "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://127.0.0.1:{dead}/mirror\n      - https: https://localhost:{dead_named}/mirror\n      - https: {}/mirror\n        fingerprint: \"{wrong_pin}\"\n      - https: {}/mirror\n        fingerprint: \"{}\"\n      - server\n",
         server.url, server.url, server.fingerprint
     );
     let (ok, err) = crate::common::sources_harness::set_sources(&server, &yaml);
     assert!(ok, "{err}");
+    let source = |code: &str| ("update source".to_string(), Some(code.to_string()));
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(!ok);
+    assert_eq!(
+        failed,
+        vec![source("E03"), source("E03"), source("E26")],
+        "{checks:#}"
+    );
+    let f = failures(&checks, "update source");
+    assert!(f[0].0.starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")), "{f:?}");
+    assert!(f[2].0.contains("pinned"), "{f:?}");
+    // The source with the right pin answers, and is the one that passed.
+    let passed = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "update source" && c["ok"] == true)
+        .count();
+    assert_eq!(passed, 1, "{checks:#}");
     for lang in ["en", "ja"] {
-        let (ok, failed, checks) = doctor(&agent.root, lang);
+        let (_, _, checks) = doctor(&agent.root, lang);
+        let (_, message, remedy) = failures(&checks, "update source").remove(0);
+        let want = if lang == "en" {
+            "Connecting to the machine failed"
+        } else {
+            "接続に失敗しました"
+        };
+        assert!(message.contains(want), "{lang}: {message}");
+        assert!(remedy.contains("ping"), "{lang}: {remedy}");
+    }
+
+    if !crate::common::agent_harness::root_or_skip() {
+        return;
+    }
+    let hosts = server.path().join("hosts-without-localhost");
+    std::fs::write(&hosts, "127.0.0.1 patchcast-elsewhere\n").unwrap();
+    for lang in ["en", "ja"] {
+        let (ok, failed, checks) = doctor_without_names(&agent.root, lang, &hosts);
         assert!(!ok);
-        let source = |code: &str| ("update source".to_string(), Some(code.to_string()));
         assert_eq!(
             failed,
             vec![source("E03"), source("E14"), source("E26")],
             "{checks:#}"
         );
-        let f = failures(&checks, "update source");
-        assert!(f[0].0.starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")), "{f:?}");
-        assert!(f[1].0.contains("patchcast-no-such-host.invalid"), "{f:?}");
-        assert!(f[2].0.contains("pinned"), "{f:?}");
-        let (e03, e14) = (&f[0], &f[1]);
+        let (detail, message, remedy) = failures(&checks, "update source").remove(1);
+        assert!(
+            detail.starts_with(&format!("https://localhost:{dead_named}/mirror: localhost: ")),
+            "{detail}"
+        );
         if lang == "en" {
-            assert!(e03.1.contains("Connecting to the machine failed"), "{e03:?}");
-            assert!(e14.1.contains("no such host is known"), "{e14:?}");
-            assert!(e14.2.contains("name resolution"), "{e14:?}");
+            assert!(message.contains("no such host is known"), "{message}");
+            assert!(remedy.contains("name resolution"), "{remedy}");
         } else {
-            assert!(e03.1.contains("接続に失敗しました"), "{e03:?}");
-            assert!(e14.1.contains("ホストは不明です"), "{e14:?}");
-            assert!(e14.2.contains("名前解決"), "{e14:?}");
+            assert!(message.contains("ホストは不明です"), "{message}");
+            assert!(remedy.contains("名前解決"), "{remedy}");
         }
-        // The source with the right pin answers, and is the one that passed.
-        let passed: Vec<&serde_json::Value> = checks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["check"] == "update source" && c["ok"] == true)
-            .collect();
-        assert_eq!(passed.len(), 1, "{checks:#}");
     }
 }
 both_backends!(agent_doctor_checks_the_clock_and_each_source);
