@@ -480,7 +480,10 @@ async fn linux_agent_faults(backend: Backend) {
     );
     publish(&server, &undecidable, &[]);
     let sc = run(&server, &machine, "undecidable", None).await;
-    let rule = format!("probe `test -e {} && kill -9 $$; exit 1` exits 0", installed.display());
+    let rule = format!(
+        "probe `test -e {} && kill -9 $$; exit 1` exits 0",
+        installed.display()
+    );
     check(
         &server,
         &sc,

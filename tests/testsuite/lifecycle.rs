@@ -302,7 +302,8 @@ both_backends!(next_boot_runs_only_after_the_machine_starts_again);
 /// checks with their codes, and the whole output.
 fn doctor(root: &Path, lang: &str) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
     let mut cmd = std::process::Command::new(crate::common::agent_harness::BIN);
-    cmd.args(["doctor", "--json", "--lang", lang, "--root"]).arg(root);
+    cmd.args(["doctor", "--json", "--lang", lang, "--root"])
+        .arg(root);
     doctor_output(cmd)
 }
 
@@ -435,14 +436,21 @@ async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
     for lang in ["en", "ja"] {
         let (ok, failed, checks) = doctor(&agent.root, lang);
         assert!(!ok);
-        assert_eq!(failed, vec![("clock".into(), Some("E28".into()))], "{checks:#}");
+        assert_eq!(
+            failed,
+            vec![("clock".into(), Some("E28".into()))],
+            "{checks:#}"
+        );
         let (detail, message, remedy) = failures(&checks, "clock").remove(0);
         assert!(
             detail.contains(" s behind the server's") && detail.contains("300 s"),
             "{detail}"
         );
         if lang == "en" {
-            assert!(message.contains("more than 5 minutes") && message.contains("s)"), "{message}");
+            assert!(
+                message.contains("more than 5 minutes") && message.contains("s)"),
+                "{message}"
+            );
             assert!(remedy.contains("NTP"), "{remedy}");
         } else {
             assert!(message.contains("5分以上ずれています"), "{message}");
@@ -482,7 +490,11 @@ async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
         "{checks:#}"
     );
     let f = failures(&checks, "update source");
-    assert!(f[0].0.starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")), "{f:?}");
+    assert!(
+        f[0].0
+            .starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")),
+        "{f:?}"
+    );
     assert!(f[2].0.contains("pinned"), "{f:?}");
     // The source with the right pin answers, and is the one that passed.
     let passed = checks
@@ -519,7 +531,9 @@ async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
         );
         let (detail, message, remedy) = failures(&checks, "update source").remove(1);
         assert!(
-            detail.starts_with(&format!("https://localhost:{dead_named}/mirror: localhost: ")),
+            detail.starts_with(&format!(
+                "https://localhost:{dead_named}/mirror: localhost: "
+            )),
             "{detail}"
         );
         if lang == "en" {

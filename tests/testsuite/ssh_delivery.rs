@@ -161,7 +161,10 @@ async fn a_wrong_host_key_is_refused_and_tofu_records_the_key() {
         .unwrap()
         .port();
     for (target, code) in [
-        (format!("{}@patchcast-no-such-host.invalid:22", env.user), "E14"),
+        (
+            format!("{}@patchcast-no-such-host.invalid:22", env.user),
+            "E14",
+        ),
         (format!("{}@127.0.0.1:{dead}", env.user), "E03"),
     ] {
         let (ok, out) = add_ssh(

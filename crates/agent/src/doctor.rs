@@ -272,7 +272,11 @@ fn clock(resp: &reqwest::Response, local_ms: i64, lang: Lang) -> Check {
             format!(
                 "this machine's clock is {} s {} the server's ({date}); the limit is {} s",
                 (local_ms - server_ms).abs() / 1000,
-                if local_ms > server_ms { "ahead of" } else { "behind" },
+                if local_ms > server_ms {
+                    "ahead of"
+                } else {
+                    "behind"
+                },
                 patchcast_core::errors::CLOCK_SKEW_LIMIT_SECS
             ),
             Some(r.code),
@@ -288,7 +292,8 @@ fn clock(resp: &reqwest::Response, local_ms: i64, lang: Lang) -> Check {
 async fn source(root: &Path, server: &str, t: &SourceTarget, lang: Lang) -> Check {
     const NAME: &str = "update source";
     let label = t.label(server);
-    let fail = |why: String, code: Option<Code>| failed(NAME, format!("{label}: {why}"), code, lang);
+    let fail =
+        |why: String, code: Option<Code>| failed(NAME, format!("{label}: {why}"), code, lang);
     let (url, pinned) = match t {
         SourceTarget::Server => return ok(NAME, format!("{label}: checked above")),
         SourceTarget::Relay { url: None, .. } => {
@@ -320,9 +325,10 @@ async fn source(root: &Path, server: &str, t: &SourceTarget, lang: Lang) -> Chec
             Client::new(&url, &fp, None),
             format!("{CONTENT}/{}", no_content()),
         ),
-        (SourceTarget::Https { .. }, Some(fp)) => {
-            (Client::new(&url, &fp, None), format!("/{}.pcpkg", no_content()))
-        }
+        (SourceTarget::Https { .. }, Some(fp)) => (
+            Client::new(&url, &fp, None),
+            format!("/{}.pcpkg", no_content()),
+        ),
         _ => (
             patchcast_proto::proxy::apply(reqwest::Client::builder())
                 .and_then(|b| Ok(b.connect_timeout(LIMIT).build()?))
@@ -348,14 +354,22 @@ async fn source(root: &Path, server: &str, t: &SourceTarget, lang: Lang) -> Chec
                 Fault::ContentMissing.code()
             };
             let e = client.unreachable(&path, &e);
-            fail(crate::service::pin_mismatch(&e).unwrap_or(e.to_string()), Some(code))
+            fail(
+                crate::service::pin_mismatch(&e).unwrap_or(e.to_string()),
+                Some(code),
+            )
         }
         // A relay asked without a token refuses (401); a directory lacks that name (404).
-        Ok(Ok(r)) if r.status().is_success() || r.status() == 404 || (relay && r.status() == 401) => {
+        Ok(Ok(r))
+            if r.status().is_success() || r.status() == 404 || (relay && r.status() == 401) =>
+        {
             ok(NAME, format!("{label}: {addr} answers"))
         }
         Ok(Ok(r)) if matches!(r.status().as_u16(), 401 | 403) => fail(
-            format!("HTTP {}: the source refuses this machine", r.status().as_u16()),
+            format!(
+                "HTTP {}: the source refuses this machine",
+                r.status().as_u16()
+            ),
             Some(Code::E26),
         ),
         Ok(Ok(r)) => fail(
@@ -369,7 +383,8 @@ async fn source(root: &Path, server: &str, t: &SourceTarget, lang: Lang) -> Chec
 /// credentials (E26), any other failure E10.
 async fn smb(root: &Path, label: &str, url: &str, lang: Lang) -> Check {
     const NAME: &str = "update source";
-    let fail = |why: String, code: Option<Code>| failed(NAME, format!("{label}: {why}"), code, lang);
+    let fail =
+        |why: String, code: Option<Code>| failed(NAME, format!("{label}: {why}"), code, lang);
     let share = match patchcast_smb::ShareUrl::parse(url) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string(), None),
@@ -389,7 +404,10 @@ async fn smb(root: &Path, label: &str, url: &str, lang: Lang) -> Check {
     match patchcast_smb::Share::connect(&share, &creds).await {
         Ok(conn) => {
             conn.close().await;
-            ok(NAME, format!("{label}: {addr} accepts this machine's logon"))
+            ok(
+                NAME,
+                format!("{label}: {addr} accepts this machine's logon"),
+            )
         }
         Err(e @ SmbError::Unreachable { .. }) => {
             fail(e.to_string(), Some(Fault::Unreachable.code()))

@@ -593,7 +593,10 @@ mod tests {
             None
         );
         // Indeterminate: the rule that could not be judged, not one that failed before it.
-        let mut undecided = ident(Verdict::Indeterminate("probe".into()), Some("file /x exists"));
+        let mut undecided = ident(
+            Verdict::Indeterminate("probe".into()),
+            Some("file /x exists"),
+        );
         undecided.explanation.push(crate::identify::Check {
             check: "probe `p` exits 0".into(),
             outcome: crate::identify::Outcome::Unknown,
