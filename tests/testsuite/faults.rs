@@ -17,6 +17,7 @@
 //! | E12 | the installer is not executable (sh exits 126) |
 //! | E13 | the agent is killed while its installer runs: the deadline passes |
 //! | E21 | the installer exits 3 |
+//! | E23 | the identification probe is killed (SIGKILL) at the verify after the install |
 //! | E17 | the server's data directory (a 48 MB tmpfs) fills below its reserve while it works |
 
 use crate::common::agent_harness::{AgentProc, root_or_skip};
@@ -465,6 +466,37 @@ async fn linux_agent_faults(backend: Backend) {
         &[],
     )
     .await;
+
+    // E23: the identification probe is killed (SIGKILL) once the installer has run, so the
+    // verify after the install cannot say applied or not.
+    let installed = server.path().join("undecidable-installed");
+    let undecidable = package(
+        "undecidable",
+        &format!(
+            "  - probe: 'test -e {} && kill -9 $$; exit 1'\n    exit_code: 0\n",
+            installed.display()
+        ),
+        &format!("touch {}", installed.display()),
+    );
+    publish(&server, &undecidable, &[]);
+    let sc = run(&server, &machine, "undecidable", None).await;
+    let rule = format!(
+        "probe `test -e {} && kill -9 $$; exit 1` exits 0",
+        installed.display()
+    );
+    check(
+        &server,
+        &sc,
+        &agent,
+        Code::E23,
+        (
+            "Whether package undecidable is applied cannot be determined",
+            "パッケージ「undecidable」の適用状態を判断できません。",
+        ),
+        &[&rule],
+    )
+    .await;
+    assert!(installed.exists(), "the installer ran before the verify");
 
     // E13: the agent dies while the installer runs (after the transfer): no "finished" reply
     // within the deadline (the install timeout, 2 s, and the 1 s margin).

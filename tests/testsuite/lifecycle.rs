@@ -298,6 +298,75 @@ both_backends!(next_boot_runs_only_after_the_machine_starts_again);
 /// `patchcast-agent doctor` on a real enrolled agent root: every check passes, then each
 /// fault gives its own failing check and code (E26 removed machine, E03 server down, E14
 /// unknown host).
+/// `patchcast-agent doctor --json --lang LANG`: whether every check passed, the failed
+/// checks with their codes, and the whole output.
+fn doctor(root: &Path, lang: &str) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let mut cmd = std::process::Command::new(crate::common::agent_harness::BIN);
+    cmd.args(["doctor", "--json", "--lang", lang, "--root"])
+        .arg(root);
+    doctor_output(cmd)
+}
+
+/// The doctor run on a machine whose name service knows only the names in `hosts` (a mount
+/// namespace with its own /etc/hosts and `hosts: files`): a name the server resolves that this
+/// machine does not, as with split DNS. Root only.
+fn doctor_without_names(
+    root: &Path,
+    lang: &str,
+    hosts: &Path,
+) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let nsswitch = hosts.with_extension("nsswitch");
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/nsswitch.conf && exec \"$0\" doctor --json --lang \"$3\" --root \"$4\"",
+        crate::common::agent_harness::BIN,
+    ])
+    .arg(hosts)
+    .arg(&nsswitch)
+    .arg(lang)
+    .arg(root);
+    doctor_output(cmd)
+}
+
+fn doctor_output(
+    mut cmd: std::process::Command,
+) -> (bool, Vec<(String, Option<String>)>, serde_json::Value) {
+    let o = cmd.output().unwrap();
+    assert!(
+        !o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let failed: Vec<(String, Option<String>)> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["ok"].as_bool().unwrap())
+        .map(|c| {
+            let code = c["code"].as_str().map(str::to_string);
+            (c["check"].as_str().unwrap().to_string(), code)
+        })
+        .collect();
+    (o.status.success(), failed, checks)
+}
+
+/// The failed checks named `check`, as (detail, message, remedy).
+fn failures(checks: &serde_json::Value, check: &str) -> Vec<(String, String, String)> {
+    let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == check && !c["ok"].as_bool().unwrap())
+        .map(|c| (text(c, "detail"), text(c, "message"), text(c, "remedy")))
+        .collect()
+}
+
 async fn agent_doctor_names_each_fault(backend: Backend) {
     let Some(mut server) = TestServer::start(backend, &[]).await else {
         return;
@@ -306,28 +375,11 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     let agent = AgentProc::new(&server.path().join("agent"));
     let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
     assert!(ok, "enroll: {out}");
-    let doctor = || {
-        let o = std::process::Command::new(crate::common::agent_harness::BIN)
-            .args(["doctor", "--json", "--root"])
-            .arg(&agent.root)
-            .output()
-            .unwrap();
-        let checks: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let failed: Vec<(String, Option<String>)> = checks
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| !c["ok"].as_bool().unwrap())
-            .map(|c| {
-                let code = c["code"].as_str().map(str::to_string);
-                (c["check"].as_str().unwrap().to_string(), code)
-            })
-            .collect();
-        (o.status.success(), failed, checks)
-    };
+    let doctor = || doctor(&agent.root, "en");
     let (ok, failed, checks) = doctor();
     assert!(ok && failed.is_empty(), "{checks:#}");
-    assert_eq!(checks.as_array().unwrap().len(), 5, "{checks:#}");
+    // Enrollment, name, TCP, certificate, credential, clock; no custom sources.
+    assert_eq!(checks.as_array().unwrap().len(), 6, "{checks:#}");
 
     let id = server.admin().machines().await.unwrap()[0].id.clone();
     server.admin().remove_machine(&id).await.unwrap();
@@ -351,3 +403,146 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     assert_eq!(failed, vec![("name resolution".into(), Some("E14".into()))]);
 }
 both_backends!(agent_doctor_names_each_fault);
+
+/// The doctor's clock check against the server's `Date` (its test clock moved 10 minutes:
+/// E28) and its check of each custom update source the server lists for the machine: a
+/// closed port (E03), a name under `.invalid` (E14), a certificate that is not the pinned
+/// one (E26), with message and remedy in English and Japanese.
+async fn agent_doctor_checks_the_clock_and_each_source(backend: Backend) {
+    let Some(server) = TestServer::start(backend, &["--test-clock"]).await else {
+        return;
+    };
+    let token = server.group_token(GROUP).await;
+    let agent = AgentProc::new(&server.path().join("agent"));
+    let (ok, out) = agent.enroll(&server.url, &token, &server.fingerprint).await;
+    assert!(ok, "enroll: {out}");
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(ok && failed.is_empty(), "{checks:#}");
+
+    let clock = |advance_ms: i64| {
+        let admin = server.admin();
+        async move {
+            admin
+                .clock(&patchcast::transport::schedule_api::ClockChange {
+                    set_ms: None,
+                    advance_ms: Some(advance_ms),
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // The server ten minutes ahead: this machine is 600 s behind.
+    clock(600_000).await;
+    for lang in ["en", "ja"] {
+        let (ok, failed, checks) = doctor(&agent.root, lang);
+        assert!(!ok);
+        assert_eq!(
+            failed,
+            vec![("clock".into(), Some("E28".into()))],
+            "{checks:#}"
+        );
+        let (detail, message, remedy) = failures(&checks, "clock").remove(0);
+        assert!(
+            detail.contains(" s behind the server's") && detail.contains("300 s"),
+            "{detail}"
+        );
+        if lang == "en" {
+            assert!(
+                message.contains("more than 5 minutes") && message.contains("s)"),
+                "{message}"
+            );
+            assert!(remedy.contains("NTP"), "{remedy}");
+        } else {
+            assert!(message.contains("5分以上ずれています"), "{message}");
+            assert!(remedy.contains("時刻源"), "{remedy}");
+        }
+    }
+    // Four minutes off is within the limit.
+    clock(-360_000).await;
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(ok && failed.is_empty(), "{checks:#}");
+    clock(-240_000).await;
+
+    // A name that resolves nowhere is refused when the list is set (the server checks each
+    // source's address), so the doctor meets E14 where this machine's view of names differs
+    // from the server's: `localhost` below, on a machine that does not know it.
+    let invalid = "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://patchcast-no-such-host.invalid:8443/mirror\n";
+    let (ok, err) = crate::common::sources_harness::set_sources(&server, invalid);
+    assert!(!ok && err.contains("sources-address"), "{err}");
+
+    let (dead, dead_named) = (
+        crate::common::sources_harness::closed_port(),
+        crate::common::sources_harness::closed_port(),
+    );
+    let wrong_pin = format!("sha256:{}", "ab".repeat(32));
+    let yaml = format!(
+        "entries:\n  - addresses: 127.0.0.1\n    sources:\n      - https: https://127.0.0.1:{dead}/mirror\n      - https: https://localhost:{dead_named}/mirror\n      - https: {}/mirror\n        fingerprint: \"{wrong_pin}\"\n      - https: {}/mirror\n        fingerprint: \"{}\"\n      - server\n",
+        server.url, server.url, server.fingerprint
+    );
+    let (ok, err) = crate::common::sources_harness::set_sources(&server, &yaml);
+    assert!(ok, "{err}");
+    let source = |code: &str| ("update source".to_string(), Some(code.to_string()));
+    let (ok, failed, checks) = doctor(&agent.root, "en");
+    assert!(!ok);
+    assert_eq!(
+        failed,
+        vec![source("E03"), source("E03"), source("E26")],
+        "{checks:#}"
+    );
+    let f = failures(&checks, "update source");
+    assert!(
+        f[0].0
+            .starts_with(&format!("https://127.0.0.1:{dead}/mirror: ")),
+        "{f:?}"
+    );
+    assert!(f[2].0.contains("pinned"), "{f:?}");
+    // The source with the right pin answers, and is the one that passed.
+    let passed = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["check"] == "update source" && c["ok"] == true)
+        .count();
+    assert_eq!(passed, 1, "{checks:#}");
+    for lang in ["en", "ja"] {
+        let (_, _, checks) = doctor(&agent.root, lang);
+        let (_, message, remedy) = failures(&checks, "update source").remove(0);
+        let want = if lang == "en" {
+            "Connecting to the machine failed"
+        } else {
+            "接続に失敗しました"
+        };
+        assert!(message.contains(want), "{lang}: {message}");
+        assert!(remedy.contains("ping"), "{lang}: {remedy}");
+    }
+
+    if !crate::common::agent_harness::root_or_skip() {
+        return;
+    }
+    let hosts = server.path().join("hosts-without-localhost");
+    std::fs::write(&hosts, "127.0.0.1 patchcast-elsewhere\n").unwrap();
+    for lang in ["en", "ja"] {
+        let (ok, failed, checks) = doctor_without_names(&agent.root, lang, &hosts);
+        assert!(!ok);
+        assert_eq!(
+            failed,
+            vec![source("E03"), source("E14"), source("E26")],
+            "{checks:#}"
+        );
+        let (detail, message, remedy) = failures(&checks, "update source").remove(1);
+        assert!(
+            detail.starts_with(&format!(
+                "https://localhost:{dead_named}/mirror: localhost: "
+            )),
+            "{detail}"
+        );
+        if lang == "en" {
+            assert!(message.contains("no such host is known"), "{message}");
+            assert!(remedy.contains("name resolution"), "{remedy}");
+        } else {
+            assert!(message.contains("ホストは不明です"), "{message}");
+            assert!(remedy.contains("名前解決"), "{remedy}");
+        }
+    }
+}
+both_backends!(agent_doctor_checks_the_clock_and_each_source);

@@ -153,6 +153,29 @@ async fn a_wrong_host_key_is_refused_and_tofu_records_the_key() {
 
     // Unknown host without TOFU: refused, nothing written.
     let fresh = server.path().join("known_hosts_fresh");
+    // A host name that does not resolve is E14 (resolved apart from connecting); an address
+    // where nothing listens E03.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (target, code) in [
+        (
+            format!("{}@patchcast-no-such-host.invalid:22", env.user),
+            "E14",
+        ),
+        (format!("{}@127.0.0.1:{dead}", env.user), "E03"),
+    ] {
+        let (ok, out) = add_ssh(
+            &server,
+            "nowhere",
+            &target,
+            &["--key", key, "--known-hosts", fresh.to_str().unwrap()],
+        );
+        assert!(!ok && out.contains(code), "{target}: {out}");
+    }
+    assert!(!fresh.exists());
     let (ok, out) = add_ssh(
         &server,
         "tofu",

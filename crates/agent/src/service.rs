@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// The server's certificate is not the pinned one: never talk to it.
 pub fn pin_mismatch(e: &CallError) -> Option<String> {
     match e {
-        CallError::Unreachable { url, detail } if detail.contains("is not the pinned") => {
+        CallError::Unreachable { url, detail, .. } if detail.contains("is not the pinned") => {
             let why = detail
                 .split(": ")
                 .find(|p| p.contains("is not the pinned"))

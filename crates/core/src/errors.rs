@@ -3,7 +3,8 @@
 //!
 //! Pure. E01–E14, W15, W16 and E17 carry over the FAQ's "detailed information" 1–16 and Q3
 //! so that administrators who know the old messages recognise them; E18 onwards cover what
-//! that product could not detect (signatures, hashes, timeouts, reboots, identification).
+//! that product could not detect (signatures, hashes, timeouts, reboots, identification,
+//! sources, clock skew).
 //! A result is stored as a code plus `Params`, never as text, and rendered in the reader's
 //! language when shown: `render(Code::E06, Lang::Ja, &params)`.
 //!
@@ -98,7 +99,14 @@ codes! {
     /// No custom update source could provide the content and the fallback switch says not
     /// to use the server.
     E27,
+    /// The machine's clock differs from the server's by more than `CLOCK_SKEW_LIMIT_SECS`
+    /// (`patchcast-agent doctor`).
+    E28,
 }
+
+/// How far a machine's clock may be from the server's before `doctor` reports E28: relay
+/// tokens, schedules and result times are judged by the server's clock.
+pub const CLOCK_SKEW_LIMIT_SECS: u64 = 5 * 60;
 
 /// Result codes and lint problems share one notion of severity.
 pub use crate::model::problem::Severity;
@@ -418,7 +426,7 @@ const fn text(en: &'static str, ja: &'static str) -> Text {
     Text { en, ja }
 }
 
-static CATALOG: [Entry; 27] = [
+static CATALOG: [Entry; 28] = [
     Entry {
         code: Code::E01,
         title: text(
@@ -1057,6 +1065,25 @@ static CATALOG: [Entry; 27] = [
         ),
         transient: true,
     },
+    Entry {
+        code: Code::E28,
+        title: text("Clock skew", "時刻のずれ"),
+        message: text(
+            "The machine's clock differs from the server's by more than 5 minutes[ ({detail})|].",
+            "コンピュータの時刻が管理サーバの時刻と5分以上ずれています[({detail})|]。",
+        ),
+        remedy: text(
+            "Correct the machine's clock and keep it synchronised (NTP, or the Windows Time \
+             service) with the same time source as the server. Time windows, relay tokens and \
+             result times are judged by the server's clock, so a machine whose clock is off \
+             applies updates at the wrong time and relays refuse its tokens.",
+            "コンピュータの時刻を修正し,管理サーバと同じ時刻源(NTP,または Windows Time \
+             サービス)と同期させてください。自動更新の時間帯,リレーのトークン,結果の時刻は\
+             管理サーバの時刻で判断されるため,時刻がずれたコンピュータでは更新が想定外の時刻に\
+             行われ,リレーがトークンを拒否します。",
+        ),
+        transient: false,
+    },
 ];
 
 #[cfg(test)]
@@ -1079,7 +1106,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_str_and_serde() {
-        assert_eq!(all().count(), 27);
+        assert_eq!(all().count(), 28);
         for c in all() {
             let s = c.as_str();
             assert_eq!(s.parse::<Code>(), Ok(c), "{s}");
@@ -1345,6 +1372,7 @@ mod tests {
             (Code::E23, false),
             (Code::E24, false),
             (Code::E25, false),
+            (Code::E28, false),
         ];
         for &(c, want) in cases {
             assert_eq!(c.transient(), want, "{c}");

@@ -189,9 +189,42 @@ pub fn no_reply(transferring: bool) -> Fault {
     }
 }
 
+/// A server's HTTP `Date` (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`) in unix ms.
+pub fn http_date_ms(date: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc2822(date.trim())
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
+/// This machine's clock (`local_ms`, taken when the reply arrived) against the server's
+/// (`server_ms`, from its `Date`: whole seconds, so a second of the difference may be
+/// rounding): E28 naming the signed difference (positive: the machine is ahead) when it is
+/// over `CLOCK_SKEW_LIMIT_SECS`.
+pub fn clock_skew(local_ms: i64, server_ms: i64) -> Option<Refusal> {
+    let skew_s = (local_ms - server_ms) / 1000;
+    (skew_s.unsigned_abs() > crate::errors::CLOCK_SKEW_LIMIT_SECS)
+        .then(|| Refusal::detail(Code::E28, format!("{skew_s:+} s")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_skew_past_five_minutes_is_e28_with_its_sign() {
+        let server = http_date_ms("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(server, 784_111_777_000);
+        assert_eq!(http_date_ms("yesterday"), None);
+        assert_eq!(clock_skew(server + 300_999, server), None);
+        assert_eq!(clock_skew(server - 300_999, server), None);
+        let ahead = clock_skew(server + 301_000, server).unwrap();
+        assert_eq!(
+            (ahead.code, ahead.params.detail.as_deref()),
+            (Code::E28, Some("+301 s"))
+        );
+        let behind = clock_skew(server - 3_600_000, server).unwrap();
+        assert_eq!(behind.params.detail.as_deref(), Some("-3600 s"));
+    }
 
     #[test]
     fn each_fault_has_its_own_code() {

@@ -98,11 +98,17 @@ impl Action {
         Identification { verdict, ..ident }
     }
 
-    /// The rule to name when the goal was not reached: the first that did not pass for an
+    /// The rule to name when the goal was not reached: the first that could not be judged
+    /// when the verdict is indeterminate (E23), else the first that did not pass for an
     /// install, the first that still holds for an uninstall.
     pub fn failing_rule(&self, ident: &Identification) -> Option<String> {
         match (self, &ident.verdict) {
             (_, Verdict::Applied) => None,
+            (_, Verdict::Indeterminate(_)) => ident
+                .explanation
+                .iter()
+                .find(|c| c.outcome == crate::identify::Outcome::Unknown)
+                .map(|c| c.check.clone()),
             (Action::Install, _) => ident.failing_check().map(|c| c.check.clone()),
             (Action::Uninstall, _) => ident
                 .explanation
@@ -586,6 +592,22 @@ mod tests {
             Action::Install.failing_rule(&ident(Verdict::Applied, Some("x"))),
             None
         );
+        // Indeterminate: the rule that could not be judged, not one that failed before it.
+        let mut undecided = ident(
+            Verdict::Indeterminate("probe".into()),
+            Some("file /x exists"),
+        );
+        undecided.explanation.push(crate::identify::Check {
+            check: "probe `p` exits 0".into(),
+            outcome: crate::identify::Outcome::Unknown,
+            detail: "killed".into(),
+        });
+        for action in [Action::Install, Action::Uninstall] {
+            assert_eq!(
+                action.failing_rule(&undecided).as_deref(),
+                Some("probe `p` exits 0")
+            );
+        }
         // Any step's refusal ends the attempt with its code.
         let d = at(
             Step::Fetch,

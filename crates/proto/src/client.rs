@@ -4,6 +4,7 @@
 use super::protocol::ApiError;
 use super::tls::pinned_http_client;
 use patchcast_core::errors::Code;
+use patchcast_core::faults::Fault;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,9 +18,15 @@ pub struct Client {
 /// Why a call failed, sorted the way callers react to it.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// Could not reach the server or the connection broke: retry with backoff.
+    /// Could not reach the server or the connection broke: retry with backoff. `fault` says
+    /// which, from the error's type: a name that does not resolve (`Fault::UnknownHost`) or
+    /// anything else on the way (`Fault::Unreachable`).
     #[error("cannot reach {url}: {detail}")]
-    Unreachable { url: String, detail: String },
+    Unreachable {
+        url: String,
+        detail: String,
+        fault: Fault,
+    },
     /// The server answered with an error.
     #[error("{url}: HTTP {status}: {}", .body.error)]
     Status {
@@ -36,10 +43,7 @@ impl CallError {
     /// The catalog code of a transport failure, when it has one (host unknown → E14, else E03).
     pub fn code(&self) -> Option<Code> {
         match self {
-            CallError::Unreachable { detail, .. } if detail.contains("dns error") => {
-                Some(Code::E14)
-            }
-            CallError::Unreachable { .. } => Some(Code::E03),
+            CallError::Unreachable { fault, .. } => Some(fault.code()),
             CallError::Status { body, .. } => body.code,
             CallError::Protocol { .. } => None,
         }
@@ -157,9 +161,41 @@ impl Client {
             detail.push_str(&s.to_string());
             source = s.source();
         }
+        // Typed: reqwest tags a failure of its resolver, whatever the resolver's message.
+        let fault = if e.is_dns() {
+            Fault::UnknownHost
+        } else {
+            Fault::Unreachable
+        };
         CallError::Unreachable {
             url: self.url(path),
             detail,
+            fault,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin() -> String {
+        format!("sha256:{}", "0".repeat(64))
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_e14_a_closed_port_e03() {
+        // `.invalid` never resolves (RFC 2606).
+        let c = Client::new("https://patchcast-no-such-host.invalid:8443", &pin(), None).unwrap();
+        let e = c.get::<serde_json::Value>("/x").await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::E14), "{e}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Client::new(&format!("https://127.0.0.1:{port}"), &pin(), None).unwrap();
+        let e = c.get::<serde_json::Value>("/x").await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::E03), "{e}");
     }
 }

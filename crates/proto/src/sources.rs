@@ -4,6 +4,7 @@
 //! | method | path | auth | body → reply |
 //! |---|---|---|---|
 //! | POST | `/api/v1/agent/relay` | agent | `RelayStatus` → `RelayAck` (a relay's address and cache) |
+//! | GET | `/api/v1/agent/sources` | agent | → `AgentSources` (what `patchcast-agent doctor` checks) |
 //! | GET | `/api/v1/content/{sha256}` on a relay | relay token | archive bytes, `Range` as on the server |
 //! | GET/PUT | `/api/v1/admin/sources` | admin | → `SourcesView` / `SetSources` → `SourcesView` |
 //! | GET | `/api/v1/admin/sources/test?address=A` | admin | → `SourcesTest` |
@@ -22,6 +23,7 @@ use patchcast_core::sources::{Fallbacks, Plan, SourceList};
 use serde::{Deserialize, Serialize};
 
 pub const RELAY_STATUS: &str = "/api/v1/agent/relay";
+pub const AGENT_SOURCES: &str = "/api/v1/agent/sources";
 pub const ADMIN_SOURCES: &str = "/api/v1/admin/sources";
 pub const ADMIN_SOURCES_TEST: &str = "/api/v1/admin/sources/test";
 pub const ADMIN_RELAYS: &str = "/api/v1/admin/relays";
@@ -35,6 +37,13 @@ pub struct WorkSources {
     pub sources: Vec<SourceTarget>,
     /// After every source failed, fetch from the server (the category's switch).
     pub fallback_to_server: bool,
+}
+
+/// The custom update sources the asking machine may be sent to (never the server itself),
+/// each once; relays without a token.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AgentSources {
+    pub sources: Vec<SourceTarget>,
 }
 
 /// A source as the agent uses it: everything needed to connect.

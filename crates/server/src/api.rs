@@ -151,9 +151,24 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(crate::web::router(server.clone()))
         // After routing, so the template (`MatchedPath`) is known; unmatched paths are not timed.
         .route_layer(axum::middleware::from_fn_with_state(
-            server,
+            server.clone(),
             super::ops::track,
         ))
+        .layer(axum::middleware::map_response_with_state(
+            server,
+            date_header,
+        ))
+}
+
+/// Every reply carries the server's time in `Date` (its test clock when it has one, which
+/// hyper's own header would not follow): the reference for the agent doctor's clock check
+/// (E28).
+async fn date_header(State(s): State<Arc<Server>>, mut resp: Response) -> Response {
+    let date = s.now_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = header::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {

@@ -12,7 +12,7 @@ use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
 use super::windows::Gate;
 use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
-use patchcast_core::errors::Params;
+use patchcast_core::errors::{Code, Params};
 use patchcast_core::faults::{self, Fault};
 use patchcast_core::model::scenario::Scenario;
 use patchcast_core::model::types::Sha256;
@@ -86,6 +86,19 @@ impl Server {
         merge(&mut r.detail, detail);
         let mut params = detail.params.clone();
         if let State::LoopDetected { rule } = &r.d.state {
+            params.rule = Some(rule.clone());
+            params.package = Some(r.package_id.clone());
+            r.detail.params = params.clone();
+        }
+        // E23 names the rule that could not be judged, as E24 names the one that kept failing.
+        if let (
+            State::Failed { code: Code::E23 },
+            Event::Verified {
+                failing_rule: Some(rule),
+                ..
+            },
+        ) = (&r.d.state, event)
+        {
             params.rule = Some(rule.clone());
             params.package = Some(r.package_id.clone());
             r.detail.params = params.clone();

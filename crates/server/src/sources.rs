@@ -113,6 +113,36 @@ fn machine_addresses(peer: &str, inv: &Inventory) -> Vec<IpAddr> {
     out
 }
 
+/// A listed source as `machine` uses it, its relay token from `token`; None for a relay that
+/// lost its role since the list was set, or the machine itself.
+fn to_target(
+    s: &Source,
+    relays: &[RelayRow],
+    machine: &str,
+    token: impl FnOnce(&RelayRow) -> String,
+) -> Option<SourceTarget> {
+    Some(match s {
+        Source::Server => SourceTarget::Server,
+        Source::Https { url, fingerprint } => SourceTarget::Https {
+            url: url.clone(),
+            fingerprint: fingerprint.clone(),
+        },
+        Source::Smb { url } => SourceTarget::Smb { url: url.clone() },
+        Source::Relay { machine: name } => {
+            let r = relays.iter().find(|r| r.is(name) && r.enabled)?;
+            if r.machine_id == machine {
+                return None;
+            }
+            SourceTarget::Relay {
+                machine: r.machine_id.clone(),
+                url: r.url.clone(),
+                fingerprint: r.fingerprint.clone(),
+                token: token(r),
+            }
+        }
+    })
+}
+
 /// The package kind in a stored manifest (`hotfix`, `service_pack`, `application`).
 fn package_kind(manifest: &str) -> String {
     serde_json::from_str::<serde_json::Value>(manifest)
@@ -521,41 +551,53 @@ impl Server {
         let key = self.token_key().await?;
         let mut sources = Vec::new();
         for s in &plan.sources {
-            sources.push(match s {
-                Source::Server => SourceTarget::Server,
-                Source::Https { url, fingerprint } => SourceTarget::Https {
-                    url: url.clone(),
-                    fingerprint: fingerprint.clone(),
-                },
-                Source::Smb { url } => SourceTarget::Smb { url: url.clone() },
-                Source::Relay { machine: name } => {
-                    // A relay that lost its role since the list was set is skipped.
-                    let Some(r) = relays.iter().find(|r| r.is(name) && r.enabled) else {
-                        continue;
-                    };
-                    if r.machine_id == machine {
-                        continue;
-                    }
-                    let grant = Grant {
-                        sub: machine.to_string(),
-                        aud: r.machine_id.clone(),
-                        sha256: sha.clone(),
-                        exp: now_ms() + TOKEN_LIFE_MS,
-                    };
-                    SourceTarget::Relay {
-                        machine: r.machine_id.clone(),
-                        url: r.url.clone(),
-                        fingerprint: r.fingerprint.clone(),
-                        token: sign_token(key, &grant),
-                    }
-                }
+            let target = to_target(s, &relays, machine, |r| {
+                let grant = Grant {
+                    sub: machine.to_string(),
+                    aud: r.machine_id.clone(),
+                    sha256: sha.clone(),
+                    exp: now_ms() + TOKEN_LIFE_MS,
+                };
+                sign_token(key, &grant)
             });
+            sources.extend(target);
         }
         Ok(Some(WorkSources {
             entry: plan.entry,
             sources,
             fallback_to_server: plan.fallback_to_server,
         }))
+    }
+
+    /// Every custom source `machine` may be sent to, each once, in the order of the
+    /// categories' plans (`patchcast-agent doctor` checks them). Relays come without a token:
+    /// the doctor checks the way to them, not content.
+    pub async fn machine_sources(&self, machine: &str) -> Result<Vec<SourceTarget>> {
+        let mut conn = self.db.acquire().await?;
+        let list = db::sources::list_in(&mut conn).await?;
+        let Some(list) = list.filter(|l| !l.entries.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let Some((peer, inv)) = db::machines::addressing(&mut conn, machine).await? else {
+            return Ok(Vec::new());
+        };
+        drop(conn);
+        let addresses = machine_addresses(&peer, &inv);
+        let relays = self.relay_rows().await?;
+        let mut out: Vec<SourceTarget> = Vec::new();
+        for category in [
+            Category::Components,
+            Category::DomainSettings,
+            Category::ProgramsAndHotfixes,
+        ] {
+            for s in &cs::plan(&list, &addresses, category).sources {
+                let t = to_target(s, &relays, machine, |_| String::new());
+                if let Some(t) = t.filter(|t| !out.contains(t) && *t != SourceTarget::Server) {
+                    out.push(t);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `machine`'s delivery of `package` waits for a relay to cache it first.

@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use patchcast_proto::admin_api::MACHINES;
 use patchcast_proto::sources::{
-    ADMIN_RELAYS, ADMIN_SOURCES, ADMIN_SOURCES_TEST, RELAY_STATUS, RelayRole, RelayStatus,
-    SetSources,
+    ADMIN_RELAYS, ADMIN_SOURCES, ADMIN_SOURCES_TEST, AGENT_SOURCES, AgentSources, RELAY_STATUS,
+    RelayRole, RelayStatus, SetSources,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ type R<T> = Result<T, ApiErr>;
 pub fn routes() -> Router<Arc<Server>> {
     Router::new()
         .route(RELAY_STATUS, post(relay_status))
+        .route(AGENT_SOURCES, get(agent_sources))
         .route(ADMIN_SOURCES, get(show).put(set))
         .route(ADMIN_SOURCES_TEST, get(test))
         .route(ADMIN_RELAYS, get(relays))
@@ -42,6 +43,11 @@ async fn relay_status(
             None,
         )),
     }
+}
+
+async fn agent_sources(State(s): S, AgentId(m): AgentId) -> R<Response> {
+    let sources = s.machine_sources(&m).await?;
+    Ok(Json(AgentSources { sources }).into_response())
 }
 
 async fn show(State(s): S, _: Admin) -> R<Response> {

@@ -7,6 +7,7 @@
 use super::Target;
 use super::known_hosts::{self, HostKeyError, Trusted};
 use patchcast_core::errors::Code;
+use patchcast_core::faults::Fault;
 use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, load_secret_key};
@@ -32,6 +33,9 @@ pub enum SshError {
     HostKey(#[from] HostKeyError),
     #[error("connecting to {target}: {why}")]
     Connect { target: String, why: String },
+    /// The host's name does not resolve (told apart by where it failed, not by its text).
+    #[error("connecting to {target}: the host name does not resolve: {why}")]
+    UnknownHost { target: String, why: String },
     #[error(
         "{target} refused the key {key}: add its public key to the user's authorized_keys on that host"
     )]
@@ -49,7 +53,9 @@ impl SshError {
     pub fn code(&self) -> Code {
         match self {
             // The FAQ's "could not connect to the machine".
-            SshError::Connect { .. } => Code::E03,
+            SshError::Connect { .. } => Fault::Unreachable.code(),
+            // The FAQ's "no such host is known".
+            SshError::UnknownHost { .. } => Fault::UnknownHost.code(),
             // A rejected host key or credential: E26 (check the path, then trust again).
             SshError::HostKey(_) | SshError::Refused { .. } | SshError::Key { .. } => Code::E26,
             // The connection broke after it was made: "re-check of the connection failed".
@@ -154,10 +160,29 @@ impl Session {
             access: access.clone(),
             verdict: verdict.clone(),
         };
-        let addr = (access.target.host.as_str(), access.target.port);
+        // Resolved here, apart from connecting, so that a name that does not resolve is E14
+        // and an address that does not answer E03.
+        let host = (access.target.host.as_str(), access.target.port);
+        let addrs: Vec<std::net::SocketAddr> =
+            match tokio::time::timeout(access.connect_timeout, tokio::net::lookup_host(host)).await
+            {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(e)) => {
+                    return Err(SshError::UnknownHost {
+                        target,
+                        why: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(SshError::UnknownHost {
+                        target,
+                        why: format!("no answer within {:?}", access.connect_timeout),
+                    });
+                }
+            };
         let connected = tokio::time::timeout(
             access.connect_timeout,
-            client::connect(config, addr, checker),
+            client::connect(config, &addrs[..], checker),
         )
         .await;
         let (host_key, checked) = verdict
