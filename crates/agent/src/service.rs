@@ -8,23 +8,23 @@ use super::emulated::Endpoint;
 use super::inventory::{Collector, content_hash};
 use super::journal::{Entry, Journal, check_delivery_id};
 use anyhow::{Context, Result, bail};
+use patchcast_core::faults::Fault;
 use patchcast_proto::client::{CallError, Client};
 use patchcast_proto::protocol::{AgentState, EnrollRequest, MAX_WAIT_MS, Poll, Work};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The server's certificate is not the pinned one: never talk to it.
+/// The server's certificate is not the pinned one (typed, `Fault::PinMismatch`): never talk
+/// to it.
 pub fn pin_mismatch(e: &CallError) -> Option<String> {
     match e {
-        CallError::Unreachable { url, detail, .. } if detail.contains("is not the pinned") => {
-            let why = detail
-                .split(": ")
-                .find(|p| p.contains("is not the pinned"))
-                .unwrap_or(detail);
-            Some(format!(
-                "refusing the server at {url}: its TLS certificate does not match the pinned fingerprint ({why}). Check the fingerprint the server prints at start; if the server was re-installed, enroll again"
-            ))
-        }
+        CallError::Unreachable {
+            url,
+            detail,
+            fault: Fault::PinMismatch,
+        } => Some(format!(
+            "refusing the server at {url}: its TLS certificate does not match the pinned fingerprint ({detail}). Check the fingerprint the server prints at start; if the server was re-installed, enroll again"
+        )),
         _ => None,
     }
 }

@@ -49,6 +49,8 @@ pub enum Fault {
     NoFinishReply,
     /// E14: a host name does not resolve.
     UnknownHost,
+    /// E26: the server's TLS certificate is not the one pinned at enrollment: never talk to it.
+    PinMismatch,
     /// E17: the server's own disk is below its reserve while it works (FAQ Q3): no new
     /// delivery is handed out that the server could not record.
     ServerDiskFull,
@@ -70,6 +72,7 @@ impl Fault {
             Fault::InstallerNotStarted => Code::E12,
             Fault::NoFinishReply => Code::E13,
             Fault::UnknownHost => Code::E14,
+            Fault::PinMismatch => Code::E26,
             Fault::ServerDiskFull => Code::E17,
         }
     }
@@ -242,6 +245,7 @@ mod tests {
             Fault::InstallerNotStarted,
             Fault::NoFinishReply,
             Fault::UnknownHost,
+            Fault::PinMismatch,
             Fault::ServerDiskFull,
         ];
         let codes: std::collections::HashSet<Code> = all.iter().map(|f| f.code()).collect();

@@ -161,9 +161,12 @@ impl Client {
             detail.push_str(&s.to_string());
             source = s.source();
         }
-        // Typed: reqwest tags a failure of its resolver, whatever the resolver's message.
+        // Typed: reqwest tags a failure of its resolver, whatever the resolver's message; the
+        // pin check raises its own error type inside the TLS failure.
         let fault = if e.is_dns() {
             Fault::UnknownHost
+        } else if crate::tls::PinMismatch::in_chain(e) {
+            Fault::PinMismatch
         } else {
             Fault::Unreachable
         };
@@ -197,5 +200,35 @@ mod tests {
         let c = Client::new(&format!("https://127.0.0.1:{port}"), &pin(), None).unwrap();
         let e = c.get::<serde_json::Value>("/x").await.unwrap_err();
         assert_eq!(e.code(), Some(Code::E03), "{e}");
+    }
+
+    #[tokio::test]
+    async fn regression_a_certificate_that_is_not_the_pinned_one_is_typed_e26() {
+        // Decided from the verifier's own error type, not from the message text.
+        let dir = std::env::temp_dir().join(format!("patchcast-pin-{}", std::process::id()));
+        let id = crate::tls::Identity::load_or_create(&dir, &["localhost".into()]).unwrap();
+        let config = std::sync::Arc::new(id.server_config().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            if let Ok((mut tcp, _)) = listener.accept() {
+                let mut tls = rustls::ServerConnection::new(config).unwrap();
+                while tls.is_handshaking() && tls.complete_io(&mut tcp).is_ok() {}
+            }
+        });
+        let c = Client::new(&format!("https://127.0.0.1:{port}"), &pin(), None).unwrap();
+        let e = c.get::<serde_json::Value>("/x").await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CallError::Unreachable {
+                    fault: Fault::PinMismatch,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), Some(Code::E26), "{e}");
     }
 }

@@ -90,6 +90,43 @@ pub fn pinned_http_client(fingerprint: &str) -> Result<reqwest::Client> {
         .context("building the HTTPS client")
 }
 
+/// The certificate a server presented is not the pinned one: a typed error inside the TLS
+/// failure, so callers tell it apart without reading messages (`client::Client::unreachable`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "server certificate {seen} is not the pinned {pinned}; if the server was re-installed, enroll again"
+)]
+pub struct PinMismatch {
+    pub seen: String,
+    pub pinned: String,
+}
+
+impl PinMismatch {
+    /// Whether a pin mismatch is anywhere in an error's source chain, including inside the
+    /// `io::Error` that carries rustls's error (whose `source()` skips the error it wraps).
+    pub fn in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            // The TLS stack nests `io::Error`s, each holding the next one inside.
+            let mut inner = e;
+            while let Some(i) = inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                inner = i;
+            }
+            if inner.is::<PinMismatch>()
+                || matches!(inner.downcast_ref::<rustls::Error>(),
+                    Some(rustls::Error::Other(o)) if o.0.is::<PinMismatch>())
+            {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
 #[derive(Debug)]
 struct Pinned {
     fingerprint: String,
@@ -109,10 +146,12 @@ impl ServerCertVerifier for Pinned {
         if seen == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(format!(
-                "server certificate {seen} is not the pinned {}; if the server was re-installed, enroll again",
-                self.fingerprint
-            )))
+            Err(rustls::Error::Other(rustls::OtherError(Arc::new(
+                PinMismatch {
+                    seen,
+                    pinned: self.fingerprint.clone(),
+                },
+            ))))
         }
     }
 
