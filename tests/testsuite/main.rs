@@ -16,6 +16,7 @@ mod archive;
 mod cli;
 mod console_actions;
 mod e2e_fleet;
+mod fault_trials;
 mod faults;
 mod fuzz_corpora;
 mod lifecycle;

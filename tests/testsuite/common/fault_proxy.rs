@@ -2,7 +2,7 @@
 //! between an agent and its server (TLS passes through untouched) and, once a connection has
 //! carried `n` bytes towards the agent, resets it (RST), closes it (FIN) or stops forwarding
 //! (a stall, the socket kept open). `Blackhole` stalls every connection, old and new: the
-//! server is lost. This kernel has no netem, and the proxy gives the same faults faster.
+//! server is lost. `Delay` holds each chunk towards the agent for a while (a slow link). This kernel has no netem, and the proxy gives the same faults faster.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ pub enum Mode {
     StallAfter(u64),
     /// Nothing forwarded on any connection.
     Blackhole,
+    /// Each chunk towards the client forwarded `ms` milliseconds late.
+    Delay(u64),
 }
 
 pub struct FaultProxy {
@@ -94,8 +96,11 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
                 Ok(n) => n,
             };
             let now = *mode.lock().unwrap();
+            if let Mode::Delay(ms) = now {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
             let limit = match now {
-                Mode::Pass => None,
+                Mode::Pass | Mode::Delay(_) => None,
                 Mode::Blackhole => Some(0),
                 Mode::ResetAfter(l) | Mode::CloseAfter(l) | Mode::StallAfter(l) => Some(l),
             };
