@@ -61,6 +61,8 @@ pub struct TrialOutcome {
     pub server_kills: u32,
     pub agent_kills: u32,
     pub proxy_faults: u32,
+    /// Deliveries already terminal when the faults stopped.
+    pub ended_under_faults: usize,
     pub applied: usize,
     /// Failed and loop-detected deliveries by result code.
     pub codes: BTreeMap<String, usize>,
@@ -75,12 +77,13 @@ pub struct TrialOutcome {
 impl TrialOutcome {
     pub fn line(&self) -> String {
         format!(
-            "seed {} agents {} server_kills {} agent_kills {} proxy_faults {} | applied {} failed {:?} ran_not_applied {} | violations {} | {:.1}s",
+            "seed {} agents {} server_kills {} agent_kills {} proxy_faults {} ended_under_faults {} | applied {} failed {:?} ran_not_applied {} | violations {} | {:.1}s",
             self.seed,
             self.agents,
             self.server_kills,
             self.agent_kills,
             self.proxy_faults,
+            self.ended_under_faults,
             self.applied,
             self.codes,
             self.ran_not_applied,
@@ -97,7 +100,7 @@ fn package(dir: &Path) -> PathBuf {
     std::fs::write(
         d.join("run.sh"),
         format!(
-            "#!/bin/sh\nprintf '{}' > \"${MARKER_VAR}.tmp\" && mv \"${MARKER_VAR}.tmp\" \"${MARKER_VAR}\"\n",
+            "#!/bin/sh\nsleep 0.3\nprintf '{}' > \"${MARKER_VAR}.tmp\" && mv \"${MARKER_VAR}.tmp\" \"${MARKER_VAR}\"\n",
             MARKER_TEXT.replace('\n', "\\n")
         ),
     )
@@ -177,6 +180,8 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
     let mut sc = scenario("fault-trial", GROUP, &[PACKAGE]);
     // Bounded: a delivery that keeps failing ends failed with its code, which is allowed.
     sc.max_attempts = 5;
+    // A few at a time, so the rollout spans the faults instead of ending before them.
+    sc.max_concurrent = Some((agents / 4).max(2) as u32);
     let scenario_id = server.admin().run_scenario(&sc).await.unwrap().id;
 
     // The faults, at seeded random moments.
@@ -216,6 +221,18 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
         }
     }
 
+    // How far the rollout got under the faults (the server is up here).
+    if let Ok(r) = server
+        .admin()
+        .results(&ResultsQuery {
+            scenario: Some(scenario_id.clone()),
+            lang: "en".into(),
+            ..Default::default()
+        })
+        .await
+    {
+        out.ended_under_faults = r.deliveries.iter().filter(|d| terminal(&d.state)).count();
+    }
     // Faults off: every link passes, the server and every agent run.
     for a in &fleet {
         if let Some(p) = &a.proxy {
@@ -406,6 +423,7 @@ async fn many() {
         totals.agent_kills += o.agent_kills;
         totals.proxy_faults += o.proxy_faults;
         totals.applied += o.applied;
+        totals.ended_under_faults += o.ended_under_faults;
         totals.ran_not_applied += o.ran_not_applied;
         for (c, n) in &o.codes {
             *totals.codes.entry(c.clone()).or_default() += n;
@@ -416,7 +434,7 @@ async fn many() {
         }
     }
     println!(
-        "SUMMARY {backend:?}: trials {trials} deliveries {} applied {} failed {:?} ran_not_applied {} server_kills {} agent_kills {} proxy_faults {} trials_with_violations {} {:?} in {:.0}s",
+        "SUMMARY {backend:?}: trials {trials} deliveries {} applied {} failed {:?} ran_not_applied {} server_kills {} agent_kills {} proxy_faults {} ended_under_faults {} trials_with_violations {} {:?} in {:.0}s",
         totals.agents,
         totals.applied,
         totals.codes,
@@ -424,6 +442,7 @@ async fn many() {
         totals.server_kills,
         totals.agent_kills,
         totals.proxy_faults,
+        totals.ended_under_faults,
         failed.len(),
         failed,
         totals.secs

@@ -1,7 +1,7 @@
 //! A TCP proxy that breaks what passes through it on command, for the fault tests: it sits
 //! between an agent and its server (TLS passes through untouched) and, once a connection has
 //! carried `n` bytes towards the agent, resets it (RST), closes it (FIN) or stops forwarding
-//! (a stall, the socket kept open). `Blackhole` stalls every connection, old and new: the
+//! (a stall, the socket kept open, until the mode is `Pass` or `Delay` again). `Blackhole` stalls every connection, old and new: the
 //! server is lost. `Delay` holds each chunk towards the agent for a while (a slow link). This kernel has no netem, and the proxy gives the same faults faster.
 
 use std::net::SocketAddr;
@@ -66,6 +66,14 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Returns once the mode lets bytes through again (`Pass` or `Delay`): a stalled link that
+/// heals delivers what it held, as TCP does.
+async fn flowing(mode: &Mutex<Mode>) {
+    while !matches!(*mode.lock().unwrap(), Mode::Pass | Mode::Delay(_)) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
     let _ = client.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
@@ -79,7 +87,7 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
                 Ok(n) => n,
             };
             if *m.lock().unwrap() == Mode::Blackhole {
-                std::future::pending::<()>().await;
+                flowing(&m).await;
             }
             if sw.write_all(&buf[..n]).await.is_err() {
                 break;
@@ -121,7 +129,15 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
                     Mode::CloseAfter(_) => {
                         let _ = cw.shutdown().await;
                     }
-                    _ => std::future::pending::<()>().await,
+                    // A stall holds what it has; the link healed, it flows on.
+                    _ => {
+                        flowing(&mode).await;
+                        if cw.write_all(&buf[room..n]).await.is_err() {
+                            break;
+                        }
+                        sent += (n - room) as u64;
+                        continue;
+                    }
                 }
                 return;
             }
