@@ -34,7 +34,8 @@ const PACKAGE: &str = "fault-pkg";
 const MARKER_TEXT: &str = "written by the signed payload of fault-pkg\n";
 const MARKER_VAR: &str = "FAULT_TRIAL_MARKER";
 
-/// xorshift64*: small, seeded, reproducible (a trial is replayed from its seed).
+/// xorshift64*: small and seeded; a seed replays the same faults in the same order (how many
+/// fit in the fault window depends on the clock).
 struct Rng(u64);
 
 impl Rng {
