@@ -19,6 +19,7 @@ mod e2e_fleet;
 mod faults;
 mod fuzz_corpora;
 mod lifecycle;
+mod lifecycle_requires;
 mod lifecycle_versions;
 mod lint_fixtures;
 mod linux_samples;

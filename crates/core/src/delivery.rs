@@ -338,11 +338,14 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             go(n, State::Superseded { by: by.clone() }, Action::Nothing)
         }
         (_, Event::Superseded { .. }) => Err(invalid()),
-        (State::Pending | State::AwaitingRetry, Event::RequirementFailed) => go(
-            n,
-            State::Failed { code: Code::E29 },
-            Action::Nothing,
-        ),
+        (State::Pending | State::AwaitingRetry, Event::RequirementFailed) => {
+            n.last_code = Some(Code::E29);
+            go(
+                n,
+                State::Failed { code: Code::E29 },
+                Action::Alert { code: Code::E29 },
+            )
+        }
         (_, Event::RequirementFailed) => Err(invalid()),
 
         _ if !reports_current => Err(invalid()),
@@ -880,7 +883,8 @@ mod tests {
         let e = Event::RequirementFailed;
         let d = next(&Delivery::default(), &e, 0, &p).unwrap();
         assert_eq!(d.delivery.state, State::Failed { code: Code::E29 });
-        assert_eq!(d.action, Action::Nothing);
+        assert_eq!(d.delivery.last_code, Some(Code::E29));
+        assert_eq!(d.action, Action::Alert { code: Code::E29 });
         let waiting = run(&one_run(Execution::Failed { code: 1 }, None), &p);
         assert_eq!(waiting.state, State::AwaitingRetry);
         assert!(next(&waiting, &e, 0, &p).is_ok());
