@@ -199,7 +199,13 @@ async fn a_failed_requirement_fails_the_dependent(backend: Backend) {
         server.path().join("lone"),
     );
     package(&work.join("bad"), "req-bad", &bad, "exit 3", "");
-    package(&work.join("app"), "req-app", &app, "", "requires: [req-bad]\n");
+    package(
+        &work.join("app"),
+        "req-app",
+        &app,
+        "",
+        "requires: [req-bad]\n",
+    );
     package(
         &work.join("lone"),
         "req-lone",
@@ -227,7 +233,13 @@ async fn a_failed_requirement_fails_the_dependent(backend: Backend) {
     );
     assert!(dispatched_at(row("req-app")).is_none());
     assert!(!app.exists(), "the dependent ran");
-    failed_for(&server, &id, "req-app", "req-bad", "its delivery ended failed");
+    failed_for(
+        &server,
+        &id,
+        "req-app",
+        "req-bad",
+        "its delivery ended failed",
+    );
 
     // A requirement neither in the scenario nor ever delivered to the machine: the same code
     // says so at once.

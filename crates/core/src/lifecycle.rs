@@ -129,10 +129,13 @@ pub fn requirements(package: &Package, delivered: &[Delivered]) -> Requirements 
             .iter()
             .filter(|d| d.install && d.id == r.id.as_str())
             .collect();
-        let applied = |d: &&&Delivered| {
-            matches!(d.state, State::Applied | State::Superseded { .. })
-        };
-        if of.iter().filter(applied).any(|d| names_version(r, d.id, d.version)) {
+        let applied =
+            |d: &&&Delivered| matches!(d.state, State::Applied | State::Superseded { .. });
+        if of
+            .iter()
+            .filter(applied)
+            .any(|d| names_version(r, d.id, d.version))
+        {
             continue;
         }
         if of.iter().any(|d| !d.state.is_terminal()) {
@@ -144,7 +147,10 @@ pub fn requirements(package: &Package, delivered: &[Delivered]) -> Requirements 
             (_, Some(d)) => format!(
                 "version {} is applied, the package requires {}",
                 d.version.unwrap_or("(none)"),
-                r.versions.as_ref().map(|c| c.to_string()).unwrap_or_default()
+                r.versions
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
             ),
             (Some(d), None) => format!("its delivery ended {}", d.state.name()),
         };
@@ -341,7 +347,10 @@ mod tests {
     #[test]
     fn a_requirement_applied_lets_the_delivery_start() {
         let a = needs("[lib]");
-        assert_eq!(requirements(&pkg("app", "1.0", ""), &[]), Requirements::Start);
+        assert_eq!(
+            requirements(&pkg("app", "1.0", ""), &[]),
+            Requirements::Start
+        );
         for s in every_state() {
             let d = [install("lib", "1.0", &s)];
             let got = requirements(&a, &d);
@@ -396,7 +405,10 @@ mod tests {
             }
         );
         // A requirement that failed fails the delivery even while another still waits.
-        let d = [install("lib", "1.0", &pending), install("tool", "1.0", &failed)];
+        let d = [
+            install("lib", "1.0", &pending),
+            install("tool", "1.0", &failed),
+        ];
         assert_eq!(
             requirements(&a, &d),
             Requirements::Failed {

@@ -413,7 +413,9 @@ impl Resolver {
                 continue;
             }
             let versions = match s {
-                RawPackageRef::Versions(RawPackageVersions { version: Some(v), .. }) => {
+                RawPackageRef::Versions(RawPackageVersions {
+                    version: Some(v), ..
+                }) => {
                     match self.parse::<VersionConstraint>(
                         "package-version-format",
                         &format!("{at}.version"),
