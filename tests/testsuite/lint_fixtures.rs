@@ -78,6 +78,7 @@ const ALL_CODES: &[&str] = &[
     "payload-version-mismatch",
     // lifecycle
     "supersedes-itself",
+    "requires-itself",
 ];
 
 /// The codes that are warnings; every other code is an error.

@@ -20,6 +20,7 @@ mod fault_trials;
 mod faults;
 mod fuzz_corpora;
 mod lifecycle;
+mod lifecycle_requires;
 mod lifecycle_versions;
 mod lint_fixtures;
 mod linux_samples;

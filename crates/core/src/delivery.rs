@@ -200,6 +200,9 @@ pub enum Event {
     Superseded {
         by: String,
     },
+    /// The dispatcher found a package this one requires failed on the machine, or never
+    /// delivered to it (`core::lifecycle::requirements`): it fails with E29, never handed out.
+    RequirementFailed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -335,6 +338,15 @@ fn step(d: &Delivery, event: &Event, attempt: u32, policy: &Policy) -> Result<Tr
             go(n, State::Superseded { by: by.clone() }, Action::Nothing)
         }
         (_, Event::Superseded { .. }) => Err(invalid()),
+        (State::Pending | State::AwaitingRetry, Event::RequirementFailed) => {
+            n.last_code = Some(Code::E29);
+            go(
+                n,
+                State::Failed { code: Code::E29 },
+                Action::Alert { code: Code::E29 },
+            )
+        }
+        (_, Event::RequirementFailed) => Err(invalid()),
 
         _ if !reports_current => Err(invalid()),
 
@@ -866,6 +878,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_requirement_fails_only_before_a_hand_out() {
+        let p = Policy::default();
+        let e = Event::RequirementFailed;
+        let d = next(&Delivery::default(), &e, 0, &p).unwrap();
+        assert_eq!(d.delivery.state, State::Failed { code: Code::E29 });
+        assert_eq!(d.delivery.last_code, Some(Code::E29));
+        assert_eq!(d.action, Action::Alert { code: Code::E29 });
+        let waiting = run(&one_run(Execution::Failed { code: 1 }, None), &p);
+        assert_eq!(waiting.state, State::AwaitingRetry);
+        assert!(next(&waiting, &e, 0, &p).is_ok());
+        let sent = next(&Delivery::default(), &Event::Dispatched, 1, &p)
+            .unwrap()
+            .delivery;
+        assert!(next(&sent, &e, 1, &p).is_err());
+    }
+
+    #[test]
     fn stale_reports_are_refused() {
         let p = Policy::default();
         let d = run(&one_run(Execution::Failed { code: 1 }, None), &p);
@@ -912,6 +941,7 @@ mod tests {
             Just(Event::Reset),
             Just(Event::Cancel),
             Just(Event::Superseded { by: "p".into() }),
+            Just(Event::RequirementFailed),
         ]
     }
 

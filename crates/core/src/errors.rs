@@ -102,6 +102,9 @@ codes! {
     /// The machine's clock differs from the server's by more than `CLOCK_SKEW_LIMIT_SECS`
     /// (`patchcast-agent doctor`).
     E28,
+    /// A package this one `requires:` failed on the machine, or was never delivered to it
+    /// (`core::lifecycle::requirements`).
+    E29,
 }
 
 /// How far a machine's clock may be from the server's before `doctor` reports E28: relay
@@ -426,7 +429,7 @@ const fn text(en: &'static str, ja: &'static str) -> Text {
     Text { en, ja }
 }
 
-static CATALOG: [Entry; 28] = [
+static CATALOG: [Entry; 29] = [
     Entry {
         code: Code::E01,
         title: text(
@@ -1084,6 +1087,25 @@ static CATALOG: [Entry; 28] = [
         ),
         transient: false,
     },
+    Entry {
+        code: Code::E29,
+        title: text("Required package not applied", "前提パッケージ未適用"),
+        message: text(
+            "Not delivered: the package it requires, [{package}|another package], is not \
+             applied on this machine[ ({detail})|].",
+            "配布されませんでした。前提となるパッケージ[「{package}」|]がこのコンピュータに\
+             適用されていません[({detail})|]。",
+        ),
+        remedy: text(
+            "Look at the required package's own result on this machine and correct that first \
+             (or add it to the scenario, ahead of this one, when it was never delivered here); \
+             then run the scenario again for this machine.",
+            "このコンピュータでの前提パッケージの結果を確認し,先にその問題を解決してください\
+             (このコンピュータに配布されていない場合はシナリオに追加してください)。その後,\
+             このコンピュータに対してシナリオを再実行してください。",
+        ),
+        transient: false,
+    },
 ];
 
 #[cfg(test)]
@@ -1106,7 +1128,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_str_and_serde() {
-        assert_eq!(all().count(), 28);
+        assert_eq!(all().count(), 29);
         for c in all() {
             let s = c.as_str();
             assert_eq!(s.parse::<Code>(), Ok(c), "{s}");
@@ -1373,6 +1395,7 @@ mod tests {
             (Code::E24, false),
             (Code::E25, false),
             (Code::E28, false),
+            (Code::E29, false),
         ];
         for &(c, want) in cases {
             assert_eq!(c.transient(), want, "{c}");

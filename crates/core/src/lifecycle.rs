@@ -1,9 +1,10 @@
 //! Package lifecycle decisions: which published version may become current (publish order,
-//! explicit rollback) and whether a delivery is superseded on a machine. Pure: the server
-//! reads the rows and carries out what these return.
+//! explicit rollback), whether a delivery is superseded on a machine, and whether the
+//! packages it requires let it start. Pure: the server reads the rows and carries out what
+//! these return.
 
 use crate::delivery::State;
-use crate::model::package::{Op, Package, Supersedes};
+use crate::model::package::{Op, Package, PackageRef};
 use crate::versions::{dpkg_cmp, publish_order};
 use std::cmp::Ordering;
 
@@ -44,14 +45,19 @@ pub fn shown_version(p: &Package) -> String {
 
 /// Whether the `supersedes:` entry `s` names `p` (its id, and its version when the entry
 /// has a constraint; a constraint never matches a package without a version).
-pub fn names(s: &Supersedes, p: &Package) -> bool {
-    if s.id != p.id {
+pub fn names(s: &PackageRef, p: &Package) -> bool {
+    names_version(s, p.id.as_str(), p.version.as_deref())
+}
+
+/// Whether `r` names the package `id` at `version`.
+fn names_version(r: &PackageRef, id: &str, version: Option<&str>) -> bool {
+    if r.id.as_str() != id {
         return false;
     }
-    let Some(c) = &s.versions else {
+    let Some(c) = &r.versions else {
         return true;
     };
-    let Some(v) = &p.version else {
+    let Some(v) = version else {
         return false;
     };
     let o = dpkg_cmp(v, &c.version);
@@ -85,6 +91,78 @@ pub fn superseded_by(package: &Package, others: &[Other]) -> Option<String> {
         .filter(|o| *o.state == State::Applied || o.state.is_busy())
         .find(|o| o.package.supersedes.iter().any(|s| names(s, package)))
         .map(|o| o.package.id.to_string())
+}
+
+/// One delivery to the machine of a package, as `requirements` weighs it: the package id,
+/// the version of the archive delivered, and its state.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered<'a> {
+    pub id: &'a str,
+    pub version: Option<&'a str>,
+    pub state: &'a State,
+    /// An install (not an uninstall, whose `applied` means removed).
+    pub install: bool,
+}
+
+/// Whether a delivery may be handed out, given the packages its package `requires:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirements {
+    /// Every requirement is applied on the machine (or the package requires nothing).
+    Start,
+    /// A requirement is still on its way (pending, waiting for a retry, busy on the
+    /// machine): the delivery stays pending. `requirement` is the first such id.
+    Wait { requirement: String },
+    /// A requirement will not be applied by itself: the delivery fails with E29 naming it.
+    Failed { requirement: String, detail: String },
+}
+
+/// Decides whether `package` may be delivered to a machine, from every delivery there of the
+/// packages it requires (`delivered`, oldest first). A requirement is met by an install of
+/// a matching version that is applied (or superseded, which counts as applied). One still
+/// waiting or busy holds the delivery; one with no delivery on the machine, or whose
+/// deliveries all ended otherwise (failed, not applicable, loop stopped, cancelled, or an
+/// applied version outside the constraint), fails it: nothing would ever satisfy it.
+pub fn requirements(package: &Package, delivered: &[Delivered]) -> Requirements {
+    let mut wait = None;
+    for r in &package.requires {
+        let of: Vec<&Delivered> = delivered
+            .iter()
+            .filter(|d| d.install && d.id == r.id.as_str())
+            .collect();
+        let applied =
+            |d: &&&Delivered| matches!(d.state, State::Applied | State::Superseded { .. });
+        if of
+            .iter()
+            .filter(applied)
+            .any(|d| names_version(r, d.id, d.version))
+        {
+            continue;
+        }
+        if of.iter().any(|d| !d.state.is_terminal()) {
+            wait.get_or_insert_with(|| r.id.to_string());
+            continue;
+        }
+        let detail = match (of.last(), of.iter().rev().find(applied)) {
+            (None, _) => "never delivered to this machine".to_string(),
+            (_, Some(d)) => format!(
+                "version {} is applied, the package requires {}",
+                d.version.unwrap_or("(none)"),
+                r.versions
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            ),
+            (Some(d), None) => format!("its delivery ended {}", d.state.name()),
+        };
+        return Requirements::Failed {
+            requirement: r.id.to_string(),
+            detail,
+        };
+    }
+    match wait {
+        Some(requirement) => Requirements::Wait { requirement },
+        None => Requirements::Start,
+    }
 }
 
 #[cfg(test)]
@@ -251,5 +329,147 @@ mod tests {
         assert_eq!(publish(Some(&v2), &v1, true), Publish::Rollback);
         // Rollback to a newer version is just a publish.
         assert_eq!(publish(Some(&v1), &v2, true), Publish::Accept);
+    }
+
+    fn needs(requires: &str) -> Package {
+        pkg("app", "1.0", &format!("requires: {requires}\n"))
+    }
+
+    fn install<'a>(id: &'a str, version: &'a str, state: &'a State) -> Delivered<'a> {
+        Delivered {
+            id,
+            version: Some(version),
+            state,
+            install: true,
+        }
+    }
+
+    #[test]
+    fn a_requirement_applied_lets_the_delivery_start() {
+        let a = needs("[lib]");
+        assert_eq!(
+            requirements(&pkg("app", "1.0", ""), &[]),
+            Requirements::Start
+        );
+        for s in every_state() {
+            let d = [install("lib", "1.0", &s)];
+            let got = requirements(&a, &d);
+            let want = match &s {
+                State::Applied | State::Superseded { .. } => Requirements::Start,
+                s if !s.is_terminal() => Requirements::Wait {
+                    requirement: "lib".into(),
+                },
+                s => Requirements::Failed {
+                    requirement: "lib".into(),
+                    detail: format!("its delivery ended {}", s.name()),
+                },
+            };
+            assert_eq!(got, want, "{s:?}");
+            // An uninstall of the requirement, or another package, never counts.
+            let removed = [Delivered {
+                install: false,
+                ..d[0]
+            }];
+            let other = [install("tool", "1.0", &s)];
+            for d in [&removed[..], &other[..]] {
+                assert_eq!(
+                    requirements(&a, d),
+                    Requirements::Failed {
+                        requirement: "lib".into(),
+                        detail: "never delivered to this machine".into()
+                    },
+                    "{s:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn any_applied_delivery_counts_and_a_failure_outweighs_a_wait() {
+        let (applied, failed, pending) = (
+            State::Applied,
+            State::Failed { code: Code::E12 },
+            State::Pending,
+        );
+        let a = needs("[lib, tool]");
+        // An older scenario applied it; a newer one failed: it is on the machine.
+        let d = [
+            install("lib", "1.0", &applied),
+            install("lib", "1.0", &failed),
+            install("tool", "1.0", &pending),
+        ];
+        assert_eq!(
+            requirements(&a, &d),
+            Requirements::Wait {
+                requirement: "tool".into()
+            }
+        );
+        // A requirement that failed fails the delivery even while another still waits.
+        let d = [
+            install("lib", "1.0", &pending),
+            install("tool", "1.0", &failed),
+        ];
+        assert_eq!(
+            requirements(&a, &d),
+            Requirements::Failed {
+                requirement: "tool".into(),
+                detail: "its delivery ended failed".into()
+            }
+        );
+        // A failed delivery retried in a newer scenario waits for that one.
+        let d = [
+            install("lib", "1.0", &failed),
+            install("lib", "1.0", &pending),
+            install("tool", "1.0", &applied),
+        ];
+        assert_eq!(
+            requirements(&a, &d),
+            Requirements::Wait {
+                requirement: "lib".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_version_constraint_needs_a_matching_version_applied() {
+        let a = needs("[{ id: lib, version: '>= 2.0' }]");
+        let applied = State::Applied;
+        assert_eq!(
+            requirements(&a, &[install("lib", "2.0.1", &applied)]),
+            Requirements::Start
+        );
+        assert_eq!(
+            requirements(&a, &[install("lib", "1.9", &applied)]),
+            Requirements::Failed {
+                requirement: "lib".into(),
+                detail: "version 1.9 is applied, the package requires >= 2.0".into()
+            }
+        );
+        let unversioned = Delivered {
+            version: None,
+            ..install("lib", "", &applied)
+        };
+        assert!(matches!(
+            requirements(&a, &[unversioned]),
+            Requirements::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn lint_refuses_a_package_that_requires_itself() {
+        let yaml = "id: app\nkind: application\ntitle: t\ntargets: [{ os: debian }]\n\
+             identification: [{ probe: 'true' }]\npayload: [a.sh]\ninstall: { command: 'sh a.sh' }\n\
+             requires: [lib, { id: app }, { id: x, version: '~~' }]\n";
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(yaml).unwrap();
+        let (p, problems) = crate::model::package::resolve(&raw);
+        assert!(p.is_none());
+        let codes: Vec<(&str, &str)> = problems.iter().map(|p| (p.code, p.path.as_str())).collect();
+        assert_eq!(
+            codes,
+            [
+                ("requires-itself", "requires[1]"),
+                ("package-version-format", "requires[2].version")
+            ]
+        );
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
 use patchcast_core::errors::{Code, Params};
 use patchcast_core::faults::{self, Fault};
+use patchcast_core::lifecycle::Requirements;
 use patchcast_core::model::scenario::Scenario;
 use patchcast_core::model::types::Sha256;
 use patchcast_core::pipeline::Refusal;
@@ -313,9 +314,16 @@ impl Server {
         }
         let mut next_due: Option<i64> = None;
         let mut seen = std::collections::HashSet::new();
+        // Per scenario, the packages a waiting one requires: they move ahead of it.
+        let mut ahead: std::collections::HashMap<String, Vec<String>> = Default::default();
         for r in rows.iter_mut() {
-            // Packages of a scenario go in order: only the first unfinished one may move.
-            if !seen.insert(r.scenario_id.clone()) {
+            // Packages of a scenario go in order: only the first unfinished one may move,
+            // and the ones it waits for (`requires:`).
+            let first = seen.insert(r.scenario_id.clone());
+            let required = ahead
+                .get(&r.scenario_id)
+                .is_some_and(|ids| ids.contains(&r.package_id));
+            if !first && !required {
                 continue;
             }
             let due = match r.d.state {
@@ -353,6 +361,51 @@ impl Server {
                 seen.remove(&r.scenario_id);
                 continue;
             }
+            // The packages it requires go first (`core::lifecycle::requirements`).
+            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if s.action.is_install() {
+                match self.required(&mut tx, machine, &r.id).await? {
+                    (Requirements::Start, _) => {}
+                    (Requirements::Wait { requirement }, ids) => {
+                        tracing::debug!(machine, delivery = %r.id, requirement, "waiting for a required package");
+                        ahead.entry(r.scenario_id.clone()).or_default().extend(ids);
+                        continue;
+                    }
+                    (
+                        Requirements::Failed {
+                            requirement,
+                            detail,
+                        },
+                        _,
+                    ) => {
+                        tracing::info!(machine, delivery = %r.id, package = %r.package_id, requirement, detail, "a required package is not applied");
+                        let detail = Detail {
+                            code: Some(Code::E29),
+                            params: Params {
+                                package: Some(requirement),
+                                detail: Some(detail),
+                                ..Params::default()
+                            },
+                            ..Detail::default()
+                        };
+                        let a = r.d.attempt;
+                        self.transition(
+                            &mut tx,
+                            r,
+                            &Event::RequirementFailed,
+                            a,
+                            0,
+                            &detail,
+                            &s,
+                            now,
+                        )
+                        .await??;
+                        // The next package of the scenario may move at once.
+                        seen.remove(&r.scenario_id);
+                        continue;
+                    }
+                }
+            }
             // Holds, windows and transfer caps (`windows::Server::gate`).
             if let Gate::Wait { until, why } = self
                 .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)
@@ -364,7 +417,6 @@ impl Server {
                 }
                 continue;
             }
-            let s = self.scenario(&mut tx, &r.scenario_id).await?;
             if let Some(max) = s.max_concurrent {
                 let busy = db::deliveries::busy_machines(&mut tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {

@@ -1,11 +1,12 @@
-//! Supersedence at dispatch: before a delivery is handed out, the packages applied on (or
-//! busy on) its machine are read and `core::lifecycle::superseded_by` decides whether one
-//! of them replaces it.
+//! Supersedence and requirements at dispatch: before a delivery is handed out, the packages
+//! applied on (or busy on) its machine are read and `core::lifecycle::superseded_by` decides
+//! whether one of them replaces it; then the machine's deliveries of the packages it
+//! `requires:` are read and `core::lifecycle::requirements` decides whether it may start.
 
 use super::Server;
 use super::db;
 use anyhow::Result;
-use patchcast_core::lifecycle::{Other, superseded_by};
+use patchcast_core::lifecycle::{Delivered, Other, Requirements, requirements, superseded_by};
 use patchcast_core::model::package::{Package, resolve};
 
 /// The current version of a published package, resolved from its signed manifest.
@@ -63,5 +64,45 @@ impl Server {
             })
             .collect();
         Ok(superseded_by(&this, &others))
+    }
+
+    /// Whether the delivery `delivery` (of an install) may start on `machine`, given the
+    /// packages its archive's manifest `requires:`; with those ids (empty when none), which
+    /// the dispatcher lets move ahead of it in its scenario.
+    pub(super) async fn required(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        machine: &str,
+        delivery: &str,
+    ) -> Result<(Requirements, Vec<String>)> {
+        let Some(manifest) = db::deliveries::manifest_of(tx, delivery).await? else {
+            return Ok((Requirements::Start, Vec::new()));
+        };
+        // Most packages require nothing: resolve only a manifest that lists `requires`.
+        if !manifest.contains("\"requires\"") {
+            return Ok((Requirements::Start, Vec::new()));
+        }
+        let Some(this) = resolved(&manifest) else {
+            return Ok((Requirements::Start, Vec::new()));
+        };
+        let ids: Vec<String> = this.requires.iter().map(|r| r.id.to_string()).collect();
+        let mut rows = Vec::new();
+        for id in &ids {
+            for (version, state, action) in
+                db::deliveries::of_package_on_machine(tx, machine, id).await?
+            {
+                rows.push((id.as_str(), version, state, action.is_install()));
+            }
+        }
+        let delivered: Vec<Delivered> = rows
+            .iter()
+            .map(|(id, version, state, install)| Delivered {
+                id,
+                version: version.as_deref(),
+                state,
+                install: *install,
+            })
+            .collect();
+        Ok((requirements(&this, &delivered), ids))
     }
 }

@@ -24,12 +24,31 @@ pub struct Package {
     pub reboot: RebootPolicy,
     pub when: When,
     /// Packages this one replaces (`core::lifecycle`).
-    pub supersedes: Vec<Supersedes>,
+    pub supersedes: Vec<PackageRef>,
+    /// Packages that must be applied on a machine before this one (`core::lifecycle`).
+    pub requires: Vec<PackageRef>,
 }
 
-/// A package this one replaces: an id, and the versions of it (every version when `None`).
+/// Which list of other packages an entry is in.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Supersedes,
+    Requires,
+}
+
+impl Field {
+    fn key(self) -> &'static str {
+        match self {
+            Field::Supersedes => "supersedes",
+            Field::Requires => "requires",
+        }
+    }
+}
+
+/// Another package named by this one (`supersedes:`, `requires:`): an id, and the versions
+/// of it (every version when `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Supersedes {
+pub struct PackageRef {
     pub id: PackageId,
     pub versions: Option<VersionConstraint>,
 }
@@ -327,7 +346,8 @@ impl Resolver {
             .uninstall
             .as_ref()
             .map(|u| self.command("uninstall", u, &ctx));
-        let supersedes = self.supersedes(raw);
+        let supersedes = self.refs(raw, &raw.supersedes, Field::Supersedes);
+        let requires = self.refs(raw, &raw.requires, Field::Requires);
         let reboot = match raw.reboot.unwrap_or(RawRebootPolicy::IfRequired) {
             RawRebootPolicy::Never => RebootPolicy::Never,
             RawRebootPolicy::IfRequired => RebootPolicy::IfRequired,
@@ -350,41 +370,57 @@ impl Resolver {
             reboot,
             when: raw.when.unwrap_or_default(),
             supersedes,
+            requires,
         })
     }
 
-    /// `supersedes:` entries; a package cannot replace itself (it would never be delivered).
-    fn supersedes(&mut self, raw: &RawPackage) -> Vec<Supersedes> {
+    /// `supersedes:` or `requires:` entries; a package can neither replace nor require
+    /// itself (it would never be delivered).
+    fn refs(&mut self, raw: &RawPackage, list: &[RawPackageRef], f: Field) -> Vec<PackageRef> {
         let mut out = Vec::new();
-        for (i, s) in raw.supersedes.iter().enumerate() {
-            let at = format!("supersedes[{i}]");
+        for (i, s) in list.iter().enumerate() {
+            let at = format!("{}[{i}]", f.key());
             let Some(id) = self.parse::<PackageId>(
                 "invalid-id",
                 &at,
                 s.id(),
-                "name the replaced package by its id, e.g. `kb981550-ws2008-fileversion`",
+                "name the other package by its id, e.g. `kb981550-ws2008-fileversion`",
             ) else {
                 continue;
             };
             if s.id() == raw.id {
+                let (code, what, fix) = match f {
+                    Field::Supersedes => (
+                        "supersedes-itself",
+                        "supersedes itself",
+                        "list the ids of the older packages this one replaces, not its own",
+                    ),
+                    Field::Requires => (
+                        "requires-itself",
+                        "requires itself",
+                        "list the ids of the packages that must be applied before this one, not its own",
+                    ),
+                };
                 self.err(
-                    "supersedes-itself",
+                    code,
                     &at,
                     format!(
-                        "package `{}` supersedes itself, so it would never be delivered",
+                        "package `{}` {what}, so it would never be delivered",
                         raw.id
                     ),
-                    "list the ids of the older packages this one replaces, not its own",
+                    fix,
                 );
                 continue;
             }
             let versions = match s {
-                RawSupersedes::Versions(RawSupersededVersions { version: Some(v), .. }) => {
+                RawPackageRef::Versions(RawPackageVersions {
+                    version: Some(v), ..
+                }) => {
                     match self.parse::<VersionConstraint>(
                         "package-version-format",
                         &format!("{at}.version"),
                         v,
-                        "write a constraint such as `< 2.0`, or omit `version` to replace every version",
+                        "write a constraint such as `< 2.0`, or omit `version` to mean every version",
                     ) {
                         Some(c) => Some(c),
                         None => continue,
@@ -392,7 +428,7 @@ impl Resolver {
                 }
                 _ => None,
             };
-            out.push(Supersedes { id, versions });
+            out.push(PackageRef { id, versions });
         }
         out
     }

@@ -57,64 +57,71 @@ pub struct RawPackage {
     /// delivery ends `superseded` and counts as applied. Each entry is a package id (every
     /// version of it) or `{ id, version }` with a version constraint such as `< 2.0`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub supersedes: Vec<RawSupersedes>,
+    pub supersedes: Vec<RawPackageRef>,
+    /// Packages that must be applied on a machine before this one is delivered there: a
+    /// scenario or automatic update hands them out first and holds this delivery until they
+    /// are applied; a requirement that fails fails this delivery (E29 naming it). Each entry
+    /// is a package id (any version of it) or `{ id, version }` with a constraint such as
+    /// `>= 2.0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<RawPackageRef>,
 }
 
-/// One package a package replaces.
+/// Another package named by a package (`supersedes:`, `requires:`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(untagged)]
-pub enum RawSupersedes {
+pub enum RawPackageRef {
     /// Every version of the package with this id.
     Id(String),
     /// The versions of a package that match a constraint.
-    Versions(RawSupersededVersions),
+    Versions(RawPackageVersions),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawSupersededVersions {
-    /// The replaced package's id.
+pub struct RawPackageVersions {
+    /// The other package's id.
     pub id: String,
-    /// Versions replaced, e.g. `< 2.0` or `= 1.4` (dpkg ordering); omitted means every
+    /// Its versions meant, e.g. `< 2.0` or `>= 1.4` (dpkg ordering); omitted means every
     /// version. A constraint only matches a package that has a `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 }
 
-// By hand rather than `untagged`: a mapping is read as `RawSupersededVersions`, so a typo in
+// By hand rather than `untagged`: a mapping is read as `RawPackageVersions`, so a typo in
 // it is reported as the unknown key it is, not as "did not match any variant".
-impl<'de> Deserialize<'de> for RawSupersedes {
+impl<'de> Deserialize<'de> for RawPackageRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawSupersedes;
+            type Value = RawPackageRef;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a package id, or { id, version }")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSupersedes, E> {
-                Ok(RawSupersedes::Id(v.to_string()))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawPackageRef, E> {
+                Ok(RawPackageRef::Id(v.to_string()))
             }
             // An all-digit id (`- 2024`) reads as a number in YAML.
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSupersedes, E> {
-                Ok(RawSupersedes::Id(v.to_string()))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawPackageRef, E> {
+                Ok(RawPackageRef::Id(v.to_string()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 m: A,
-            ) -> Result<RawSupersedes, A::Error> {
-                RawSupersededVersions::deserialize(serde::de::value::MapAccessDeserializer::new(m))
-                    .map(RawSupersedes::Versions)
+            ) -> Result<RawPackageRef, A::Error> {
+                RawPackageVersions::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawPackageRef::Versions)
             }
         }
         d.deserialize_any(V)
     }
 }
 
-impl RawSupersedes {
+impl RawPackageRef {
     pub fn id(&self) -> &str {
         match self {
-            RawSupersedes::Id(id) => id,
-            RawSupersedes::Versions(v) => &v.id,
+            RawPackageRef::Id(id) => id,
+            RawPackageRef::Versions(v) => &v.id,
         }
     }
 }

@@ -193,6 +193,46 @@ pub async fn applied_or_busy_of_machine(
     Ok(latest.into_iter().map(|(p, (s, a))| (p, s, a)).collect())
 }
 
+/// Every delivery of `package` to `machine`, oldest scenario first: the version of the
+/// archive it delivers (from `package_versions`), its state, and its scenario's action.
+/// What a package that requires `package` waits for (`core::lifecycle::requirements`).
+pub async fn of_package_on_machine(
+    tx: &mut AnyConnection,
+    machine: &str,
+    package: &str,
+) -> Result<Vec<(Option<String>, State, patchcast_core::pipeline::Action)>> {
+    let rows = sqlx::query(
+        "SELECT v.version, d.delivery, s.spec FROM deliveries d \
+         JOIN scenarios s ON s.id = d.scenario_id \
+         LEFT JOIN package_versions v ON v.id = d.package_id AND v.archive_sha256 = d.archive_sha256 \
+         WHERE d.machine_id = $1 AND d.package_id = $2 \
+         ORDER BY s.created_at, d.scenario_id, d.position",
+    )
+    .bind(machine)
+    .bind(package)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let d: Delivery = json(r, "delivery")?;
+            let spec: patchcast_core::model::scenario::Scenario = json(r, "spec")?;
+            Ok((r.try_get("version")?, d.state, spec.action))
+        })
+        .collect()
+}
+
+/// The signed manifest of the archive the delivery `id` delivers.
+pub async fn manifest_of(tx: &mut AnyConnection, id: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT v.manifest FROM deliveries d \
+         JOIN package_versions v ON v.id = d.package_id AND v.archive_sha256 = d.archive_sha256 \
+         WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?)
+}
+
 /// The delivery `id` if it is `machine`'s.
 pub async fn of_machine(
     tx: &mut AnyConnection,
