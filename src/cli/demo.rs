@@ -8,6 +8,12 @@
 //! `scenario status --watch`, `results`. The agent processes are this executable's hidden
 //! `agent` command, which is the `patchcast-agent` program itself, so the demo needs only
 //! the binary `cargo run` built.
+//!
+//! Run by an ordinary user, the Linux endpoints cannot write `/usr/local` or run dpkg, so they
+//! install into their own tree instead (`agent run --install-root DIR/prefix/NAME`: commands
+//! get it as `DESTDIR`, file rules are read under it), and the scenario leaves out the
+//! packages only root can install, saying so: every row of the table is then a true result,
+//! not a `failed(E21)` of a missing permission.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -65,6 +71,19 @@ const FLEET: &[Endpoint] = &[
     },
 ];
 
+/// Sample packages only root can install (package managers write system databases), left out
+/// of the scenario when the demo runs without root, with the reason printed.
+const ROOT_ONLY: &[(&str, &str)] = &[("linux-hello-deb", "dpkg installs only as root")];
+
+/// True when the Linux endpoints can install into this machine itself.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    #[cfg(unix)]
+    return unsafe { libc::geteuid() } == 0;
+    #[cfg(not(unix))]
+    true
+}
+
 /// Children are stopped (SIGTERM, then kill) when the demo ends, however it ends.
 struct Fleet(Vec<(String, Child)>);
 
@@ -102,7 +121,27 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    let root = is_root();
+    let prefix = dir.join("prefix");
+    if root {
+        println!("running as root: the Linux endpoints install into this machine");
+    } else {
+        let left_out: Vec<String> = ROOT_ONLY
+            .iter()
+            .map(|(id, why)| format!("{id} is left out: {why}"))
+            .collect();
+        println!(
+            "not root: the Linux endpoints install into {}/<endpoint> ({})",
+            prefix.display(),
+            left_out.join("; ")
+        );
+    }
     println!("demo directory: {}", dir.display());
+    let scenario = if root {
+        a.scenario.clone()
+    } else {
+        without_root_only(&a.scenario, &dir)?
+    };
 
     // A publisher key: the server accepts only packages it signed, agents only run them.
     let key = crate::pack::keys::generate()?;
@@ -146,10 +185,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let token = output(admin(&["token", "create", "--group", "demo"]))?;
 
     for e in FLEET {
-        let root = dir.join("agents").join(e.name);
-        std::fs::create_dir_all(&root)?;
+        let agent_root = dir.join("agents").join(e.name);
+        std::fs::create_dir_all(&agent_root)?;
         if let Some(profile) = e.profile {
-            std::fs::write(root.join("endpoint.yaml"), profile)?;
+            std::fs::write(agent_root.join("endpoint.yaml"), profile)?;
         }
         let mut enroll = Command::new(&exe);
         enroll
@@ -162,14 +201,21 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
                 &fingerprint,
             ])
             .arg("--root")
-            .arg(&root)
+            .arg(&agent_root)
             .env("PATCHCAST_ENROLL_TOKEN", &token)
             .env("PATCHCAST_AGENT_HOSTNAME", e.name);
         output(enroll).with_context(|| format!("enrolling {}", e.name))?;
-        let agent = Command::new(&exe)
+        let mut agent = Command::new(&exe);
+        agent
             .env("PATCHCAST_AGENT_HOSTNAME", e.name)
             .args(["agent", "run", "--root"])
-            .arg(&root)
+            .arg(&agent_root);
+        if e.profile.is_none() && !root {
+            let own = prefix.join(e.name);
+            std::fs::create_dir_all(&own)?;
+            agent.arg("--install-root").arg(own);
+        }
+        let agent = agent
             .stdout(log(e.name)?)
             .stderr(log(&format!("{}.err", e.name))?)
             .spawn()
@@ -191,7 +237,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     }
 
     let mut run = admin(&["scenario", "run"]);
-    run.arg(&a.scenario);
+    run.arg(&scenario);
     let id = output(run)?;
     // Progress bars go to stderr; the final table is printed once, by `results`, below.
     let status = admin(&["scenario", "status", &id, "--watch"])
@@ -215,6 +261,20 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     println!("serving until Ctrl-C");
     wait_for_ctrl_c(&mut fleet);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scenario without the packages only root can install, written as DIR/scenario.yaml
+/// (JSON, which is YAML).
+fn without_root_only(scenario: &Path, dir: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let mut raw: patchcast_core::model::scenario::RawScenario = serde_saphyr::from_str(&text)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    raw.packages
+        .retain(|p| !ROOT_ONLY.iter().any(|(id, _)| id == p));
+    let out = dir.join("scenario.yaml");
+    std::fs::write(&out, serde_json::to_string_pretty(&raw)? + "\n")?;
+    Ok(out)
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

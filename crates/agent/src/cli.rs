@@ -117,6 +117,11 @@ enum Cmd {
         /// ROOT/agent.log (rotated at 10 MiB, three kept) when running as a Windows service.
         #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Linux, without root: install under DIR instead of `/`. Commands get it as
+        /// `DESTDIR` and file rules are read under it (`/usr/local/bin/x` is
+        /// DIR/usr/local/bin/x); packages installed by dpkg or rpm still need root.
+        #[arg(long, env = "PATCHCAST_AGENT_INSTALL_ROOT", value_name = "DIR")]
+        install_root: Option<PathBuf>,
         #[command(flatten)]
         proxy: ProxyArgs,
     },
@@ -261,9 +266,23 @@ where
             backoff_max_ms,
             heartbeat_ms,
             log_format,
+            install_root,
             proxy,
         } => {
             let _ = LOG_FORMAT.set(log_format);
+            if let Some(dir) = install_root {
+                #[cfg(not(windows))]
+                // Absolute: commands run in their payload directory.
+                crate::facts::set_install_root(std::path::absolute(&dir).unwrap_or(dir));
+                #[cfg(windows)]
+                {
+                    eprintln!(
+                        "error: --install-root is for Linux agents ({})",
+                        dir.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
             if let Err(e) = proxy.configure() {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;

@@ -128,6 +128,10 @@ pub async fn run(
 pub fn shell(command: &str) -> std::process::Command {
     let mut c = std::process::Command::new("sh");
     c.arg("-c").arg(command);
+    // An agent without root installs under its own tree, as `make install DESTDIR=…` does.
+    if let Some(root) = super::facts::install_root() {
+        c.env("DESTDIR", root);
+    }
     c
 }
 

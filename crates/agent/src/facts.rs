@@ -10,9 +10,37 @@ use patchcast_core::identify::{Facts, FileFact, Query};
 use patchcast_pack::{hash, pe};
 use std::path::Path;
 #[cfg(not(windows))]
+use std::path::PathBuf;
+#[cfg(not(windows))]
 use std::process::Command;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+/// A directory standing in for `/` (`agent run --install-root`, Linux): file rules are read
+/// under it and commands get it as `DESTDIR`, so an agent that is not root installs into its
+/// own tree, and its rules follow the files there (the demo run by an ordinary user).
+#[cfg(not(windows))]
+static INSTALL_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+#[cfg(not(windows))]
+pub fn set_install_root(root: PathBuf) {
+    let _ = INSTALL_ROOT.set(root);
+}
+
+#[cfg(not(windows))]
+pub fn install_root() -> Option<&'static Path> {
+    INSTALL_ROOT.get().map(PathBuf::as_path)
+}
+
+/// Where a rule's file is on this machine: `/usr/local/bin/x` is `ROOT/usr/local/bin/x`
+/// under an install root.
+#[cfg(not(windows))]
+fn on_disk(path: &str) -> PathBuf {
+    match install_root() {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
 
 /// OS id, architecture, language and service pack of this machine, in the catalog's terms.
 #[cfg(windows)]
@@ -145,7 +173,7 @@ pub fn gather(facts: &mut Facts, queries: &[Query]) {
                 #[cfg(windows)]
                 let on_disk = super::windows::system::expand(path);
                 #[cfg(not(windows))]
-                let on_disk = path;
+                let on_disk = on_disk(path);
                 facts
                     .files
                     .insert(path.clone(), file(Path::new(&on_disk), *version, *sha256));
