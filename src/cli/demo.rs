@@ -268,8 +268,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
 fn without_root_only(scenario: &Path, dir: &Path) -> Result<PathBuf> {
     let text = std::fs::read_to_string(scenario)
         .with_context(|| format!("reading {}", scenario.display()))?;
-    let mut raw: patchcast_core::model::scenario::RawScenario = serde_saphyr::from_str(&text)
-        .with_context(|| format!("reading {}", scenario.display()))?;
+    let mut raw: patchcast_core::model::scenario::RawScenario =
+        serde_saphyr::from_str(&text).with_context(|| format!("reading {}", scenario.display()))?;
     raw.packages
         .retain(|p| !ROOT_ONLY.iter().any(|(id, _)| id == p));
     let out = dir.join("scenario.yaml");

@@ -15,6 +15,7 @@ mod agent_resume;
 mod archive;
 mod cli;
 mod console_actions;
+mod demo_unprivileged;
 mod e2e_fleet;
 mod fault_trials;
 mod faults;
