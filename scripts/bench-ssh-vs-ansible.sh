@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: deliver one 100 MB package to 20 SSH hosts (20 sshd on loopback ports) with
-# patchcast's agentless SSH delivery (release build) and with Ansible (copy + command
-# modules, default forks=5 and forks=20), side by side in one run; prints times and ratios.
+# patchcast's agentless SSH delivery (release build), with OpenSSH's own scp plus a remote
+# sha256sum (the practical limit: the same bytes and the same check, all hosts in parallel),
+# and with Ansible (copy + command modules, default forks=5 and forks=20), side by side in one
+# run; prints times and ratios.
 #
 #   scripts/bench-ssh-vs-ansible.sh [HOSTS] [SIZE_MB]      (defaults 20 and 100)
 #
@@ -120,6 +122,27 @@ APPLIED=$(echo "$ST" | python3 -c 'import json,sys; print(json.load(sys.stdin)["
 [ "$APPLIED" = "$HOSTS" ] || { echo "patchcast applied $APPLIED of $HOSTS:" >&2; echo "$ST" >&2; exit 1; }
 INSTALLED=$(ls "$BENCH"/hosts/port-*/installed.bin | wc -l)
 
+echo "== scp + remote sha256sum, all hosts in parallel" >&2
+WANT_SHA=$(sha256sum "$BENCH/bench-100mb.pcpkg" | cut -d' ' -f1)
+SSH_OPTS=(-o BatchMode=yes -o UserKnownHostsFile="$KNOWN" -i "$PATCHCAST_TEST_SSH_KEY")
+T0=$(now)
+SCP_PIDS=()
+for i in "${!ADDRS[@]}"; do
+    (
+        port=${ADDRS[$i]##*:}
+        scp -q -P "$port" "${SSH_OPTS[@]}" "$BENCH/bench-100mb.pcpkg" \
+            "$SSH_USER@127.0.0.1:$BENCH/hosts/h$i/scp.pcpkg"
+        got=$(ssh -p "$port" "${SSH_OPTS[@]}" "$SSH_USER@127.0.0.1" sha256sum "$BENCH/hosts/h$i/scp.pcpkg")
+        [ "${got%% *}" = "$WANT_SHA" ]
+    ) &
+    SCP_PIDS+=($!)
+done
+SCP_FAILED=0
+for pid in "${SCP_PIDS[@]}"; do wait "$pid" || SCP_FAILED=$((SCP_FAILED + 1)); done
+T1=$(now)
+SCP_SECS=$(elapsed "$T0" "$T1")
+[ "$SCP_FAILED" = 0 ] || { echo "scp: $SCP_FAILED hosts failed" >&2; exit 1; }
+
 echo "== Ansible (copy + command)" >&2
 INV=$BENCH/inventory.ini
 {
@@ -173,5 +196,6 @@ ratio() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 echo
 echo "SSH delivery benchmark: $HOSTS hosts (sshd on loopback ports), ${SIZE_MB} MiB payload (archive $ARCHIVE_BYTES bytes), $(nproc) CPUs"
 printf '%-40s %8s s   %s\n' "patchcast (SFTP, sha256, probe/verify)" "$PC_SECS" "$APPLIED/$HOSTS applied, $INSTALLED files in place"
+printf '%-40s %8s s   patchcast is %sx this\n' "scp + remote sha256sum (parallel)" "$SCP_SECS" "$(ratio "$PC_SECS" "$SCP_SECS")"
 printf '%-40s %8s s   ratio %sx patchcast\n' "ansible copy+command, forks=5 (default)" "$A5" "$(ratio "$A5" "$PC_SECS")"
 printf '%-40s %8s s   ratio %sx patchcast (%s files in place)\n' "ansible copy+command, forks=20" "$A20" "$(ratio "$A20" "$PC_SECS")" "$A_INSTALLED"
