@@ -141,12 +141,10 @@ impl Server {
     /// Why the server cannot serve now (database unreachable, data directory not writable),
     /// or None when it can.
     pub async fn not_ready(&self) -> Option<String> {
-        let db =
-            tokio::time::timeout(READY_TIMEOUT, sqlx::query("SELECT 1").fetch_one(&self.db)).await;
-        match db {
+        match tokio::time::timeout(READY_TIMEOUT, crate::db::ping(&self.db)).await {
             Err(_) => return Some("database: no answer within 3s".into()),
-            Ok(Err(e)) => return Some(format!("database: {e}")),
-            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(format!("{e:#}")),
+            Ok(Ok(())) => {}
         }
         // Writable as the server writes: a file created, written and removed.
         let probe = self.ops.data.join(".readyz");

@@ -155,6 +155,15 @@ pub fn now_ms() -> i64 {
 }
 
 /// Opens the database at `url` (`sqlite://…` or `postgres://…`) and brings its schema up to date.
+/// One round trip to the database (`/readyz`): it answers, or the error says why not.
+pub async fn ping(pool: &AnyPool) -> Result<()> {
+    sqlx::query("SELECT 1")
+        .fetch_one(pool)
+        .await
+        .context("database")?;
+    Ok(())
+}
+
 pub async fn open(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
