@@ -276,21 +276,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lint_refuses_a_package_that_supersedes_itself() {
-        let yaml = "id: app\nkind: application\ntitle: t\ntargets: [{ os: debian }]\n\
-             identification: [{ probe: 'true' }]\npayload: [a.sh]\ninstall: { command: 'sh a.sh' }\n\
-             supersedes: [old, { id: app, version: '< 2' }, { id: x, version: '~~' }]\n";
-        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(yaml).unwrap();
+    /// Lints a small package with `links` (YAML lines) added: refused, with exactly `want`
+    /// (code, path).
+    fn assert_lint(links: &str, want: &[(&str, &str)]) {
+        let yaml = format!(
+            "id: app\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\n\
+             identification: [{{ probe: 'true' }}]\npayload: [a.sh]\ninstall: {{ command: 'sh a.sh' }}\n{links}"
+        );
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(&yaml).unwrap();
         let (p, problems) = crate::model::package::resolve(&raw);
         assert!(p.is_none());
         let codes: Vec<(&str, &str)> = problems.iter().map(|p| (p.code, p.path.as_str())).collect();
-        assert_eq!(
-            codes,
-            [
+        assert_eq!(codes, want);
+    }
+
+    #[test]
+    fn lint_refuses_a_package_that_supersedes_itself() {
+        assert_lint(
+            "supersedes: [old, { id: app, version: '< 2' }, { id: x, version: '~~' }]\n",
+            &[
                 ("supersedes-itself", "supersedes[1]"),
-                ("package-version-format", "supersedes[2].version")
-            ]
+                ("package-version-format", "supersedes[2].version"),
+            ],
         );
     }
 
@@ -457,19 +464,12 @@ mod tests {
 
     #[test]
     fn lint_refuses_a_package_that_requires_itself() {
-        let yaml = "id: app\nkind: application\ntitle: t\ntargets: [{ os: debian }]\n\
-             identification: [{ probe: 'true' }]\npayload: [a.sh]\ninstall: { command: 'sh a.sh' }\n\
-             requires: [lib, { id: app }, { id: x, version: '~~' }]\n";
-        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(yaml).unwrap();
-        let (p, problems) = crate::model::package::resolve(&raw);
-        assert!(p.is_none());
-        let codes: Vec<(&str, &str)> = problems.iter().map(|p| (p.code, p.path.as_str())).collect();
-        assert_eq!(
-            codes,
-            [
+        assert_lint(
+            "requires: [lib, { id: app }, { id: x, version: '~~' }]\n",
+            &[
                 ("requires-itself", "requires[1]"),
-                ("package-version-format", "requires[2].version")
-            ]
+                ("package-version-format", "requires[2].version"),
+            ],
         );
     }
 }

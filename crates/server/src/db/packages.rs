@@ -58,20 +58,13 @@ pub async fn replace(
     .bind(install_timeout_secs as i64)
     .execute(&mut *tx)
     .await?;
+    // The version row is the current row just written, plus how it was published.
     sqlx::query(
         "INSERT INTO package_versions (id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs, rollback) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         SELECT id, version, title, archive_sha256, archive_size, manifest, signature, key_id, published_at, install_timeout_secs, $2 \
+         FROM packages WHERE id = $1",
     )
     .bind(&v.id)
-    .bind(v.version.clone())
-    .bind(&v.title)
-    .bind(&v.archive_sha256)
-    .bind(v.archive_size as i64)
-    .bind(manifest)
-    .bind(signature)
-    .bind(&v.key_id)
-    .bind(v.published_at_ms)
-    .bind(install_timeout_secs as i64)
     .bind(i64::from(rollback))
     .execute(&mut *tx)
     .await?;
