@@ -4,14 +4,13 @@
 //! again; `patchcast-agent doctor` names each fault between an agent and its server. The
 //! real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::AgentProc;
+use crate::common::agent_harness::{AgentProc, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::core::pipeline::Action;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
 use patchcast::transport::client::CallError;
-use sha2::Digest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,24 +19,7 @@ const GROUP: &str = "life";
 /// A package installing `tool` (a file, identified by its hash); `extra` YAML appended
 /// (an `uninstall:`, a `when:`).
 fn package(dir: &Path, id: &str, tool: &Path, extra: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let body = format!("{id} 1.0\n");
-    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
-    std::fs::write(
-        dir.join("install.sh"),
-        format!("printf '%s\\n' '{id} 1.0' > '{}'\n", tool.display()),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("package.yaml"),
-        format!(
-            "id: {id}\nkind: application\ntitle: {id}\nversion: 1.0.0\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
-             identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
-             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{extra}",
-            tool.display()
-        ),
-    )
-    .unwrap();
+    tool_package(dir, id, "1.0.0", tool, "", extra)
 }
 
 async fn wait_done(admin: &Admin, id: &str, agent: &AgentProc) -> Vec<DeliveryRow> {

@@ -3,13 +3,12 @@
 //! that fails (or was never delivered to the machine) fails it with E29 naming the
 //! requirement. The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::AgentProc;
+use crate::common::agent_harness::{AgentProc, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::{Code, Lang, render};
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
 use serde_json::Value;
-use sha2::Digest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,24 +17,7 @@ const GROUP: &str = "requires";
 /// A package `id` whose install runs `before` and then writes `tool` (identified by that
 /// content's hash); `extra` YAML appended.
 fn package(dir: &Path, id: &str, tool: &Path, before: &str, extra: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let body = format!("{id}\n");
-    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
-    std::fs::write(
-        dir.join("install.sh"),
-        format!("{before}\nprintf '%s\\n' '{id}' > '{}'\n", tool.display()),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("package.yaml"),
-        format!(
-            "id: {id}\nkind: application\ntitle: {id}\nversion: '1.0'\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
-             identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
-             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{extra}",
-            tool.display()
-        ),
-    )
-    .unwrap();
+    tool_package(dir, id, "1.0", tool, before, extra)
 }
 
 fn publish(server: &TestServer, dir: &Path) {

@@ -3,11 +3,10 @@
 //! successor is applied on a machine is never delivered there, ends `superseded` and counts
 //! as applied). The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::AgentProc;
+use crate::common::agent_harness::{AgentProc, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
-use sha2::Digest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,24 +15,7 @@ const GROUP: &str = "versions";
 /// A package `id` at `version` that writes `tool` with "ID VERSION" (identified by that
 /// content's hash, so another version of it is not applied); `extra` YAML appended.
 fn package(dir: &Path, id: &str, version: &str, tool: &Path, extra: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let body = format!("{id} {version}\n");
-    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
-    std::fs::write(
-        dir.join("install.sh"),
-        format!("printf '%s\\n' '{id} {version}' > '{}'\n", tool.display()),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("package.yaml"),
-        format!(
-            "id: {id}\nkind: application\ntitle: {id}\nversion: '{version}'\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
-             identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
-             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{extra}",
-            tool.display()
-        ),
-    )
-    .unwrap();
+    tool_package(dir, id, version, tool, "", extra)
 }
 
 /// Runs a scenario of `packages` on the group and returns its rows once it is done.

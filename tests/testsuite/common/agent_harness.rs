@@ -280,3 +280,31 @@ impl Drop for AgentProc {
         }
     }
 }
+
+/// A package `id` at `version` whose install runs `before` (shell lines), then writes
+/// "ID VERSION" to `tool`, identified by that content's hash (so another version of it is not
+/// applied); `extra` YAML appended (an `uninstall:`, a `when:`, `requires:`…).
+pub fn tool_package(dir: &Path, id: &str, version: &str, tool: &Path, before: &str, extra: &str) {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir).unwrap();
+    let body = format!("{id} {version}\n");
+    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    std::fs::write(
+        dir.join("install.sh"),
+        format!(
+            "{before}\nprintf '%s\\n' '{id} {version}' > '{}'\n",
+            tool.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("package.yaml"),
+        format!(
+            "id: {id}\nkind: application\ntitle: {id}\nversion: '{version}'\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
+             identification:\n  - file: {}\n    change: new\n    sha256: {sha}\n\
+             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n{extra}",
+            tool.display()
+        ),
+    )
+    .unwrap();
+}
