@@ -2,7 +2,7 @@
 //! results, loadtest.
 //!
 //! Where the server is: `--server URL --fingerprint sha256:… --token T` (or PATCHCAST_SERVER,
-//! PATCHCAST_FINGERPRINT, PATCHCAST_TOKEN), or on the server host simply `--data DIR`
+//! PATCHCAST_SERVER_FINGERPRINT, PATCHCAST_TOKEN), or on the server host simply `--data DIR`
 //! (PATCHCAST_DATA), which reads DIR/server.json and DIR/admin.token.
 
 use crate::core::errors::Lang;
@@ -21,7 +21,7 @@ pub struct Connect {
     #[arg(long, env = "PATCHCAST_SERVER")]
     pub server: Option<String>,
     /// The server certificate's fingerprint (`sha256:…`, printed at server start).
-    #[arg(long, env = "PATCHCAST_FINGERPRINT")]
+    #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// Admin token (the server's DATA/admin.token). Prefer PATCHCAST_TOKEN or --token-file:
     /// a value given here shows in the process list.
@@ -79,7 +79,7 @@ impl Connect {
         match (url, fp, token) {
             (Some(u), Some(f), Some(t)) => Ok((u, f, t)),
             _ => bail!(
-                "which server? give --data DIR on the server host, or --server URL --fingerprint sha256:… --token TOKEN (or PATCHCAST_SERVER / PATCHCAST_FINGERPRINT / PATCHCAST_TOKEN)"
+                "which server? give --data DIR on the server host, or --server URL --fingerprint sha256:… --token TOKEN (or PATCHCAST_SERVER / PATCHCAST_SERVER_FINGERPRINT / PATCHCAST_TOKEN)"
             ),
         }
     }
@@ -126,8 +126,10 @@ pub enum MachineCmd {
     /// content by SHA-256 and serves its neighbours over HTTPS.
     Relay {
         machine: String,
+        /// Make the machine a relay.
         #[arg(long)]
         enable: bool,
+        /// Take the relay role away (its neighbours fall back to their other sources).
         #[arg(long)]
         disable: bool,
         /// ADDRESS:PORT the relay listens on (default 0.0.0.0:8444).
@@ -149,6 +151,7 @@ pub enum MachineCmd {
     Label {
         machine: String,
         labels: Vec<String>,
+        /// Remove the labels instead of adding them.
         #[arg(long)]
         remove: bool,
         #[command(flatten)]
@@ -164,13 +167,16 @@ pub enum GroupCmd {
         /// Machine id or hostname (repeatable).
         #[arg(long = "member")]
         members: Vec<String>,
+        /// An OS id or product line (`patchcast catalog os`), e.g. windows-server-2008.
         #[arg(long)]
         os: Option<String>,
+        /// A language tag (`patchcast catalog languages`); `ja` matches ja-JP machines.
         #[arg(long)]
         language: Option<String>,
         /// CIDR, e.g. 10.1.0.0/16 (matches the address the server sees or any reported one).
         #[arg(long)]
         ip_range: Option<String>,
+        /// A label given with `patchcast machine label`.
         #[arg(long)]
         label: Option<String>,
         #[command(flatten)]
@@ -413,8 +419,10 @@ pub enum ScenarioCmd {
     /// Show a scenario's deliveries by state; --watch follows it with progress bars until done.
     Status {
         id: String,
+        /// Follow the scenario with progress bars until every delivery has ended.
         #[arg(long)]
         watch: bool,
+        /// `en` or `ja` (default: from LANG).
         #[arg(long, env = "PATCHCAST_LANG")]
         lang: Option<String>,
         #[command(flatten)]
@@ -427,11 +435,13 @@ pub struct ResultsArgs {
     /// Machine id or hostname.
     #[arg(long)]
     pub machine: Option<String>,
+    /// Only this package's deliveries (its id).
     #[arg(long)]
     pub package: Option<String>,
+    /// Only this scenario's deliveries (its id).
     #[arg(long)]
     pub scenario: Option<String>,
-    /// Comma-separated values instead of a table.
+    /// Comma-separated values instead of a table (not with --json).
     #[arg(long)]
     pub csv: bool,
     /// Include every recorded transition of each delivery.
@@ -446,16 +456,17 @@ pub struct ResultsArgs {
 
 #[derive(Args)]
 pub struct LoadtestArgs {
+    /// Simulated agents, each enrolled as its own machine.
     #[arg(long, default_value_t = 100)]
     pub agents: usize,
     /// Enrollment requests in flight at once (enrollment is closed loop).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// How often each agent checks in (open loop, each agent at its own phase).
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = super::duration_arg)]
     pub check_in_interval: std::time::Duration,
     /// How long the steady check-ins run.
-    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = super::duration_arg)]
     pub duration: std::time::Duration,
     /// Then roll one package out to every agent (they learn of it at their next check-in).
     #[arg(long)]
@@ -483,10 +494,6 @@ pub struct LoadtestArgs {
 }
 
 /// `90s`, `5m`, `1h30m` (humantime), for clap.
-fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
-    crate::model::types::parse_duration(s).map_err(|e| e.0)
-}
-
 fn rt() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Runtime::new()?)
 }
@@ -1068,6 +1075,9 @@ pub fn csv(r: &Results) -> String {
 }
 
 pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
+    if json && a.csv {
+        super::usage_error("--csv and --json are two output formats: give one");
+    }
     let l = lang(a.lang);
     let q = ResultsQuery {
         machine: a.machine,

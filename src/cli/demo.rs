@@ -107,7 +107,15 @@ impl Drop for Fleet {
     }
 }
 
-pub fn run(a: DemoArgs) -> Result<ExitCode> {
+pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
+    // With --json the narration goes to stderr and stdout gets one object at the end.
+    let say = |line: &str| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let exe = std::env::current_exe().context("finding this executable")?;
     let dir = match a.dir {
         Some(d) => d,
@@ -124,19 +132,19 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let root = is_root();
     let prefix = dir.join("prefix");
     if root {
-        println!("running as root: the Linux endpoints install into this machine");
+        say("running as root: the Linux endpoints install into this machine");
     } else {
         let left_out: Vec<String> = ROOT_ONLY
             .iter()
             .map(|(id, why)| format!("{id} is left out: {why}"))
             .collect();
-        println!(
+        say(&format!(
             "not root: the Linux endpoints install into {}/<endpoint> ({})",
             prefix.display(),
             left_out.join("; ")
-        );
+        ));
     }
-    println!("demo directory: {}", dir.display());
+    say(&format!("demo directory: {}", dir.display()));
     let scenario = if root {
         a.scenario.clone()
     } else {
@@ -175,11 +183,14 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let info: serde_json::Value = serde_json::from_slice(&info)?;
     let url = info["url"].as_str().unwrap_or_default().to_string();
     let fingerprint = info["fingerprint"].as_str().unwrap_or_default().to_string();
-    println!("server {url} (certificate {fingerprint})");
+    say(&format!("server {url} (certificate {fingerprint})"));
 
     let admin = |args: &[&str]| -> Command {
         let mut c = Command::new(&exe);
-        c.args(args).env("PATCHCAST_DATA", &data);
+        // The demo reads its commands' text; the caller's PATCHCAST_JSON is for the demo.
+        c.args(args)
+            .env("PATCHCAST_DATA", &data)
+            .env_remove("PATCHCAST_JSON");
         c
     };
     let token = output(admin(&["token", "create", "--group", "demo"]))?;
@@ -222,7 +233,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             .with_context(|| format!("starting agent {}", e.name))?;
         fleet.0.push((e.name.into(), agent));
     }
-    println!("{} agents enrolled and running", FLEET.len());
+    say(&format!("{} agents enrolled and running", FLEET.len()));
 
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&a.packages)
         .with_context(|| format!("reading {}", a.packages.display()))?
@@ -233,7 +244,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     for p in &dirs {
         let mut c = admin(&["package", "publish"]);
         c.arg(p).arg("--key").arg(&secret);
-        println!("{}", output(c)?);
+        say(&output(c)?);
     }
 
     let mut run = admin(&["scenario", "run"]);
@@ -246,8 +257,28 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     if !status.success() {
         bail!("watching scenario {id} failed");
     }
-    println!();
-    admin(&["results", "--lang", &a.lang]).status()?;
+    if json {
+        let results: serde_json::Value =
+            serde_json::from_str(&output(admin(&["--json", "results"]))?)?;
+        let summary = serde_json::json!({
+            "dir": dir,
+            "linux_endpoints": if root { "this machine".to_string() } else { prefix.display().to_string() },
+            "server": {"url": url, "fingerprint": fingerprint, "data": data},
+            "scenario": id,
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!();
+        admin(&["results", "--lang", &a.lang]).status()?;
+    }
+    if json {
+        if !a.exit {
+            eprintln!("serving until Ctrl-C");
+            wait_for_ctrl_c(&mut fleet);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.exit {
         // The server is stopped on return: no commands to try against it.
         println!("\nlogs and agent roots: {}", dir.display());

@@ -171,6 +171,29 @@ pub fn schema(doc: SchemaDoc) -> String {
     serde_json::to_string_pretty(&schema).expect("a schema serializes") + "\n"
 }
 
+/// A usage error found after parsing (two flags clap cannot see together, as the global
+/// `--json` and a command's own format): printed as clap prints its own, exit 2.
+pub fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+/// clap value parsers: a flag with a unit is checked where it is parsed, so a wrong one is a
+/// usage error (exit 2) that names the flag.
+pub fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::model::types::parse_duration(s).map_err(|e| e.0)
+}
+
+pub fn size_arg(s: &str) -> Result<u64, String> {
+    crate::model::types::parse_size(s).map_err(|e| e.0)
+}
+
+pub fn rate_arg(s: &str) -> Result<u64, String> {
+    crate::model::types::parse_rate(s).map_err(|e| e.0)
+}
+
 /// Ends the process as `cat` ends when its reader goes away: by SIGPIPE, quietly. (SIGPIPE
 /// itself stays ignored, so a server closing a connection is an error, never a silent end.)
 pub fn end_on_closed_stdout() -> ! {
@@ -316,10 +339,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(a) => demo::run(a),
+        Command::Demo(a) => demo::run(a, cli.json),
         Command::Schedule(c) => schedule::schedule(c, cli.json),
         Command::Autoupdate(c) => schedule::autoupdate(c, cli.json),
         Command::Rollout(c) => rollout::rollout(c, cli.json),
         Command::Admin(c) => accounts::run(c, cli.json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every flag of every command, `patchcast-agent`'s too, says what it is for (positional
+    /// arguments are named in the usage line).
+    #[test]
+    fn every_flag_has_help() {
+        fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && !a.is_positional() && !a.is_hide_set() && a.get_help().is_none() {
+                    out.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    out.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                missing(sub, &path, out);
+            }
+        }
+        use clap::CommandFactory;
+        let mut out = Vec::new();
+        missing(&super::Cli::command(), "", &mut out);
+        missing(&crate::agent::cli::command(), "", &mut out);
+        assert!(out.is_empty(), "without help:\n{}", out.join("\n"));
     }
 }

@@ -32,7 +32,12 @@ pub enum PackageCmd {
     Verify {
         archive: PathBuf,
         /// Trusted public key(s) (`.pub` files).
-        #[arg(long = "key", required = true, env = "PATCHCAST_TRUSTED_KEY")]
+        #[arg(
+            long = "key",
+            required = true,
+            env = "PATCHCAST_TRUST_KEY",
+            value_delimiter = ','
+        )]
         keys: Vec<PathBuf>,
     },
     /// Upload a package to a server: a directory is linted, built and signed with --key first.
@@ -57,17 +62,42 @@ pub enum PackageCmd {
     },
     /// Write a commented package skeleton into DIR.
     New {
+        /// The kind of package the skeleton describes.
         #[arg(long, value_enum)]
         kind: Kind,
         dir: PathBuf,
     },
     /// Explain whether a package is applied on a machine described by a facts file (YAML or JSON).
+    #[command(after_long_help = FACTS_HELP)]
     Explain {
+        /// The package directory.
         dir: PathBuf,
+        /// The machine's facts (format below; `patchcast-agent identify DIR` on a machine
+        /// shows what it gathers).
         #[arg(long)]
         facts: PathBuf,
+        /// Exit 1 unless the verdict is `applied` (for scripts).
+        #[arg(long)]
+        check: bool,
     },
 }
+
+/// The facts file `package explain` reads: what an agent gathers, written by hand.
+const FACTS_HELP: &str = "\
+Facts file (YAML or JSON; a fact left out is unknown, never guessed):
+  os: windows-server-2008          # an id from `patchcast catalog os`
+  arch: x86                        # x86, x64, ia64, arm64, …
+  language: ja                     # a tag from `patchcast catalog languages`
+  service_pack: {major: 1, minor: 0}   # SP1
+  installed_updates: [KB948465]    # KB and MS numbers (Windows)
+  files:                           # path → what is known of it
+    'C:\\Windows\\system32\\netapi32.dll': {exists: true, version: 5.2.3790.4392}  # sha256: too
+  registry:                        # 'KEY\\VALUE' → data, or null when absent
+    'HKLM\\SOFTWARE\\Vendor\\App\\Version': '2.0'
+  packages: {openssl: 3.0.11-1}    # dpkg/rpm name → version, or null when not installed
+  probes: {'/usr/bin/app --version': 0}   # probe command → exit code, or null
+
+Exit status: 0, or with --check 1 unless the verdict is applied.";
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -188,7 +218,7 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        PackageCmd::Explain { dir, facts } => {
+        PackageCmd::Explain { dir, facts, check } => {
             let report = lint::lint_dir(&dir);
             let Some(pkg) = report.package else {
                 for p in &report.problems {
@@ -215,7 +245,11 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
                     println!("  [{:?}] {}: {}", c.outcome, c.check, c.detail);
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if check && id.verdict != Verdict::Applied {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -25,6 +25,7 @@ pub enum ScheduleCmd {
     },
     /// Upcoming auto-update windows per group, in each window's time zone.
     Show {
+        /// Only this group (default: every group with a policy).
         #[arg(long)]
         group: Option<String>,
         /// Openings listed per group.
@@ -52,6 +53,7 @@ pub enum AutoupdateCmd {
     /// Deliver PACKAGE to every machine of GROUP that needs it, in the group's windows.
     Assign {
         package: String,
+        /// The group whose machines receive it.
         #[arg(long)]
         group: String,
         #[command(flatten)]
@@ -60,6 +62,7 @@ pub enum AutoupdateCmd {
     /// Stop delivering PACKAGE to GROUP automatically (deliveries in flight finish).
     Unassign {
         package: String,
+        /// The group whose machines receive it.
         #[arg(long)]
         group: String,
         #[command(flatten)]

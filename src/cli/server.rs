@@ -1,11 +1,13 @@
 //! `patchcast server`: starts the management server in the foreground until Ctrl-C / SIGTERM;
 //! `server backup` and `server restore` copy everything a server is into one file and back.
 
+use crate::model::types::{Rate, Size, parse_duration};
 use crate::server::{Config, start};
 use clap::{Args, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// `patchcast server [FLAGS]` runs the server; `patchcast server backup|restore` do not.
 #[derive(Args)]
@@ -96,19 +98,19 @@ pub struct ServerArgs {
     /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
-    /// Free disk space the server keeps, in bytes (default 1 GiB); a publish that would go
-    /// below it is refused (E17).
-    #[arg(long, env = "PATCHCAST_RESERVE")]
+    /// Free disk space the server keeps (default 1GiB; `500MB`, `2GiB` or bytes); a publish
+    /// that would go below it is refused (E17).
+    #[arg(long, env = "PATCHCAST_RESERVE", value_name = "SIZE", value_parser = super::size_arg)]
     pub reserve: Option<u64>,
     /// Extra DNS name or address for the certificate (repeatable).
     #[arg(long = "name", env = "PATCHCAST_NAMES", value_delimiter = ',')]
     pub names: Vec<String>,
     /// Grace after a package's install timeout before an unheard delivery gets E13 (default 2m).
-    #[arg(long, env = "PATCHCAST_NO_REPLY_MARGIN")]
-    pub no_reply_margin: Option<String>,
+    #[arg(long, env = "PATCHCAST_NO_REPLY_MARGIN", value_name = "DURATION", value_parser = super::duration_arg)]
+    pub no_reply_margin: Option<Duration>,
     /// Long-poll length agents are told to use (default 30s).
-    #[arg(long, env = "PATCHCAST_POLL")]
-    pub poll: Option<String>,
+    #[arg(long, env = "PATCHCAST_POLL", value_name = "DURATION", value_parser = super::duration_arg)]
+    pub poll: Option<Duration>,
     /// Tests only: lets an admin set and advance this server's clock.
     #[arg(long, hide = true)]
     pub test_clock: bool,
@@ -121,8 +123,8 @@ pub struct ServerArgs {
     /// Subnet size for --max-transfers-per-subnet, IPv4 prefix length (default 24).
     #[arg(long, env = "PATCHCAST_SUBNET_PREFIX")]
     pub subnet_prefix: Option<u8>,
-    /// Bandwidth of one content download in bytes per second (default: no limit).
-    #[arg(long, env = "PATCHCAST_TRANSFER_RATE")]
+    /// Bandwidth of one content download, e.g. `10MB/s` or `512KiB/s` (default: no limit).
+    #[arg(long, env = "PATCHCAST_TRANSFER_RATE", value_name = "RATE", value_parser = super::rate_arg)]
     pub transfer_rate: Option<u64>,
     /// Also serve /metrics at ADDR, over plain HTTP and without the admin token (bind it to
     /// loopback or a management network). On the main listener /metrics needs the token.
@@ -162,8 +164,8 @@ pub struct ServerFile {
     /// Publisher public keys (`.pub`) whose packages this server accepts.
     #[serde(default)]
     pub trust_keys: Vec<PathBuf>,
-    /// Free disk space the server keeps, in bytes (default 1073741824).
-    pub reserve: Option<u64>,
+    /// Free disk space the server keeps: bytes, or a size with a unit (default `1GiB`).
+    pub reserve: Option<Size>,
     /// Extra DNS names or addresses for the certificate.
     #[serde(default)]
     pub names: Vec<String>,
@@ -177,8 +179,8 @@ pub struct ServerFile {
     pub max_transfers_per_subnet: Option<u32>,
     /// Subnet size for max_transfers_per_subnet, IPv4 prefix length (default 24).
     pub subnet_prefix: Option<u8>,
-    /// Bandwidth of one content download in bytes per second.
-    pub transfer_rate: Option<u64>,
+    /// Bandwidth of one content download: bytes per second, or with a unit (`10MB/s`).
+    pub transfer_rate: Option<Rate>,
     /// Also serve /metrics here over plain HTTP without the admin token.
     #[schemars(with = "Option<String>")]
     pub metrics_listen: Option<SocketAddr>,
@@ -313,8 +315,13 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     let data = a.data.or(file.data).ok_or_else(|| {
         anyhow::anyhow!("give --data DIR (or PATCHCAST_DATA, or `data:` in the configuration file)")
     })?;
-    let parse = |what: &str, s: &str| {
-        crate::model::types::parse_duration(s).map_err(|e| anyhow::anyhow!("--{what}: {}", e.0))
+    // The file's durations are read here, named by their key; flags were checked by clap.
+    let duration = |key: &str, s: Option<String>| -> anyhow::Result<Option<Duration>> {
+        s.map(|s| {
+            parse_duration(&s)
+                .map_err(|e| anyhow::anyhow!("`{key}` in the configuration file: {}", e.0))
+        })
+        .transpose()
     };
     let database = match a.database.url()? {
         Some(u) => Some(u),
@@ -323,8 +330,10 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             (d, _) => d,
         },
     };
-    let no_reply_margin = a.no_reply_margin.or(file.no_reply_margin);
-    let poll = a.poll.or(file.poll);
+    let no_reply_margin = a
+        .no_reply_margin
+        .or(duration("no_reply_margin", file.no_reply_margin)?);
+    let poll = a.poll.or(duration("poll", file.poll)?);
     let cfg = Config {
         listen: a
             .listen
@@ -332,19 +341,16 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "127.0.0.1:8443".parse().expect("a valid address")),
         database,
         trust_keys: either(a.trust_keys, file.trust_keys),
-        reserve: a.reserve.or(file.reserve).unwrap_or(1 << 30),
+        reserve: a.reserve.or(file.reserve.map(|s| s.0)).unwrap_or(1 << 30),
         names: either(a.names, file.names),
-        no_reply_margin: parse(
-            "no-reply-margin",
-            no_reply_margin.as_deref().unwrap_or("2m"),
-        )?,
-        poll_ms: parse("poll", poll.as_deref().unwrap_or("30s"))?.as_millis() as u64,
+        no_reply_margin: no_reply_margin.unwrap_or(Duration::from_secs(120)),
+        poll_ms: poll.unwrap_or(Duration::from_secs(30)).as_millis() as u64,
         test_clock: a.test_clock,
         caps: crate::server::caps::Caps {
             max_transfers: a.max_transfers.or(file.max_transfers),
             max_transfers_per_subnet: a.max_transfers_per_subnet.or(file.max_transfers_per_subnet),
             subnet_prefix_v4: a.subnet_prefix.or(file.subnet_prefix).unwrap_or(24),
-            transfer_rate: a.transfer_rate.or(file.transfer_rate),
+            transfer_rate: a.transfer_rate.or(file.transfer_rate.map(|r| r.0)),
             ..Default::default()
         },
         metrics_listen: a.metrics_listen.or(file.metrics_listen),

@@ -273,6 +273,39 @@ fn explain_a_sample_against_machine_facts() {
         facts.to_str().unwrap(),
     ]);
     assert!(text(&o).contains("not applicable"), "{}", text(&o));
+    // --check: exit 1 unless applied.
+    let check = |facts: &std::path::Path| {
+        patchcast(&[
+            "package",
+            "explain",
+            "packages/ms08-067-ws2003-ja",
+            "--check",
+            "--facts",
+            facts.to_str().unwrap(),
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(check(&facts), Some(1));
+    // The format the help documents is the format explain reads.
+    let help = text(&patchcast(&["package", "explain", "--help"]));
+    let example: String = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Facts file"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    assert!(example.contains("installed_updates"), "{help}");
+    let documented = tmp.path().join("documented.yaml");
+    std::fs::write(
+        &documented,
+        example
+            .replace("windows-server-2008", "windows-server-2003-enterprise")
+            .replace("[KB948465]", "[KB958644]"),
+    )
+    .unwrap();
+    assert_eq!(check(&documented), Some(0), "{example}");
 }
 
 #[test]
@@ -378,6 +411,27 @@ fn exit_codes_are_cargos() {
         "{err}"
     );
     assert!(err["code"].is_null(), "{err}");
+    // Two output formats at once is a usage error.
+    let o = patchcast(&["--json", "results", "--csv"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--csv"), "{}", text(&o));
+    // A value without a valid unit is a usage error that names the flag.
+    let o = patchcast(&["server", "--data", "/nonexistent", "--reserve", "lots"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--reserve") && text(&o).contains("1GiB"),
+        "{}",
+        text(&o)
+    );
+    let o = patchcast(&[
+        "server",
+        "--data",
+        "/nonexistent",
+        "--transfer-rate",
+        "fast",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("10MB/s"), "{}", text(&o));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `patchcast demo` run by an ordinary user (issue 15 item 8): the Linux endpoints install
 //! into their own prefix under the demo directory, their file rules follow it, the dpkg sample
-//! is left out with its reason, and nothing ends `failed(E21)` for want of root.
+//! is left out with its reason, and nothing ends `failed(E21)` for want of root. Run with
+//! `--json`: the narration goes to stderr and stdout is one object with the results.
 
 use crate::common::agent_harness::root_or_skip;
 use std::os::unix::fs::PermissionsExt;
@@ -48,7 +49,7 @@ fn demo_as_an_unprivileged_user_installs_into_its_own_prefix() {
             "--clear-groups",
         ])
         .arg(&exe)
-        .args(["demo", "--exit", "--dir"])
+        .args(["--json", "demo", "--exit", "--dir"])
         .arg(&dir)
         .arg("--packages")
         .arg(repo.join("packages"))
@@ -60,14 +61,13 @@ fn demo_as_an_unprivileged_user_installs_into_its_own_prefix() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let all = format!(
-        "{stdout}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n--- stderr\n{stderr}");
     assert!(out.status.success(), "{all}");
 
+    // With --json the narration is on stderr, and stdout is one JSON object.
     let prefix = dir.canonicalize().unwrap().join("prefix");
-    let first = stdout.lines().next().unwrap_or_default();
+    let first = stderr.lines().next().unwrap_or_default();
     assert_eq!(
         first,
         format!(
@@ -76,27 +76,35 @@ fn demo_as_an_unprivileged_user_installs_into_its_own_prefix() {
         ),
         "{all}"
     );
+    let summary: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{all}"));
+    assert_eq!(
+        summary["linux_endpoints"],
+        prefix.display().to_string(),
+        "{all}"
+    );
+    let rows = summary["results"]["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{all}"));
     assert!(
-        !stdout.contains("E21"),
+        rows.iter().all(|r| r["last_code"] != "E21"),
         "a Linux endpoint lacked a permission:\n{all}"
     );
     let sample = std::fs::read(repo.join("packages/linux-hello-script/patchcast-hello")).unwrap();
     for name in ["linux-1", "linux-2"] {
-        let rows: Vec<&str> = stdout
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name} ")))
-            .collect();
+        let rows: Vec<_> = rows.iter().filter(|r| r["hostname"] == name).collect();
         assert!(
-            rows.iter()
-                .any(|l| l.contains(" linux-hello-script ") && l.contains(" applied ")),
+            rows.iter().any(
+                |r| r["package_id"] == "linux-hello-script" && r["state"]["state"] == "applied"
+            ),
             "{name}: linux-hello-script not applied:\n{all}"
         );
         assert!(
-            !rows.iter().any(|l| l.contains("linux-hello-deb")),
+            !rows.iter().any(|r| r["package_id"] == "linux-hello-deb"),
             "{name}: the dpkg sample was delivered:\n{all}"
         );
         assert!(
-            rows.iter().all(|l| !l.contains("failed(")),
+            rows.iter().all(|r| r["state"]["state"] != "failed"),
             "{name}: a delivery failed:\n{all}"
         );
         // Installed into the endpoint's own prefix, and identified there.

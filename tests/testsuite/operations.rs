@@ -345,7 +345,7 @@ async fn configuration_file(backend: Backend) {
     let listen = free_addr();
     // Relative paths are relative to the file, not to the working directory.
     let mut yaml = format!(
-        "# yaml-language-server: $schema=../../schemas/server-config.schema.json\ndata: ../data\nlisten: {listen}\nreserve: 0\nlog_format: json\n"
+        "# yaml-language-server: $schema=../../schemas/server-config.schema.json\ndata: ../data\nlisten: {listen}\nreserve: 1KiB\ntransfer_rate: 100MB/s\npoll: 2s\nlog_format: json\n"
     );
     if let Some(db) = &database {
         std::fs::write(etc.join("database.url"), db).unwrap();

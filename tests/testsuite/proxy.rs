@@ -1,6 +1,6 @@
 //! Agents and the admin CLI through a real HTTP CONNECT proxy (tinyproxy on loopback, asking
-//! for Basic credentials; scripts/tinyproxy.sh): an agent enrolls and carries out a delivery
-//! through it, the admin CLI works through it, and a server with another certificate behind
+//! for Basic credentials; scripts/tinyproxy.sh): an agent enrolls through it, remembers it,
+//! and runs doctor and a delivery through it, the admin CLI works through it, and a server with another certificate behind
 //! the same proxy is refused (the proxy only tunnels; the pin is checked end to end).
 
 use crate::common::agent_harness::{AgentProc, BIN as AGENT};
@@ -77,7 +77,7 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
     // Enrollment with --proxy and a credentials file.
     let before = proxy.connects_to(&target);
     let o = Command::new(AGENT)
-        .args(["enroll", "--root"])
+        .args(["enroll", "--json", "--root"])
         .arg(&agent.root)
         .args([
             "--server",
@@ -92,19 +92,40 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
         .output()
         .unwrap();
     assert!(o.status.success(), "enroll: {}", text(&o));
+    let enrolled: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    assert_eq!(enrolled["fingerprint"], server.fingerprint, "{enrolled}");
+    assert_eq!(enrolled["proxy"], proxy.url, "{enrolled}");
+    assert!(
+        enrolled["machine_id"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{enrolled}"
+    );
     let after_enroll = proxy.connects_to(&target);
     assert!(
         after_enroll > before,
         "the proxy saw the enrollment's CONNECT"
     );
 
-    // The service through HTTPS_PROXY, credentials in the variable as proxies usually take them.
-    let with_creds = proxy.url.replacen(
-        "http://",
-        &format!("http://{}:{}@", proxy.user, proxy.password),
-        1,
-    );
-    agent.start_with(&[("HTTPS_PROXY", Path::new(&with_creds))]);
+    // Enrollment remembered the proxy (its URL and the credentials file's path, never the
+    // password), so doctor and the service reach the server through it without flags, as a
+    // service manager without the shell's environment starts them.
+    let saved = std::fs::read_to_string(agent.root.join("agent.json")).unwrap();
+    assert!(saved.contains(&proxy.url), "{saved}");
+    assert!(!saved.contains(&proxy.password), "{saved}");
+    let o = Command::new(AGENT)
+        .args(["doctor", "--json", "--root"])
+        .arg(&agent.root)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "doctor through the proxy: {}", text(&o));
+    let after_doctor = proxy.connects_to(&target);
+    assert!(after_doctor > after_enroll, "doctor went through the proxy");
+    let after_enroll = after_doctor;
+    agent.start();
     let admin = server.admin();
     let id = admin
         .run_scenario(&scenario("proxied", "proxied", &["ws2008-sp2"]))

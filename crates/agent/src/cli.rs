@@ -36,12 +36,30 @@ struct ProxyArgs {
 }
 
 impl ProxyArgs {
-    fn configure(&self) -> anyhow::Result<()> {
+    /// The flags, or else what `enroll` saved under `enrolled` (a root), or else the
+    /// environment (HTTPS_PROXY, NO_PROXY) decide this process's proxy.
+    fn configure(&self, enrolled: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let saved = enrolled
+            .and_then(|r| crate::config::AgentConfig::load(&crate::config::Root(r.into())).ok())
+            .map(|c| c.proxy)
+            .unwrap_or_default();
+        let given = self.saved();
+        let chosen = if given.is_none() { saved } else { given };
         patchcast_proto::proxy::configure_from(
-            self.proxy.as_deref(),
-            self.proxy_credentials_file.as_deref(),
+            chosen.url.as_deref(),
+            chosen.credentials_file.as_deref(),
         )?;
         Ok(())
+    }
+
+    fn saved(&self) -> crate::config::SavedProxy {
+        crate::config::SavedProxy {
+            url: self.proxy.clone(),
+            credentials_file: self
+                .proxy_credentials_file
+                .as_ref()
+                .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+        }
     }
 }
 
@@ -53,6 +71,7 @@ enum Cmd {
     /// Enroll this machine with a patchcast server (once): stores the credential and pins the
     /// server's certificate fingerprint under --root.
     Enroll {
+        /// The agent's directory: its enrollment, credential, journal and work files.
         #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
         root: PathBuf,
         /// https://HOST:PORT of the management server.
@@ -73,12 +92,17 @@ enum Cmd {
         /// The server certificate's fingerprint as the server prints it (`sha256:HEX`).
         #[arg(long, env = "PATCHCAST_SERVER_FINGERPRINT")]
         fingerprint: String,
+        /// A proxy given here is remembered in ROOT/agent.json for `run` and `doctor`.
         #[command(flatten)]
         proxy: ProxyArgs,
+        /// Print the enrollment as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Check this machine's way to its server: name resolution, TCP, the pinned certificate,
     /// the credential. Each failure names its code and remedy; exits 1 if any check fails.
     Doctor {
+        /// The agent's directory: its enrollment, credential, journal and work files.
         #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
         root: PathBuf,
         /// Language of the remedies: en or ja.
@@ -87,32 +111,37 @@ enum Cmd {
         /// One JSON array of checks instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        proxy: ProxyArgs,
     },
     /// Run the agent in the foreground: long-poll the server and carry out deliveries.
     /// SIGTERM or Ctrl-C stops it cleanly; an interrupted delivery resumes at the next start.
     Run {
+        /// The agent's directory: its enrollment, credential, journal and work files.
         #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
         root: PathBuf,
         /// Really restart the machine when a delivery needs it and the server allows it
         /// (otherwise the restart is recorded in ROOT/reboots.log).
         #[arg(long, env = "PATCHCAST_ALLOW_REBOOT_FOR_REAL")]
         allow_reboot_for_real: bool,
-        /// Longest wait between reconnects, in milliseconds (tests shorten it).
+        /// Longest wait between reconnects (tests shorten it).
         #[arg(
             long,
-            env = "PATCHCAST_AGENT_BACKOFF_MAX_MS",
-            default_value_t = 60_000,
+            env = "PATCHCAST_AGENT_BACKOFF_MAX",
+            default_value = "60s",
+            value_parser = duration_arg,
             hide = true
         )]
-        backoff_max_ms: u64,
-        /// How often a running install is announced to the server, in milliseconds.
+        backoff_max: std::time::Duration,
+        /// How often a running install is announced to the server.
         #[arg(
             long,
-            env = "PATCHCAST_AGENT_HEARTBEAT_MS",
-            default_value_t = 30_000,
+            env = "PATCHCAST_AGENT_HEARTBEAT",
+            default_value = "30s",
+            value_parser = duration_arg,
             hide = true
         )]
-        heartbeat_ms: u64,
+        heartbeat: std::time::Duration,
         /// Log lines as text (default) or JSON, one object a line; on stderr, or in
         /// ROOT/agent.log (rotated at 10 MiB, three kept) when running as a Windows service.
         #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum, default_value = "text")]
@@ -125,6 +154,10 @@ enum Cmd {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+}
+
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    patchcast_core::model::types::parse_duration(s).map_err(|e| e.0)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -221,9 +254,11 @@ where
             token_file,
             fingerprint,
             proxy,
+            json,
         } => {
             init_logging();
-            if let Err(e) = proxy.configure() {
+            // Enrollment decides from the flags and the environment, not an older agent.json.
+            if let Err(e) = proxy.configure(None) {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }
@@ -240,10 +275,18 @@ where
                     &server,
                     &token,
                     &fingerprint,
+                    proxy.saved(),
                 )),
                 Err(e) => Err(e),
             };
             match r {
+                Ok(cfg) if json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"machine_id": cfg.machine_id, "server": cfg.server, "fingerprint": cfg.fingerprint, "root": root, "proxy": cfg.proxy.url})
+                    );
+                    ExitCode::SUCCESS
+                }
                 Ok(cfg) => {
                     println!(
                         "enrolled as machine {} with {} (certificate {} pinned); start the agent with `patchcast-agent run --root {}`",
@@ -263,8 +306,8 @@ where
         Cmd::Run {
             root,
             allow_reboot_for_real,
-            backoff_max_ms,
-            heartbeat_ms,
+            backoff_max,
+            heartbeat,
             log_format,
             install_root,
             proxy,
@@ -283,15 +326,15 @@ where
                     return ExitCode::from(2);
                 }
             }
-            if let Err(e) = proxy.configure() {
+            if let Err(e) = proxy.configure(Some(&root)) {
                 eprintln!("error: {e:#}");
                 return ExitCode::FAILURE;
             }
             let opts = crate::service::Options {
                 root,
                 allow_real_reboot: allow_reboot_for_real,
-                backoff_max: std::time::Duration::from_millis(backoff_max_ms.max(1)),
-                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(100)),
+                backoff_max,
+                heartbeat: heartbeat.max(std::time::Duration::from_millis(100)),
             };
             // As a service, it logs to a file (windows::service); from a console, to stderr.
             #[cfg(windows)]
@@ -324,7 +367,16 @@ where
                 }
             }
         }
-        Cmd::Doctor { root, lang, json } => {
+        Cmd::Doctor {
+            root,
+            lang,
+            json,
+            proxy,
+        } => {
+            if let Err(e) = proxy.configure(Some(&root)) {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
             let lang = patchcast_core::errors::Lang::from_tag(&lang);
             let checks = runtime().block_on(crate::doctor::run(&crate::config::Root(root), lang));
             if json {

@@ -1,7 +1,8 @@
 //! What enrollment leaves under the agent's root directory, and where everything else lives.
 //!
 //! `agent.json` holds the server address, the pinned certificate fingerprint, the machine id,
-//! the publisher keys packages must be signed with, and the poll interval; `credential` holds
+//! the publisher keys packages must be signed with, the poll interval and the proxy enrollment
+//! was given; `credential` holds
 //! the agent's secret (mode 0600, never logged).
 
 use anyhow::{Context, Result};
@@ -18,6 +19,26 @@ pub struct AgentConfig {
     pub machine_id: String,
     pub publisher_keys: Vec<String>,
     pub poll_ms: u64,
+    /// The proxy `enroll` was given, so `run` and `doctor` (started later, by a service
+    /// manager without the shell's environment) reach the server the same way.
+    #[serde(default, skip_serializing_if = "SavedProxy::is_none")]
+    pub proxy: SavedProxy,
+}
+
+/// A proxy as given on the command line: its URL and the path of its credentials file,
+/// never the credentials themselves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedProxy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl SavedProxy {
+    pub fn is_none(&self) -> bool {
+        self.url.is_none() && self.credentials_file.is_none()
+    }
 }
 
 /// Paths under the agent's root directory.

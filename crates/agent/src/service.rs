@@ -48,6 +48,7 @@ pub async fn enroll(
     server: &str,
     token: &str,
     fingerprint: &str,
+    proxy: crate::config::SavedProxy,
 ) -> Result<AgentConfig> {
     check_fingerprint(fingerprint)?;
     if !server.starts_with("https://") {
@@ -75,6 +76,7 @@ pub async fn enroll(
         machine_id: resp.machine_id,
         publisher_keys: resp.publisher_keys,
         poll_ms: resp.poll_ms,
+        proxy,
     };
     cfg.trusted_keys()
         .context("the server sent publisher keys this agent cannot use")?;

@@ -228,8 +228,8 @@ impl AgentProc {
         let child = self
             .command("run")
             .envs(env.iter().copied())
-            .env("PATCHCAST_AGENT_BACKOFF_MAX_MS", "1000")
-            .env("PATCHCAST_AGENT_HEARTBEAT_MS", "200")
+            .env("PATCHCAST_AGENT_BACKOFF_MAX", "1s")
+            .env("PATCHCAST_AGENT_HEARTBEAT", "200ms")
             .env("PATCHCAST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

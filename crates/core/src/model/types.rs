@@ -230,9 +230,108 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, FormatError> {
     }
 }
 
+/// Parses a size such as `1GiB`, `500MB`, `64 KiB` or a plain number of bytes. `KB`, `MB`…
+/// are powers of 1000 and `KiB`, `MiB`… of 1024, as `ls --si` and `ls -h` print them.
+pub fn parse_size(s: &str) -> Result<u64, FormatError> {
+    match s.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) => Ok(b.as_u64()),
+        Err(_) => Err(FormatError(format!(
+            "`{s}` is not a size; expected a number of bytes or a number with a unit, e.g. 1GiB, 500MB"
+        ))),
+    }
+}
+
+/// Parses a bandwidth such as `10MB/s` or `512KiB/s` (a bare size is per second too), in
+/// bytes per second; zero is refused (leave the limit out for none).
+pub fn parse_rate(s: &str) -> Result<u64, FormatError> {
+    let size = s.trim().strip_suffix("/s").unwrap_or(s);
+    match parse_size(size) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(FormatError(format!(
+            "`{s}` is not a bandwidth; expected a size per second, e.g. 10MB/s, 512KiB/s"
+        ))),
+    }
+}
+
+/// A size in a configuration file: a number of bytes, or a string with a unit (`1GiB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Size(pub u64);
+
+/// A bandwidth in a configuration file: bytes per second, or a string (`10MB/s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Rate(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(Size(n)),
+            NumberOrText::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => Ok(Rate(n)),
+            NumberOrText::Text(t) => parse_rate(&t).map(Rate).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+macro_rules! number_or_text_schema {
+    ($name:ident, $example:literal) => {
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "oneOf": [
+                        {"type": "integer", "minimum": 0},
+                        {"type": "string", "examples": [$example]}
+                    ]
+                })
+            }
+        }
+    };
+}
+number_or_text_schema!(Size, "1GiB");
+number_or_text_schema!(Rate, "10MB/s");
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_rates_take_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("64 KiB").unwrap(), 65536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_rate("10MB/s").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("512KiB/s").unwrap(), 524_288);
+        for bad in ["", "lots", "1 parsec", "-1GB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        for bad in ["0/s", "0", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        let s: Size = serde_json::from_str("\"2GiB\"").unwrap();
+        assert_eq!(s, Size(2 << 30));
+        let r: Rate = serde_json::from_str("1000").unwrap();
+        assert_eq!(r, Rate(1000));
+        assert!(serde_json::from_str::<Size>("\"huge\"").is_err());
+    }
 
     #[test]
     fn ms_numbers() {
