@@ -40,6 +40,14 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
 fi
 chromium --version
 
+step "nftables (the fault trials drop and reset agents' packets in network namespaces)"
+if ! command -v nft >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
+        --no-install-recommends nftables
+fi
+nft --version
+
 step "Samba (private smbd on loopback, for the SMB and update source tests)"
 if [ -z "${PATCHCAST_TEST_SMB:-}" ]; then
     SMB_DIR=$(mktemp -d /tmp/patchcast-smb.XXXXXX)

@@ -116,6 +116,18 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
             println!("{line}");
         }
     };
+    // Checked before anything starts: outside a checkout the defaults do not exist.
+    for (path, flag, default) in [
+        (&a.packages, "--packages", "packages/"),
+        (&a.scenario, "--scenario", "scenarios/demo.yaml"),
+    ] {
+        if !path.exists() {
+            bail!(
+                "{} not found: run the demo from a patchcast checkout, or give {flag} the checkout's {default}",
+                path.display()
+            );
+        }
+    }
     let exe = std::env::current_exe().context("finding this executable")?;
     let dir = match a.dir {
         Some(d) => d,

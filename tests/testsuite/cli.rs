@@ -434,6 +434,21 @@ fn exit_codes_are_cargos() {
     assert!(text(&o).contains("10MB/s"), "{}", text(&o));
 }
 
+/// Outside a checkout the demo names the flag to give, before it starts anything.
+#[test]
+fn demo_outside_a_checkout_points_at_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_patchcast"))
+        .args(["demo", "--exit", "--dir"])
+        .arg(tmp.path().join("demo"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("give --packages"), "{}", text(&o));
+    assert!(!tmp.path().join("demo").exists(), "nothing was started");
+}
+
 #[test]
 fn completions_and_man_pages_come_from_the_cli_itself() {
     for shell in ["bash", "zsh", "fish", "powershell"] {

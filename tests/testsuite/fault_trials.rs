@@ -1,8 +1,13 @@
 //! Fault-injection trials (issue 12): one package rolled out to N real `patchcast-agent`
 //! processes on this machine while, at seeded random moments, the server or an agent is
-//! killed with SIGKILL and restarted, and the connections of some agents (each behind its own
-//! `common::fault_proxy`) are reset, closed, stalled, blackholed or delayed. Then the faults
-//! stop, everything settles, and the trial checks what must hold whatever happened:
+//! killed with SIGKILL and restarted, the connections of some agents (each behind its own
+//! `common::fault_proxy`) are reset, closed, stalled, blackholed or delayed, and (as root)
+//! the packets of others, each in its own network namespace (`common::netns`), are dropped
+//! at random, answered with TCP resets by the kernel or cut off by nftables rules. Even
+//! seeds allow two attempts instead of five, so deliveries also end failed with a code.
+//! Then the faults stop, everything settles, and the trial checks what must hold whatever
+//! happened (one agent in ten has an installer that always fails, so some deliveries end
+//! failed whatever the faults):
 //!
 //! - every machine has exactly one delivery (no result lost, none doubled);
 //! - every delivery is terminal: applied, or failed / loop_detected with a result code;
@@ -20,6 +25,7 @@
 
 use crate::common::agent_harness::AgentProc;
 use crate::common::fault_proxy::{FaultProxy, Mode};
+use crate::common::netns::{self, NetFault, NetNs};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use crate::common::sources_harness::publish;
 use patchcast::core::delivery::State;
@@ -33,6 +39,9 @@ const PACKAGE: &str = "fault-pkg";
 /// What the signed payload writes into the marker, and nothing else does.
 const MARKER_TEXT: &str = "written by the signed payload of fault-pkg\n";
 const MARKER_VAR: &str = "FAULT_TRIAL_MARKER";
+/// Set for the agents whose installer always fails (exit 3): their deliveries must end
+/// failed with a code, whatever the faults, and never applied.
+const FAIL_VAR: &str = "FAULT_TRIAL_FAIL";
 
 /// xorshift64*: small and seeded; a seed replays the same faults in the same order (how many
 /// fit in the fault window depends on the clock).
@@ -62,6 +71,8 @@ pub struct TrialOutcome {
     pub server_kills: u32,
     pub agent_kills: u32,
     pub proxy_faults: u32,
+    /// nftables rules set in agents' namespaces.
+    pub net_faults: u32,
     /// Deliveries already terminal when the faults stopped.
     pub ended_under_faults: usize,
     pub applied: usize,
@@ -78,12 +89,13 @@ pub struct TrialOutcome {
 impl TrialOutcome {
     pub fn line(&self) -> String {
         format!(
-            "seed {} agents {} server_kills {} agent_kills {} proxy_faults {} ended_under_faults {} | applied {} failed {:?} ran_not_applied {} | violations {} | {:.1}s",
+            "seed {} agents {} server_kills {} agent_kills {} proxy_faults {} net_faults {} ended_under_faults {} | applied {} failed {:?} ran_not_applied {} | violations {} | {:.1}s",
             self.seed,
             self.agents,
             self.server_kills,
             self.agent_kills,
             self.proxy_faults,
+            self.net_faults,
             self.ended_under_faults,
             self.applied,
             self.codes,
@@ -101,7 +113,7 @@ fn package(dir: &Path) -> PathBuf {
     std::fs::write(
         d.join("run.sh"),
         format!(
-            "#!/bin/sh\nsleep 0.3\nprintf '{}' > \"${MARKER_VAR}.tmp\" && mv \"${MARKER_VAR}.tmp\" \"${MARKER_VAR}\"\n",
+            "#!/bin/sh\nsleep 0.3\n[ -n \"${FAIL_VAR}\" ] && exit 3\nprintf '{}' > \"${MARKER_VAR}.tmp\" && mv \"${MARKER_VAR}.tmp\" \"${MARKER_VAR}\"\n",
             MARKER_TEXT.replace('\n', "\\n")
         ),
     )
@@ -121,15 +133,23 @@ struct Agent {
     marker: PathBuf,
     machine_id: String,
     proxy: Option<FaultProxy>,
+    /// The agent's own namespace; its proxy (on the host end of the link) only passes.
+    net: Option<NetNs>,
+    /// Its installer always fails.
+    fails: bool,
 }
 
 impl Agent {
     fn start(&mut self) {
         let marker = self.marker.clone();
-        self.proc.start_with(&[
-            (MARKER_VAR, &marker),
+        let mut env = vec![
+            (MARKER_VAR, marker.as_path()),
             ("PATCHCAST_TRANSFER_IDLE_SECS", Path::new("1")),
-        ]);
+        ];
+        if self.fails {
+            env.push((FAIL_VAR, Path::new("1")));
+        }
+        self.proc.start_with(&env);
     }
 }
 
@@ -138,7 +158,8 @@ fn restart_server(server: &mut TestServer) {
     tokio::task::block_in_place(|| server.spawn());
 }
 
-/// One trial: `agents` agents (two in five behind a fault proxy), faults for `fault_ms`.
+/// One trial: `agents` agents (two in five behind a fault proxy, one in five in a network
+/// namespace when root can make them), faults for `fault_ms`.
 pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) -> TrialOutcome {
     let started = Instant::now();
     let mut out = TrialOutcome {
@@ -156,15 +177,19 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
     publish(&server, &package(&server.path().join("pkgs")), &[]);
     let token = server.group_token(GROUP).await;
     let mut fleet: Vec<Agent> = Vec::new();
+    let namespaces = netns::available();
     for i in 0..agents {
         let root = server.path().join(format!("agents/a{i:03}"));
-        let proxy = if i % 5 < 2 {
-            Some(FaultProxy::start(&server.url).await)
-        } else {
-            None
+        let net = (i % 5 == 2 && namespaces).then(NetNs::create);
+        let proxy = match (&net, i % 5 < 2) {
+            // The server listens on loopback; the namespace reaches it through the link.
+            (Some(ns), _) => Some(FaultProxy::start_on(&server.url, &ns.host_ip).await),
+            (None, true) => Some(FaultProxy::start(&server.url).await),
+            (None, false) => None,
         };
         let url = proxy.as_ref().map_or(server.url.clone(), |p| p.url.clone());
-        let proc = AgentProc::new(&root);
+        let mut proc = AgentProc::new(&root);
+        proc.netns = net.as_ref().map(|n| n.name.clone());
         let (ok, text) = proc.enroll(&url, &token, &server.fingerprint).await;
         assert!(ok, "enroll a{i:03}: {text}");
         let cfg: serde_json::Value =
@@ -174,19 +199,25 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
             machine_id: cfg["machine_id"].as_str().unwrap().to_string(),
             proc,
             proxy,
+            net,
+            fails: i % 10 == 9,
         };
         a.start();
         fleet.push(a);
     }
     let mut sc = scenario("fault-trial", GROUP, &[PACKAGE]);
     // Bounded: a delivery that keeps failing ends failed with its code, which is allowed.
-    sc.max_attempts = 5;
+    // Two attempts on even seeds, so that ending failed under faults is exercised too.
+    sc.max_attempts = if seed % 2 == 0 { 2 } else { 5 };
     // A few at a time, so the rollout spans the faults instead of ending before them.
     sc.max_concurrent = Some((agents / 4).max(2) as u32);
     let scenario_id = server.admin().run_scenario(&sc).await.unwrap().id;
 
     // The faults, at seeded random moments.
-    let proxied: Vec<usize> = (0..agents).filter(|&i| fleet[i].proxy.is_some()).collect();
+    let proxied: Vec<usize> = (0..agents)
+        .filter(|&i| fleet[i].proxy.is_some() && fleet[i].net.is_none())
+        .collect();
+    let namespaced: Vec<usize> = (0..agents).filter(|&i| fleet[i].net.is_some()).collect();
     let until = Instant::now() + Duration::from_millis(fault_ms);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.range(50, 600))).await;
@@ -203,6 +234,17 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
                 out.agent_kills += 1;
                 tokio::time::sleep(Duration::from_millis(rng.range(0, 1000))).await;
                 a.start();
+            }
+            35..55 if !namespaced.is_empty() => {
+                let i = namespaced[rng.range(0, namespaced.len() as u64) as usize];
+                let fault = match rng.range(0, 4) {
+                    0 => NetFault::Clear,
+                    1 => NetFault::Loss(rng.range(10, 60) as u32),
+                    2 => NetFault::Reset,
+                    _ => NetFault::Partition,
+                };
+                fleet[i].net.as_ref().unwrap().set(fault);
+                out.net_faults += 1;
             }
             _ if !proxied.is_empty() => {
                 let i = proxied[rng.range(0, proxied.len() as u64) as usize];
@@ -238,6 +280,9 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
     for a in &fleet {
         if let Some(p) = &a.proxy {
             p.set(Mode::Pass);
+        }
+        if let Some(n) = &a.net {
+            n.set(NetFault::Clear);
         }
     }
     let rows = settle(&server, &scenario_id, Duration::from_secs(150)).await;
@@ -326,6 +371,12 @@ fn check(out: &mut TrialOutcome, fleet: &[Agent], rows: &[DeliveryRow]) {
         if marker.as_deref().is_some_and(|m| m != MARKER_TEXT) {
             v.push(format!("{who}: the marker holds {marker:?}"));
         }
+        if agent.fails && !matches!(r.state, State::Failed { .. }) {
+            v.push(format!(
+                "{who}: its installer always fails, yet it ended {}",
+                r.state.name()
+            ));
+        }
         match &r.state {
             State::Applied => {
                 out.applied += 1;
@@ -382,12 +433,21 @@ fn check(out: &mut TrialOutcome, fleet: &[Agent], rows: &[DeliveryRow]) {
 }
 
 async fn a_handful_of_trials(backend: Backend) {
+    let mut net_faults = 0;
     for seed in [1, 2, 3] {
         let o = trial(seed, 10, backend, 4000).await;
         eprintln!("fault trial {backend:?}: {}", o.line());
         assert!(o.violations.is_empty(), "{}\n{:#?}", o.line(), o.violations);
         assert_eq!(o.applied + o.codes.values().sum::<usize>(), 10);
+        // The one agent whose installer fails (a09) ended failed with a code.
+        assert!(o.codes.values().sum::<usize>() >= 1, "{}", o.line());
+        net_faults += o.net_faults;
     }
+    // As root (always under CI) the kernel's faults were among them.
+    assert!(
+        net_faults > 0 || !netns::available(),
+        "no nftables fault was set"
+    );
 }
 both_backends!(a_handful_of_trials);
 
@@ -423,6 +483,7 @@ async fn many() {
         totals.server_kills += o.server_kills;
         totals.agent_kills += o.agent_kills;
         totals.proxy_faults += o.proxy_faults;
+        totals.net_faults += o.net_faults;
         totals.applied += o.applied;
         totals.ended_under_faults += o.ended_under_faults;
         totals.ran_not_applied += o.ran_not_applied;
@@ -435,7 +496,7 @@ async fn many() {
         }
     }
     println!(
-        "SUMMARY {backend:?}: trials {trials} deliveries {} applied {} failed {:?} ran_not_applied {} server_kills {} agent_kills {} proxy_faults {} ended_under_faults {} trials_with_violations {} {:?} in {:.0}s",
+        "SUMMARY {backend:?}: trials {trials} deliveries {} applied {} failed {:?} ran_not_applied {} server_kills {} agent_kills {} proxy_faults {} net_faults {} ended_under_faults {} trials_with_violations {} {:?} in {:.0}s",
         totals.agents,
         totals.applied,
         totals.codes,
@@ -443,6 +504,7 @@ async fn many() {
         totals.server_kills,
         totals.agent_kills,
         totals.proxy_faults,
+        totals.net_faults,
         totals.ended_under_faults,
         failed.len(),
         failed,

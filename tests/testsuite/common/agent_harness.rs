@@ -160,6 +160,8 @@ pub struct AgentProc {
     pub runs: u32,
     /// The Windows build under Wine instead of the native binary.
     pub wine: Option<Wine>,
+    /// The network namespace the agent runs in (`common::netns`), when not this machine's.
+    pub netns: Option<String>,
 }
 
 impl AgentProc {
@@ -170,6 +172,7 @@ impl AgentProc {
             child: None,
             runs: 0,
             wine: None,
+            netns: None,
         }
     }
 
@@ -183,9 +186,15 @@ impl AgentProc {
 
     /// The agent program with `ARGS --root ROOT` ready for the subcommand's own flags.
     fn command(&self, subcommand: &str) -> Command {
-        let (mut cmd, root) = match &self.wine {
-            None => (Command::new(BIN), self.root.as_os_str().to_owned()),
-            Some(w) => (w.command(&w.agent), w.windows_path(&self.root).into()),
+        let (mut cmd, root) = match (&self.wine, &self.netns) {
+            (None, None) => (Command::new(BIN), self.root.as_os_str().to_owned()),
+            (None, Some(ns)) => {
+                // `ip netns exec` execs the agent: the child's pid is the agent's own.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                (c, self.root.as_os_str().to_owned())
+            }
+            (Some(w), _) => (w.command(&w.agent), w.windows_path(&self.root).into()),
         };
         cmd.args([subcommand, "--root"]).arg(root);
         cmd

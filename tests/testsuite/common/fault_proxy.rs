@@ -33,12 +33,18 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy on a free loopback port in front of `upstream` (`https://host:port`).
     pub async fn start(upstream: &str) -> FaultProxy {
+        FaultProxy::start_on(upstream, "127.0.0.1").await
+    }
+
+    /// The same on a free port of `ip`, one of this machine's addresses (the host end of a
+    /// `netns` link, for an agent in its own namespace).
+    pub async fn start_on(upstream: &str, ip: &str) -> FaultProxy {
         let up: SocketAddr = upstream
             .trim_start_matches("https://")
             .trim_end_matches('/')
             .parse()
             .expect("upstream host:port");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let m = mode.clone();

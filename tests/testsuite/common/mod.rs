@@ -4,6 +4,7 @@ pub mod agent_harness;
 pub mod browser;
 pub mod crafted;
 pub mod fault_proxy;
+pub mod netns;
 pub mod proxy_env;
 pub mod scripted_server;
 pub mod server_harness;
