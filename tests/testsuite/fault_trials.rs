@@ -208,7 +208,7 @@ pub async fn trial(seed: u64, agents: usize, backend: Backend, fault_ms: u64) ->
     let mut sc = scenario("fault-trial", GROUP, &[PACKAGE]);
     // Bounded: a delivery that keeps failing ends failed with its code, which is allowed.
     // Two attempts on even seeds, so that ending failed under faults is exercised too.
-    sc.max_attempts = if seed % 2 == 0 { 2 } else { 5 };
+    sc.max_attempts = if seed.is_multiple_of(2) { 2 } else { 5 };
     // A few at a time, so the rollout spans the faults instead of ending before them.
     sc.max_concurrent = Some((agents / 4).max(2) as u32);
     let scenario_id = server.admin().run_scenario(&sc).await.unwrap().id;
