@@ -55,14 +55,15 @@ fn run(args: &[&str]) {
 }
 
 impl NetNs {
-    /// A new namespace `pcfPID_N` linked to this machine: host 10.213.N.1, agent 10.213.N.2.
+    /// A new namespace `pcfPIDxN` linked to this machine: host 10.213.S.1, agent 10.213.S.2.
     pub fn create() -> NetNs {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < 250, "more namespaces than addresses");
         let tag = format!("{}x{n}", std::process::id() % 100_000);
         let name = format!("pcf{tag}");
         let (host, inner) = (format!("vh{tag}"), format!("vn{tag}"));
-        let host_ip = format!("10.213.{n}.1");
+        // Addresses are reused 250 namespaces later, long after a trial dropped the first.
+        let subnet = n % 250;
+        let host_ip = format!("10.213.{subnet}.1");
         // A namespace left by an earlier, killed run of this process id goes first.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run(&["ip", "netns", "add", &name]);
@@ -81,7 +82,7 @@ impl NetNs {
             a.extend_from_slice(args);
             run(&a);
         };
-        let agent_ip = format!("10.213.{n}.2/30");
+        let agent_ip = format!("10.213.{subnet}.2/30");
         inside(&["ip", "addr", "add", &agent_ip, "dev", &inner]);
         inside(&["ip", "link", "set", &inner, "up"]);
         inside(&["ip", "link", "set", "lo", "up"]);
