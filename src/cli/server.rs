@@ -25,6 +25,10 @@ pub enum ServerAction {
     /// Restore a backup into a new, empty data directory (and, for PostgreSQL, an empty
     /// database); every member is checked against the manifest before anything is written.
     Restore(RestoreArgs),
+    /// Prepare a new server certificate: agents are handed a re-pin statement signed by the
+    /// current certificate at their next poll; the server presents the new one from its
+    /// next start.
+    RenewCert(super::keys::ConnectArgs),
 }
 
 #[derive(Args)]
@@ -241,6 +245,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
         None => serve(cmd.run, json),
         Some(ServerAction::Backup(a)) => backup(a, json),
         Some(ServerAction::Restore(a)) => restore(a, json),
+        Some(ServerAction::RenewCert(a)) => super::keys::renew_cert(a, json),
     }
 }
 
