@@ -261,7 +261,8 @@ mod tests {
     #[test]
     fn refusals_change_nothing() {
         let set = start();
-        let cases: Vec<(Signed, fn(&TrustError) -> bool)> = vec![
+        type Case = (Signed, fn(&TrustError) -> bool);
+        let cases: Vec<Case> = vec![
             // Signed by a key that was never trusted.
             (sign(&st(1, &[2], &[]), &key(9)), |e| {
                 matches!(e, TrustError::UntrustedSigner(_))
