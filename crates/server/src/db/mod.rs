@@ -34,7 +34,7 @@ use sqlx::{Executor, Row};
 use std::time::Duration;
 
 /// Ordered; never edit a released entry, append a new one.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
     (
         1,
         "initial schema",
