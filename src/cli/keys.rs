@@ -122,13 +122,38 @@ pub fn list(a: ConnectArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn renew_cert(a: ConnectArgs, json: bool) -> Result<ExitCode> {
+#[derive(Args)]
+pub struct RenewArgs {
+    /// Instead of preparing: make the next server start present the prepared certificate
+    /// (on the server host, with --data DIR), once the agents have polled.
+    #[arg(long)]
+    pub switch: bool,
+    #[command(flatten)]
+    pub connect: Connect,
+}
+
+pub fn renew_cert(a: RenewArgs, json: bool) -> Result<ExitCode> {
+    if a.switch {
+        let data =
+            a.connect.data.as_ref().context(
+                "--switch works on the server host: give --data DIR (or PATCHCAST_DATA)",
+            )?;
+        let new = crate::transport::repin::request_switch(&data.join("tls"))?;
+        if json {
+            println!("{}", serde_json::json!({ "switch_to": new }));
+        } else {
+            println!(
+                "the server presents {new} from its next start: restart it. Agents that accepted the re-pin statement follow; others refuse it (E26) and must be enrolled again."
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = tokio::runtime::Runtime::new()?.block_on(a.connect.admin()?.renew_cert())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "certificate renewal prepared\n  current: {}\n  next:    {}\nagents pin the next certificate at their next poll (a re-pin statement signed by the current one); restart the server to present it once they have polled. An agent that misses it refuses the renewed server (E26) and must be enrolled again",
+            "certificate renewal prepared\n  current: {}\n  next:    {}\nagents pin the next certificate at their next poll (a re-pin statement signed by the current one, served until the switch, restarts included); once they have polled, run `patchcast server renew-cert --switch` and restart the server.",
             r.old, r.new
         );
     }

@@ -26,9 +26,8 @@ pub enum ServerAction {
     /// database); every member is checked against the manifest before anything is written.
     Restore(RestoreArgs),
     /// Prepare a new server certificate: agents are handed a re-pin statement signed by the
-    /// current certificate at their next poll; the server presents the new one from its
-    /// next start.
-    RenewCert(super::keys::ConnectArgs),
+    /// current certificate at their polls; `--switch` makes the next start present it.
+    RenewCert(super::keys::RenewArgs),
 }
 
 #[derive(Args)]

@@ -2,8 +2,9 @@
 //! rotated and revoked through a signed trust statement handed out in the poll (a package
 //! signed by the new key installs, one signed by the revoked key is refused with E18 and never
 //! runs, an agent offline meanwhile catches up), the server certificate renewed with agents
-//! re-pinning through a statement signed by the old certificate (and an agent that missed it,
-//! or a server with another certificate, refused with E26), on SQLite and PostgreSQL; and
+//! re-pinning through a statement signed by the old certificate, served across a restart
+//! until the switch (and an agent that missed it, or a server with another certificate,
+//! refused with E26), on SQLite and PostgreSQL; and
 //! forged and replayed statements refused by the agent, from a scripted server.
 
 use crate::common::agent_harness::{AgentProc, publisher, publisher_hex, tool_package, wait_for};
@@ -245,6 +246,7 @@ async fn certificate_renewal(backend: Backend) {
     assert!(o.status.success(), "{}", text(&o));
     let mut agent = enrolled(&server, "renew", "agent").await;
     agent.start();
+    let mut late = enrolled(&server, "renew-late", "late").await;
     let mut missed = enrolled(&server, "renew-missed", "missed").await;
     let old = server.fingerprint.clone();
 
@@ -262,10 +264,25 @@ async fn certificate_renewal(backend: Backend) {
     .await;
     assert_eq!(agent_json(&agent)["fingerprint"], old.as_str());
 
-    // The server switches at its next start; the agent keeps working and drops the old pin.
+    // A restart before the switch keeps the old certificate and still serves the statement:
+    // an agent that was offline until now picks it up from the restarted server.
+    server.kill();
+    server.spawn();
+    assert_eq!(server.fingerprint, old, "{:?}", server.banner);
+    late.start();
+    wait_for("the late agent to pin the renewed certificate", || {
+        agent_json(&late)["next_fingerprint"] == new.as_str()
+    })
+    .await;
+
+    // The switch, asked for on the server host, takes effect at the next start.
+    let o = server.cli(&["server", "renew-cert", "--switch"]);
+    assert!(o.status.success(), "switch: {}", text(&o));
+    assert!(text(&o).contains(&new), "{}", text(&o));
     server.kill();
     server.spawn();
     assert_eq!(server.fingerprint, new, "{:?}", server.banner);
+    // Both agents keep working and drop the old pin.
     let rows = run(
         &server.admin(),
         "after-renewal",
@@ -275,11 +292,13 @@ async fn certificate_renewal(backend: Backend) {
     )
     .await;
     assert_eq!(rows[0].state, State::Applied, "{rows:#?}");
-    wait_for("the agent to drop the old pin", || {
-        let cfg = agent_json(&agent);
-        cfg["fingerprint"] == new.as_str() && cfg.get("next_fingerprint").is_none()
-    })
-    .await;
+    for a in [&agent, &late] {
+        wait_for("the agent to drop the old pin", || {
+            let cfg = agent_json(a);
+            cfg["fingerprint"] == new.as_str() && cfg.get("next_fingerprint").is_none()
+        })
+        .await;
+    }
     assert!(
         dir.join("data/tls/retired")
             .join(old.trim_start_matches("sha256:"))

@@ -12,8 +12,10 @@
 //!
 //! The server serves the statement in poll replies while it still presents the old
 //! certificate; an agent that accepts it pins both (old and new) until the server presents the
-//! new one (`PollResponse::fingerprint`), then keeps only the new pin. At its next start the
-//! server switches (`promote`): the old pair is kept under `DIR/retired/`.
+//! new one (`PollResponse::fingerprint`), then keeps only the new pin. The server keeps serving
+//! the statement across restarts until the administrator asks for the switch
+//! (`request_switch`, `patchcast server renew-cert --switch`); the next start then presents
+//! the new certificate (`promote`) and keeps the old pair under `DIR/retired/`.
 
 use crate::tls::{Identity, fingerprint, provider};
 use anyhow::{Context, Result, bail};
@@ -171,13 +173,36 @@ pub fn pending(dir: &Path) -> Result<Option<Signed>> {
     })?))
 }
 
-/// At server start: when a renewal is prepared, makes the next identity the current one and
-/// keeps the old pair under `DIR/retired/<old fingerprint>/`. Returns (old, new) fingerprints.
-/// Each step is a rename, and a start after a crash between two of them finishes the job.
+/// Asks the next server start to present the prepared certificate (`DIR/next/switch`);
+/// returns its fingerprint. Refused when no renewal is prepared by the current identity.
+pub fn request_switch(dir: &Path) -> Result<String> {
+    let current = Identity::load_or_create(dir, &[])?;
+    let Some(signed) = pending(dir)? else {
+        bail!(
+            "no certificate renewal is prepared in {}; run `patchcast server renew-cert` first",
+            dir.display()
+        );
+    };
+    let new = signed.verify(&current.fingerprint).with_context(|| {
+        format!(
+            "the renewal in {} is not signed by the current certificate",
+            next_dir(dir).display()
+        )
+    })?;
+    let marker = next_dir(dir).join("switch");
+    std::fs::write(&marker, format!("{new}\n"))
+        .with_context(|| format!("writing {}", marker.display()))?;
+    Ok(new)
+}
+
+/// At server start: when a renewal is prepared and its switch requested (`request_switch`),
+/// makes the next identity the current one and keeps the old pair under
+/// `DIR/retired/<old fingerprint>/`. Returns (old, new) fingerprints. Each step is a rename,
+/// and a start after a crash between two of them finishes the job.
 pub fn promote(dir: &Path) -> Result<Option<(String, String)>> {
     let next = next_dir(dir);
     let (next_cert, next_key) = (next.join("cert.pem"), next.join("key.pem"));
-    if !next_cert.exists() {
+    if !next_cert.exists() || (next_key.exists() && !next.join("switch").exists()) {
         return Ok(None);
     }
     let old = Identity::load_or_create(dir, &[])?;
@@ -282,6 +307,10 @@ mod tests {
         let old = identity(dir);
         let s = renew(dir, &old, &["localhost".into()]).unwrap();
         let new = s.verify(&old.fingerprint).unwrap();
+        // Prepared but not asked for: the server keeps its certificate (and serves the statement).
+        assert_eq!(promote(dir).unwrap(), None);
+        assert_eq!(identity(dir).fingerprint, old.fingerprint);
+        assert_eq!(request_switch(dir).unwrap(), new);
         let (was, now) = promote(dir).unwrap().unwrap();
         assert_eq!(
             (was.as_str(), now.as_str()),
@@ -307,6 +336,9 @@ mod tests {
         let other = identity(&tmp.path().join("other"));
         renew(&tmp.path().join("other"), &other, &["localhost".into()]).unwrap();
         std::fs::rename(tmp.path().join("other").join("next"), dir.join("next")).unwrap();
+        let e = format!("{:#}", request_switch(&dir).unwrap_err());
+        assert!(e.contains("not signed by the current certificate"), "{e}");
+        std::fs::write(dir.join("next").join("switch"), "").unwrap();
         let e = promote(&dir).unwrap_err().to_string();
         assert!(e.contains("without a re-pin statement"), "{e}");
         assert_eq!(identity(&dir).fingerprint, current.fingerprint);

@@ -84,6 +84,11 @@ impl Keys {
             tracing::warn!(key = %id_of_hex(k), "a --trust-key was revoked by a trust statement; it is not trusted");
         }
         let pending = repin::pending(&tls_dir)?;
+        if let Some(s) = &pending
+            && s.verify(&identity.fingerprint).is_err()
+        {
+            tracing::warn!(dir = %tls_dir.join("next").display(), "the prepared certificate renewal is not signed by this server's certificate and is not served");
+        }
         // A statement from another identity (left over, or copied in) is not served: it
         // could only fail on every agent.
         let repin = pending.filter(|s| s.verify(&identity.fingerprint).is_ok());
@@ -212,14 +217,15 @@ impl Server {
     }
 
     /// Prepares a certificate renewal: the next identity in DATA/tls/next and the re-pin
-    /// statement signed by the current one, served to agents from now on. The server presents
-    /// the new certificate from its next start. Calling it again keeps the prepared one.
+    /// statement signed by the current one, served to agents from now on (and after a
+    /// restart). The server presents the new certificate from the start after
+    /// `repin::request_switch`. Calling it again keeps the prepared one.
     pub fn renew_cert(&self) -> Result<Renewed> {
         let k = &self.keys;
         let signed = repin::renew(&k.tls_dir, &k.identity, &k.names)?;
         let new = signed.verify(&k.identity.fingerprint)?;
         *k.repin.write().expect("repin lock") = Some(signed);
-        tracing::info!(old = %k.identity.fingerprint, %new, "certificate renewal prepared; agents are told at their next poll, the server presents the new certificate from its next start");
+        tracing::info!(old = %k.identity.fingerprint, %new, "certificate renewal prepared; agents are told at their next poll (`patchcast server renew-cert --switch`, then a restart, presents the new certificate)");
         Ok(Renewed {
             old: k.identity.fingerprint.clone(),
             new,

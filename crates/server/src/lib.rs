@@ -172,7 +172,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     }
     names.dedup();
     let tls_dir = cfg.data.join("tls");
-    // A renewal prepared by `patchcast server renew-cert` takes effect at this start.
+    // A renewal prepared by `patchcast server renew-cert` takes effect at the start after
+    // `renew-cert --switch`.
     if let Some((old, new)) = patchcast_proto::repin::promote(&tls_dir)? {
         tracing::info!(%old, %new, "switched to the renewed server certificate");
     }
