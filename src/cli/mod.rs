@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod admin;
 mod demo;
+mod keys;
 mod package;
 pub mod progress;
 mod rollout;
@@ -138,6 +139,15 @@ pub enum KeyCmd {
         #[arg(long, short)]
         out: std::path::PathBuf,
     },
+    /// Replace a publisher key: a trust statement signed by the old key that adds the new
+    /// one and revokes the old, published to the server and applied by agents at their poll.
+    Rotate(keys::RotateArgs),
+    /// Trust more publisher keys (a statement signed by a key trusted now).
+    Add(keys::ChangeArgs),
+    /// Revoke publisher keys: packages they signed are refused (E18) from then on.
+    Revoke(keys::ChangeArgs),
+    /// Show the publisher keys the server trusts, and the revoked ones.
+    List(keys::ConnectArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,6 +288,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Key(KeyCmd::Rotate(a)) => keys::rotate(a, cli.json),
+        Command::Key(KeyCmd::Add(a)) => keys::add(a, cli.json),
+        Command::Key(KeyCmd::Revoke(a)) => keys::revoke(a, cli.json),
+        Command::Key(KeyCmd::List(a)) => keys::list(a, cli.json),
         Command::Schema { document } => {
             print!("{}", schema(document));
             Ok(ExitCode::SUCCESS)

@@ -27,6 +27,9 @@ pub enum ServerAction {
     /// Restore a backup into a new, empty data directory (and, for PostgreSQL, an empty
     /// database); every member is checked against the manifest before anything is written.
     Restore(RestoreArgs),
+    /// Prepare a new server certificate: agents are handed a re-pin statement signed by the
+    /// current certificate at their polls; `--switch` makes the next start present it.
+    RenewCert(super::keys::RenewArgs),
 }
 
 #[derive(Args)]
@@ -243,6 +246,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
         None => serve(cmd.run, json),
         Some(ServerAction::Backup(a)) => backup(a, json),
         Some(ServerAction::Restore(a)) => restore(a, json),
+        Some(ServerAction::RenewCert(a)) => super::keys::renew_cert(a, json),
     }
 }
 

@@ -20,6 +20,7 @@ mod e2e_fleet;
 mod fault_trials;
 mod faults;
 mod fuzz_corpora;
+mod keys_change;
 mod lifecycle;
 mod lifecycle_requires;
 mod lifecycle_versions;

@@ -1,8 +1,9 @@
 //! What enrollment leaves under the agent's root directory, and where everything else lives.
 //!
-//! `agent.json` holds the server address, the pinned certificate fingerprint, the machine id,
-//! the publisher keys packages must be signed with, the poll interval and the proxy enrollment
-//! was given; `credential` holds
+//! `agent.json` holds the server address, the pinned certificate fingerprint (and a renewed
+//! one while the server's certificate is being renewed), the machine id, the publisher keys
+//! packages must be signed with (with the trust statement serial and the revoked keys), the
+//! poll interval and the proxy enrollment was given; `credential` holds
 //! the agent's secret (mode 0600, never logged).
 
 use anyhow::{Context, Result};
@@ -19,6 +20,16 @@ pub struct AgentConfig {
     pub machine_id: String,
     pub publisher_keys: Vec<String>,
     pub poll_ms: u64,
+    /// The serial of the last trust statement applied to `publisher_keys` (`agent::trust`).
+    #[serde(default)]
+    pub trust_serial: u64,
+    /// Publisher keys revoked by trust statements: never trusted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<String>,
+    /// The renewed server certificate's fingerprint, accepted through a re-pin statement signed
+    /// by the pinned one: pinned beside `fingerprint` until the server presents it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fingerprint: Option<String>,
     /// The proxy `enroll` was given, so `run` and `doctor` (started later, by a service
     /// manager without the shell's environment) reach the server the same way.
     #[serde(default, skip_serializing_if = "SavedProxy::is_none")]
@@ -86,6 +97,14 @@ impl AgentConfig {
     pub fn save(&self, root: &Root) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
         write_atomic(&root.config(), &bytes)
+    }
+
+    /// The certificate fingerprints this agent accepts from its server: the pinned one, and
+    /// the renewed one while a renewal is under way.
+    pub fn pins(&self) -> Vec<String> {
+        std::iter::once(self.fingerprint.clone())
+            .chain(self.next_fingerprint.clone())
+            .collect()
     }
 
     /// The keys whose signatures this agent accepts; a malformed key is an error, not skipped.

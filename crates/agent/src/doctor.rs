@@ -156,7 +156,7 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
             return out;
         }
     };
-    let client = match Client::new(&cfg.server, &cfg.fingerprint, Some(bearer)) {
+    let client = match Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer)) {
         Ok(c) => c,
         Err(e) => {
             out.push(failed("TLS certificate", format!("{e:#}"), None, lang));

@@ -18,5 +18,6 @@ pub mod relay;
 pub mod service;
 pub mod sources;
 pub mod time_setting;
+pub mod trust;
 #[cfg(windows)]
 pub mod windows;

@@ -23,7 +23,7 @@ pub fn pin_mismatch(e: &CallError) -> Option<String> {
             detail,
             fault: Fault::PinMismatch,
         } => Some(format!(
-            "refusing the server at {url}: its TLS certificate does not match the pinned fingerprint ({detail}). Check the fingerprint the server prints at start; if the server was re-installed, enroll again"
+            "E26: refusing the server at {url}: its TLS certificate does not match the pinned fingerprint ({detail}). Check the fingerprint the server prints at start; if the server was re-installed, enroll again"
         )),
         _ => None,
     }
@@ -77,6 +77,9 @@ pub async fn enroll(
         publisher_keys: resp.publisher_keys,
         poll_ms: resp.poll_ms,
         proxy,
+        trust_serial: resp.trust_serial,
+        revoked_keys: resp.revoked_keys,
+        next_fingerprint: None,
     };
     cfg.trusted_keys()
         .context("the server sent publisher keys this agent cannot use")?;
@@ -103,8 +106,9 @@ pub struct Options {
 pub async fn run(opts: Options) -> Result<()> {
     let root = Root(opts.root.clone());
     let cfg = AgentConfig::load(&root)?;
-    let client = Client::new(&cfg.server, &cfg.fingerprint, Some(bearer(&root, &cfg)?))?;
+    let client = Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer(&root, &cfg)?))?;
     let keys = cfg.trusted_keys()?;
+    let mut trust = super::trust::Tracker::new(&cfg);
     let endpoint = Endpoint::load(&root.0)?;
     let mut agent = Agent {
         journal: Journal::new(root.journal()),
@@ -131,6 +135,7 @@ pub async fn run(opts: Options) -> Result<()> {
             &mut collector,
             &mut sent,
             &mut setting,
+            &mut trust,
             wait_ms,
         )
         .await
@@ -165,6 +170,7 @@ async fn iteration(
     collector: &mut Collector,
     sent: &mut Option<String>,
     setting: &mut super::time_setting::Held,
+    trust: &mut super::trust::Tracker,
     wait_ms: u64,
 ) -> Result<bool, Interrupted> {
     let mut waiting: Option<(String, u32)> = None;
@@ -200,8 +206,12 @@ async fn iteration(
             wait_ms,
             setting_version: Some(setting.version),
             session: Some(setting.session.clone()),
+            trust_serial: trust.serial(),
+            next_fingerprint: trust.next_fingerprint(),
         })
         .await?;
+    // Publisher keys and server pins that changed (`trust`), before any work is accepted.
+    trust.apply(agent, &resp);
     if let Some(s) = &resp.setting
         && let Err(e) = setting.keep(s)
     {

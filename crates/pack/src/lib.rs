@@ -8,6 +8,7 @@ pub mod lint;
 pub mod payload;
 pub mod pe;
 pub mod skeleton;
+pub mod trust;
 
 use patchcast_core::model::problem::{Located, Problem};
 use patchcast_core::model::raw::RawPackage;

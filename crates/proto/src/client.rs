@@ -67,6 +67,19 @@ impl Client {
         })
     }
 
+    /// A client accepting any of `fingerprints` (an agent during a certificate renewal).
+    pub fn new_pinned_any(
+        base: &str,
+        fingerprints: &[String],
+        bearer: Option<String>,
+    ) -> anyhow::Result<Client> {
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: super::tls::pinned_any_http_client(fingerprints)?,
+            bearer,
+        })
+    }
+
     /// A client over a given HTTP client (an HTTPS update source trusted through the system's
     /// certificate authorities rather than a pinned fingerprint).
     pub fn with_http(base: &str, http: reqwest::Client, bearer: Option<String>) -> Client {

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | POST | `/api/v1/enroll` | enrollment token in body | `EnrollRequest` → `EnrollResponse` |
 //! | POST | `/api/v1/agent/inventory` | agent | `Inventory` → 204 |
-//! | POST | `/api/v1/agent/poll` | agent | `Poll` → `PollResponse` (long poll, up to `wait_ms`; may carry a `TimeSetting`) |
+//! | POST | `/api/v1/agent/poll` | agent | `Poll` → `PollResponse` (long poll, up to `wait_ms`; may carry a `TimeSetting`, trust statements, a re-pin statement) |
 //! | POST | `/api/v1/agent/report` | agent | `Report` → `ReportAck` |
 //! | GET | `/api/v1/content/{sha256}` | agent | archive bytes; `Range: bytes=N-` resumes |
 //!
@@ -55,6 +55,13 @@ pub struct EnrollResponse {
     pub publisher_keys: Vec<String>,
     /// How long the agent's long polls should be.
     pub poll_ms: u64,
+    /// The serial of the last trust statement behind `publisher_keys` (`pack::trust`): the
+    /// agent asks for the statements above it.
+    #[serde(default)]
+    pub trust_serial: u64,
+    /// Publisher keys revoked so far (hex): never trusted again, even if a statement adds one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<String>,
 }
 
 /// What the agent reports about its machine: at start and whenever it changes.
@@ -122,6 +129,15 @@ pub struct Poll {
     /// Random per agent process start: a new value tells the server the agent restarted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The serial of the last trust statement this agent applied; the server sends the ones
+    /// above it (`PollResponse::trust`). Absent from older agents and heartbeats, which are
+    /// then sent no statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_serial: Option<u64>,
+    /// The renewed certificate's fingerprint this agent already pins beside the current one,
+    /// so the server does not send the same re-pin statement again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -149,6 +165,17 @@ pub struct PollResponse {
     /// machine), for agents that sleep instead of long-polling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_check_in_ms: Option<i64>,
+    /// Trust statements above the agent's `Poll::trust_serial`, in serial order
+    /// (`pack::trust`: each signed by a key trusted after the ones before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<patchcast_pack::trust::Signed>,
+    /// A certificate renewal, signed by the certificate the agent pins (`repin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repin: Option<super::repin::Signed>,
+    /// The fingerprint of the certificate the server presents: an agent holding it as its
+    /// renewed pin drops the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The auto-update time setting of a machine: its groups' policies, under one version.

@@ -67,9 +67,18 @@ impl Identity {
 
 /// A client configuration that accepts only the certificate with `fingerprint`.
 pub fn pinned_client_config(fingerprint: &str) -> Result<rustls::ClientConfig> {
+    pinned_any_client_config(&[fingerprint.to_string()])
+}
+
+/// A client configuration that accepts any of the certificates with `fingerprints` (an agent
+/// that accepted a re-pin statement holds the old and the renewed certificate's, `repin`).
+pub fn pinned_any_client_config(fingerprints: &[String]) -> Result<rustls::ClientConfig> {
     let provider = provider();
     let verifier = Pinned {
-        fingerprint: fingerprint.to_ascii_lowercase(),
+        fingerprints: fingerprints
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect(),
         algorithms: provider.signature_verification_algorithms,
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
@@ -82,8 +91,13 @@ pub fn pinned_client_config(fingerprint: &str) -> Result<rustls::ClientConfig> {
 /// An HTTP client for a server pinned by fingerprint, through this process's proxy if it has
 /// one (`proxy`: the pin is checked inside the tunnel all the same).
 pub fn pinned_http_client(fingerprint: &str) -> Result<reqwest::Client> {
+    pinned_any_http_client(&[fingerprint.to_string()])
+}
+
+/// `pinned_http_client` accepting any of `fingerprints`.
+pub fn pinned_any_http_client(fingerprints: &[String]) -> Result<reqwest::Client> {
     crate::proxy::apply(reqwest::Client::builder())?
-        .use_preconfigured_tls(pinned_client_config(fingerprint)?)
+        .use_preconfigured_tls(pinned_any_client_config(fingerprints)?)
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true)
         .build()
@@ -129,7 +143,7 @@ impl PinMismatch {
 
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: String,
+    fingerprints: Vec<String>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -143,13 +157,13 @@ impl ServerCertVerifier for Pinned {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen = fingerprint(end_entity);
-        if seen == self.fingerprint {
+        if self.fingerprints.contains(&seen) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::Other(rustls::OtherError(Arc::new(
                 PinMismatch {
                     seen,
-                    pinned: self.fingerprint.clone(),
+                    pinned: self.fingerprints.join(" or "),
                 },
             ))))
         }

@@ -140,6 +140,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route(admin::AUDIT, get(audit))
         .merge(super::schedule_routes::routes())
         .merge(super::sources_api::routes())
+        .merge(super::keys::routes())
         .merge(super::ops::routes())
         .route(
             patchcast_proto::ssh_api::SSH_MACHINES,
@@ -306,11 +307,22 @@ async fn poll(
         None
     };
     let relay = s.relay_settings(&m).await?;
+    // Keys that can change (`keys`): only for agents that say which statements they have.
+    let (trust, repin) = match p.trust_serial {
+        Some(serial) => (
+            s.keys.above(serial),
+            s.keys.repin_for(p.next_fingerprint.as_deref()),
+        ),
+        None => (Vec::new(), None),
+    };
     Ok(Json(PollResponse {
         work,
         relay,
         setting,
         next_check_in_ms,
+        trust,
+        repin,
+        fingerprint: Some(s.keys.fingerprint().to_string()),
     }))
 }
 
@@ -549,7 +561,7 @@ async fn publish(
     h: HeaderMap,
     req: Request,
 ) -> R<Response> {
-    if s.trusted.is_empty() {
+    if s.trusted().is_empty() {
         return Err(ApiErr::new(
             StatusCode::FORBIDDEN,
             "this server trusts no publisher key, so it accepts no package; restart it with --trust-key PUBLISHER.pub",
@@ -573,7 +585,7 @@ async fn publish(
         Err(StageError::Body(e)) => return Err(ApiErr::bad(format!("the upload broke off: {e}"))),
         Err(StageError::Io(e)) => return Err(e.into()),
     };
-    let (path, trusted) = (staged.path.clone(), s.trusted.clone());
+    let (path, trusted) = (staged.path.clone(), s.trusted());
     let verified =
         tokio::task::spawn_blocking(move || patchcast_pack::archive::verify(&path, &trusted))
             .await

@@ -14,6 +14,7 @@ pub mod caps;
 pub mod clock;
 pub mod db;
 pub mod dispatch;
+pub mod keys;
 pub mod lifecycle;
 pub mod machines;
 pub mod ops;
@@ -97,7 +98,8 @@ pub type SeenWrite = (i64, (String, String));
 pub struct Server {
     pub db: sqlx::AnyPool,
     pub store: store::Store,
-    pub trusted: Vec<VerifyingKey>,
+    /// Publisher keys (with their trust statements) and the certificate renewal (`keys`).
+    pub keys: keys::Keys,
     pub admin_hash: String,
     pub reserve: u64,
     pub no_reply_margin: Duration,
@@ -118,6 +120,13 @@ pub struct Server {
     pub ssh: ssh_worker::Workers,
     /// Metrics and probes (`ops`).
     pub ops: ops::Ops,
+}
+
+impl Server {
+    /// The publisher keys packages must be signed with now (`keys`).
+    pub fn trusted(&self) -> Vec<VerifyingKey> {
+        self.keys.trusted()
+    }
 }
 
 /// A started server.
@@ -162,7 +171,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         names.push(cfg.listen.ip().to_string());
     }
     names.dedup();
-    let identity = patchcast_proto::tls::Identity::load_or_create(&cfg.data.join("tls"), &names)?;
+    let tls_dir = cfg.data.join("tls");
+    // A renewal prepared by `patchcast server renew-cert` takes effect at the start after
+    // `renew-cert --switch`.
+    if let Some((old, new)) = patchcast_proto::repin::promote(&tls_dir)? {
+        tracing::info!(%old, %new, "switched to the renewed server certificate");
+    }
+    let identity = patchcast_proto::tls::Identity::load_or_create(&tls_dir, &names)?;
     let url = match &cfg.database {
         Some(u) => u.clone(),
         None => format!(
@@ -178,10 +193,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         .map(|p| patchcast_pack::keys::read_public(p))
         .collect::<Result<Vec<_>>>()?;
     let admin = admin_token(&cfg.data)?;
+    let fingerprint = identity.fingerprint.clone();
+    let tls_config = identity.server_config()?;
+    let keys = keys::Keys::load(&db, &trusted, tls_dir, names, identity).await?;
     let server = Arc::new(Server {
         db,
         store: store::Store::open(&cfg.data.join("content"))?,
-        trusted,
+        keys,
         admin_hash: sha256_hex(&admin),
         reserve: cfg.reserve,
         no_reply_margin: cfg.no_reply_margin,
@@ -216,11 +234,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
     let info = ServerInfo {
         url: format!("https://{host}:{}", addr.port()),
-        fingerprint: identity.fingerprint.clone(),
+        fingerprint,
     };
     write_info(&cfg.data, &info)?;
-    let tls =
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(identity.server_config()?));
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config));
     let handle = axum_server::Handle::new();
     let app = api::router(server.clone());
     let srv = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());

@@ -129,15 +129,14 @@ impl Server {
         .await?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         tracing::info!(machine = %id, hostname = %req.inventory.hostname, %peer, "enrolled");
+        let trust = self.keys.set();
         Ok(EnrollResponse {
             machine_id: id.clone(),
             credential: secret,
-            publisher_keys: self
-                .trusted
-                .iter()
-                .map(|k| hex::encode(k.to_bytes()))
-                .collect(),
+            publisher_keys: trust.keys,
             poll_ms: self.poll_ms,
+            trust_serial: trust.serial,
+            revoked_keys: trust.revoked,
         })
     }
 

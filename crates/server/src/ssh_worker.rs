@@ -126,7 +126,7 @@ async fn deliver(server: &Server, m: &SshMachine, work: Work) -> anyhow::Result<
         host: None,
         workdir: None,
     };
-    let r = runner::run(&mut target, &reporter, &mut entry, &server.trusted).await;
+    let r = runner::run(&mut target, &reporter, &mut entry, &server.trusted()).await;
     if r.is_err() {
         // The work directory goes whatever happened (a new attempt makes a new one).
         let _ = runner::Target::clean(&mut target, &entry.work).await;
@@ -273,7 +273,7 @@ impl runner::Target for SshHost<'_> {
         self.workdir = Some(dir);
         let archive = self.server.store.path_of(&work.archive_sha256);
         let staging = self.staging(work);
-        let trusted = self.server.trusted.clone();
+        let trusted = self.server.trusted();
         let extracted = tokio::task::spawn_blocking(move || {
             if staging.exists() {
                 std::fs::remove_dir_all(&staging)?;

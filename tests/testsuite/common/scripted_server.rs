@@ -52,6 +52,11 @@ pub struct Script {
     /// Deliveries the agent said it was busy with, one per heartbeat.
     pub busy: Vec<String>,
     pub unauthorized: u64,
+    /// Trust statements and a re-pin statement put in every poll reply without work.
+    pub trust: Vec<patchcast::pack::trust::Signed>,
+    pub repin: Option<patchcast::transport::repin::Signed>,
+    /// `Poll::trust_serial` of every idle poll, in order.
+    pub trust_serials: Vec<Option<u64>>,
 }
 
 pub struct Scripted {
@@ -114,6 +119,8 @@ async fn enroll(State(app): State<App>, Json(req): Json<EnrollRequest>) -> Respo
         credential: secret,
         publisher_keys: s.publisher_keys.clone(),
         poll_ms: s.poll_ms,
+        trust_serial: 0,
+        revoked_keys: Vec::new(),
     })
     .into_response()
 }
@@ -136,6 +143,12 @@ async fn poll(State(app): State<App>, headers: HeaderMap, Json(p): Json<Poll>) -
     }
     if let AgentState::Busy { delivery_id, .. } = &p.state {
         app.script.lock().unwrap().busy.push(delivery_id.clone());
+    } else {
+        app.script
+            .lock()
+            .unwrap()
+            .trust_serials
+            .push(p.trust_serial);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(p.wait_ms.min(MAX_WAIT_MS));
     loop {
@@ -154,7 +167,13 @@ async fn poll(State(app): State<App>, headers: HeaderMap, Json(p): Json<Poll>) -
             }
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Json(PollResponse::default()).into_response();
+            let s = app.script.lock().unwrap();
+            return Json(PollResponse {
+                trust: s.trust.clone(),
+                repin: s.repin.clone(),
+                ..PollResponse::default()
+            })
+            .into_response();
         }
     }
 }
@@ -255,6 +274,11 @@ async fn content(State(app): State<App>, headers: HeaderMap, Path(sha): Path<Str
 }
 
 impl Scripted {
+    /// Where the server's TLS identity (`cert.pem`, `key.pem`) is.
+    pub fn tls_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Starts the server on a free loopback port (call inside a tokio runtime).
     pub async fn start(token: &str, publisher_keys: Vec<String>, poll_ms: u64) -> Scripted {
         let dir = tempfile::tempdir().unwrap();

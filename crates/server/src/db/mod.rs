@@ -24,6 +24,7 @@ pub mod policies;
 pub mod rollouts;
 pub mod scenarios;
 pub mod sources;
+pub mod trust;
 pub mod upgrades;
 
 use anyhow::{Context, Result};
@@ -33,7 +34,7 @@ use sqlx::{Executor, Row};
 use std::time::Duration;
 
 /// Ordered; never edit a released entry, append a new one.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
     (
         1,
         "initial schema",
@@ -140,6 +141,16 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          signature, key_id, published_at, install_timeout_secs, rollback) \
          SELECT id, archive_sha256, version, title, archive_size, manifest, signature, key_id, \
          published_at, install_timeout_secs, 0 FROM packages",
+        ],
+    ),
+    (
+        11,
+        "publisher trust statements (key rotation and revocation)",
+        &[
+            // The chain of signed statements, each exactly as signed; agents are handed the
+            // ones above the serial they report (`server::keys`).
+            "CREATE TABLE trust_statements (serial BIGINT PRIMARY KEY, statement TEXT NOT NULL, \
+         signer TEXT NOT NULL, signature TEXT NOT NULL, published_at BIGINT NOT NULL)",
         ],
     ),
 ];
