@@ -17,6 +17,8 @@ pub mod logfile;
 pub mod relay;
 pub mod service;
 pub mod sources;
+pub mod stamp;
 pub mod time_setting;
+pub mod upgrade;
 #[cfg(windows)]
 pub mod windows;

@@ -160,6 +160,8 @@ pub struct AgentProc {
     pub runs: u32,
     /// The Windows build under Wine instead of the native binary.
     pub wine: Option<Wine>,
+    /// Another agent binary than the built one (a stamped copy an upgrade may replace).
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentProc {
@@ -170,6 +172,7 @@ impl AgentProc {
             child: None,
             runs: 0,
             wine: None,
+            bin: None,
         }
     }
 
@@ -184,7 +187,10 @@ impl AgentProc {
     /// The agent program with `ARGS --root ROOT` ready for the subcommand's own flags.
     fn command(&self, subcommand: &str) -> Command {
         let (mut cmd, root) = match &self.wine {
-            None => (Command::new(BIN), self.root.as_os_str().to_owned()),
+            None => (
+                Command::new(self.bin.as_deref().unwrap_or(Path::new(BIN))),
+                self.root.as_os_str().to_owned(),
+            ),
             Some(w) => (w.command(&w.agent), w.windows_path(&self.root).into()),
         };
         cmd.args([subcommand, "--root"]).arg(root);
