@@ -388,15 +388,11 @@ impl runner::Target for Local<'_> {
     }
 
     async fn stage_agent(&mut self, _work: &Work, binary: &str) -> Result<(), Stop> {
-        Ok(super::upgrade::stage(binary.as_ref())?)
+        super::upgrade::stage(binary.as_ref()).map_err(Stop::Refused)
     }
 
     async fn swap_agent(&mut self, work: &Work, check_in: Duration) -> Result<i64, Stop> {
-        Ok(super::upgrade::swap(
-            self.staging.root,
-            &work.delivery_id,
-            check_in,
-        )?)
+        super::upgrade::swap(self.staging.root, &work.delivery_id, check_in).map_err(Stop::Refused)
     }
 
     async fn restart_agent(&mut self, _work: &Work) -> Refusal {

@@ -48,11 +48,16 @@ pub fn remember_start() {
     let _ = STARTED.set(Started { exe, args });
 }
 
-fn started() -> Result<&'static Started, Refusal> {
+fn started() -> Result<&'static Started, Box<Refusal>> {
     STARTED
         .get()
         .filter(|s| !s.exe.as_os_str().is_empty())
-        .ok_or_else(|| Refusal::detail(Code::E30, "this agent was not started as the patchcast-agent binary, so it cannot replace itself"))
+        .ok_or_else(|| {
+            Box::new(Refusal::detail(
+                Code::E30,
+                "this agent was not started as the patchcast-agent binary, so it cannot replace itself",
+            ))
+        })
 }
 
 fn sibling(exe: &Path, suffix: &str) -> PathBuf {
@@ -71,12 +76,15 @@ pub fn previous_path(exe: &Path) -> PathBuf {
     sibling(exe, ".previous")
 }
 
-fn refusal(what: &str, path: &Path, e: impl std::fmt::Display) -> Refusal {
-    Refusal::detail(Code::E30, format!("{what} {}: {e}", path.display()))
+fn refusal(what: &str, path: &Path, e: impl std::fmt::Display) -> Box<Refusal> {
+    Box::new(Refusal::detail(
+        Code::E30,
+        format!("{what} {}: {e}", path.display()),
+    ))
 }
 
 /// Copies `from` to `to` as an executable: temporary file, fsync, rename.
-fn install_copy(from: &Path, to: &Path) -> Result<(), Refusal> {
+fn install_copy(from: &Path, to: &Path) -> Result<(), Box<Refusal>> {
     let tmp = sibling(to, ".tmp");
     let copy = || -> std::io::Result<()> {
         let mut src = File::open(from)?;
@@ -105,12 +113,12 @@ fn sync_dir(path: &Path) {
 }
 
 /// Step 1: the new binary beside the running one, the running one kept as `.previous`.
-pub fn stage(binary: &Path) -> Result<(), Refusal> {
+pub fn stage(binary: &Path) -> Result<(), Box<Refusal>> {
     if cfg!(windows) {
-        return Err(Refusal::detail(
+        return Err(Box::new(Refusal::detail(
             Code::E30,
             "agent self-upgrade is not supported on Windows yet (the running service's binary cannot be replaced by a rename there); upgrade the agent with its installer",
-        ));
+        )));
     }
     let exe = &started()?.exe;
     install_copy(binary, &new_path(exe))?;
@@ -121,7 +129,7 @@ pub fn stage(binary: &Path) -> Result<(), Refusal> {
 
 /// Step 2: `exe.new` renamed over `exe` (already done when `exe.new` is gone), and the
 /// watchdog started. Returns the check-in deadline.
-pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, Refusal> {
+pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, Box<Refusal>> {
     let s = started()?;
     let new = new_path(&s.exe);
     if new.exists() {
@@ -160,11 +168,11 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, R
 pub fn restart() -> Refusal {
     let s = match started() {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let e = exec(&s.exe, &s.args);
     restore(&s.exe);
-    refusal("starting the new agent", &s.exe, e)
+    *refusal("starting the new agent", &s.exe, e)
 }
 
 /// Replaces this process with `exe ARGS` (same pid); returns only the error when it could not.
