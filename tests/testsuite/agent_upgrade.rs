@@ -4,8 +4,8 @@
 //! version). It replaces its binary, restarts into it, checks in, and the delivery ends
 //! applied with the machine now reporting the new version. A broken build (a script that
 //! exits 1) is rolled back by the watchdog: E30, the previous binary back byte for byte, and
-//! the old agent carrying on (it applies an ordinary package afterwards). SQLite and
-//! PostgreSQL.
+//! the old agent carrying on (it applies an ordinary package afterwards); so is a build that
+//! starts but never checks in (it hangs until its 3 s deadline). SQLite and PostgreSQL.
 
 use crate::common::agent_harness::{AgentProc, BIN, tool_package, wait_for};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
@@ -245,6 +245,35 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
     let after = run(&admin, "after", "after-rollback", &agent).await;
     assert_eq!(after.state, State::Applied, "{after:#?}\n{}", agent.log());
     wait_for("the tool the restored agent installed", || tool.exists()).await;
+    assert_eq!(reported_version(&admin).await, old);
+
+    // A build that starts but never checks in (it hangs): the watchdog kills it at the
+    // deadline and restores the previous binary again.
+    let dir = server.path().join("packages/agent-hangs");
+    let hangs = format!("{}+b4", old.split('+').next().unwrap());
+    agent_package(
+        &dir,
+        "agent-hangs",
+        &hangs,
+        b"#!/bin/sh
+exec sleep 600
+",
+        "3s",
+    );
+    publish(&server, &dir);
+    let row = run(&admin, "hangs", "agent-hangs", &agent).await;
+    assert_eq!(
+        row.state,
+        State::Failed { code: Code::E30 },
+        "{row:#?}\n{}",
+        agent.log()
+    );
+    let detail = row.detail.params.detail.clone().unwrap_or_default();
+    assert!(detail.contains("did not check in"), "{detail}\n{row:#?}");
+    assert!(
+        std::fs::read(&exe).unwrap() == old_bytes,
+        "the previous binary was not restored after the hang"
+    );
     assert_eq!(reported_version(&admin).await, old);
 }
 both_backends!(a_broken_build_is_rolled_back_by_the_watchdog);
