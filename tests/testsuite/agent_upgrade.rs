@@ -9,6 +9,7 @@
 
 use crate::common::agent_harness::{AgentProc, BIN, tool_package, wait_for};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::web_client::{self, WebClient};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
@@ -107,6 +108,20 @@ async fn reported_version(admin: &Admin) -> String {
     machines[0].inventory.agent_version.clone()
 }
 
+/// The web console, signed in.
+async fn console(server: &TestServer) -> WebClient {
+    let password = "a long console password";
+    let add = web_client::add_account(&server.data, "upgrader", password);
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let mut c = WebClient::new(&server.url, &server.fingerprint);
+    c.sign_in("upgrader", password).await;
+    c
+}
+
 /// Kills the agent the watchdog started in place of the first process (its pid is in
 /// ROOT/agent.pid), when the test ends whichever way.
 struct Restored(PathBuf);
@@ -189,6 +204,14 @@ async fn an_agent_upgrades_itself_to_another_build(backend: Backend) {
         "{events:?}\n{:#?}",
         row.history
     );
+    // The console's machine page shows the new version.
+    let mut c = console(&server).await;
+    let page = c.get(&format!("/machines/{}", row.machine_id)).await;
+    assert!(
+        page.body.contains(&format!("<dd>{new}</dd>")),
+        "{}",
+        page.body
+    );
     // Delivered again, it is already applied: the probe reads the running agent's version.
     let again = run(&admin, "again", "agent-b2", &agent).await;
     assert_eq!(again.state, State::Applied, "{again:#?}");
@@ -230,6 +253,21 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
     assert!(
         rendered.message.contains("previous agent was restored"),
         "{rendered:#?}"
+    );
+    // The console shows the failure with its code and message, in English and Japanese.
+    let mut c = console(&server).await;
+    let path = format!("/scenarios/{}", row.scenario_id);
+    let page = c.get_lang(&path, "en").await;
+    assert!(
+        page.body.contains("E30") && page.body.contains("the previous agent was restored"),
+        "{}",
+        page.body
+    );
+    let page = c.get_lang(&path, "ja").await;
+    assert!(
+        page.body.contains("以前のエージェントに戻しました"),
+        "{}",
+        page.body
     );
     // The previous binary is back, byte for byte.
     assert!(
