@@ -210,10 +210,9 @@ fn now_ms() -> i64 {
 /// An exclusive `flock` held until dropped (the file is closed).
 struct Lock(#[allow(dead_code)] File);
 
+/// The lock files live in the delivery's work directory, which exists from the fetch until
+/// the delivery is over (never created here: a finished delivery's directory stays gone).
 fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let f = File::create(path).with_context(|| format!("opening {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -309,11 +308,21 @@ pub fn watchdog(
         return Ok(());
     };
     let journal = Journal::new(root.journal());
-    let why = loop {
-        let held = lock(&check_in_lock(&root, delivery_id), true)?;
-        let waiting = journal
+    let waiting = || -> Result<bool> {
+        Ok(journal
             .load(delivery_id)?
-            .is_some_and(|e| matches!(e.step, Step::AgentSwap | Step::AgentCheckIn { .. }));
+            .is_some_and(|e| matches!(e.step, Step::AgentSwap | Step::AgentCheckIn { .. })))
+    };
+    let why = loop {
+        // The delivery finished (its work directory went with it): nothing left to watch.
+        let Ok(held) = lock(&check_in_lock(&root, delivery_id), true) else {
+            if !waiting()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let waiting = waiting()?;
         let checked_in = !waiting || checked_in_marker(&root, delivery_id).exists();
         match pipeline::watch(checked_in, alive(pid), now_ms(), deadline_ms) {
             Watch::Kept => {
