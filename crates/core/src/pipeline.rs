@@ -933,7 +933,7 @@ mod tests {
         );
         let got = problems("payload: [a]\n");
         assert!(
-            got.contains(&"agent-version-missing@version".to_string()),
+            got.contains(&"agent-version-missing@kind".to_string()),
             "{got:?}"
         );
         let got = problems("version: '1'\npayload: [a, b]\n");
