@@ -375,7 +375,8 @@ mod tests {
                     out.push(format!("{path} {}", a.get_id()));
                 }
             }
-            for sub in cmd.get_subcommands() {
+            // Hidden commands are the programs' own (the upgrade watchdog), not the user's.
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
                 if sub.get_about().is_none() && sub.get_name() != "help" {
                     out.push(format!("{path} {} (no about)", sub.get_name()));
                 }

@@ -12,8 +12,13 @@ use std::process::ExitCode;
 pub enum PackageCmd {
     /// Report every problem of package directories as FILE:LINE:COLUMN with its fix; exit 1 on errors.
     Lint {
-        #[arg(required = true)]
+        #[arg(required_unless_present = "repository")]
         dirs: Vec<PathBuf>,
+        /// Lint every package directory under DIR as one repository: besides each package,
+        /// `requires:`/`supersedes:` cycles and ids that name no package of it are refused.
+        /// (Several DIRS given at once are checked for cycles too.)
+        #[arg(long, value_name = "DIR")]
+        repository: Option<PathBuf>,
         /// Exit 1 on warnings too.
         #[arg(long)]
         deny_warnings: bool,
@@ -104,15 +109,28 @@ pub enum Kind {
     Hotfix,
     ServicePack,
     Application,
+    Agent,
 }
 
 pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         PackageCmd::Lint {
-            dirs,
+            mut dirs,
+            repository,
             deny_warnings,
         } => {
-            let reports: Vec<lint::Report> = dirs.iter().map(|d| lint::lint_dir(d)).collect();
+            if let Some(root) = &repository {
+                let found = lint::repository(root)
+                    .with_context(|| format!("reading the repository {}", root.display()))?;
+                if found.is_empty() {
+                    bail!(
+                        "{} holds no package directory (DIR/*/package.yaml)",
+                        root.display()
+                    );
+                }
+                dirs.extend(found);
+            }
+            let reports = lint::lint_set(&dirs, repository.is_some());
             let errors = reports.iter().filter(|r| r.has_errors()).count();
             let warnings: usize = reports
                 .iter()
@@ -207,6 +225,7 @@ pub fn run(cmd: PackageCmd, json: bool) -> anyhow::Result<ExitCode> {
                 Kind::Hotfix => RawKind::Hotfix,
                 Kind::ServicePack => RawKind::ServicePack,
                 Kind::Application => RawKind::Application,
+                Kind::Agent => RawKind::Agent,
             };
             let schema = schema_path_from(&dir);
             std::fs::write(&file, pack::skeleton::skeleton(kind, &id, &schema))

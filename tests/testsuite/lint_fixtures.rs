@@ -34,6 +34,10 @@ const ALL_CODES: &[&str] = &[
     "hotfix-unidentifiable",
     "service-pack-has-rules",
     "application-unidentifiable",
+    "agent-install-command",
+    "agent-version-missing",
+    "agent-payload",
+    "agent-field",
     "placeholder",
     "service-pack-level-zero",
     // targets
@@ -427,4 +431,73 @@ fn cli_lint_json_reports_each_directory() {
 
     assert_eq!(reports[1]["dir"], arg(&f.fixed()), "{v:#}");
     assert_eq!(reports[1]["problems"], serde_json::json!([]), "{v:#}");
+}
+
+/// `patchcast package lint --repository DIR`: the packages of `tests/fixtures/lint-repository/
+/// broken` are each valid alone, but two `requires:` each other, two `supersedes:` each other
+/// and one requires an id no package has; `expect` lists each problem as `PACKAGE LINE:COLUMN
+/// CODE`, placed at the entry that closes the cycle (once per cycle) or names the unknown id.
+/// The `fixed` twin lints clean.
+#[test]
+fn repository_lint_refuses_reference_cycles_and_unknown_ids() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lint-repository");
+    let text = std::fs::read_to_string(root.join("expect")).unwrap();
+    let mut want: Vec<String> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (pkg, spot) = l.split_once(' ').unwrap();
+            let (at, code) = spot.split_once(' ').unwrap();
+            let file = root.join("broken").join(pkg).join("package.yaml");
+            format!("{}:{at}: error[{code}]", file.display())
+        })
+        .collect();
+    want.sort();
+    assert_eq!(want.len(), 3, "{text}");
+
+    let o = patchcast(&["package", "lint", "--repository", arg(&root.join("broken"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let mut got: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.contains(": error["))
+        .map(|l| l.split("]: ").next().unwrap().to_string() + "]")
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "{}", output(&o));
+    // The messages name the whole cycle and the unknown id.
+    for words in [
+        "`requires` cycle app-a → lib-b → app-a",
+        "`supersedes` cycle new-x → old-y → new-x",
+        "`requires` names `nowhere`, which is no package of this repository",
+    ] {
+        assert!(stdout.contains(words), "no `{words}` in\n{}", output(&o));
+    }
+    // Each package alone is clean: only the repository view sees the cycle and the unknown id.
+    let lone = root.join("broken/lone");
+    let o = patchcast(&["package", "lint", arg(&lone)]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
+    // Given together without --repository: the cycles, but not the ids (they may be
+    // published elsewhere).
+    let o = patchcast(&[
+        "package",
+        "lint",
+        arg(&root.join("broken/app-a")),
+        arg(&root.join("broken/lib-b")),
+        arg(&lone),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", output(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("[requires-cycle]"), "{}", output(&o));
+    assert!(!stdout.contains("[unknown-package]"), "{}", output(&o));
+
+    let o = patchcast(&[
+        "package",
+        "lint",
+        "--deny-warnings",
+        "--repository",
+        arg(&root.join("fixed")),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", output(&o));
 }

@@ -12,6 +12,7 @@ mod agent_emulated;
 mod agent_linux;
 mod agent_refusals;
 mod agent_resume;
+mod agent_upgrade;
 mod archive;
 mod cli;
 mod console_actions;

@@ -154,6 +154,32 @@ enum Cmd {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+    /// Write a copy of this binary carrying the build stamp STAMP (it then reports its
+    /// version as VERSION+STAMP): how two builds of one source are told apart, e.g. for a
+    /// `kind: agent` package.
+    Stamp {
+        /// 1 to 44 characters of [A-Za-z0-9.~], e.g. `b2`.
+        stamp: String,
+        /// Where to write the stamped copy.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Started by the agent itself while it upgrades: restores the previous binary unless
+    /// the new agent checks in by the deadline (see `agent::upgrade`).
+    #[command(hide = true)]
+    Watchdog {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        delivery: String,
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        deadline_ms: i64,
+        /// The agent's own arguments, to start the restored agent with.
+        #[arg(last = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
@@ -239,7 +265,13 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    use clap::{CommandFactory, FromArgMatches};
+    // The version with this binary's build stamp (`agent::stamp`).
+    let parsed = Cli::command()
+        .version(crate::stamp::version_static())
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -344,7 +376,13 @@ where
             init_logging();
             let r = runtime().block_on(async {
                 let stop = shutdown_signal();
-                tracing::info!(root = %opts.root.display(), "agent running");
+                tracing::info!(root = %opts.root.display(), version = %crate::stamp::version(), "agent running");
+                // Which process runs the agent on this root: after an upgrade rolled back,
+                // the restored agent is another process than the one first started.
+                let pid_file = opts.root.join("agent.pid");
+                if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+                    tracing::warn!(file = %pid_file.display(), error = %e, "could not write the pid file");
+                }
                 // The proxy's address only: its credentials never reach a log.
                 if let Ok(Some(p)) = patchcast_proto::proxy::current() {
                     tracing::info!(proxy = %p.url, no_proxy = ?p.no_proxy, "reaching the server through a proxy");
@@ -363,6 +401,56 @@ where
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Stamp { stamp, out } => {
+            let r = (|| -> anyhow::Result<String> {
+                use anyhow::Context;
+                let exe = std::env::current_exe().context("finding this binary")?;
+                let mut bytes =
+                    std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+                crate::stamp::write(&mut bytes, &stamp)?;
+                std::fs::write(&out, &bytes)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755))
+                        .with_context(|| format!("making {} executable", out.display()))?;
+                }
+                Ok(format!("{}+{stamp}", env!("CARGO_PKG_VERSION")))
+            })();
+            match r {
+                Ok(version) => {
+                    println!("{version}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Watchdog {
+            root,
+            delivery,
+            pid,
+            deadline_ms,
+            args,
+        } => {
+            init_logging();
+            match crate::upgrade::watchdog(
+                crate::config::Root(root),
+                &delivery,
+                pid,
+                deadline_ms,
+                &args,
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "upgrade watchdog failed");
                     ExitCode::FAILURE
                 }
             }

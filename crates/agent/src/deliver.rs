@@ -322,6 +322,7 @@ impl runner::Target for Local<'_> {
         // Probes may take a while; keep the runtime free while they run.
         Ok(tokio::task::spawn_blocking(move || {
             let mut f: Facts = super::facts::machine();
+            f.agent_version = Some(super::stamp::version());
             super::facts::gather(&mut f, &queries(&pkg));
             f
         })
@@ -384,6 +385,33 @@ impl runner::Target for Local<'_> {
             },
             output: outcome.output_tail,
         })
+    }
+
+    async fn stage_agent(&mut self, _work: &Work, binary: &str) -> Result<(), Stop> {
+        super::upgrade::stage(binary.as_ref()).map_err(Stop::Refused)
+    }
+
+    async fn swap_agent(&mut self, work: &Work, check_in: Duration) -> Result<i64, Stop> {
+        super::upgrade::swap(self.staging.root, &work.delivery_id, check_in).map_err(Stop::Refused)
+    }
+
+    async fn restart_agent(&mut self, _work: &Work) -> Refusal {
+        super::upgrade::restart()
+    }
+
+    /// The check-in: this agent's inventory (with its version) sent over the pinned TLS
+    /// connection with its credential, then the claim against the watchdog.
+    async fn check_in(&mut self, work: &Work, _pkg: &Package) -> Result<Facts, Stop> {
+        let root = self.staging.root.0.clone();
+        let inv = tokio::task::spawn_blocking(move || {
+            super::inventory::Collector::default().collect(&root, None, false)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("gathering the inventory failed: {e}"))?;
+        self.staging.client.send_inventory(&inv).await?;
+        super::upgrade::claim(self.staging.root, &work.delivery_id)?;
+        tracing::info!(delivery = %work.delivery_id, version = %super::stamp::version(), "the upgraded agent checked in");
+        Ok(super::upgrade::facts())
     }
 
     async fn boot_id(&mut self) -> String {

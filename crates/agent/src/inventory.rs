@@ -152,7 +152,7 @@ impl Collector {
         endpoint: Option<&Endpoint>,
         reboot_pending: bool,
     ) -> Inventory {
-        let agent_version = env!("CARGO_PKG_VERSION").to_string();
+        let agent_version = super::stamp::version();
         let boot_time = sysinfo::System::boot_time().unwrap_or(0);
         if let Some(e) = endpoint {
             let p = &e.profile;

@@ -17,7 +17,9 @@ pub mod logfile;
 pub mod relay;
 pub mod service;
 pub mod sources;
+pub mod stamp;
 pub mod time_setting;
 pub mod trust;
+pub mod upgrade;
 #[cfg(windows)]
 pub mod windows;

@@ -105,6 +105,9 @@ codes! {
     /// A package this one `requires:` failed on the machine, or was never delivered to it
     /// (`core::lifecycle::requirements`).
     E29,
+    /// An agent self-upgrade failed: the new agent did not check in within its deadline (or
+    /// could not be put in place), and the previous binary was restored.
+    E30,
 }
 
 /// How far a machine's clock may be from the server's before `doctor` reports E28: relay
@@ -429,7 +432,7 @@ const fn text(en: &'static str, ja: &'static str) -> Text {
     Text { en, ja }
 }
 
-static CATALOG: [Entry; 29] = [
+static CATALOG: [Entry; 30] = [
     Entry {
         code: Code::E01,
         title: text(
@@ -1106,6 +1109,25 @@ static CATALOG: [Entry; 29] = [
         ),
         transient: false,
     },
+    Entry {
+        code: Code::E30,
+        title: text("Agent upgrade failed", "エージェント更新失敗"),
+        message: text(
+            "The agent upgrade[ {package}|] failed and the previous agent was restored[: {detail}|].",
+            "エージェントの更新[「{package}」|]に失敗したため,以前のエージェントに戻しました[({detail})|]。",
+        ),
+        remedy: text(
+            "Run the new agent binary by hand on a test machine (`patchcast-agent --version`, \
+             then `patchcast-agent doctor`) to see why it does not start or cannot reach the \
+             server; publish a corrected build under a newer version. The machine keeps \
+             running its previous agent meanwhile.",
+            "新しいエージェントをテスト用のコンピュータで手動で実行し(`patchcast-agent --version`,\
+             続けて `patchcast-agent doctor`),起動しない理由や管理サーバに接続できない理由を\
+             確認してください。修正したビルドを新しいバージョンで公開してください。その間,\
+             このコンピュータは以前のエージェントで動作し続けます。",
+        ),
+        transient: false,
+    },
 ];
 
 #[cfg(test)]
@@ -1128,7 +1150,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_through_str_and_serde() {
-        assert_eq!(all().count(), 29);
+        assert_eq!(all().count(), 30);
         for c in all() {
             let s = c.as_str();
             assert_eq!(s.parse::<Code>(), Ok(c), "{s}");
@@ -1396,6 +1418,7 @@ mod tests {
             (Code::E25, false),
             (Code::E28, false),
             (Code::E29, false),
+            (Code::E30, false),
         ];
         for &(c, want) in cases {
             assert_eq!(c.transient(), want, "{c}");

@@ -55,6 +55,10 @@ pub struct Facts {
     /// Probe command → exit code (`None`: could not run, e.g. killed or not found).
     #[serde(default)]
     pub probes: BTreeMap<String, Option<i32>>,
+    /// The version of the patchcast agent gathering these facts (with its build stamp,
+    /// `0.1.0+b2`), when an agent runs on the machine: what identifies a `kind: agent` package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// A fact the caller must gather before identification.
@@ -262,6 +266,12 @@ pub fn identify(pkg: &Package, facts: &Facts) -> Identification {
                 verdict_of(&listed)
             }
         }
+        Kind::Agent => {
+            let c = agent_version(pkg.version.as_deref().unwrap_or_default(), facts);
+            let v = verdict_of(std::slice::from_ref(&c));
+            explanation.push(c);
+            v
+        }
         Kind::Application => {
             if pkg.rules.is_empty() {
                 Verdict::Indeterminate("the package has no identification rules".into())
@@ -286,6 +296,23 @@ fn verdict_of(checks: &[Check]) -> Verdict {
     match checks.iter().find(|c| c.outcome == Outcome::Unknown) {
         Some(c) => Verdict::Indeterminate(format!("{}: {}", c.check, c.detail)),
         None => Verdict::Applied,
+    }
+}
+
+/// A `kind: agent` package is applied when the agent on the machine reports its version or
+/// a later one (dpkg ordering, so `0.1.0+b2` is after `0.1.0+b1` and `0.1.0`).
+fn agent_version(wanted: &str, facts: &Facts) -> Check {
+    let what = format!("patchcast agent version >= {wanted}");
+    match &facts.agent_version {
+        None => check(
+            what,
+            Outcome::Unknown,
+            "no patchcast agent reported its version on this machine",
+        ),
+        Some(have) if crate::versions::dpkg_cmp(have, wanted) != Ordering::Less => {
+            check(what, Outcome::Pass, format!("the agent is {have}"))
+        }
+        Some(have) => check(what, Outcome::Fail, format!("the agent is {have}")),
     }
 }
 

@@ -5,8 +5,11 @@
 
 use crate::delivery::State;
 use crate::model::package::{Op, Package, PackageRef};
+use crate::model::problem::Problem;
+use crate::model::raw::{RawPackage, RawPackageRef};
 use crate::versions::{dpkg_cmp, publish_order};
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How a package about to be published stands against the current version under its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +166,126 @@ pub fn requirements(package: &Package, delivered: &[Delivered]) -> Requirements 
         Some(requirement) => Requirements::Wait { requirement },
         None => Requirements::Start,
     }
+}
+
+/// The problems of a set of packages' references to one another (`package lint` of several
+/// packages, or of a repository): a `requires:` or `supersedes:` cycle (A → B → A: each
+/// package waits for, or replaces, the other, so neither is ever delivered), reported once at
+/// the entry of the cycle's first id; and, when `complete` (the set is the whole
+/// repository), an id that names no package of it. Returns (index of the package, problem).
+pub fn reference_problems(packages: &[&RawPackage], complete: bool) -> Vec<(usize, Problem)> {
+    let mut out = Vec::new();
+    let known: BTreeSet<&str> = packages.iter().map(|p| p.id.as_str()).collect();
+    for (key, list) in [
+        (
+            "requires",
+            (|p: &RawPackage| p.requires.clone()) as fn(&RawPackage) -> Vec<RawPackageRef>,
+        ),
+        ("supersedes", |p: &RawPackage| p.supersedes.clone()),
+    ] {
+        // Edges by package id: (its index, entry index, the id named).
+        let mut edges: BTreeMap<&str, Vec<(usize, usize, String)>> = BTreeMap::new();
+        for (i, p) in packages.iter().enumerate() {
+            for (j, r) in list(p).iter().enumerate() {
+                if r.id() == p.id {
+                    continue; // `requires-itself` / `supersedes-itself`, reported by resolve
+                }
+                if complete && !known.contains(r.id()) {
+                    out.push((
+                        i,
+                        Problem::error(
+                            "unknown-package",
+                            format!("{key}[{j}]"),
+                            format!(
+                                "`{key}` names `{}`, which is no package of this repository",
+                                r.id()
+                            ),
+                            "correct the id, or add that package to the repository",
+                        ),
+                    ));
+                }
+                edges
+                    .entry(p.id.as_str())
+                    .or_default()
+                    .push((i, j, r.id().to_string()));
+            }
+        }
+        let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+        for (from, list) in &edges {
+            for (i, j, to) in list {
+                // A path back from `to` to `from` closes a cycle through this entry.
+                let Some(back) = path(&edges, to, from) else {
+                    continue;
+                };
+                let mut cycle: Vec<String> = std::iter::once(from.to_string())
+                    .chain(back.into_iter().take_while(|id| id != from))
+                    .collect();
+                // Reported once, from its smallest id.
+                let first = (0..cycle.len()).min_by_key(|&k| &cycle[k]).unwrap_or(0);
+                cycle.rotate_left(first);
+                if cycle[0] != *from || !seen.insert(cycle.clone()) {
+                    continue;
+                }
+                let shown = cycle
+                    .iter()
+                    .chain(std::iter::once(&cycle[0]))
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                let (code, why) = if key == "requires" {
+                    (
+                        "requires-cycle",
+                        "each package waits for the one it requires, so none of them is ever delivered",
+                    )
+                } else {
+                    (
+                        "supersedes-cycle",
+                        "each package replaces the next, so a machine with one of them never receives the others, whichever came first",
+                    )
+                };
+                out.push((
+                    *i,
+                    Problem::error(
+                        code,
+                        format!("{key}[{j}]"),
+                        format!("`{key}` cycle {shown}: {why}"),
+                        format!("remove one of the `{key}` entries that close the cycle"),
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The ids on a shortest path from `from` to `to` (starting with `from`), by breadth first.
+fn path(
+    edges: &BTreeMap<&str, Vec<(usize, usize, String)>>,
+    from: &str,
+    to: &str,
+) -> Option<Vec<String>> {
+    let mut parent: BTreeMap<String, String> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([from.to_string()]);
+    let mut visited = BTreeSet::from([from.to_string()]);
+    while let Some(at) = queue.pop_front() {
+        if at == to {
+            let mut p = vec![at.clone()];
+            let mut cur = at;
+            while let Some(prev) = parent.get(&cur) {
+                p.push(prev.clone());
+                cur = prev.clone();
+            }
+            p.reverse();
+            return Some(p);
+        }
+        for (_, _, next) in edges.get(at.as_str()).into_iter().flatten() {
+            if visited.insert(next.clone()) {
+                parent.insert(next.clone(), at.clone());
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -471,5 +594,54 @@ mod tests {
                 ("package-version-format", "requires[2].version"),
             ],
         );
+    }
+
+    fn raw(id: &str, extra: &str) -> crate::model::raw::RawPackage {
+        serde_saphyr::from_str(&format!(
+            "id: {id}\nkind: application\ntitle: t\ntargets: [{{ os: debian }}]\n\
+             identification: [{{ probe: 'true' }}]\ninstall: {{ command: x }}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn reference_cycles_and_unknown_ids_are_found_once_and_placed() {
+        let a = raw("a", "requires: [b]\nsupersedes: [c]\n");
+        let b = raw("b", "requires: [{ id: c }, a]\n");
+        let c = raw("c", "requires: [b]\nsupersedes: [a, nowhere]\n");
+        let got = |complete| {
+            reference_problems(&[&a, &b, &c], complete)
+                .into_iter()
+                .map(|(i, p)| format!("{i} {} {} {}", p.code, p.path, p.message))
+                .collect::<Vec<_>>()
+        };
+        let all = got(true);
+        assert!(
+            all.iter()
+                .any(|l| l.starts_with("2 unknown-package supersedes[1] ")),
+            "{all:#?}"
+        );
+        // a → b → a and b → c → b: each once, at its smallest id's entry.
+        assert!(
+            all.iter()
+                .any(|l| l.starts_with("0 requires-cycle requires[0] `requires` cycle a → b → a")),
+            "{all:#?}"
+        );
+        assert!(
+            all.iter()
+                .any(|l| l.starts_with("1 requires-cycle requires[0] `requires` cycle b → c → b")),
+            "{all:#?}"
+        );
+        assert!(
+            all.iter()
+                .any(|l| l
+                    .starts_with("0 supersedes-cycle supersedes[0] `supersedes` cycle a → c → a")),
+            "{all:#?}"
+        );
+        assert_eq!(all.len(), 4, "{all:#?}");
+        // Not the whole repository: an id elsewhere may exist.
+        assert_eq!(got(false).len(), 3);
+        let lone = raw("lone", "requires: [elsewhere]\n");
+        assert!(reference_problems(&[&lone], false).is_empty());
     }
 }

@@ -49,6 +49,16 @@ pub enum Step {
         #[serde(default)]
         rebooted: bool,
     },
+    /// `kind: agent`: the new binary is staged beside the running agent and the running one
+    /// kept as `.previous`; next, the new one is renamed over the current one (again after a
+    /// kill: the rename is idempotent) and a watchdog is started.
+    AgentSwap,
+    /// `kind: agent`: the new binary is in place and the agent restarted into it (or is about
+    /// to); it must check in with the server before `deadline_ms` (Unix milliseconds), else
+    /// the watchdog restores the previous binary and reports E30.
+    AgentCheckIn {
+        deadline_ms: i64,
+    },
     Done,
 }
 
@@ -187,6 +197,11 @@ pub enum Outcome {
     },
     /// The identification after the install.
     Verified(Identification),
+    /// `kind: agent`: the new binary is staged and the running one kept as `.previous`.
+    AgentStaged,
+    /// `kind: agent`: the agent now running reached the server (TLS with the pin, its
+    /// credential accepted); its identification (its own version against the package's).
+    CheckedIn(Identification),
     /// The step could not be carried out.
     Refused(Refusal),
 }
@@ -344,6 +359,46 @@ pub fn next(
                 next,
             )
         }
+        (Step::Execute { .. }, Outcome::AgentStaged) => Decision::go(Step::AgentSwap),
+        (Step::AgentCheckIn { .. }, Outcome::CheckedIn(ident)) => match ident.verdict {
+            Verdict::Applied => Decision::report(
+                Event::Executed {
+                    execution: Execution::Succeeded { code: 0 },
+                },
+                Detail {
+                    params: Params {
+                        package: Some(pkg.id.as_str().to_string()),
+                        ..Params::default()
+                    },
+                    exit_code: Some(0),
+                    output_tail: Some(
+                        ident
+                            .explanation
+                            .iter()
+                            .map(|c| format!("{}: {}", c.check, c.detail))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    ),
+                    ..Detail::default()
+                },
+                Step::Verify,
+            ),
+            _ => refused(
+                pkg.id.as_str(),
+                Refusal::detail(
+                    Code::E30,
+                    format!(
+                        "the agent that checked in is not the new build ({})",
+                        ident
+                            .explanation
+                            .iter()
+                            .map(|c| format!("{}: {}", c.check, c.detail))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ),
+            ),
+        },
         (Step::Verify, Outcome::Verified(ident)) => {
             let ident = action.toward(ident);
             Decision::report(
@@ -365,6 +420,40 @@ pub fn next(
             Decision::go(Step::Done)
         }
     }
+}
+
+/// What an agent-upgrade watchdog does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watch {
+    /// The new agent checked in (or the delivery moved on): the watchdog's work is done.
+    Kept,
+    /// Not yet: look again shortly.
+    Wait,
+    /// Restore the previous binary and report E30 with this reason.
+    RollBack(String),
+}
+
+/// The watchdog's decision: `checked_in` (the new agent claimed the upgrade, or the delivery
+/// is no longer waiting for it), whether the agent process is `alive`, and the time against
+/// the deadline (Unix milliseconds). A check-in always wins; an agent that died before it,
+/// or is still silent at the deadline, is rolled back.
+pub fn watch(checked_in: bool, alive: bool, now_ms: i64, deadline_ms: i64) -> Watch {
+    if checked_in {
+        Watch::Kept
+    } else if !alive {
+        Watch::RollBack("the new agent exited before it checked in with the server".into())
+    } else if now_ms >= deadline_ms {
+        Watch::RollBack(
+            "the new agent did not check in with the server before its deadline (check_in_deadline)".into(),
+        )
+    } else {
+        Watch::Wait
+    }
+}
+
+/// The watchdog restored the previous agent binary of `package_id` for `why`: E30.
+pub fn rolled_back(package_id: &str, why: &str) -> Decision {
+    refused(package_id, Refusal::detail(Code::E30, why))
 }
 
 /// An uninstall of a package that has none (the server refuses such scenarios; a carrier
@@ -734,6 +823,123 @@ mod tests {
         assert_eq!(
             after_reboot(&waiting(true, false), "b1", RebootPolicy::Never),
             AfterReboot::Wait
+        );
+    }
+
+    fn agent_pkg() -> Package {
+        let yaml = "id: agent\nkind: agent\ntitle: agent\nversion: 0.1.0+b2\ntargets:\n  - { os: debian }\n\
+                    payload: [patchcast-agent]\ncheck_in_deadline: 90s\n";
+        let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(yaml).unwrap();
+        let (p, problems) = crate::model::package::resolve(&raw);
+        p.unwrap_or_else(|| panic!("{problems:?}"))
+    }
+
+    fn agent_facts(version: Option<&str>) -> crate::identify::Facts {
+        crate::identify::Facts {
+            os: "debian-12".into(),
+            arch: "x64".into(),
+            language: "en".into(),
+            agent_version: version.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_agent_package_is_applied_by_the_version_its_agent_reports() {
+        let p = agent_pkg();
+        assert_eq!(p.install.timeout, std::time::Duration::from_secs(90));
+        assert_eq!(p.reboot, RebootPolicy::Never);
+        let verdict = |v| crate::identify::identify(&p, &agent_facts(v)).verdict;
+        assert_eq!(verdict(Some("0.1.0+b2")), Verdict::Applied);
+        assert_eq!(verdict(Some("0.1.0+b3")), Verdict::Applied);
+        assert_eq!(verdict(Some("0.1.0+b1")), Verdict::NotApplied);
+        assert_eq!(verdict(Some("0.1.0")), Verdict::NotApplied);
+        assert!(matches!(verdict(None), Verdict::Indeterminate(_)));
+    }
+
+    #[test]
+    fn an_agent_upgrade_swaps_then_checks_in_then_verifies() {
+        let p = agent_pkg();
+        let at =
+            |step: Step, o: Outcome| next(&step, o, &p, Action::Install, When::Immediately, 100);
+        let d = at(Step::Execute { pgid: None }, Outcome::AgentStaged);
+        assert_eq!((d.next, d.report), (Step::AgentSwap, None));
+        let checked = |v| Outcome::CheckedIn(crate::identify::identify(&p, &agent_facts(Some(v))));
+        let step = Step::AgentCheckIn { deadline_ms: 5 };
+        // The new build checked in: executed, then verified like any install.
+        let d = at(step.clone(), checked("0.1.0+b2"));
+        assert_eq!(d.next, Step::Verify);
+        assert_eq!(
+            d.report.unwrap().0,
+            Event::Executed {
+                execution: Execution::Succeeded { code: 0 }
+            }
+        );
+        // Whatever checked in is the old build (the swap was undone): E30, never applied.
+        let d = at(step, checked("0.1.0+b1"));
+        assert_eq!(d.next, Step::Done);
+        let (event, detail) = d.report.unwrap();
+        assert_eq!(event, Event::Refused { code: Code::E30 });
+        assert!(
+            detail.params.detail.unwrap().contains("0.1.0+b1"),
+            "names the version that checked in"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_keeps_a_check_in_and_rolls_back_a_death_or_silence() {
+        // A check-in wins even when the process is gone or the deadline passed.
+        assert_eq!(watch(true, false, 10, 5), Watch::Kept);
+        assert_eq!(watch(true, true, 10, 5), Watch::Kept);
+        assert_eq!(watch(false, true, 4, 5), Watch::Wait);
+        assert!(matches!(watch(false, false, 4, 5), Watch::RollBack(w) if w.contains("exited")));
+        assert!(matches!(watch(false, true, 5, 5), Watch::RollBack(w) if w.contains("deadline")));
+        let d = rolled_back("agent", "why");
+        assert_eq!(d.next, Step::Done);
+        assert_eq!(d.report.unwrap().0, Event::Refused { code: Code::E30 });
+    }
+
+    #[test]
+    fn agent_packages_refuse_what_an_agent_cannot_do() {
+        let problems = |extra: &str| {
+            let yaml = format!(
+                "id: agent\nkind: agent\ntitle: agent\ntargets:\n  - {{ os: debian }}\n{extra}"
+            );
+            let raw: crate::model::raw::RawPackage = serde_saphyr::from_str(&yaml).unwrap();
+            let (p, problems) = crate::model::package::resolve(&raw);
+            assert!(p.is_none());
+            problems
+                .into_iter()
+                .map(|p| format!("{}@{}", p.code, p.path))
+                .collect::<Vec<_>>()
+        };
+        let got = problems(
+            "payload: [a, b]\ninstall: { command: 'sh a' }\nuninstall: { command: 'rm a' }\n\
+             identification:\n  - probe: 'true'\nwhen: next_boot\nreboot: always\n",
+        );
+        for want in [
+            "agent-install-command@install",
+            "agent-field@identification",
+            "agent-field@uninstall",
+            "agent-field@when",
+            "agent-field@reboot",
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want} in {got:?}");
+        }
+        let got = problems("version: '1'\npayload: [a]\ncheck_in_deadline: soon\n");
+        assert!(
+            got.contains(&"duration-format@check_in_deadline".to_string()),
+            "{got:?}"
+        );
+        let got = problems("payload: [a]\n");
+        assert!(
+            got.contains(&"agent-version-missing@kind".to_string()),
+            "{got:?}"
+        );
+        let got = problems("version: '1'\npayload: [a, b]\n");
+        assert!(
+            got.contains(&"agent-payload@payload".to_string()),
+            "{got:?}"
         );
     }
 }

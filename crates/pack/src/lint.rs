@@ -10,13 +10,14 @@ use super::pe::{
     UNVERSIONED_EXTENSIONS, VERSIONED_EXTENSIONS, VersionResource, file_version_resource,
 };
 use super::{Loaded, PACKAGE_FILE, load};
+use patchcast_core::lifecycle::reference_problems;
 use patchcast_core::model::package::{Package, resolve};
 use patchcast_core::model::problem::{Located, Problem};
 use patchcast_core::model::raw::{RawChange, RawPackage};
 use patchcast_core::model::types::FileVersion;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -61,6 +62,42 @@ pub fn lint_dir(dir: &Path) -> Report {
         package: package.filter(|_| !errors),
         raw: Some(raw),
     }
+}
+
+/// Lints several packages together: each on its own (`lint_dir`), then their references to
+/// one another (`requires:`/`supersedes:` cycles; with `complete`, because they are the whole
+/// repository, ids that name none of them), each placed at its entry.
+pub fn lint_set(dirs: &[PathBuf], complete: bool) -> Vec<Report> {
+    let mut reports: Vec<Report> = dirs.iter().map(|d| lint_dir(d)).collect();
+    let loaded: Vec<(usize, Loaded)> = dirs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| load(d).ok().map(|l| (i, l)))
+        .collect();
+    let raws: Vec<&RawPackage> = loaded.iter().map(|(_, l)| &l.raw).collect();
+    for (k, problem) in reference_problems(&raws, complete) {
+        let (i, l) = &loaded[k];
+        let report = &mut reports[*i];
+        report.problems.push(l.locate(problem));
+        report.problems.sort_by(|a, b| {
+            (a.line, a.column, a.problem.code).cmp(&(b.line, b.column, b.problem.code))
+        });
+        if report.has_errors() {
+            report.package = None;
+        }
+    }
+    reports
+}
+
+/// The package directories of a repository: every directory directly under `root` that
+/// holds a `package.yaml`, sorted.
+pub fn repository(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(PACKAGE_FILE).is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
 }
 
 fn payload_problems(dir: &Path, raw: &RawPackage) -> Vec<Problem> {

@@ -14,6 +14,7 @@ pub fn skeleton(kind: RawKind, id: &str, schema: &str) -> String {
         RawKind::Hotfix => HOTFIX,
         RawKind::ServicePack => SERVICE_PACK,
         RawKind::Application => APPLICATION,
+        RawKind::Agent => AGENT,
     };
     format!("{head}{body}")
 }
@@ -74,4 +75,20 @@ payload:
 install:
   command: 'dpkg -i {{payload.0}}'
   timeout: 10m
+"#;
+
+const AGENT: &str = r#"kind: agent
+title: TODO e.g. patchcast agent 0.1.0+b2
+# The agent's own version (`patchcast-agent --version`) once upgraded: the package is
+# applied on a machine whose agent reports this version or a later one.
+version: "0.0.0+TODO"
+targets:
+  - { os: debian-12 }
+# The one payload file is the new agent binary. There is no install command: the running
+# agent puts the binary in place of its own, restarts into it, and keeps it only if it
+# checks in with the server within check_in_deadline; otherwise its watchdog restores the
+# previous binary and the delivery fails with E30.
+payload:
+  - patchcast-agent
+check_in_deadline: 5m
 "#;

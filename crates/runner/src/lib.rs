@@ -15,6 +15,12 @@
 //! | reboot wait | `boot_id`, `restart` | verify once the boot changed |
 //! | done | `clean` | — |
 //!
+//! A `kind: agent` package (the agent upgrading itself) runs the same probe, disk, fetch and
+//! extract steps; its execute step stages the new binary (`stage_agent`), then the runner
+//! swaps it in and restarts the agent into it (`swap_agent`, `restart_agent`), and the new
+//! agent's first step is to check in (`check_in`) before its version is verified. Only an
+//! agent on its own machine can; every other carrier refuses with E30.
+//!
 //! Every step starts from the work item's manifest checked against the carrier's trusted
 //! publisher keys: probes and installs run commands as root, so nothing runs for an unsigned
 //! manifest (E18).
@@ -23,7 +29,7 @@ use ed25519_dalek::VerifyingKey;
 use patchcast_core::errors::{Code, Params};
 pub use patchcast_core::faults::Shell;
 use patchcast_core::identify::{Facts, identify};
-use patchcast_core::model::package::Package;
+use patchcast_core::model::package::{Kind, Package};
 use patchcast_core::model::template::{TemplateContext, TemplateMachine, render};
 use patchcast_core::pipeline::{self, AfterReboot, Decision, Outcome, Refusal, Step};
 use patchcast_pack::archive::{self, Verified, VerifyError};
@@ -189,6 +195,28 @@ pub trait Target {
     fn shell(&self) -> Shell {
         Shell::Posix
     }
+    /// `kind: agent`: puts the new agent binary `binary` (a file of the verified payload)
+    /// beside the running agent and keeps a copy of the running one as its previous binary.
+    async fn stage_agent(&mut self, _work: &Work, _binary: &str) -> Result<(), Stop> {
+        Err(not_an_agent().into())
+    }
+    /// `kind: agent`: renames the staged binary over the running agent's (idempotent) and
+    /// starts the watchdog that restores the previous one unless the new agent checks in by
+    /// the returned deadline (Unix milliseconds), `check_in` from now.
+    async fn swap_agent(&mut self, _work: &Work, _check_in: Duration) -> Result<i64, Stop> {
+        Err(not_an_agent().into())
+    }
+    /// `kind: agent`: restarts the agent into its new binary; returns only when that failed,
+    /// after restoring the previous binary, with the refusal to report.
+    async fn restart_agent(&mut self, _work: &Work) -> Refusal {
+        not_an_agent()
+    }
+    /// `kind: agent`: the agent now running calls the server (its TLS pin and credential) and
+    /// claims the upgrade against its watchdog; returns the facts that identify it (its own
+    /// version).
+    async fn check_in(&mut self, _work: &Work, _pkg: &Package) -> Result<Facts, Stop> {
+        Err(not_an_agent().into())
+    }
     /// The identity of the current boot: changes with every restart.
     async fn boot_id(&mut self) -> String;
     async fn restart(&mut self, work: &Work) -> Result<Restart, Stop>;
@@ -210,6 +238,14 @@ pub trait Reporter {
     async fn heartbeat(&self, _state: AgentState) -> std::convert::Infallible {
         std::future::pending().await
     }
+}
+
+/// What a carrier that is not an agent on its own machine says to an agent package.
+pub fn not_an_agent() -> Refusal {
+    Refusal::detail(
+        Code::E30,
+        "only a patchcast agent can upgrade itself: this machine is not served by its own agent (SSH host or emulated endpoint)",
+    )
 }
 
 /// The refusal for an archive or manifest that failed verification or extraction.
@@ -299,6 +335,29 @@ pub async fn run<T: Target, R: Reporter + Sync>(
             entry.step = Step::Execute { pgid: None };
             reporter.save(entry)?;
         }
+        if entry.step == Step::AgentSwap {
+            match target
+                .swap_agent(&entry.work, signed.package.install.timeout)
+                .await
+            {
+                Ok(deadline_ms) => {
+                    // Journaled before the restart: whichever binary starts next finds the
+                    // delivery waiting for its check-in.
+                    entry.step = Step::AgentCheckIn { deadline_ms };
+                    reporter.save(entry)?;
+                    tracing::info!(delivery = %id, "agent binary replaced; restarting into it");
+                    let r = target.restart_agent(&entry.work).await;
+                    tracing::error!(delivery = %id, code = %r.code, detail = ?r.params.detail, "agent restart failed");
+                    entry.record(pipeline::refused(&entry.work.package_id, r));
+                }
+                Err(Stop::Interrupted(i)) => return Err(i),
+                Err(Stop::Refused(r)) => {
+                    entry.record(pipeline::refused(&entry.work.package_id, *r))
+                }
+            }
+            reporter.save(entry)?;
+            continue;
+        }
         let step = entry.step.clone();
         let outcome = match carry_out(target, reporter, entry, &signed).await {
             Ok(o) => o,
@@ -364,6 +423,17 @@ async fn carry_out<T: Target, R: Reporter + Sync>(
                 reporter.save(entry)?;
             }
             let action = entry.work.action;
+            if pkg.kind == Kind::Agent {
+                if !action.is_install() {
+                    return Err(pipeline::no_uninstall().into());
+                }
+                let payload = target.payload(&entry.work, signed).await?;
+                let binary = std::path::Path::new(&payload).join(&pkg.payload[0]);
+                target
+                    .stage_agent(&entry.work, &binary.display().to_string())
+                    .await?;
+                return Ok(Outcome::AgentStaged);
+            }
             let cmd = action.command(pkg).ok_or_else(pipeline::no_uninstall)?;
             if !action.is_install() && !target.uninstalls() {
                 return Err(Refusal::detail(
@@ -416,7 +486,10 @@ async fn carry_out<T: Target, R: Reporter + Sync>(
             boot_id: target.boot_id().await,
         },
         Step::Verify => Outcome::Verified(identify(pkg, &target.facts(pkg).await?)),
-        Step::RebootPending { .. } | Step::AwaitBoot { .. } | Step::Done => {
+        Step::AgentCheckIn { .. } => {
+            Outcome::CheckedIn(identify(pkg, &target.check_in(&entry.work, pkg).await?))
+        }
+        Step::RebootPending { .. } | Step::AwaitBoot { .. } | Step::AgentSwap | Step::Done => {
             unreachable!("handled by run before carry_out")
         }
     })

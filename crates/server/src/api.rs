@@ -626,15 +626,9 @@ async fn publish(
         key_id: v.key_id.clone(),
         published_at_ms: s.now(),
     };
-    // The package's own install timeout (default 30m), for the no-reply deadline.
-    let timeout = v
-        .manifest
-        .package
-        .install
-        .timeout
-        .as_deref()
-        .and_then(|t| patchcast_core::model::types::parse_duration(t).ok())
-        .map_or(30 * 60, |d| d.as_secs());
+    // The package's own install timeout (default 30m; an agent package's check-in
+    // deadline), for the no-reply deadline.
+    let timeout = v.package.install.timeout.as_secs();
     s.save_package(&view, &manifest, &signature, timeout, q.rollback)
         .await?;
     tracing::info!(package = %view.id, sha256 = %view.archive_sha256, rollback = q.rollback, "published");

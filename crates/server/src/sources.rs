@@ -441,7 +441,7 @@ impl Server {
             return Ok(Vec::new());
         }
         let rows = db::deliveries::content_demand(&self.db).await?;
-        let mut out: Vec<Prefetch> = Vec::new();
+        let mut out: Vec<(bool, Prefetch)> = Vec::new();
         for r in &rows {
             let kind = package_kind(&r.manifest);
             let plan = cs::plan(
@@ -453,16 +453,25 @@ impl Server {
                 matches!(s, Source::Relay { machine } if relays.iter().any(|x| x.is(machine) && x.machine_id == relay.machine_id))
             });
             let sha = &r.archive_sha256;
-            if uses && !relay.cached.contains(sha) && !out.iter().any(|p| p.sha256.hex() == *sha) {
-                out.push(Prefetch {
-                    sha256: sha.parse().map_err(
-                        |e: patchcast_core::model::types::FormatError| anyhow::anyhow!(e.0),
-                    )?,
-                    size: r.archive_size,
-                });
+            if uses
+                && !relay.cached.contains(sha)
+                && !out.iter().any(|(_, p)| p.sha256.hex() == *sha)
+            {
+                out.push((
+                    kind != "agent",
+                    Prefetch {
+                        sha256: sha.parse().map_err(
+                            |e: patchcast_core::model::types::FormatError| anyhow::anyhow!(e.0),
+                        )?,
+                        size: r.archive_size,
+                    },
+                ));
             }
         }
-        Ok(out)
+        // Agent builds first (as OfficeScan's update agents fetch their own update first): an
+        // upgraded agent then serves the rest. The sort is stable, so the order is kept otherwise.
+        out.sort_by_key(|(later, _)| *later);
+        Ok(out.into_iter().map(|(_, p)| p).collect())
     }
 
     /// A relay's report of where it listens and what it holds.

@@ -162,6 +162,8 @@ pub struct AgentProc {
     pub wine: Option<Wine>,
     /// The network namespace the agent runs in (`common::netns`), when not this machine's.
     pub netns: Option<String>,
+    /// Another agent binary than the built one (a stamped copy an upgrade may replace).
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentProc {
@@ -173,6 +175,7 @@ impl AgentProc {
             runs: 0,
             wine: None,
             netns: None,
+            bin: None,
         }
     }
 
@@ -187,11 +190,15 @@ impl AgentProc {
     /// The agent program with `ARGS --root ROOT` ready for the subcommand's own flags.
     fn command(&self, subcommand: &str) -> Command {
         let (mut cmd, root) = match (&self.wine, &self.netns) {
-            (None, None) => (Command::new(BIN), self.root.as_os_str().to_owned()),
+            (None, None) => (
+                Command::new(self.bin.as_deref().unwrap_or(Path::new(BIN))),
+                self.root.as_os_str().to_owned(),
+            ),
             (None, Some(ns)) => {
                 // `ip netns exec` execs the agent: the child's pid is the agent's own.
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                c.args(["netns", "exec", ns]);
+                c.arg(self.bin.as_deref().unwrap_or(Path::new(BIN)));
                 (c, self.root.as_os_str().to_owned())
             }
             (Some(w), _) => (w.command(&w.agent), w.windows_path(&self.root).into()),

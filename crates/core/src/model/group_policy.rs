@@ -44,7 +44,7 @@ pub struct RawGroupPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_missed_at_start: Option<bool>,
     /// Content types the server does not start on this group's machines, whatever created the
-    /// delivery: `hotfix`, `service_pack`, `application`.
+    /// delivery: `hotfix`, `service_pack`, `application`, `agent`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hold: Vec<ContentKind>,
 }
@@ -70,6 +70,8 @@ pub enum ContentKind {
     Hotfix,
     ServicePack,
     Application,
+    /// The patchcast agent itself (agent self-upgrades).
+    Agent,
 }
 
 impl From<super::raw::RawKind> for ContentKind {
@@ -78,6 +80,7 @@ impl From<super::raw::RawKind> for ContentKind {
             super::raw::RawKind::Hotfix => ContentKind::Hotfix,
             super::raw::RawKind::ServicePack => ContentKind::ServicePack,
             super::raw::RawKind::Application => ContentKind::Application,
+            super::raw::RawKind::Agent => ContentKind::Agent,
         }
     }
 }
@@ -88,6 +91,7 @@ impl std::fmt::Display for ContentKind {
             ContentKind::Hotfix => "hotfix",
             ContentKind::ServicePack => "service_pack",
             ContentKind::Application => "application",
+            ContentKind::Agent => "agent",
         })
     }
 }

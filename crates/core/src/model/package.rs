@@ -64,7 +64,13 @@ pub enum Kind {
         level: SpLevel,
     },
     Application,
+    /// The patchcast agent itself: applied when the agent's own version is at least the
+    /// package's `version` (which resolve requires).
+    Agent,
 }
+
+/// How long a new agent has to check in when `check_in_deadline` is not given.
+pub const DEFAULT_CHECK_IN: Duration = Duration::from_secs(5 * 60);
 
 /// A service pack level; SP2 is 2.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -341,14 +347,41 @@ impl Resolver {
             hostname: "example".into(),
         };
         let ctx = TemplateContext::new(raw, workdir, sample);
-        let install = self.command("install", &raw.install, &ctx);
+        let install = match (&raw.install, raw.kind) {
+            (Some(_), RawKind::Agent) => {
+                self.err(
+                    "agent-install-command",
+                    "install",
+                    "an agent package has no install command: the running agent puts the new binary in place of its own and restarts into it",
+                    "remove `install:`; give the time the new agent has to check in as `check_in_deadline`",
+                );
+                self.agent(raw);
+                None
+            }
+            (Some(c), _) => self.command("install", c, &ctx),
+            (None, RawKind::Agent) => self.agent(raw),
+            (None, _) => {
+                self.err(
+                    "missing-key",
+                    "",
+                    "missing field `install`: every package but `kind: agent` needs its install command",
+                    "add `install:` with its `command`; the schema (`patchcast schema package`) lists the required keys",
+                );
+                None
+            }
+        };
         let uninstall = raw
             .uninstall
             .as_ref()
             .map(|u| self.command("uninstall", u, &ctx));
         let supersedes = self.refs(raw, &raw.supersedes, Field::Supersedes);
         let requires = self.refs(raw, &raw.requires, Field::Requires);
-        let reboot = match raw.reboot.unwrap_or(RawRebootPolicy::IfRequired) {
+        let default_reboot = if raw.kind == RawKind::Agent {
+            RawRebootPolicy::Never
+        } else {
+            RawRebootPolicy::IfRequired
+        };
+        let reboot = match raw.reboot.unwrap_or(default_reboot) {
             RawRebootPolicy::Never => RebootPolicy::Never,
             RawRebootPolicy::IfRequired => RebootPolicy::IfRequired,
             RawRebootPolicy::Always => RebootPolicy::Always,
@@ -450,6 +483,14 @@ impl Resolver {
                 "write the KB number as KB and its digits, e.g. KB958644",
             )
         });
+        if raw.check_in_deadline.is_some() && raw.kind != RawKind::Agent {
+            self.err(
+                "field-for-other-kind",
+                "check_in_deadline",
+                "`check_in_deadline` is only meaningful for kind: agent",
+                "remove `check_in_deadline`, or set kind: agent",
+            );
+        }
         // Each kind-specific key belongs to one kind; elsewhere it is a mistake, not ignored.
         for (key, set, owner) in [
             ("ms_number", raw.ms_number.is_some(), RawKind::Hotfix),
@@ -477,6 +518,7 @@ impl Resolver {
         match (raw.kind, raw.service_pack) {
             (RawKind::Hotfix, _) => Some(Kind::Hotfix { ms_number: ms, kb }),
             (RawKind::Application, _) => Some(Kind::Application),
+            (RawKind::Agent, _) => Some(Kind::Agent),
             (RawKind::ServicePack, Some(sp)) => Some(Kind::ServicePack {
                 level: SpLevel {
                     major: sp.major,
@@ -493,6 +535,87 @@ impl Resolver {
                 None
             }
         }
+    }
+
+    /// The checks of an agent package (`kind: agent`), and its "install": no command, the
+    /// check-in deadline as its time limit.
+    fn agent(&mut self, raw: &RawPackage) -> Option<Command> {
+        let mut ok = true;
+        if raw.version.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            self.err(
+                "agent-version-missing",
+                // Point at the empty version, or (when there is none) at the kind asking for it.
+                if raw.version.is_some() { "version" } else { "kind" },
+                "an agent package needs the version its agent reports (`patchcast-agent --version`): a machine is upgraded when its agent reports an older one",
+                "add `version:` with the new agent's version, e.g. `0.1.0+b2`",
+            );
+            ok = false;
+        }
+        if raw.payload.len() != 1 {
+            self.err(
+                "agent-payload",
+                "payload",
+                format!(
+                    "an agent package ships exactly one file, the new agent binary; this one lists {}",
+                    raw.payload.len()
+                ),
+                "list the agent binary alone, e.g. `payload: [patchcast-agent]`",
+            );
+            ok = false;
+        }
+        let forbidden = [
+            (
+                "identification",
+                !raw.identification.is_empty(),
+                "an agent package is identified by the version the agent reports; rules would not be read",
+            ),
+            (
+                "uninstall",
+                raw.uninstall.is_some(),
+                "an agent cannot uninstall itself; deliver an agent package of the older build instead",
+            ),
+            (
+                "when",
+                raw.when == Some(When::NextBoot),
+                "the agent replaces itself while running; `when: next_boot` does not apply",
+            ),
+            (
+                "reboot",
+                raw.reboot.is_some_and(|r| r != RawRebootPolicy::Never),
+                "an agent upgrade restarts the agent, never the machine",
+            ),
+        ];
+        for (key, set, why) in forbidden {
+            if set {
+                self.err(
+                    "agent-field",
+                    key,
+                    format!("`{key}` is not allowed in an agent package: {why}"),
+                    format!("remove `{key}`"),
+                );
+                ok = false;
+            }
+        }
+        let timeout = match raw.check_in_deadline.as_deref().map(parse_duration) {
+            None => DEFAULT_CHECK_IN,
+            Some(Ok(d)) => d,
+            Some(Err(FormatError(msg))) => {
+                self.err(
+                    "duration-format",
+                    "check_in_deadline",
+                    msg,
+                    "e.g. `5m`, `90s`",
+                );
+                ok = false;
+                DEFAULT_CHECK_IN
+            }
+        };
+        ok.then(|| Command {
+            template: String::new(),
+            success_exit_codes: vec![0],
+            reboot_exit_codes: Vec::new(),
+            timeout,
+        })
     }
 
     /// The FAQ's Q2: a package that can never be seen as applied is re-delivered forever.

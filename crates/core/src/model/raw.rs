@@ -39,8 +39,15 @@ pub struct RawPackage {
     /// Files shipped with the package, relative to the package directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub payload: Vec<String>,
-    /// How to install the package.
-    pub install: RawCommand,
+    /// How to install the package. Required for every kind but `agent`, which the agent
+    /// installs itself (it replaces its own binary) and which must not have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<RawCommand>,
+    /// Agent only: how long the new agent has, once it replaced the running one, to check
+    /// in with the server before the watchdog restores the previous binary and reports E30,
+    /// e.g. `5m`, `90s` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_in_deadline: Option<String>,
     /// How to remove the package, when it can be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uninstall: Option<RawCommand>,
@@ -144,6 +151,11 @@ pub enum RawKind {
     ServicePack,
     /// Identified by its identification rules.
     Application,
+    /// The patchcast agent itself: its one payload file is the new agent binary, which the
+    /// running agent puts in place of its own, restarts into, and keeps only once it checked
+    /// in (a watchdog restores the previous binary otherwise). Identified by the agent's
+    /// version being at least the package's `version`.
+    Agent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,370 @@
+//! The agent upgrading itself (`kind: agent` packages): the file work and processes behind
+//! the runner's agent steps; the decisions are `core::pipeline`'s (`watch`, the check-in).
+//!
+//! The binary the agent was started from (`exe`, read once at start: after the swap the
+//! kernel's `/proc/self/exe` names a deleted file) is replaced in three moves, each safe to
+//! repeat after a kill:
+//! 1. stage (`Execute`): the verified payload's binary is copied to `exe.new` and the running
+//!    binary to `exe.previous` (temporary file, fsync, rename);
+//! 2. swap (`AgentSwap`): `exe.new` is renamed over `exe` (a rename is atomic; when `exe.new`
+//!    is gone the swap happened already), and a watchdog is started from `exe.previous`;
+//! 3. restart (`AgentCheckIn` journaled first): the process `exec`s `exe`, keeping its pid,
+//!    arguments and environment (a service manager sees the same process).
+//!
+//! The new agent resumes the journal, finds the delivery at `AgentCheckIn`, calls the server
+//! and claims the upgrade (`ROOT/work/ID/checked-in`) under a lock the watchdog shares; then
+//! its version is verified as any install is. The watchdog (`patchcast-agent watchdog`, its own
+//! process group) waits for that claim; when the agent process dies first, or the deadline
+//! passes, it marks the upgrade rolled back under the same lock (so a late check-in cannot
+//! win), kills what runs, copies `exe.previous` back over `exe`, journals E30, and starts the
+//! restored agent with the original arguments in its own place. Only one watchdog runs per
+//! delivery (an exclusive lock), so a kill and resume between the steps cannot start two.
+
+use super::config::Root;
+use super::journal::{Journal, Step};
+use anyhow::{Context, Result};
+use patchcast_core::errors::Code;
+use patchcast_core::identify::Facts;
+use patchcast_core::pipeline::{self, Refusal, Watch};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The agent binary this process was started from, and its arguments (without the program).
+struct Started {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+static STARTED: OnceLock<Started> = OnceLock::new();
+
+/// Remembers the binary and arguments this process started with; the `patchcast-agent`
+/// binary calls it first thing (`patchcast agent …` does not, so it cannot upgrade itself).
+pub fn remember_start() {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let args = std::env::args_os().skip(1).collect();
+    let _ = STARTED.set(Started { exe, args });
+}
+
+fn started() -> Result<&'static Started, Box<Refusal>> {
+    STARTED
+        .get()
+        .filter(|s| !s.exe.as_os_str().is_empty())
+        .ok_or_else(|| {
+            Box::new(Refusal::detail(
+                Code::E30,
+                "this agent was not started as the patchcast-agent binary, so it cannot replace itself",
+            ))
+        })
+}
+
+fn sibling(exe: &Path, suffix: &str) -> PathBuf {
+    let mut name = exe.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    exe.with_file_name(name)
+}
+
+/// Where the staged new binary waits for the swap.
+pub fn new_path(exe: &Path) -> PathBuf {
+    sibling(exe, ".new")
+}
+
+/// Where the binary that ran before the upgrade is kept.
+pub fn previous_path(exe: &Path) -> PathBuf {
+    sibling(exe, ".previous")
+}
+
+fn refusal(what: &str, path: &Path, e: impl std::fmt::Display) -> Box<Refusal> {
+    Box::new(Refusal::detail(
+        Code::E30,
+        format!("{what} {}: {e}", path.display()),
+    ))
+}
+
+/// Copies `from` to `to` as an executable: temporary file, fsync, rename.
+fn install_copy(from: &Path, to: &Path) -> Result<(), Box<Refusal>> {
+    let tmp = sibling(to, ".tmp");
+    let copy = || -> std::io::Result<()> {
+        let mut src = File::open(from)?;
+        let mut dst = File::create(&tmp)?;
+        std::io::copy(&mut src, &mut dst)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            dst.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        }
+        dst.sync_all()?;
+        std::fs::rename(&tmp, to)?;
+        sync_dir(to);
+        Ok(())
+    };
+    copy().map_err(|e| refusal(&format!("copying {} to", from.display()), to, e))
+}
+
+/// Makes a rename in `path`'s directory durable (best effort: not every platform can).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+}
+
+/// Step 1: the new binary beside the running one, the running one kept as `.previous`.
+pub fn stage(binary: &Path) -> Result<(), Box<Refusal>> {
+    if cfg!(windows) {
+        return Err(Box::new(Refusal::detail(
+            Code::E30,
+            "agent self-upgrade is not supported on Windows yet (the running service's binary cannot be replaced by a rename there); upgrade the agent with its installer",
+        )));
+    }
+    let exe = &started()?.exe;
+    install_copy(binary, &new_path(exe))?;
+    install_copy(exe, &previous_path(exe))?;
+    tracing::info!(exe = %exe.display(), "new agent binary staged; the running one kept as .previous");
+    Ok(())
+}
+
+/// Step 2: `exe.new` renamed over `exe` (already done when `exe.new` is gone), and the
+/// watchdog started. Returns the check-in deadline.
+pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, Box<Refusal>> {
+    let s = started()?;
+    let new = new_path(&s.exe);
+    if new.exists() {
+        std::fs::rename(&new, &s.exe).map_err(|e| refusal("replacing", &s.exe, e))?;
+        sync_dir(&s.exe);
+    }
+    let deadline_ms = now_ms() + check_in.as_millis() as i64;
+    let mut cmd = std::process::Command::new(previous_path(&s.exe));
+    cmd.arg("watchdog")
+        .arg("--root")
+        .arg(&root.0)
+        .args(["--delivery", delivery_id])
+        .args(["--pid", &std::process::id().to_string()])
+        .args(["--deadline-ms", &deadline_ms.to_string()])
+        .arg("--")
+        .args(&s.args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // Its own process group: a signal to the agent's group does not reach it.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().map_err(|e| {
+        restore(&s.exe);
+        refusal("starting the upgrade watchdog", &previous_path(&s.exe), e)
+    })?;
+    tracing::info!(
+        watchdog = child.id(),
+        deadline_ms,
+        "upgrade watchdog started"
+    );
+    Ok(deadline_ms)
+}
+
+/// Step 3: the process becomes the new binary. Returns only when that failed, with the
+/// previous binary restored.
+pub fn restart() -> Refusal {
+    let s = match started() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let e = exec(&s.exe, &s.args);
+    restore(&s.exe);
+    *refusal("starting the new agent", &s.exe, e)
+}
+
+/// Replaces this process with `exe ARGS` (same pid); returns only the error when it could not.
+#[cfg(unix)]
+fn exec(exe: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(exe).args(args).exec()
+}
+
+#[cfg(not(unix))]
+fn exec(_exe: &Path, _args: &[std::ffi::OsString]) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "agent self-upgrade needs Unix exec",
+    )
+}
+
+/// Copies `exe.previous` back over `exe` (idempotent).
+fn restore(exe: &Path) {
+    match install_copy(&previous_path(exe), exe) {
+        Ok(()) => tracing::warn!(exe = %exe.display(), "previous agent binary restored"),
+        Err(r) => {
+            tracing::error!(detail = ?r.params.detail, "the previous agent binary could not be restored")
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An exclusive `flock` held until dropped (the file is closed).
+struct Lock(#[allow(dead_code)] File);
+
+/// The lock files live in the delivery's work directory, which exists from the fetch until
+/// the delivery is over (never created here: a finished delivery's directory stays gone).
+fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
+    let f = File::create(path).with_context(|| format!("opening {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let op = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = wait;
+    Ok(Some(Lock(f)))
+}
+
+fn check_in_lock(root: &Root, delivery_id: &str) -> PathBuf {
+    root.work(delivery_id).join("check-in.lock")
+}
+fn checked_in_marker(root: &Root, delivery_id: &str) -> PathBuf {
+    root.work(delivery_id).join("checked-in")
+}
+fn rolled_back_marker(root: &Root, delivery_id: &str) -> PathBuf {
+    root.work(delivery_id).join("rolled-back")
+}
+
+/// The new agent claims the upgrade (after it reached the server): from then on its watchdog
+/// keeps it. Refused when the watchdog already decided to roll it back.
+pub fn claim(root: &Root, delivery_id: &str) -> Result<()> {
+    let _held = lock(&check_in_lock(root, delivery_id), true)?;
+    if rolled_back_marker(root, delivery_id).exists() {
+        anyhow::bail!("the upgrade watchdog is rolling this agent back; not claiming it");
+    }
+    let mut f = File::create(checked_in_marker(root, delivery_id))?;
+    f.write_all(super::stamp::version().as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The facts a check-in reports: this machine, and this agent's own version.
+pub fn facts() -> Facts {
+    Facts {
+        agent_version: Some(super::stamp::version()),
+        ..super::facts::machine()
+    }
+}
+
+/// Whether process `pid` still runs (a zombie does not: it exited, unreaped).
+fn alive(pid: i32) -> bool {
+    if cfg!(target_os = "linux") {
+        return match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the command name in parentheses.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        };
+    }
+    process_exists(pid)
+}
+
+#[cfg(unix)]
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[cfg(not(unix))]
+fn process_exists(_pid: i32) -> bool {
+    true
+}
+
+/// `patchcast-agent watchdog`: watches the upgrade of delivery `delivery_id` carried out by
+/// process `pid` until the new agent checks in, or rolls it back (see the module's head).
+/// `args` are the agent's own arguments, to start the restored agent with.
+pub fn watchdog(
+    root: Root,
+    delivery_id: &str,
+    pid: i32,
+    deadline_ms: i64,
+    args: &[std::ffi::OsString],
+) -> Result<()> {
+    super::journal::check_delivery_id(delivery_id)?;
+    let Some(_only) = lock(&root.work(delivery_id).join("watchdog.lock"), false)? else {
+        tracing::info!(
+            delivery = delivery_id,
+            "another watchdog watches this upgrade"
+        );
+        return Ok(());
+    };
+    let journal = Journal::new(root.journal());
+    let waiting = || -> Result<bool> {
+        Ok(journal
+            .load(delivery_id)?
+            .is_some_and(|e| matches!(e.step, Step::AgentSwap | Step::AgentCheckIn { .. })))
+    };
+    let why = loop {
+        // The delivery finished (its work directory went with it): nothing left to watch.
+        let Ok(held) = lock(&check_in_lock(&root, delivery_id), true) else {
+            if !waiting()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let waiting = waiting()?;
+        let checked_in = !waiting || checked_in_marker(&root, delivery_id).exists();
+        match pipeline::watch(checked_in, alive(pid), now_ms(), deadline_ms) {
+            Watch::Kept => {
+                tracing::info!(
+                    delivery = delivery_id,
+                    "the new agent checked in; watchdog done"
+                );
+                return Ok(());
+            }
+            Watch::Wait => {
+                drop(held);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Watch::RollBack(why) => {
+                File::create(rolled_back_marker(&root, delivery_id))?.sync_all()?;
+                break why;
+            }
+        }
+    };
+    tracing::error!(delivery = delivery_id, pid, reason = %why, "rolling the agent upgrade back");
+    #[cfg(unix)]
+    if alive(pid) {
+        // SAFETY: killing the agent process we were started to watch.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let exe = std::env::current_exe()?;
+    // This process runs from `exe.previous`: the binary to put back.
+    let current = exe
+        .to_str()
+        .and_then(|s| s.strip_suffix(".previous"))
+        .map(PathBuf::from)
+        .context("the watchdog must run from the agent's .previous binary")?;
+    install_copy(&exe, &current).map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
+    tracing::warn!(exe = %current.display(), "previous agent binary restored");
+    if let Some(mut entry) = journal.load(delivery_id)?
+        && matches!(entry.step, Step::AgentSwap | Step::AgentCheckIn { .. })
+    {
+        let package = entry.work.package_id.clone();
+        entry.record(pipeline::rolled_back(&package, &why));
+        journal.save(&entry)?;
+    }
+    // The restored agent takes this process's place; it reports the E30 from the journal.
+    let e = exec(&current, args);
+    Err(e).with_context(|| format!("starting the restored agent {}", current.display()))
+}
