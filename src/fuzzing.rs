@@ -121,6 +121,23 @@ pub fn protocol_json(data: &[u8]) {
         for p in r.setting.iter().flat_map(|s| &s.policies) {
             exercise_policy(p);
         }
+        // Keys that can change: each statement checked against the chain, as agents do.
+        let mut set = crate::pack::trust::TrustSet::initial(&[hex::encode(trusted[0].as_bytes())]);
+        for t in &r.trust {
+            if let Ok(next) = set.apply(t) {
+                set = next;
+            }
+        }
+        if let Some(repin) = &r.repin {
+            let _ = repin.verify("sha256:00");
+        }
+    }
+    if let Some(t) = json::<crate::pack::trust::Signed>(data) {
+        let _ =
+            crate::pack::trust::TrustSet::initial(&[hex::encode(trusted[0].as_bytes())]).apply(&t);
+    }
+    if let Some(r) = json::<crate::transport::repin::Signed>(data) {
+        let _ = r.verify("sha256:00");
     }
     // Relay side: a relay token, as it arrives in a request header, and its claims.
     let _ = json::<sources::Grant>(data);
