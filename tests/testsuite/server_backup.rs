@@ -94,6 +94,14 @@ async fn a_restored_server_has_the_same_results_certificate_and_token(backend: B
         let url = with_password(s.database.as_ref().unwrap()).await;
         std::fs::write(s.path().join("database.url"), &url).unwrap();
     }
+    // A certificate renewal prepared and not yet switched: the backup keeps it.
+    let o = Command::new(bin())
+        .args(["server", "renew-cert", "--data"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "renew-cert: {}", text(&o));
+    let statement = std::fs::read(s.data.join("tls/next/repin.json")).unwrap();
     // Taken while the server runs.
     let out = s.path().join("backup.tar");
     let publisher = s.path().join("publisher.pub");
@@ -140,6 +148,13 @@ async fn a_restored_server_has_the_same_results_certificate_and_token(backend: B
         std::fs::read(&publisher).unwrap()
     );
     assert!(text(&o).contains(&format!("--trust-key {}", restored_key.display())));
+    assert_eq!(
+        std::fs::read(restored.join("tls/next/repin.json")).unwrap(),
+        statement,
+        "the prepared renewal was restored"
+    );
+    let next_key = std::fs::metadata(restored.join("tls/next/key.pem")).unwrap();
+    assert_eq!(next_key.permissions().mode() & 0o777, 0o600);
     s.data = restored;
     s.spawn();
     assert_eq!(

@@ -3,7 +3,8 @@
 //!
 //! Members, in archive order: the database (`database/patchcast.db` or
 //! `database/postgres.dump`), `tls/cert.pem`, `tls/key.pem`, `admin.token`, `trust/*.pub`,
-//! `ssh/known_hosts` when there is one, `content/<sha256>`, and `manifest.json` last (it is
+//! `tls/next/*` while a certificate renewal is prepared, `ssh/known_hosts` when there is one,
+//! `content/<sha256>`, and `manifest.json` last (it is
 //! written once every member's hash is known, so backup reads each file once).
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,13 @@ pub const SQLITE: &str = "database/patchcast.db";
 pub const POSTGRES: &str = "database/postgres.dump";
 /// What every server has besides its database.
 pub const REQUIRED: [&str; 3] = ["tls/cert.pem", "tls/key.pem", "admin.token"];
+/// A certificate renewal in progress (`proto::repin`), when there is one.
+pub const RENEWAL: [&str; 4] = [
+    "tls/next/cert.pem",
+    "tls/next/key.pem",
+    "tls/next/repin.json",
+    "tls/next/switch",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,12 +57,16 @@ pub struct Manifest {
 /// Where an archive member goes under the new data directory, and whether it is a secret
 /// (written 0600). None: not a name a backup holds.
 pub fn target(path: &str) -> Option<(String, bool)> {
-    let secret = matches!(path, "tls/key.pem" | "admin.token" | SQLITE);
+    let secret = matches!(
+        path,
+        "tls/key.pem" | "tls/next/key.pem" | "admin.token" | SQLITE
+    );
     match path {
         SQLITE => Some(("patchcast.db".into(), secret)),
         "tls/cert.pem" | "tls/key.pem" | "admin.token" | "ssh/known_hosts" => {
             Some((path.into(), secret))
         }
+        _ if RENEWAL.contains(&path) => Some((path.into(), secret)),
         _ => {
             let ok = match path.split_once('/') {
                 Some(("content", name)) => {

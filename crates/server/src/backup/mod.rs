@@ -239,6 +239,14 @@ fn write_archive(
         let name = format!("trust/{i}-{base}.pub");
         bytes += append_file(&mut tar, &name, key, &mut members)?;
     }
+    // A certificate renewal in progress (`server renew-cert`): its next identity and the
+    // re-pin statement agents may already hold, so a restored server can finish it.
+    for name in manifest::RENEWAL {
+        let path = data.join(name);
+        if path.is_file() {
+            bytes += append_file(&mut tar, name, &path, &mut members)?;
+        }
+    }
     let known_hosts = data.join("ssh/known_hosts");
     if known_hosts.is_file() {
         bytes += append_file(&mut tar, "ssh/known_hosts", &known_hosts, &mut members)?;
