@@ -131,6 +131,10 @@ pub struct ServerArgs {
     /// Log lines on stderr as text (default) or JSON, one object a line; PATCHCAST_LOG filters.
     #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Prune delivery history older than this (`90d`, `12h`): each finished delivery keeps
+    /// its result and its latest transition; deliveries under way keep all. Default: keep all.
+    #[arg(long, env = "PATCHCAST_HISTORY_RETENTION")]
+    pub history_retention: Option<String>,
 }
 
 /// How log lines are written.
@@ -184,6 +188,9 @@ pub struct ServerFile {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` (default) or `json`.
     pub log_format: Option<LogFormat>,
+    /// Prune delivery history older than this (`90d`): each finished delivery keeps its
+    /// result and latest transition; deliveries under way keep all (default: keep all).
+    pub history_retention: Option<String>,
 }
 
 impl ServerFile {
@@ -325,6 +332,11 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     let no_reply_margin = a.no_reply_margin.or(file.no_reply_margin);
     let poll = a.poll.or(file.poll);
+    let history_retention = a
+        .history_retention
+        .or(file.history_retention)
+        .map(|r| parse("history-retention", &r))
+        .transpose()?;
     let cfg = Config {
         listen: a
             .listen
@@ -348,6 +360,7 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         metrics_listen: a.metrics_listen.or(file.metrics_listen),
+        history_retention,
         ..Config::new(&data)
     };
     let rt = tokio::runtime::Runtime::new()?;

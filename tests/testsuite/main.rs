@@ -29,6 +29,7 @@ mod migrations;
 mod operations;
 mod packaging;
 mod proxy;
+mod reporting;
 mod relay_prefetch;
 mod rollout_waves;
 mod schedule_caps;

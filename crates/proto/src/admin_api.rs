@@ -302,6 +302,9 @@ pub struct Results {
     /// The auto-update time setting each machine has (W15/W16 when it could not be given one).
     #[serde(default)]
     pub settings: Vec<crate::schedule_api::MachineSetting>,
+    /// With a page size (`limit`): how many deliveries the filters select in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// The admin API's client side, shared by the CLI, the load generator and tests.
@@ -470,6 +473,10 @@ impl Admin {
             format!("lang={}", query.lang),
             format!("history={}", query.history),
         ];
+        if let Some(l) = query.limit {
+            q.push(format!("limit={l}"));
+            q.push(format!("page={}", query.page));
+        }
         for (k, v) in [
             ("machine", &query.machine),
             ("package", &query.package),
@@ -491,6 +498,9 @@ pub struct ResultsQuery {
     pub scenario: Option<String>,
     pub history: bool,
     pub lang: String,
+    /// Page size (None: every delivery) and the page, from 0.
+    pub limit: Option<u64>,
+    pub page: u64,
 }
 
 /// Percent-encodes a query value (ids and hostnames are mostly safe already).

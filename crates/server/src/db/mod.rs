@@ -21,6 +21,7 @@ pub mod deliveries;
 pub mod machines;
 pub mod packages;
 pub mod policies;
+pub mod reports;
 pub mod rollouts;
 pub mod scenarios;
 pub mod sources;
@@ -31,6 +32,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool};
 use sqlx::{Executor, Row};
 use std::time::Duration;
+
+/// The pool every store function takes (for callers outside the server that open a store).
+pub type Pool = AnyPool;
 
 /// Ordered; never edit a released entry, append a new one.
 const MIGRATIONS: &[(i64, &str, &[&str])] = &[
@@ -142,6 +146,24 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          published_at, install_timeout_secs, 0 FROM packages",
         ],
     ),
+    (
+        10,
+        "reporting at fleet size: machine OS and language columns, list and history indexes",
+        &[
+            // Copies of the inventory's `os` and `language` (written with it; the data
+            // upgrade "machine os and language columns" fills existing rows), so the console's
+            // filters list them with DISTINCT instead of reading every inventory.
+            "ALTER TABLE machines ADD COLUMN os TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE machines ADD COLUMN language TEXT NOT NULL DEFAULT ''",
+            // Lists page by (hostname, id); the dashboard finds silent machines by last_seen.
+            "CREATE INDEX machines_hostname ON machines (hostname, id)",
+            "CREATE INDEX machines_last_seen ON machines (last_seen)",
+            // The current delivery of a package on a machine; results by package.
+            "CREATE INDEX deliveries_machine_package ON deliveries (machine_id, package_id)",
+            "CREATE INDEX deliveries_package ON deliveries (package_id, state)",
+            "CREATE INDEX scenarios_created ON scenarios (created_at, id)",
+        ],
+    ),
 ];
 
 /// The wall clock. Decisions read `Server::now()` (the one clock, which tests can move);
@@ -165,6 +187,14 @@ pub async fn ping(pool: &AnyPool) -> Result<()> {
 }
 
 pub async fn open(url: &str) -> Result<AnyPool> {
+    let pool = connect(url).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens the database at `url` as it is, without touching its schema: for a reader beside
+/// the server that owns it (the load generator measuring its growth).
+pub async fn connect(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
     let pool = AnyPoolOptions::new()
@@ -187,7 +217,6 @@ pub async fn open(url: &str) -> Result<AnyPool> {
         .connect(url)
         .await
         .with_context(|| format!("opening the database {}", redact(url)))?;
-    migrate(&pool).await?;
     Ok(pool)
 }
 
