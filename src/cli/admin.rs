@@ -1094,10 +1094,9 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         scenario: a.scenario,
         history: a.history,
         lang: l.as_str().to_string(),
-        limit: a.limit,
-        page: a.page.saturating_sub(1),
     };
-    let r = rt()?.block_on(a.connect.admin()?.results(&q))?;
+    let page = a.limit.map(|limit| (limit, a.page.saturating_sub(1)));
+    let r = rt()?.block_on(a.connect.admin()?.results_page(&q, page))?;
     if json {
         print_json(&r)?;
     } else if a.csv {

@@ -75,12 +75,13 @@ async fn paged_lists_and_streamed_exports(backend: Backend) {
     let mut paged = Vec::new();
     for page in 0.. {
         let r = admin
-            .results(&ResultsQuery {
-                lang: "en".into(),
-                limit: Some(250),
-                page,
-                ..Default::default()
-            })
+            .results_page(
+                &ResultsQuery {
+                    lang: "en".into(),
+                    ..Default::default()
+                },
+                Some((250, page)),
+            )
             .await
             .unwrap();
         assert_eq!(r.total, Some(MACHINES as u64));

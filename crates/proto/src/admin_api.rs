@@ -469,13 +469,24 @@ impl Admin {
     }
 
     pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {
+        self.results_page(query, None).await
+    }
+
+    /// One page of results: `Some((limit, page))` asks for `limit` deliveries of page
+    /// `page` (from 0), read by the server with LIMIT/OFFSET; `total` then says how many
+    /// the filters select. None: every delivery.
+    pub async fn results_page(
+        &self,
+        query: &ResultsQuery,
+        page: Option<(u64, u64)>,
+    ) -> Result<Results, CallError> {
         let mut q = vec![
             format!("lang={}", query.lang),
             format!("history={}", query.history),
         ];
-        if let Some(l) = query.limit {
-            q.push(format!("limit={l}"));
-            q.push(format!("page={}", query.page));
+        if let Some((limit, page)) = page {
+            q.push(format!("limit={limit}"));
+            q.push(format!("page={page}"));
         }
         for (k, v) in [
             ("machine", &query.machine),
@@ -498,9 +509,6 @@ pub struct ResultsQuery {
     pub scenario: Option<String>,
     pub history: bool,
     pub lang: String,
-    /// Page size (None: every delivery) and the page, from 0.
-    pub limit: Option<u64>,
-    pub page: u64,
 }
 
 /// Percent-encodes a query value (ids and hostnames are mostly safe already).
