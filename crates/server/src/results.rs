@@ -249,9 +249,9 @@ impl Server {
         summarise(self, &mut Actions::default(), counts).await
     }
 
-    /// How many machines have a current delivery in `state` (by name).
-    pub async fn machines_in_state(&self, state: &str) -> Result<i64> {
-        db::reports::machines_in_state(&self.db, state).await
+    /// How many machines have a current delivery in each of `states` (by name).
+    pub async fn machines_in_states(&self, states: &[&str]) -> Result<Vec<i64>> {
+        db::reports::machines_in_states(&self.db, states).await
     }
 
     /// Up to `limit` machines after the key `(hostname, id)`, in that order, each with the

@@ -54,16 +54,26 @@ pub async fn current_counts(db: &AnyPool) -> Result<Vec<(String, String, String,
         .collect()
 }
 
-/// How many machines have a current delivery in `state`.
-pub async fn machines_in_state(db: &AnyPool, state: &str) -> Result<i64> {
+/// How many machines have a current delivery in each of `states` (by name), in one pass.
+pub async fn machines_in_states(db: &AnyPool, states: &[&str]) -> Result<Vec<i64>> {
     let q = format!(
-        "SELECT COUNT(DISTINCT machine_id) FROM ({}) cur WHERE state = $1",
-        current("", "")
+        "SELECT state, COUNT(DISTINCT machine_id) AS n FROM ({}) cur WHERE state IN {} GROUP BY state",
+        current("", ""),
+        placeholders(1, states.len())
     );
-    Ok(sqlx::query_scalar(AssertSqlSafe(q))
-        .bind(state)
-        .fetch_one(db)
-        .await?)
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for s in states {
+        query = query.bind(*s);
+    }
+    let rows = query.fetch_all(db).await?;
+    let mut out = vec![0; states.len()];
+    for r in &rows {
+        let state: String = r.try_get("state")?;
+        if let Some(i) = states.iter().position(|s| *s == state) {
+            out[i] = r.try_get("n")?;
+        }
+    }
+    Ok(out)
 }
 
 /// The result codes current deliveries carry (their `delivery` JSON, pre-filtered to those

@@ -366,8 +366,11 @@ pub async fn dashboard(
     let now = w.server.now();
     let errors = recent_errors(&w, now - RECENT_ERRORS_MS, lang).await?;
     // Machines whose current delivery of some package stopped: the FAQ's Q1 banner.
-    let failed = w.server.machines_in_state("failed").await?;
-    let looped = w.server.machines_in_state("loop_detected").await?;
+    let stopped = w
+        .server
+        .machines_in_states(&["failed", "loop_detected"])
+        .await?;
+    let (failed, looped) = (stopped[0], stopped[1]);
     let autoupdate_error =
         (failed + looped > 0).then(|| json!({"failed": failed, "looped": looped}));
     let (silent, silent_total) = w
