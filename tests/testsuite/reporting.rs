@@ -95,7 +95,11 @@ async fn paged_lists_and_streamed_exports(backend: Backend) {
         assert!(r.deliveries.len() <= 250);
         paged.extend(r.deliveries.into_iter().map(|d| d.delivery_id));
     }
-    let unpaged: Vec<String> = all.deliveries.iter().map(|d| d.delivery_id.clone()).collect();
+    let unpaged: Vec<String> = all
+        .deliveries
+        .iter()
+        .map(|d| d.delivery_id.clone())
+        .collect();
     assert_eq!(paged, unpaged, "pages, joined, are the unpaged list");
 
     // The CLI pages too.
@@ -226,8 +230,7 @@ async fn snapshot(s: &TestServer) -> (Snapshot, BTreeMap<String, Vec<(u64, Strin
 }
 
 async fn retention_prunes_superseded_history(backend: Backend) {
-    let Some(s) =
-        TestServer::start(backend, &["--test-clock", "--history-retention", "1h"]).await
+    let Some(s) = TestServer::start(backend, &["--test-clock", "--history-retention", "1h"]).await
     else {
         return;
     };
@@ -256,7 +259,11 @@ async fn retention_prunes_superseded_history(backend: Backend) {
     }
     // Within the retention nothing goes (the task has run at least once by now or will).
     tokio::time::sleep(Duration::from_secs(11)).await;
-    assert_eq!(snapshot(&s).await.1, history_before, "recent history is kept");
+    assert_eq!(
+        snapshot(&s).await.1,
+        history_before,
+        "recent history is kept"
+    );
 
     // Two hours on: the finished deliveries' superseded history is older than the limit.
     admin

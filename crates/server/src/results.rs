@@ -149,13 +149,7 @@ impl Server {
             } else {
                 Vec::new()
             };
-            deliveries.push(delivery_row(
-                r,
-                action,
-                mac_of(&inventory),
-                q.lang,
-                history,
-            ));
+            deliveries.push(delivery_row(r, action, mac_of(&inventory), q.lang, history));
         }
         let counts = db::reports::results_counts(&self.db, filter).await?;
         let total = q

@@ -267,10 +267,7 @@ pub async fn machines_with_settings(db: &AnyPool) -> Result<Vec<String>> {
 /// transition of a *finished* delivery superseded (never a delivery's latest row, never the
 /// history of one still under way). How many it deleted.
 pub async fn prune_history(db: &AnyPool, before: i64, batch: i64) -> Result<u64> {
-    let terminal: Vec<String> = TERMINAL
-        .iter()
-        .map(|s| format!("'{}'", s.name()))
-        .collect();
+    let terminal: Vec<String> = TERMINAL.iter().map(|s| format!("'{}'", s.name())).collect();
     let q = format!(
         "DELETE FROM events WHERE (delivery_id, n) IN (SELECT e.delivery_id, e.n FROM events e \
          JOIN deliveries d ON d.id = e.delivery_id WHERE e.at < $1 AND e.n < d.events \

@@ -6,9 +6,9 @@
 //! A cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or CR first, and
 //! not a number) gets a leading `'`: host names and outputs come from endpoints.
 
+use super::fleet;
 use super::i18n::{delivery_label, lang_of};
 use super::pages::find_machine;
-use super::fleet;
 use super::views::{self, MachineFilter, time};
 use super::{WebError, WebResult, WebState};
 use crate::results::Query as ResultsQuery;
