@@ -9,7 +9,8 @@
 //! only reads and writes typed rows. Delivery state sets are rendered from
 //! `core::delivery::State` (`deliveries::TERMINAL`, …), never written out as SQL literals.
 //! No statement differs between the backends, so there is no dialect switch beyond SQLite's
-//! connection settings in `open`.
+//! connection settings in `open` (and `reports::used_bytes`, the database's size, which the
+//! load generator reads).
 //!
 //! Migrations are a small versioned runner: each entry runs once, in its own transaction,
 //! recorded in `schema_migrations` with the SHA-256 of its statements (`checksum`); every open
