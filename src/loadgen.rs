@@ -372,6 +372,88 @@ pub struct Plan {
     /// Check-ins (with the work they bring) in flight at most, as through one proxy's bounded
     /// pool; later arrivals queue, and their wait counts in their latency.
     pub connections: usize,
+    /// Start the rollout's scenario but let no agent carry it out (its deliveries stay
+    /// pending): the reports then read a fleet-sized scenario without the rollout's minutes.
+    pub rollout_start_only: bool,
+    /// At the end, time the reports (dashboard, compliance, machines list and CSV, results)
+    /// this many times each; 0: do not.
+    pub report_runs: usize,
+}
+
+/// One report timed over HTTPS as a client sees it: request sent until the whole body was
+/// read (and, for the results API, decoded as `patchcast results` decodes it).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReportTiming {
+    pub report: String,
+    pub path: String,
+    pub bytes: u64,
+    pub runs: usize,
+    pub min_ms: f64,
+    pub median_ms: f64,
+}
+
+/// What the database grew by in a phase: used bytes (pages in use × page size, so free pages
+/// and the WAL's reuse do not count) and delivery history rows.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Growth {
+    pub seconds: f64,
+    pub bytes: i64,
+    pub history_rows: i64,
+}
+
+/// The reports `patchcast loadtest --reports N` times, by name and path.
+pub const REPORTS: &[(&str, &str)] = &[
+    ("dashboard", "/"),
+    ("compliance.json", "/export/compliance.json"),
+    ("machines page 1", "/machines"),
+    ("machines.csv", "/export/machines.csv"),
+    (
+        "results (all)",
+        "/api/v1/admin/results?lang=en&history=false",
+    ),
+    (
+        "results --limit 100",
+        "/api/v1/admin/results?lang=en&history=false&limit=100&page=0",
+    ),
+];
+
+/// Times each of `REPORTS` `runs` times (one after another, never overlapping).
+pub async fn time_reports(admin: &Admin, runs: usize) -> Result<Vec<ReportTiming>> {
+    let mut out = Vec::new();
+    for (name, path) in REPORTS {
+        let mut ms = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            let resp = admin
+                .0
+                .request(reqwest::Method::GET, path)
+                .send()
+                .await
+                .with_context(|| format!("GET {path}"))?;
+            let status = resp.status();
+            let body = resp.bytes().await.with_context(|| format!("GET {path}"))?;
+            if !status.is_success() {
+                bail!("GET {path}: {status}");
+            }
+            if path.starts_with("/api/") {
+                let r: crate::transport::admin_api::Results = serde_json::from_slice(&body)?;
+                std::hint::black_box(r.deliveries.len());
+            }
+            ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            bytes = body.len() as u64;
+        }
+        ms.sort_by(f64::total_cmp);
+        out.push(ReportTiming {
+            report: name.to_string(),
+            path: path.to_string(),
+            bytes,
+            runs: ms.len(),
+            min_ms: ms[0],
+            median_ms: ms[ms.len() / 2],
+        });
+    }
+    Ok(out)
 }
 
 /// The server process's memory (VmRSS / VmHWM of /proc/PID/status), when it can be read.
@@ -425,6 +507,12 @@ pub struct LoadReport {
     pub long_polls: usize,
     pub server_bytes_per_long_poll: Option<f64>,
     pub server_peak_rss: Option<u64>,
+    /// The database's growth during the steady check-ins and during the rollout (when the
+    /// target's database can be read).
+    pub check_in_growth: Option<Growth>,
+    pub rollout_growth: Option<Growth>,
+    /// The reports timed at the end (`Plan::report_runs`).
+    pub reports: Vec<ReportTiming>,
 }
 
 /// Where the load goes: a server to reach, with an admin token and a publisher key it trusts,
@@ -435,6 +523,25 @@ pub struct Target {
     pub admin_token: String,
     pub signing_key: ed25519_dalek::SigningKey,
     pub server_pid: Option<u32>,
+    /// The server's database URL, to measure its growth (None: not measured).
+    pub database: Option<String>,
+}
+
+/// (used bytes, history rows) of the database now.
+async fn measure(db: &Option<crate::server::db::Pool>) -> Option<(i64, i64)> {
+    let db = db.as_ref()?;
+    let bytes = crate::server::db::reports::used_bytes(db).await.ok()?;
+    let rows = crate::server::db::reports::event_count(db).await.ok()?;
+    Some((bytes, rows))
+}
+
+fn growth(a: Option<(i64, i64)>, b: Option<(i64, i64)>, seconds: f64) -> Option<Growth> {
+    let ((b0, r0), (b1, r1)) = (a?, b?);
+    Some(Growth {
+        seconds,
+        bytes: b1 - b0,
+        history_rows: r1 - r0,
+    })
 }
 
 #[derive(Default)]
@@ -582,6 +689,11 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
     );
 
     let slots = Arc::new(tokio::sync::Semaphore::new(plan.connections.max(1)));
+    let db = match &t.database {
+        Some(url) => Some(crate::server::db::connect(url).await?),
+        None => None,
+    };
+    let steady_before = measure(&db).await;
     let steady_start = Instant::now();
     let steady = check_ins(
         &sims,
@@ -593,6 +705,12 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
     )
     .await;
     let check_in = stats(steady.check_ins, steady_start.elapsed());
+    let check_in_growth = growth(
+        steady_before,
+        measure(&db).await,
+        steady_start.elapsed().as_secs_f64(),
+    );
+    let mut rollout_growth = None;
     let errors = steady.errors;
     let mut error_samples = steady.samples;
     let mut rollout_errors = 0;
@@ -618,17 +736,37 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             timeout_secs: None,
             when: None,
         };
+        let rollout_before = measure(&db).await;
         let t0 = Instant::now();
         admin.run_scenario(&scenario).await?;
         let agents = sims.len() as u64;
+        if plan.rollout_start_only {
+            rollout_growth = growth(
+                rollout_before,
+                measure(&db).await,
+                t0.elapsed().as_secs_f64(),
+            );
+        }
         // A generous guard: every agent checks in several times before it gives up.
         let guard = t0 + (plan.check_in_interval * 5).max(Duration::from_secs(300));
-        let r = check_ins(&sims, &busy, &slots, plan.check_in_interval, guard, |t| {
+        let until = if plan.rollout_start_only {
+            Instant::now()
+        } else {
+            guard
+        };
+        let r = check_ins(&sims, &busy, &slots, plan.check_in_interval, until, |t| {
             t.applied >= agents
         })
         .await;
         if r.applied >= agents {
             rollout_seconds = Some(t0.elapsed().as_secs_f64());
+        }
+        if !plan.rollout_start_only {
+            rollout_growth = growth(
+                rollout_before,
+                measure(&db).await,
+                t0.elapsed().as_secs_f64(),
+            );
         }
         rollout_applied = r.applied;
         rollout_errors = r.errors;
@@ -663,6 +801,14 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             per_long_poll = Some((o.rss_bytes as f64 - b.rss_bytes as f64) / n as f64);
         }
     }
+    let reports = if plan.report_runs > 0 {
+        time_reports(&admin, plan.report_runs).await?
+    } else {
+        Vec::new()
+    };
+    if let Some(db) = db {
+        db.close().await;
+    }
     let peak = Memory::of(t.server_pid);
     Ok(LoadReport {
         agents: sims.len(),
@@ -690,5 +836,8 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         long_polls: plan.long_polls.min(sims.len()),
         server_bytes_per_long_poll: per_long_poll,
         server_peak_rss: peak.map(|m| m.peak_bytes),
+        check_in_growth,
+        rollout_growth,
+        reports,
     })
 }

@@ -450,6 +450,13 @@ pub struct ResultsArgs {
     /// `en` or `ja` (default: from LANG).
     #[arg(long, env = "PATCHCAST_LANG")]
     pub lang: Option<String>,
+    /// At most this many deliveries (one page, read by the server with LIMIT/OFFSET); the
+    /// package counts still cover every delivery selected. Default: all of them.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Which page of --limit deliveries, from 1.
+    #[arg(long, default_value_t = 1, requires = "limit")]
+    pub page: u64,
     #[command(flatten)]
     pub connect: Connect,
 }
@@ -491,6 +498,18 @@ pub struct LoadtestArgs {
     /// The pid of the server given with --server/--data, to read its memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// With --rollout: start the scenario but let no agent carry it out (deliveries stay
+    /// pending), so reports can be timed on a large fleet without the rollout's minutes.
+    #[arg(long, requires = "rollout")]
+    pub rollout_start_only: bool,
+    /// At the end, time each report (dashboard, compliance, machines page and CSV, results)
+    /// this many times and print the fastest and median.
+    #[arg(long, default_value_t = 0)]
+    pub reports: usize,
+    /// The `patchcast` binary to start as the server (default: this one), e.g. an older
+    /// release to compare with.
+    #[arg(long)]
+    pub server_binary: Option<PathBuf>,
 }
 
 /// `90s`, `5m`, `1h30m` (humantime), for clap.
@@ -1086,7 +1105,8 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         history: a.history,
         lang: l.as_str().to_string(),
     };
-    let r = rt()?.block_on(a.connect.admin()?.results(&q))?;
+    let page = a.limit.map(|limit| (limit, a.page.saturating_sub(1)));
+    let r = rt()?.block_on(a.connect.admin()?.results_page(&q, page))?;
     if json {
         print_json(&r)?;
     } else if a.csv {
@@ -1111,6 +1131,21 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
                 "処理中",
             ],
         };
+        if let (Some(total), Some(limit)) = (r.total, a.limit) {
+            let pages = total.div_ceil(limit.max(1)).max(1);
+            match l {
+                Lang::En => println!(
+                    "page {} of {pages} ({total} deliveries, {} a page)",
+                    a.page,
+                    limit.max(1)
+                ),
+                Lang::Ja => println!(
+                    "{pages} ページ中 {} ページ目(全 {total} 件、1ページ {} 件)",
+                    a.page,
+                    limit.max(1)
+                ),
+            }
+        }
         let rows: Vec<Vec<String>> = r.packages.iter().map(|p| p.cells()).collect();
         let t = super::table::Table::new(&header, &rows, &[false, true, true, true, true, true]);
         println!("\n{}", t.line(&header));
@@ -1150,6 +1185,8 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
         rollout: a.rollout,
         long_polls: a.long_polls,
         connections: a.connections,
+        rollout_start_only: a.rollout_start_only,
+        report_runs: a.reports,
     };
     let mut server = None;
     let result = (|| -> Result<crate::loadgen::LoadReport> {
@@ -1166,13 +1203,18 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
                 admin_token,
                 signing_key: crate::pack::keys::read_secret(key)?,
                 server_pid: a.server_pid,
+                database: None,
             }
         } else {
             // The server as its own process, as in production: its memory is its own.
             let key = crate::pack::keys::generate()?;
             crate::pack::keys::write_pair(&work.join("publisher"), &key)?;
             let data = work.join("server");
-            let mut cmd = std::process::Command::new(std::env::current_exe()?);
+            let exe = match &a.server_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?,
+            };
+            let mut cmd = std::process::Command::new(exe);
             cmd.arg("server")
                 .arg("--data")
                 .arg(&data)
@@ -1196,6 +1238,10 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
+            let database = match &a.database_file {
+                Some(f) => crate::host::secret_file(f)?,
+                None => format!("sqlite://{}", data.join("patchcast.db").display()),
+            };
             let connect = Connect {
                 data: Some(data),
                 ..Connect::default()
@@ -1208,6 +1254,7 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
                 admin_token,
                 signing_key: key,
                 server_pid: Some(pid),
+                database: Some(database),
             }
         };
         rt()?.block_on(crate::loadgen::run(&target, &plan, &work))
@@ -1262,6 +1309,34 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
             mib(peak as f64)
         );
     }
+    let day = |g: &crate::loadgen::Growth, v: i64| v as f64 * 86_400.0 / g.seconds.max(1e-9);
+    if let Some(g) = &r.check_in_growth {
+        println!(
+            "database during the steady check-ins: {:+} bytes, {:+} history rows in {:.0} s = {:.0} bytes/day, {:.0} rows/day (extrapolated)",
+            g.bytes,
+            g.history_rows,
+            g.seconds,
+            day(g, g.bytes),
+            day(g, g.history_rows)
+        );
+    }
+    if let Some(g) = &r.rollout_growth {
+        let per = |v: i64| v as f64 / (r.agents.max(1)) as f64;
+        println!(
+            "database during the rollout: {:+} bytes, {:+} history rows in {:.0} s = {:.0} bytes and {:.1} rows per machine",
+            g.bytes,
+            g.history_rows,
+            g.seconds,
+            per(g.bytes),
+            per(g.history_rows)
+        );
+    }
+    for t in &r.reports {
+        println!(
+            "report {:<22} {:>12} bytes  fastest {:>9.1} ms  median {:>9.1} ms  ({} runs)",
+            t.report, t.bytes, t.min_ms, t.median_ms, t.runs
+        );
+    }
     if let Some(per) = r.server_bytes_per_long_poll {
         println!(
             "server memory: {:.1} KiB per open long poll ({} open)",
@@ -1301,6 +1376,7 @@ mod tests {
             deliveries: vec![row],
             packages: Vec::new(),
             settings: Vec::new(),
+            total: None,
         };
         let text = csv(&r);
         let line = text.split("\r\n").nth(1).unwrap();

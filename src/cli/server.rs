@@ -136,6 +136,10 @@ pub struct ServerArgs {
     /// Log lines on stderr as text (default) or JSON, one object a line; PATCHCAST_LOG filters.
     #[arg(long, env = "PATCHCAST_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Prune delivery history older than this (`90d`, `12h`): each finished delivery keeps
+    /// its result and its latest transition; deliveries under way keep all. Default: keep all.
+    #[arg(long, env = "PATCHCAST_HISTORY_RETENTION", value_name = "DURATION", value_parser = super::duration_arg)]
+    pub history_retention: Option<Duration>,
 }
 
 /// How log lines are written.
@@ -189,6 +193,9 @@ pub struct ServerFile {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` (default) or `json`.
     pub log_format: Option<LogFormat>,
+    /// Prune delivery history older than this (`90d`): each finished delivery keeps its
+    /// result and latest transition; deliveries under way keep all (default: keep all).
+    pub history_retention: Option<String>,
 }
 
 impl ServerFile {
@@ -338,6 +345,9 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         .no_reply_margin
         .or(duration("no_reply_margin", file.no_reply_margin)?);
     let poll = a.poll.or(duration("poll", file.poll)?);
+    let history_retention = a
+        .history_retention
+        .or(duration("history_retention", file.history_retention)?);
     let cfg = Config {
         listen: a
             .listen
@@ -358,6 +368,7 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         metrics_listen: a.metrics_listen.or(file.metrics_listen),
+        history_retention,
         ..Config::new(&data)
     };
     let rt = tokio::runtime::Runtime::new()?;

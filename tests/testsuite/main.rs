@@ -32,6 +32,7 @@ mod operations;
 mod packaging;
 mod proxy;
 mod relay_prefetch;
+mod reporting;
 mod rollout_waves;
 mod schedule_caps;
 mod schedule_docs;

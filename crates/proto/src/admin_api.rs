@@ -302,6 +302,9 @@ pub struct Results {
     /// The auto-update time setting each machine has (W15/W16 when it could not be given one).
     #[serde(default)]
     pub settings: Vec<crate::schedule_api::MachineSetting>,
+    /// With a page size (`limit`): how many deliveries the filters select in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// The admin API's client side, shared by the CLI, the load generator and tests.
@@ -466,10 +469,25 @@ impl Admin {
     }
 
     pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {
+        self.results_page(query, None).await
+    }
+
+    /// One page of results: `Some((limit, page))` asks for `limit` deliveries of page
+    /// `page` (from 0), read by the server with LIMIT/OFFSET; `total` then says how many
+    /// the filters select. None: every delivery.
+    pub async fn results_page(
+        &self,
+        query: &ResultsQuery,
+        page: Option<(u64, u64)>,
+    ) -> Result<Results, CallError> {
         let mut q = vec![
             format!("lang={}", query.lang),
             format!("history={}", query.history),
         ];
+        if let Some((limit, page)) = page {
+            q.push(format!("limit={limit}"));
+            q.push(format!("page={page}"));
+        }
         for (k, v) in [
             ("machine", &query.machine),
             ("package", &query.package),

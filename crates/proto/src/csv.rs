@@ -18,13 +18,17 @@ pub fn cell(s: &str) -> String {
     }
 }
 
+/// One CSV record with its CRLF: what a streamed export writes row by row.
+pub fn line<S: AsRef<str>>(cells: &[S]) -> String {
+    let cells: Vec<String> = cells.iter().map(|c| cell(c.as_ref())).collect();
+    cells.join(",") + "\r\n"
+}
+
 /// A whole CSV document: header row, then rows; CRLF line ends.
 pub fn document(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = String::new();
-    let line = |cells: Vec<String>| cells.join(",") + "\r\n";
-    out.push_str(&line(header.iter().map(|h| cell(h)).collect()));
+    let mut out = line(header);
     for r in rows {
-        out.push_str(&line(r.iter().map(|c| cell(c)).collect()));
+        out.push_str(&line(r));
     }
     out
 }
@@ -56,5 +60,6 @@ mod tests {
     fn documents_use_crlf() {
         let d = document(&["a", "b"], &[vec!["1".into(), "x,y".into()]]);
         assert_eq!(d, "a,b\r\n1,\"x,y\"\r\n");
+        assert_eq!(line(&["=1+1", "a"]), "'=1+1,a\r\n");
     }
 }

@@ -672,6 +672,9 @@ struct ResultsQ {
     #[serde(default)]
     history: bool,
     lang: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    page: u64,
 }
 
 async fn results(State(s): S, _: Admin, Query(q): Query<ResultsQ>) -> R<Response> {
@@ -681,6 +684,8 @@ async fn results(State(s): S, _: Admin, Query(q): Query<ResultsQ>) -> R<Response
         package: q.package,
         history: q.history,
         lang: Lang::from_tag(q.lang.as_deref().unwrap_or("en")),
+        limit: q.limit,
+        page: q.page,
     };
     Ok(Json(s.results(&q).await?).into_response())
 }

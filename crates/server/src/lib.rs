@@ -65,6 +65,9 @@ pub struct Config {
     pub caps: caps::Caps,
     /// A second, plain-HTTP listener serving `/metrics` without the admin token (`ops`).
     pub metrics_listen: Option<SocketAddr>,
+    /// Delivery history older than this that a finished delivery's later transitions
+    /// superseded is pruned (`Server::prune_history`); None keeps all history.
+    pub history_retention: Option<Duration>,
 }
 
 impl Config {
@@ -81,9 +84,15 @@ impl Config {
             test_clock: false,
             caps: caps::Caps::default(),
             metrics_listen: None,
+            history_retention: None,
         }
     }
 }
+
+/// How often the retention task looks for history to prune, and the rows one statement
+/// deletes at most (so a large first prune never holds the write lock for long).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+pub const PRUNE_BATCH: i64 = 5_000;
 
 /// What `DATA/server.json` holds: how admin commands on this host reach the server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,6 +281,19 @@ pub async fn start(cfg: Config) -> Result<Running> {
     });
     // Automatic update, rollout gates (`autoupdate`, `rollout`).
     windows::spawn_ticker(server.clone());
+    // History retention: one task, pruning in bounded batches.
+    if let Some(retention) = cfg.history_retention {
+        let pruner = server.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = pruner.prune_history(retention, PRUNE_BATCH).await {
+                    tracing::error!("history retention failed: {e:#}");
+                }
+            }
+        });
+    }
     Ok(Running {
         info,
         addr,

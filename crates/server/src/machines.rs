@@ -181,12 +181,14 @@ impl Server {
 
     pub async fn machines(&self) -> Result<Vec<MachineView>> {
         let mut out = db::machines::list(&self.db).await?;
-        let groups = self.groups().await?;
+        // Each machine against each group's definition: linear in the fleet (looking each
+        // machine up in every group's resolved list was quadratic).
+        let groups = db::machines::groups(&self.db).await?;
         for m in &mut out {
             m.groups = groups
                 .iter()
-                .filter(|g| g.resolved.contains(&m.id))
-                .map(|g| g.group.name.clone())
+                .filter(|g| in_group(g, m))
+                .map(|g| g.name.clone())
                 .collect();
         }
         Ok(out)

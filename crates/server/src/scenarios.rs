@@ -22,8 +22,10 @@ impl Server {
         let machines = self.machines().await?;
         let groups = self.groups().await?;
         let mut targets: Vec<String> = Vec::new();
+        // Kept in order; the set makes each check constant time at fleet size.
+        let mut seen = std::collections::HashSet::new();
         let mut add = |id: &String| {
-            if !targets.contains(id) {
+            if seen.insert(id.clone()) {
                 targets.push(id.clone());
             }
         };

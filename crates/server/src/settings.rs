@@ -105,7 +105,19 @@ impl Server {
         let version = self.set_policy_row(p).await?;
         let now = self.now();
         let mut out = Vec::new();
-        for m in self.machines().await? {
+        // Without a policy no machine is wanted to have a setting: only those whose row
+        // says something are listed, found by the database instead of visiting every machine.
+        let machines = if self.policies().await?.is_empty() {
+            let mut v = Vec::new();
+            for id in db::reports::machines_with_settings(&self.db).await? {
+                v.extend(self.machine_by_id(&id).await?);
+            }
+            v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+            v
+        } else {
+            self.machines().await?
+        };
+        for m in machines {
             if !Self::groups_of(&m).contains(&p.group) {
                 continue;
             }
@@ -213,7 +225,19 @@ impl Server {
         only: Option<&str>,
     ) -> Result<Vec<MachineSetting>> {
         let mut out = Vec::new();
-        for m in self.machines().await? {
+        // Without a policy no machine is wanted to have a setting: only those whose row
+        // says something are listed, found by the database instead of visiting every machine.
+        let machines = if self.policies().await?.is_empty() {
+            let mut v = Vec::new();
+            for id in db::reports::machines_with_settings(&self.db).await? {
+                v.extend(self.machine_by_id(&id).await?);
+            }
+            v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+            v
+        } else {
+            self.machines().await?
+        };
+        for m in machines {
             if only.is_some_and(|o| o != m.id && o != m.hostname) {
                 continue;
             }

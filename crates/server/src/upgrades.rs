@@ -8,7 +8,7 @@ use patchcast_core::sources::Source;
 use sqlx::{AnyConnection, AnyPool};
 
 /// Ordered; never edit a released entry, append a new one.
-const UPGRADES: &[&str] = &["machine names to ids"];
+const UPGRADES: &[&str] = &["machine names to ids", "machine os and language columns"];
 
 pub async fn run(pool: &AnyPool) -> Result<()> {
     let done = db::upgrades::done(pool).await?;
@@ -16,6 +16,7 @@ pub async fn run(pool: &AnyPool) -> Result<()> {
         let mut tx = pool.begin().await?;
         match name {
             "machine names to ids" => names_to_ids(&mut tx).await?,
+            "machine os and language columns" => os_and_language(&mut tx).await?,
             other => anyhow::bail!("no data upgrade named {other}"),
         }
         db::upgrades::record(&mut tx, name, db::now_ms()).await?;
@@ -52,6 +53,17 @@ async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
             }
         }
         db::sources::replace(tx, &list, db::now_ms()).await?;
+    }
+    Ok(())
+}
+
+/// Migration 10 added `machines.os` and `machines.language`, copies of the inventory's; the
+/// machines enrolled before it get them from their stored inventory.
+async fn os_and_language(tx: &mut AnyConnection) -> Result<()> {
+    for (id, inventory) in db::machines::inventories(tx).await? {
+        let inv: patchcast_proto::protocol::Inventory = serde_json::from_str(&inventory)
+            .with_context(|| format!("machine {id}: unreadable inventory"))?;
+        db::machines::set_os_language(tx, &id, &inv.os, &inv.language).await?;
     }
     Ok(())
 }

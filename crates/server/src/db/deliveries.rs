@@ -532,41 +532,6 @@ pub async fn content_demand(db: &AnyPool) -> Result<Vec<ContentDemand>> {
         .collect()
 }
 
-/// Deliveries, filtered by scenario, machine (id or hostname) and package when given, in
-/// scenario creation order, then by hostname, machine and position.
-pub async fn results(
-    db: &AnyPool,
-    scenario: Option<&str>,
-    machine: Option<&str>,
-    package: Option<&str>,
-) -> Result<Vec<ResultRow>> {
-    let rows = sqlx::query(
-        "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, d.updated_at \
-         FROM deliveries d JOIN machines m ON m.id = d.machine_id JOIN scenarios s ON s.id = d.scenario_id \
-         WHERE ($1 = '' OR d.scenario_id = $1) AND ($2 = '' OR d.machine_id = $2) \
-         AND ($3 = '' OR d.package_id = $3) ORDER BY s.created_at, m.hostname, d.machine_id, d.position",
-    )
-    .bind(scenario.unwrap_or_default())
-    .bind(machine.unwrap_or_default())
-    .bind(package.unwrap_or_default())
-    .fetch_all(db)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ResultRow {
-                delivery: json(r, "delivery")?,
-                detail: json(r, "detail")?,
-                id: r.try_get("id")?,
-                scenario_id: r.try_get("scenario_id")?,
-                machine_id: r.try_get("machine_id")?,
-                hostname: r.try_get("hostname")?,
-                package_id: r.try_get("package_id")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
-        .collect()
-}
-
 /// The delivery's transitions, in order.
 pub async fn history(db: &AnyPool, delivery: &str) -> Result<Vec<HistoryEntry>> {
     let rows = sqlx::query("SELECT n, attempt, seq, event, state, code, params, at FROM events WHERE delivery_id = $1 ORDER BY n")

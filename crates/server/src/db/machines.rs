@@ -148,8 +148,8 @@ pub async fn use_token(tx: &mut AnyConnection, hash: &str) -> Result<()> {
 /// A new machine, enrolled and last seen `now`, without labels.
 pub async fn insert(tx: &mut AnyConnection, m: &NewMachine<'_>) -> Result<()> {
     sqlx::query(
-        "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group) \
-         VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, $7, $8)",
+        "INSERT INTO machines (id, secret_hash, hostname, inventory, peer_addr, labels, enrolled_at, last_seen, agent_state, enroll_group, os, language) \
+         VALUES ($1, $2, $3, $4, $5, '[]', $6, $6, $7, $8, $9, $10)",
     )
     .bind(m.id)
     .bind(m.secret_hash)
@@ -159,6 +159,8 @@ pub async fn insert(tx: &mut AnyConnection, m: &NewMachine<'_>) -> Result<()> {
     .bind(m.now)
     .bind(m.agent_state)
     .bind(m.enroll_group)
+    .bind(&m.inventory.os)
+    .bind(&m.inventory.language)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -194,11 +196,13 @@ pub async fn set_inventory(
     now: i64,
     peer_addr: &str,
 ) -> Result<()> {
-    sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4 WHERE id = $5")
+    sqlx::query("UPDATE machines SET inventory = $1, hostname = $2, last_seen = $3, peer_addr = $4, os = $5, language = $6 WHERE id = $7")
         .bind(serde_json::to_string(inv)?)
         .bind(&inv.hostname)
         .bind(now)
         .bind(peer_addr)
+        .bind(&inv.os)
+        .bind(&inv.language)
         .bind(id)
         .execute(db)
         .await?;
@@ -281,7 +285,7 @@ pub async fn set_labels(db: &AnyPool, id: &str, labels: &[String]) -> Result<()>
     Ok(())
 }
 
-fn machine_view(r: &AnyRow) -> Result<MachineView> {
+pub(super) fn machine_view(r: &AnyRow) -> Result<MachineView> {
     Ok(MachineView {
         id: r.try_get("id")?,
         hostname: r.try_get("hostname")?,
@@ -408,4 +412,27 @@ pub async fn ssh_list(db: &AnyPool) -> Result<Vec<SshRow>> {
             })
         })
         .collect()
+}
+
+/// `(id, inventory JSON)` of every machine (in a transaction): for data upgrades.
+pub async fn inventories(tx: &mut AnyConnection) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT id, inventory FROM machines")
+        .fetch_all(&mut *tx)
+        .await?)
+}
+
+/// Writes the copies of the inventory's OS and language (migration 10's columns).
+pub async fn set_os_language(
+    tx: &mut AnyConnection,
+    id: &str,
+    os: &str,
+    language: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE machines SET os = $1, language = $2 WHERE id = $3")
+        .bind(os)
+        .bind(language)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

@@ -9,7 +9,8 @@
 //! only reads and writes typed rows. Delivery state sets are rendered from
 //! `core::delivery::State` (`deliveries::TERMINAL`, …), never written out as SQL literals.
 //! No statement differs between the backends, so there is no dialect switch beyond SQLite's
-//! connection settings in `open`.
+//! connection settings in `open` (and `reports::used_bytes`, the database's size, which the
+//! load generator reads).
 //!
 //! Migrations are a small versioned runner: each entry runs once, in its own transaction,
 //! recorded in `schema_migrations` with the SHA-256 of its statements (`checksum`); every open
@@ -21,6 +22,7 @@ pub mod deliveries;
 pub mod machines;
 pub mod packages;
 pub mod policies;
+pub mod reports;
 pub mod rollouts;
 pub mod scenarios;
 pub mod sources;
@@ -32,6 +34,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool};
 use sqlx::{Executor, Row};
 use std::time::Duration;
+
+/// The pool every store function takes (for callers outside the server that open a store).
+pub type Pool = AnyPool;
 
 /// Ordered; never edit a released entry, append a new one.
 pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
@@ -144,6 +149,24 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         ],
     ),
     (
+        10,
+        "reporting at fleet size: machine OS and language columns, list and history indexes",
+        &[
+            // Copies of the inventory's `os` and `language` (written with it; the data
+            // upgrade "machine os and language columns" fills existing rows), so the console's
+            // filters list them with DISTINCT instead of reading every inventory.
+            "ALTER TABLE machines ADD COLUMN os TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE machines ADD COLUMN language TEXT NOT NULL DEFAULT ''",
+            // Lists page by (hostname, id); the dashboard finds silent machines by last_seen.
+            "CREATE INDEX machines_hostname ON machines (hostname, id)",
+            "CREATE INDEX machines_last_seen ON machines (last_seen)",
+            // The current delivery of a package on a machine; results by package.
+            "CREATE INDEX deliveries_machine_package ON deliveries (machine_id, package_id)",
+            "CREATE INDEX deliveries_package ON deliveries (package_id, state)",
+            "CREATE INDEX scenarios_created ON scenarios (created_at, id)",
+        ],
+    ),
+    (
         11,
         "publisher trust statements (key rotation and revocation)",
         &[
@@ -176,6 +199,14 @@ pub async fn ping(pool: &AnyPool) -> Result<()> {
 }
 
 pub async fn open(url: &str) -> Result<AnyPool> {
+    let pool = connect(url).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens the database at `url` as it is, without touching its schema: for a reader beside
+/// the server that owns it (the load generator measuring its growth).
+pub async fn connect(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
     let pool = AnyPoolOptions::new()
@@ -198,7 +229,6 @@ pub async fn open(url: &str) -> Result<AnyPool> {
         .connect(url)
         .await
         .with_context(|| format!("opening the database {}", redact(url)))?;
-    migrate(&pool).await?;
     Ok(pool)
 }
 

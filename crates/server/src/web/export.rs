@@ -6,8 +6,9 @@
 //! A cell that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab or CR first, and
 //! not a number) gets a leading `'`: host names and outputs come from endpoints.
 
+use super::fleet;
 use super::i18n::{delivery_label, lang_of};
-use super::pages::{all_results, find_machine, machine_rows};
+use super::pages::find_machine;
 use super::views::{self, MachineFilter, time};
 use super::{WebError, WebResult, WebState};
 use crate::results::Query as ResultsQuery;
@@ -133,9 +134,8 @@ pub async fn compliance(
     h: HeaderMap,
     OriginalUri(uri): OriginalUri,
 ) -> WebResult {
-    let (lang, fmt) = allowed(&w, &h, &uri).await?;
-    let rows = all_results(&w, lang).await?;
-    let c = views::compliance(&views::current(&rows));
+    let (_, fmt) = allowed(&w, &h, &uri).await?;
+    let c = w.server.compliance().await?;
     let cells: Vec<Vec<String>> = c.iter().map(|p| p.cells()).collect();
     Ok(download(
         fmt,
@@ -153,6 +153,74 @@ pub async fn compliance(
     ))
 }
 
+const MACHINE_COLUMNS: [&str; 17] = [
+    "machine_id",
+    "hostname",
+    "os",
+    "os_version",
+    "arch",
+    "language",
+    "groups",
+    "labels",
+    "peer_address",
+    "last_seen_utc",
+    "agent_state",
+    "applied",
+    "not_applied",
+    "not_applicable",
+    "failed",
+    "in_progress",
+    "codes",
+];
+
+fn machine_cells(r: &fleet::Row) -> Vec<String> {
+    let m = &r.machine;
+    let n = |b: &str| {
+        r.current
+            .iter()
+            .filter(|d| views::bucket(d) == b)
+            .count()
+            .to_string()
+    };
+    let mut codes: Vec<String> = r
+        .current
+        .iter()
+        .filter_map(|d| d.last_code.map(|c| c.to_string()))
+        .collect();
+    codes.sort();
+    codes.dedup();
+    vec![
+        m.id.clone(),
+        m.hostname.clone(),
+        m.inventory.os.clone(),
+        m.inventory.os_version.clone(),
+        m.inventory.arch.clone(),
+        m.inventory.language.clone(),
+        m.groups.join(" "),
+        m.labels.join(" "),
+        m.peer_address.clone(),
+        time(m.last_seen_ms),
+        m.agent_state.clone(),
+        n("applied"),
+        n("not_applied"),
+        n("not_applicable"),
+        n("failed"),
+        n("in_progress"),
+        codes.join(" "),
+    ]
+}
+
+/// Where a streamed export is.
+struct Streaming {
+    scan: fleet::Scan,
+    started: bool,
+    first_row: bool,
+    done: bool,
+}
+
+/// The machines export, streamed: the scan's batches are written as they are read (CSV rows,
+/// or the JSON array's elements), so the server holds one batch however large the fleet.
+/// The bytes are those `download` writes for the whole list at once.
 pub async fn machines(
     axum::extract::State(w): WebState,
     h: HeaderMap,
@@ -160,69 +228,82 @@ pub async fn machines(
     Query(f): Query<MachineFilter>,
 ) -> WebResult {
     let (lang, fmt) = allowed(&w, &h, &uri).await?;
-    let (machines, current, _) = machine_rows(&w, &f, lang).await?;
-    let cells: Vec<Vec<String>> = machines
-        .iter()
-        .map(|m| {
-            let mine: Vec<&DeliveryRow> = current.iter().filter(|d| d.machine_id == m.id).collect();
-            let n = |b: &str| {
-                mine.iter()
-                    .filter(|d| views::bucket(d) == b)
-                    .count()
-                    .to_string()
-            };
-            let mut codes: Vec<String> = mine
-                .iter()
-                .filter_map(|d| d.last_code.map(|c| c.to_string()))
-                .collect();
-            codes.sort();
-            codes.dedup();
-            vec![
-                m.id.clone(),
-                m.hostname.clone(),
-                m.inventory.os.clone(),
-                m.inventory.os_version.clone(),
-                m.inventory.arch.clone(),
-                m.inventory.language.clone(),
-                m.groups.join(" "),
-                m.labels.join(" "),
-                m.peer_address.clone(),
-                time(m.last_seen_ms),
-                m.agent_state.clone(),
-                n("applied"),
-                n("not_applied"),
-                n("not_applicable"),
-                n("failed"),
-                n("in_progress"),
-                codes.join(" "),
-            ]
-        })
-        .collect();
-    Ok(download(
-        fmt,
-        "machines",
-        &[
-            "machine_id",
-            "hostname",
-            "os",
-            "os_version",
-            "arch",
-            "language",
-            "groups",
-            "labels",
-            "peer_address",
-            "last_seen_utc",
-            "agent_state",
-            "applied",
-            "not_applied",
-            "not_applicable",
-            "failed",
-            "in_progress",
-            "codes",
-        ],
-        &cells,
-        &machines,
-    ))
+    let scan = fleet::Scan::new(&w.server, f, lang).await?;
+    let server = w.server.clone();
+    let state = Streaming {
+        scan,
+        started: false,
+        first_row: true,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, move |mut st| {
+        let server = server.clone();
+        async move {
+            if st.done {
+                return None;
+            }
+            let mut out = String::new();
+            if !st.started {
+                st.started = true;
+                match fmt {
+                    Format::Csv => out.push_str(&patchcast_proto::csv::line(&MACHINE_COLUMNS)),
+                    Format::Json => out.push('['),
+                }
+            }
+            match st.scan.next(&server).await {
+                Ok(Some(rows)) => {
+                    for r in &rows {
+                        match fmt {
+                            Format::Csv => {
+                                out.push_str(&patchcast_proto::csv::line(&machine_cells(r)))
+                            }
+                            Format::Json => {
+                                if !st.first_row {
+                                    out.push(',');
+                                }
+                                match serde_json::to_string(&r.machine) {
+                                    Ok(j) => out.push_str(&j),
+                                    Err(e) => return Some((Err(std::io::Error::other(e)), st)),
+                                }
+                            }
+                        }
+                        st.first_row = false;
+                    }
+                }
+                Ok(None) => {
+                    st.done = true;
+                    if fmt == Format::Json {
+                        out.push(']');
+                    }
+                }
+                Err(e) => {
+                    // The status line is gone: cutting the body short is how the reader learns.
+                    tracing::error!("machines export stopped: {e:#}");
+                    st.done = true;
+                    return Some((Err(std::io::Error::other(format!("{e:#}"))), st));
+                }
+            }
+            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(out)), st))
+        }
+    });
+    let content_type = match fmt {
+        Format::Csv => "text/csv; charset=utf-8",
+        Format::Json => "application/json",
+    };
+    let mut res = (
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
+    if fmt == Format::Csv {
+        res.headers_mut().insert(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"machines.csv\""
+                .parse()
+                .expect("an ASCII header"),
+        );
+    }
+    Ok(res)
 }
 
 pub async fn machine_results(

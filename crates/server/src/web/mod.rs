@@ -23,6 +23,7 @@ pub mod actions;
 pub mod auth;
 pub mod csrf;
 pub mod export;
+pub mod fleet;
 pub mod i18n;
 pub mod lockout;
 pub mod pages;

@@ -25,6 +25,10 @@ use std::net::SocketAddr;
 pub const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// The dashboard's "recent errors" window.
 pub const RECENT_ERRORS_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Silent machines the dashboard lists by name (the rest are counted).
+pub const STALE_LISTED: usize = 100;
+/// Machines on one page of the console's list.
+pub const MACHINES_PER_PAGE: usize = 100;
 
 /// One request's reader: language, whether to remember it, viewer and the page's own URL.
 pub struct Ctx {
@@ -349,16 +353,6 @@ pub fn delivery_view(d: &DeliveryRow, lang: Lang) -> Value {
     })
 }
 
-pub async fn all_results(w: &Web, lang: Lang) -> anyhow::Result<Vec<DeliveryRow>> {
-    Ok(w.server
-        .results(&ResultsQuery {
-            lang,
-            ..ResultsQuery::default()
-        })
-        .await?
-        .deliveries)
-}
-
 pub async fn dashboard(
     State(w): WebState,
     h: HeaderMap,
@@ -367,28 +361,28 @@ pub async fn dashboard(
     let ctx = Ctx::of(&w, &h, &uri).await?;
     signed_in!(ctx);
     let lang = ctx.lang;
-    let rows = all_results(&w, lang).await?;
-    let current = views::current(&rows);
-    let compliance = views::compliance(&current);
+    // Counted by the database: the page costs the same for ten machines or a hundred thousand.
+    let compliance = w.server.compliance().await?;
     let now = w.server.now();
     let errors = recent_errors(&w, now - RECENT_ERRORS_MS, lang).await?;
-    let machines = w.server.machines().await?;
     // Machines whose current delivery of some package stopped: the FAQ's Q1 banner.
-    let stopped = |state: &str| {
-        current
-            .iter()
-            .filter(|d| d.state.name() == state)
-            .map(|d| d.machine_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .len()
-    };
-    let (failed, looped) = (stopped("failed"), stopped("loop_detected"));
+    let stopped = w
+        .server
+        .machines_in_states(&["failed", "loop_detected"])
+        .await?;
+    let (failed, looped) = (stopped[0], stopped[1]);
     let autoupdate_error =
         (failed + looped > 0).then(|| json!({"failed": failed, "looped": looped}));
-    let stale: Vec<Value> = views::stale(&machines, now, STALE_AFTER_MS)
+    let (silent, silent_total) = w
+        .server
+        .silent_machines(now - STALE_AFTER_MS, STALE_LISTED)
+        .await?;
+    let stale: Vec<Value> = silent
         .iter()
         .map(|m| json!({"id": m.id, "hostname": m.hostname, "os": m.inventory.os, "last_seen": time(m.last_seen_ms)}))
         .collect();
+    let stale_more = (silent_total > stale.len() as i64).then(|| silent_total - stale.len() as i64);
+    let machine_total = w.server.machine_count().await?;
     ctx.page(
         &w,
         "dashboard",
@@ -398,7 +392,8 @@ pub async fn dashboard(
             "errors": errors,
             "autoupdate_error": autoupdate_error,
             "stale": stale,
-            "machine_total": machines.len(),
+            "stale_more": stale_more,
+            "machine_total": machine_total,
         }),
     )
 }
@@ -425,54 +420,43 @@ fn options(values: impl IntoIterator<Item = (String, String)>, selected: &str) -
         .collect()
 }
 
-/// The machine list's rows and the options of its filters.
-pub async fn machine_rows(
-    w: &Web,
-    f: &MachineFilter,
-    lang: Lang,
-) -> anyhow::Result<(
-    Vec<patchcast_proto::admin_api::MachineView>,
-    Vec<DeliveryRow>,
-    Value,
-)> {
-    let machines = w.server.machines().await?;
-    let rows = all_results(w, lang).await?;
-    let current = views::current(&rows);
-    let groups: BTreeSet<String> = w
-        .server
-        .groups()
+/// The options of the machine list's filters, each read with one statement.
+async fn filter_options(w: &Web, f: &MachineFilter, lang: Lang) -> anyhow::Result<Value> {
+    let groups: BTreeSet<String> = db::machines::groups(&w.server.db)
         .await?
         .into_iter()
-        .map(|g| g.group.name)
+        .map(|g| g.name)
         .collect();
-    let oses: BTreeSet<String> = machines.iter().map(|m| m.inventory.os.clone()).collect();
-    let langs: BTreeSet<String> = machines
-        .iter()
-        .map(|m| m.inventory.language.clone())
-        .collect();
-    let codes: BTreeSet<&str> = current
-        .iter()
-        .filter_map(|d| d.last_code.map(|c| c.as_str()))
-        .collect();
-    let filters = json!({
+    let (oses, langs) = w.server.oses_and_languages().await?;
+    let codes = w.server.current_codes().await?;
+    Ok(json!({
         "q": f.q,
         "groups": options(groups.into_iter().map(|g| (g.clone(), g)), &f.group),
         "oses": options(oses.into_iter().map(|o| (o.clone(), o)), &f.os),
         "languages": options(langs.into_iter().map(|l| (l.clone(), l)), &f.language),
         "states": options(state_names().into_iter().map(|s| (s.to_string(), state_label(s, lang))), &f.state),
-        "codes": options(codes.into_iter().map(|c| (c.to_string(), c.to_string())), &f.code),
-    });
-    let keep: Vec<_> = machines
+        "codes": options(codes.into_iter().map(|c| (c.clone(), c)), &f.code),
+    }))
+}
+
+/// This list's URL at page `page` (the other query parameters kept).
+fn page_url(uri: &axum::http::Uri, page: usize) -> String {
+    let mut parts: Vec<String> = uri
+        .query()
+        .and_then(serde_urlencoded_pairs)
+        .unwrap_or_default()
         .into_iter()
-        .filter(|m| f.matches(m, &current))
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| format!("{}={}", enc(&k), enc(&v)))
         .collect();
-    let ids: BTreeSet<&str> = keep.iter().map(|m| m.id.as_str()).collect();
-    let mine: Vec<DeliveryRow> = current
-        .into_iter()
-        .filter(|d| ids.contains(d.machine_id.as_str()))
-        .cloned()
-        .collect();
-    Ok((keep, mine, filters))
+    if page > 0 {
+        parts.push(format!("page={page}"));
+    }
+    if parts.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), parts.join("&"))
+    }
 }
 
 pub async fn machines(
@@ -483,13 +467,18 @@ pub async fn machines(
 ) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     signed_in!(ctx);
-    let (machines, current, filters) = machine_rows(&w, &f, ctx.lang).await?;
-    let list: Vec<Value> = machines
+    let filters = filter_options(&w, &f, ctx.lang).await?;
+    let (rows, more) = super::fleet::Scan::new(&w.server, f.clone(), ctx.lang)
+        .await?
+        .page(&w.server, f.page, MACHINES_PER_PAGE)
+        .await?;
+    let list: Vec<Value> = rows
         .iter()
-        .map(|m| {
+        .map(|r| {
+            let m = &r.machine;
             let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
             let mut codes = BTreeSet::new();
-            for d in current.iter().filter(|d| d.machine_id == m.id) {
+            for d in &r.current {
                 *counts.entry(bucket(d)).or_default() += 1;
                 if let Some(c) = d.last_code {
                     codes.insert(c.as_str());
@@ -506,7 +495,16 @@ pub async fn machines(
             })
         })
         .collect();
-    let query = uri.query().unwrap_or("");
+    // Exports hold every machine the filters keep, whatever page this is.
+    let query: String = uri
+        .query()
+        .and_then(serde_urlencoded_pairs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| format!("{}={}", enc(&k), enc(&v)))
+        .collect::<Vec<_>>()
+        .join("&");
     ctx.page(
         &w,
         "machines",
@@ -514,6 +512,9 @@ pub async fn machines(
         json!({
             "machines": list,
             "filters": filters,
+            "page_number": f.page + 1,
+            "prev_url": (f.page > 0).then(|| page_url(&uri, f.page - 1)),
+            "next_url": more.then(|| page_url(&uri, f.page + 1)),
             "export_csv": format!("/export/machines.csv?{query}"),
             "export_json": format!("/export/machines.json?{query}"),
         }),
@@ -524,7 +525,7 @@ pub async fn find_machine(
     w: &Web,
     id: &str,
 ) -> anyhow::Result<Option<patchcast_proto::admin_api::MachineView>> {
-    Ok(w.server.machines().await?.into_iter().find(|m| m.id == id))
+    w.server.machine_by_id(id).await
 }
 
 pub async fn machine(

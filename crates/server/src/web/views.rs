@@ -63,6 +63,8 @@ pub struct MachineFilter {
     pub state: String,
     /// A result code one of the machine's current deliveries carries.
     pub code: String,
+    /// The console's page of the list, from 0 (exports ignore it: they hold every row).
+    pub page: usize,
 }
 
 impl MachineFilter {

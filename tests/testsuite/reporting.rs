@@ -1,0 +1,297 @@
+//! Reporting at fleet size (issue 17, goals 5 and 6), against the real `patchcast server` on
+//! SQLite and PostgreSQL:
+//! `paged_lists_and_streamed_exports`: 1,050 machines (more than two of the server's
+//! 500-machine batches) with a pending delivery each; `results --limit` pages and the
+//! console's machine pages return every row exactly once; the machines CSV and JSON exports
+//! (streamed batch by batch) hold every machine once with its counts; the compliance summary
+//! counts them all.
+//! `retention_prunes_superseded_history`: with `--history-retention 1h` and the test clock
+//! moved two hours on, each finished delivery keeps only its latest transition, and the
+//! results are unchanged.
+
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::web_client::WebClient;
+use futures_util::StreamExt;
+use patchcast::loadgen::{Behaviour, SimAgent, inventory};
+use patchcast::transport::admin_api::ResultsQuery;
+use patchcast::transport::client::Client;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const MACHINES: usize = 1050;
+
+/// Enrolls `n` simulated agents in `group` over one shared connection pool.
+async fn enroll_many(s: &TestServer, n: usize, group: &str) -> Vec<SimAgent> {
+    let token = s.group_token(group).await;
+    let anon = Client::new(&s.url, &s.fingerprint, None).unwrap();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (anon, token) = (anon.clone(), token.clone());
+            async move {
+                let inv = inventory(&format!("{group}-{i:05}"), i as u32 + 1);
+                SimAgent::enroll_with(&anon, &token, inv, Behaviour::Apply)
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// The machine ids a console machines page links to, in page order.
+fn linked_machines(html: &str) -> Vec<String> {
+    html.split("class=\"machine-link\" href=\"/machines/")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+        .collect()
+}
+
+async fn paged_lists_and_streamed_exports(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    s.publish_sample("fleet-pkg").await;
+    let agents = enroll_many(&s, MACHINES, "fleet").await;
+    let admin = s.admin();
+    let created = admin
+        .run_scenario(&scenario("everyone", "fleet", &["fleet-pkg"]))
+        .await
+        .unwrap();
+    assert_eq!(created.deliveries as usize, MACHINES);
+    let mut ids: Vec<String> = agents.iter().map(|a| a.machine_id.clone()).collect();
+    ids.sort();
+
+    // `results --limit 250`: five pages, every delivery exactly once, in the unpaged order.
+    let all = admin
+        .results(&ResultsQuery {
+            lang: "en".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.deliveries.len(), MACHINES);
+    assert_eq!(all.total, None, "an unpaged answer has no total");
+    let mut paged = Vec::new();
+    for page in 0.. {
+        let r = admin
+            .results_page(
+                &ResultsQuery {
+                    lang: "en".into(),
+                    ..Default::default()
+                },
+                Some((250, page)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.total, Some(MACHINES as u64));
+        // The package summary counts every delivery selected, whatever the page.
+        assert_eq!(r.packages.len(), 1);
+        assert_eq!(r.packages[0].in_progress as usize, MACHINES);
+        if r.deliveries.is_empty() {
+            assert_eq!(page, 5, "1050 rows in pages of 250 end after page 4");
+            break;
+        }
+        assert!(r.deliveries.len() <= 250);
+        paged.extend(r.deliveries.into_iter().map(|d| d.delivery_id));
+    }
+    let unpaged: Vec<String> = all
+        .deliveries
+        .iter()
+        .map(|d| d.delivery_id.clone())
+        .collect();
+    assert_eq!(paged, unpaged, "pages, joined, are the unpaged list");
+
+    // The CLI pages too.
+    let out = s.cli(&["results", "--limit", "100", "--page", "11", "--lang", "en"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("page 11 of 11 (1050 deliveries, 100 a page)"),
+        "{text}"
+    );
+
+    // The console's list: pages of 100, every machine exactly once, next/previous links.
+    let mut web = WebClient::new(&s.url, &s.fingerprint);
+    let mut seen = Vec::new();
+    for page in 0.. {
+        let r = web
+            .get_bearer(&format!("/machines?page={page}"), &s.token)
+            .await;
+        assert_eq!(r.status, reqwest::StatusCode::OK);
+        let on_page = linked_machines(&r.body);
+        assert_eq!(r.body.contains("id=\"prev-page\""), page > 0, "page {page}");
+        seen.extend(on_page.iter().cloned());
+        if !r.body.contains("id=\"next-page\"") {
+            assert_eq!(on_page.len(), MACHINES % 100, "the last page");
+            break;
+        }
+        assert_eq!(on_page.len(), 100, "page {page}");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no machine on two pages");
+    assert_eq!(sorted, ids, "every machine on some page");
+    // A filter pages the machines it keeps: one host name.
+    let one = web
+        .get_bearer("/machines?q=fleet-01049", &s.token)
+        .await
+        .body;
+    assert_eq!(linked_machines(&one).len(), 1);
+    assert!(!one.contains("id=\"next-page\""));
+
+    // The CSV export, streamed: a header and one row per machine, each with its counts.
+    let csv = web.get_bearer("/export/machines.csv", &s.token).await;
+    assert_eq!(csv.status, reqwest::StatusCode::OK);
+    assert!(csv.header("content-type").starts_with("text/csv"));
+    let lines: Vec<&str> = csv.body.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines[0],
+        "machine_id,hostname,os,os_version,arch,language,groups,labels,peer_address,\
+         last_seen_utc,agent_state,applied,not_applied,not_applicable,failed,in_progress,codes"
+    );
+    assert_eq!(lines.len(), MACHINES + 1);
+    let mut csv_ids = Vec::new();
+    let mut hosts = Vec::new();
+    for l in &lines[1..] {
+        let cells: Vec<&str> = l.split(',').collect();
+        assert_eq!(cells.len(), 17, "{l}");
+        assert_eq!(cells[2], "debian-12");
+        assert_eq!(cells[6], "fleet", "{l}");
+        // applied, not_applied, not_applicable, failed, in_progress: the pending delivery.
+        assert_eq!(&cells[11..16], ["0", "0", "0", "0", "1"], "{l}");
+        csv_ids.push(cells[0].to_string());
+        hosts.push(cells[1].to_string());
+    }
+    let mut sorted_hosts = hosts.clone();
+    sorted_hosts.sort();
+    assert_eq!(hosts, sorted_hosts, "rows in host name order");
+    csv_ids.sort();
+    assert_eq!(csv_ids, ids, "every machine once");
+
+    // The JSON export, streamed the same way, is one array of every machine.
+    let json = web.get_bearer("/export/machines.json", &s.token).await;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&json.body).unwrap();
+    let mut json_ids: Vec<String> = v
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    json_ids.sort();
+    assert_eq!(json_ids, ids);
+
+    // Compliance, counted by the database.
+    let c = web.get_bearer("/export/compliance.json", &s.token).await;
+    let c: Vec<serde_json::Value> = serde_json::from_str(&c.body).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["package_id"], "fleet-pkg");
+    assert_eq!(c[0]["in_progress"], MACHINES as u64);
+    let dash = web.get_bearer("/", &s.token).await;
+    assert_eq!(dash.status, reqwest::StatusCode::OK);
+    assert!(dash.body.contains("fleet-pkg"), "{}", dash.body);
+}
+both_backends!(paged_lists_and_streamed_exports);
+
+/// (state, attempts, code, exit code, updated) of each delivery, and its history's (n, state, at).
+type Snapshot = BTreeMap<String, (String, u32, Option<String>, Option<i32>, i64)>;
+
+async fn snapshot(s: &TestServer) -> (Snapshot, BTreeMap<String, Vec<(u64, String, i64)>>) {
+    let r = s
+        .admin()
+        .results(&ResultsQuery {
+            lang: "en".into(),
+            history: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut results = Snapshot::new();
+    let mut history = BTreeMap::new();
+    for d in r.deliveries {
+        results.insert(
+            d.delivery_id.clone(),
+            (
+                d.state.name().to_string(),
+                d.attempts,
+                d.last_code.map(|c| c.to_string()),
+                d.detail.exit_code,
+                d.updated_at_ms,
+            ),
+        );
+        history.insert(
+            d.delivery_id,
+            d.history
+                .iter()
+                .map(|e| (e.n, e.state.clone(), e.at_ms))
+                .collect(),
+        );
+    }
+    (results, history)
+}
+
+async fn retention_prunes_superseded_history(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &["--test-clock", "--history-retention", "1h"]).await
+    else {
+        return;
+    };
+    s.publish_sample("kept-pkg").await;
+    let agents = s.enroll(2, "kept", Behaviour::Apply).await;
+    let admin = s.admin();
+    let created = admin
+        .run_scenario(&scenario("kept", "kept", &["kept-pkg"]))
+        .await
+        .unwrap();
+    let guard = Instant::now();
+    loop {
+        let st = admin.status(&created.id, "en").await.unwrap();
+        if st.done {
+            assert_eq!(st.counts.get("applied"), Some(&2), "{:?}", st.counts);
+            break;
+        }
+        assert!(guard.elapsed() < Duration::from_secs(120), "hang guard");
+        for a in &agents {
+            a.step(50).await.unwrap();
+        }
+    }
+    let (before, history_before) = snapshot(&s).await;
+    for (id, h) in &history_before {
+        assert!(h.len() > 1, "{id} has a history to prune: {h:?}");
+    }
+    // Within the retention nothing goes (the task has run at least once by now or will).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        snapshot(&s).await.1,
+        history_before,
+        "recent history is kept"
+    );
+
+    // Two hours on: the finished deliveries' superseded history is older than the limit.
+    admin
+        .clock(&patchcast::transport::schedule_api::ClockChange {
+            advance_ms: Some(2 * 3600 * 1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let guard = Instant::now();
+    let (after, history_after) = loop {
+        let (r, h) = snapshot(&s).await;
+        if h.values().all(|e| e.len() == 1) {
+            break (r, h);
+        }
+        assert!(
+            guard.elapsed() < Duration::from_secs(120),
+            "hang guard: history still {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(after, before, "the results are unchanged");
+    for (id, h) in &history_after {
+        assert_eq!(
+            h[0],
+            *history_before[id].last().unwrap(),
+            "{id} keeps its latest transition"
+        );
+    }
+}
+both_backends!(retention_prunes_superseded_history);
