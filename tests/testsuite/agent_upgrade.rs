@@ -7,15 +7,15 @@
 //! the old agent carrying on (it applies an ordinary package afterwards); so is a build that
 //! starts but never checks in (it hangs until its 3 s deadline). SQLite and PostgreSQL.
 
-use crate::common::agent_harness::{AgentProc, BIN, tool_package, wait_for};
+use crate::common::agent_harness::{AgentProc, BIN, run_to_end, tool_package, wait_for};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use crate::common::web_client::{self, WebClient};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
-use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
+use patchcast::transport::admin_api::{Admin, DeliveryRow};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GROUP: &str = "upgrade";
 
@@ -71,32 +71,7 @@ fn publish(server: &TestServer, dir: &Path) {
 async fn run(admin: &Admin, name: &str, package: &str, agent: &AgentProc) -> DeliveryRow {
     let mut s = scenario(name, GROUP, &[package]);
     s.max_attempts = 1;
-    let id = admin.run_scenario(&s).await.unwrap().id;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Ok(st) = admin.status(&id, "en").await
-            && st.done
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scenario {name} did not finish; agent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let rows = admin
-        .results(&ResultsQuery {
-            machine: None,
-            package: None,
-            scenario: Some(id),
-            history: true,
-            lang: "en".into(),
-        })
-        .await
-        .unwrap()
-        .deliveries;
+    let (_, rows) = run_to_end(admin, &s, agent, Duration::from_secs(180)).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     rows.into_iter().next().unwrap()
 }

@@ -7,17 +7,19 @@
 //! refused with E26), on SQLite and PostgreSQL; and
 //! forged and replayed statements refused by the agent, from a scripted server.
 
-use crate::common::agent_harness::{AgentProc, publisher, publisher_hex, tool_package, wait_for};
+use crate::common::agent_harness::{
+    AgentProc, publisher, publisher_hex, run_to_end, tool_package, wait_for,
+};
 use crate::common::scripted_server::Scripted;
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
 use patchcast::pack::trust::{Statement, sign};
-use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
+use patchcast::transport::admin_api::{Admin, DeliveryRow};
 use patchcast::transport::repin;
 use patchcast::transport::tls::Identity;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -56,36 +58,10 @@ async fn run(
     packages: &[&str],
     agent: &AgentProc,
 ) -> Vec<DeliveryRow> {
-    let id = admin
-        .run_scenario(&scenario(name, group, packages))
+    let s = scenario(name, group, packages);
+    run_to_end(admin, &s, agent, Duration::from_secs(120))
         .await
-        .unwrap()
-        .id;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(st) = admin.status(&id, "en").await
-            && st.done
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scenario {name} did not finish; agent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    admin
-        .results(&ResultsQuery {
-            machine: None,
-            package: None,
-            scenario: Some(id),
-            history: true,
-            lang: "en".into(),
-        })
-        .await
-        .unwrap()
-        .deliveries
+        .1
 }
 
 async fn publisher_key_rotation(backend: Backend) {

@@ -3,14 +3,14 @@
 //! that fails (or was never delivered to the machine) fails it with E29 naming the
 //! requirement. The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::{AgentProc, tool_package};
+use crate::common::agent_harness::{AgentProc, run_to_end, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::{Code, Lang, render};
-use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
+use patchcast::transport::admin_api::{Admin, DeliveryRow};
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GROUP: &str = "requires";
 
@@ -41,33 +41,7 @@ async fn run(
 ) -> (String, Vec<DeliveryRow>) {
     let mut s = scenario(name, GROUP, packages);
     s.max_attempts = 1;
-    let id = admin.run_scenario(&s).await.unwrap().id;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(st) = admin.status(&id, "en").await
-            && st.done
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scenario {name} did not finish; agent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let rows = admin
-        .results(&ResultsQuery {
-            machine: None,
-            package: None,
-            scenario: Some(id.clone()),
-            history: true,
-            lang: "en".into(),
-        })
-        .await
-        .unwrap()
-        .deliveries;
-    (id, rows)
+    run_to_end(admin, &s, agent, Duration::from_secs(120)).await
 }
 
 async fn agent_of(server: &TestServer) -> AgentProc {

@@ -3,12 +3,12 @@
 //! successor is applied on a machine is never delivered there, ends `superseded` and counts
 //! as applied). The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::{AgentProc, tool_package};
+use crate::common::agent_harness::{AgentProc, run_to_end, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GROUP: &str = "versions";
 
@@ -20,36 +20,10 @@ fn package(dir: &Path, id: &str, version: &str, tool: &Path, extra: &str) {
 
 /// Runs a scenario of `packages` on the group and returns its rows once it is done.
 async fn run(admin: &Admin, name: &str, packages: &[&str], agent: &AgentProc) -> Vec<DeliveryRow> {
-    let id = admin
-        .run_scenario(&scenario(name, GROUP, packages))
+    let s = scenario(name, GROUP, packages);
+    run_to_end(admin, &s, agent, Duration::from_secs(120))
         .await
-        .unwrap()
-        .id;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(st) = admin.status(&id, "en").await
-            && st.done
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scenario {name} did not finish; agent log:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    admin
-        .results(&ResultsQuery {
-            machine: None,
-            package: None,
-            scenario: Some(id),
-            history: true,
-            lang: "en".into(),
-        })
-        .await
-        .unwrap()
-        .deliveries
+        .1
 }
 
 async fn agent_of(server: &TestServer) -> AgentProc {

@@ -324,3 +324,40 @@ pub fn tool_package(dir: &Path, id: &str, version: &str, tool: &Path, before: &s
     )
     .unwrap();
 }
+
+/// Runs scenario `s` until every delivery has ended (within `guard`; past it the test fails
+/// with the agent's log) and returns its id and its rows with their history.
+pub async fn run_to_end(
+    admin: &patchcast::transport::admin_api::Admin,
+    s: &patchcast::model::scenario::Scenario,
+    agent: &AgentProc,
+    guard: std::time::Duration,
+) -> (String, Vec<patchcast::transport::admin_api::DeliveryRow>) {
+    let id = admin.run_scenario(s).await.unwrap().id;
+    let deadline = std::time::Instant::now() + guard;
+    loop {
+        if let Ok(st) = admin.status(&id, "en").await
+            && st.done
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scenario {} did not finish; agent log:\n{}",
+            s.name,
+            agent.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let rows = admin
+        .results(&patchcast::transport::admin_api::ResultsQuery {
+            scenario: Some(id.clone()),
+            history: true,
+            lang: "en".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .deliveries;
+    (id, rows)
+}
