@@ -253,6 +253,13 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
         "{audit:#?}"
     );
     assert!(audit.iter().all(|e| e.actor == "admin-token"), "{audit:#?}");
+    // A delivery's entry names its machine by hostname, beside the id.
+    let cancel = audit
+        .iter()
+        .find(|e| e.action == "delivery.cancel")
+        .unwrap();
+    assert!(cancel.detail.contains(" on "), "{cancel:?}");
+    assert!(cancel.detail.contains(" on office-1 [m-"), "{cancel:?}");
     assert!(
         audit
             .windows(2)

@@ -163,8 +163,13 @@ impl Server {
             }
             Some(Ok(r)) => r,
         };
+        // The machine by name for the reader, and by id, which names it for good.
+        let hostname = db::machines::addressing(&mut tx, &r.machine_id)
+            .await?
+            .map(|(_, inventory)| inventory.hostname)
+            .unwrap_or_default();
         let detail = format!(
-            "{} of {} on {} ({}), scenario {}",
+            "{} of {} on {hostname} [{}] ({}), scenario {}",
             if retry { "retry" } else { "cancel" },
             r.package_id,
             r.machine_id,
