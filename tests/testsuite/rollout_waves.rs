@@ -91,9 +91,15 @@ async fn the_pilot_gates_the_waves_and_failures_stop_the_rollout(backend: Backen
         &s,
         "name: sp2\npackages: [ws2008-sp2]\npilot: { group: pilot, success_threshold: 100% }\nwaves: [{ group: branch }]\n",
     );
+    // Regression (a race in this test): a fast pilot may have cleared its gate before this
+    // first look, so the branch wave is either still waiting with nothing, or open behind a
+    // pilot that has fully applied, never open before.
     let st = admin.rollout(&id).await.unwrap();
-    assert_eq!(st.waves[1].gate, "waiting", "{st:#?}");
-    assert_eq!(st.waves[1].total, 0);
+    if st.waves[1].gate == "waiting" {
+        assert_eq!(st.waves[1].total, 0, "{st:#?}");
+    } else {
+        assert_eq!(st.waves[0].applied_permille, 1000, "{st:#?}");
+    }
     let st = wait(&admin, &id, &agents, "the sp2 rollout to complete", |st| {
         st.state == "completed"
     })
