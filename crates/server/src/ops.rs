@@ -5,9 +5,8 @@
 //! Counters and histograms are updated where things happen (check-ins in the poll route,
 //! content bytes as the body streams, every request's latency in a route layer keyed by the
 //! route template, never the raw URI); the deliveries gauge is read from the database at
-//! scrape time, so it cannot drift from the truth. Database time comes from sqlx's own
-//! per-statement events (`sqlx::query`, with `elapsed_secs`) through `DbTimeLayer`, which the
-//! process's log subscriber includes: every statement is timed, whichever module ran it.
+//! scrape time, so it cannot drift from the truth. Database time comes from the store's
+//! per-statement timings (`db::timing`), which the process's log subscriber includes.
 
 use super::Server;
 use super::api::Admin;
@@ -37,7 +36,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// How long a readiness check may take before it counts as a failure.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Time of every SQL statement this process runs (fed by `DbTimeLayer`). Process-wide: the
+/// Time of every SQL statement this process runs (fed by `db::timing`). Process-wide: the
 /// log subscriber that feeds it is process-wide too.
 static DB_SECONDS: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(0.0001, 4.0, 10)));
@@ -228,42 +227,11 @@ pub async fn track(State(s): State<Arc<Server>>, req: Request, next: Next) -> Re
     resp
 }
 
-/// A log-subscriber layer that feeds sqlx's per-statement timings (`elapsed_secs` on the
-/// `sqlx::query` events) into the database-time histogram. Give it a filter enabling
-/// `sqlx::query` at DEBUG (`db_time_layer` does): sqlx times a statement only when its event
-/// is enabled.
-pub struct DbTimeLayer;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DbTimeLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Elapsed(Option<f64>);
-        impl tracing::field::Visit for Elapsed {
-            fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
-                if f.name() == "elapsed_secs" {
-                    self.0 = Some(v);
-                }
-            }
-            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
-        }
-        if event.metadata().target() != "sqlx::query" {
-            return;
-        }
-        let mut e = Elapsed(None);
-        event.record(&mut e);
-        if let Some(secs) = e.0 {
-            DB_SECONDS.observe(secs);
-        }
-    }
-}
-
-/// `DbTimeLayer` with the filter it needs, to add to a `tracing_subscriber::registry()`.
+/// The database-time histogram's feed (`db::timing`), to add to a
+/// `tracing_subscriber::registry()`: every statement is timed, whichever module ran it.
 pub fn db_time_layer<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    use tracing_subscriber::Layer;
-    DbTimeLayer.with_filter(
-        tracing_subscriber::filter::Targets::new()
-            .with_target("sqlx::query", tracing::Level::DEBUG),
-    )
+    super::db::timing::layer(|secs| DB_SECONDS.observe(secs))
 }

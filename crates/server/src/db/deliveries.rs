@@ -264,11 +264,9 @@ pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow
 
 /// The delivery `id`; an error when there is none.
 pub async fn get(tx: &mut AnyConnection, id: &str) -> Result<DeliveryRow> {
-    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
-    row(&sqlx::query(AssertSqlSafe(q))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?)
+    find(tx, id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no delivery `{id}`"))
 }
 
 /// In-flight deliveries whose deadline is before `now`.

@@ -26,6 +26,7 @@ pub mod reports;
 pub mod rollouts;
 pub mod scenarios;
 pub mod sources;
+pub mod timing;
 pub mod trust;
 pub mod upgrades;
 

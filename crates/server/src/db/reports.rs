@@ -30,6 +30,16 @@ fn placeholders(first: usize, n: usize) -> String {
     format!("({})", p.join(", "))
 }
 
+/// One (package, scenario, state, count) row of the two counts below.
+fn count(r: &sqlx::any::AnyRow) -> Result<(String, String, String, u64)> {
+    Ok((
+        r.try_get("package_id")?,
+        r.try_get("scenario_id")?,
+        r.try_get("state")?,
+        r.try_get::<i64, _>("n")? as u64,
+    ))
+}
+
 /// Current deliveries counted by (package, scenario, state): the compliance summary's input
 /// (the scenario says whether `applied` means installed or removed).
 pub async fn current_counts(db: &AnyPool) -> Result<Vec<(String, String, String, u64)>> {
@@ -42,14 +52,7 @@ pub async fn current_counts(db: &AnyPool) -> Result<Vec<(String, String, String,
         .fetch_all(db)
         .await?
         .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("package_id")?,
-                r.try_get("scenario_id")?,
-                r.try_get("state")?,
-                r.try_get::<i64, _>("n")? as u64,
-            ))
-        })
+        .map(count)
         .collect()
 }
 
@@ -243,14 +246,7 @@ pub async fn results_counts(
         .fetch_all(db)
         .await?
         .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("package_id")?,
-                r.try_get("scenario_id")?,
-                r.try_get("state")?,
-                r.try_get::<i64, _>("n")? as u64,
-            ))
-        })
+        .map(count)
         .collect()
 }
 

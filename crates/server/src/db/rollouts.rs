@@ -63,16 +63,8 @@ pub async fn finish(
     reason: &str,
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE rollouts SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5",
-    )
-    .bind(state.name())
-    .bind(reason)
-    .bind(now)
-    .bind(id)
-    .bind(RolloutState::Running.name())
-    .execute(db)
-    .await?;
+    let mut c = db.acquire().await?;
+    change_state(&mut c, id, RolloutState::Running.name(), state, reason, now).await?;
     Ok(())
 }
 

@@ -186,9 +186,7 @@ pub async fn insert_token_key(db: &AnyPool, hex: &str) -> Result<()> {
 
 /// The stored relay token key; an error when there is none.
 pub async fn stored_token_key(db: &AnyPool) -> Result<String> {
-    Ok(
-        sqlx::query_scalar("SELECT secret FROM source_keys WHERE id = 1")
-            .fetch_one(db)
-            .await?,
-    )
+    token_key(db)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no relay token key is stored"))
 }
