@@ -9,6 +9,7 @@
 
 use crate::common::agent_harness::{AgentProc, BIN, run_to_end, tool_package, wait_for};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::sources_harness::publish;
 use crate::common::web_client::{self, WebClient};
 use patchcast::core::delivery::State;
 use patchcast::core::errors::Code;
@@ -53,18 +54,6 @@ fn agent_package(dir: &Path, id: &str, version: &str, binary: &[u8], deadline: &
         ),
     )
     .unwrap();
-}
-
-fn publish(server: &TestServer, dir: &Path) {
-    let key = server.key.to_str().unwrap().to_string();
-    let o = server.cli(&["package", "publish", dir.to_str().unwrap(), "--key", &key]);
-    assert!(
-        o.status.success(),
-        "publish {}: {}{}",
-        dir.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Runs a scenario of `package` (one attempt) and returns its delivery once done.
@@ -149,7 +138,7 @@ async fn an_agent_upgrades_itself_to_another_build(backend: Backend) {
     assert_ne!(old, new);
     let dir = server.path().join("packages/agent-b2");
     agent_package(&dir, "agent-b2", &new, &new_bytes, "2m");
-    publish(&server, &dir);
+    publish(&server, &dir, &[]);
     let admin = server.admin();
     let pid = agent.child.as_ref().unwrap().id();
 
@@ -209,7 +198,7 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
         b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
         "2m",
     );
-    publish(&server, &dir);
+    publish(&server, &dir, &[]);
     let admin = server.admin();
 
     let row = run(&admin, "broken", "agent-broken", &agent).await;
@@ -254,7 +243,7 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
     let tool = server.path().join("tool");
     let app = server.path().join("packages/after");
     tool_package(&app, "after-rollback", "1.0", &tool, "", "");
-    publish(&server, &app);
+    publish(&server, &app, &[]);
     let after = run(&admin, "after", "after-rollback", &agent).await;
     assert_eq!(after.state, State::Applied, "{after:#?}\n{}", agent.log());
     wait_for("the tool the restored agent installed", || tool.exists()).await;
@@ -273,7 +262,7 @@ exec sleep 600
 ",
         "3s",
     );
-    publish(&server, &dir);
+    publish(&server, &dir, &[]);
     let row = run(&admin, "hangs", "agent-hangs", &agent).await;
     assert_eq!(
         row.state,

@@ -5,6 +5,7 @@
 
 use crate::common::agent_harness::{AgentProc, run_to_end, tool_package};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::sources_harness::publish;
 use patchcast::core::delivery::State;
 use patchcast::core::errors::{Code, Lang, render};
 use patchcast::transport::admin_api::{Admin, DeliveryRow};
@@ -18,18 +19,6 @@ const GROUP: &str = "requires";
 /// content's hash); `extra` YAML appended.
 fn package(dir: &Path, id: &str, tool: &Path, before: &str, extra: &str) {
     tool_package(dir, id, "1.0", tool, before, extra)
-}
-
-fn publish(server: &TestServer, dir: &Path) {
-    let key = server.key.to_str().unwrap().to_string();
-    let o = server.cli(&["package", "publish", dir.to_str().unwrap(), "--key", &key]);
-    assert!(
-        o.status.success(),
-        "publish {}: {}{}",
-        dir.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Runs a scenario of `packages` (one attempt each) and returns its id and rows once done.
@@ -76,8 +65,8 @@ async fn a_requirement_is_applied_first(backend: Backend) {
         &format!("test -f '{}' || exit 7", lib.display()),
         "requires:\n  - { id: req-lib, version: '>= 1.0' }\n",
     );
-    publish(&server, &work.join("lib"));
-    publish(&server, &work.join("app"));
+    publish(&server, &work.join("lib"), &[]);
+    publish(&server, &work.join("app"), &[]);
     let agent = agent_of(&server).await;
     // Listed after the app that requires it: it still goes first.
     let (_, rows) = run(&server.admin(), "app", &["req-app", "req-lib"], &agent).await;
@@ -170,7 +159,7 @@ async fn a_failed_requirement_fails_the_dependent(backend: Backend) {
         "requires: [req-elsewhere]\n",
     );
     for p in ["bad", "app", "lone"] {
-        publish(&server, &work.join(p));
+        publish(&server, &work.join(p), &[]);
     }
     let agent = agent_of(&server).await;
     let admin = server.admin();

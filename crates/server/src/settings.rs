@@ -105,18 +105,8 @@ impl Server {
         let version = self.set_policy_row(p).await?;
         let now = self.now();
         let mut out = Vec::new();
-        // Without a policy no machine is wanted to have a setting: only those whose row
-        // says something are listed, found by the database instead of visiting every machine.
-        let machines = if self.policies().await?.is_empty() {
-            let mut v = Vec::new();
-            for id in db::reports::machines_with_settings(&self.db).await? {
-                v.extend(self.machine_by_id(&id).await?);
-            }
-            v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
-            v
-        } else {
-            self.machines().await?
-        };
+        // A policy was just stored, so every machine may be wanted to have a setting.
+        let machines = self.machines().await?;
         for m in machines {
             if !Self::groups_of(&m).contains(&p.group) {
                 continue;
@@ -219,24 +209,28 @@ impl Server {
     }
 
     /// The setting each machine should have and has, for `patchcast results`.
+    /// The machines whose time setting is worth listing: every machine under some policy;
+    /// without any policy only those whose row says something (found by the database
+    /// instead of visiting every machine), by hostname.
+    async fn machines_with_settings(&self) -> Result<Vec<MachineView>> {
+        if !self.policies().await?.is_empty() {
+            return self.machines().await;
+        }
+        let mut v = Vec::new();
+        for id in db::reports::machines_with_settings(&self.db).await? {
+            v.extend(self.machine_by_id(&id).await?);
+        }
+        v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
+        Ok(v)
+    }
+
     pub async fn machine_settings(
         &self,
         lang: Lang,
         only: Option<&str>,
     ) -> Result<Vec<MachineSetting>> {
         let mut out = Vec::new();
-        // Without a policy no machine is wanted to have a setting: only those whose row
-        // says something are listed, found by the database instead of visiting every machine.
-        let machines = if self.policies().await?.is_empty() {
-            let mut v = Vec::new();
-            for id in db::reports::machines_with_settings(&self.db).await? {
-                v.extend(self.machine_by_id(&id).await?);
-            }
-            v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
-            v
-        } else {
-            self.machines().await?
-        };
+        let machines = self.machines_with_settings().await?;
         for m in machines {
             if only.is_some_and(|o| o != m.id && o != m.hostname) {
                 continue;
