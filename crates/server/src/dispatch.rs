@@ -261,6 +261,11 @@ impl Server {
         machine: &str,
         state: &AgentState,
     ) -> Result<(Option<Work>, Option<i64>)> {
+        // Nothing to hand out or to chase: answered without the write lock. A scenario
+        // created just after this read wakes the poll (`Notify` keeps the permit).
+        if *state == AgentState::Idle && !db::deliveries::has_unfinished(&self.db, machine).await? {
+            return Ok((None, None));
+        }
         let _w = self.write.lock().await;
         let now = self.now();
         let mut tx = self.db.begin().await?;
@@ -523,57 +528,91 @@ impl Server {
     }
 
     /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
+    /// Reports arriving together share one transaction (`group_commit`); each is still
+    /// acknowledged only after that transaction committed.
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
-        let (action, scenario_id, freed) = {
+        self.reports.submit(machine, rep).await
+    }
+
+    /// Applies the reports of one group in one transaction under the write lock, then wakes
+    /// the machines they concern. A database error fails the whole group (nothing of it is
+    /// committed, and each agent sends its report again).
+    pub(crate) async fn report_group(
+        &self,
+        group: &[(String, Report)],
+    ) -> Result<Vec<ReportOutcome>> {
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut wakes = Vec::new();
+        {
             let _w = self.write.lock().await;
             let now = self.now();
             let mut tx = self.db.begin().await?;
-            let Some(mut r) =
-                db::deliveries::of_machine(&mut tx, &rep.delivery_id, machine).await?
-            else {
-                return Ok(ReportOutcome::NotFound);
-            };
-            // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
-            if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
-                return Ok(ReportOutcome::Ack(ReportAck {
-                    applied: false,
-                    reboot: false,
-                }));
-            }
-            let s = self.scenario(&mut tx, &r.scenario_id).await?;
-            let was_busy = r.d.state.is_busy();
-            match self
-                .transition(
-                    &mut tx,
-                    &mut r,
-                    &rep.event,
-                    rep.attempt,
-                    rep.seq,
-                    &rep.detail,
-                    &s,
-                    now,
-                )
-                .await?
-            {
-                Ok(action) => {
-                    tx.commit().await?;
-                    let busy = r.d.state.is_busy();
-                    // A concurrency slot opened only if the scenario limits them.
-                    let freed = s.max_concurrent.is_some() && was_busy && !busy;
-                    (action, r.scenario_id, freed)
+            for (machine, rep) in group {
+                let (outcome, freed) = self.apply_report(&mut tx, machine, rep, now).await?;
+                if matches!(outcome, ReportOutcome::Ack(ReportAck { applied: true, .. })) {
+                    wakes.push((machine.as_str(), freed));
                 }
-                Err(e) => return Ok(ReportOutcome::Refused(e)),
+                outcomes.push(outcome);
             }
-        };
-        // The machine may have its next package, and others a freed concurrency slot.
-        self.wake(machine);
-        if freed {
-            self.wake_scenario(&scenario_id).await;
+            tx.commit().await?;
         }
-        Ok(ReportOutcome::Ack(ReportAck {
-            applied: true,
-            reboot: action == Action::Reboot,
-        }))
+        // The machines may have their next package, and others a freed concurrency slot.
+        for (machine, freed) in wakes {
+            self.wake(machine);
+            if let Some(scenario_id) = freed {
+                self.wake_scenario(&scenario_id).await;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// One report inside a group's transaction; with the scenario whose concurrency slot it
+    /// freed, if any.
+    async fn apply_report(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        machine: &str,
+        rep: &Report,
+        now: i64,
+    ) -> Result<(ReportOutcome, Option<String>)> {
+        let Some(mut r) = db::deliveries::of_machine(tx, &rep.delivery_id, machine).await? else {
+            return Ok((ReportOutcome::NotFound, None));
+        };
+        // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
+        if rep.attempt < r.d.attempt || (rep.attempt == r.d.attempt && rep.seq <= r.last_seq) {
+            let ack = ReportAck {
+                applied: false,
+                reboot: false,
+            };
+            return Ok((ReportOutcome::Ack(ack), None));
+        }
+        let s = self.scenario(tx, &r.scenario_id).await?;
+        let was_busy = r.d.state.is_busy();
+        let event = &rep.event;
+        match self
+            .transition(
+                tx,
+                &mut r,
+                event,
+                rep.attempt,
+                rep.seq,
+                &rep.detail,
+                &s,
+                now,
+            )
+            .await?
+        {
+            Ok(action) => {
+                // A concurrency slot opened only if the scenario limits them.
+                let freed = s.max_concurrent.is_some() && was_busy && !r.d.state.is_busy();
+                let ack = ReportAck {
+                    applied: true,
+                    reboot: action == Action::Reboot,
+                };
+                Ok((ReportOutcome::Ack(ack), freed.then_some(r.scenario_id)))
+            }
+            Err(e) => Ok((ReportOutcome::Refused(e), None)),
+        }
     }
 
     pub async fn wake_scenario(&self, scenario_id: &str) {

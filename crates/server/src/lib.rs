@@ -14,6 +14,7 @@ pub mod caps;
 pub mod clock;
 pub mod db;
 pub mod dispatch;
+pub mod group_commit;
 pub mod keys;
 pub mod lifecycle;
 pub mod machines;
@@ -115,6 +116,8 @@ pub struct Server {
     pub poll_ms: u64,
     /// Serialises state-changing transactions (see `dispatch`).
     pub write: tokio::sync::Mutex<()>,
+    /// Agents' reports waiting to be written together (`group_commit`).
+    pub reports: group_commit::Queue,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
@@ -205,6 +208,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let fingerprint = identity.fingerprint.clone();
     let tls_config = identity.server_config()?;
     let keys = keys::Keys::load(&db, &trusted, tls_dir, names, identity).await?;
+    let (reports, report_writer) = group_commit::channel();
     let server = Arc::new(Server {
         db,
         store: store::Store::open(&cfg.data.join("content"))?,
@@ -214,6 +218,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         no_reply_margin: cfg.no_reply_margin,
         poll_ms: cfg.poll_ms,
         write: tokio::sync::Mutex::new(()),
+        reports,
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         clock: if cfg.test_clock {
@@ -231,6 +236,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         ops: ops::Ops::new(&cfg.data),
     });
     let recovered = server.recover().await?;
+    group_commit::spawn(server.clone(), report_writer);
     ssh_worker::start_all(server.clone()).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;

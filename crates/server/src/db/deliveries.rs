@@ -166,6 +166,20 @@ pub async fn unfinished_of_machine(
         .collect()
 }
 
+/// Whether `machine` has any unfinished delivery: an idle check-in without one needs no
+/// write lock (the common case of a fleet between rollouts).
+pub async fn has_unfinished(pool: &AnyPool, machine: &str) -> Result<bool> {
+    let q = format!(
+        "SELECT 1 FROM deliveries WHERE machine_id = $1 AND state NOT IN {} LIMIT 1",
+        list(TERMINAL)
+    );
+    Ok(sqlx::query(AssertSqlSafe(q))
+        .bind(machine)
+        .fetch_optional(pool)
+        .await?
+        .is_some())
+}
+
 /// The latest delivery of each package on `machine` that is applied there or busy on it,
 /// with its scenario's action: what may supersede a package (`core::lifecycle`).
 pub async fn applied_or_busy_of_machine(
