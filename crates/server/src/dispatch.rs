@@ -186,9 +186,18 @@ impl Server {
         r: &DeliveryRow,
         s: &Scenario,
     ) -> Result<Work> {
-        let p = db::packages::for_work(tx, &r.package_id)
-            .await
-            .with_context(|| format!("package {} is no longer published", r.package_id))?;
+        // A scenario's `ID@VERSION` delivers that version, else the current one.
+        let p = match s
+            .versions
+            .iter()
+            .find(|(id, _)| id.as_str() == r.package_id)
+        {
+            Some((_, v)) => db::packages::version(tx, &r.package_id, v)
+                .await?
+                .with_context(|| format!("version {v} is gone")),
+            None => db::packages::for_work(tx, &r.package_id).await,
+        }
+        .with_context(|| format!("package {} is no longer published", r.package_id))?;
         Ok(Work {
             delivery_id: r.id.clone(),
             attempt: r.d.attempt,
