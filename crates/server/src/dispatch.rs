@@ -187,11 +187,11 @@ impl Server {
         s: &Scenario,
     ) -> Result<Work> {
         // A scenario's `ID@VERSION` delivers that version, else the current one.
-        let p = match s
+        let pinned = s
             .versions
             .iter()
-            .find(|(id, _)| id.as_str() == r.package_id)
-        {
+            .find(|(id, _)| id.as_str() == r.package_id);
+        let p = match pinned {
             Some((_, v)) => db::packages::version(tx, &r.package_id, v)
                 .await?
                 .with_context(|| format!("version {v} is gone")),
@@ -213,9 +213,14 @@ impl Server {
             action: s.action,
             when: s.when,
             timeout_secs: s.timeout_secs,
-            sources: self
-                .work_sources(&mut *tx, &r.machine_id, &r.package_id)
-                .await?,
+            // Sources and relays hold the current version: a pinned one comes from here.
+            sources: match pinned {
+                Some(_) => None,
+                None => {
+                    self.work_sources(&mut *tx, &r.machine_id, &r.package_id)
+                        .await?
+                }
+            },
         })
     }
 
