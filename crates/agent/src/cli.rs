@@ -471,11 +471,7 @@ where
                 .map(Ok)
                 .unwrap_or_else(|| {
                     let me = std::env::current_exe()?;
-                    Ok::<_, anyhow::Error>(
-                        me.to_str()
-                            .and_then(|s| s.strip_suffix(".previous"))
-                            .map_or(me.clone(), PathBuf::from),
-                    )
+                    Ok(crate::upgrade::of_previous(&me).unwrap_or(me))
                 })
                 .and_then(|exe| crate::upgrade::recover(&crate::config::Root(root), &exe));
             match r {

@@ -86,6 +86,13 @@ pub fn new_path(exe: &Path) -> PathBuf {
     sibling(exe, ".new")
 }
 
+/// The agent binary whose `.previous` copy is `path` (`None`: `path` is no such copy).
+pub fn of_previous(path: &Path) -> Option<PathBuf> {
+    path.to_str()
+        .and_then(|s| s.strip_suffix(".previous"))
+        .map(PathBuf::from)
+}
+
 /// Where the binary that ran before the upgrade is kept.
 pub fn previous_path(exe: &Path) -> PathBuf {
     sibling(exe, ".previous")
@@ -486,11 +493,8 @@ pub fn watchdog(
     }
     let exe = std::env::current_exe()?;
     // This process runs from `exe.previous`: the binary to put back.
-    let current = exe
-        .to_str()
-        .and_then(|s| s.strip_suffix(".previous"))
-        .map(PathBuf::from)
-        .context("the watchdog must run from the agent's .previous binary")?;
+    let current =
+        of_previous(&exe).context("the watchdog must run from the agent's .previous binary")?;
     undo(&root, delivery_id, &current, &why)?;
     // The restored agent takes this process's place; it reports the E30 from the journal.
     let e = exec(&current, args);
