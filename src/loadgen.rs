@@ -735,6 +735,8 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             allow_reboot: false,
             timeout_secs: None,
             when: None,
+            versions: Default::default(),
+            rollback: false,
         };
         let rollout_before = measure(&db).await;
         let t0 = Instant::now();

@@ -5,9 +5,16 @@
 //! applied with the machine now reporting the new version. A broken build (a script that
 //! exits 1) is rolled back by the watchdog: E30, the previous binary back byte for byte, and
 //! the old agent carrying on (it applies an ordinary package afterwards); so is a build that
-//! starts but never checks in (it hangs until its 3 s deadline). SQLite and PostgreSQL.
+//! starts but never checks in (it hangs until its 3 s deadline), and a build that checks in
+//! with another version than its package's. Killed between the journaled moves of the swap
+//! (`PATCHCAST_TEST_UPGRADE_KILL`), the agent, started again, completes the upgrade or
+//! restores the previous binary; with its watchdog gone too (systemd stops the unit's cgroup),
+//! `patchcast-agent recover` (the unit's `ExecStartPre=`) or the agent's own start rolls the
+//! upgrade back. SQLite and PostgreSQL.
 
-use crate::common::agent_harness::{AgentProc, BIN, run_to_end, tool_package, wait_for};
+use crate::common::agent_harness::{
+    AgentProc, BIN, run_to_end, tool_package, wait_for, wait_to_end,
+};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use crate::common::sources_harness::publish;
 use crate::common::web_client::{self, WebClient};
@@ -279,3 +286,246 @@ exec sleep 600
     assert_eq!(reported_version(&admin).await, old);
 }
 both_backends!(a_broken_build_is_rolled_back_by_the_watchdog);
+
+const KILL: &str = "PATCHCAST_TEST_UPGRADE_KILL";
+
+/// Stops whatever runs the agent on its root (the first process, or the one a watchdog
+/// started in its place) and starts it again from `exe` with `env`.
+fn restart(agent: &mut AgentProc, env: &[(&str, &Path)]) {
+    agent.sigkill();
+    drop(Restored(agent.root.clone()));
+    agent.start_with(env);
+}
+
+/// Waits until the agent process the test started has exited (it killed itself at a hook).
+async fn killed(agent: &mut AgentProc) {
+    for _ in 0..1200 {
+        if agent.exited().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the agent did not stop at its hook\n{}", agent.log());
+}
+
+/// Starts a scenario of `package` (one attempt); returns its id.
+async fn start(admin: &Admin, name: &str, package: &str) -> String {
+    let mut s = scenario(name, GROUP, &[package]);
+    s.max_attempts = 1;
+    admin.run_scenario(&s).await.unwrap().id
+}
+
+async fn ended(admin: &Admin, id: &str, agent: &AgentProc) -> DeliveryRow {
+    let rows = wait_to_end(admin, id, agent, Duration::from_secs(180)).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    rows.into_iter().next().unwrap()
+}
+
+/// The binary in place is whole and runs: it reports `version`.
+fn runs_as(exe: &Path, version: &str) {
+    let v = Command::new(exe).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("patchcast-agent {version}")
+    );
+    assert!(
+        !PathBuf::from(format!("{}.new", exe.display())).exists(),
+        "a staged binary was left behind"
+    );
+}
+
+fn detail(row: &DeliveryRow) -> String {
+    row.detail.params.detail.clone().unwrap_or_default()
+}
+
+async fn a_kill_between_swap_steps_recovers(backend: Backend) {
+    let Some((server, mut agent, exe, old)) = setup(backend).await else {
+        return;
+    };
+    let _restored = Restored(agent.root.clone());
+    let admin = server.admin();
+    let (mut version, mut bytes) = (old, std::fs::read(&exe).unwrap());
+    // Where the agent is killed, whether the test then starts it again (as a service
+    // manager would), and whether the upgrade then completes (else it is rolled back).
+    let cases = [
+        ("staged-new", true, true),
+        ("renamed", true, false),
+        ("watchdog-started", false, false),
+        ("before-exec", false, false),
+    ];
+    for (i, (point, start_again, completes)) in cases.into_iter().enumerate() {
+        restart(&mut agent, &[(KILL, Path::new(point))]);
+        let build = server.path().join(format!("build/k{i}/patchcast-agent"));
+        let new = stamped(&format!("k{i}"), &build);
+        let new_bytes = std::fs::read(&build).unwrap();
+        let id = format!("agent-k{i}");
+        let dir = server.path().join(format!("packages/{id}"));
+        agent_package(&dir, &id, &new, &new_bytes, "2m");
+        publish(&server, &dir, &[]);
+        let scenario = start(&admin, &format!("kill-{point}"), &id).await;
+        killed(&mut agent).await;
+        if start_again {
+            agent.start();
+        }
+        let row = ended(&admin, &scenario, &agent).await;
+        let log = agent.log();
+        if completes {
+            assert_eq!(row.state, State::Applied, "{point}: {row:#?}\n{log}");
+            (version, bytes) = (new, new_bytes);
+        } else {
+            assert_eq!(
+                row.state,
+                State::Failed { code: Code::E30 },
+                "{point}: {row:#?}\n{log}"
+            );
+        }
+        // Never a missing or half-written binary: the one in place runs, and is exactly the
+        // build the server last heard from.
+        assert!(
+            std::fs::read(&exe).unwrap() == bytes,
+            "{point}: wrong binary"
+        );
+        runs_as(&exe, &version);
+        assert_eq!(reported_version(&admin).await, version, "{point}");
+    }
+}
+both_backends!(a_kill_between_swap_steps_recovers);
+
+async fn a_build_of_another_version_is_rolled_back(backend: Backend) {
+    let Some((server, mut agent, exe, old)) = setup(backend).await else {
+        return;
+    };
+    let _restored = Restored(agent.root.clone());
+    let old_bytes = std::fs::read(&exe).unwrap();
+    let pid = agent.child.as_ref().unwrap().id();
+    // The package promises b9; its binary is stamped b2.
+    let build = server.path().join("build/patchcast-agent");
+    stamped("b2", &build);
+    let promised = format!("{}+b9", old.split('+').next().unwrap());
+    let dir = server.path().join("packages/agent-b9");
+    agent_package(
+        &dir,
+        "agent-b9",
+        &promised,
+        &std::fs::read(&build).unwrap(),
+        "2m",
+    );
+    publish(&server, &dir, &[]);
+    let admin = server.admin();
+    let row = run(&admin, "wrong", "agent-b9", &agent).await;
+    assert_eq!(
+        row.state,
+        State::Failed { code: Code::E30 },
+        "{row:#?}\n{}",
+        agent.log()
+    );
+    assert!(detail(&row).contains("not the new build"), "{row:#?}");
+    // Rolled back: the old build in place, running in the same process, and heard again.
+    assert!(std::fs::read(&exe).unwrap() == old_bytes);
+    runs_as(&exe, &old);
+    assert!(agent.exited().is_none(), "{}", agent.log());
+    assert_eq!(agent.child.as_ref().unwrap().id(), pid);
+    assert!(agent.log().contains("rolling back"), "{}", agent.log());
+    assert_eq!(reported_version(&admin).await, old);
+    // It carries on: an ordinary package is applied by the restored agent.
+    let tool = server.path().join("tool");
+    let app = server.path().join("packages/after");
+    tool_package(&app, "after-wrong", "1.0", &tool, "", "");
+    publish(&server, &app, &[]);
+    let after = run(&admin, "after", "after-wrong", &agent).await;
+    assert_eq!(after.state, State::Applied, "{after:#?}\n{}", agent.log());
+}
+both_backends!(a_build_of_another_version_is_rolled_back);
+
+async fn a_lost_watchdog_is_made_up_at_start(backend: Backend) {
+    let Some((server, mut agent, exe, old)) = setup(backend).await else {
+        return;
+    };
+    let _restored = Restored(agent.root.clone());
+    let old_bytes = std::fs::read(&exe).unwrap();
+    let admin = server.admin();
+    let previous = PathBuf::from(format!("{}.previous", exe.display()));
+
+    // A broken build (it exits 1 at once) whose watchdog died with it: the service manager
+    // runs `EXE.previous recover` (ExecStartPre=), then the agent.
+    restart(&mut agent, &[(KILL, Path::new("watchdog"))]);
+    let dir = server.path().join("packages/agent-broken");
+    let broken = format!("{}+b3", old.split('+').next().unwrap());
+    agent_package(
+        &dir,
+        "agent-broken",
+        &broken,
+        b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
+        "2m",
+    );
+    publish(&server, &dir, &[]);
+    let id = start(&admin, "broken", "agent-broken").await;
+    killed(&mut agent).await;
+    assert!(
+        std::fs::read(&exe).unwrap() != old_bytes,
+        "the broken build should be in place, unwatched\n{}",
+        agent.log()
+    );
+    let pre = Command::new(&previous)
+        .args(["recover", "--root"])
+        .arg(&agent.root)
+        .output()
+        .unwrap();
+    assert!(
+        pre.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pre.stderr)
+    );
+    assert!(
+        std::fs::read(&exe).unwrap() == old_bytes,
+        "recover did not restore"
+    );
+    agent.start();
+    let row = ended(&admin, &id, &agent).await;
+    assert_eq!(
+        row.state,
+        State::Failed { code: Code::E30 },
+        "{row:#?}\n{}",
+        agent.log()
+    );
+    assert!(detail(&row).contains("no watchdog"), "{row:#?}");
+    runs_as(&exe, &old);
+
+    // A real new build in place, its watchdog and the agent killed before the restart into
+    // it; the service manager starts the agent (no ExecStartPre=): the new build itself
+    // finds the upgrade unwatched, puts the previous binary back and starts it.
+    restart(&mut agent, &[(KILL, Path::new("watchdog,before-exec"))]);
+    let build = server.path().join("build/patchcast-agent");
+    let new = stamped("b2", &build);
+    let dir = server.path().join("packages/agent-b2");
+    agent_package(
+        &dir,
+        "agent-b2",
+        &new,
+        &std::fs::read(&build).unwrap(),
+        "2m",
+    );
+    publish(&server, &dir, &[]);
+    let id = start(&admin, "unwatched", "agent-b2").await;
+    killed(&mut agent).await;
+    assert!(std::fs::read(&exe).unwrap() == std::fs::read(&build).unwrap());
+    agent.start();
+    let row = ended(&admin, &id, &agent).await;
+    assert_eq!(
+        row.state,
+        State::Failed { code: Code::E30 },
+        "{row:#?}\n{}",
+        agent.log()
+    );
+    assert!(detail(&row).contains("no watchdog"), "{row:#?}");
+    assert!(std::fs::read(&exe).unwrap() == old_bytes);
+    runs_as(&exe, &old);
+    // The unwatched new build never reported itself.
+    assert_eq!(reported_version(&admin).await, old);
+    assert!(
+        agent
+            .log()
+            .contains("rolling an unwatched agent upgrade back")
+    );
+}
+both_backends!(a_lost_watchdog_is_made_up_at_start);

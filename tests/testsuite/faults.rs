@@ -88,6 +88,8 @@ async fn run(
         allow_reboot: false,
         timeout_secs,
         when: None,
+        versions: Default::default(),
+        rollback: false,
     };
     server.admin().run_scenario(&s).await.unwrap().id
 }

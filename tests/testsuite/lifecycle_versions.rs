@@ -1,9 +1,10 @@
 //! Package versions and what they allow: several signed versions kept per id, a refused then
-//! explicit rollback delivered as an ordinary update, and supersedence (a package whose
+//! explicit rollback delivered as an ordinary update (by a publish `--rollback`, or by a
+//! scenario naming `ID@VERSION` with `options.rollback`), and supersedence (a package whose
 //! successor is applied on a machine is never delivered there, ends `superseded` and counts
 //! as applied). The real server and a real Linux agent process, on SQLite and PostgreSQL.
 
-use crate::common::agent_harness::{AgentProc, run_to_end, tool_package};
+use crate::common::agent_harness::{AgentProc, run_to_end, tool_package, wait_to_end};
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::transport::admin_api::{Admin, DeliveryRow, ResultsQuery};
@@ -142,6 +143,79 @@ async fn rollback_is_refused_then_explicit(backend: Backend) {
     );
 }
 both_backends!(rollback_is_refused_then_explicit);
+
+async fn a_scenario_rolls_back_only_when_it_says_so(backend: Backend) {
+    let Some(server) = TestServer::start(backend, &["--poll", "1s"]).await else {
+        return;
+    };
+    let tool = server.path().join("installed-app");
+    let (v1, v2) = (server.path().join("v1"), server.path().join("v2"));
+    package(&v1, "life-app", "1.0", &tool, "");
+    package(&v2, "life-app", "2.0", &tool, "");
+    let key = server.key.to_str().unwrap().to_string();
+    for dir in [&v1, &v2] {
+        let o = server.cli(&["package", "publish", dir.to_str().unwrap(), "--key", &key]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let agent = agent_of(&server).await;
+    let admin = server.admin();
+    let rows = run(&admin, "install", &["life-app"], &agent).await;
+    assert_eq!(rows[0].state, State::Applied, "{rows:#?}");
+    assert_eq!(std::fs::read_to_string(&tool).unwrap(), "life-app 2.0\n");
+
+    let file = |name: &str, options: &str| {
+        let f = server.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "name: {name}\npackages: [life-app@1.0]\ntargets: {{ groups: [{GROUP}] }}\noptions: {{ retry: {{ max_attempts: 1 }}{options} }}\n"
+            ),
+        )
+        .unwrap();
+        f
+    };
+    // Without `rollback` the older version is refused, naming both and the option.
+    let o = server.cli(&["scenario", "run", file("plain", "").to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = text(&o);
+    assert!(
+        err.contains("1.0 is older than the current 2.0") && err.contains("rollback: true"),
+        "{err}"
+    );
+    // A version never published is refused too.
+    let missing = server.path().join("missing.yaml");
+    std::fs::write(
+        &missing,
+        format!("name: missing\npackages: [life-app@3.0]\ntargets: {{ groups: [{GROUP}] }}\n"),
+    )
+    .unwrap();
+    let o = server.cli(&["scenario", "run", missing.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("no published version 3.0"),
+        "{}",
+        text(&o)
+    );
+    // With it: 1.0 is delivered as an ordinary update, installed and verified; 2.0 stays
+    // the current version.
+    let o = server.cli(&[
+        "scenario",
+        "run",
+        file("back", ", rollback: true").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let rows = wait_to_end(&admin, &id, &agent, Duration::from_secs(120)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].state, State::Applied, "{rows:#?}\n{}", agent.log());
+    assert_eq!(std::fs::read_to_string(&tool).unwrap(), "life-app 1.0\n");
+    let list = admin.packages().await.unwrap();
+    assert_eq!(list[0].version.as_deref(), Some("2.0"));
+    // And forward again by the current version.
+    let rows = run(&admin, "forward", &["life-app"], &agent).await;
+    assert_eq!(rows[0].state, State::Applied, "{rows:#?}");
+    assert_eq!(std::fs::read_to_string(&tool).unwrap(), "life-app 2.0\n");
+}
+both_backends!(a_scenario_rolls_back_only_when_it_says_so);
 
 async fn a_superseded_package_is_never_delivered(backend: Backend) {
     let Some(server) = TestServer::start(backend, &["--poll", "1s"]).await else {

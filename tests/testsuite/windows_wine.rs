@@ -90,6 +90,8 @@ impl WinSite {
             allow_reboot: false,
             timeout_secs: None,
             when: None,
+            versions: Default::default(),
+            rollback: false,
         };
         self.server.admin().run_scenario(&s).await.unwrap().id
     }

@@ -180,6 +180,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Rolls back an agent upgrade whose watchdog is gone (systemd stopped it with the
+    /// unit): run from `EXE.previous` before the agent starts (`ExecStartPre=`).
+    #[command(hide = true)]
+    Recover {
+        #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
+        root: PathBuf,
+        /// The agent binary (default: this one's path without `.previous`).
+        #[arg(long)]
+        exe: Option<PathBuf>,
+    },
 }
 
 fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
@@ -451,6 +461,26 @@ where
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "upgrade watchdog failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Recover { root, exe } => {
+            init_logging();
+            let r = exe
+                .map(Ok)
+                .unwrap_or_else(|| {
+                    let me = std::env::current_exe()?;
+                    Ok(crate::upgrade::of_previous(&me).unwrap_or(me))
+                })
+                .and_then(|exe| crate::upgrade::recover(&crate::config::Root(root), &exe));
+            match r {
+                Ok(restored) => {
+                    tracing::info!(restored, "agent upgrade recovery done");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "agent upgrade recovery failed");
                     ExitCode::FAILURE
                 }
             }

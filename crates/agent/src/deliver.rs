@@ -401,7 +401,15 @@ impl runner::Target for Local<'_> {
 
     /// The check-in: this agent's inventory (with its version) sent over the pinned TLS
     /// connection with its credential, then the claim against the watchdog.
-    async fn check_in(&mut self, work: &Work, _pkg: &Package) -> Result<Facts, Stop> {
+    async fn check_in(&mut self, work: &Work, pkg: &Package) -> Result<Facts, Stop> {
+        let facts = super::upgrade::facts();
+        let ident = patchcast_core::identify::identify(pkg, &facts);
+        if ident.verdict != patchcast_core::identify::Verdict::Applied {
+            // Not the promised build: it must not run on, checked in or not.
+            let why = patchcast_core::pipeline::wrong_build(&ident);
+            tracing::error!(delivery = %work.delivery_id, reason = %why, "this agent is not the build the package names; rolling back");
+            return Err(super::upgrade::disown(self.staging.root, &work.delivery_id, &why).into());
+        }
         let root = self.staging.root.0.clone();
         let inv = tokio::task::spawn_blocking(move || {
             super::inventory::Collector::default().collect(&root, None, false)
@@ -411,7 +419,7 @@ impl runner::Target for Local<'_> {
         self.staging.client.send_inventory(&inv).await?;
         super::upgrade::claim(self.staging.root, &work.delivery_id)?;
         tracing::info!(delivery = %work.delivery_id, version = %super::stamp::version(), "the upgraded agent checked in");
-        Ok(super::upgrade::facts())
+        Ok(facts)
     }
 
     async fn boot_id(&mut self) -> String {

@@ -105,6 +105,8 @@ pub struct Options {
 /// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.
 pub async fn run(opts: Options) -> Result<()> {
     let root = Root(opts.root.clone());
+    // An upgrade whose watchdog is gone is rolled back before anything else runs.
+    super::upgrade::recover_at_start(&root)?;
     let cfg = AgentConfig::load(&root)?;
     let client = Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer(&root, &cfg)?))?;
     let keys = cfg.trusted_keys()?;

@@ -60,6 +60,21 @@ fn started() -> Result<&'static Started, Box<Refusal>> {
         })
 }
 
+/// Test hook: `PATCHCAST_TEST_UPGRADE_KILL=POINT[,POINT…]` makes the process SIGKILL itself
+/// at each named point of the upgrade (`staged-new`, `renamed`, `watchdog-started`,
+/// `before-exec`, `watchdog`), so tests can stop it between the journaled moves.
+fn test_kill(point: &str) {
+    if std::env::var("PATCHCAST_TEST_UPGRADE_KILL").is_ok_and(|v| v.split(',').any(|p| p == point))
+    {
+        tracing::warn!(point, "test hook: this process kills itself");
+        #[cfg(unix)]
+        // SAFETY: sending SIGKILL to this very process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 fn sibling(exe: &Path, suffix: &str) -> PathBuf {
     let mut name = exe.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
@@ -69,6 +84,13 @@ fn sibling(exe: &Path, suffix: &str) -> PathBuf {
 /// Where the staged new binary waits for the swap.
 pub fn new_path(exe: &Path) -> PathBuf {
     sibling(exe, ".new")
+}
+
+/// The agent binary whose `.previous` copy is `path` (`None`: `path` is no such copy).
+pub fn of_previous(path: &Path) -> Option<PathBuf> {
+    path.to_str()
+        .and_then(|s| s.strip_suffix(".previous"))
+        .map(PathBuf::from)
 }
 
 /// Where the binary that ran before the upgrade is kept.
@@ -122,6 +144,7 @@ pub fn stage(binary: &Path) -> Result<(), Box<Refusal>> {
     }
     let exe = &started()?.exe;
     install_copy(binary, &new_path(exe))?;
+    test_kill("staged-new");
     install_copy(exe, &previous_path(exe))?;
     tracing::info!(exe = %exe.display(), "new agent binary staged; the running one kept as .previous");
     Ok(())
@@ -135,6 +158,7 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, B
     if new.exists() {
         std::fs::rename(&new, &s.exe).map_err(|e| refusal("replacing", &s.exe, e))?;
         sync_dir(&s.exe);
+        test_kill("renamed");
     }
     let deadline_ms = now_ms() + check_in.as_millis() as i64;
     let mut cmd = std::process::Command::new(previous_path(&s.exe));
@@ -147,19 +171,30 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, B
         .arg("--")
         .args(&s.args)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::piped());
     // Its own process group: a signal to the agent's group does not reach it.
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd.spawn().map_err(|e| {
+    let failed = |e: &dyn std::fmt::Display| {
         restore(&s.exe);
         refusal("starting the upgrade watchdog", &previous_path(&s.exe), e)
-    })?;
+    };
+    let mut child = cmd.spawn().map_err(|e| failed(&e))?;
+    // Wait until it holds its lock: from then on a start that finds no watchdog knows it died.
+    let mut ready = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready);
+    }
+    if ready.trim() != WATCHING {
+        let _ = child.kill();
+        return Err(failed(&"it exited before it watched the upgrade"));
+    }
     tracing::info!(
         watchdog = child.id(),
         deadline_ms,
         "upgrade watchdog started"
     );
+    test_kill("watchdog-started");
     Ok(deadline_ms)
 }
 
@@ -170,10 +205,14 @@ pub fn restart() -> Refusal {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    test_kill("before-exec");
     let e = exec(&s.exe, &s.args);
     restore(&s.exe);
     *refusal("starting the new agent", &s.exe, e)
 }
+
+/// What the watchdog prints once it holds its lock (the swap waits for it).
+const WATCHING: &str = "watching";
 
 /// Replaces this process with `exe ARGS` (same pid); returns only the error when it could not.
 #[cfg(unix)]
@@ -232,6 +271,9 @@ fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
     Ok(Some(Lock(f)))
 }
 
+fn watchdog_lock(root: &Root, delivery_id: &str) -> PathBuf {
+    root.work(delivery_id).join("watchdog.lock")
+}
 fn check_in_lock(root: &Root, delivery_id: &str) -> PathBuf {
     root.work(delivery_id).join("check-in.lock")
 }
@@ -252,6 +294,89 @@ pub fn claim(root: &Root, delivery_id: &str) -> Result<()> {
     let mut f = File::create(checked_in_marker(root, delivery_id))?;
     f.write_all(super::stamp::version().as_bytes())?;
     f.sync_all()?;
+    Ok(())
+}
+
+/// The new agent is not the build the package promised (its version does not satisfy it):
+/// it rolls itself back as the watchdog would (which then finds the delivery over), and
+/// starts the previous binary in its place. Returns only when that could not be done.
+pub fn disown(root: &Root, delivery_id: &str, why: &str) -> anyhow::Error {
+    let r = (|| -> Result<std::io::Error> {
+        let s = started().map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
+        {
+            let _held = lock(&check_in_lock(root, delivery_id), true)?;
+            if rolled_back_marker(root, delivery_id).exists() {
+                anyhow::bail!("the upgrade watchdog is rolling this agent back");
+            }
+            File::create(rolled_back_marker(root, delivery_id))?.sync_all()?;
+            undo(root, delivery_id, &s.exe, why)?;
+        }
+        Ok(exec(&s.exe, &s.args))
+    })();
+    match r {
+        Ok(e) => anyhow::Error::from(e).context("starting the restored agent"),
+        Err(e) => e,
+    }
+}
+
+/// Copies `EXE.previous` back over `exe` and journals E30 for `why` on the delivery when it
+/// is still waiting for the new agent. The caller marked it rolled back, under the check-in lock.
+fn undo(root: &Root, delivery_id: &str, exe: &Path, why: &str) -> Result<()> {
+    install_copy(&previous_path(exe), exe).map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
+    tracing::warn!(exe = %exe.display(), reason = why, "previous agent binary restored");
+    let journal = Journal::new(root.journal());
+    if let Some(mut entry) = journal.load(delivery_id)?
+        && matches!(entry.step, Step::AgentSwap | Step::AgentCheckIn { .. })
+    {
+        let package = entry.work.package_id.clone();
+        entry.record(pipeline::rolled_back(&package, why));
+        journal.save(&entry)?;
+    }
+    Ok(())
+}
+
+/// Rolls back every upgrade left without its watchdog (`pipeline::orphaned`): run by the
+/// agent at start, and by `patchcast-agent recover` (systemd's `ExecStartPre=`, from
+/// `EXE.previous`) before a broken new build is started at all. `exe` is the agent binary.
+/// Returns whether a previous binary was restored.
+pub fn recover(root: &Root, exe: &Path) -> Result<bool> {
+    let mut restored = false;
+    for entry in Journal::new(root.journal()).entries()? {
+        let id = &entry.work.delivery_id;
+        if !matches!(entry.step, Step::AgentSwap | Step::AgentCheckIn { .. }) {
+            continue;
+        }
+        // The work directory is gone with a finished delivery: nothing to recover.
+        let Ok(_held) = lock(&check_in_lock(root, id), true) else {
+            continue;
+        };
+        let watchdog = lock(&watchdog_lock(root, id), false)?;
+        let Some(why) = pipeline::orphaned(
+            &entry.step,
+            new_path(exe).exists(),
+            watchdog.is_none(),
+            checked_in_marker(root, id).exists(),
+        ) else {
+            continue;
+        };
+        tracing::error!(delivery = %id, reason = %why, "rolling an unwatched agent upgrade back");
+        File::create(rolled_back_marker(root, id))?.sync_all()?;
+        undo(root, id, exe, &why)?;
+        restored = true;
+    }
+    Ok(restored)
+}
+
+/// The agent's start: `recover`, and when it restored the binary this process was started
+/// from, the restored one takes its place.
+pub fn recover_at_start(root: &Root) -> Result<()> {
+    let Ok(s) = started() else {
+        return Ok(());
+    };
+    if recover(root, &s.exe)? {
+        let e = exec(&s.exe, &s.args);
+        return Err(e).with_context(|| format!("starting the restored agent {}", s.exe.display()));
+    }
     Ok(())
 }
 
@@ -300,13 +425,23 @@ pub fn watchdog(
     args: &[std::ffi::OsString],
 ) -> Result<()> {
     super::journal::check_delivery_id(delivery_id)?;
-    let Some(_only) = lock(&root.work(delivery_id).join("watchdog.lock"), false)? else {
+    let only = lock(&watchdog_lock(&root, delivery_id), false)?;
+    // Tell the swap the upgrade is watched, then let go of its pipe.
+    let _ = writeln!(std::io::stdout(), "{WATCHING}");
+    #[cfg(unix)]
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: replacing this process's stdout with /dev/null.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+    let Some(_only) = only else {
         tracing::info!(
             delivery = delivery_id,
             "another watchdog watches this upgrade"
         );
         return Ok(());
     };
+    test_kill("watchdog");
     let journal = Journal::new(root.journal());
     let waiting = || -> Result<bool> {
         Ok(journal
@@ -323,6 +458,14 @@ pub fn watchdog(
             continue;
         };
         let waiting = waiting()?;
+        // The new agent found itself the wrong build and rolled itself back: nothing to do.
+        if rolled_back_marker(&root, delivery_id).exists() {
+            tracing::info!(
+                delivery = delivery_id,
+                "the upgrade was rolled back already"
+            );
+            return Ok(());
+        }
         let checked_in = !waiting || checked_in_marker(&root, delivery_id).exists();
         match pipeline::watch(checked_in, alive(pid), now_ms(), deadline_ms) {
             Watch::Kept => {
@@ -350,20 +493,9 @@ pub fn watchdog(
     }
     let exe = std::env::current_exe()?;
     // This process runs from `exe.previous`: the binary to put back.
-    let current = exe
-        .to_str()
-        .and_then(|s| s.strip_suffix(".previous"))
-        .map(PathBuf::from)
-        .context("the watchdog must run from the agent's .previous binary")?;
-    install_copy(&exe, &current).map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
-    tracing::warn!(exe = %current.display(), "previous agent binary restored");
-    if let Some(mut entry) = journal.load(delivery_id)?
-        && matches!(entry.step, Step::AgentSwap | Step::AgentCheckIn { .. })
-    {
-        let package = entry.work.package_id.clone();
-        entry.record(pipeline::rolled_back(&package, &why));
-        journal.save(&entry)?;
-    }
+    let current =
+        of_previous(&exe).context("the watchdog must run from the agent's .previous binary")?;
+    undo(&root, delivery_id, &current, &why)?;
     // The restored agent takes this process's place; it reports the E30 from the journal.
     let e = exec(&current, args);
     Err(e).with_context(|| format!("starting the restored agent {}", current.display()))

@@ -385,18 +385,7 @@ pub fn next(
             ),
             _ => refused(
                 pkg.id.as_str(),
-                Refusal::detail(
-                    Code::E30,
-                    format!(
-                        "the agent that checked in is not the new build ({})",
-                        ident
-                            .explanation
-                            .iter()
-                            .map(|c| format!("{}: {}", c.check, c.detail))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                ),
+                Refusal::detail(Code::E30, wrong_build(&ident)),
             ),
         },
         (Step::Verify, Outcome::Verified(ident)) => {
@@ -449,6 +438,35 @@ pub fn watch(checked_in: bool, alive: bool, now_ms: i64, deadline_ms: i64) -> Wa
     } else {
         Watch::Wait
     }
+}
+
+/// Why an agent whose version does not satisfy the agent package cannot keep the upgrade.
+pub fn wrong_build(ident: &Identification) -> String {
+    format!(
+        "the agent that checked in is not the new build ({})",
+        ident
+            .explanation
+            .iter()
+            .map(|c| format!("{}: {}", c.check, c.detail))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// At an agent's start (or `patchcast-agent recover` before it): an upgrade journaled at
+/// `step` that no watchdog watches any more (`watched` false: stopped with the service, say)
+/// and that the new agent has not claimed is rolled back, for the returned reason, once its
+/// binary was swapped (`AgentCheckIn`, or `AgentSwap` with the staged `EXE.new` gone: no
+/// watchdog was started yet). Nothing is swapped before that (`AgentSwap` resumes).
+pub fn orphaned(step: &Step, new_staged: bool, watched: bool, claimed: bool) -> Option<String> {
+    let swapped = match step {
+        Step::AgentCheckIn { .. } => true,
+        Step::AgentSwap => !new_staged,
+        _ => false,
+    };
+    (swapped && !watched && !claimed).then(|| {
+        "the new agent binary was in place but no watchdog watched it any more (stopped with the service?) and it had not checked in".into()
+    })
 }
 
 /// The watchdog restored the previous agent binary of `package_id` for `why`: E30.
@@ -889,6 +907,13 @@ mod tests {
     #[test]
     fn the_watchdog_keeps_a_check_in_and_rolls_back_a_death_or_silence() {
         // A check-in wins even when the process is gone or the deadline passed.
+        let check_in = Step::AgentCheckIn { deadline_ms: 5 };
+        assert!(orphaned(&check_in, false, false, false).is_some());
+        assert!(orphaned(&check_in, false, true, false).is_none());
+        assert!(orphaned(&check_in, false, false, true).is_none());
+        assert!(orphaned(&Step::AgentSwap, false, false, false).is_some());
+        assert!(orphaned(&Step::AgentSwap, true, false, false).is_none());
+        assert!(orphaned(&Step::Execute { pgid: None }, false, false, false).is_none());
         assert_eq!(watch(true, false, 10, 5), Watch::Kept);
         assert_eq!(watch(true, true, 10, 5), Watch::Kept);
         assert_eq!(watch(false, true, 4, 5), Watch::Wait);

@@ -85,6 +85,8 @@ pub fn quick_scenario(package: &str, group: &str) -> Result<Scenario, Refused> {
         allow_reboot: false,
         timeout_secs: None,
         when: None,
+        versions: Default::default(),
+        rollback: false,
     })
 }
 

@@ -146,6 +146,8 @@ impl Server {
                 allow_reboot: false,
                 timeout_secs: None,
                 when: None,
+                versions: Default::default(),
+                rollback: false,
             };
             let members: Vec<&MachineView> = machines
                 .iter()

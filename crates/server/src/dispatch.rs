@@ -186,9 +186,18 @@ impl Server {
         r: &DeliveryRow,
         s: &Scenario,
     ) -> Result<Work> {
-        let p = db::packages::for_work(tx, &r.package_id)
-            .await
-            .with_context(|| format!("package {} is no longer published", r.package_id))?;
+        // A scenario's `ID@VERSION` delivers that version, else the current one.
+        let pinned = s
+            .versions
+            .iter()
+            .find(|(id, _)| id.as_str() == r.package_id);
+        let p = match pinned {
+            Some((_, v)) => db::packages::version(tx, &r.package_id, v)
+                .await?
+                .with_context(|| format!("version {v} is gone")),
+            None => db::packages::for_work(tx, &r.package_id).await,
+        }
+        .with_context(|| format!("package {} is no longer published", r.package_id))?;
         Ok(Work {
             delivery_id: r.id.clone(),
             attempt: r.d.attempt,
@@ -204,9 +213,14 @@ impl Server {
             action: s.action,
             when: s.when,
             timeout_secs: s.timeout_secs,
-            sources: self
-                .work_sources(&mut *tx, &r.machine_id, &r.package_id)
-                .await?,
+            // Sources and relays hold the current version: a pinned one comes from here.
+            sources: match pinned {
+                Some(_) => None,
+                None => {
+                    self.work_sources(&mut *tx, &r.machine_id, &r.package_id)
+                        .await?
+                }
+            },
         })
     }
 

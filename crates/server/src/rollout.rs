@@ -153,6 +153,8 @@ impl Server {
             allow_reboot: false,
             timeout_secs: None,
             when: None,
+            versions: Default::default(),
+            rollback: false,
         };
         self.insert_scheduled(
             &wave_scenario(id, wave),

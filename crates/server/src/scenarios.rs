@@ -64,6 +64,10 @@ impl Server {
                     "package `{p}` is not published on this server; publish it with `patchcast package publish DIR --key KEY`"
                 ),
             }
+            if let Some(version) = s.versions.get(p) {
+                let sha = pinned(&mut tx, p.as_str(), version, s.rollback).await?;
+                *shas.last_mut().expect("pushed above") = sha;
+            }
             if s.action == Action::Uninstall {
                 let manifest = db::packages::manifest(&self.db, p.as_str()).await?;
                 let m: Option<Manifest> = manifest.and_then(|m| serde_json::from_str(&m).ok());
@@ -125,4 +129,36 @@ impl Server {
             machines: targets,
         })
     }
+}
+
+/// The archive of version `version` of package `id` a scenario names (`ID@VERSION`); refused
+/// when that version is not published, or is older than the current one without the
+/// scenario's `rollback` (`core::lifecycle::publish`, as for a publish).
+async fn pinned(
+    tx: &mut sqlx::AnyConnection,
+    id: &str,
+    version: &str,
+    rollback: bool,
+) -> Result<String> {
+    use patchcast_core::lifecycle::{Publish, publish};
+    let Some(old) = db::packages::version(tx, id, version).await? else {
+        bail!(
+            "package `{id}` has no published version {version}; `patchcast package versions {id}` lists them"
+        );
+    };
+    let package = |m: &str| -> Result<_> {
+        let m: Manifest = serde_json::from_str(m)?;
+        Ok(patchcast_core::model::package::resolve(&m.package).0)
+    };
+    let current = db::packages::for_work(tx, id).await?;
+    let (Some(current), Some(named)) = (package(&current.manifest)?, package(&old.manifest)?)
+    else {
+        bail!("package `{id}`: a published manifest no longer resolves");
+    };
+    if let Publish::RefuseOlder { current, offered } = publish(Some(&current), &named, rollback) {
+        bail!(
+            "package `{id}` {offered} is older than the current {current}; a scenario delivers an older version only with `options: {{ rollback: true }}`"
+        );
+    }
+    Ok(old.archive_sha256)
 }

@@ -334,30 +334,40 @@ pub async fn run_to_end(
     guard: std::time::Duration,
 ) -> (String, Vec<patchcast::transport::admin_api::DeliveryRow>) {
     let id = admin.run_scenario(s).await.unwrap().id;
+    let rows = wait_to_end(admin, &id, agent, guard).await;
+    (id, rows)
+}
+
+/// Waits until every delivery of scenario `id` has ended (within `guard`; past it the test
+/// fails with the agent's log) and returns its rows with their history.
+pub async fn wait_to_end(
+    admin: &patchcast::transport::admin_api::Admin,
+    id: &str,
+    agent: &AgentProc,
+    guard: std::time::Duration,
+) -> Vec<patchcast::transport::admin_api::DeliveryRow> {
     let deadline = std::time::Instant::now() + guard;
     loop {
-        if let Ok(st) = admin.status(&id, "en").await
+        if let Ok(st) = admin.status(id, "en").await
             && st.done
         {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "scenario {} did not finish; agent log:\n{}",
-            s.name,
+            "scenario {id} did not finish; agent log:\n{}",
             agent.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rows = admin
+    admin
         .results(&patchcast::transport::admin_api::ResultsQuery {
-            scenario: Some(id.clone()),
+            scenario: Some(id.to_string()),
             history: true,
             lang: "en".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .deliveries;
-    (id, rows)
+        .deliveries
 }

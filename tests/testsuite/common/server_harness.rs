@@ -261,5 +261,7 @@ pub fn scenario(
         allow_reboot: false,
         timeout_secs: None,
         when: None,
+        versions: Default::default(),
+        rollback: false,
     }
 }

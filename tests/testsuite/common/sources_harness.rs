@@ -189,6 +189,8 @@ impl Site {
             allow_reboot: false,
             timeout_secs: None,
             when: None,
+            versions: Default::default(),
+            rollback: false,
         };
         self.server.admin().run_scenario(&s).await.unwrap().id
     }

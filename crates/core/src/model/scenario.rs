@@ -11,6 +11,7 @@ use super::types::{PackageId, parse_duration};
 use crate::pipeline::Action;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A delivery scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -26,7 +27,8 @@ pub struct RawScenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<RawAction>,
     /// Package ids, delivered in this order on each machine (the next starts once the
-    /// previous one has finished on that machine).
+    /// previous one has finished on that machine). `ID@VERSION` delivers that published
+    /// version instead of the current one (an older one only with `options.rollback`).
     pub packages: Vec<String>,
     /// Machines (ids or hostnames) and groups the scenario is delivered to.
     pub targets: RawScenarioTargets,
@@ -62,6 +64,10 @@ pub struct RawScenarioOptions {
     /// `immediately` or `next_boot` for every package, overriding the packages' own `when`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
+    /// Allows an `ID@VERSION` older than the package's current version: the older signed
+    /// version is delivered as an ordinary update (default: false, such a scenario is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
@@ -108,6 +114,12 @@ pub struct Scenario {
     /// Overrides each package's `when`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
+    /// The published version delivered for a package instead of its current one (`ID@VERSION`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<PackageId, String>,
+    /// A version in `versions` may be older than the current one (an explicit rollback).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 pub const DEFAULT_RETRY_DELAY_MS: u64 = 60_000;
@@ -179,14 +191,29 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         );
     }
     let mut packages = Vec::new();
-    for (i, p) in raw.packages.iter().enumerate() {
+    let mut versions = BTreeMap::new();
+    for (i, entry) in raw.packages.iter().enumerate() {
+        let (p, version) = match entry.split_once('@') {
+            Some((p, v)) => (p, Some(v.trim())),
+            None => (entry.as_str(), None),
+        };
         match p.parse::<PackageId>() {
             Ok(id) if packages.contains(&id) => err(
                 format!("packages[{i}]"),
                 format!("package `{p}` is listed twice"),
                 "list each package once",
             ),
-            Ok(id) => packages.push(id),
+            Ok(_) if version == Some("") => err(
+                format!("packages[{i}]"),
+                format!("`{entry}` names no version after `@`"),
+                "write `ID@VERSION` with a published version (`patchcast package versions ID`), or the id alone for the current one",
+            ),
+            Ok(id) => {
+                if let Some(v) = version {
+                    versions.insert(id.clone(), v.to_string());
+                }
+                packages.push(id)
+            }
             Err(e) => err(
                 format!("packages[{i}]"),
                 e.0,
@@ -252,6 +279,14 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
             ),
         }
     }
+    let rollback = o.rollback.unwrap_or(false);
+    if rollback && versions.is_empty() {
+        err(
+            "options.rollback".into(),
+            "`rollback: true` but no package names the version to roll back to".into(),
+            "list the package as `ID@VERSION` (an older published version), or drop `rollback`",
+        );
+    }
     let ok = problems.is_empty();
     let scenario = Scenario {
         name: raw.name.trim().to_string(),
@@ -269,6 +304,8 @@ pub fn resolve(raw: &RawScenario) -> (Option<Scenario>, Vec<Problem>) {
         allow_reboot: o.allow_reboot.unwrap_or(false),
         timeout_secs,
         when: o.when,
+        versions,
+        rollback,
     };
     // The bounds no single key above checks (durations beyond 30 days).
     for (path, msg) in scenario.problems() {
@@ -308,6 +345,31 @@ mod tests {
         assert_eq!(s.max_unverified_runs, 3);
         assert_eq!(s.retry_delay_ms, DEFAULT_RETRY_DELAY_MS);
         assert!(!s.allow_reboot);
+    }
+
+    #[test]
+    fn a_version_is_named_with_at_and_rollback_needs_one() {
+        let s = load(
+            "s.yaml",
+            "name: t\npackages: [a@1.0, b]\ntargets: { groups: [linux] }\noptions: { rollback: true }\n",
+        )
+        .unwrap();
+        let a: PackageId = "a".parse().unwrap();
+        assert_eq!(s.packages.len(), 2);
+        assert_eq!(s.versions.get(&a).map(String::as_str), Some("1.0"));
+        assert!(s.rollback);
+        let e = load(
+            "s.yaml",
+            "name: t\npackages: [a]\ntargets: { groups: [linux] }\noptions: { rollback: true }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].problem.path, "options.rollback");
+        let e = load(
+            "s.yaml",
+            "name: t\npackages: [a@]\ntargets: { groups: [linux] }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].problem.path, "packages[0]");
     }
 
     #[test]

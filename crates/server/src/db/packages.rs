@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use patchcast_proto::admin_api::{PackageVersionView, PackageView};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row, any::AnyRow};
 
 /// What a work item carries about its package.
 #[derive(Debug, Clone)]
@@ -195,6 +195,30 @@ pub async fn for_work(tx: &mut AnyConnection, id: &str) -> Result<WorkPackage> {
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;
+    work_package(&p)
+}
+
+/// Published version `version` of package `id` (the latest publish of it), as a work item
+/// carries it: what a scenario's `ID@VERSION` delivers.
+pub async fn version(
+    tx: &mut AnyConnection,
+    id: &str,
+    version: &str,
+) -> Result<Option<WorkPackage>> {
+    sqlx::query(
+        "SELECT archive_sha256, archive_size, manifest, signature FROM package_versions \
+         WHERE id = $1 AND version = $2 ORDER BY published_at DESC, archive_sha256 LIMIT 1",
+    )
+    .bind(id)
+    .bind(version)
+    .fetch_optional(&mut *tx)
+    .await?
+    .as_ref()
+    .map(work_package)
+    .transpose()
+}
+
+fn work_package(p: &AnyRow) -> Result<WorkPackage> {
     Ok(WorkPackage {
         archive_sha256: p.try_get("archive_sha256")?,
         archive_size: p.try_get::<i64, _>("archive_size")? as u64,
