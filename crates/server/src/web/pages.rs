@@ -571,8 +571,10 @@ pub async fn machine(
         .await?;
     let total = w.server.results_summary(&sel, &mut Default::default()).await?.2 as i64;
     let per_page = ROWS_PER_PAGE as i64;
-    let end = total.saturating_sub((p.page as i64).saturating_mul(per_page));
-    let start = end.saturating_sub(per_page);
+    let end = total
+        .saturating_sub((p.page as i64).saturating_mul(per_page))
+        .max(0);
+    let start = (end - per_page).max(0);
     let rows = w.server.deliveries(&sel, end - start, start).await?;
     let history: Vec<Value> = rows
         .iter()
