@@ -502,8 +502,9 @@ pub struct LoadtestArgs {
     /// pending), so reports can be timed on a large fleet without the rollout's minutes.
     #[arg(long, requires = "rollout")]
     pub rollout_start_only: bool,
-    /// At the end, time each report (dashboard, compliance, machines page and CSV, results)
-    /// this many times and print the fastest and median.
+    /// At the end, time each report (dashboard, compliance, machines page and CSV; with
+    /// --rollout the scenario page and its CSV and JSON exports; results, all and one page)
+    /// this many times and print the fastest, the median and the server's peak memory.
     #[arg(long, default_value_t = 0)]
     pub reports: usize,
     /// The `patchcast` binary to start as the server (default: this one), e.g. an older
@@ -1001,7 +1002,11 @@ fn row_cells(d: &DeliveryRow, l: Lang) -> Vec<String> {
 }
 
 fn rows_table(l: Lang) -> super::table::Table {
-    super::table::Table::new(&rows_header(l), &[], &[false, false, false, true, false, true])
+    super::table::Table::new(
+        &rows_header(l),
+        &[],
+        &[false, false, false, true, false, true],
+    )
 }
 
 /// A delivery's line in the table, then what explains it (code, source, checks, output).
@@ -1121,7 +1126,11 @@ struct Arriving<'a> {
 impl std::io::Read for Arriving<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.chunk.len() {
-            match self.rt.block_on(self.resp.chunk()).map_err(std::io::Error::other)? {
+            match self
+                .rt
+                .block_on(self.resp.chunk())
+                .map_err(std::io::Error::other)?
+            {
                 Some(c) => (self.chunk, self.at) = (c.to_vec(), 0),
                 None => return Ok(0),
             }
@@ -1182,7 +1191,11 @@ fn print_streamed(admin: &Admin, q: &ResultsQuery, fmt: Format, l: Lang) -> Resu
         match fmt {
             Format::Json => {
                 let sep = if n == 0 { "\n    " } else { ",\n    " };
-                write!(out, "{sep}{}", nested(&serde_json::to_string_pretty(&d)?, 2))?;
+                write!(
+                    out,
+                    "{sep}{}",
+                    nested(&serde_json::to_string_pretty(&d)?, 2)
+                )?;
             }
             Format::Csv => write!(out, "{}", crate::transport::csv::line(&csv_cells(&d)))?,
             Format::Table => {
@@ -1246,7 +1259,8 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         // Every delivery: printed as it arrives, so a fleet's results need not fit in memory.
         None => print_streamed(&admin, &q, fmt, l)?,
         Some(limit) => {
-            let r = rt()?.block_on(admin.results_page(&q, Some((limit, a.page.saturating_sub(1)))))?;
+            let r =
+                rt()?.block_on(admin.results_page(&q, Some((limit, a.page.saturating_sub(1)))))?;
             match fmt {
                 Format::Json => print_json(&r)?,
                 Format::Csv => print!("{}", csv(&r)),
@@ -1482,8 +1496,20 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
     }
     for t in &r.reports {
         println!(
-            "report {:<22} {:>12} bytes  fastest {:>9.1} ms  median {:>9.1} ms  ({} runs)",
-            t.report, t.bytes, t.min_ms, t.median_ms, t.runs
+            "report {:<24} {:>12} bytes  fastest {:>9.1} ms  median {:>9.1} ms  ({} runs){}",
+            t.report,
+            t.bytes,
+            t.min_ms,
+            t.median_ms,
+            t.runs,
+            match (t.server_rss_before, t.server_peak_rss) {
+                (Some(b), Some(p)) => format!(
+                    "  server RSS {:.1} MiB, peak {:.1} MiB",
+                    b as f64 / 1048576.0,
+                    p as f64 / 1048576.0
+                ),
+                _ => String::new(),
+            }
         );
     }
     if let Some(per) = r.server_bytes_per_long_poll {

@@ -219,33 +219,61 @@ async fn walk_pages(
     let mut seen = Vec::new();
     for page in 0.. {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let r = web.get_bearer(&format!("{path}{sep}page={page}"), token).await;
+        let r = web
+            .get_bearer(&format!("{path}{sep}page={page}"), token)
+            .await;
         assert_eq!(r.status, reqwest::StatusCode::OK, "{path} page {page}");
-        assert_eq!(r.body.contains("id=\"prev-page\""), page > 0, "{path} page {page}");
+        assert_eq!(
+            r.body.contains("id=\"prev-page\""),
+            page > 0,
+            "{path} page {page}"
+        );
         let on_page = ids(&r.body);
-        assert!(on_page.len() <= 100, "{path} page {page}: {}", on_page.len());
+        assert!(
+            on_page.len() <= 100,
+            "{path} page {page}: {}",
+            on_page.len()
+        );
         seen.extend(on_page.iter().cloned());
         if !r.body.contains("id=\"next-page\"") {
             break;
         }
-        assert_eq!(on_page.len(), 100, "{path} page {page} before the last is full");
+        assert_eq!(
+            on_page.len(),
+            100,
+            "{path} page {page} before the last is full"
+        );
     }
     seen
 }
 
 /// The scenario page, its exports, the results API and `patchcast results`, unpaged and
 /// streamed, against what the paged (whole) answers hold: `order` is the results' order.
-async fn scenario_pages_and_streams(s: &TestServer, web: &mut WebClient, id: &str, order: &[String]) {
+async fn scenario_pages_and_streams(
+    s: &TestServer,
+    web: &mut WebClient,
+    id: &str,
+    order: &[String],
+) {
     // The page: 100 a page, every delivery once, in results order; the counts on each page.
     let first = web.get_bearer(&format!("/scenarios/{id}"), &s.token).await;
     assert!(
-        first.body.contains(&format!("data-count=\"pending\">{MACHINES}<")),
+        first
+            .body
+            .contains(&format!("data-count=\"pending\">{MACHINES}<")),
         "the pending count: {}",
         first.body
     );
-    assert!(first.body.contains(&format!("data-count=\"total\">{MACHINES}<")));
+    assert!(
+        first
+            .body
+            .contains(&format!("data-count=\"total\">{MACHINES}<"))
+    );
     let paged = walk_pages(web, &s.token, &format!("/scenarios/{id}"), delivery_ids).await;
-    assert_eq!(paged, order, "the scenario's pages, joined, are its deliveries in order");
+    assert_eq!(
+        paged, order,
+        "the scenario's pages, joined, are its deliveries in order"
+    );
 
     // The exports, streamed: the JSON is the unstreamed status's rows; the CSV the same rows.
     let whole = web
@@ -258,18 +286,31 @@ async fn scenario_pages_and_streams(s: &TestServer, web: &mut WebClient, id: &st
     assert_eq!(json.status, reqwest::StatusCode::OK);
     assert_eq!(json.header("content-type"), "application/json");
     let exported: serde_json::Value = serde_json::from_str(&json.body).unwrap();
-    assert_eq!(exported, whole["deliveries"], "the JSON export is the whole list");
+    assert_eq!(
+        exported, whole["deliveries"],
+        "the JSON export is the whole list"
+    );
     let csv = web
         .get_bearer(&format!("/export/scenarios/{id}/deliveries.csv"), &s.token)
         .await;
-    assert!(csv.header("content-disposition").contains(&format!("deliveries-{id}.csv")));
+    assert!(
+        csv.header("content-disposition")
+            .contains(&format!("deliveries-{id}.csv"))
+    );
     let lines: Vec<&str> = csv.body.split("\r\n").filter(|l| !l.is_empty()).collect();
-    assert!(lines[0].starts_with("delivery_id,scenario_id,machine_id,hostname"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("delivery_id,scenario_id,machine_id,hostname"),
+        "{}",
+        lines[0]
+    );
     let csv_ids: Vec<String> = lines[1..]
         .iter()
         .map(|l| l.split(',').next().unwrap().to_string())
         .collect();
-    assert_eq!(csv_ids, order, "the CSV export: every delivery once, in order");
+    assert_eq!(
+        csv_ids, order,
+        "the CSV export: every delivery once, in order"
+    );
     let missing = web
         .get_bearer("/export/scenarios/no-such/deliveries.csv", &s.token)
         .await;
@@ -292,11 +333,17 @@ async fn scenario_pages_and_streams(s: &TestServer, web: &mut WebClient, id: &st
         .unwrap();
     assert_eq!(whole["total"], MACHINES as u64);
     whole.as_object_mut().unwrap().remove("total");
-    assert_eq!(streamed, whole, "the streamed answer holds what the whole one does");
+    assert_eq!(
+        streamed, whole,
+        "the streamed answer holds what the whole one does"
+    );
     assert_eq!(streamed["deliveries"].as_array().unwrap().len(), MACHINES);
     // An unknown machine is still an error status, not a cut body.
     let unknown = web
-        .get_bearer("/api/v1/admin/results?lang=en&machine=no-such-host", &s.token)
+        .get_bearer(
+            "/api/v1/admin/results?lang=en&machine=no-such-host",
+            &s.token,
+        )
         .await;
     assert!(!unknown.status.is_success(), "{}", unknown.body);
 
@@ -309,7 +356,10 @@ async fn scenario_pages_and_streams(s: &TestServer, web: &mut WebClient, id: &st
     };
     let one_page = ["--limit", "100000", "--page", "1"];
     for (format, strip) in [
-        (None, format!("page 1 of 1 ({MACHINES} deliveries, 100000 a page)\n")),
+        (
+            None,
+            format!("page 1 of 1 ({MACHINES} deliveries, 100000 a page)\n"),
+        ),
         (Some("--json"), format!(",\n  \"total\": {MACHINES}")),
         (Some("--csv"), String::new()),
     ] {
@@ -318,9 +368,15 @@ async fn scenario_pages_and_streams(s: &TestServer, web: &mut WebClient, id: &st
         let streamed = run(&args);
         args.extend(one_page);
         let whole = run(&args);
-        assert!(strip.is_empty() || whole.contains(&strip), "{format:?}: {whole}");
+        assert!(
+            strip.is_empty() || whole.contains(&strip),
+            "{format:?}: {whole}"
+        );
         assert_eq!(streamed, whole.replace(&strip, ""), "{format:?}");
-        assert!(streamed.len() > MACHINES * 20, "{format:?}: every row printed");
+        assert!(
+            streamed.len() > MACHINES * 20,
+            "{format:?}: every row printed"
+        );
     }
 }
 
@@ -359,8 +415,17 @@ async fn paged_history_and_audit(backend: Backend) {
 
     let mut web = WebClient::new(&s.url, &s.fingerprint);
     let machine = &agents[0].machine_id;
-    let history = walk_pages(&mut web, &s.token, &format!("/machines/{machine}"), delivery_ids).await;
-    assert_eq!(history, newest_first, "the history: every delivery once, newest first");
+    let history = walk_pages(
+        &mut web,
+        &s.token,
+        &format!("/machines/{machine}"),
+        delivery_ids,
+    )
+    .await;
+    assert_eq!(
+        history, newest_first,
+        "the history: every delivery once, newest first"
+    );
 
     // The audit: each scenario's start is an entry; every entry once across the pages.
     fn entries(html: &str) -> Vec<String> {
@@ -378,7 +443,10 @@ async fn paged_history_and_audit(backend: Backend) {
         .map(|e| e.n.to_string())
         .collect();
     assert!(expected.len() >= RUNS, "{}", expected.len());
-    assert_eq!(audited, expected, "the audit's pages, joined, are every entry, newest first");
+    assert_eq!(
+        audited, expected,
+        "the audit's pages, joined, are every entry, newest first"
+    );
 }
 both_backends!(paged_history_and_audit);
 

@@ -571,23 +571,23 @@ pub fn read_results(
 
 /// The results API's path and query for `query` (and a page: `(limit, page)`).
 fn results_path(query: &ResultsQuery, page: Option<(u64, u64)>) -> String {
-        let mut q = vec![
-            format!("lang={}", query.lang),
-            format!("history={}", query.history),
-        ];
-        if let Some((limit, page)) = page {
-            q.push(format!("limit={limit}"));
-            q.push(format!("page={page}"));
+    let mut q = vec![
+        format!("lang={}", query.lang),
+        format!("history={}", query.history),
+    ];
+    if let Some((limit, page)) = page {
+        q.push(format!("limit={limit}"));
+        q.push(format!("page={page}"));
+    }
+    for (k, v) in [
+        ("machine", &query.machine),
+        ("package", &query.package),
+        ("scenario", &query.scenario),
+    ] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", encode(v)));
         }
-        for (k, v) in [
-            ("machine", &query.machine),
-            ("package", &query.package),
-            ("scenario", &query.scenario),
-        ] {
-            if let Some(v) = v {
-                q.push(format!("{k}={}", encode(v)));
-            }
-        }
+    }
     format!("{RESULTS}?{}", q.join("&"))
 }
 

@@ -4,6 +4,8 @@
 use super::Server;
 use super::db;
 use anyhow::{Result, bail};
+use axum::body::Bytes;
+use futures_util::{Stream, StreamExt};
 use patchcast_core::delivery::Bucket;
 use patchcast_core::errors::{Lang, render};
 use patchcast_core::pipeline::Action;
@@ -11,8 +13,6 @@ use patchcast_proto::admin_api::{
     DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
 };
 use patchcast_proto::protocol::Inventory;
-use axum::body::Bytes;
-use futures_util::{Stream, StreamExt};
 use patchcast_proto::schedule_api::MachineSetting;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -205,7 +205,13 @@ impl Server {
         } else {
             Vec::new()
         };
-        Ok(delivery_row(r, action, mac_of(&inventory), sel.lang, history))
+        Ok(delivery_row(
+            r,
+            action,
+            mac_of(&inventory),
+            sel.lang,
+            history,
+        ))
     }
 
     /// `limit` of the deliveries `sel` selects from `offset`, in `results`' order.
@@ -241,7 +247,9 @@ impl Server {
                 let mut batch = Vec::with_capacity(BATCH);
                 while let Some(r) = rows.next().await {
                     batch.push(s.delivery(r?, &sel, &mut actions).await?);
-                    if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    if batch.len() == BATCH
+                        && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -267,7 +275,9 @@ impl Server {
         let counts = db::reports::results_counts(&self.db, sel.filter()).await?;
         let total = counts.iter().map(|(_, _, _, n)| n).sum::<u64>();
         let packages = summarise(self, actions, counts).await?;
-        let settings = self.machine_settings(sel.lang, sel.machine.as_deref()).await?;
+        let settings = self
+            .machine_settings(sel.lang, sel.machine.as_deref())
+            .await?;
         Ok((packages, settings, total))
     }
 
@@ -301,10 +311,12 @@ impl Server {
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let s = self.clone();
         let tail_sel = sel.clone();
-        let head = futures_util::stream::once(async { Ok(Bytes::from_static(b"{\"deliveries\":[")) });
+        let head =
+            futures_util::stream::once(async { Ok(Bytes::from_static(b"{\"deliveries\":[")) });
         let tail = futures_util::stream::once(async move {
-            let (packages, settings, _) =
-                s.results_summary(&tail_sel, &mut Actions::default()).await?;
+            let (packages, settings, _) = s
+                .results_summary(&tail_sel, &mut Actions::default())
+                .await?;
             Ok(Bytes::from(format!(
                 "],\"packages\":{},\"settings\":{}}}",
                 serde_json::to_string(&packages)?,

@@ -14,13 +14,13 @@ use super::{WebError, WebResult, WebState};
 use crate::results::{Query as ResultsQuery, Selection, json_elements};
 use axum::Json;
 use axum::body::Bytes;
-use futures_util::{Stream, StreamExt, stream};
-use patchcast_proto::csv;
 use axum::extract::{OriginalUri, Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt, stream};
 use patchcast_core::errors::{Lang, render};
 use patchcast_proto::admin_api::DeliveryRow;
+use patchcast_proto::csv;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -240,9 +240,7 @@ where
         }
         Format::Json => {
             let records = batches.map(move |b| Ok(b?.into_iter().map(record).collect::<Vec<_>>()));
-            let array = bytes(b"[")
-                .chain(json_elements(records))
-                .chain(bytes(b"]"));
+            let array = bytes(b"[").chain(json_elements(records)).chain(bytes(b"]"));
             (array.boxed(), "application/json")
         }
     };
@@ -312,7 +310,13 @@ pub async fn machine_results(
         ..ResultsQuery::default()
     };
     let sel = w.server.select(&q).await?;
-    Ok(deliveries(&w, lang, fmt, &format!("results-{}", m.hostname), sel))
+    Ok(deliveries(
+        &w,
+        lang,
+        fmt,
+        &format!("results-{}", m.hostname),
+        sel,
+    ))
 }
 
 pub async fn scenario_deliveries(
@@ -323,7 +327,9 @@ pub async fn scenario_deliveries(
 ) -> WebResult {
     let (lang, fmt) = allowed(&w, &h, &uri).await?;
     if !w.server.scenario_exists(&id).await? {
-        return Err(WebError::not_found(format!("no scenario `{id}` on this server")));
+        return Err(WebError::not_found(format!(
+            "no scenario `{id}` on this server"
+        )));
     }
     let q = ResultsQuery {
         scenario: Some(id.clone()),

@@ -569,7 +569,11 @@ pub async fn machine(
             ..ResultsQuery::default()
         })
         .await?;
-    let total = w.server.results_summary(&sel, &mut Default::default()).await?.2 as i64;
+    let total = w
+        .server
+        .results_summary(&sel, &mut Default::default())
+        .await?
+        .2 as i64;
     let per_page = ROWS_PER_PAGE as i64;
     let end = total
         .saturating_sub((p.page as i64).saturating_mul(per_page))
