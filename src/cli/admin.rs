@@ -1173,7 +1173,7 @@ fn print_streamed(admin: &Admin, q: &ResultsQuery, fmt: Format, l: Lang) -> Resu
             at: 0,
         },
     );
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(super::Quiet(std::io::stdout().lock()));
     let mut n = 0u64;
     let mut table = rows_table(l);
     let mut spool = match fmt {

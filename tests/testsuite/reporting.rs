@@ -378,6 +378,29 @@ async fn scenario_pages_and_streams(
             "{format:?}: every row printed"
         );
     }
+    // A reader that goes away (`patchcast results --csv | true`) ends it quietly, by SIGPIPE.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_patchcast"))
+            .args(["results", "--csv"])
+            .env("PATCHCAST_DATA", &s.data)
+            .env_remove("PATCHCAST_SERVER")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{:?} {err}",
+            o.status
+        );
+    }
 }
 
 /// A machine's history and the audit, each longer than a page.
