@@ -846,6 +846,8 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             per_long_poll = Some((o.rss_bytes as f64 - b.rss_bytes as f64) / n as f64);
         }
     }
+    // The peak so far: timing the reports resets it, to read each report's own.
+    let peak_before_reports = Memory::of(t.server_pid).map(|m| m.peak_bytes);
     let reports = if plan.report_runs > 0 {
         time_reports(
             &admin,
@@ -860,7 +862,14 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
     if let Some(db) = db {
         db.close().await;
     }
-    let peak = Memory::of(t.server_pid);
+    let peak = [
+        peak_before_reports,
+        Memory::of(t.server_pid).map(|m| m.peak_bytes),
+    ]
+    .into_iter()
+    .chain(reports.iter().map(|r| r.server_peak_rss))
+    .flatten()
+    .max();
     Ok(LoadReport {
         agents: sims.len(),
         check_in_interval_s: plan.check_in_interval.as_secs_f64(),
@@ -886,7 +895,7 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         },
         long_polls: plan.long_polls.min(sims.len()),
         server_bytes_per_long_poll: per_long_poll,
-        server_peak_rss: peak.map(|m| m.peak_bytes),
+        server_peak_rss: peak,
         check_in_growth,
         rollout_growth,
         reports,
