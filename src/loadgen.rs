@@ -375,7 +375,8 @@ pub struct Plan {
     /// Start the rollout's scenario but let no agent carry it out (its deliveries stay
     /// pending): the reports then read a fleet-sized scenario without the rollout's minutes.
     pub rollout_start_only: bool,
-    /// At the end, time the reports (dashboard, compliance, machines list and CSV, results)
+    /// At the end, time the reports (dashboard, compliance, machines list and CSV, the
+    /// scenario page and exports, results)
     /// this many times each; 0: do not.
     pub report_runs: usize,
 }
@@ -390,6 +391,10 @@ pub struct ReportTiming {
     pub runs: usize,
     pub min_ms: f64,
     pub median_ms: f64,
+    /// The server's resident memory before the report's first run, and its peak during the
+    /// runs (VmHWM, reset through /proc/PID/clear_refs first), when /proc can tell.
+    pub server_rss_before: Option<u64>,
+    pub server_peak_rss: Option<u64>,
 }
 
 /// What the database grew by in a phase: used bytes (pages in use × page size, so free pages
@@ -401,12 +406,24 @@ pub struct Growth {
     pub history_rows: i64,
 }
 
-/// The reports `patchcast loadtest --reports N` times, by name and path.
+/// The reports `patchcast loadtest --reports N` times, by name and path (`{scenario}`: the
+/// rollout's scenario, timed only with `--rollout`).
 pub const REPORTS: &[(&str, &str)] = &[
     ("dashboard", "/"),
     ("compliance.json", "/export/compliance.json"),
     ("machines page 1", "/machines"),
     ("machines.csv", "/export/machines.csv"),
+    // The scenario's exports before its page and the results: a server keeps the memory a
+    // whole-list report took, which would hide a later report's own peak.
+    (
+        "scenario deliveries.csv",
+        "/export/scenarios/{scenario}/deliveries.csv",
+    ),
+    (
+        "scenario deliveries.json",
+        "/export/scenarios/{scenario}/deliveries.json",
+    ),
+    ("scenario page 1", "/scenarios/{scenario}"),
     (
         "results (all)",
         "/api/v1/admin/results?lang=en&history=false",
@@ -417,17 +434,33 @@ pub const REPORTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Times each of `REPORTS` `runs` times (one after another, never overlapping).
-pub async fn time_reports(admin: &Admin, runs: usize) -> Result<Vec<ReportTiming>> {
+/// Times each of `REPORTS` `runs` times (one after another, never overlapping), with the
+/// server's peak memory during each when `server_pid` is known.
+pub async fn time_reports(
+    admin: &Admin,
+    runs: usize,
+    scenario: Option<&str>,
+    server_pid: Option<u32>,
+) -> Result<Vec<ReportTiming>> {
     let mut out = Vec::new();
     for (name, path) in REPORTS {
+        let path = match (path.contains("{scenario}"), scenario) {
+            (false, _) => path.to_string(),
+            (true, Some(id)) => path.replace("{scenario}", id),
+            (true, None) => continue,
+        };
+        let before = Memory::of(server_pid);
+        // Linux: "5" resets the peak (VmHWM) to the current size, so the next read is this
+        // report's own peak.
+        let reset = server_pid
+            .is_some_and(|p| std::fs::write(format!("/proc/{p}/clear_refs"), "5").is_ok());
         let mut ms = Vec::new();
         let mut bytes = 0;
         for _ in 0..runs.max(1) {
             let t0 = Instant::now();
             let resp = admin
                 .0
-                .request(reqwest::Method::GET, path)
+                .request(reqwest::Method::GET, &path)
                 .send()
                 .await
                 .with_context(|| format!("GET {path}"))?;
@@ -437,8 +470,13 @@ pub async fn time_reports(admin: &Admin, runs: usize) -> Result<Vec<ReportTiming
                 bail!("GET {path}: {status}");
             }
             if path.starts_with("/api/") {
-                let r: crate::transport::admin_api::Results = serde_json::from_slice(&body)?;
-                std::hint::black_box(r.deliveries.len());
+                // As `patchcast results` reads it: a row at a time.
+                let mut n = 0;
+                crate::transport::admin_api::read_results(&body[..], |_| {
+                    n += 1;
+                    Ok(())
+                })?;
+                std::hint::black_box(n);
             }
             ms.push(t0.elapsed().as_secs_f64() * 1000.0);
             bytes = body.len() as u64;
@@ -446,11 +484,17 @@ pub async fn time_reports(admin: &Admin, runs: usize) -> Result<Vec<ReportTiming
         ms.sort_by(f64::total_cmp);
         out.push(ReportTiming {
             report: name.to_string(),
-            path: path.to_string(),
+            path,
             bytes,
             runs: ms.len(),
             min_ms: ms[0],
             median_ms: ms[ms.len() / 2],
+            server_rss_before: before.map(|m| m.rss_bytes),
+            server_peak_rss: if reset {
+                Memory::of(server_pid).map(|m| m.peak_bytes)
+            } else {
+                None
+            },
         });
     }
     Ok(out)
@@ -717,6 +761,7 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
 
     let (mut rollout_seconds, mut rollout_applied, mut rollout_check_in, mut delivery) =
         (None, 0, None, None);
+    let mut rollout_scenario = None;
     if plan.rollout {
         let scenario = Scenario {
             name: format!("loadtest rollout {}", plan.agents),
@@ -740,7 +785,7 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         };
         let rollout_before = measure(&db).await;
         let t0 = Instant::now();
-        admin.run_scenario(&scenario).await?;
+        rollout_scenario = Some(admin.run_scenario(&scenario).await?.id);
         let agents = sims.len() as u64;
         if plan.rollout_start_only {
             rollout_growth = growth(
@@ -803,15 +848,30 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
             per_long_poll = Some((o.rss_bytes as f64 - b.rss_bytes as f64) / n as f64);
         }
     }
+    // The peak so far: timing the reports resets it, to read each report's own.
+    let peak_before_reports = Memory::of(t.server_pid).map(|m| m.peak_bytes);
     let reports = if plan.report_runs > 0 {
-        time_reports(&admin, plan.report_runs).await?
+        time_reports(
+            &admin,
+            plan.report_runs,
+            rollout_scenario.as_deref(),
+            t.server_pid,
+        )
+        .await?
     } else {
         Vec::new()
     };
     if let Some(db) = db {
         db.close().await;
     }
-    let peak = Memory::of(t.server_pid);
+    let peak = [
+        peak_before_reports,
+        Memory::of(t.server_pid).map(|m| m.peak_bytes),
+    ]
+    .into_iter()
+    .chain(reports.iter().map(|r| r.server_peak_rss))
+    .flatten()
+    .max();
     Ok(LoadReport {
         agents: sims.len(),
         check_in_interval_s: plan.check_in_interval.as_secs_f64(),
@@ -837,7 +897,7 @@ pub async fn run(t: &Target, plan: &Plan, work: &std::path::Path) -> Result<Load
         },
         long_polls: plan.long_polls.min(sims.len()),
         server_bytes_per_long_poll: per_long_poll,
-        server_peak_rss: peak.map(|m| m.peak_bytes),
+        server_peak_rss: peak,
         check_in_growth,
         rollout_growth,
         reports,

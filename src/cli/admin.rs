@@ -502,8 +502,9 @@ pub struct LoadtestArgs {
     /// pending), so reports can be timed on a large fleet without the rollout's minutes.
     #[arg(long, requires = "rollout")]
     pub rollout_start_only: bool,
-    /// At the end, time each report (dashboard, compliance, machines page and CSV, results)
-    /// this many times and print the fastest and median.
+    /// At the end, time each report (dashboard, compliance, machines page and CSV; with
+    /// --rollout the scenario page and its CSV and JSON exports; results, all and one page)
+    /// this many times and print the fastest, the median and the server's peak memory.
     #[arg(long, default_value_t = 0)]
     pub reports: usize,
     /// The `patchcast` binary to start as the server (default: this one), e.g. an older
@@ -967,8 +968,9 @@ fn state_text(d: &DeliveryRow, l: Lang) -> String {
     }
 }
 
-fn print_rows(rows: &[DeliveryRow], l: Lang, history: bool) {
-    let header = match l {
+/// The columns of a delivery table.
+fn rows_header(l: Lang) -> [&'static str; 6] {
+    match l {
         Lang::En => ["MACHINE", "PACKAGE", "STATE", "ATTEMPTS", "CODE", "EXIT"],
         Lang::Ja => [
             "マシン",
@@ -978,119 +980,261 @@ fn print_rows(rows: &[DeliveryRow], l: Lang, history: bool) {
             "コード",
             "終了コード",
         ],
-    };
+    }
+}
+
+/// A delivery's cells in a table.
+fn row_cells(d: &DeliveryRow, l: Lang) -> Vec<String> {
+    vec![
+        match &d.mac {
+            Some(mac) => format!("{} ({mac})", d.hostname),
+            None => d.hostname.clone(),
+        },
+        d.package_id.clone(),
+        state_text(d, l),
+        d.attempts.to_string(),
+        d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+        d.detail
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+    ]
+}
+
+fn rows_table(l: Lang) -> super::table::Table {
+    super::table::Table::new(
+        &rows_header(l),
+        &[],
+        &[false, false, false, true, false, true],
+    )
+}
+
+/// A delivery's line in the table, then what explains it (code, source, checks, output).
+fn print_row(t: &super::table::Table, d: &DeliveryRow, row: &[String], l: Lang, history: bool) {
     let (remedy, source, not_applicable) = match l {
         Lang::En => ("remedy", "source", "not applicable"),
         Lang::Ja => ("対処", "取得元", "対象外"),
     };
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|d| {
-            vec![
-                match &d.mac {
-                    Some(mac) => format!("{} ({mac})", d.hostname),
-                    None => d.hostname.clone(),
-                },
-                d.package_id.clone(),
-                state_text(d, l),
-                d.attempts.to_string(),
-                d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-                d.detail
-                    .exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    let t = super::table::Table::new(&header, &cells, &[false, false, false, true, false, true]);
-    println!("{}", t.line(&header));
-    for (d, row) in rows.iter().zip(&cells) {
-        println!("{}", t.line(row));
-        if let Some(r) = &d.rendered {
-            println!("    {}: {}\n    {remedy}: {}", r.code, r.message, r.remedy);
+    println!("{}", t.line(row));
+    if let Some(r) = &d.rendered {
+        println!("    {}: {}\n    {remedy}: {}", r.code, r.message, r.remedy);
+    }
+    if let Some(s) = &d.detail.source {
+        println!("    {source}: {s}");
+    }
+    if let crate::core::delivery::State::NotApplicable { reason } = &d.state {
+        // The reason once: the explanation holds only the same target check.
+        println!("    {not_applicable}: {reason}");
+    } else {
+        for c in &d.detail.explanation {
+            println!("    {:?} {}: {}", c.outcome, c.check, c.detail);
         }
-        if let Some(s) = &d.detail.source {
-            println!("    {source}: {s}");
+    }
+    if let Some(t) = &d.detail.output_tail {
+        let tail: Vec<&str> = t.lines().rev().take(3).collect();
+        for line in tail.into_iter().rev() {
+            println!("    | {line}");
         }
-        if let crate::core::delivery::State::NotApplicable { reason } = &d.state {
-            // The reason once: the explanation holds only the same target check.
-            println!("    {not_applicable}: {reason}");
-        } else {
-            for c in &d.detail.explanation {
-                println!("    {:?} {}: {}", c.outcome, c.check, c.detail);
-            }
-        }
-        if let Some(t) = &d.detail.output_tail {
-            let tail: Vec<&str> = t.lines().rev().take(3).collect();
-            for line in tail.into_iter().rev() {
-                println!("    | {line}");
-            }
-        }
-        if history {
-            for h in &d.history {
-                println!(
-                    "    #{:<3} attempt {} seq {} {} -> {}{}",
-                    h.n,
-                    h.attempt,
-                    h.seq,
-                    h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"),
-                    state_word(&h.state, l),
-                    h.code.map(|c| format!(" [{c}]")).unwrap_or_default()
-                );
-            }
+    }
+    if history {
+        for h in &d.history {
+            println!(
+                "    #{:<3} attempt {} seq {} {} -> {}{}",
+                h.n,
+                h.attempt,
+                h.seq,
+                h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"),
+                state_word(&h.state, l),
+                h.code.map(|c| format!(" [{c}]")).unwrap_or_default()
+            );
         }
     }
 }
 
+fn print_rows(rows: &[DeliveryRow], l: Lang, history: bool) {
+    let mut t = rows_table(l);
+    let cells: Vec<Vec<String>> = rows.iter().map(|d| row_cells(d, l)).collect();
+    for c in &cells {
+        t.widen(c);
+    }
+    println!("{}", t.line(&rows_header(l)));
+    for (d, row) in rows.iter().zip(&cells) {
+        print_row(&t, d, row, l, history);
+    }
+}
+
+/// The columns of `patchcast results --csv`.
+const CSV_HEADER: [&str; 10] = [
+    "machine_id",
+    "hostname",
+    "package_id",
+    "state",
+    "detail",
+    "attempts",
+    "last_code",
+    "exit_code",
+    "message",
+    "remedy",
+];
+
+/// A delivery's row in `patchcast results --csv`.
+fn csv_cells(d: &DeliveryRow) -> Vec<String> {
+    let detail = match &d.state {
+        crate::core::delivery::State::Failed { code } => code.to_string(),
+        crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
+        crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
+        crate::core::delivery::State::Superseded { by } => format!("superseded by {by}"),
+        _ => String::new(),
+    };
+    let rendered = |f: fn(&crate::core::errors::Rendered) -> &String| {
+        d.rendered
+            .as_ref()
+            .map(|r| f(r).clone())
+            .unwrap_or_default()
+    };
+    vec![
+        d.machine_id.clone(),
+        d.hostname.clone(),
+        d.package_id.clone(),
+        d.state_name().to_string(),
+        detail,
+        d.attempts.to_string(),
+        d.last_code.map(|c| c.to_string()).unwrap_or_default(),
+        d.detail
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        rendered(|r| &r.message),
+        rendered(|r| &r.remedy),
+    ]
+}
+
 /// Results as CSV, written as the console's export writes it.
 pub fn csv(r: &Results) -> String {
-    const HEADER: [&str; 10] = [
-        "machine_id",
-        "hostname",
-        "package_id",
-        "state",
-        "detail",
-        "attempts",
-        "last_code",
-        "exit_code",
-        "message",
-        "remedy",
-    ];
-    let rows: Vec<Vec<String>> = r
-        .deliveries
-        .iter()
-        .map(|d| {
-            let detail = match &d.state {
-                crate::core::delivery::State::Failed { code } => code.to_string(),
-                crate::core::delivery::State::LoopDetected { rule } => rule.clone(),
-                crate::core::delivery::State::NotApplicable { reason } => reason.clone(),
-                crate::core::delivery::State::Superseded { by } => format!("superseded by {by}"),
-                _ => String::new(),
-            };
-            let rendered = |f: fn(&crate::core::errors::Rendered) -> &String| {
-                d.rendered
-                    .as_ref()
-                    .map(|r| f(r).clone())
-                    .unwrap_or_default()
-            };
-            vec![
-                d.machine_id.clone(),
-                d.hostname.clone(),
-                d.package_id.clone(),
-                d.state_name().to_string(),
-                detail,
-                d.attempts.to_string(),
-                d.last_code.map(|c| c.to_string()).unwrap_or_default(),
-                d.detail
-                    .exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                rendered(|r| &r.message),
-                rendered(|r| &r.remedy),
-            ]
-        })
-        .collect();
-    crate::transport::csv::document(&HEADER, &rows)
+    let rows: Vec<Vec<String>> = r.deliveries.iter().map(csv_cells).collect();
+    crate::transport::csv::document(&CSV_HEADER, &rows)
+}
+
+/// The body of an answer still arriving, read as a blocking `Read` on `rt`.
+struct Arriving<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    resp: reqwest::Response,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Arriving<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self
+                .rt
+                .block_on(self.resp.chunk())
+                .map_err(std::io::Error::other)?
+            {
+                Some(c) => (self.chunk, self.at) = (c.to_vec(), 0),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// How `patchcast results` prints.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// `pretty` (a value serde_json wrote with indents) as a member `depth` levels down: each
+/// line after the first indented by two spaces a level.
+fn nested(pretty: &str, depth: usize) -> String {
+    pretty.replace('\n', &format!("\n{}", "  ".repeat(depth)))
+}
+
+/// Every result, printed as it arrives (the output is what the whole answer at once would
+/// print): JSON and CSV rows go out one by one; the table's columns fit its widest cell, so
+/// its rows wait in a temporary file (not in memory) until the last one is known. Returns
+/// the answer without its rows, for the summary.
+fn print_streamed(admin: &Admin, q: &ResultsQuery, fmt: Format, l: Lang) -> Result<Results> {
+    use std::io::{BufRead, Seek, Write};
+    let rt = rt()?;
+    let resp = rt.block_on(admin.results_response(q))?;
+    let body = std::io::BufReader::with_capacity(
+        64 << 10,
+        Arriving {
+            rt: &rt,
+            resp,
+            chunk: Vec::new(),
+            at: 0,
+        },
+    );
+    let mut out = std::io::BufWriter::new(super::Quiet(std::io::stdout().lock()));
+    let mut n = 0u64;
+    let mut table = rows_table(l);
+    let mut spool = match fmt {
+        Format::Table => Some(std::io::BufWriter::new(
+            tempfile::tempfile().context("a temporary file for the table's rows")?,
+        )),
+        _ => None,
+    };
+    match fmt {
+        Format::Json => write!(out, "{{\n  \"deliveries\": [")?,
+        Format::Csv => write!(out, "{}", crate::transport::csv::line(&CSV_HEADER))?,
+        Format::Table => {}
+    }
+    let r = crate::transport::admin_api::read_results(body, |d| {
+        match fmt {
+            Format::Json => {
+                let sep = if n == 0 { "\n    " } else { ",\n    " };
+                write!(
+                    out,
+                    "{sep}{}",
+                    nested(&serde_json::to_string_pretty(&d)?, 2)
+                )?;
+            }
+            Format::Csv => write!(out, "{}", crate::transport::csv::line(&csv_cells(&d)))?,
+            Format::Table => {
+                table.widen(&row_cells(&d, l));
+                let spool = spool.as_mut().expect("a spool for a table");
+                serde_json::to_writer(&mut *spool, &d)?;
+                spool.write_all(b"\n")?;
+            }
+        }
+        n += 1;
+        Ok(())
+    })
+    .context("reading the results as they arrived")?;
+    if fmt == Format::Json {
+        write!(out, "{}", if n == 0 { "]" } else { "\n  ]" })?;
+        write!(
+            out,
+            ",\n  \"packages\": {},\n  \"settings\": {}",
+            nested(&serde_json::to_string_pretty(&r.packages)?, 1),
+            nested(&serde_json::to_string_pretty(&r.settings)?, 1)
+        )?;
+        if let Some(total) = r.total {
+            write!(out, ",\n  \"total\": {total}")?;
+        }
+        writeln!(out, "\n}}")?;
+    }
+    out.flush()?;
+    drop(out);
+    if let Some(spool) = spool {
+        let mut file = spool.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        println!("{}", table.line(&rows_header(l)));
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            let d: DeliveryRow = serde_json::from_str(&line)?;
+            print_row(&table, &d, &row_cells(&d, l), l, q.history);
+        }
+    }
+    Ok(r)
 }
 
 pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
@@ -1105,72 +1249,91 @@ pub fn results(a: ResultsArgs, json: bool) -> Result<ExitCode> {
         history: a.history,
         lang: l.as_str().to_string(),
     };
-    let page = a.limit.map(|limit| (limit, a.page.saturating_sub(1)));
-    let r = rt()?.block_on(a.connect.admin()?.results_page(&q, page))?;
-    if json {
-        print_json(&r)?;
-    } else if a.csv {
-        print!("{}", csv(&r));
-    } else {
-        print_rows(&r.deliveries, l, a.history);
-        let header = match l {
-            Lang::En => [
-                "PACKAGE",
-                "APPLIED",
-                "NOT APPLIED",
-                "NOT APPLICABLE",
-                "FAILED",
-                "IN PROGRESS",
-            ],
-            Lang::Ja => [
-                "パッケージ",
-                "適用済み",
-                "未適用",
-                "対象外",
-                "失敗",
-                "処理中",
-            ],
-        };
-        if let (Some(total), Some(limit)) = (r.total, a.limit) {
-            let pages = total.div_ceil(limit.max(1)).max(1);
-            match l {
-                Lang::En => println!(
-                    "page {} of {pages} ({total} deliveries, {} a page)",
-                    a.page,
-                    limit.max(1)
-                ),
-                Lang::Ja => println!(
-                    "{pages} ページ中 {} ページ目(全 {total} 件、1ページ {} 件)",
-                    a.page,
-                    limit.max(1)
-                ),
+    let fmt = match (json, a.csv) {
+        (true, _) => Format::Json,
+        (false, true) => Format::Csv,
+        (false, false) => Format::Table,
+    };
+    let admin = a.connect.admin()?;
+    let r = match a.limit {
+        // Every delivery: printed as it arrives, so a fleet's results need not fit in memory.
+        None => print_streamed(&admin, &q, fmt, l)?,
+        Some(limit) => {
+            let r =
+                rt()?.block_on(admin.results_page(&q, Some((limit, a.page.saturating_sub(1)))))?;
+            match fmt {
+                Format::Json => print_json(&r)?,
+                Format::Csv => print!("{}", csv(&r)),
+                Format::Table => print_rows(&r.deliveries, l, a.history),
             }
+            r
         }
-        let rows: Vec<Vec<String>> = r.packages.iter().map(|p| p.cells()).collect();
-        let t = super::table::Table::new(&header, &rows, &[false, true, true, true, true, true]);
-        println!("\n{}", t.line(&header));
-        for row in &rows {
-            println!("{}", t.line(row));
-        }
-        if !r.settings.is_empty() {
-            println!(
-                "\n{:<24} {:>7} {:>7}  TIME SETTING",
-                "MACHINE", "WANTED", "HAS"
-            );
-            for m in &r.settings {
-                let note = match (&m.rendered, m.applied == m.wanted) {
-                    (_, true) => "up to date".to_string(),
-                    (Some(r), false) => format!("{} {}", r.code, r.message),
-                    (None, false) => "sent at its next poll".to_string(),
-                };
-                println!(
-                    "{:<24} {:>7} {:>7}  {note}",
-                    m.hostname, m.wanted, m.applied
-                );
-            }
-        }
+    };
+    if fmt == Format::Table {
+        print_summary(&r, l, a.limit.map(|limit| (limit, a.page)));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The per-package counts and time settings below the results table (with the page line
+/// when paged: `(limit, page)`).
+fn print_summary(r: &Results, l: Lang, page: Option<(u64, u64)>) {
+    let header = match l {
+        Lang::En => [
+            "PACKAGE",
+            "APPLIED",
+            "NOT APPLIED",
+            "NOT APPLICABLE",
+            "FAILED",
+            "IN PROGRESS",
+        ],
+        Lang::Ja => [
+            "パッケージ",
+            "適用済み",
+            "未適用",
+            "対象外",
+            "失敗",
+            "処理中",
+        ],
+    };
+    if let (Some(total), Some((limit, page))) = (r.total, page) {
+        let pages = total.div_ceil(limit.max(1)).max(1);
+        match l {
+            Lang::En => println!(
+                "page {} of {pages} ({total} deliveries, {} a page)",
+                page,
+                limit.max(1)
+            ),
+            Lang::Ja => println!(
+                "{pages} ページ中 {} ページ目(全 {total} 件、1ページ {} 件)",
+                page,
+                limit.max(1)
+            ),
+        }
+    }
+    let rows: Vec<Vec<String>> = r.packages.iter().map(|p| p.cells()).collect();
+    let t = super::table::Table::new(&header, &rows, &[false, true, true, true, true, true]);
+    println!("\n{}", t.line(&header));
+    for row in &rows {
+        println!("{}", t.line(row));
+    }
+    if !r.settings.is_empty() {
+        println!(
+            "\n{:<24} {:>7} {:>7}  TIME SETTING",
+            "MACHINE", "WANTED", "HAS"
+        );
+        for m in &r.settings {
+            let note = match (&m.rendered, m.applied == m.wanted) {
+                (_, true) => "up to date".to_string(),
+                (Some(r), false) => format!("{} {}", r.code, r.message),
+                (None, false) => "sent at its next poll".to_string(),
+            };
+            println!(
+                "{:<24} {:>7} {:>7}  {note}",
+                m.hostname, m.wanted, m.applied
+            );
+        }
+    }
 }
 
 pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
@@ -1333,8 +1496,20 @@ pub fn loadtest(a: LoadtestArgs, json: bool) -> Result<ExitCode> {
     }
     for t in &r.reports {
         println!(
-            "report {:<22} {:>12} bytes  fastest {:>9.1} ms  median {:>9.1} ms  ({} runs)",
-            t.report, t.bytes, t.min_ms, t.median_ms, t.runs
+            "report {:<24} {:>12} bytes  fastest {:>9.1} ms  median {:>9.1} ms  ({} runs){}",
+            t.report,
+            t.bytes,
+            t.min_ms,
+            t.median_ms,
+            t.runs,
+            match (t.server_rss_before, t.server_peak_rss) {
+                (Some(b), Some(p)) => format!(
+                    "  server RSS {:.1} MiB, peak {:.1} MiB",
+                    b as f64 / 1048576.0,
+                    p as f64 / 1048576.0
+                ),
+                _ => String::new(),
+            }
         );
     }
     if let Some(per) = r.server_bytes_per_long_poll {

@@ -216,6 +216,25 @@ pub fn end_on_closed_stdout() -> ! {
     std::process::exit(1)
 }
 
+/// A writer whose reader going away ends the process quietly (stdout, written piecewise).
+pub struct Quiet<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for Quiet<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_on_closed_stdout(),
+            r => r,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => end_on_closed_stdout(),
+            r => r,
+        }
+    }
+}
+
 /// Writes to stdout; a reader that went away ends the process quietly.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;

@@ -12,15 +12,20 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> Table {
-        let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
-        for r in rows {
-            for (w, c) in widths.iter_mut().zip(r) {
-                *w = (*w).max(c.width());
-            }
-        }
-        Table {
-            widths,
+        let mut t = Table {
+            widths: header.iter().map(|h| h.width()).collect(),
             right: right.to_vec(),
+        };
+        for r in rows {
+            t.widen(r);
+        }
+        t
+    }
+
+    /// Makes each column wide enough for `row` too (rows met one at a time).
+    pub fn widen<S: AsRef<str>>(&mut self, row: &[S]) {
+        for (w, c) in self.widths.iter_mut().zip(row) {
+            *w = (*w).max(c.as_ref().width());
         }
     }
 

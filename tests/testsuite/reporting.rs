@@ -5,6 +5,12 @@
 //! console's machine pages return every row exactly once; the machines CSV and JSON exports
 //! (streamed batch by batch) hold every machine once with its counts; the compliance summary
 //! counts them all.
+//! The same run pages the scenario page (100 deliveries a page, its counts by state from the
+//! database), streams the scenario's CSV and JSON exports, the results API and `patchcast
+//! results` (table, `--json`, `--csv`) without a page, and compares each with the whole
+//! answer the paged path gives.
+//! `paged_history_and_audit`: a machine with 105 deliveries shows them newest first in pages
+//! of 100, each once; the audit pages its entries the same way.
 //! `retention_prunes_superseded_history`: with `--history-retention 1h` and the test clock
 //! moved two hours on, each finished delivery keeps only its latest transition, and the
 //! results are unchanged.
@@ -189,8 +195,283 @@ async fn paged_lists_and_streamed_exports(backend: Backend) {
     let dash = web.get_bearer("/", &s.token).await;
     assert_eq!(dash.status, reqwest::StatusCode::OK);
     assert!(dash.body.contains("fleet-pkg"), "{}", dash.body);
+
+    scenario_pages_and_streams(&s, &mut web, &created.id, &unpaged).await;
 }
 both_backends!(paged_lists_and_streamed_exports);
+
+/// The delivery ids a page's rows name (`id="delivery-…"`), in page order.
+fn delivery_ids(html: &str) -> Vec<String> {
+    html.split("id=\"delivery-")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+        .collect()
+}
+
+/// Walks a paged console list from page 0 by its next links: the ids `ids` reads on each
+/// page, checking the links and that no page holds more than 100.
+async fn walk_pages(
+    web: &mut WebClient,
+    token: &str,
+    path: &str,
+    ids: fn(&str) -> Vec<String>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for page in 0.. {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let r = web
+            .get_bearer(&format!("{path}{sep}page={page}"), token)
+            .await;
+        assert_eq!(r.status, reqwest::StatusCode::OK, "{path} page {page}");
+        assert_eq!(
+            r.body.contains("id=\"prev-page\""),
+            page > 0,
+            "{path} page {page}"
+        );
+        let on_page = ids(&r.body);
+        assert!(
+            on_page.len() <= 100,
+            "{path} page {page}: {}",
+            on_page.len()
+        );
+        seen.extend(on_page.iter().cloned());
+        if !r.body.contains("id=\"next-page\"") {
+            break;
+        }
+        assert_eq!(
+            on_page.len(),
+            100,
+            "{path} page {page} before the last is full"
+        );
+    }
+    seen
+}
+
+/// The scenario page, its exports, the results API and `patchcast results`, unpaged and
+/// streamed, against what the paged (whole) answers hold: `order` is the results' order.
+async fn scenario_pages_and_streams(
+    s: &TestServer,
+    web: &mut WebClient,
+    id: &str,
+    order: &[String],
+) {
+    // The page: 100 a page, every delivery once, in results order; the counts on each page.
+    let first = web.get_bearer(&format!("/scenarios/{id}"), &s.token).await;
+    assert!(
+        first
+            .body
+            .contains(&format!("data-count=\"pending\">{MACHINES}<")),
+        "the pending count: {}",
+        first.body
+    );
+    assert!(
+        first
+            .body
+            .contains(&format!("data-count=\"total\">{MACHINES}<"))
+    );
+    let paged = walk_pages(web, &s.token, &format!("/scenarios/{id}"), delivery_ids).await;
+    assert_eq!(
+        paged, order,
+        "the scenario's pages, joined, are its deliveries in order"
+    );
+
+    // The exports, streamed: the JSON is the unstreamed status's rows; the CSV the same rows.
+    let whole = web
+        .get_bearer(&format!("/api/v1/admin/scenarios/{id}?lang=en"), &s.token)
+        .await;
+    let whole: serde_json::Value = serde_json::from_str(&whole.body).unwrap();
+    let json = web
+        .get_bearer(&format!("/export/scenarios/{id}/deliveries.json"), &s.token)
+        .await;
+    assert_eq!(json.status, reqwest::StatusCode::OK);
+    assert_eq!(json.header("content-type"), "application/json");
+    let exported: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(
+        exported, whole["deliveries"],
+        "the JSON export is the whole list"
+    );
+    let csv = web
+        .get_bearer(&format!("/export/scenarios/{id}/deliveries.csv"), &s.token)
+        .await;
+    assert!(
+        csv.header("content-disposition")
+            .contains(&format!("deliveries-{id}.csv"))
+    );
+    let lines: Vec<&str> = csv.body.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines[0].starts_with("delivery_id,scenario_id,machine_id,hostname"),
+        "{}",
+        lines[0]
+    );
+    let csv_ids: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        csv_ids, order,
+        "the CSV export: every delivery once, in order"
+    );
+    let missing = web
+        .get_bearer("/export/scenarios/no-such/deliveries.csv", &s.token)
+        .await;
+    assert_eq!(missing.status, reqwest::StatusCode::NOT_FOUND);
+
+    // The results API without a page, streamed: the paged answer's content, without `total`.
+    let streamed = web
+        .get_bearer("/api/v1/admin/results?lang=en&history=false", &s.token)
+        .await;
+    assert_eq!(streamed.status, reqwest::StatusCode::OK);
+    let streamed: serde_json::Value = serde_json::from_str(&streamed.body).unwrap();
+    let mut whole = web
+        .get_bearer(
+            "/api/v1/admin/results?lang=en&history=false&limit=100000&page=0",
+            &s.token,
+        )
+        .await
+        .body
+        .parse::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(whole["total"], MACHINES as u64);
+    whole.as_object_mut().unwrap().remove("total");
+    assert_eq!(
+        streamed, whole,
+        "the streamed answer holds what the whole one does"
+    );
+    assert_eq!(streamed["deliveries"].as_array().unwrap().len(), MACHINES);
+    // An unknown machine is still an error status, not a cut body.
+    let unknown = web
+        .get_bearer(
+            "/api/v1/admin/results?lang=en&machine=no-such-host",
+            &s.token,
+        )
+        .await;
+    assert!(!unknown.status.is_success(), "{}", unknown.body);
+
+    // `patchcast results`, streamed, prints what the one-page answer prints (less the page
+    // line and `total`), in each format.
+    let run = |args: &[&str]| {
+        let out = s.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let one_page = ["--limit", "100000", "--page", "1"];
+    for (format, strip) in [
+        (
+            None,
+            format!("page 1 of 1 ({MACHINES} deliveries, 100000 a page)\n"),
+        ),
+        (Some("--json"), format!(",\n  \"total\": {MACHINES}")),
+        (Some("--csv"), String::new()),
+    ] {
+        let mut args = vec!["results", "--lang", "en"];
+        args.extend(format);
+        let streamed = run(&args);
+        args.extend(one_page);
+        let whole = run(&args);
+        assert!(
+            strip.is_empty() || whole.contains(&strip),
+            "{format:?}: {whole}"
+        );
+        assert_eq!(streamed, whole.replace(&strip, ""), "{format:?}");
+        assert!(
+            streamed.len() > MACHINES * 20,
+            "{format:?}: every row printed"
+        );
+    }
+    // A reader that goes away (`patchcast results --csv | true`) ends it quietly, by SIGPIPE.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_patchcast"))
+            .args(["results", "--csv"])
+            .env("PATCHCAST_DATA", &s.data)
+            .env_remove("PATCHCAST_SERVER")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{:?} {err}",
+            o.status
+        );
+    }
+}
+
+/// A machine's history and the audit, each longer than a page.
+async fn paged_history_and_audit(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    s.publish_sample("solo-pkg").await;
+    let agents = s.enroll(1, "solo", Behaviour::Apply).await;
+    let admin = s.admin();
+    const RUNS: usize = 105;
+    let mut created = Vec::new();
+    for i in 0..RUNS {
+        let c = admin
+            .run_scenario(&scenario(&format!("run-{i}"), "solo", &["solo-pkg"]))
+            .await
+            .unwrap();
+        assert_eq!(c.deliveries, 1);
+        created.push(c.id);
+    }
+    let all = admin
+        .results(&ResultsQuery {
+            lang: "en".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.deliveries.len(), RUNS);
+    let newest_first: Vec<String> = all
+        .deliveries
+        .iter()
+        .rev()
+        .map(|d| d.delivery_id.clone())
+        .collect();
+
+    let mut web = WebClient::new(&s.url, &s.fingerprint);
+    let machine = &agents[0].machine_id;
+    let history = walk_pages(
+        &mut web,
+        &s.token,
+        &format!("/machines/{machine}"),
+        delivery_ids,
+    )
+    .await;
+    assert_eq!(
+        history, newest_first,
+        "the history: every delivery once, newest first"
+    );
+
+    // The audit: each scenario's start is an entry; every entry once across the pages.
+    fn entries(html: &str) -> Vec<String> {
+        html.split("<tr><td class=\"n\">")
+            .skip(1)
+            .map(|rest| rest[..rest.find('<').unwrap()].to_string())
+            .collect()
+    }
+    let audited = walk_pages(&mut web, &s.token, "/audit", entries).await;
+    let expected: Vec<String> = admin
+        .audit(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.n.to_string())
+        .collect();
+    assert!(expected.len() >= RUNS, "{}", expected.len());
+    assert_eq!(
+        audited, expected,
+        "the audit's pages, joined, are every entry, newest first"
+    );
+}
+both_backends!(paged_history_and_audit);
 
 /// (state, attempts, code, exit code, updated) of each delivery, and its history's (n, state, at).
 type Snapshot = BTreeMap<String, (String, u32, Option<String>, Option<i32>, i64)>;

@@ -472,6 +472,29 @@ impl Admin {
         self.results_page(query, None).await
     }
 
+    /// Every result, as the answer that is still arriving: read its body with
+    /// [`read_results`] (a status other than success is the usual error).
+    pub async fn results_response(
+        &self,
+        query: &ResultsQuery,
+    ) -> Result<reqwest::Response, CallError> {
+        let path = results_path(query, None);
+        let resp = self
+            .0
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| self.0.unreachable(&path, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self
+            .0
+            .decode::<serde::de::IgnoredAny>(resp, &path)
+            .await
+            .expect_err("a status other than success is an error"))
+    }
+
     /// One page of results: `Some((limit, page))` asks for `limit` deliveries of page
     /// `page` (from 0), read by the server with LIMIT/OFFSET; `total` then says how many
     /// the filters select. None: every delivery.
@@ -480,25 +503,92 @@ impl Admin {
         query: &ResultsQuery,
         page: Option<(u64, u64)>,
     ) -> Result<Results, CallError> {
-        let mut q = vec![
-            format!("lang={}", query.lang),
-            format!("history={}", query.history),
-        ];
-        if let Some((limit, page)) = page {
-            q.push(format!("limit={limit}"));
-            q.push(format!("page={page}"));
-        }
-        for (k, v) in [
-            ("machine", &query.machine),
-            ("package", &query.package),
-            ("scenario", &query.scenario),
-        ] {
-            if let Some(v) = v {
-                q.push(format!("{k}={}", encode(v)));
-            }
-        }
-        self.0.get(&format!("{RESULTS}?{}", q.join("&"))).await
+        self.0.get(&results_path(query, page)).await
     }
+}
+
+/// `results` as it is read: each delivery of `deliveries` handed to `row` as soon as it is
+/// decoded, the rest returned (with `deliveries` empty). The server streams an unpaged answer
+/// a batch at a time; reading it this way keeps the reader's memory bounded too. `reader`
+/// should be buffered (`serde_json` reads it a byte at a time).
+pub fn read_results(
+    reader: impl std::io::Read,
+    mut row: impl FnMut(DeliveryRow) -> std::io::Result<()>,
+) -> serde_json::Result<Results> {
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
+    type RowFn<'f> = &'f mut dyn FnMut(DeliveryRow) -> std::io::Result<()>;
+    struct Rows<'f>(RowFn<'f>);
+    impl<'de> DeserializeSeed<'de> for Rows<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> de::Visitor<'de> for Rows<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of deliveries")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(d) = seq.next_element::<DeliveryRow>()? {
+                (self.0)(d).map_err(de::Error::custom)?;
+            }
+            Ok(())
+        }
+    }
+    struct Whole<'f>(RowFn<'f>);
+    impl<'de> de::Visitor<'de> for Whole<'_> {
+        type Value = Results;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("the results object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Results, A::Error> {
+            let mut out = Results {
+                deliveries: Vec::new(),
+                packages: Vec::new(),
+                settings: Vec::new(),
+                total: None,
+            };
+            while let Some(key) = map.next_key::<String>()? {
+                match key.as_str() {
+                    "deliveries" => map.next_value_seed(Rows(&mut *self.0))?,
+                    "packages" => out.packages = map.next_value()?,
+                    "settings" => out.settings = map.next_value()?,
+                    "total" => out.total = map.next_value()?,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let out = (&mut de).deserialize_map(Whole(&mut row))?;
+    de.end()?;
+    Ok(out)
+}
+
+/// The results API's path and query for `query` (and a page: `(limit, page)`).
+fn results_path(query: &ResultsQuery, page: Option<(u64, u64)>) -> String {
+    let mut q = vec![
+        format!("lang={}", query.lang),
+        format!("history={}", query.history),
+    ];
+    if let Some((limit, page)) = page {
+        q.push(format!("limit={limit}"));
+        q.push(format!("page={page}"));
+    }
+    for (k, v) in [
+        ("machine", &query.machine),
+        ("package", &query.package),
+        ("scenario", &query.scenario),
+    ] {
+        if let Some(v) = v {
+            q.push(format!("{k}={}", encode(v)));
+        }
+    }
+    format!("{RESULTS}?{}", q.join("&"))
 }
 
 /// What `patchcast results` asks for.

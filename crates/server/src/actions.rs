@@ -280,7 +280,12 @@ impl Server {
 
     /// The newest `limit` audit entries, the newest first.
     pub async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        db::audit::newest(&self.db, limit.clamp(1, 10_000) as i64).await
+        self.audit_page(limit.clamp(1, 10_000) as i64, 0).await
+    }
+
+    /// `limit` audit entries, the newest first, after the `skip` newest.
+    pub async fn audit_page(&self, limit: i64, skip: i64) -> Result<Vec<AuditEntry>> {
+        db::audit::newest(&self.db, limit, skip).await
     }
 }
 

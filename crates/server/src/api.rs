@@ -687,7 +687,16 @@ async fn results(State(s): S, _: Admin, Query(q): Query<ResultsQ>) -> R<Response
         limit: q.limit,
         page: q.page,
     };
-    Ok(Json(s.results(&q).await?).into_response())
+    if q.limit.is_some() {
+        return Ok(Json(s.results(&q).await?).into_response());
+    }
+    // Every delivery: streamed, so the server holds a batch of them however many there are.
+    let sel = s.select(&q).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::results::body("results", s.results_json(sel)),
+    )
+        .into_response())
 }
 
 impl Server {

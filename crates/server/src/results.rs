@@ -4,6 +4,8 @@
 use super::Server;
 use super::db;
 use anyhow::{Result, bail};
+use axum::body::Bytes;
+use futures_util::{Stream, StreamExt};
 use patchcast_core::delivery::Bucket;
 use patchcast_core::errors::{Lang, render};
 use patchcast_core::pipeline::Action;
@@ -11,8 +13,42 @@ use patchcast_proto::admin_api::{
     DeliveryRow, HistoryEntry, PackageSummary, Results, ScenarioStatus,
 };
 use patchcast_proto::protocol::Inventory;
+use patchcast_proto::schedule_api::MachineSetting;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A streamed report as a response body. An error after the first bytes cannot change the
+/// status line any more: it is logged and the body cut short, which is how the reader learns.
+pub fn body(
+    what: &'static str,
+    chunks: impl Stream<Item = Result<Bytes>> + Send + 'static,
+) -> axum::body::Body {
+    axum::body::Body::from_stream(chunks.map(move |c| {
+        c.map_err(|e| {
+            tracing::error!("{what} stopped: {e:#}");
+            std::io::Error::other(format!("{e:#}"))
+        })
+    }))
+}
+
+/// Batches of records as the elements of a JSON array (commas between, none around):
+/// the bytes `serde_json` writes for the whole list, less its brackets.
+pub fn json_elements<T: Serialize>(
+    batches: impl Stream<Item = Result<Vec<T>>>,
+) -> impl Stream<Item = Result<Bytes>> {
+    let mut first = true;
+    batches.map(move |b| {
+        let mut out = Vec::new();
+        for r in b? {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &r)?;
+        }
+        Ok(Bytes::from(out))
+    })
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct Query {
@@ -118,20 +154,137 @@ fn mac_of(inventory: &str) -> Option<String> {
         .and_then(|i| i.mac().map(str::to_string))
 }
 
+/// Rows a streamed report reads and hands on at a time.
+pub const BATCH: usize = 500;
+
+/// What `results` selects, resolved before an answer starts: a machine name the
+/// administrator typed becomes its machine's id (an unknown one is an error status, never a
+/// body cut short).
+#[derive(Debug, Clone)]
+pub struct Selection {
+    scenario: String,
+    machine_id: String,
+    /// The name as given (the time-setting rows are looked up by it).
+    machine: Option<String>,
+    package: String,
+    history: bool,
+    lang: Lang,
+}
+
+impl Selection {
+    fn filter(&self) -> (&str, &str, &str) {
+        (&self.scenario, &self.machine_id, &self.package)
+    }
+}
+
 impl Server {
+    pub async fn select(&self, q: &Query) -> Result<Selection> {
+        let machine_id = match &q.machine {
+            Some(name) if !name.is_empty() => self.machine_id(name).await?,
+            _ => String::new(),
+        };
+        Ok(Selection {
+            scenario: q.scenario.clone().unwrap_or_default(),
+            machine_id,
+            machine: q.machine.clone(),
+            package: q.package.clone().unwrap_or_default(),
+            history: q.history,
+            lang: q.lang,
+        })
+    }
+
+    async fn delivery(
+        &self,
+        (r, inventory): (db::deliveries::ResultRow, String),
+        sel: &Selection,
+        actions: &mut Actions,
+    ) -> Result<DeliveryRow> {
+        let action = actions.of(self, &r.scenario_id).await?;
+        let history = if sel.history {
+            self.history(&r.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(delivery_row(
+            r,
+            action,
+            mac_of(&inventory),
+            sel.lang,
+            history,
+        ))
+    }
+
+    /// `limit` of the deliveries `sel` selects from `offset`, in `results`' order.
+    pub async fn deliveries(
+        &self,
+        sel: &Selection,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows = db::reports::results_page(&self.db, sel.filter(), limit, offset).await?;
+        let mut actions = Actions::default();
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.delivery(r, sel, &mut actions).await?);
+        }
+        Ok(out)
+    }
+
+    /// Every delivery `sel` selects, in `results`' order, in batches of [`BATCH`]: a task
+    /// reads one statement a row at a time and hands a batch on only once the reader took
+    /// the one before, so the server holds about two batches however many rows there are.
+    /// Dropping the stream (a reader who went away) ends the task and its statement.
+    pub fn delivery_batches(
+        self: &Arc<Self>,
+        sel: Selection,
+    ) -> impl Stream<Item = Result<Vec<DeliveryRow>>> + Send + 'static {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let s = self.clone();
+        tokio::spawn(async move {
+            let read = async {
+                let mut rows = db::reports::results_rows(&s.db, sel.filter(), i64::MAX, 0);
+                let mut actions = Actions::default();
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Some(r) = rows.next().await {
+                    batch.push(s.delivery(r?, &sel, &mut actions).await?);
+                    if batch.len() == BATCH
+                        && tx.send(Ok(std::mem::take(&mut batch))).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                anyhow::Ok(())
+            };
+            if let Err(e) = read.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    /// The package summary of what `sel` selects (every delivery, whatever the page) and
+    /// the machines' time settings.
+    pub async fn results_summary(
+        &self,
+        sel: &Selection,
+        actions: &mut Actions,
+    ) -> Result<(Vec<PackageSummary>, Vec<MachineSetting>, u64)> {
+        let counts = db::reports::results_counts(&self.db, sel.filter()).await?;
+        let total = counts.iter().map(|(_, _, _, n)| n).sum::<u64>();
+        let packages = summarise(self, actions, counts).await?;
+        let settings = self
+            .machine_settings(sel.lang, sel.machine.as_deref())
+            .await?;
+        Ok((packages, settings, total))
+    }
+
     /// Deliveries (one page of them with `limit`), paged and counted by the database: the
     /// package summary counts every delivery the filters select, whatever the page.
     pub async fn results(&self, q: &Query) -> Result<Results> {
-        // A machine filter is a name the administrator typed: the one machine it stands for.
-        let machine = match &q.machine {
-            Some(name) if !name.is_empty() => Some(self.machine_id(name).await?),
-            _ => None,
-        };
-        let filter = (
-            q.scenario.as_deref().unwrap_or_default(),
-            machine.as_deref().unwrap_or_default(),
-            q.package.as_deref().unwrap_or_default(),
-        );
+        let sel = self.select(q).await?;
         let (limit, offset) = match q.limit {
             Some(l) => {
                 let l = l.clamp(1, i64::MAX as u64) as i64;
@@ -139,33 +292,47 @@ impl Server {
             }
             None => (i64::MAX, 0),
         };
-        let rows = db::reports::results_page(&self.db, filter, limit, offset).await?;
-        let mut actions = Actions::default();
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for (r, inventory) in rows {
-            let action = actions.of(self, &r.scenario_id).await?;
-            let history = if q.history {
-                self.history(&r.id).await?
-            } else {
-                Vec::new()
-            };
-            deliveries.push(delivery_row(r, action, mac_of(&inventory), q.lang, history));
-        }
-        let counts = db::reports::results_counts(&self.db, filter).await?;
-        let total = q
-            .limit
-            .map(|_| counts.iter().map(|(_, _, _, n)| n).sum::<u64>());
-        let packages = summarise(self, &mut actions, counts).await?;
+        let deliveries = self.deliveries(&sel, limit, offset).await?;
+        let (packages, settings, total) =
+            self.results_summary(&sel, &mut Actions::default()).await?;
         Ok(Results {
             deliveries,
             packages,
-            settings: self.machine_settings(q.lang, q.machine.as_deref()).await?,
-            total,
+            settings,
+            total: q.limit.map(|_| total),
         })
+    }
+
+    /// `results` without a page, as the JSON bytes `serde_json::to_vec(&Results)` writes,
+    /// streamed: the rows a batch at a time, then the summary.
+    pub fn results_json(
+        self: &Arc<Self>,
+        sel: Selection,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let s = self.clone();
+        let tail_sel = sel.clone();
+        let head =
+            futures_util::stream::once(async { Ok(Bytes::from_static(b"{\"deliveries\":[")) });
+        let tail = futures_util::stream::once(async move {
+            let (packages, settings, _) = s
+                .results_summary(&tail_sel, &mut Actions::default())
+                .await?;
+            Ok(Bytes::from(format!(
+                "],\"packages\":{},\"settings\":{}}}",
+                serde_json::to_string(&packages)?,
+                serde_json::to_string(&settings)?
+            )))
+        });
+        head.chain(json_elements(self.delivery_batches(sel)))
+            .chain(tail)
     }
 
     pub async fn history(&self, delivery: &str) -> Result<Vec<HistoryEntry>> {
         db::deliveries::history(&self.db, delivery).await
+    }
+
+    pub async fn scenario_exists(&self, id: &str) -> Result<bool> {
+        Ok(db::scenarios::header(&self.db, id).await?.is_some())
     }
 
     pub async fn scenario_status(&self, id: &str, lang: Lang) -> Result<ScenarioStatus> {
@@ -179,17 +346,14 @@ impl Server {
                 ..Query::default()
             })
             .await?;
-        let mut counts = BTreeMap::new();
-        for d in &res.deliveries {
-            *counts.entry(d.state.name().to_string()).or_insert(0u64) += 1;
-        }
+        let c = counts(self, id).await?;
         Ok(ScenarioStatus {
             id: id.to_string(),
             name,
             created_at_ms,
-            total: res.deliveries.len() as u64,
-            done: res.deliveries.iter().all(|d| d.state.is_terminal()),
-            counts,
+            total: c.total,
+            done: c.done || c.total == 0,
+            counts: c.states,
             deliveries: res.deliveries,
         })
     }

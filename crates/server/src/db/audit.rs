@@ -32,12 +32,13 @@ pub async fn insert(
     Ok(())
 }
 
-/// The newest `limit` entries, the newest first.
-pub async fn newest(db: &AnyPool, limit: i64) -> Result<Vec<AuditEntry>> {
+/// `limit` entries, the newest first, after skipping the `skip` newest.
+pub async fn newest(db: &AnyPool, limit: i64, skip: i64) -> Result<Vec<AuditEntry>> {
     let rows = sqlx::query(
-        "SELECT n, at, actor, action, target, detail FROM audit ORDER BY n DESC LIMIT $1",
+        "SELECT n, at, actor, action, target, detail FROM audit ORDER BY n DESC LIMIT $1 OFFSET $2",
     )
     .bind(limit)
+    .bind(skip)
     .fetch_all(db)
     .await?;
     rows.iter()

@@ -201,31 +201,50 @@ pub async fn oses_and_languages(db: &AnyPool) -> Result<(Vec<String>, Vec<String
 const RESULTS_FILTER: &str = "WHERE ($1 = '' OR d.scenario_id = $1) AND ($2 = '' OR d.machine_id = $2) \
      AND ($3 = '' OR d.package_id = $3)";
 
-/// One page of `results` (`limit` rows from `offset`) in its order, with each machine's
-/// inventory (for its MAC address).
+/// `results`' rows, with each machine's inventory (for its MAC address), in `results`' order;
+/// the delivery id last, so pages never overlap.
+static RESULTS_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, \
+         d.updated_at, m.inventory FROM deliveries d JOIN machines m ON m.id = d.machine_id \
+         JOIN scenarios s ON s.id = d.scenario_id {RESULTS_FILTER} \
+         ORDER BY s.created_at, m.hostname, d.machine_id, d.position, d.id LIMIT $4 OFFSET $5"
+    )
+});
+
+/// `results`' rows (`limit` from `offset`) as the database produces them: one statement,
+/// read a row at a time, so a caller that writes each row out holds none of the rest. The
+/// stream keeps a pooled connection until it ends or is dropped.
+pub fn results_rows<'a>(
+    db: &'a AnyPool,
+    filter: (&'a str, &'a str, &'a str),
+    limit: i64,
+    offset: i64,
+) -> futures_util::stream::BoxStream<'a, Result<(ResultRow, String)>> {
+    use futures_util::StreamExt;
+    sqlx::query(AssertSqlSafe(RESULTS_ROWS.as_str()))
+        .bind(filter.0)
+        .bind(filter.1)
+        .bind(filter.2)
+        .bind(limit)
+        .bind(offset)
+        .fetch(db)
+        .map(|r| {
+            let r = r?;
+            Ok((result_row(&r)?, r.try_get("inventory")?))
+        })
+        .boxed()
+}
+
+/// One page of `results` (`limit` rows from `offset`) in its order.
 pub async fn results_page(
     db: &AnyPool,
     filter: (&str, &str, &str),
     limit: i64,
     offset: i64,
 ) -> Result<Vec<(ResultRow, String)>> {
-    let q = format!(
-        "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, \
-         d.updated_at, m.inventory FROM deliveries d JOIN machines m ON m.id = d.machine_id \
-         JOIN scenarios s ON s.id = d.scenario_id {RESULTS_FILTER} \
-         ORDER BY s.created_at, m.hostname, d.machine_id, d.position, d.id LIMIT $4 OFFSET $5"
-    );
-    sqlx::query(AssertSqlSafe(q))
-        .bind(filter.0)
-        .bind(filter.1)
-        .bind(filter.2)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(db)
-        .await?
-        .iter()
-        .map(|r| Ok((result_row(r)?, r.try_get("inventory")?)))
-        .collect()
+    use futures_util::TryStreamExt;
+    results_rows(db, filter, limit, offset).try_collect().await
 }
 
 /// The deliveries `results` selects counted by (package, scenario, state), and in all.

@@ -4,11 +4,11 @@
 //! like the API's; and the Audit page that lists them.
 
 use super::auth::Viewer;
-use super::pages::{Ctx, forbidden, safe_next};
+use super::pages::{Ctx, PageQ, ROWS_PER_PAGE, forbidden, page_url, safe_next};
 use super::views::time;
 use super::{WebError, WebResult, WebState};
 use crate::actions::{Actor, AdminAction, Refused, quick_scenario};
-use axum::extract::{Form, OriginalUri, State};
+use axum::extract::{Form, OriginalUri, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
 use patchcast_core::model::rollout::RolloutVerb;
@@ -102,23 +102,43 @@ pub async fn post(State(w): WebState, h: HeaderMap, Form(f): Form<ActionForm>) -
     Ok(Redirect::to(&to).into_response())
 }
 
-/// GET /audit: the newest entries, who did what, when.
-pub async fn page(State(w): WebState, h: HeaderMap, OriginalUri(uri): OriginalUri) -> WebResult {
+/// GET /audit: who did what, when, the newest first, a page of entries at a time.
+pub async fn page(
+    State(w): WebState,
+    h: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    Query(p): Query<PageQ>,
+) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     if let Err(redirect) = ctx.require() {
         return Ok(*redirect);
     }
-    let entries: Vec<_> = w
+    let per_page = ROWS_PER_PAGE as i64;
+    // One more than a page: whether another follows.
+    let mut entries = w
         .server
-        .audit(500)
-        .await?
+        .audit_page(per_page + 1, (p.page as i64).saturating_mul(per_page))
+        .await?;
+    let more = entries.len() > ROWS_PER_PAGE;
+    entries.truncate(ROWS_PER_PAGE);
+    let entries: Vec<_> = entries
         .into_iter()
         .map(|e| {
             json!({"n": e.n, "when": time(e.at_ms), "who": e.actor, "action": e.action,
                    "target": e.target, "detail": e.detail})
         })
         .collect();
-    ctx.page(&w, "audit", StatusCode::OK, json!({ "entries": entries }))
+    ctx.page(
+        &w,
+        "audit",
+        StatusCode::OK,
+        json!({
+            "entries": entries,
+            "page_number": p.page + 1,
+            "prev_url": (p.page > 0).then(|| page_url(&uri, p.page - 1)),
+            "next_url": more.then(|| page_url(&uri, p.page + 1)),
+        }),
+    )
 }
 
 #[cfg(test)]

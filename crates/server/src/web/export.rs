@@ -11,13 +11,16 @@ use super::i18n::{delivery_label, lang_of};
 use super::pages::find_machine;
 use super::views::{self, MachineFilter, time};
 use super::{WebError, WebResult, WebState};
-use crate::results::Query as ResultsQuery;
+use crate::results::{Query as ResultsQuery, Selection, json_elements};
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt, stream};
 use patchcast_core::errors::{Lang, render};
 use patchcast_proto::admin_api::DeliveryRow;
+use patchcast_proto::csv;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,17 +213,53 @@ fn machine_cells(r: &fleet::Row) -> Vec<String> {
     ]
 }
 
-/// Where a streamed export is.
-struct Streaming {
-    scan: fleet::Scan,
-    started: bool,
-    first_row: bool,
-    done: bool,
+/// A streamed download: CSV (the header, then each batch's rows as it is read) or JSON (one
+/// array of the records): the server holds a batch however long the list, and the bytes are
+/// those `download` writes for the whole list at once.
+fn streamed<T, J>(
+    fmt: Format,
+    name: &str,
+    header: &'static [&'static str],
+    batches: impl Stream<Item = anyhow::Result<Vec<T>>> + Send + 'static,
+    cells: impl Fn(&T) -> Vec<String> + Send + 'static,
+    record: fn(T) -> J,
+) -> Response
+where
+    T: Send + 'static,
+    J: Serialize + Send + 'static,
+{
+    let bytes = |b: &'static [u8]| stream::once(async move { Ok(Bytes::from_static(b)) });
+    let (chunks, content_type) = match fmt {
+        Format::Csv => {
+            let rows = batches.map(move |b| {
+                let lines: String = b?.iter().map(|r| csv::line(&cells(r))).collect();
+                Ok(Bytes::from(lines))
+            });
+            let head = stream::once(async move { Ok(Bytes::from(csv::line(header))) });
+            (head.chain(rows).boxed(), "text/csv; charset=utf-8")
+        }
+        Format::Json => {
+            let records = batches.map(move |b| Ok(b?.into_iter().map(record).collect::<Vec<_>>()));
+            let array = bytes(b"[").chain(json_elements(records)).chain(bytes(b"]"));
+            (array.boxed(), "application/json")
+        }
+    };
+    let mut res = (
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        crate::results::body("export", chunks),
+    )
+        .into_response();
+    if fmt == Format::Csv {
+        let disposition = format!("attachment; filename=\"{}.csv\"", file_name(name));
+        res.headers_mut().insert(
+            header::CONTENT_DISPOSITION,
+            disposition.parse().expect("an ASCII header"),
+        );
+    }
+    res
 }
 
-/// The machines export, streamed: the scan's batches are written as they are read (CSV rows,
-/// or the JSON array's elements), so the server holds one batch however large the fleet.
-/// The bytes are those `download` writes for the whole list at once.
+/// The machines export, streamed: the fleet scan's batches are written as they are read.
 pub async fn machines(
     axum::extract::State(w): WebState,
     h: HeaderMap,
@@ -229,81 +268,29 @@ pub async fn machines(
 ) -> WebResult {
     let (lang, fmt) = allowed(&w, &h, &uri).await?;
     let scan = fleet::Scan::new(&w.server, f, lang).await?;
-    let server = w.server.clone();
-    let state = Streaming {
-        scan,
-        started: false,
-        first_row: true,
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, move |mut st| {
-        let server = server.clone();
-        async move {
-            if st.done {
-                return None;
-            }
-            let mut out = String::new();
-            if !st.started {
-                st.started = true;
-                match fmt {
-                    Format::Csv => out.push_str(&patchcast_proto::csv::line(&MACHINE_COLUMNS)),
-                    Format::Json => out.push('['),
-                }
-            }
-            match st.scan.next(&server).await {
-                Ok(Some(rows)) => {
-                    for r in &rows {
-                        match fmt {
-                            Format::Csv => {
-                                out.push_str(&patchcast_proto::csv::line(&machine_cells(r)))
-                            }
-                            Format::Json => {
-                                if !st.first_row {
-                                    out.push(',');
-                                }
-                                match serde_json::to_string(&r.machine) {
-                                    Ok(j) => out.push_str(&j),
-                                    Err(e) => return Some((Err(std::io::Error::other(e)), st)),
-                                }
-                            }
-                        }
-                        st.first_row = false;
-                    }
-                }
-                Ok(None) => {
-                    st.done = true;
-                    if fmt == Format::Json {
-                        out.push(']');
-                    }
-                }
-                Err(e) => {
-                    // The status line is gone: cutting the body short is how the reader learns.
-                    tracing::error!("machines export stopped: {e:#}");
-                    st.done = true;
-                    return Some((Err(std::io::Error::other(format!("{e:#}"))), st));
-                }
-            }
-            Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(out)), st))
-        }
+    let batches = stream::try_unfold((scan, w.server.clone()), |(mut scan, s)| async move {
+        Ok(scan.next(&s).await?.map(|rows| (rows, (scan, s))))
     });
-    let content_type = match fmt {
-        Format::Csv => "text/csv; charset=utf-8",
-        Format::Json => "application/json",
-    };
-    let mut res = (
-        [(header::CONTENT_TYPE, content_type.to_string())],
-        axum::body::Body::from_stream(stream),
+    Ok(streamed(
+        fmt,
+        "machines",
+        &MACHINE_COLUMNS,
+        batches,
+        machine_cells,
+        |r: fleet::Row| r.machine,
+    ))
+}
+
+/// Every delivery `sel` selects, streamed in `results`' order.
+fn deliveries(w: &super::Web, lang: Lang, fmt: Format, name: &str, sel: Selection) -> Response {
+    streamed(
+        fmt,
+        name,
+        &DELIVERY_COLUMNS,
+        w.server.delivery_batches(sel),
+        move |d| delivery_cells(d, lang),
+        |d: DeliveryRow| d,
     )
-        .into_response();
-    if fmt == Format::Csv {
-        res.headers_mut().insert(
-            header::CONTENT_DISPOSITION,
-            "attachment; filename=\"machines.csv\""
-                .parse()
-                .expect("an ASCII header"),
-        );
-    }
-    Ok(res)
 }
 
 pub async fn machine_results(
@@ -316,23 +303,19 @@ pub async fn machine_results(
     let Some(m) = find_machine(&w, &id).await? else {
         return Err(WebError::not_found(format!("no machine `{id}`")));
     };
-    let rows = w
-        .server
-        .results(&ResultsQuery {
-            machine: Some(m.id.clone()),
-            history: fmt == Format::Json,
-            lang,
-            ..ResultsQuery::default()
-        })
-        .await?
-        .deliveries;
-    let cells: Vec<Vec<String>> = rows.iter().map(|d| delivery_cells(d, lang)).collect();
-    Ok(download(
+    let q = ResultsQuery {
+        machine: Some(m.id.clone()),
+        history: fmt == Format::Json,
+        lang,
+        ..ResultsQuery::default()
+    };
+    let sel = w.server.select(&q).await?;
+    Ok(deliveries(
+        &w,
+        lang,
         fmt,
         &format!("results-{}", m.hostname),
-        &DELIVERY_COLUMNS,
-        &cells,
-        &rows,
+        sel,
     ))
 }
 
@@ -343,23 +326,18 @@ pub async fn scenario_deliveries(
     Path(id): Path<String>,
 ) -> WebResult {
     let (lang, fmt) = allowed(&w, &h, &uri).await?;
-    let st = w
-        .server
-        .scenario_status(&id, lang)
-        .await
-        .map_err(|e| WebError::not_found(format!("{e:#}")))?;
-    let cells: Vec<Vec<String>> = st
-        .deliveries
-        .iter()
-        .map(|d| delivery_cells(d, lang))
-        .collect();
-    Ok(download(
-        fmt,
-        &format!("deliveries-{id}"),
-        &DELIVERY_COLUMNS,
-        &cells,
-        &st.deliveries,
-    ))
+    if !w.server.scenario_exists(&id).await? {
+        return Err(WebError::not_found(format!(
+            "no scenario `{id}` on this server"
+        )));
+    }
+    let q = ResultsQuery {
+        scenario: Some(id.clone()),
+        lang,
+        ..ResultsQuery::default()
+    };
+    let sel = w.server.select(&q).await?;
+    Ok(deliveries(&w, lang, fmt, &format!("deliveries-{id}"), sel))
 }
 
 #[cfg(test)]

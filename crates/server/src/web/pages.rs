@@ -6,7 +6,7 @@ use super::auth::{
     LANG_COOKIE, LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL_MS, Viewer, secret_cookie,
 };
 use super::i18n::{delivery_label, lang_of, state_label, strings, word};
-use super::views::{self, MachineFilter, bucket, time};
+use super::views::{MachineFilter, bucket, time};
 use super::{Web, WebError, WebResult, WebState};
 use crate::db::{self, now_ms};
 use crate::results::Query as ResultsQuery;
@@ -29,6 +29,16 @@ pub const RECENT_ERRORS_MS: i64 = 7 * 24 * 3600 * 1000;
 pub const STALE_LISTED: usize = 100;
 /// Machines on one page of the console's list.
 pub const MACHINES_PER_PAGE: usize = 100;
+
+/// Rows on one page of a scenario's deliveries, of a machine's history or of the audit.
+pub const ROWS_PER_PAGE: usize = 100;
+
+/// A paged list's `?page=` (from 0).
+#[derive(Deserialize, Default)]
+pub struct PageQ {
+    #[serde(default)]
+    pub page: usize,
+}
 
 /// One request's reader: language, whether to remember it, viewer and the page's own URL.
 pub struct Ctx {
@@ -440,7 +450,7 @@ async fn filter_options(w: &Web, f: &MachineFilter, lang: Lang) -> anyhow::Resul
 }
 
 /// This list's URL at page `page` (the other query parameters kept).
-fn page_url(uri: &axum::http::Uri, page: usize) -> String {
+pub fn page_url(uri: &axum::http::Uri, page: usize) -> String {
     let mut parts: Vec<String> = uri
         .query()
         .and_then(serde_urlencoded_pairs)
@@ -533,6 +543,7 @@ pub async fn machine(
     h: HeaderMap,
     OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
+    Query(p): Query<PageQ>,
 ) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     signed_in!(ctx);
@@ -540,20 +551,35 @@ pub async fn machine(
     let Some(m) = find_machine(&w, &id).await? else {
         return not_found_page(&w, &ctx, &format!("machine {id}"));
     };
-    let rows = w
+    // The current delivery of each package, then one page of the history, newest first:
+    // page 0 is the last `ROWS_PER_PAGE` rows of `results`' order, read in that order.
+    let current: Vec<Value> = w
         .server
-        .results(&ResultsQuery {
+        .current_of(std::slice::from_ref(&m.id), lang, &mut Default::default())
+        .await?
+        .iter()
+        .map(|d| delivery_view(d, lang))
+        .collect();
+    let sel = w
+        .server
+        .select(&ResultsQuery {
             machine: Some(m.id.clone()),
             history: true,
             lang,
             ..ResultsQuery::default()
         })
+        .await?;
+    let total = w
+        .server
+        .results_summary(&sel, &mut Default::default())
         .await?
-        .deliveries;
-    let current: Vec<Value> = views::current(&rows)
-        .iter()
-        .map(|d| delivery_view(d, lang))
-        .collect();
+        .2 as i64;
+    let per_page = ROWS_PER_PAGE as i64;
+    let end = total
+        .saturating_sub((p.page as i64).saturating_mul(per_page))
+        .max(0);
+    let start = (end - per_page).max(0);
+    let rows = w.server.deliveries(&sel, end - start, start).await?;
     let history: Vec<Value> = rows
         .iter()
         .rev()
@@ -616,6 +642,9 @@ pub async fn machine(
             },
             "current": current,
             "deliveries": history,
+            "page_number": p.page + 1,
+            "prev_url": (p.page > 0).then(|| page_url(&uri, p.page - 1)),
+            "next_url": (start > 0).then(|| page_url(&uri, p.page + 1)),
             "export_csv": format!("/export/machines/{}/results.csv", enc(&m.id)),
             "export_json": format!("/export/machines/{}/results.json", enc(&m.id)),
         }),
@@ -683,37 +712,53 @@ pub async fn scenario(
     h: HeaderMap,
     OriginalUri(uri): OriginalUri,
     Path(id): Path<String>,
+    Query(p): Query<PageQ>,
 ) -> WebResult {
     let ctx = Ctx::of(&w, &h, &uri).await?;
     signed_in!(ctx);
     let lang = ctx.lang;
-    let Ok(st) = w.server.scenario_status(&id, lang).await else {
+    let Some((name, created_at_ms)) = db::scenarios::header(&w.server.db, &id).await? else {
         return not_found_page(&w, &ctx, &format!("scenario {id}"));
     };
+    // Counted by the database; one page of rows read.
+    let counts = crate::results::counts(&w.server, &id).await?;
+    let done = counts.done || counts.total == 0;
     let states: Vec<Value> = state_names()
         .iter()
-        .map(|s| json!({"state": s, "label": state_label(s, lang), "count": st.counts.get(*s).copied().unwrap_or(0)}))
+        .map(|s| json!({"state": s, "label": state_label(s, lang), "count": counts.states.get(*s).copied().unwrap_or(0)}))
         .collect();
+    let sel = w
+        .server
+        .select(&ResultsQuery {
+            scenario: Some(id.clone()),
+            lang,
+            ..ResultsQuery::default()
+        })
+        .await?;
+    let per_page = ROWS_PER_PAGE as i64;
+    let offset = (p.page as i64).saturating_mul(per_page);
+    let rows = w.server.deliveries(&sel, per_page, offset).await?;
+    let more = offset.saturating_add(per_page) < counts.total as i64;
     let rollout = super::waves::for_scenario(&w.server, &id).await?;
-    let waiting = st.deliveries.iter().any(|d| {
-        matches!(
-            d.state,
-            DeliveryState::Pending | DeliveryState::AwaitingRetry
-        )
-    });
+    let waiting = ["pending", "awaiting_retry"]
+        .iter()
+        .any(|s| counts.states.get(*s).is_some_and(|n| *n > 0));
     ctx.page(
         &w,
         "scenario",
         StatusCode::OK,
         json!({
-            "s": {"id": st.id, "name": st.name, "created": time(st.created_at_ms), "total": st.total, "done": st.done},
+            "s": {"id": id, "name": name, "created": time(created_at_ms), "total": counts.total, "done": done},
             "states": states,
-            "deliveries": st.deliveries.iter().map(|d| delivery_view(d, lang)).collect::<Vec<_>>(),
+            "deliveries": rows.iter().map(|d| delivery_view(d, lang)).collect::<Vec<_>>(),
+            "page_number": p.page + 1,
+            "prev_url": (p.page > 0).then(|| page_url(&uri, p.page - 1)),
+            "next_url": more.then(|| page_url(&uri, p.page + 1)),
             "rollout": rollout,
             "can_cancel": waiting,
-            "events_url": format!("/scenarios/{}/events", enc(&st.id)),
-            "export_csv": format!("/export/scenarios/{}/deliveries.csv", enc(&st.id)),
-            "export_json": format!("/export/scenarios/{}/deliveries.json", enc(&st.id)),
+            "events_url": format!("/scenarios/{}/events", enc(&id)),
+            "export_csv": format!("/export/scenarios/{}/deliveries.csv", enc(&id)),
+            "export_json": format!("/export/scenarios/{}/deliveries.json", enc(&id)),
         }),
     )
 }
