@@ -282,13 +282,14 @@ async fn poll(
         AgentState::RebootPending { .. } => "reboot_pending",
     };
     s.ops.check_ins.inc();
-    s.seen(&m, peer.ip(), state).await?;
+    s.seen(&m, peer.ip(), state);
     let _open = s.open_poll(&m);
     // A time setting goes out at once, without waiting out the long poll.
     let setting = s.setting_for_poll(&m, &p).await?;
+    let relay_role = s.is_relay(&m).await;
     let work = if setting.is_some() {
         None
-    } else if s.is_relay(&m).await {
+    } else if relay_role {
         // A relay's poll also ends when its role or wanted content changes.
         let changed = s.sources.relay_notifier(&m);
         tokio::select! {
@@ -306,7 +307,12 @@ async fn poll(
     } else {
         None
     };
-    let relay = s.relay_settings(&m).await?;
+    // Most machines are not relays: their poll reads no relay list.
+    let relay = if relay_role {
+        s.relay_settings(&m).await?
+    } else {
+        None
+    };
     // Keys that can change (`keys`): only for agents that say which statements they have.
     let (trust, repin) = match p.trust_serial {
         Some(serial) => (

@@ -121,6 +121,8 @@ pub struct Server {
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
+    /// Those of them not written yet (`Server::flush_seen`).
+    pub seen_due: Mutex<HashMap<String, SeenWrite>>,
     /// Where the server reads the time (`clock`).
     pub clock: clock::Clock,
     pub caps: caps::Caps,
@@ -221,6 +223,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         reports,
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
+        seen_due: Mutex::new(HashMap::new()),
         clock: if cfg.test_clock {
             tracing::warn!(
                 "TEST CLOCK enabled: an admin can set this server's time; never use this in production"
@@ -282,6 +285,17 @@ pub async fn start(cfg: Config) -> Result<Running> {
             tick.tick().await;
             if let Err(e) = sweeper.sweep().await {
                 tracing::error!("no-reply sweep failed: {e:#}");
+            }
+        }
+    });
+    // Presence: the check-ins heard since the last flush, written together.
+    let presence = server.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(machines::SEEN_FLUSH);
+        loop {
+            tick.tick().await;
+            if let Err(e) = presence.flush_seen().await {
+                tracing::error!("writing check-ins (last seen) failed: {e:#}");
             }
         }
     });

@@ -14,6 +14,8 @@ use std::net::IpAddr;
 
 /// How stale `last_seen` may get while nothing else about a machine changes.
 const SEEN_WRITE_MS: i64 = 5_000;
+/// How long a heard-from record waits to be written with the others (`flush_seen`).
+pub const SEEN_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -155,23 +157,40 @@ impl Server {
         constant_eq(sha256_hex(bearer).as_bytes(), self.admin_hash.as_bytes())
     }
 
-    /// Records that the machine was heard from, where from, and in which state.
-    pub async fn seen(&self, machine: &str, peer: IpAddr, state: &str) -> Result<()> {
+    /// Records that the machine was heard from, where from, and in which state. The record
+    /// waits for the next `flush_seen` (within `SEEN_FLUSH`): a fleet's check-ins of one
+    /// second cost one transaction, not one write each.
+    pub fn seen(&self, machine: &str, peer: IpAddr, state: &str) {
         // Heartbeats are frequent: write only when something changed or every few seconds.
         let now = self.now();
         let key = (peer.to_string(), state.to_string());
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            match seen.get(machine) {
-                Some((at, k)) if *k == key && now - at < SEEN_WRITE_MS => return Ok(()),
-                _ => {
-                    seen.insert(machine.to_string(), (now, key));
-                }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(machine) {
+            Some((at, k)) if *k == key && now - at < SEEN_WRITE_MS => {}
+            _ => {
+                seen.insert(machine.to_string(), (now, key.clone()));
+                let mut due = self.seen_due.lock().unwrap_or_else(|p| p.into_inner());
+                due.insert(machine.to_string(), (now, key));
             }
         }
+    }
+
+    /// Writes the heard-from records waiting since the last flush, in one transaction.
+    pub async fn flush_seen(&self) -> Result<usize> {
+        let due = std::mem::take(&mut *self.seen_due.lock().unwrap_or_else(|p| p.into_inner()));
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let heard: Vec<_> = due
+            .into_iter()
+            .map(|(id, (at, (peer, state)))| (id, at, peer, state))
+            .collect();
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write.lock().await;
-        db::machines::seen(&self.db, machine, now, &peer.to_string(), state).await
+        let mut tx = self.db.begin().await?;
+        db::machines::seen(&mut tx, &heard).await?;
+        tx.commit().await?;
+        Ok(heard.len())
     }
 
     pub async fn set_inventory(&self, machine: &str, inv: &Inventory, peer: IpAddr) -> Result<()> {

@@ -117,7 +117,7 @@ async fn deliver(server: &Server, m: &SshMachine, work: Work) -> anyhow::Result<
         }
     };
     if let Ok(ip) = m.access.target.host.parse::<std::net::IpAddr>() {
-        server.seen(&m.id, ip, "ssh").await?;
+        server.seen(&m.id, ip, "ssh");
     }
     let mut target = SshHost {
         server,

@@ -175,17 +175,20 @@ pub async fn secret_hash(db: &AnyPool, id: &str) -> Result<Option<String>> {
     )
 }
 
-/// Records when and where from the machine was last heard, and its agent's state.
-pub async fn seen(db: &AnyPool, id: &str, now: i64, peer_addr: &str, state: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
-    )
-    .bind(now)
-    .bind(peer_addr)
-    .bind(state)
-    .bind(id)
-    .execute(db)
-    .await?;
+/// Records when and where from each machine was last heard, and its agent's state: one
+/// statement per machine, all in the caller's transaction.
+pub async fn seen(tx: &mut AnyConnection, heard: &[(String, i64, String, String)]) -> Result<()> {
+    for (id, now, peer_addr, state) in heard {
+        sqlx::query(
+            "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
+        )
+        .bind(now)
+        .bind(peer_addr)
+        .bind(state)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
