@@ -2,9 +2,9 @@
 //! results` read, counted and paged by the database instead of loaded whole.
 //!
 //! The *current* delivery of a package on a machine is the one of the newest scenario (then
-//! the highest position), as `web::views::current` picks it from rows in scenario order; here
-//! `LATEST` keeps it in SQL. Machines are paged by the key `(hostname, id)`, the
-//! order every list shows them in, so a page costs the same wherever it is.
+//! the highest position); `LATEST` picks it in SQL. Machines are paged by the key
+//! `(hostname, id)`, the order every list shows them in, so a page costs the same wherever
+//! it is.
 
 use super::deliveries::{ResultRow, TERMINAL};
 use super::json;

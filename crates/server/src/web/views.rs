@@ -1,51 +1,13 @@
 //! What the console shows, computed from results without I/O or the clock (`now` is a
-//! parameter): the current delivery of each package on each machine, compliance per package,
-//! the machine filters, and machines not seen lately.
+//! parameter): compliance buckets, the machine filters, and machines not seen lately. (The
+//! current delivery per machine and package, and compliance, are counted in SQL: `db::reports`.)
 
-use patchcast_proto::admin_api::{DeliveryRow, MachineView, PackageSummary};
+use patchcast_proto::admin_api::{DeliveryRow, MachineView};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// The compliance bucket of a delivery, by name (`DeliveryRow::bucket`).
 pub fn bucket(d: &DeliveryRow) -> &'static str {
     d.bucket().name()
-}
-
-/// The delivery that speaks for each (machine, package): the one of the newest scenario.
-/// `rows` come ordered by scenario creation (as `Server::results` returns them).
-pub fn current(rows: &[DeliveryRow]) -> Vec<&DeliveryRow> {
-    let mut by: BTreeMap<(&str, &str), &DeliveryRow> = BTreeMap::new();
-    for r in rows {
-        by.insert((&r.machine_id, &r.package_id), r);
-    }
-    let mut out: Vec<&DeliveryRow> = by.into_values().collect();
-    out.sort_by(|a, b| {
-        (&a.hostname, &a.machine_id, &a.package_id).cmp(&(
-            &b.hostname,
-            &b.machine_id,
-            &b.package_id,
-        ))
-    });
-    out
-}
-
-/// Per package: how many machines are in each bucket, counting each machine once.
-pub fn compliance(current: &[&DeliveryRow]) -> Vec<PackageSummary> {
-    let mut by: BTreeMap<&str, PackageSummary> = BTreeMap::new();
-    for d in current {
-        let s = by.entry(&d.package_id).or_insert_with(|| PackageSummary {
-            package_id: d.package_id.clone(),
-            ..PackageSummary::default()
-        });
-        match bucket(d) {
-            "applied" => s.applied += 1,
-            "not_applicable" => s.not_applicable += 1,
-            "not_applied" => s.not_applied += 1,
-            "failed" => s.failed += 1,
-            _ => s.in_progress += 1,
-        }
-    }
-    by.into_values().collect()
 }
 
 /// The machine list's filters (query string); empty fields match everything.
@@ -171,25 +133,6 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_scenario_speaks_for_a_machine_and_package() {
-        let rows = vec![
-            row("m1", "p", "s1", State::Failed { code: Code::E06 }),
-            row("m2", "p", "s1", State::Applied),
-            row("m1", "p", "s2", State::Applied),
-            row("m1", "q", "s2", State::Pending),
-        ];
-        let cur = current(&rows);
-        assert_eq!(cur.len(), 3);
-        let c = compliance(&cur);
-        assert_eq!(c.len(), 2);
-        assert_eq!(
-            (c[0].package_id.as_str(), c[0].applied, c[0].failed),
-            ("p", 2, 0)
-        );
-        assert_eq!((c[1].package_id.as_str(), c[1].in_progress), ("q", 1));
-    }
-
-    #[test]
     fn buckets() {
         let of = |state| bucket(&row("m", "p", "s", state)).to_string();
         assert_eq!(of(State::LoopDetected { rule: "r".into() }), "not_applied");
@@ -205,9 +148,8 @@ mod tests {
     #[test]
     fn filters() {
         let m = machine("m1", "windows-server-2008", "ja-JP", 0);
-        let rows = vec![row("m1", "p", "s1", State::Failed { code: Code::E06 })];
-        let cur = current(&rows);
-        let f = |f: MachineFilter| f.matches(&m, &cur);
+        let row = row("m1", "p", "s1", State::Failed { code: Code::E06 });
+        let f = |f: MachineFilter| f.matches(&m, &[&row]);
         assert!(f(MachineFilter::default()));
         assert!(f(MachineFilter {
             q: "HOST-M".into(),
