@@ -41,8 +41,19 @@ impl Server {
             .clone()
     }
 
+    /// Wakes the machine's long poll, here and on the other servers (`db::cluster`).
     pub fn wake(&self, machine: &str) {
         self.notifier(machine).notify_one();
+        self.cluster
+            .signal(&db::cluster::Signal::Wake(machine.to_string()));
+    }
+
+    /// A wake-up another server sent: only a poll waiting (or that waited) here is woken.
+    pub fn wake_local(&self, machine: &str) {
+        let map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(machine) {
+            n.notify_one();
+        }
     }
 
     async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
@@ -261,7 +272,7 @@ impl Server {
         machine: &str,
         state: &AgentState,
     ) -> Result<(Option<Work>, Option<i64>)> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let rows = db::deliveries::unfinished_of_machine(&mut tx, machine).await?;
@@ -525,7 +536,7 @@ impl Server {
     /// An agent's report: idempotent by (attempt, seq), persisted before it is acknowledged.
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
         let (action, scenario_id, freed) = {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let now = self.now();
             let mut tx = self.db.begin().await?;
             let Some(mut r) =
@@ -591,7 +602,7 @@ impl Server {
         let expired = db::deliveries::expired(&self.db, now).await?;
         let mut n = 0;
         for r in expired {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             // Re-read under the lock: a report may have moved it meanwhile.
             let mut cur = db::deliveries::get(&mut tx, &r.id).await?;

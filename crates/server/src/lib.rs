@@ -53,6 +53,9 @@ pub struct Config {
     pub trust_keys: Vec<PathBuf>,
     /// Free bytes the server keeps on its disk; a publish that would go below is refused (E17).
     pub reserve: u64,
+    /// Where signed archives are kept (`--content`): DATA/content unless given. Servers
+    /// sharing one PostgreSQL database share this directory (a network share).
+    pub content: Option<PathBuf>,
     /// Extra host names / addresses for the certificate.
     pub names: Vec<String>,
     /// Added to an install timeout before an unheard in-flight delivery gets NoReply (E13).
@@ -79,6 +82,7 @@ impl Config {
             trust_keys: Vec::new(),
             reserve: 1 << 30,
             names: Vec::new(),
+            content: None,
             no_reply_margin: Duration::from_secs(120),
             poll_ms: 30_000,
             test_clock: false,
@@ -113,8 +117,9 @@ pub struct Server {
     pub reserve: u64,
     pub no_reply_margin: Duration,
     pub poll_ms: u64,
-    /// Serialises state-changing transactions (see `dispatch`).
-    pub write: tokio::sync::Mutex<()>,
+    /// The write lock, leader election and signals to other servers on the same
+    /// PostgreSQL database (`db::cluster`).
+    pub cluster: db::cluster::Cluster,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
@@ -135,6 +140,39 @@ impl Server {
     /// The publisher keys packages must be signed with now (`keys`).
     pub fn trusted(&self) -> Vec<VerifyingKey> {
         self.keys.trusted()
+    }
+
+    /// Serialises state-changing transactions: in this process, and on PostgreSQL across
+    /// every server on the database (`db::cluster`).
+    pub async fn write(&self) -> Result<db::cluster::WriteGuard> {
+        self.cluster.write().await
+    }
+
+    /// Acts on a change another server made (`db::cluster::Signal`).
+    fn heard(self: &Arc<Self>, s: db::cluster::Signal) {
+        use db::cluster::Signal;
+        match s {
+            Signal::Wake(m) => self.wake_local(&m),
+            Signal::Relay(m) => self.sources.relay_notifier(&m).notify_one(),
+            Signal::Keys => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.keys.reload(&me.db).await {
+                        tracing::error!("reloading trust statements another server accepted: {e:#}");
+                    }
+                });
+            }
+            Signal::Lost => {
+                let machines: Vec<String> = {
+                    let map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+                    map.keys().cloned().collect()
+                };
+                for m in machines {
+                    self.wake_local(&m);
+                }
+                self.sources.wake_all_relays();
+            }
+        }
     }
 }
 
@@ -194,7 +232,14 @@ pub async fn start(cfg: Config) -> Result<Running> {
             cfg.data.join("patchcast.db").display()
         ),
     };
-    let db = db::open(&url).await?;
+    let cluster = db::cluster::Cluster::new(&url);
+    let db = if cluster.shared() {
+        // Several servers may start at once: one migrates, the others wait for it.
+        let _w = cluster.write().await?;
+        db::open(&url).await?
+    } else {
+        db::open(&url).await?
+    };
     upgrades::run(&db).await?;
     let trusted = cfg
         .trust_keys
@@ -207,13 +252,17 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let keys = keys::Keys::load(&db, &trusted, tls_dir, names, identity).await?;
     let server = Arc::new(Server {
         db,
-        store: store::Store::open(&cfg.data.join("content"))?,
+        store: store::Store::open(
+            &cfg.content
+                .clone()
+                .unwrap_or_else(|| cfg.data.join("content")),
+        )?,
         keys,
         admin_hash: sha256_hex(&admin),
         reserve: cfg.reserve,
         no_reply_margin: cfg.no_reply_margin,
         poll_ms: cfg.poll_ms,
-        write: tokio::sync::Mutex::new(()),
+        cluster,
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         clock: if cfg.test_clock {
@@ -229,6 +278,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
         sources: sources::State::new(cfg.listen),
         ssh: ssh_worker::Workers::new(&cfg.data),
         ops: ops::Ops::new(&cfg.data),
+    });
+    let heard = Arc::downgrade(&server);
+    server.cluster.start(server.db.clone(), move |s| {
+        if let Some(server) = heard.upgrade() {
+            server.heard(s);
+        }
     });
     let recovered = server.recover().await?;
     ssh_worker::start_all(server.clone()).await?;
@@ -274,6 +329,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            if !sweeper.cluster.leader() {
+                continue;
+            }
             if let Err(e) = sweeper.sweep().await {
                 tracing::error!("no-reply sweep failed: {e:#}");
             }
@@ -288,6 +346,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
+                if !pruner.cluster.leader() {
+                    continue;
+                }
                 if let Err(e) = pruner.prune_history(retention, PRUNE_BATCH).await {
                     tracing::error!("history retention failed: {e:#}");
                 }

@@ -323,7 +323,7 @@ impl Server {
         let mut total = 0;
         loop {
             let n = {
-                let _w = self.write.lock().await;
+                let _w = self.write().await?;
                 db::reports::prune_history(&self.db, before, batch).await?
             };
             total += n;
