@@ -74,9 +74,10 @@ enum Cmd {
         /// The agent's directory: its enrollment, credential, journal and work files.
         #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
         root: PathBuf,
-        /// https://HOST:PORT of the management server.
-        #[arg(long, env = "PATCHCAST_SERVER")]
-        server: String,
+        /// https://HOST:PORT of the management server. Several servers sharing one database:
+        /// repeat the flag (or separate with commas); the agent fails over between them.
+        #[arg(long, env = "PATCHCAST_SERVER", value_delimiter = ',', required = true)]
+        server: Vec<String>,
         /// The enrollment token the administrator created. Prefer PATCHCAST_ENROLL_TOKEN or
         /// --token-file: a value given here shows in the process list.
         #[arg(

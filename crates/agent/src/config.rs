@@ -4,7 +4,8 @@
 //! one while the server's certificate is being renewed), the machine id, the publisher keys
 //! packages must be signed with (with the trust statement serial and the revoked keys), the
 //! poll interval and the proxy enrollment was given; `credential` holds
-//! the agent's secret (mode 0600, never logged).
+//! the agent's secret (mode 0600, never logged). With several servers on one database,
+//! `servers` lists the others; the agent fails over between them (`service::run`).
 
 use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
@@ -16,6 +17,10 @@ pub const DEFAULT_ROOT: &str = "/var/lib/patchcast-agent";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfig {
     pub server: String,
+    /// More servers of the same installation (sharing one database and the certificate this
+    /// agent pins), tried in turn after `server` when a server cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
     pub fingerprint: String,
     pub machine_id: String,
     pub publisher_keys: Vec<String>,
@@ -97,6 +102,13 @@ impl AgentConfig {
     pub fn save(&self, root: &Root) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self)?;
         write_atomic(&root.config(), &bytes)
+    }
+
+    /// Every server URL, `server` first: the order failover tries them in.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.server.clone())
+            .chain(self.servers.iter().cloned())
+            .collect()
     }
 
     /// The certificate fingerprints this agent accepts from its server: the pinned one, and

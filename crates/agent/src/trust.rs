@@ -132,7 +132,7 @@ impl Tracker {
         }
         if pins_changed {
             agent.client =
-                Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer(&agent.root, &cfg)?))
+                Client::new_pinned_any(agent.client.base(), &cfg.pins(), Some(bearer(&agent.root, &cfg)?))
                     .context("building the client for the new pins")?;
         }
         self.serial = cfg.trust_serial;

@@ -116,6 +116,7 @@ impl Drop for WriteGuard {
 
 impl Cluster {
     pub fn new(url: &str) -> Cluster {
+        sqlx::any::install_default_drivers();
         let shared = url.starts_with("postgres:") || url.starts_with("postgresql:");
         let (tx, rx) = mpsc::unbounded_channel();
         Cluster {
