@@ -282,10 +282,7 @@ pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
 fn join(a: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
     let copied = crate::server::backup::join(&a.from, &a.data)?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"data": a.data, "copied": copied})
-        );
+        println!("{}", serde_json::json!({"data": a.data, "copied": copied}));
     } else {
         println!(
             "{} now holds the identity of {} ({} files); start it with the same --database and --content as that server",

@@ -162,3 +162,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_order_is_server_then_servers_and_older_files_have_one() {
+        let old = r#"{"server":"https://a:1","fingerprint":"sha256:00","machine_id":"m","publisher_keys":[],"poll_ms":1000}"#;
+        let mut cfg: AgentConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg.urls(), ["https://a:1"]);
+        assert!(!serde_json::to_string(&cfg).unwrap().contains("servers"));
+        cfg.servers = vec!["https://b:1".into(), "https://c:1".into()];
+        assert_eq!(cfg.urls(), ["https://a:1", "https://b:1", "https://c:1"]);
+        let back: AgentConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+}

@@ -77,7 +77,7 @@ pub async fn enroll(
                 resp = Some(r);
                 break;
             }
-            Err(e) if pin_mismatch(&e).is_none() && is_unreachable(&e) && i + 1 < servers.len() => {
+            Err(e) if is_unreachable(&e) && i + 1 < servers.len() => {
                 tracing::warn!(error = %e, "enrolling: trying the next server");
             }
             Err(e) => {
@@ -124,9 +124,10 @@ pub struct Options {
 }
 
 /// A server that could not be reached (a connection refused, reset or timed out), as opposed
-/// to one that answered: the case where the next server of the installation is tried.
+/// to one that answered or presented another certificate: the case where the next server of
+/// the installation is tried.
 fn is_unreachable(e: &CallError) -> bool {
-    matches!(e, CallError::Unreachable { .. })
+    matches!(e, CallError::Unreachable { fault, .. } if *fault != Fault::PinMismatch)
 }
 
 /// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.

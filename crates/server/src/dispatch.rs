@@ -4,8 +4,9 @@
 //! Every transition is written (new state plus an `events` row with attempt, seq, code and
 //! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
 //! point either loses nothing or repeats an action the state machine refuses to count twice.
-//! Writes are serialised by one in-process lock: SQLite has a single writer anyway, and it
-//! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
+//! Writes are serialised by one write lock (`Server::write`; across servers on PostgreSQL,
+//! `db::cluster`): SQLite has a single writer anyway, and it keeps "one delivery per machine"
+//! and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
 use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};

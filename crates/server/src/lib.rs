@@ -158,7 +158,9 @@ impl Server {
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = me.keys.reload(&me.db).await {
-                        tracing::error!("reloading trust statements another server accepted: {e:#}");
+                        tracing::error!(
+                            "reloading trust statements another server accepted: {e:#}"
+                        );
                     }
                 });
             }

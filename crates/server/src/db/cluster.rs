@@ -98,10 +98,11 @@ impl Drop for WriteGuard {
             Ok(rt) => {
                 rt.spawn(async move {
                     if let Some(c) = g.as_mut()
-                        && let Err(e) = sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
-                            .bind(WRITE_KEY)
-                            .execute(&mut *c)
-                            .await
+                        && let Err(e) =
+                            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
+                                .bind(WRITE_KEY)
+                                .execute(&mut *c)
+                                .await
                     {
                         // Closing the connection releases the lock; the next writer reconnects.
                         tracing::warn!("releasing the database write lock: {e}; reconnecting");
