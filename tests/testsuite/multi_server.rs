@@ -3,17 +3,18 @@
 //! content store by `--content`), real agents enrolled with both URLs and spread over them,
 //! one server killed with SIGKILL mid-rollout; the rollout finishes on the other with every
 //! delivery applied exactly once, and the killed server's agents fail over. Also: a change
-//! made on one server wakes a long poll waiting on the other (LISTEN/NOTIFY).
+//! made on one server wakes a long poll waiting on the other (LISTEN/NOTIFY), and a trust
+//! statement accepted on one is trusted by the other.
 //!
 //! PostgreSQL only: SQLite is one server process's own database by design (its file, its
 //! in-process write lock); several servers need the shared database, its advisory locks and
 //! its notifications (`server::db::cluster`).
 
-use crate::common::agent_harness::AgentProc;
+use crate::common::agent_harness::{AgentProc, rows_with_history};
 use crate::common::server_harness::{Backend, TestServer, scenario};
 use patchcast::core::delivery::State;
 use patchcast::loadgen::Behaviour;
-use patchcast::transport::admin_api::{Admin, ResultsQuery, ScenarioStatus};
+use patchcast::transport::admin_api::{Admin, ScenarioStatus};
 use patchcast::transport::protocol::AgentState;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -139,17 +140,7 @@ async fn sigkill_one_of_two_servers_mid_rollout_loses_nothing_and_repeats_nothin
         );
     }
     // One delivery per machine, each executed once and verified once in its history.
-    let rows = b
-        .admin()
-        .results(&ResultsQuery {
-            scenario: Some(id.clone()),
-            history: true,
-            lang: "en".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .deliveries;
+    let rows = rows_with_history(&b.admin(), &id).await;
     assert_eq!(rows.len(), 6);
     let mut machines: Vec<&str> = rows.iter().map(|r| r.machine_id.as_str()).collect();
     machines.sort();
@@ -221,4 +212,60 @@ async fn a_change_on_one_server_wakes_a_long_poll_on_the_other() {
     let work = work.unwrap().expect("work from B's long poll");
     assert_eq!(work.package_id, "pkg-wake");
     assert_eq!(st.total, 1);
+}
+
+/// `patchcast key list --json` on `s`, once its serial is `serial` (within 30 s).
+async fn trust_at(s: &TestServer, serial: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.cli(&["--json", "key", "list"]);
+        assert!(o.status.success(), "{o:?}");
+        let view: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if view["serial"] == serial {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serial {serial} not seen: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_on_one_server_is_trusted_by_the_other() {
+    let Some(a) = TestServer::start(Backend::Postgres, &[]).await else {
+        return;
+    };
+    let b = a.join();
+    let k2 = a.path().join("k2");
+    let k3 = a.path().join("k3");
+    for k in [&k2, &k3] {
+        let o = a.cli(&["key", "generate", "--out", k.to_str().unwrap()]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let (k2_key, k2_pub) = (k2.with_extension("key"), k2.with_extension("pub"));
+    let k3_pub = k3.with_extension("pub");
+    // Serial 1 accepted on A: B trusts it too (reloaded on A's NOTIFY).
+    let o = a.cli(&[
+        "key",
+        "add",
+        "--key",
+        a.key.to_str().unwrap(),
+        k2_pub.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let view = trust_at(&b, 1).await;
+    assert_eq!(view["keys"].as_array().unwrap().len(), 2, "{view}");
+    // Serial 2, signed by the key serial 1 added, accepted on B; A follows.
+    let o = b.cli(&[
+        "key",
+        "add",
+        "--key",
+        k2_key.to_str().unwrap(),
+        k3_pub.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let view = trust_at(&a, 2).await;
+    assert_eq!(view["keys"].as_array().unwrap().len(), 3, "{view}");
 }

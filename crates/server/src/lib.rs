@@ -235,11 +235,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
         ),
     };
     let cluster = db::cluster::Cluster::new(&url);
-    let db = if cluster.shared() {
-        // Several servers may start at once: one migrates, the others wait for it.
+    let db = {
+        // Several servers may start at once on PostgreSQL: one migrates, the others wait.
         let _w = cluster.write().await?;
-        db::open(&url).await?
-    } else {
         db::open(&url).await?
     };
     upgrades::run(&db).await?;

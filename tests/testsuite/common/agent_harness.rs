@@ -349,15 +349,23 @@ pub async fn run_to_end(
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rows = admin
+    let rows = rows_with_history(admin, &id).await;
+    (id, rows)
+}
+
+/// The deliveries of scenario `id`, with their history.
+pub async fn rows_with_history(
+    admin: &patchcast::transport::admin_api::Admin,
+    id: &str,
+) -> Vec<patchcast::transport::admin_api::DeliveryRow> {
+    admin
         .results(&patchcast::transport::admin_api::ResultsQuery {
-            scenario: Some(id.clone()),
+            scenario: Some(id.to_string()),
             history: true,
             lang: "en".into(),
             ..Default::default()
         })
         .await
         .unwrap()
-        .deliveries;
-    (id, rows)
+        .deliveries
 }

@@ -75,8 +75,8 @@ pub struct Cluster {
     instance: String,
     write: Arc<Mutex<Option<AnyConnection>>>,
     leader: Arc<AtomicBool>,
-    out: Option<mpsc::UnboundedSender<String>>,
-    out_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// To the task sending NOTIFY (set by `start`, PostgreSQL only).
+    out: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
 }
 
 /// Held while a state-changing transaction runs; released on drop.
@@ -119,14 +119,12 @@ impl Cluster {
     pub fn new(url: &str) -> Cluster {
         sqlx::any::install_default_drivers();
         let shared = url.starts_with("postgres:") || url.starts_with("postgresql:");
-        let (tx, rx) = mpsc::unbounded_channel();
         Cluster {
             url: shared.then(|| url.to_string()),
             instance: patchcast_pack::keys::random_hex(8).unwrap_or_else(|_| "0".into()),
             write: Arc::new(Mutex::new(None)),
             leader: Arc::new(AtomicBool::new(!shared)),
-            out: shared.then_some(tx),
-            out_rx: std::sync::Mutex::new(shared.then_some(rx)),
+            out: std::sync::OnceLock::new(),
         }
     }
 
@@ -172,7 +170,7 @@ impl Cluster {
 
     /// Tells the other servers (nothing on SQLite).
     pub fn signal(&self, s: &Signal) {
-        if let (Some(out), Some(p)) = (&self.out, s.payload(&self.instance)) {
+        if let (Some(out), Some(p)) = (self.out.get(), s.payload(&self.instance)) {
             let _ = out.send(p);
         }
     }
@@ -184,7 +182,8 @@ impl Cluster {
             return;
         };
         tokio::spawn(elect(url.clone(), self.leader.clone()));
-        if let Some(rx) = self.out_rx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if self.out.set(tx).is_ok() {
             tokio::spawn(send(pool, rx));
         }
         tokio::spawn(listen(url, self.instance.clone(), on));
