@@ -316,7 +316,7 @@ where
                 Ok(cfg) if json => {
                     println!(
                         "{}",
-                        serde_json::json!({"machine_id": cfg.machine_id, "server": cfg.server, "fingerprint": cfg.fingerprint, "root": root, "proxy": cfg.proxy.url})
+                        serde_json::json!({"machine_id": cfg.machine_id, "server": cfg.server, "servers": cfg.servers, "fingerprint": cfg.fingerprint, "root": root, "proxy": cfg.proxy.url})
                     );
                     ExitCode::SUCCESS
                 }

@@ -138,23 +138,25 @@ impl Cluster {
         let mut g = self.write.clone().lock_owned().await;
         if let Some(url) = &self.url {
             for attempt in 0..2 {
-                if g.is_none() {
-                    *g = Some(
-                        AnyConnection::connect(url)
-                            .await
-                            .context("connecting for the database write lock")?,
-                    );
-                }
-                let conn = g.as_mut().expect("connected above");
+                // Out of the mutex while the lock is taken: if this future is dropped
+                // meanwhile, so is the connection, and with it whatever it had locked.
+                let mut conn = match g.take() {
+                    Some(c) => c,
+                    None => AnyConnection::connect(url)
+                        .await
+                        .context("connecting for the database write lock")?,
+                };
                 match sqlx::query("SELECT 1 FROM (SELECT pg_advisory_lock($1)) l")
                     .bind(WRITE_KEY)
-                    .execute(conn)
+                    .execute(&mut conn)
                     .await
                 {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        *g = Some(conn);
+                        break;
+                    }
                     Err(e) if attempt == 0 => {
                         tracing::warn!("taking the database write lock: {e}; reconnecting");
-                        *g = None;
                     }
                     Err(e) => return Err(e).context("taking the database write lock"),
                 }
