@@ -236,11 +236,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
     };
     let cluster = db::cluster::Cluster::new(&url);
     let db = {
-        // Several servers may start at once on PostgreSQL: one migrates, the others wait.
+        // Several servers may start at once on PostgreSQL: one migrates (schema and data
+        // upgrades), the others wait and find nothing left to do.
         let _w = cluster.write().await?;
-        db::open(&url).await?
+        let db = db::open(&url).await?;
+        upgrades::run(&db).await?;
+        db
     };
-    upgrades::run(&db).await?;
     let trusted = cfg
         .trust_keys
         .iter()
