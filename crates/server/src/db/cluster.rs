@@ -73,45 +73,67 @@ pub struct Cluster {
     /// The database URL when it is PostgreSQL (shared by several servers); None on SQLite.
     url: Option<String>,
     instance: String,
-    write: Arc<Mutex<Option<AnyConnection>>>,
+    write: Arc<Mutex<Slot>>,
+    /// A task is queued to release the database lock (`WriteGuard::drop`).
+    releasing: Arc<AtomicBool>,
     leader: Arc<AtomicBool>,
     /// To the task sending NOTIFY (set by `start`, PostgreSQL only).
     out: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
 }
 
+/// What the in-process mutex guards: the connection holding the database-wide lock, and
+/// whether it holds it now.
+#[derive(Default)]
+struct Slot {
+    conn: Option<AnyConnection>,
+    held: bool,
+}
+
 /// Held while a state-changing transaction runs; released on drop.
 pub struct WriteGuard {
-    conn: Option<OwnedMutexGuard<Option<AnyConnection>>>,
+    slot: Option<OwnedMutexGuard<Slot>>,
+    release: Option<(Arc<Mutex<Slot>>, Arc<AtomicBool>)>,
 }
 
 impl Drop for WriteGuard {
+    /// The next writer of this process goes on at once, still under the database lock;
+    /// the lock itself is released by a task queued behind the writers waiting now, so a
+    /// busy server pays one lock and unlock per batch of writes, and another server gets its
+    /// turn after each batch.
     fn drop(&mut self) {
-        let Some(mut g) = self.conn.take() else {
+        let Some(mut g) = self.slot.take() else {
             return;
         };
-        if g.is_none() {
+        let Some((mutex, releasing)) = self.release.take().filter(|_| g.held) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime left to unlock with: closing the connection releases the lock.
+            *g = Slot::default();
+            return;
+        };
+        drop(g);
+        if releasing.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Unlocked before the in-process mutex is released, so this process's next writer
-        // never finds the session lock still held by its own connection.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if let Some(c) = g.as_mut()
-                        && let Err(e) =
-                            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
-                                .bind(WRITE_KEY)
-                                .execute(&mut *c)
-                                .await
-                    {
-                        // Closing the connection releases the lock; the next writer reconnects.
-                        tracing::warn!("releasing the database write lock: {e}; reconnecting");
-                        *g = None;
-                    }
-                });
+        rt.spawn(async move {
+            let mut g = mutex.lock().await;
+            releasing.store(false, Ordering::Release);
+            if !g.held {
+                return;
             }
-            Err(_) => *g = None,
-        }
+            g.held = false;
+            if let Some(c) = g.conn.as_mut()
+                && let Err(e) = sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
+                    .bind(WRITE_KEY)
+                    .execute(&mut *c)
+                    .await
+            {
+                // Closing the connection releases the lock; the next writer reconnects.
+                tracing::warn!("releasing the database write lock: {e}; reconnecting");
+                g.conn = None;
+            }
+        });
     }
 }
 
@@ -122,7 +144,8 @@ impl Cluster {
         Cluster {
             url: shared.then(|| url.to_string()),
             instance: patchcast_pack::keys::random_hex(8).unwrap_or_else(|_| "0".into()),
-            write: Arc::new(Mutex::new(None)),
+            write: Arc::new(Mutex::new(Slot::default())),
+            releasing: Arc::new(AtomicBool::new(false)),
             leader: Arc::new(AtomicBool::new(!shared)),
             out: std::sync::OnceLock::new(),
         }
@@ -136,11 +159,13 @@ impl Cluster {
     /// The write lock: this process's mutex, and on PostgreSQL the database-wide one.
     pub async fn write(&self) -> Result<WriteGuard> {
         let mut g = self.write.clone().lock_owned().await;
-        if let Some(url) = &self.url {
+        if let Some(url) = &self.url
+            && !g.held
+        {
             for attempt in 0..2 {
                 // Out of the mutex while the lock is taken: if this future is dropped
                 // meanwhile, so is the connection, and with it whatever it had locked.
-                let mut conn = match g.take() {
+                let mut conn = match g.conn.take() {
                     Some(c) => c,
                     None => AnyConnection::connect(url)
                         .await
@@ -152,7 +177,10 @@ impl Cluster {
                     .await
                 {
                     Ok(_) => {
-                        *g = Some(conn);
+                        *g = Slot {
+                            conn: Some(conn),
+                            held: true,
+                        };
                         break;
                     }
                     Err(e) if attempt == 0 => {
@@ -162,7 +190,13 @@ impl Cluster {
                 }
             }
         }
-        Ok(WriteGuard { conn: Some(g) })
+        Ok(WriteGuard {
+            slot: Some(g),
+            release: self
+                .url
+                .as_ref()
+                .map(|_| (self.write.clone(), self.releasing.clone())),
+        })
     }
 
     /// Whether this server runs the singleton background work now (always on SQLite).
