@@ -4,8 +4,10 @@
 //! - **The write lock** (`Cluster::write`): every state-changing transaction runs under it.
 //!   On SQLite it is the in-process mutex it always was (one process, one writer). On
 //!   PostgreSQL the holder also takes a session-level advisory lock on a dedicated
-//!   connection, so read-modify-writes are serialised across every server on the database;
-//!   a server killed with SIGKILL drops that connection and PostgreSQL releases the lock.
+//!   connection, so read-modify-writes are serialised across every server on the database
+//!   (handed between this process's writers while held, released in batches:
+//!   `WriteGuard::drop`); a server killed with SIGKILL drops that connection and PostgreSQL
+//!   releases the lock.
 //! - **The leader** (`Cluster::leader`): singleton background work (no-reply sweeper,
 //!   automatic-update and rollout ticker, SSH workers, history pruning) runs on the one server
 //!   holding another advisory lock on its own connection; when that server dies, the next one
