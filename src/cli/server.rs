@@ -27,6 +27,10 @@ pub enum ServerAction {
     /// Restore a backup into a new, empty data directory (and, for PostgreSQL, an empty
     /// database); every member is checked against the manifest before anything is written.
     Restore(RestoreArgs),
+    /// Make DATA a second server of the same installation: copies the TLS identity (so agents'
+    /// pin matches every server) and the admin token from the first server's data directory
+    /// (files 0600). Then start it with the same --database and --content as the first.
+    Join(JoinArgs),
     /// Prepare a new server certificate: agents are handed a re-pin statement signed by the
     /// current certificate at their polls; `--switch` makes the next start present it.
     RenewCert(super::keys::RenewArgs),
@@ -45,6 +49,16 @@ pub struct BackupArgs {
     /// The publisher keys the server trusts (as given to `patchcast server --trust-key`).
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    /// The data directory of a server of this installation (read only).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The new server's data directory: created, and must not hold an identity yet.
+    #[arg(long, env = "PATCHCAST_DATA")]
+    pub data: PathBuf,
 }
 
 #[derive(Args)]
@@ -98,6 +112,10 @@ pub struct ServerArgs {
     pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Content store directory (signed archives; default DATA/content). Servers sharing one
+    /// PostgreSQL database must share it too (a network share every server mounts).
+    #[arg(long, env = "PATCHCAST_CONTENT")]
+    pub content: Option<PathBuf>,
     /// Publisher public key (`.pub`) whose packages this server accepts; repeatable.
     #[arg(long = "trust-key", env = "PATCHCAST_TRUST_KEY", value_delimiter = ',')]
     pub trust_keys: Vec<PathBuf>,
@@ -193,6 +211,8 @@ pub struct ServerFile {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` (default) or `json`.
     pub log_format: Option<LogFormat>,
+    /// Content store directory (default DATA/content); shared by servers on one database.
+    pub content: Option<PathBuf>,
     /// Prune delivery history older than this (`90d`): each finished delivery keeps its
     /// result and latest transition; deliveries under way keep all (default: keep all).
     pub history_retention: Option<String>,
@@ -222,6 +242,7 @@ impl ServerFile {
         f.data
             .iter_mut()
             .chain(f.database_file.iter_mut())
+            .chain(f.content.iter_mut())
             .chain(f.trust_keys.iter_mut())
             .for_each(rel);
         Ok(f)
@@ -254,7 +275,23 @@ pub fn run(cmd: ServerCmd, json: bool) -> anyhow::Result<ExitCode> {
         Some(ServerAction::Backup(a)) => backup(a, json),
         Some(ServerAction::Restore(a)) => restore(a, json),
         Some(ServerAction::RenewCert(a)) => super::keys::renew_cert(a, json),
+        Some(ServerAction::Join(a)) => join(a, json),
     }
+}
+
+fn join(a: JoinArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let copied = crate::server::backup::join(&a.from, &a.data)?;
+    if json {
+        println!("{}", serde_json::json!({"data": a.data, "copied": copied}));
+    } else {
+        println!(
+            "{} now holds the identity of {} ({} files); start it with the same --database and --content as that server",
+            a.data.display(),
+            a.from.display(),
+            copied
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn backup(a: BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -369,6 +406,7 @@ fn serve(a: ServerArgs, json: bool) -> anyhow::Result<ExitCode> {
         },
         metrics_listen: a.metrics_listen.or(file.metrics_listen),
         history_retention,
+        content: a.content.or(file.content),
         ..Config::new(&data)
     };
     let rt = tokio::runtime::Runtime::new()?;

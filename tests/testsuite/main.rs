@@ -28,6 +28,7 @@ mod lifecycle_versions;
 mod lint_fixtures;
 mod linux_samples;
 mod migrations;
+mod multi_server;
 mod operations;
 mod packaging;
 mod proxy;

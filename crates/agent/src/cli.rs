@@ -74,9 +74,10 @@ enum Cmd {
         /// The agent's directory: its enrollment, credential, journal and work files.
         #[arg(long, env = "PATCHCAST_AGENT_ROOT", default_value = crate::config::DEFAULT_ROOT)]
         root: PathBuf,
-        /// https://HOST:PORT of the management server.
-        #[arg(long, env = "PATCHCAST_SERVER")]
-        server: String,
+        /// https://HOST:PORT of the management server. Several servers sharing one database:
+        /// repeat the flag (or separate with commas); the agent fails over between them.
+        #[arg(long, env = "PATCHCAST_SERVER", value_delimiter = ',', required = true)]
+        server: Vec<String>,
         /// The enrollment token the administrator created. Prefer PATCHCAST_ENROLL_TOKEN or
         /// --token-file: a value given here shows in the process list.
         #[arg(
@@ -325,7 +326,7 @@ where
                 Ok(cfg) if json => {
                     println!(
                         "{}",
-                        serde_json::json!({"machine_id": cfg.machine_id, "server": cfg.server, "fingerprint": cfg.fingerprint, "root": root, "proxy": cfg.proxy.url})
+                        serde_json::json!({"machine_id": cfg.machine_id, "server": cfg.server, "servers": cfg.servers, "fingerprint": cfg.fingerprint, "root": root, "proxy": cfg.proxy.url})
                     );
                     ExitCode::SUCCESS
                 }

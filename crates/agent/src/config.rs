@@ -4,7 +4,8 @@
 //! one while the server's certificate is being renewed), the machine id, the publisher keys
 //! packages must be signed with (with the trust statement serial and the revoked keys), the
 //! poll interval and the proxy enrollment was given; `credential` holds
-//! the agent's secret (mode 0600, never logged).
+//! the agent's secret (mode 0600, never logged). With several servers on one database,
+//! `servers` lists the others; the agent fails over between them (`service::run`).
 
 use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
@@ -16,6 +17,10 @@ pub const DEFAULT_ROOT: &str = "/var/lib/patchcast-agent";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfig {
     pub server: String,
+    /// More servers of the same installation (sharing one database and the certificate this
+    /// agent pins), tried in turn after `server` when a server cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
     pub fingerprint: String,
     pub machine_id: String,
     pub publisher_keys: Vec<String>,
@@ -99,6 +104,13 @@ impl AgentConfig {
         write_atomic(&root.config(), &bytes)
     }
 
+    /// Every server URL, `server` first: the order failover tries them in.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.server.clone())
+            .chain(self.servers.iter().cloned())
+            .collect()
+    }
+
     /// The certificate fingerprints this agent accepts from its server: the pinned one, and
     /// the renewed one while a renewal is under way.
     pub fn pins(&self) -> Vec<String> {
@@ -149,4 +161,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_order_is_server_then_servers_and_older_files_have_one() {
+        let old = r#"{"server":"https://a:1","fingerprint":"sha256:00","machine_id":"m","publisher_keys":[],"poll_ms":1000}"#;
+        let mut cfg: AgentConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg.urls(), ["https://a:1"]);
+        assert!(!serde_json::to_string(&cfg).unwrap().contains("servers"));
+        cfg.servers = vec!["https://b:1".into(), "https://c:1".into()];
+        assert_eq!(cfg.urls(), ["https://a:1", "https://b:1", "https://c:1"]);
+        let back: AgentConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
 }

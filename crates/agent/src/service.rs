@@ -45,33 +45,54 @@ fn check_fingerprint(fp: &str) -> Result<()> {
 /// the configuration under `root`.
 pub async fn enroll(
     root: PathBuf,
-    server: &str,
+    servers: &[String],
     token: &str,
     fingerprint: &str,
     proxy: crate::config::SavedProxy,
 ) -> Result<AgentConfig> {
     check_fingerprint(fingerprint)?;
-    if !server.starts_with("https://") {
-        bail!("--server `{server}` must be an https:// URL (the agent only talks TLS)");
+    if servers.is_empty() {
+        bail!("give --server https://HOST:PORT");
+    }
+    for server in servers {
+        if !server.starts_with("https://") {
+            bail!("--server `{server}` must be an https:// URL (the agent only talks TLS)");
+        }
     }
     let root = Root(root);
     std::fs::create_dir_all(&root.0)
         .with_context(|| format!("creating the agent root {}", root.0.display()))?;
     let endpoint = Endpoint::load(&root.0)?;
     let inventory = Collector::default().collect(&root.0, endpoint.as_ref(), false);
-    let client = Client::new(server, fingerprint, None)?;
-    let resp = client
-        .enroll(&EnrollRequest {
-            token: token.to_string(),
-            inventory,
-        })
-        .await
-        .map_err(|e| match pin_mismatch(&e) {
-            Some(msg) => anyhow::anyhow!(msg),
-            None => anyhow::anyhow!("enrollment failed: {e}"),
-        })?;
+    let req = EnrollRequest {
+        token: token.to_string(),
+        inventory,
+    };
+    // Servers sharing a database enroll alike: the first one that answers does.
+    let mut resp = None;
+    for (i, server) in servers.iter().enumerate() {
+        let client = Client::new(server, fingerprint, None)?;
+        match client.enroll(&req).await {
+            Ok(r) => {
+                resp = Some(r);
+                break;
+            }
+            Err(e) if is_unreachable(&e) && i + 1 < servers.len() => {
+                tracing::warn!(error = %e, "enrolling: trying the next server");
+            }
+            Err(e) => {
+                return Err(match pin_mismatch(&e) {
+                    Some(msg) => anyhow::anyhow!(msg),
+                    None => anyhow::anyhow!("enrollment failed: {e}"),
+                });
+            }
+        }
+    }
+    let resp = resp.expect("every server tried");
+    let mut urls = servers.iter().map(|s| s.trim_end_matches('/').to_string());
     let cfg = AgentConfig {
-        server: server.trim_end_matches('/').to_string(),
+        server: urls.next().expect("at least one server"),
+        servers: urls.collect(),
         fingerprint: fingerprint.to_ascii_lowercase(),
         machine_id: resp.machine_id,
         publisher_keys: resp.publisher_keys,
@@ -102,13 +123,22 @@ pub struct Options {
     pub heartbeat: Duration,
 }
 
+/// A server that could not be reached (a connection refused, reset or timed out), as opposed
+/// to one that answered or presented another certificate: the case where the next server of
+/// the installation is tried.
+fn is_unreachable(e: &CallError) -> bool {
+    matches!(e, CallError::Unreachable { fault, .. } if *fault != Fault::PinMismatch)
+}
+
 /// Runs until the future is dropped (on SIGTERM/SIGINT) or the server's certificate changes.
 pub async fn run(opts: Options) -> Result<()> {
     let root = Root(opts.root.clone());
     // An upgrade whose watchdog is gone is rolled back before anything else runs.
     super::upgrade::recover_at_start(&root)?;
     let cfg = AgentConfig::load(&root)?;
-    let client = Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer(&root, &cfg)?))?;
+    let urls = cfg.urls();
+    let mut at = 0;
+    let client = Client::new_pinned_any(&urls[at], &cfg.pins(), Some(bearer(&root, &cfg)?))?;
     let keys = cfg.trusted_keys()?;
     let mut trust = super::trust::Tracker::new(&cfg);
     let endpoint = Endpoint::load(&root.0)?;
@@ -156,6 +186,21 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 if e.call().and_then(CallError::status) == Some(401) {
                     tracing::error!(error = %e, "E26: the server rejected this agent's credential; enroll again");
+                }
+                if urls.len() > 1 && e.call().is_some_and(is_unreachable) {
+                    // Fail over: the next server shares the database and the pinned
+                    // certificate (the pin is checked on every connection, as before).
+                    at = (at + 1) % urls.len();
+                    let cfg = AgentConfig::load(&agent.root)?;
+                    agent.client = Client::new_pinned_any(
+                        &urls[at],
+                        &cfg.pins(),
+                        Some(bearer(&agent.root, &cfg)?),
+                    )?;
+                    tracing::warn!(error = %e, next = %urls[at], "server unreachable; trying the next server");
+                    if at != 0 {
+                        continue;
+                    }
                 }
                 let d = backoff.next(jitter());
                 tracing::warn!(error = %e, retry_in = ?d, "server call failed");

@@ -131,9 +131,12 @@ impl Tracker {
             agent.keys = cfg.trusted_keys()?;
         }
         if pins_changed {
-            agent.client =
-                Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer(&agent.root, &cfg)?))
-                    .context("building the client for the new pins")?;
+            agent.client = Client::new_pinned_any(
+                agent.client.base(),
+                &cfg.pins(),
+                Some(bearer(&agent.root, &cfg)?),
+            )
+            .context("building the client for the new pins")?;
         }
         self.serial = cfg.trust_serial;
         self.next_fingerprint = cfg.next_fingerprint;

@@ -144,7 +144,7 @@ impl Server {
         } else {
             (Event::Cancel, "delivery.cancel")
         };
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let r = match self.admin_event(&mut tx, id, &event).await? {
             None => {
@@ -195,7 +195,7 @@ impl Server {
                 "no scenario `{id}`; see `patchcast scenario list`"
             ))));
         }
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let n = self.cancel_waiting(&mut tx, id).await?;
         if n == 0 {
@@ -231,7 +231,7 @@ impl Server {
 
     async fn rollout_action(&self, who: &Actor, id: &str, verb: RolloutVerb) -> Outcome {
         let action = format!("rollout.{}", verb.name());
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let Some((from, wave)) = db::rollouts::state_and_wave(&mut tx, id).await? else {
             return Ok(Err(Refused::NotFound(format!(

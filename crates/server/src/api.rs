@@ -714,7 +714,7 @@ impl Server {
         install_timeout_secs: u64,
         rollback: bool,
     ) -> anyhow::Result<()> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         super::db::packages::replace(
             &mut tx,

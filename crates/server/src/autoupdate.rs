@@ -76,7 +76,7 @@ impl Server {
             .map_err(|e| anyhow::anyhow!(e.0))?;
         anyhow::ensure!(!a.group.trim().is_empty(), "the group name is empty");
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             if a.assign {
                 if !db::packages::exists(&mut tx, &a.package_id).await? {
@@ -203,7 +203,7 @@ impl Server {
         rollout: Option<(&str, u32)>,
         machines: &[String],
     ) -> Result<u64> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
         if !db::scenarios::exists(&mut tx, scenario_id).await? {

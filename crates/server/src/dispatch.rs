@@ -4,8 +4,9 @@
 //! Every transition is written (new state plus an `events` row with attempt, seq, code and
 //! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
 //! point either loses nothing or repeats an action the state machine refuses to count twice.
-//! Writes are serialised by one in-process lock: SQLite has a single writer anyway, and it
-//! keeps "one delivery per machine" and `max_concurrent` checks race-free on PostgreSQL.
+//! Writes are serialised by one write lock (`Server::write`; across servers on PostgreSQL,
+//! `db::cluster`): SQLite has a single writer anyway, and it keeps "one delivery per machine"
+//! and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
 use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
@@ -41,8 +42,19 @@ impl Server {
             .clone()
     }
 
+    /// Wakes the machine's long poll, here and on the other servers (`db::cluster`).
     pub fn wake(&self, machine: &str) {
         self.notifier(machine).notify_one();
+        self.cluster
+            .signal(&db::cluster::Signal::Wake(machine.to_string()));
+    }
+
+    /// A wake-up another server sent: only a poll waiting (or that waited) here is woken.
+    pub fn wake_local(&self, machine: &str) {
+        let map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(machine) {
+            n.notify_one();
+        }
     }
 
     async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
@@ -280,7 +292,7 @@ impl Server {
         if *state == AgentState::Idle && !db::deliveries::has_unfinished(&self.db, machine).await? {
             return Ok((None, None));
         }
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
         let rows = db::deliveries::unfinished_of_machine(&mut tx, machine).await?;
@@ -558,7 +570,7 @@ impl Server {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wakes = Vec::new();
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let now = self.now();
             let mut tx = self.db.begin().await?;
             for (machine, rep) in group {
@@ -644,7 +656,7 @@ impl Server {
         let expired = db::deliveries::expired(&self.db, now).await?;
         let mut n = 0;
         for r in expired {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             // Re-read under the lock: a report may have moved it meanwhile.
             let mut cur = db::deliveries::get(&mut tx, &r.id).await?;

@@ -31,6 +31,8 @@ use std::sync::{Arc, RwLock};
 /// The server's keys (`Server::keys`).
 pub struct Keys {
     trust: RwLock<Trust>,
+    /// The `--trust-key` keys, hex: where the stored chain is replayed from.
+    configured: Vec<String>,
     /// DATA/tls: the current identity, and `next/` while a renewal is prepared.
     tls_dir: PathBuf,
     /// The names the certificate is made for (a renewed one gets the same).
@@ -47,21 +49,11 @@ struct Trust {
     chain: Vec<(u64, Signed)>,
 }
 
-impl Keys {
-    /// The trusted set from the `--trust-key` keys and the stored chain; the prepared
-    /// renewal, if any.
-    pub async fn load(
-        db: &sqlx::AnyPool,
-        configured: &[VerifyingKey],
-        tls_dir: PathBuf,
-        names: Vec<String>,
-        identity: Identity,
-    ) -> Result<Keys> {
-        let hexes: Vec<String> = configured
-            .iter()
-            .map(|k| hex::encode(k.to_bytes()))
-            .collect();
-        let mut set = TrustSet::initial(&hexes);
+impl Trust {
+    /// The `--trust-key` keys (hex) with the stored chain replayed over them, without
+    /// checking signers again (they were checked when accepted).
+    async fn from_db(db: &sqlx::AnyPool, hexes: &[String]) -> Result<Trust> {
+        let mut set = TrustSet::initial(hexes);
         let chain = db::trust::chain(db).await?;
         for (serial, s) in &chain {
             let st = s
@@ -80,7 +72,34 @@ impl Keys {
             }
             set.serial = *serial;
         }
-        for k in hexes.iter().filter(|k| set.revoked.contains(k)) {
+        Ok(Trust { set, chain })
+    }
+}
+
+impl Keys {
+    /// Reads the stored chain again: another server on the database may have accepted a
+    /// statement (`db::cluster`).
+    pub async fn reload(&self, db: &sqlx::AnyPool) -> Result<()> {
+        let t = Trust::from_db(db, &self.configured).await?;
+        *self.trust.write().expect("trust lock") = t;
+        Ok(())
+    }
+
+    /// The trusted set from the `--trust-key` keys and the stored chain; the prepared
+    /// renewal, if any.
+    pub async fn load(
+        db: &sqlx::AnyPool,
+        configured: &[VerifyingKey],
+        tls_dir: PathBuf,
+        names: Vec<String>,
+        identity: Identity,
+    ) -> Result<Keys> {
+        let hexes: Vec<String> = configured
+            .iter()
+            .map(|k| hex::encode(k.to_bytes()))
+            .collect();
+        let trust = Trust::from_db(db, &hexes).await?;
+        for k in hexes.iter().filter(|k| trust.set.revoked.contains(k)) {
             tracing::warn!(key = %id_of_hex(k), "a --trust-key was revoked by a trust statement; it is not trusted");
         }
         let pending = repin::pending(&tls_dir)?;
@@ -93,7 +112,8 @@ impl Keys {
         // could only fail on every agent.
         let repin = pending.filter(|s| s.verify(&identity.fingerprint).is_ok());
         Ok(Keys {
-            trust: RwLock::new(Trust { set, chain }),
+            trust: RwLock::new(trust),
+            configured: hexes,
             tls_dir,
             names,
             identity,
@@ -174,7 +194,11 @@ impl Server {
         who: &Actor,
         signed: &Signed,
     ) -> Result<Result<TrustView, Refused>> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
+        if self.cluster.shared() {
+            // Another server may have accepted the statement before this one.
+            self.keys.reload(&self.db).await?;
+        }
         let current = self.keys.set();
         let next = match current.apply(signed) {
             Ok(n) => n,
@@ -212,6 +236,7 @@ impl Server {
             t.set = next;
             t.chain.push((serial, signed.clone()));
         }
+        self.cluster.signal(&db::cluster::Signal::Keys);
         tracing::info!("{detail}");
         Ok(Ok(self.keys.view()))
     }

@@ -54,6 +54,9 @@ pub struct Config {
     pub trust_keys: Vec<PathBuf>,
     /// Free bytes the server keeps on its disk; a publish that would go below is refused (E17).
     pub reserve: u64,
+    /// Where signed archives are kept (`--content`): DATA/content unless given. Servers
+    /// sharing one PostgreSQL database share this directory (a network share).
+    pub content: Option<PathBuf>,
     /// Extra host names / addresses for the certificate.
     pub names: Vec<String>,
     /// Added to an install timeout before an unheard in-flight delivery gets NoReply (E13).
@@ -80,6 +83,7 @@ impl Config {
             trust_keys: Vec::new(),
             reserve: 1 << 30,
             names: Vec::new(),
+            content: None,
             no_reply_margin: Duration::from_secs(120),
             poll_ms: 30_000,
             test_clock: false,
@@ -114,8 +118,9 @@ pub struct Server {
     pub reserve: u64,
     pub no_reply_margin: Duration,
     pub poll_ms: u64,
-    /// Serialises state-changing transactions (see `dispatch`).
-    pub write: tokio::sync::Mutex<()>,
+    /// The write lock, leader election and signals to other servers on the same
+    /// PostgreSQL database (`db::cluster`).
+    pub cluster: db::cluster::Cluster,
     /// Agents' reports waiting to be written together (`group_commit`).
     pub reports: group_commit::Queue,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
@@ -140,6 +145,41 @@ impl Server {
     /// The publisher keys packages must be signed with now (`keys`).
     pub fn trusted(&self) -> Vec<VerifyingKey> {
         self.keys.trusted()
+    }
+
+    /// Serialises state-changing transactions: in this process, and on PostgreSQL across
+    /// every server on the database (`db::cluster`).
+    pub async fn write(&self) -> Result<db::cluster::WriteGuard> {
+        self.cluster.write().await
+    }
+
+    /// Acts on a change another server made (`db::cluster::Signal`).
+    fn heard(self: &Arc<Self>, s: db::cluster::Signal) {
+        use db::cluster::Signal;
+        match s {
+            Signal::Wake(m) => self.wake_local(&m),
+            Signal::Relay(m) => self.sources.relay_notifier(&m).notify_one(),
+            Signal::Keys => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.keys.reload(&me.db).await {
+                        tracing::error!(
+                            "reloading trust statements another server accepted: {e:#}"
+                        );
+                    }
+                });
+            }
+            Signal::Lost => {
+                let machines: Vec<String> = {
+                    let map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
+                    map.keys().cloned().collect()
+                };
+                for m in machines {
+                    self.wake_local(&m);
+                }
+                self.sources.wake_all_relays();
+            }
+        }
     }
 }
 
@@ -199,8 +239,15 @@ pub async fn start(cfg: Config) -> Result<Running> {
             cfg.data.join("patchcast.db").display()
         ),
     };
-    let db = db::open(&url).await?;
-    upgrades::run(&db).await?;
+    let cluster = db::cluster::Cluster::new(&url);
+    let db = {
+        // Several servers may start at once on PostgreSQL: one migrates (schema and data
+        // upgrades), the others wait and find nothing left to do.
+        let _w = cluster.write().await?;
+        let db = db::open(&url).await?;
+        upgrades::run(&db).await?;
+        db
+    };
     let trusted = cfg
         .trust_keys
         .iter()
@@ -213,13 +260,17 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let (reports, report_writer) = group_commit::channel();
     let server = Arc::new(Server {
         db,
-        store: store::Store::open(&cfg.data.join("content"))?,
+        store: store::Store::open(
+            &cfg.content
+                .clone()
+                .unwrap_or_else(|| cfg.data.join("content")),
+        )?,
         keys,
         admin_hash: sha256_hex(&admin),
         reserve: cfg.reserve,
         no_reply_margin: cfg.no_reply_margin,
         poll_ms: cfg.poll_ms,
-        write: tokio::sync::Mutex::new(()),
+        cluster,
         reports,
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
@@ -237,6 +288,12 @@ pub async fn start(cfg: Config) -> Result<Running> {
         sources: sources::State::new(cfg.listen),
         ssh: ssh_worker::Workers::new(&cfg.data),
         ops: ops::Ops::new(&cfg.data),
+    });
+    let heard = Arc::downgrade(&server);
+    server.cluster.start(server.db.clone(), move |s| {
+        if let Some(server) = heard.upgrade() {
+            server.heard(s);
+        }
     });
     let recovered = server.recover().await?;
     group_commit::spawn(server.clone(), report_writer);
@@ -283,18 +340,21 @@ pub async fn start(cfg: Config) -> Result<Running> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            if !sweeper.cluster.leader() {
+                continue;
+            }
             if let Err(e) = sweeper.sweep().await {
                 tracing::error!("no-reply sweep failed: {e:#}");
             }
         }
     });
     // Presence: the check-ins heard since the last flush, written together.
-    let presence = server.clone();
+    let flusher = server.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(machines::SEEN_FLUSH);
         loop {
             tick.tick().await;
-            if let Err(e) = presence.flush_seen().await {
+            if let Err(e) = flusher.flush_seen().await {
                 tracing::error!("writing check-ins (last seen) failed: {e:#}");
             }
         }
@@ -308,6 +368,9 @@ pub async fn start(cfg: Config) -> Result<Running> {
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
+                if !pruner.cluster.leader() {
+                    continue;
+                }
                 if let Err(e) = pruner.prune_history(retention, PRUNE_BATCH).await {
                     tracing::error!("history retention failed: {e:#}");
                 }

@@ -32,7 +32,7 @@ impl Server {
         let token = format!("pcenr_{}", random_hex(20)?);
         let now = self.now();
         let expires = now + (req.expires_secs as i64).saturating_mul(1000);
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         if let Some(g) = &req.group
             && db::machines::group(&mut tx, g).await?.is_none()
@@ -80,7 +80,7 @@ impl Server {
 
     /// Deletes the token `id` names; false when none does.
     pub async fn revoke_token(&self, id: &str) -> Result<bool> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let Some(hash) = db::machines::tokens(&self.db)
             .await?
             .into_iter()
@@ -101,7 +101,7 @@ impl Server {
         req: &EnrollRequest,
         peer: IpAddr,
     ) -> Result<EnrollResponse, EnrollError> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let now = self.now();
         let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
         let hash = sha256_hex(req.token.trim());
@@ -186,7 +186,7 @@ impl Server {
             .map(|(id, (at, (peer, state)))| (id, at, peer, state))
             .collect();
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         db::machines::seen(&mut tx, &heard).await?;
         tx.commit().await?;
@@ -194,7 +194,7 @@ impl Server {
     }
 
     pub async fn set_inventory(&self, machine: &str, inv: &Inventory, peer: IpAddr) -> Result<()> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         db::machines::set_inventory(&self.db, machine, inv, self.now(), &peer.to_string()).await
     }
 
@@ -241,7 +241,7 @@ impl Server {
     /// Removes the machine an admin names; its id, for the record.
     pub async fn remove_machine(&self, name: &str) -> Result<String> {
         let id = self.machine_id(name).await?;
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         db::machines::remove(&mut tx, &id).await?;
         tx.commit().await?;
@@ -252,7 +252,7 @@ impl Server {
     /// Unpublishes a package: refused while deliveries of it are under way or automatic
     /// update assigns it; scenarios naming it are refused from then on. False: none.
     pub async fn remove_package(&self, id: &str) -> Result<std::result::Result<bool, String>> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let groups: Vec<String> = db::policies::assignments(&self.db)
             .await?
             .into_iter()
@@ -314,7 +314,7 @@ impl Server {
                 what.join(" and ")
             )));
         }
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let found = db::machines::delete_group(&mut tx, name).await?;
         tx.commit().await?;
@@ -329,7 +329,7 @@ impl Server {
     ) -> Result<Option<MachineView>> {
         let machine = self.machine_id(machine).await?;
         let machine = machine.as_str();
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let Some(mut labels) = db::machines::labels(&self.db, machine).await? else {
             return Ok(None);
         };
@@ -357,7 +357,7 @@ impl Server {
         }
         let g = &g;
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             db::machines::save_group(&mut tx, g).await?;
             tx.commit().await?;

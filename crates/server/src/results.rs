@@ -339,6 +339,9 @@ impl Server {
         let Some((name, created_at_ms)) = db::scenarios::header(&self.db, id).await? else {
             bail!("no scenario `{id}` on this server");
         };
+        // Counted before the rows are read: deliveries only move towards their end, so rows
+        // read after a count that says done are all ended too.
+        let c = counts(self, id).await?;
         let res = self
             .results(&Query {
                 scenario: Some(id.to_string()),
@@ -346,7 +349,6 @@ impl Server {
                 ..Query::default()
             })
             .await?;
-        let c = counts(self, id).await?;
         Ok(ScenarioStatus {
             id: id.to_string(),
             name,
@@ -487,7 +489,7 @@ impl Server {
         let mut total = 0;
         loop {
             let n = {
-                let _w = self.write.lock().await;
+                let _w = self.write().await?;
                 db::reports::prune_history(&self.db, before, batch).await?
             };
             total += n;

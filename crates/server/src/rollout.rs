@@ -109,7 +109,7 @@ impl Server {
         let id = format!("r-{}", super::random_hex(6)?);
         let now = self.now();
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             db::rollouts::insert(&mut tx, &id, r, now).await?;
             let what = format!(
@@ -166,7 +166,7 @@ impl Server {
         )
         .await?;
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             db::rollouts::set_wave(&self.db, id, wave as i64, self.now()).await?;
         }
         for m in &machines {
@@ -219,7 +219,7 @@ impl Server {
                     "every wave cleared the threshold".into(),
                 ),
             };
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             db::rollouts::finish(&self.db, &id, state, &reason, self.now()).await?;
         }
         Ok(())

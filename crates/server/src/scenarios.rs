@@ -54,7 +54,7 @@ impl Server {
                 "the scenario's targets resolve to no machine; check `patchcast group list` and `patchcast machine list`"
             );
         }
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let mut shas = Vec::new();
         for p in &s.packages {

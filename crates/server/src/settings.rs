@@ -93,7 +93,7 @@ impl Server {
     }
 
     async fn save_setting_row(&self, machine: &str, r: &Setting) -> Result<()> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         db::policies::put_setting(&mut tx, machine, r, self.now()).await?;
         tx.commit().await?;

@@ -47,6 +47,14 @@ impl State {
             .or_insert_with(|| Arc::new(Notify::new()))
             .clone()
     }
+
+    /// Wakes every relay long poll waiting here.
+    pub fn wake_all_relays(&self) {
+        let m = self.relay_notify.lock().unwrap_or_else(|p| p.into_inner());
+        for n in m.values() {
+            n.notify_one();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -300,7 +308,7 @@ impl Server {
                 problems: refused,
             }));
         }
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let now = self.now();
         let mut tx = self.db.begin().await?;
         db::sources::replace(&mut tx, list, now).await?;
@@ -345,7 +353,7 @@ impl Server {
             })?;
         }
         let id = self.machine_id(machine).await?;
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let old = db::sources::relay_listen(&self.db, &id).await?;
         let had_row = old.is_some();
         let listen = role
@@ -360,7 +368,7 @@ impl Server {
             db::sources::insert_role(&self.db, &id, role.enabled, &listen, now).await?;
         }
         drop(_w);
-        self.sources.relay_notifier(&id).notify_one();
+        self.wake_relay(&id);
         Ok(self
             .relay_rows()
             .await?
@@ -421,10 +429,17 @@ impl Server {
             .unwrap_or(false)
     }
 
+    /// Wakes a relay's long poll, here and on the other servers (`db::cluster`).
+    pub fn wake_relay(&self, machine: &str) {
+        self.sources.relay_notifier(machine).notify_one();
+        self.cluster
+            .signal(&db::cluster::Signal::Relay(machine.to_string()));
+    }
+
     async fn wake_relays(&self) {
         if let Ok(rs) = self.relay_rows().await {
             for r in rs {
-                self.sources.relay_notifier(&r.machine_id).notify_one();
+                self.wake_relay(&r.machine_id);
             }
         }
     }
@@ -494,7 +509,7 @@ impl Server {
             url = format!("https://{}", SocketAddr::new(peer, addr.port()));
         }
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             db::sources::update_status(
                 &self.db,
                 machine,
@@ -629,7 +644,7 @@ impl Server {
                 && now - r.last_seen < RELAY_LIVE_MS
                 && !r.cached.contains(&sha)
             {
-                self.sources.relay_notifier(&r.machine_id).notify_one();
+                self.wake_relay(&r.machine_id);
                 held = true;
             }
         }

@@ -126,7 +126,7 @@ impl Server {
         let inv = inventory(&req.name, &host, disk.as_ref(), &work_dir);
         let id = format!("m-{}", random_hex(8)?);
         {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             let now = self.now();
             let mut tx = self.db.begin().await.map_err(anyhow::Error::from)?;
             // No agent holds a secret for this machine: a random one no one knows.

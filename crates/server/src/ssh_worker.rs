@@ -81,6 +81,11 @@ pub async fn start_all(server: Arc<Server>) -> anyhow::Result<usize> {
 
 async fn run(server: Arc<Server>, m: SshMachine) {
     loop {
+        // With several servers, the leader's workers deliver (the others stand by).
+        if !server.cluster.leader() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         match server.poll(&m.id, &AgentState::Idle, POLL_MS).await {
             Ok(Some(work)) => {
                 let id = work.delivery_id.clone();

@@ -98,7 +98,7 @@ pub fn missed(p: &GroupPolicy, since: i64, now: i64) -> bool {
 
 impl Server {
     pub async fn set_policy_row(&self, p: &GroupPolicy) -> Result<u64> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let version = db::policies::replace(&mut tx, p, self.now()).await?;
         tx.commit().await?;
@@ -319,6 +319,14 @@ pub fn spawn_ticker(server: Arc<Server>) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
+            if !server.cluster.leader() {
+                continue;
+            }
+            if server.cluster.shared()
+                && let Err(e) = super::ssh_worker::start_all(server.clone()).await
+            {
+                tracing::error!("starting SSH workers failed: {e:#}");
+            }
             if let Err(e) = server.materialize_autoupdate().await {
                 tracing::error!("automatic update pass failed: {e:#}");
             }

@@ -360,6 +360,14 @@ pub async fn wait_to_end(
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    rows_with_history(admin, id).await
+}
+
+/// The deliveries of scenario `id`, with their history.
+pub async fn rows_with_history(
+    admin: &patchcast::transport::admin_api::Admin,
+    id: &str,
+) -> Vec<patchcast::transport::admin_api::DeliveryRow> {
     admin
         .results(&patchcast::transport::admin_api::ResultsQuery {
             scenario: Some(id.to_string()),

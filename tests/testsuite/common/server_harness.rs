@@ -217,6 +217,45 @@ impl TestServer {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// A second server of the same installation, started: its own data directory given this
+    /// one's identity by `patchcast server join`, the same database, the same publisher key,
+    /// and this server's content store (`--content`, as a shared directory would be).
+    pub fn join(&self) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["publisher.pub", "publisher.key"] {
+            std::fs::copy(self.dir.path().join(f), dir.path().join(f)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let o = Command::new(bin())
+            .args(["server", "join", "--from"])
+            .arg(&self.data)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "server join: {o:?}");
+        let mut extra = self.extra.clone();
+        extra.push("--content".into());
+        extra.push(self.data.join("content").display().to_string());
+        let mut s = TestServer {
+            data,
+            key: dir.path().join("publisher.key"),
+            signing: self.signing.clone(),
+            database: self.database.clone(),
+            listen: "127.0.0.1:0".into(),
+            url: String::new(),
+            fingerprint: String::new(),
+            token: String::new(),
+            extra,
+            banner: Vec::new(),
+            child: None,
+            dir,
+        };
+        s.spawn();
+        assert_eq!(s.fingerprint, self.fingerprint, "one identity");
+        s
+    }
 }
 
 impl Drop for TestServer {

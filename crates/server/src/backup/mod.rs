@@ -420,3 +420,35 @@ pub fn restore(archive: &Path, target: &Target) -> Result<Restored> {
         trust_keys,
     })
 }
+
+/// `patchcast server join`: gives the data directory `data` the identity of the server whose
+/// data directory is `from` (TLS key and certificate, admin token; `manifest::REQUIRED`), so
+/// several servers on one database present the certificate agents pinned. Secrets are
+/// written 0600; an existing identity in `data` is never overwritten. Returns the files copied.
+pub fn join(from: &Path, data: &Path) -> Result<usize> {
+    for rel in manifest::REQUIRED {
+        let src = from.join(rel);
+        if !src.is_file() {
+            bail!(
+                "{} is missing: --from must be the data directory of a server that has started once",
+                src.display()
+            );
+        }
+        if data.join(rel).exists() {
+            bail!(
+                "{} exists: {} already has an identity; join into a new, empty data directory",
+                data.join(rel).display(),
+                data.display()
+            );
+        }
+    }
+    for rel in manifest::REQUIRED {
+        let (src, dst) = (from.join(rel), data.join(rel));
+        let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        patchcast_pack::keys::write_private(&dst, &bytes)?;
+    }
+    Ok(manifest::REQUIRED.len())
+}

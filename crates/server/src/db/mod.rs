@@ -18,6 +18,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod cluster;
 pub mod deliveries;
 pub mod machines;
 pub mod packages;

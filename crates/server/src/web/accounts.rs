@@ -86,7 +86,7 @@ impl Server {
     pub async fn put_account(&self, name: &str, password: &str) -> Result<AccountView> {
         let hash = hash_password(password)?;
         let now = now_ms();
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         // A new password ends the account's sessions.
         db::accounts::put(&mut tx, name, &hash, now).await?;
@@ -98,7 +98,7 @@ impl Server {
     }
 
     pub async fn remove_account(&self, name: &str) -> Result<bool> {
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
         let existed = db::accounts::remove(&mut tx, name).await?;
         tx.commit().await?;

@@ -74,7 +74,7 @@ impl Server {
         let token = random_hex(32)?;
         let csrf = random_hex(32)?;
         let now = now_ms();
-        let _w = self.write.lock().await;
+        let _w = self.write().await?;
         db::accounts::sweep_sessions(&self.db, now).await?;
         db::accounts::insert_session(
             &self.db,
@@ -90,7 +90,7 @@ impl Server {
 
     pub async fn end_session(&self, h: &HeaderMap) -> Result<()> {
         if let Some(token) = cookie(h, SESSION_COOKIE) {
-            let _w = self.write.lock().await;
+            let _w = self.write().await?;
             db::accounts::delete_session(&self.db, &sha256_hex(token)).await?;
         }
         Ok(())

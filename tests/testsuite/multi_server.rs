@@ -1,0 +1,271 @@
+//! Several `patchcast server` processes on one PostgreSQL database (issue 17, goal 3): two
+//! real servers (the second given the first's identity by `patchcast server join` and its
+//! content store by `--content`), real agents enrolled with both URLs and spread over them,
+//! one server killed with SIGKILL mid-rollout; the rollout finishes on the other with every
+//! delivery applied exactly once, and the killed server's agents fail over. Also: a change
+//! made on one server wakes a long poll waiting on the other (LISTEN/NOTIFY), and a trust
+//! statement accepted on one is trusted by the other.
+//!
+//! PostgreSQL only: SQLite is one server process's own database by design (its file, its
+//! in-process write lock); several servers need the shared database, its advisory locks and
+//! its notifications (`server::db::cluster`).
+
+use crate::common::agent_harness::{AgentProc, rows_with_history};
+use crate::common::server_harness::{Backend, TestServer, scenario};
+use patchcast::core::delivery::State;
+use patchcast::loadgen::Behaviour;
+use patchcast::transport::admin_api::{Admin, ScenarioStatus};
+use patchcast::transport::protocol::AgentState;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const GROUP: &str = "multi";
+/// Where the package installs, under each agent's install root.
+const TOOL: &str = "/opt/multi/tool";
+
+/// A package whose install counts its runs in `runs` beside the tool it writes (under the
+/// agent's install root, `DESTDIR`), and takes a second so the rollout is under way for a
+/// while.
+fn package(dir: &Path) {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir).unwrap();
+    let body = "multi 1.0\n";
+    let sha = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    std::fs::write(
+        dir.join("install.sh"),
+        "set -e\nd=\"$DESTDIR/opt/multi\"\nmkdir -p \"$d\"\necho run >> \"$d/runs\"\nsleep 1\nprintf 'multi 1.0\\n' > \"$d/tool\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("package.yaml"),
+        format!(
+            "id: multi-app\nkind: application\ntitle: multi\nversion: '1.0'\ntargets:\n  - {{ os: debian }}\n  - {{ os: ubuntu }}\n  - {{ os: rhel }}\n  - {{ os: rocky }}\n\
+             identification:\n  - file: {TOOL}\n    change: new\n    sha256: {sha}\n\
+             payload: [install.sh]\ninstall:\n  command: 'sh \"{{{{payload.0}}}}\"'\n  timeout: 1m\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Waits until `cond` holds for the scenario's status on `admin`; fails with the agents' logs
+/// when it does not within two minutes.
+async fn wait(
+    admin: &Admin,
+    id: &str,
+    agents: &[AgentProc],
+    what: &str,
+    cond: impl Fn(&ScenarioStatus) -> bool,
+) -> ScenarioStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(st) = admin.status(id, "en").await
+            && cond(&st)
+        {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
+            panic!(
+                "{what} did not happen; agents' logs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_one_of_two_servers_mid_rollout_loses_nothing_and_repeats_nothing() {
+    let Some(mut a) = TestServer::start(Backend::Postgres, &["--poll", "1s"]).await else {
+        return;
+    };
+    let b = a.join();
+    assert_ne!(a.url, b.url);
+    let dir = a.path().join("multi-app");
+    package(&dir);
+    let o = a.cli(&[
+        "package",
+        "publish",
+        dir.to_str().unwrap(),
+        "--key",
+        a.key.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "publish: {o:?}");
+
+    // Six agents, each given both servers: even ones try A first, odd ones B.
+    let token = a.group_token(GROUP).await;
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        let mut agent = AgentProc::new(&a.path().join(format!("agent-{i}")));
+        let urls = if i % 2 == 0 {
+            format!("{},{}", a.url, b.url)
+        } else {
+            format!("{},{}", b.url, a.url)
+        };
+        let (ok, out) = agent.enroll(&urls, &token, &a.fingerprint).await;
+        assert!(ok, "enroll {i}: {out}");
+        let prefix = agent.root.join("prefix");
+        agent.start_with(&[("PATCHCAST_AGENT_INSTALL_ROOT", &prefix)]);
+        agents.push(agent);
+    }
+
+    // The rollout, two at a time, started on B; A is killed once some, not all, are applied.
+    let mut sc = scenario("two servers", GROUP, &["multi-app"]);
+    sc.max_concurrent = Some(2);
+    let id = b.admin().run_scenario(&sc).await.unwrap().id;
+    let st = wait(&b.admin(), &id, &agents, "a first applied delivery", |st| {
+        st.counts.get("applied").copied().unwrap_or(0) >= 1
+    })
+    .await;
+    assert!(!st.done, "the rollout must still be under way: {st:#?}");
+    a.kill();
+
+    let st = wait(&b.admin(), &id, &agents, "the rollout's end", |st| st.done).await;
+    assert_eq!(st.total, 6, "{st:#?}");
+    assert_eq!(st.counts.get("applied"), Some(&6), "{st:#?}");
+
+    // Each agent ran the installer exactly once and has the tool.
+    for (i, agent) in agents.iter().enumerate() {
+        let prefix = agent.root.join("prefix");
+        let runs = std::fs::read_to_string(prefix.join("opt/multi/runs")).unwrap_or_default();
+        assert_eq!(
+            runs.lines().count(),
+            1,
+            "agent {i} installer runs; log:\n{}",
+            agent.log()
+        );
+        assert_eq!(
+            std::fs::read_to_string(prefix.join(TOOL.trim_start_matches('/'))).unwrap(),
+            "multi 1.0\n"
+        );
+    }
+    // One delivery per machine, each executed once and verified once in its history.
+    let rows = rows_with_history(&b.admin(), &id).await;
+    assert_eq!(rows.len(), 6);
+    let mut machines: Vec<&str> = rows.iter().map(|r| r.machine_id.as_str()).collect();
+    machines.sort();
+    machines.dedup();
+    assert_eq!(machines.len(), 6, "one delivery per machine");
+    for r in &rows {
+        assert_eq!(r.state, State::Applied, "{r:#?}");
+        let count = |e: &str| {
+            r.history
+                .iter()
+                .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some(e))
+                .count()
+        };
+        assert_eq!(count("executed"), 1, "{:#?}", r.history);
+        assert_eq!(count("verified"), 1, "{:#?}", r.history);
+    }
+    // Every agent that started on A reached B after the kill.
+    for agent in agents.iter().step_by(2) {
+        assert!(
+            agent.log().contains("trying the next server"),
+            "{}",
+            agent.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_server_wakes_a_long_poll_on_the_other() {
+    let Some(a) = TestServer::start(Backend::Postgres, &[]).await else {
+        return;
+    };
+    let b = a.join();
+    a.publish_sample("pkg-wake").await;
+    // The agent long-polls B (for the longest wait the protocol allows); the scenario is
+    // created on A. Only A's NOTIFY can end that poll with work.
+    let agents = b.enroll(1, "wake", Behaviour::Apply).await;
+    let agent = &agents[0];
+    assert!(agent.poll(AgentState::Idle, 0).await.unwrap().is_none());
+    let poll = agent.poll(
+        AgentState::Idle,
+        patchcast::transport::protocol::MAX_WAIT_MS,
+    );
+    let create = async {
+        // Ordering only (the poll is waiting by then); nothing is asserted on time.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.admin()
+            .run_scenario(&scenario("wake", "wake", &["pkg-wake"]))
+            .await
+            .unwrap()
+    };
+    // Without A's NOTIFY, B would hand the work out only at the end of the 60 s poll (its
+    // last look); the guard below is half of that.
+    let handed_out = async {
+        let created = create.await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = b.admin().status(&created.id, "en").await.unwrap();
+            if !st.counts.contains_key("pending") {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "B's long poll was not woken by the scenario created on A: {st:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (work, st) = tokio::join!(poll, handed_out);
+    let work = work.unwrap().expect("work from B's long poll");
+    assert_eq!(work.package_id, "pkg-wake");
+    assert_eq!(st.total, 1);
+}
+
+/// `patchcast key list --json` on `s`, once its serial is `serial` (within 30 s).
+async fn trust_at(s: &TestServer, serial: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = s.cli(&["--json", "key", "list"]);
+        assert!(o.status.success(), "{o:?}");
+        let view: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if view["serial"] == serial {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serial {serial} not seen: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_on_one_server_is_trusted_by_the_other() {
+    let Some(a) = TestServer::start(Backend::Postgres, &[]).await else {
+        return;
+    };
+    let b = a.join();
+    let k2 = a.path().join("k2");
+    let k3 = a.path().join("k3");
+    for k in [&k2, &k3] {
+        let o = a.cli(&["key", "generate", "--out", k.to_str().unwrap()]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let (k2_key, k2_pub) = (k2.with_extension("key"), k2.with_extension("pub"));
+    let k3_pub = k3.with_extension("pub");
+    // Serial 1 accepted on A: B trusts it too (reloaded on A's NOTIFY).
+    let o = a.cli(&[
+        "key",
+        "add",
+        "--key",
+        a.key.to_str().unwrap(),
+        k2_pub.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let view = trust_at(&b, 1).await;
+    assert_eq!(view["keys"].as_array().unwrap().len(), 2, "{view}");
+    // Serial 2, signed by the key serial 1 added, accepted on B; A follows.
+    let o = b.cli(&[
+        "key",
+        "add",
+        "--key",
+        k2_key.to_str().unwrap(),
+        k3_pub.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let view = trust_at(&a, 2).await;
+    assert_eq!(view["keys"].as_array().unwrap().len(), 3, "{view}");
+}
