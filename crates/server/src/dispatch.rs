@@ -57,8 +57,15 @@ impl Server {
         }
     }
 
-    async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Scenario> {
-        db::scenarios::spec(tx, id).await
+    /// A scenario's spec, read once per process: a scenario never changes once created.
+    async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Arc<Scenario>> {
+        if let Some(s) = self.specs.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(db::scenarios::spec(tx, id).await?);
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        specs.insert(id.to_string(), s.clone());
+        Ok(s)
     }
 
     fn policy(s: &Scenario) -> Policy {
@@ -573,8 +580,20 @@ impl Server {
             let _w = self.write().await?;
             let now = self.now();
             let mut tx = self.db.begin().await?;
+            // One read for the group. A report repeated within it sees the row as the one
+            // before it left it (`apply_report` moves the row in place).
+            let ids: Vec<&str> = group.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
+            let mut rows: std::collections::HashMap<String, DeliveryRow> =
+                db::deliveries::find_many(&mut tx, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.id.clone(), r))
+                    .collect();
             for (machine, rep) in group {
-                let (outcome, freed) = self.apply_report(&mut tx, machine, rep, now).await?;
+                let row = rows
+                    .get_mut(&rep.delivery_id)
+                    .filter(|r| r.machine_id == *machine);
+                let (outcome, freed) = self.apply_report(&mut tx, row, rep, now).await?;
                 if matches!(outcome, ReportOutcome::Ack(ReportAck { applied: true, .. })) {
                     wakes.push((machine.as_str(), freed));
                 }
@@ -597,11 +616,11 @@ impl Server {
     async fn apply_report(
         &self,
         tx: &mut sqlx::AnyConnection,
-        machine: &str,
+        row: Option<&mut DeliveryRow>,
         rep: &Report,
         now: i64,
     ) -> Result<(ReportOutcome, Option<String>)> {
-        let Some(mut r) = db::deliveries::of_machine(tx, &rep.delivery_id, machine).await? else {
+        let Some(r) = row else {
             return Ok((ReportOutcome::NotFound, None));
         };
         // A repeat (same or earlier seq) or a report of an older attempt: acknowledged, not applied.
@@ -616,16 +635,7 @@ impl Server {
         let was_busy = r.d.state.is_busy();
         let event = &rep.event;
         match self
-            .transition(
-                tx,
-                &mut r,
-                event,
-                rep.attempt,
-                rep.seq,
-                &rep.detail,
-                &s,
-                now,
-            )
+            .transition(tx, r, event, rep.attempt, rep.seq, &rep.detail, &s, now)
             .await?
         {
             Ok(action) => {
@@ -635,7 +645,10 @@ impl Server {
                     applied: true,
                     reboot: action == Action::Reboot,
                 };
-                Ok((ReportOutcome::Ack(ack), freed.then_some(r.scenario_id)))
+                Ok((
+                    ReportOutcome::Ack(ack),
+                    freed.then(|| r.scenario_id.clone()),
+                ))
             }
             Err(e) => Ok((ReportOutcome::Refused(e), None)),
         }

@@ -123,6 +123,8 @@ pub struct Server {
     pub cluster: db::cluster::Cluster,
     /// Agents' reports waiting to be written together (`group_commit`).
     pub reports: group_commit::Queue,
+    /// Scenario specs read so far (a scenario never changes once created).
+    pub specs: Mutex<HashMap<String, Arc<patchcast_core::model::scenario::Scenario>>>,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
@@ -272,6 +274,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         poll_ms: cfg.poll_ms,
         cluster,
         reports,
+        specs: Mutex::new(HashMap::new()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         seen_due: Mutex::new(HashMap::new()),

@@ -247,21 +247,21 @@ pub async fn manifest_of(tx: &mut AnyConnection, id: &str) -> Result<Option<Stri
     .await?)
 }
 
-/// The delivery `id` if it is `machine`'s.
-pub async fn of_machine(
-    tx: &mut AnyConnection,
-    id: &str,
-    machine: &str,
-) -> Result<Option<DeliveryRow>> {
-    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1 AND machine_id = $2");
-    sqlx::query(AssertSqlSafe(q))
-        .bind(id)
-        .bind(machine)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(row)
-        .transpose()
+/// The deliveries among `ids` (in no particular order; unknown ids are left out).
+pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<DeliveryRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let q = format!(
+        "SELECT {COLUMNS} FROM deliveries WHERE id IN ({})",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.fetch_all(&mut *tx).await?.iter().map(row).collect()
 }
 
 /// The delivery `id`, if there is one.
