@@ -760,3 +760,84 @@ async fn windows_agent_service_upgrades_itself_under_wine() {
         logs()
     );
 }
+
+/// Kills the host processes whose command line holds its marker (the Windows agents a
+/// watchdog started on its own) when the test ends whichever way.
+struct KillWith(String);
+
+impl Drop for KillWith {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.0) {
+                // SAFETY: a Wine process this test started (through the agent's watchdog).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// The same upgrade and rollback with the agent started from a console, not as a service:
+/// the old agent's process ends, and the watchdog starts the new binary (then the restored
+/// one) as a process of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_from_a_console_upgrades_itself_under_wine() {
+    let Some(wine) = Wine::get() else { return };
+    let _prefix = PREFIX.lock().await;
+    let marker = patchcast::server::random_hex(4).unwrap();
+    let dir = wine.drive_c().join("patchcast-tests").join(&marker);
+    let _cleanup = KillWith(marker);
+    let exe = dir.join("bin/patchcast-agent.exe");
+    let old = stamped(&wine, "b1", &exe);
+    let build = dir.join("build/patchcast-agent.exe");
+    let new = stamped(&wine, "b2", &build);
+    let new_bytes = std::fs::read(&build).unwrap();
+    let b1 = Wine {
+        agent: exe.clone(),
+        ..wine.clone()
+    };
+    let mut site = WinSite::new(&b1, Some(dir.join("agent"))).await;
+    site.agent.start();
+    let log = || site.agent.log();
+    reports(&site, &old, &log).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-b2", &new, &new_bytes),
+        &[],
+    );
+    let scenario = site.run(&["agent-b2"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    assert_eq!(
+        row(&rows, "agent-b2").state,
+        State::Applied,
+        "{rows:#?}\n{}",
+        log()
+    );
+    reports(&site, &new, &log).await;
+    assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
+
+    let broken = format!("{}+b3", new.split('+').next().unwrap());
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-broken", &broken, &exits_1(tmp.path())),
+        &[],
+    );
+    let scenario = site.run(&["agent-broken"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    let r = row(&rows, "agent-broken");
+    assert_eq!(
+        r.state,
+        State::Failed {
+            code: "E30".parse().unwrap()
+        },
+        "{r:#?}\n{}",
+        log()
+    );
+    assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is back");
+    reports(&site, &new, &log).await;
+}
