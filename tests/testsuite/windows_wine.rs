@@ -718,12 +718,14 @@ async fn windows_agent_service_upgrades_itself_under_wine() {
     assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
     assert!(std::fs::read(&previous).unwrap() == old_bytes, "b1 is kept");
     assert!(!dir.join("bin/patchcast-agent.exe.new").exists());
-    let watchdog = std::fs::read_to_string(root.join("watchdog.log")).unwrap_or_default();
-    assert!(
-        watchdog.contains("agent service started") && watchdog.contains("the new agent checked in"),
-        "{}",
-        logs()
-    );
+    // The watchdog started the service through the SCM, and ends once it sees the claim (it
+    // may log that after the server heard the new version).
+    let watchdog = || std::fs::read_to_string(root.join("watchdog.log")).unwrap_or_default();
+    wait_for("the watchdog to see the new agent's check-in", || {
+        watchdog().contains("the new agent checked in")
+    })
+    .await;
+    assert!(watchdog().contains("agent service started"), "{}", logs());
     assert!(
         service.sc(&["query", service.name]).contains("RUNNING"),
         "{}",
