@@ -181,6 +181,11 @@ pub fn stop(name: &str, wait: Duration) -> anyhow::Result<()> {
                     "the service did not stop; ending its process"
                 );
                 super::job::terminate(pid);
+                // TerminateProcess returns before the image is let go of.
+                let ended = std::time::Instant::now();
+                while super::job::process_alive(pid) && ended.elapsed() < wait {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
             return Ok(());
         }
