@@ -1,6 +1,8 @@
 //! The Windows agent for real: the x86_64-pc-windows-gnu build runs under Wine against the
 //! real server on loopback, reads the machine through the registry, WMI and kernel32, and
 //! installs the MSI and EXE samples of packages/ with their own installers (msiexec, setup).
+//! As a service (`sc`) or from a console, it upgrades itself to another build through the
+//! server, and a broken build is rolled back by its watchdog (through the SCM for a service).
 //! Tests that need what Wine cannot pretend to be (Windows Server 2003/2008 in Japanese) use
 //! the emulated endpoint instead (agent_emulated.rs).
 
