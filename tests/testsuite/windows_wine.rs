@@ -1,6 +1,8 @@
 //! The Windows agent for real: the x86_64-pc-windows-gnu build runs under Wine against the
 //! real server on loopback, reads the machine through the registry, WMI and kernel32, and
 //! installs the MSI and EXE samples of packages/ with their own installers (msiexec, setup).
+//! As a service (`sc`) or from a console, it upgrades itself to another build through the
+//! server, and a broken build is rolled back by its watchdog (through the SCM for a service).
 //! Tests that need what Wine cannot pretend to be (Windows Server 2003/2008 in Japanese) use
 //! the emulated endpoint instead (agent_emulated.rs).
 
@@ -404,6 +406,31 @@ struct Service<'a> {
 }
 
 impl Service<'_> {
+    /// Service `name` running `command`, created (after any leftover of that name is deleted)
+    /// and started through `sc`.
+    async fn start<'a>(wine: &'a Wine, name: &'static str, command: &str) -> Service<'a> {
+        let service = Service {
+            wine,
+            name,
+            keeper: wine
+                .command("ping")
+                .args(["-n", "3599", "127.0.0.1"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        };
+        wait_for("the keeper to run", || {
+            !processes_with("-n 3599").is_empty()
+        })
+        .await;
+        service.sc(&["delete", name]);
+        let (ok, out) = service.try_sc(&["create", name, "binpath=", command]);
+        assert!(ok, "sc create: {out}");
+        let (ok, out) = service.try_sc(&["start", name]);
+        assert!(ok && out.contains("RUNNING"), "sc start: {out}");
+        service
+    }
+
     fn sc(&self, args: &[&str]) -> String {
         self.try_sc(args).1
     }
@@ -431,30 +458,12 @@ async fn windows_agent_runs_as_a_service_under_wine() {
     let enrolled = site.view().await.last_seen_ms;
     // Windows Update says a restart is pending: the inventory must say so too.
     wine.reg_add(REBOOT_REQUIRED, None);
-    let service = Service {
-        wine: &wine,
-        name: "patchcast-agent",
-        keeper: wine
-            .command("ping")
-            .args(["-n", "3599", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    wait_for("the keeper to run", || {
-        !processes_with("-n 3599").is_empty()
-    })
-    .await;
-    service.sc(&["delete", service.name]);
     let command = format!(
         "{} run --root {}",
         wine.windows_path(&wine.agent),
         wine.windows_path(&site.agent.root)
     );
-    let (ok, out) = service.try_sc(&["create", service.name, "binpath=", &command]);
-    assert!(ok, "sc create: {out}");
-    let (ok, out) = service.try_sc(&["start", service.name]);
-    assert!(ok && out.contains("RUNNING"), "sc start: {out}");
+    let service = Service::start(&wine, "patchcast-agent", &command).await;
 
     // The Service Control Manager started it: it checks in and logs to its root.
     let start = Instant::now();
@@ -595,4 +604,244 @@ async fn windows_agent_under_wine_refuses_a_package_its_drive_cannot_hold() {
         "{p:?}"
     );
     site.agent.sigkill();
+}
+
+/// A copy of the Windows agent build carrying `stamp`, written to `out` by the build itself
+/// under Wine; returns the version it reports.
+fn stamped(wine: &Wine, stamp: &str, out: &Path) -> String {
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let mut c = wine.command(&wine.agent);
+    c.args(["stamp", stamp, "--out", &wine.windows_path(out)]);
+    let o = Wine::output(c);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A Windows program that exits 1 at once: a "build" of the agent that is broken.
+fn exits_1(dir: &Path) -> Vec<u8> {
+    let src = dir.join("exit1.rs");
+    std::fs::write(&src, "fn main() { std::process::exit(1) }\n").unwrap();
+    let exe = dir.join("exit1.exe");
+    let o = std::process::Command::new("rustc")
+        .args(["--target", "x86_64-pc-windows-gnu", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(&exe).unwrap()
+}
+
+/// Waits (a hang guard) until the server heard `version` from the site's agent.
+async fn reports(site: &WinSite, version: &str, logs: &dyn Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        let seen = site.view().await.inventory.agent_version;
+        if seen == version {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the agent reports {seen}, not {version}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `kind: agent` package for Windows: `binary` as its payload, identified by `version`.
+fn windows_agent_package(dir: &Path, id: &str, version: &str, binary: &[u8]) -> PathBuf {
+    package(
+        dir,
+        id,
+        &format!(
+            "id: {id}\nkind: agent\ntitle: {id}\nversion: '{version}'\n{TARGETS}payload: [patchcast-agent.exe]\ncheck_in_deadline: 2m\n"
+        ),
+        &[("patchcast-agent.exe", binary)],
+    )
+}
+
+/// The Windows agent running as a service, started from a copy stamped `b1`, upgrades itself
+/// to `b2` through the server: it renames its running binary aside, puts the new one in
+/// place and ends; its watchdog (run from `.previous`) starts the service again through the
+/// SCM, and the new build checks in. Then a "build" that exits 1 at once is rolled back: E30,
+/// `b2` back byte for byte, the service running it again, the server hearing `b2`. SQLite
+/// only: the SCM of the one Wine prefix is shared by the Wine tests, which take turns; the
+/// server's side of the upgrade is agent_upgrade's, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_service_upgrades_itself_under_wine() {
+    let Some(wine) = Wine::get() else { return };
+    let _prefix = PREFIX.lock().await;
+    let dir = wine
+        .drive_c()
+        .join("patchcast-tests")
+        .join(patchcast::server::random_hex(4).unwrap());
+    let exe = dir.join("bin/patchcast-agent.exe");
+    let old = stamped(&wine, "b1", &exe);
+    let build = dir.join("build/patchcast-agent.exe");
+    let new = stamped(&wine, "b2", &build);
+    assert!(old.ends_with("+b1") && new.ends_with("+b2"), "{old} {new}");
+    let old_bytes = std::fs::read(&exe).unwrap();
+    let new_bytes = std::fs::read(&build).unwrap();
+    let site = WinSite::new(&wine, Some(dir.join("agent"))).await;
+    let root = &site.agent.root;
+    let command = format!(
+        "{} run --root {}",
+        wine.windows_path(&exe),
+        wine.windows_path(root)
+    );
+    let service = Service::start(&wine, "patchcast-agent-upgrade", &command).await;
+    let logs = || {
+        format!(
+            "{}\nagent.log:\n{}\nwatchdog.log:\n{}",
+            service.sc(&["query", service.name]),
+            std::fs::read_to_string(root.join("agent.log")).unwrap_or_default(),
+            std::fs::read_to_string(root.join("watchdog.log")).unwrap_or_default()
+        )
+    };
+    reports(&site, &old, &logs).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-b2", &new, &new_bytes),
+        &[],
+    );
+    let scenario = site.run(&["agent-b2"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    assert_eq!(
+        row(&rows, "agent-b2").state,
+        State::Applied,
+        "{rows:#?}\n{}",
+        logs()
+    );
+    reports(&site, &new, &logs).await;
+    let previous = dir.join("bin/patchcast-agent.exe.previous");
+    assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
+    assert!(std::fs::read(&previous).unwrap() == old_bytes, "b1 is kept");
+    assert!(!dir.join("bin/patchcast-agent.exe.new").exists());
+    // The watchdog started the service through the SCM, and ends once it sees the claim (it
+    // may log that after the server heard the new version).
+    let watchdog = || std::fs::read_to_string(root.join("watchdog.log")).unwrap_or_default();
+    wait_for("the watchdog to see the new agent's check-in", || {
+        watchdog().contains("the new agent checked in")
+    })
+    .await;
+    assert!(watchdog().contains("agent service started"), "{}", logs());
+    assert!(
+        service.sc(&["query", service.name]).contains("RUNNING"),
+        "{}",
+        logs()
+    );
+
+    // A build that exits 1 at once: the SCM cannot keep it running; rolled back.
+    let broken = format!("{}+b3", new.split('+').next().unwrap());
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-broken", &broken, &exits_1(tmp.path())),
+        &[],
+    );
+    let scenario = site.run(&["agent-broken"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    let r = row(&rows, "agent-broken");
+    assert_eq!(
+        r.state,
+        State::Failed {
+            code: "E30".parse().unwrap()
+        },
+        "{r:#?}\n{}",
+        logs()
+    );
+    assert!(
+        std::fs::read(&exe).unwrap() == new_bytes,
+        "b2 is back byte for byte\n{}",
+        logs()
+    );
+    reports(&site, &new, &logs).await;
+    assert!(
+        service.sc(&["query", service.name]).contains("RUNNING"),
+        "{}",
+        logs()
+    );
+}
+
+/// Kills the host processes whose command line holds its marker (the Windows agents a
+/// watchdog started on its own) when the test ends whichever way.
+struct KillWith(String);
+
+impl Drop for KillWith {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&self.0) {
+                // SAFETY: a Wine process this test started (through the agent's watchdog).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// The same upgrade and rollback with the agent started from a console, not as a service:
+/// the old agent's process ends, and the watchdog starts the new binary (then the restored
+/// one) as a process of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_from_a_console_upgrades_itself_under_wine() {
+    let Some(wine) = Wine::get() else { return };
+    let _prefix = PREFIX.lock().await;
+    let marker = patchcast::server::random_hex(4).unwrap();
+    let dir = wine.drive_c().join("patchcast-tests").join(&marker);
+    let _cleanup = KillWith(marker);
+    let exe = dir.join("bin/patchcast-agent.exe");
+    let old = stamped(&wine, "b1", &exe);
+    let build = dir.join("build/patchcast-agent.exe");
+    let new = stamped(&wine, "b2", &build);
+    let new_bytes = std::fs::read(&build).unwrap();
+    let b1 = Wine {
+        agent: exe.clone(),
+        ..wine.clone()
+    };
+    let mut site = WinSite::new(&b1, Some(dir.join("agent"))).await;
+    site.agent.start();
+    let log = || site.agent.log();
+    reports(&site, &old, &log).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-b2", &new, &new_bytes),
+        &[],
+    );
+    let scenario = site.run(&["agent-b2"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    assert_eq!(
+        row(&rows, "agent-b2").state,
+        State::Applied,
+        "{rows:#?}\n{}",
+        log()
+    );
+    reports(&site, &new, &log).await;
+    assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
+
+    let broken = format!("{}+b3", new.split('+').next().unwrap());
+    publish(
+        &site.server,
+        &windows_agent_package(tmp.path(), "agent-broken", &broken, &exits_1(tmp.path())),
+        &[],
+    );
+    let scenario = site.run(&["agent-broken"]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    let r = row(&rows, "agent-broken");
+    assert_eq!(
+        r.state,
+        State::Failed {
+            code: "E30".parse().unwrap()
+        },
+        "{r:#?}\n{}",
+        log()
+    );
+    assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is back");
+    reports(&site, &new, &log).await;
 }

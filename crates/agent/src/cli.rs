@@ -177,6 +177,9 @@ enum Cmd {
         pid: i32,
         #[arg(long)]
         deadline_ms: i64,
+        /// The Windows service the agent runs as: the watchdog starts it through the SCM.
+        #[arg(long)]
+        service: Option<String>,
         /// The agent's own arguments, to start the restored agent with.
         #[arg(last = true)]
         args: Vec<std::ffi::OsString>,
@@ -449,14 +452,22 @@ where
             delivery,
             pid,
             deadline_ms,
+            service,
             args,
         } => {
-            init_logging();
+            let root = crate::config::Root(root);
+            if service.is_some() {
+                // A service's watchdog has no console to log to.
+                init_logging_to_file(&root.0.join("watchdog.log"));
+            } else {
+                init_logging();
+            }
             match crate::upgrade::watchdog(
-                crate::config::Root(root),
+                root,
                 &delivery,
                 pid,
                 deadline_ms,
+                service.as_deref(),
                 &args,
             ) {
                 Ok(()) => ExitCode::SUCCESS,

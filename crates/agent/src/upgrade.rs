@@ -19,6 +19,13 @@
 //! win), kills what runs, copies `exe.previous` back over `exe`, journals E30, and starts the
 //! restored agent with the original arguments in its own place. Only one watchdog runs per
 //! delivery (an exclusive lock), so a kill and resume between the steps cannot start two.
+//!
+//! On Windows a running image cannot be replaced, nor a process replaced by `exec`: the swap
+//! renames the running `exe` aside onto `exe.previous` (allowed; its bytes are that copy's)
+//! before it puts `exe.new` in place; the restart ends the process (reporting the service
+//! stopped); the watchdog waits for it to end, then starts the service through the SCM (or,
+//! from a console, the new binary), and watches the service (or that process) instead of the
+//! old pid. Its rollback stops the service, restores `exe.previous` and starts it again.
 
 use super::config::Root;
 use super::journal::{Journal, Step};
@@ -136,12 +143,6 @@ fn sync_dir(path: &Path) {
 
 /// Step 1: the new binary beside the running one, the running one kept as `.previous`.
 pub fn stage(binary: &Path) -> Result<(), Box<Refusal>> {
-    if cfg!(windows) {
-        return Err(Box::new(Refusal::detail(
-            Code::E30,
-            "agent self-upgrade is not supported on Windows yet (the running service's binary cannot be replaced by a rename there); upgrade the agent with its installer",
-        )));
-    }
     let exe = &started()?.exe;
     install_copy(binary, &new_path(exe))?;
     test_kill("staged-new");
@@ -156,6 +157,12 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, B
     let s = started()?;
     let new = new_path(&s.exe);
     if new.exists() {
+        // Windows refuses to replace a running image but lets it be renamed aside.
+        #[cfg(windows)]
+        if s.exe.exists() {
+            std::fs::rename(&s.exe, previous_path(&s.exe))
+                .map_err(|e| refusal("renaming aside the running agent", &s.exe, e))?;
+        }
         std::fs::rename(&new, &s.exe).map_err(|e| refusal("replacing", &s.exe, e))?;
         sync_dir(&s.exe);
         test_kill("renamed");
@@ -167,8 +174,12 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, B
         .arg(&root.0)
         .args(["--delivery", delivery_id])
         .args(["--pid", &std::process::id().to_string()])
-        .args(["--deadline-ms", &deadline_ms.to_string()])
-        .arg("--")
+        .args(["--deadline-ms", &deadline_ms.to_string()]);
+    #[cfg(windows)]
+    if let Some(name) = super::windows::service::running_as() {
+        cmd.args(["--service", name]);
+    }
+    cmd.arg("--")
         .args(&s.args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
@@ -199,16 +210,25 @@ pub fn swap(root: &Root, delivery_id: &str, check_in: Duration) -> Result<i64, B
 }
 
 /// Step 3: the process becomes the new binary. Returns only when that failed, with the
-/// previous binary restored.
+/// previous binary restored. On Windows the process ends and the watchdog starts the new one.
 pub fn restart() -> Refusal {
     let s = match started() {
         Ok(s) => s,
         Err(r) => return *r,
     };
     test_kill("before-exec");
-    let e = exec(&s.exe, &s.args);
-    restore(&s.exe);
-    *refusal("starting the new agent", &s.exe, e)
+    #[cfg(windows)]
+    {
+        let _ = s;
+        tracing::info!("ending this process; the upgrade watchdog starts the new agent");
+        super::windows::service::exit(0)
+    }
+    #[cfg(not(windows))]
+    {
+        let e = exec(&s.exe, &s.args);
+        restore(&s.exe);
+        *refusal("starting the new agent", &s.exe, e)
+    }
 }
 
 /// What the watchdog prints once it holds its lock (the swap waits for it).
@@ -225,7 +245,7 @@ fn exec(exe: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
 fn exec(_exe: &Path, _args: &[std::ffi::OsString]) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::Unsupported,
-        "agent self-upgrade needs Unix exec",
+        "a process cannot become another binary here (no exec); start the agent again",
     )
 }
 
@@ -246,28 +266,29 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// An exclusive `flock` held until dropped (the file is closed).
+/// An exclusive file lock (`flock` on Unix, `LockFileEx` on Windows) held until dropped.
 struct Lock(#[allow(dead_code)] File);
 
 /// The lock files live in the delivery's work directory, which exists from the fetch until
 /// the delivery is over (never created here: a finished delivery's directory stays gone).
 fn lock(path: &Path, wait: bool) -> Result<Option<Lock>> {
-    let f = File::create(path).with_context(|| format!("opening {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        let op = libc::LOCK_EX | if wait { 0 } else { libc::LOCK_NB };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e).with_context(|| format!("locking {}", path.display()));
+    // Not truncated: Windows refuses to truncate a file another handle holds locked.
+    let f = File::options()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let locked = if wait {
+        f.lock()
+    } else {
+        match f.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = wait;
+    };
+    locked.with_context(|| format!("locking {}", path.display()))?;
     Ok(Some(Lock(f)))
 }
 
@@ -301,21 +322,35 @@ pub fn claim(root: &Root, delivery_id: &str) -> Result<()> {
 /// it rolls itself back as the watchdog would (which then finds the delivery over), and
 /// starts the previous binary in its place. Returns only when that could not be done.
 pub fn disown(root: &Root, delivery_id: &str, why: &str) -> anyhow::Error {
-    let r = (|| -> Result<std::io::Error> {
-        let s = started().map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
-        {
-            let _held = lock(&check_in_lock(root, delivery_id), true)?;
-            if rolled_back_marker(root, delivery_id).exists() {
-                anyhow::bail!("the upgrade watchdog is rolling this agent back");
+    // Windows: the running image cannot be overwritten; the process ends without claiming,
+    // and the watchdog rolls the upgrade back as for a build that exited.
+    #[cfg(windows)]
+    {
+        let _ = (root, delivery_id);
+        tracing::error!(
+            reason = why,
+            "ending this process for the watchdog to roll it back"
+        );
+        super::windows::service::exit(1)
+    }
+    #[cfg(not(windows))]
+    {
+        let r = (|| -> Result<std::io::Error> {
+            let s = started().map_err(|r| anyhow::anyhow!("{:?}", r.params.detail))?;
+            {
+                let _held = lock(&check_in_lock(root, delivery_id), true)?;
+                if rolled_back_marker(root, delivery_id).exists() {
+                    anyhow::bail!("the upgrade watchdog is rolling this agent back");
+                }
+                File::create(rolled_back_marker(root, delivery_id))?.sync_all()?;
+                undo(root, delivery_id, &s.exe, why)?;
             }
-            File::create(rolled_back_marker(root, delivery_id))?.sync_all()?;
-            undo(root, delivery_id, &s.exe, why)?;
+            Ok(exec(&s.exe, &s.args))
+        })();
+        match r {
+            Ok(e) => anyhow::Error::from(e).context("starting the restored agent"),
+            Err(e) => e,
         }
-        Ok(exec(&s.exe, &s.args))
-    })();
-    match r {
-        Ok(e) => anyhow::Error::from(e).context("starting the restored agent"),
-        Err(e) => e,
     }
 }
 
@@ -409,19 +444,118 @@ fn process_exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+fn process_exists(pid: i32) -> bool {
+    super::windows::job::process_alive(pid as u32)
+}
+
+#[cfg(not(any(unix, windows)))]
 fn process_exists(_pid: i32) -> bool {
     true
 }
 
+/// The agent the watchdog watches, and how it is stopped and started again.
+enum Watched {
+    /// A process: on Unix the agent's own (same pid across the `exec`), on Windows the one the
+    /// watchdog started from a console's command.
+    Process(i32),
+    /// The Windows service of that name, started and stopped through the SCM.
+    #[cfg(windows)]
+    Service(String),
+}
+
+impl Watched {
+    fn alive(&self) -> bool {
+        match self {
+            Watched::Process(pid) => alive(*pid),
+            #[cfg(windows)]
+            Watched::Service(name) => super::windows::service::running(name),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Watched::Process(pid) => {
+                if alive(*pid) {
+                    kill(*pid);
+                }
+            }
+            #[cfg(windows)]
+            Watched::Service(name) => {
+                if let Err(e) = super::windows::service::stop(name, Duration::from_secs(30)) {
+                    tracing::error!(service = %name, error = %format!("{e:#}"), "stopping the agent service failed");
+                }
+            }
+        }
+    }
+}
+
+fn kill(pid: i32) {
+    #[cfg(unix)]
+    // SAFETY: killing the agent process the watchdog was started to watch.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    #[cfg(windows)]
+    super::windows::job::terminate(pid as u32);
+}
+
+/// Windows: waits (until the deadline) for the agent process `pid` to end, then starts the new
+/// binary: service `service` through the SCM, or from a console `exe ARGS`. A start that fails
+/// leaves the agent not alive: the watch rolls it back.
+#[cfg(windows)]
+fn start_new(
+    pid: i32,
+    service: Option<&str>,
+    exe: &Path,
+    args: &[std::ffi::OsString],
+    deadline_ms: i64,
+) -> Watched {
+    while alive(pid) && now_ms() < deadline_ms {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if alive(pid) {
+        tracing::error!(pid, "the agent did not end for its upgrade; ending it");
+        kill(pid);
+    }
+    start(service, exe, args)
+}
+
+/// Windows: starts the agent (the service, or `exe ARGS` as a process of its own).
+#[cfg(windows)]
+fn start(service: Option<&str>, exe: &Path, args: &[std::ffi::OsString]) -> Watched {
+    if let Some(name) = service {
+        match super::windows::service::start(name) {
+            Ok(()) => tracing::info!(service = name, "agent service started"),
+            Err(e) => {
+                tracing::error!(service = name, error = %format!("{e:#}"), "starting the agent service failed")
+            }
+        }
+        return Watched::Service(name.to_string());
+    }
+    match std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Watched::Process(child.id() as i32),
+        Err(e) => {
+            tracing::error!(exe = %exe.display(), error = %e, "starting the agent failed");
+            Watched::Process(0)
+        }
+    }
+}
+
 /// `patchcast-agent watchdog`: watches the upgrade of delivery `delivery_id` carried out by
 /// process `pid` until the new agent checks in, or rolls it back (see the module's head).
-/// `args` are the agent's own arguments, to start the restored agent with.
+/// `args` are the agent's own arguments, to start the restored agent with; `service` the
+/// Windows service it runs as.
 pub fn watchdog(
     root: Root,
     delivery_id: &str,
     pid: i32,
     deadline_ms: i64,
+    service: Option<&str>,
     args: &[std::ffi::OsString],
 ) -> Result<()> {
     super::journal::check_delivery_id(delivery_id)?;
@@ -442,6 +576,17 @@ pub fn watchdog(
         return Ok(());
     };
     test_kill("watchdog");
+    let exe = std::env::current_exe()?;
+    // This process runs from `exe.previous`: the binary to put back.
+    let current =
+        of_previous(&exe).context("the watchdog must run from the agent's .previous binary")?;
+    #[cfg(windows)]
+    let agent = start_new(pid, service, &current, args, deadline_ms);
+    #[cfg(not(windows))]
+    let agent = {
+        let _ = service;
+        Watched::Process(pid)
+    };
     let journal = Journal::new(root.journal());
     let waiting = || -> Result<bool> {
         Ok(journal
@@ -467,7 +612,7 @@ pub fn watchdog(
             return Ok(());
         }
         let checked_in = !waiting || checked_in_marker(&root, delivery_id).exists();
-        match pipeline::watch(checked_in, alive(pid), now_ms(), deadline_ms) {
+        match pipeline::watch(checked_in, agent.alive(), now_ms(), deadline_ms) {
             Watch::Kept => {
                 tracing::info!(
                     delivery = delivery_id,
@@ -486,17 +631,17 @@ pub fn watchdog(
         }
     };
     tracing::error!(delivery = delivery_id, pid, reason = %why, "rolling the agent upgrade back");
-    #[cfg(unix)]
-    if alive(pid) {
-        // SAFETY: killing the agent process we were started to watch.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    let exe = std::env::current_exe()?;
-    // This process runs from `exe.previous`: the binary to put back.
-    let current =
-        of_previous(&exe).context("the watchdog must run from the agent's .previous binary")?;
+    agent.stop();
     undo(&root, delivery_id, &current, &why)?;
     // The restored agent takes this process's place; it reports the E30 from the journal.
-    let e = exec(&current, args);
-    Err(e).with_context(|| format!("starting the restored agent {}", current.display()))
+    #[cfg(windows)]
+    {
+        start(service, &current, args);
+        Ok(())
+    }
+    #[cfg(not(windows))]
+    {
+        let e = exec(&current, args);
+        Err(e).with_context(|| format!("starting the restored agent {}", current.display()))
+    }
 }
