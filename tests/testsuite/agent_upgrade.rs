@@ -46,8 +46,19 @@ fn stamped(stamp: &str, out: &Path) -> String {
     version
 }
 
-/// An agent package directory: `binary` as its payload, identified by `version`.
-fn agent_package(dir: &Path, id: &str, version: &str, binary: &[u8], deadline: &str) {
+/// A build that exits 1 at once.
+const BROKEN: &[u8] = b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n";
+
+/// Writes the agent package `id` in `dir` (`binary` as its payload, identified by
+/// `version`) and publishes it.
+fn publish_agent(
+    server: &TestServer,
+    dir: &Path,
+    id: &str,
+    version: &str,
+    binary: &[u8],
+    deadline: &str,
+) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
     let file = dir.join("patchcast-agent");
@@ -61,6 +72,7 @@ fn agent_package(dir: &Path, id: &str, version: &str, binary: &[u8], deadline: &
         ),
     )
     .unwrap();
+    publish(server, dir, &[]);
 }
 
 /// Runs a scenario of `package` (one attempt) and returns its delivery once done.
@@ -144,8 +156,7 @@ async fn an_agent_upgrades_itself_to_another_build(backend: Backend) {
     let new_bytes = std::fs::read(&build).unwrap();
     assert_ne!(old, new);
     let dir = server.path().join("packages/agent-b2");
-    agent_package(&dir, "agent-b2", &new, &new_bytes, "2m");
-    publish(&server, &dir, &[]);
+    publish_agent(&server, &dir, "agent-b2", &new, &new_bytes, "2m");
     let admin = server.admin();
     let pid = agent.child.as_ref().unwrap().id();
 
@@ -198,14 +209,7 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
     let old_bytes = std::fs::read(&exe).unwrap();
     let dir = server.path().join("packages/agent-broken");
     let broken = format!("{}+b3", old.split('+').next().unwrap());
-    agent_package(
-        &dir,
-        "agent-broken",
-        &broken,
-        b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
-        "2m",
-    );
-    publish(&server, &dir, &[]);
+    publish_agent(&server, &dir, "agent-broken", &broken, BROKEN, "2m");
     let admin = server.admin();
 
     let row = run(&admin, "broken", "agent-broken", &agent).await;
@@ -260,7 +264,8 @@ async fn a_broken_build_is_rolled_back_by_the_watchdog(backend: Backend) {
     // deadline and restores the previous binary again.
     let dir = server.path().join("packages/agent-hangs");
     let hangs = format!("{}+b4", old.split('+').next().unwrap());
-    agent_package(
+    publish_agent(
+        &server,
         &dir,
         "agent-hangs",
         &hangs,
@@ -269,7 +274,6 @@ exec sleep 600
 ",
         "3s",
     );
-    publish(&server, &dir, &[]);
     let row = run(&admin, "hangs", "agent-hangs", &agent).await;
     assert_eq!(
         row.state,
@@ -360,8 +364,7 @@ async fn a_kill_between_swap_steps_recovers(backend: Backend) {
         let new_bytes = std::fs::read(&build).unwrap();
         let id = format!("agent-k{i}");
         let dir = server.path().join(format!("packages/{id}"));
-        agent_package(&dir, &id, &new, &new_bytes, "2m");
-        publish(&server, &dir, &[]);
+        publish_agent(&server, &dir, &id, &new, &new_bytes, "2m");
         let scenario = start(&admin, &format!("kill-{point}"), &id).await;
         killed(&mut agent).await;
         if start_again {
@@ -403,14 +406,14 @@ async fn a_build_of_another_version_is_rolled_back(backend: Backend) {
     stamped("b2", &build);
     let promised = format!("{}+b9", old.split('+').next().unwrap());
     let dir = server.path().join("packages/agent-b9");
-    agent_package(
+    publish_agent(
+        &server,
         &dir,
         "agent-b9",
         &promised,
         &std::fs::read(&build).unwrap(),
         "2m",
     );
-    publish(&server, &dir, &[]);
     let admin = server.admin();
     let row = run(&admin, "wrong", "agent-b9", &agent).await;
     assert_eq!(
@@ -451,14 +454,7 @@ async fn a_lost_watchdog_is_made_up_at_start(backend: Backend) {
     restart(&mut agent, &[(KILL, Path::new("watchdog"))]);
     let dir = server.path().join("packages/agent-broken");
     let broken = format!("{}+b3", old.split('+').next().unwrap());
-    agent_package(
-        &dir,
-        "agent-broken",
-        &broken,
-        b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n",
-        "2m",
-    );
-    publish(&server, &dir, &[]);
+    publish_agent(&server, &dir, "agent-broken", &broken, BROKEN, "2m");
     let id = start(&admin, "broken", "agent-broken").await;
     killed(&mut agent).await;
     assert!(
@@ -498,14 +494,14 @@ async fn a_lost_watchdog_is_made_up_at_start(backend: Backend) {
     let build = server.path().join("build/patchcast-agent");
     let new = stamped("b2", &build);
     let dir = server.path().join("packages/agent-b2");
-    agent_package(
+    publish_agent(
+        &server,
         &dir,
         "agent-b2",
         &new,
         &std::fs::read(&build).unwrap(),
         "2m",
     );
-    publish(&server, &dir, &[]);
     let id = start(&admin, "unwatched", "agent-b2").await;
     killed(&mut agent).await;
     assert!(std::fs::read(&exe).unwrap() == std::fs::read(&build).unwrap());

@@ -661,6 +661,25 @@ fn windows_agent_package(dir: &Path, id: &str, version: &str, binary: &[u8]) -> 
     )
 }
 
+/// Publishes `binary` as the agent package `id` (`version`), delivers it to the site's agent
+/// and returns its delivery once ended.
+async fn deliver_agent(
+    site: &WinSite,
+    dir: &Path,
+    id: &str,
+    version: &str,
+    binary: &[u8],
+) -> DeliveryRow {
+    publish(
+        &site.server,
+        &windows_agent_package(dir, id, version, binary),
+        &[],
+    );
+    let scenario = site.run(&[id]).await;
+    let rows = site.settle(&scenario, State::is_terminal).await;
+    row(&rows, id).clone()
+}
+
 /// The Windows agent running as a service, started from a copy stamped `b1`, upgrades itself
 /// to `b2` through the server: it renames its running binary aside, puts the new one in
 /// place and ends; its watchdog (run from `.previous`) starts the service again through the
@@ -702,19 +721,8 @@ async fn windows_agent_service_upgrades_itself_under_wine() {
     reports(&site, &old, &logs).await;
 
     let tmp = tempfile::tempdir().unwrap();
-    publish(
-        &site.server,
-        &windows_agent_package(tmp.path(), "agent-b2", &new, &new_bytes),
-        &[],
-    );
-    let scenario = site.run(&["agent-b2"]).await;
-    let rows = site.settle(&scenario, State::is_terminal).await;
-    assert_eq!(
-        row(&rows, "agent-b2").state,
-        State::Applied,
-        "{rows:#?}\n{}",
-        logs()
-    );
+    let r = deliver_agent(&site, tmp.path(), "agent-b2", &new, &new_bytes).await;
+    assert_eq!(r.state, State::Applied, "{r:#?}\n{}", logs());
     reports(&site, &new, &logs).await;
     let previous = dir.join("bin/patchcast-agent.exe.previous");
     assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
@@ -736,14 +744,8 @@ async fn windows_agent_service_upgrades_itself_under_wine() {
 
     // A build that exits 1 at once: the SCM cannot keep it running; rolled back.
     let broken = format!("{}+b3", new.split('+').next().unwrap());
-    publish(
-        &site.server,
-        &windows_agent_package(tmp.path(), "agent-broken", &broken, &exits_1(tmp.path())),
-        &[],
-    );
-    let scenario = site.run(&["agent-broken"]).await;
-    let rows = site.settle(&scenario, State::is_terminal).await;
-    let r = row(&rows, "agent-broken");
+    let broken_exe = exits_1(tmp.path());
+    let r = deliver_agent(&site, tmp.path(), "agent-broken", &broken, &broken_exe).await;
     assert_eq!(
         r.state,
         State::Failed {
@@ -809,31 +811,14 @@ async fn windows_agent_from_a_console_upgrades_itself_under_wine() {
     reports(&site, &old, &log).await;
 
     let tmp = tempfile::tempdir().unwrap();
-    publish(
-        &site.server,
-        &windows_agent_package(tmp.path(), "agent-b2", &new, &new_bytes),
-        &[],
-    );
-    let scenario = site.run(&["agent-b2"]).await;
-    let rows = site.settle(&scenario, State::is_terminal).await;
-    assert_eq!(
-        row(&rows, "agent-b2").state,
-        State::Applied,
-        "{rows:#?}\n{}",
-        log()
-    );
+    let r = deliver_agent(&site, tmp.path(), "agent-b2", &new, &new_bytes).await;
+    assert_eq!(r.state, State::Applied, "{r:#?}\n{}", log());
     reports(&site, &new, &log).await;
     assert!(std::fs::read(&exe).unwrap() == new_bytes, "b2 is in place");
 
     let broken = format!("{}+b3", new.split('+').next().unwrap());
-    publish(
-        &site.server,
-        &windows_agent_package(tmp.path(), "agent-broken", &broken, &exits_1(tmp.path())),
-        &[],
-    );
-    let scenario = site.run(&["agent-broken"]).await;
-    let rows = site.settle(&scenario, State::is_terminal).await;
-    let r = row(&rows, "agent-broken");
+    let broken_exe = exits_1(tmp.path());
+    let r = deliver_agent(&site, tmp.path(), "agent-broken", &broken, &broken_exe).await;
     assert_eq!(
         r.state,
         State::Failed {
