@@ -133,7 +133,7 @@ impl Server {
             r.detail.code = Some(c);
         }
         r.deadline = if r.d.state.in_flight() {
-            Some(now + self.deadline_ms(scenario, &r.package_id, &mut *tx).await)
+            Some(now + self.deadline_ms(scenario, r))
         } else {
             None
         };
@@ -182,20 +182,11 @@ impl Server {
     }
 
     /// How long an in-flight delivery may go unheard: its install timeout plus the margin.
-    async fn deadline_ms(
-        &self,
-        scenario: &Scenario,
-        package: &str,
-        tx: &mut sqlx::AnyConnection,
-    ) -> i64 {
-        let secs = match scenario.timeout_secs {
-            Some(s) => s,
-            None => db::packages::install_timeout_secs(tx, package)
-                .await
-                .ok()
-                .flatten()
-                .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64),
-        };
+    fn deadline_ms(&self, scenario: &Scenario, r: &DeliveryRow) -> i64 {
+        let secs = scenario.timeout_secs.unwrap_or_else(|| {
+            r.install_timeout_secs
+                .map_or(DEFAULT_TIMEOUT_SECS, |s| s as u64)
+        });
         (secs * 1000) as i64 + self.no_reply_margin.as_millis() as i64
     }
 
@@ -313,7 +304,7 @@ impl Server {
                     &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()
                 }) {
                     let s = self.scenario(&mut tx, &r.scenario_id).await?;
-                    let deadline = now + self.deadline_ms(&s, &r.package_id, &mut tx).await;
+                    let deadline = now + self.deadline_ms(&s, r);
                     db::deliveries::set_deadline(&mut tx, &r.id, deadline).await?;
                 }
                 tx.commit().await?;

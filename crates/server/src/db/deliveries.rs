@@ -71,9 +71,16 @@ pub struct DeliveryRow {
     pub retry_at: Option<i64>,
     pub detail: Detail,
     pub events: i64,
+    /// The package's install timeout; None when it is no longer published.
+    pub install_timeout_secs: Option<i64>,
 }
 
-const COLUMNS: &str = "id, scenario_id, machine_id, package_id, delivery, last_seq, deadline, retry_at, detail, events";
+/// A delivery row's columns, with its package's install timeout (read with the row: every
+/// transition into an in-flight state needs it for the deadline).
+const COLUMNS: &str = "d.id, d.scenario_id, d.machine_id, d.package_id, d.delivery, d.last_seq, \
+    d.deadline, d.retry_at, d.detail, d.events, p.install_timeout_secs";
+/// Where `COLUMNS` come from.
+const FROM: &str = "deliveries d LEFT JOIN packages p ON p.id = d.package_id";
 
 fn row(r: &AnyRow) -> Result<DeliveryRow> {
     Ok(DeliveryRow {
@@ -87,6 +94,7 @@ fn row(r: &AnyRow) -> Result<DeliveryRow> {
         retry_at: r.try_get("retry_at")?,
         detail: json(r, "detail")?,
         events: r.try_get("events")?,
+        install_timeout_secs: r.try_get("install_timeout_secs")?,
     })
 }
 
@@ -151,10 +159,9 @@ pub async fn unfinished_of_machine(
     machine: &str,
 ) -> Result<Vec<DeliveryRow>> {
     let q = format!(
-        "SELECT d.{} FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
+        "SELECT {COLUMNS} FROM {FROM} JOIN scenarios s ON s.id = d.scenario_id \
          WHERE d.machine_id = $1 AND d.state NOT IN {} \
          ORDER BY s.created_at, d.scenario_id, d.position",
-        COLUMNS.replace(", ", ", d."),
         list(TERMINAL)
     );
     sqlx::query(AssertSqlSafe(q))
@@ -254,7 +261,7 @@ pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Deliv
     }
     let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let q = format!(
-        "SELECT {COLUMNS} FROM deliveries WHERE id IN ({})",
+        "SELECT {COLUMNS} FROM {FROM} WHERE d.id IN ({})",
         marks.join(", ")
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
@@ -266,7 +273,7 @@ pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Deliv
 
 /// The delivery `id`, if there is one.
 pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
-    let q = format!("SELECT {COLUMNS} FROM deliveries WHERE id = $1");
+    let q = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.id = $1");
     sqlx::query(AssertSqlSafe(q))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -286,7 +293,7 @@ pub async fn get(tx: &mut AnyConnection, id: &str) -> Result<DeliveryRow> {
 /// In-flight deliveries whose deadline is before `now`.
 pub async fn expired(db: &AnyPool, now: i64) -> Result<Vec<DeliveryRow>> {
     let q = format!(
-        "SELECT {COLUMNS} FROM deliveries WHERE state IN {} AND deadline < $1",
+        "SELECT {COLUMNS} FROM {FROM} WHERE d.state IN {} AND d.deadline < $1",
         list(IN_FLIGHT)
     );
     sqlx::query(AssertSqlSafe(q))

@@ -178,15 +178,6 @@ pub async fn archive_sha256(tx: &mut AnyConnection, id: &str) -> Result<Option<S
     )
 }
 
-pub async fn install_timeout_secs(tx: &mut AnyConnection, id: &str) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar::<_, i64>("SELECT install_timeout_secs FROM packages WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?,
-    )
-}
-
 /// The package of a work item; an error when it is not published.
 pub async fn for_work(tx: &mut AnyConnection, id: &str) -> Result<WorkPackage> {
     let p = sqlx::query(
