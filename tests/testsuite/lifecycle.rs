@@ -363,6 +363,32 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     // Enrollment, name, TCP, certificate, credential, clock; no custom sources.
     assert_eq!(checks.as_array().unwrap().len(), 6, "{checks:#}");
 
+    // A second server to fail over to, that is down: its checks follow the first's (E03),
+    // and the first still answers for the machine.
+    let config = agent.root.join("agent.json");
+    let saved = std::fs::read_to_string(&config).unwrap();
+    let mut two: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let down = format!(
+        "https://127.0.0.1:{}",
+        crate::common::sources_harness::closed_port()
+    );
+    two["servers"] = serde_json::json!([down]);
+    std::fs::write(&config, two.to_string()).unwrap();
+    let (ok, failed, checks) = doctor();
+    assert!(!ok);
+    assert_eq!(
+        failed,
+        vec![("TCP connection".into(), Some("E03".into()))],
+        "{checks:#}"
+    );
+    // Enrollment, the first server's five checks, the second's name and TCP.
+    assert_eq!(checks.as_array().unwrap().len(), 8, "{checks:#}");
+    assert!(
+        checks[0]["detail"].as_str().unwrap().contains(&down),
+        "{checks:#}"
+    );
+    std::fs::write(&config, &saved).unwrap();
+
     let id = server.admin().machines().await.unwrap()[0].id.clone();
     server.admin().remove_machine(&id).await.unwrap();
     let (ok, failed, _) = doctor();
@@ -373,7 +399,6 @@ async fn agent_doctor_names_each_fault(backend: Backend) {
     let (_, failed, _) = doctor();
     assert_eq!(failed, vec![("TCP connection".into(), Some("E03".into()))]);
 
-    let config = agent.root.join("agent.json");
     let text = std::fs::read_to_string(&config).unwrap();
     let url = server.url.clone();
     std::fs::write(

@@ -116,23 +116,60 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
     };
     out.push(ok(
         "enrollment",
-        format!("machine {} of {}", cfg.machine_id, cfg.server),
+        format!("machine {} of {}", cfg.machine_id, cfg.urls().join(", ")),
     ));
-    let Some((host, port)) = host_port(&cfg.server) else {
+    // Every server the agent fails over between; the sources come from the first that
+    // accepts the credential.
+    let mut listed = None;
+    for url in cfg.urls() {
+        if let Some(client) = server(root, &cfg, &url, lang, &mut out).await
+            && listed.is_none()
+        {
+            listed = Some((url, client));
+        }
+    }
+    if let Some((url, client)) = listed {
+        match client.get::<AgentSources>(AGENT_SOURCES).await {
+            Ok(list) => {
+                for t in &list.sources {
+                    out.push(source(&root.0, &url, t, lang).await);
+                }
+            }
+            Err(e) => out.push(failed(
+                "update source",
+                format!("the server did not list this machine's sources: {e}"),
+                e.code(),
+                lang,
+            )),
+        }
+    }
+    out
+}
+
+/// The checks of one server URL, in order, into `out`; the client when the server accepted
+/// the credential.
+async fn server(
+    root: &Root,
+    cfg: &AgentConfig,
+    url: &str,
+    lang: Lang,
+    out: &mut Vec<Check>,
+) -> Option<Client> {
+    let Some((host, port)) = host_port(url) else {
         out.push(failed(
             "server address",
-            format!("`{}` is not https://HOST:PORT", cfg.server),
+            format!("`{}` is not https://HOST:PORT", url),
             None,
             lang,
         ));
-        return out;
+        return None;
     };
     let addr = match resolve(&host, port).await {
         Ok(a) => a,
         Err(why) => {
             let code = Fault::UnknownHost.code();
             out.push(failed("name resolution", why, Some(code), lang));
-            return out;
+            return None;
         }
     };
     out.push(ok("name resolution", format!("{host} is {addr}")));
@@ -141,10 +178,10 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
         Err(why) => {
             let code = Fault::Unreachable.code();
             out.push(failed("TCP connection", why, Some(code), lang));
-            return out;
+            return None;
         }
     }
-    let bearer = match bearer(root, &cfg) {
+    let bearer = match bearer(root, cfg) {
         Ok(b) => b,
         Err(e) => {
             out.push(failed(
@@ -153,14 +190,14 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
                 Some(Code::E26),
                 lang,
             ));
-            return out;
+            return None;
         }
     };
-    let client = match Client::new_pinned_any(&cfg.server, &cfg.pins(), Some(bearer)) {
+    let client = match Client::new_pinned_any(url, &cfg.pins(), Some(bearer)) {
         Ok(c) => c,
         Err(e) => {
             out.push(failed("TLS certificate", format!("{e:#}"), None, lang));
-            return out;
+            return None;
         }
     };
     let probe = format!("{CONTENT}/{}", no_content());
@@ -183,16 +220,16 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
                     lang,
                 ),
             });
-            return out;
+            return None;
         }
         Err(_) => {
             out.push(failed(
                 "TLS certificate",
-                format!("no reply from {} in {} s", cfg.server, LIMIT.as_secs()),
+                format!("no reply from {} in {} s", url, LIMIT.as_secs()),
                 Some(Fault::Unreachable.code()),
                 lang,
             ));
-            return out;
+            return None;
         }
     };
     // Halfway between sending and the reply: the server stamped `Date` in between.
@@ -227,22 +264,7 @@ pub async fn run(root: &Root, lang: Lang) -> Vec<Check> {
         }
     };
     out.push(clock(&resp, local_ms, lang));
-    if credential_ok {
-        match client.get::<AgentSources>(AGENT_SOURCES).await {
-            Ok(list) => {
-                for t in &list.sources {
-                    out.push(source(&root.0, &cfg.server, t, lang).await);
-                }
-            }
-            Err(e) => out.push(failed(
-                "update source",
-                format!("the server did not list this machine's sources: {e}"),
-                e.code(),
-                lang,
-            )),
-        }
-    }
-    out
+    credential_ok.then_some(client)
 }
 
 /// This machine's clock against the server's `Date` (E28 past the limit).
