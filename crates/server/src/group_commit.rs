@@ -57,14 +57,21 @@ pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) {
         while rx.recv_many(&mut batch, GROUP).await > 0 {
             let (reports, replies): (Vec<_>, Vec<_>) =
                 batch.drain(..).map(|q| (q.report, q.reply)).unzip();
-            match server.report_group(&reports).await {
+            // A group of its own task: should writing one panic, that group fails (its
+            // agents send again) and the writer goes on with the next.
+            let s = server.clone();
+            let n = reports.len();
+            let written = tokio::spawn(async move { s.report_group(&reports).await })
+                .await
+                .unwrap_or_else(|e| Err(anyhow!("the writer of a report group failed: {e}")));
+            match written {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(reports = reports.len(), "writing reports failed: {e:#}");
+                    tracing::error!(reports = n, "writing reports failed: {e:#}");
                     for reply in replies {
                         let _ = reply.send(Err(anyhow!("writing the report failed: {e:#}")));
                     }
