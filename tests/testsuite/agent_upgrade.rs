@@ -342,6 +342,17 @@ fn detail(row: &DeliveryRow) -> String {
     row.detail.params.detail.clone().unwrap_or_default()
 }
 
+/// The upgrade ended E30 (rolled back) for the reason `why`.
+fn rolled_back(row: &DeliveryRow, agent: &AgentProc, why: &str) {
+    assert_eq!(
+        row.state,
+        State::Failed { code: Code::E30 },
+        "{row:#?}\n{}",
+        agent.log()
+    );
+    assert!(detail(row).contains(why), "{row:#?}");
+}
+
 async fn a_kill_between_swap_steps_recovers(backend: Backend) {
     let Some((server, mut agent, exe, old)) = setup(backend).await else {
         return;
@@ -416,13 +427,7 @@ async fn a_build_of_another_version_is_rolled_back(backend: Backend) {
     );
     let admin = server.admin();
     let row = run(&admin, "wrong", "agent-b9", &agent).await;
-    assert_eq!(
-        row.state,
-        State::Failed { code: Code::E30 },
-        "{row:#?}\n{}",
-        agent.log()
-    );
-    assert!(detail(&row).contains("not the new build"), "{row:#?}");
+    rolled_back(&row, &agent, "not the new build");
     // Rolled back: the old build in place, running in the same process, and heard again.
     assert!(std::fs::read(&exe).unwrap() == old_bytes);
     runs_as(&exe, &old);
@@ -478,13 +483,7 @@ async fn a_lost_watchdog_is_made_up_at_start(backend: Backend) {
     );
     agent.start();
     let row = ended(&admin, &id, &agent).await;
-    assert_eq!(
-        row.state,
-        State::Failed { code: Code::E30 },
-        "{row:#?}\n{}",
-        agent.log()
-    );
-    assert!(detail(&row).contains("no watchdog"), "{row:#?}");
+    rolled_back(&row, &agent, "no watchdog");
     runs_as(&exe, &old);
 
     // A real new build in place, its watchdog and the agent killed before the restart into
@@ -507,13 +506,7 @@ async fn a_lost_watchdog_is_made_up_at_start(backend: Backend) {
     assert!(std::fs::read(&exe).unwrap() == std::fs::read(&build).unwrap());
     agent.start();
     let row = ended(&admin, &id, &agent).await;
-    assert_eq!(
-        row.state,
-        State::Failed { code: Code::E30 },
-        "{row:#?}\n{}",
-        agent.log()
-    );
-    assert!(detail(&row).contains("no watchdog"), "{row:#?}");
+    rolled_back(&row, &agent, "no watchdog");
     assert!(std::fs::read(&exe).unwrap() == old_bytes);
     runs_as(&exe, &old);
     // The unwatched new build never reported itself.

@@ -8,7 +8,7 @@
 //!
 //! PostgreSQL only: SQLite is one server process's own database by design (its file, its
 //! in-process write lock); several servers need the shared database, its advisory locks and
-//! its notifications (`server::db::cluster`).
+//! its notifications (`server::cluster`).
 
 use crate::common::agent_harness::{AgentProc, rows_with_history};
 use crate::common::server_harness::{Backend, TestServer, scenario};

@@ -5,7 +5,7 @@
 //! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
 //! point either loses nothing or repeats an action the state machine refuses to count twice.
 //! Writes are serialised by one write lock (`Server::write`; across servers on PostgreSQL,
-//! `db::cluster`): SQLite has a single writer anyway, and it keeps "one delivery per machine"
+//! `cluster`): SQLite has a single writer anyway, and it keeps "one delivery per machine"
 //! and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
@@ -42,11 +42,11 @@ impl Server {
             .clone()
     }
 
-    /// Wakes the machine's long poll, here and on the other servers (`db::cluster`).
+    /// Wakes the machine's long poll, here and on the other servers (`cluster`).
     pub fn wake(&self, machine: &str) {
         self.notifier(machine).notify_one();
         self.cluster
-            .signal(&db::cluster::Signal::Wake(machine.to_string()));
+            .signal(&super::cluster::Signal::Wake(machine.to_string()));
     }
 
     /// A wake-up another server sent: only a poll waiting (or that waited) here is woken.
@@ -663,7 +663,9 @@ impl Server {
             let _w = self.write().await?;
             let mut tx = self.db.begin().await?;
             // Re-read under the lock: a report may have moved it meanwhile.
-            let mut cur = db::deliveries::get(&mut tx, &r.id).await?;
+            let mut cur = db::deliveries::find(&mut tx, &r.id)
+                .await?
+                .with_context(|| format!("no delivery `{}`", r.id))?;
             if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
                 continue;
             }

@@ -78,7 +78,7 @@ impl Trust {
 
 impl Keys {
     /// Reads the stored chain again: another server on the database may have accepted a
-    /// statement (`db::cluster`).
+    /// statement (`cluster`).
     pub async fn reload(&self, db: &sqlx::AnyPool) -> Result<()> {
         let t = Trust::from_db(db, &self.configured).await?;
         *self.trust.write().expect("trust lock") = t;
@@ -236,7 +236,7 @@ impl Server {
             t.set = next;
             t.chain.push((serial, signed.clone()));
         }
-        self.cluster.signal(&db::cluster::Signal::Keys);
+        self.cluster.signal(&super::cluster::Signal::Keys);
         tracing::info!("{detail}");
         Ok(Ok(self.keys.view()))
     }

@@ -12,6 +12,7 @@ pub mod autoupdate;
 pub mod backup;
 pub mod caps;
 pub mod clock;
+pub mod cluster;
 pub mod db;
 pub mod dispatch;
 pub mod group_commit;
@@ -119,8 +120,8 @@ pub struct Server {
     pub no_reply_margin: Duration,
     pub poll_ms: u64,
     /// The write lock, leader election and signals to other servers on the same
-    /// PostgreSQL database (`db::cluster`).
-    pub cluster: db::cluster::Cluster,
+    /// PostgreSQL database (`cluster`).
+    pub cluster: cluster::Cluster,
     /// Agents' reports waiting to be written together (`group_commit`).
     pub reports: group_commit::Queue,
     /// Scenario specs read so far (a scenario never changes once created).
@@ -150,14 +151,14 @@ impl Server {
     }
 
     /// Serialises state-changing transactions: in this process, and on PostgreSQL across
-    /// every server on the database (`db::cluster`).
-    pub async fn write(&self) -> Result<db::cluster::WriteGuard> {
+    /// every server on the database (`cluster`).
+    pub async fn write(&self) -> Result<cluster::WriteGuard> {
         self.cluster.write().await
     }
 
-    /// Acts on a change another server made (`db::cluster::Signal`).
-    fn heard(self: &Arc<Self>, s: db::cluster::Signal) {
-        use db::cluster::Signal;
+    /// Acts on a change another server made (`cluster::Signal`).
+    fn heard(self: &Arc<Self>, s: cluster::Signal) {
+        use cluster::Signal;
         match s {
             Signal::Wake(m) => self.wake_local(&m),
             Signal::Relay(m) => self.sources.relay_notifier(&m).notify_one(),
@@ -241,7 +242,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
             cfg.data.join("patchcast.db").display()
         ),
     };
-    let cluster = db::cluster::Cluster::new(&url);
+    let cluster = cluster::Cluster::new(&url);
     let db = {
         // Several servers may start at once on PostgreSQL: one migrates (schema and data
         // upgrades), the others wait and find nothing left to do.

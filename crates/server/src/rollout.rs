@@ -220,7 +220,10 @@ impl Server {
                 ),
             };
             let _w = self.write().await?;
-            db::rollouts::finish(&self.db, &id, state, &reason, self.now()).await?;
+            let mut tx = self.db.begin().await?;
+            let running = RolloutState::Running.name();
+            db::rollouts::change_state(&mut tx, &id, running, state, &reason, self.now()).await?;
+            tx.commit().await?;
         }
         Ok(())
     }

@@ -396,7 +396,9 @@ impl Server {
                         let h = super::random_hex(32)?;
                         // Two first uses at once: the second insert fails and both read the winner.
                         let _ = db::sources::insert_token_key(&self.db, &h).await;
-                        db::sources::stored_token_key(&self.db).await?
+                        db::sources::token_key(&self.db)
+                            .await?
+                            .context("no relay token key is stored")?
                     }
                 };
                 let mut b = [0u8; 32];
@@ -429,11 +431,11 @@ impl Server {
             .unwrap_or(false)
     }
 
-    /// Wakes a relay's long poll, here and on the other servers (`db::cluster`).
+    /// Wakes a relay's long poll, here and on the other servers (`cluster`).
     pub fn wake_relay(&self, machine: &str) {
         self.sources.relay_notifier(machine).notify_one();
         self.cluster
-            .signal(&db::cluster::Signal::Relay(machine.to_string()));
+            .signal(&super::cluster::Signal::Relay(machine.to_string()));
     }
 
     async fn wake_relays(&self) {

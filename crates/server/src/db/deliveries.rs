@@ -283,13 +283,6 @@ pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow
         .transpose()
 }
 
-/// The delivery `id`; an error when there is none.
-pub async fn get(tx: &mut AnyConnection, id: &str) -> Result<DeliveryRow> {
-    find(tx, id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no delivery `{id}`"))
-}
-
 /// In-flight deliveries whose deadline is before `now`.
 pub async fn expired(db: &AnyPool, now: i64) -> Result<Vec<DeliveryRow>> {
     let q = format!(

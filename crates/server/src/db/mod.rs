@@ -18,8 +18,8 @@
 
 pub mod accounts;
 pub mod audit;
-pub mod cluster;
 pub mod deliveries;
+pub mod locks;
 pub mod machines;
 pub mod packages;
 pub mod policies;

@@ -55,19 +55,6 @@ pub async fn running(db: &AnyPool) -> Result<Vec<(String, Rollout, i64)>> {
         .collect()
 }
 
-/// Ends a running rollout in `state` (a rollout no longer running is left as it is).
-pub async fn finish(
-    db: &AnyPool,
-    id: &str,
-    state: RolloutState,
-    reason: &str,
-    now: i64,
-) -> Result<()> {
-    let mut c = db.acquire().await?;
-    change_state(&mut c, id, RolloutState::Running.name(), state, reason, now).await?;
-    Ok(())
-}
-
 pub async fn get(db: &AnyPool, id: &str) -> Result<Option<RolloutRow>> {
     let Some(row) = sqlx::query(
         "SELECT id, name, spec, state, wave, reason, created_at FROM rollouts WHERE id = $1",

@@ -183,10 +183,3 @@ pub async fn insert_token_key(db: &AnyPool, hex: &str) -> Result<()> {
         .await?;
     Ok(())
 }
-
-/// The stored relay token key; an error when there is none.
-pub async fn stored_token_key(db: &AnyPool) -> Result<String> {
-    token_key(db)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no relay token key is stored"))
-}

@@ -1,5 +1,6 @@
 //! Several servers on one PostgreSQL database: what used to be one process's memory, made
-//! correct across processes. Three mechanisms, all here so call sites stay one line:
+//! correct across processes. Three mechanisms, all here so call sites stay one line (their
+//! statements are the store's, `db::locks`):
 //!
 //! - **The write lock** (`Cluster::write`): every state-changing transaction runs under it.
 //!   On SQLite it is the in-process mutex it always was (one process, one writer). On
@@ -18,8 +19,8 @@
 //!   another and a trust statement accepted on one is trusted by all. A server ignores its
 //!   own signals (it acted on them locally already).
 
+use super::db::{Pool, locks};
 use anyhow::{Context, Result};
-use sqlx::{AnyConnection, AnyPool, Connection};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -87,7 +88,7 @@ pub struct Cluster {
 /// whether it holds it now.
 #[derive(Default)]
 struct Slot {
-    conn: Option<AnyConnection>,
+    conn: Option<locks::Conn>,
     held: bool,
 }
 
@@ -126,10 +127,7 @@ impl Drop for WriteGuard {
             }
             g.held = false;
             if let Some(c) = g.conn.as_mut()
-                && let Err(e) = sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
-                    .bind(WRITE_KEY)
-                    .execute(&mut *c)
-                    .await
+                && let Err(e) = locks::unlock(c, WRITE_KEY).await
             {
                 // Closing the connection releases the lock; the next writer reconnects.
                 tracing::warn!("releasing the database write lock: {e}; reconnecting");
@@ -141,7 +139,6 @@ impl Drop for WriteGuard {
 
 impl Cluster {
     pub fn new(url: &str) -> Cluster {
-        sqlx::any::install_default_drivers();
         let shared = url.starts_with("postgres:") || url.starts_with("postgresql:");
         Cluster {
             url: shared.then(|| url.to_string()),
@@ -169,15 +166,11 @@ impl Cluster {
                 // meanwhile, so is the connection, and with it whatever it had locked.
                 let mut conn = match g.conn.take() {
                     Some(c) => c,
-                    None => AnyConnection::connect(url)
+                    None => locks::connect(url)
                         .await
                         .context("connecting for the database write lock")?,
                 };
-                match sqlx::query("SELECT 1 FROM (SELECT pg_advisory_lock($1)) l")
-                    .bind(WRITE_KEY)
-                    .execute(&mut conn)
-                    .await
-                {
+                match locks::lock(&mut conn, WRITE_KEY).await {
                     Ok(_) => {
                         *g = Slot {
                             conn: Some(conn),
@@ -215,7 +208,7 @@ impl Cluster {
 
     /// Starts the leader election, the sender of signals and the listener (PostgreSQL only);
     /// `on` is called with each signal another server sent.
-    pub fn start(&self, pool: AnyPool, on: impl Fn(Signal) + Send + Sync + 'static) {
+    pub fn start(&self, pool: Pool, on: impl Fn(Signal) + Send + Sync + 'static) {
         let Some(url) = self.url.clone() else {
             return;
         };
@@ -229,22 +222,19 @@ impl Cluster {
 }
 
 async fn elect(url: String, leader: Arc<AtomicBool>) {
-    let mut conn: Option<AnyConnection> = None;
+    let mut conn: Option<locks::Conn> = None;
     loop {
         let held = leader.load(Ordering::Relaxed);
         let r = async {
             if conn.is_none() {
-                conn = Some(AnyConnection::connect(&url).await?);
+                conn = Some(locks::connect(&url).await?);
             }
             let c = conn.as_mut().expect("connected above");
             if held {
-                sqlx::query("SELECT 1").execute(c).await?;
-                Ok::<bool, sqlx::Error>(true)
+                locks::alive(c).await?;
+                Ok::<bool, anyhow::Error>(true)
             } else {
-                sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                    .bind(LEADER_KEY)
-                    .fetch_one(c)
-                    .await
+                locks::try_lock(c, LEADER_KEY).await
             }
         }
         .await;
@@ -267,15 +257,10 @@ async fn elect(url: String, leader: Arc<AtomicBool>) {
     }
 }
 
-async fn send(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn send(pool: Pool, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(p) = rx.recv().await {
         // Sent outside any transaction, after the change committed: delivered at once.
-        if let Err(e) = sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) n")
-            .bind(CHANNEL)
-            .bind(&p)
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = locks::notify(&pool, CHANNEL, &p).await {
             tracing::warn!("NOTIFY to the other servers failed: {e}");
         }
     }
@@ -283,7 +268,7 @@ async fn send(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<String>) {
 
 async fn listen(url: String, instance: String, on: impl Fn(Signal) + Send + Sync + 'static) {
     loop {
-        let mut l = match sqlx::postgres::PgListener::connect(&url).await {
+        let mut l = match locks::listener(&url, CHANNEL).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("LISTEN for the other servers: {e}; trying again");
@@ -291,11 +276,6 @@ async fn listen(url: String, instance: String, on: impl Fn(Signal) + Send + Sync
                 continue;
             }
         };
-        if let Err(e) = l.listen(CHANNEL).await {
-            tracing::warn!("LISTEN for the other servers: {e}; trying again");
-            tokio::time::sleep(LEADER_EVERY).await;
-            continue;
-        }
         // Anything missed before this LISTEN is looked at again.
         on(Signal::Lost);
         loop {
