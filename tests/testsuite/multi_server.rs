@@ -269,3 +269,61 @@ async fn a_key_rotation_on_one_server_is_trusted_by_the_other() {
     let view = trust_at(&a, 2).await;
     assert_eq!(view["keys"].as_array().unwrap().len(), 3, "{view}");
 }
+
+/// Polls `cond` every 100 ms for up to 30 s (a NOTIFY's way to the other server).
+async fn within_30s<F: std::future::Future<Output = bool>>(what: &str, cond: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each server keeps policies and agents' credential hashes in memory between changes
+/// (`server::cache`): a change on one server must drop the other's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_or_a_removal_on_one_server_holds_on_the_other() {
+    let Some(a) = TestServer::start(Backend::Postgres, &[]).await else {
+        return;
+    };
+    let b = a.join();
+    a.publish_sample("pkg-cache").await;
+    let agents = b.enroll(2, "cache", Behaviour::Apply).await;
+    // B reads the (empty) policies and both credentials now, and keeps them.
+    for agent in &agents {
+        assert!(agent.poll(AgentState::Idle, 0).await.unwrap().is_none());
+    }
+    assert!(b.admin().policies().await.unwrap().is_empty());
+
+    // A hold set on A: B holds the work too.
+    let hold =
+        patchcast::model::group_policy::load("hold.yaml", "group: cache\nhold: [application]\n")
+            .unwrap();
+    a.admin().set_policy(&hold).await.unwrap();
+    within_30s("B seeing A's hold", || async {
+        b.admin().policies().await.unwrap().len() == 1
+    })
+    .await;
+    a.admin()
+        .run_scenario(&scenario("cache", "cache", &["pkg-cache"]))
+        .await
+        .unwrap();
+    for agent in &agents {
+        let w = agent.poll(AgentState::Idle, 0).await.unwrap();
+        assert!(w.is_none(), "B handed out work A holds: {w:?}");
+    }
+
+    // A machine removed on A: B refuses its agent from then on; the other still gets in.
+    a.admin()
+        .remove_machine(&agents[0].machine_id)
+        .await
+        .unwrap();
+    within_30s("B refusing the removed machine", || async {
+        matches!(
+            agents[0].poll(AgentState::Idle, 0).await,
+            Err(patchcast::transport::client::CallError::Status { status: 401, .. })
+        )
+    })
+    .await;
+    assert!(agents[1].poll(AgentState::Idle, 0).await.unwrap().is_none());
+}

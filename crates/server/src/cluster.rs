@@ -42,6 +42,10 @@ pub enum Signal {
     Relay(String),
     /// The trust statements changed: reload them.
     Keys,
+    /// Group policies, the update-source list or relay roles changed (`cache`).
+    Changed,
+    /// A machine was removed: forget its credential (`cache`).
+    Removed(String),
     /// The listener lost its connection (signals may have been missed): wake everything.
     Lost,
 }
@@ -52,6 +56,8 @@ impl Signal {
             Signal::Wake(m) => Some(format!("{instance} wake {m}")),
             Signal::Relay(m) => Some(format!("{instance} relay {m}")),
             Signal::Keys => Some(format!("{instance} keys -")),
+            Signal::Changed => Some(format!("{instance} changed -")),
+            Signal::Removed(m) => Some(format!("{instance} removed {m}")),
             Signal::Lost => None,
         }
     }
@@ -67,6 +73,8 @@ impl Signal {
             "wake" => Some(Signal::Wake(arg.to_string())),
             "relay" => Some(Signal::Relay(arg.to_string())),
             "keys" => Some(Signal::Keys),
+            "changed" => Some(Signal::Changed),
+            "removed" => Some(Signal::Removed(arg.to_string())),
             _ => None,
         }
     }

@@ -10,6 +10,7 @@
 
 use super::Server;
 use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
+use super::group_commit::{Done, Job};
 use super::windows::Gate;
 use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
@@ -90,10 +91,28 @@ impl Server {
         scenario: &Scenario,
         now: i64,
     ) -> Result<Result<Action, Invalid>> {
-        let t = match next(&r.d, event, attempt, &Self::policy(scenario)) {
+        let (action, e) = match self.advance(r, event, attempt, seq, detail, scenario, now) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
+        db::deliveries::record(tx, &[r], &[e], now).await?;
+        Ok(Ok(action))
+    }
+
+    /// Applies `event` to `r` in memory: the action to take and the history row to write with
+    /// the row (`transition` writes at once; a report group writes all its rows together).
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &self,
+        r: &mut DeliveryRow,
+        event: &Event,
+        attempt: u32,
+        seq: u32,
+        detail: &Detail,
+        scenario: &Scenario,
+        now: i64,
+    ) -> Result<(Action, NewEvent), Invalid> {
+        let t = next(&r.d, event, attempt, &Self::policy(scenario))?;
         let before_code = r.d.last_code;
         r.d = t.delivery;
         if seq > 0 {
@@ -143,20 +162,17 @@ impl Server {
             _ => None,
         };
         r.events += 1;
-        db::deliveries::record(
-            tx,
-            r,
-            &NewEvent {
-                event,
-                attempt,
-                seq,
-                code,
-                params: &params,
-            },
-            now,
-        )
-        .await?;
-        Ok(Ok(t.action))
+        let e = NewEvent {
+            delivery_id: r.id.clone(),
+            n: r.events,
+            event: event.clone(),
+            state: r.d.state.clone(),
+            attempt,
+            seq,
+            code,
+            params,
+        };
+        Ok((t.action, e))
     }
 
     /// An administrator's event on one delivery (`Event::Reset` to retry one that stopped,
@@ -290,10 +306,25 @@ impl Server {
         if *state == AgentState::Idle && !db::deliveries::has_unfinished(&self.db, machine).await? {
             return Ok((None, None));
         }
-        let _w = self.write().await?;
-        let now = self.now();
-        let mut tx = self.db.begin().await?;
-        let rows = db::deliveries::unfinished_of_machine(&mut tx, machine).await?;
+        match self
+            .writes
+            .submit(Job::Dispatch(machine.to_string(), state.clone()))
+            .await?
+        {
+            Done::Dispatch(work, due) => Ok((work, due)),
+            Done::Report(_) => anyhow::bail!("the writer answered a poll with a report's outcome"),
+        }
+    }
+
+    /// One machine's look for work inside a group's transaction (`write_group`).
+    async fn dispatch_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        machine: &str,
+        state: &AgentState,
+        now: i64,
+    ) -> Result<(Option<Work>, Option<i64>)> {
+        let rows = db::deliveries::unfinished_of_machine(&mut *tx, machine).await?;
         match state {
             AgentState::Busy {
                 delivery_id,
@@ -303,15 +334,13 @@ impl Server {
                 if let Some(r) = rows.iter().find(|r| {
                     &r.id == delivery_id && r.d.attempt == *attempt && r.d.state.in_flight()
                 }) {
-                    let s = self.scenario(&mut tx, &r.scenario_id).await?;
+                    let s = self.scenario(&mut *tx, &r.scenario_id).await?;
                     let deadline = now + self.deadline_ms(&s, r);
-                    db::deliveries::set_deadline(&mut tx, &r.id, deadline).await?;
+                    db::deliveries::set_deadline(&mut *tx, &r.id, deadline).await?;
                 }
-                tx.commit().await?;
                 return Ok((None, None));
             }
             AgentState::RebootPending { .. } => {
-                tx.commit().await?;
                 return Ok((None, None));
             }
             AgentState::Idle => {}
@@ -320,10 +349,9 @@ impl Server {
         // An idle agent with a delivery in flight either never got the work (the reply was
         // lost: send it again, same attempt) or lost it after starting (no reply: E13).
         for r in rows.iter_mut().filter(|r| r.d.state.in_flight()) {
-            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            let s = self.scenario(&mut *tx, &r.scenario_id).await?;
             if r.last_seq == 0 && r.d.state == State::Transferring {
-                let w = self.work(&mut tx, r, &s).await?;
-                tx.commit().await?;
+                let w = self.work(&mut *tx, r, &s).await?;
                 return Ok((Some(w), None));
             }
             let detail = no_reply_detail(
@@ -331,14 +359,13 @@ impl Server {
                 "the agent reported idle while this delivery was in flight",
             );
             let attempt = r.d.attempt;
-            self.transition(&mut tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
+            self.transition(&mut *tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
                 .await??;
         }
         if rows
             .iter()
             .any(|r| r.d.state.is_busy() && !r.d.state.in_flight())
         {
-            tx.commit().await?;
             return Ok((None, None));
         }
         let mut next_due: Option<i64> = None;
@@ -371,13 +398,13 @@ impl Server {
             }
             // A package a successor replaces on this machine is never handed out; the next
             // package of the scenario may move at once.
-            if let Some(by) = self.superseded(&mut tx, machine, &r.package_id).await? {
-                let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            if let Some(by) = self.superseded(&mut *tx, machine, &r.package_id).await? {
+                let s = self.scenario(&mut *tx, &r.scenario_id).await?;
                 let a = r.d.attempt;
                 tracing::info!(machine, delivery = %r.id, package = %r.package_id, by, "superseded");
                 let detail = Detail::default();
                 self.transition(
-                    &mut tx,
+                    &mut *tx,
                     r,
                     &Event::Superseded { by },
                     a,
@@ -391,9 +418,9 @@ impl Server {
                 continue;
             }
             // The packages it requires go first (`core::lifecycle::requirements`).
-            let s = self.scenario(&mut tx, &r.scenario_id).await?;
+            let s = self.scenario(&mut *tx, &r.scenario_id).await?;
             if s.action.is_install() {
-                match self.required(&mut tx, machine, &r.id).await? {
+                match self.required(&mut *tx, machine, &r.id).await? {
                     (Requirements::Start, _) => {}
                     (Requirements::Wait { requirement }, ids) => {
                         tracing::debug!(machine, delivery = %r.id, requirement, "waiting for a required package");
@@ -419,7 +446,7 @@ impl Server {
                         };
                         let a = r.d.attempt;
                         self.transition(
-                            &mut tx,
+                            &mut *tx,
                             r,
                             &Event::RequirementFailed,
                             a,
@@ -447,19 +474,22 @@ impl Server {
                 continue;
             }
             if let Some(max) = s.max_concurrent {
-                let busy = db::deliveries::busy_machines(&mut tx, &r.scenario_id, machine).await?;
+                let busy = db::deliveries::busy_machines(&mut *tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {
                     continue;
                 }
             }
             // OfficeScan upgrade method 2: clients wait until their relay has the content.
-            if self.held_for_relay(&mut tx, machine, &r.package_id).await? {
+            if self
+                .held_for_relay(&mut *tx, machine, &r.package_id)
+                .await?
+            {
                 continue;
             }
             if r.d.state == State::AwaitingRetry {
                 let a = r.d.attempt;
                 self.transition(
-                    &mut tx,
+                    &mut *tx,
                     r,
                     &Event::RetryDue,
                     a,
@@ -472,7 +502,7 @@ impl Server {
             }
             let a = r.d.attempt + 1;
             self.transition(
-                &mut tx,
+                &mut *tx,
                 r,
                 &Event::Dispatched,
                 a,
@@ -482,7 +512,7 @@ impl Server {
                 now,
             )
             .await??;
-            let w = self.work(&mut tx, r, &s).await?;
+            let w = self.work(&mut *tx, r, &s).await?;
             if let Err(refusal) = self.prepared(&w).await {
                 // The server cannot prepare this delivery: the machine's result says so (E01,
                 // E17) instead of the agent seeing an HTTP error it cannot name.
@@ -496,14 +526,21 @@ impl Server {
                     ..Detail::default()
                 };
                 let code = refusal.code;
-                self.transition(&mut tx, r, &Event::Refused { code }, a, 0, &detail, &s, now)
-                    .await??;
+                self.transition(
+                    &mut *tx,
+                    r,
+                    &Event::Refused { code },
+                    a,
+                    0,
+                    &detail,
+                    &s,
+                    now,
+                )
+                .await??;
                 continue;
             }
-            tx.commit().await?;
             return Ok((Some(w), None));
         }
-        tx.commit().await?;
         Ok((None, next_due))
     }
 
@@ -555,61 +592,114 @@ impl Server {
     /// Reports arriving together share one transaction (`group_commit`); each is still
     /// acknowledged only after that transaction committed.
     pub async fn report(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
-        self.reports.submit(machine, rep).await
+        match self
+            .writes
+            .submit(Job::Report(machine.to_string(), Box::new(rep.clone())))
+            .await?
+        {
+            Done::Report(outcome) => Ok(outcome),
+            Done::Dispatch(..) => anyhow::bail!("the writer answered a report with work"),
+        }
     }
 
-    /// Applies the reports of one group in one transaction under the write lock, then wakes
-    /// the machines they concern. A database error fails the whole group (nothing of it is
-    /// committed, and each agent sends its report again).
-    pub(crate) async fn report_group(
-        &self,
-        group: &[(String, Report)],
-    ) -> Result<Vec<ReportOutcome>> {
-        let mut outcomes = Vec::with_capacity(group.len());
+    /// Writes one group (`group_commit`) in one transaction under the write lock: its reports
+    /// first (so a machine's poll in the same group sees its report), then its dispatches; then
+    /// wakes the machines the reports concern. A database error fails the whole group (nothing
+    /// of it is committed). The outcomes come in the order of `jobs`.
+    pub(crate) async fn write_group(&self, jobs: &[Job]) -> Result<Vec<Done>> {
+        let reports: Vec<(&str, &Report)> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Report(m, r) => Some((m.as_str(), r.as_ref())),
+                Job::Dispatch(..) => None,
+            })
+            .collect();
         let mut wakes = Vec::new();
+        let (mut outcomes, mut dispatched) = (Vec::new(), Vec::new());
         {
             let _w = self.write().await?;
             let now = self.now();
             let mut tx = self.db.begin().await?;
-            // One read for the group. A report repeated within it sees the row as the one
-            // before it left it (`apply_report` moves the row in place).
-            let ids: Vec<&str> = group.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
-            let mut rows: std::collections::HashMap<String, DeliveryRow> =
-                db::deliveries::find_many(&mut tx, &ids)
-                    .await?
-                    .into_iter()
-                    .map(|r| (r.id.clone(), r))
-                    .collect();
-            for (machine, rep) in group {
-                let row = rows
-                    .get_mut(&rep.delivery_id)
-                    .filter(|r| r.machine_id == *machine);
-                let (outcome, freed) = self.apply_report(&mut tx, row, rep, now).await?;
-                if matches!(outcome, ReportOutcome::Ack(ReportAck { applied: true, .. })) {
-                    wakes.push((machine.as_str(), freed));
+            if !reports.is_empty() {
+                outcomes = self
+                    .apply_reports(&mut tx, &reports, now, &mut wakes)
+                    .await?;
+            }
+            for j in jobs {
+                if let Job::Dispatch(machine, state) = j {
+                    dispatched.push(self.dispatch_in(&mut tx, machine, state, now).await?);
                 }
-                outcomes.push(outcome);
             }
             tx.commit().await?;
         }
         // The machines may have their next package, and others a freed concurrency slot.
         for (machine, freed) in wakes {
-            self.wake(machine);
+            self.wake(&machine);
             if let Some(scenario_id) = freed {
                 self.wake_scenario(&scenario_id).await;
             }
         }
+        let (mut outcomes, mut dispatched) = (outcomes.into_iter(), dispatched.into_iter());
+        jobs.iter()
+            .map(|j| match j {
+                Job::Report(..) => outcomes.next().map(Done::Report),
+                Job::Dispatch(..) => dispatched.next().map(|(w, due)| Done::Dispatch(w, due)),
+            })
+            .collect::<Option<Vec<_>>>()
+            .context("a write of the group has no outcome")
+    }
+
+    /// The reports of a group, written together: one read of their rows, one write of the
+    /// rows they moved and their history (`db::deliveries::record`). A report repeated within
+    /// the group sees the row as the one before it left it. Adds to `wakes` the machines whose
+    /// report was applied, with the scenario whose concurrency slot it freed.
+    async fn apply_reports(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        group: &[(&str, &Report)],
+        now: i64,
+        wakes: &mut Vec<(String, Option<String>)>,
+    ) -> Result<Vec<ReportOutcome>> {
+        let ids: Vec<&str> = group.iter().map(|(_, r)| r.delivery_id.as_str()).collect();
+        let mut rows: std::collections::HashMap<String, DeliveryRow> =
+            db::deliveries::find_many(&mut *tx, &ids)
+                .await?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (machine, rep) in group {
+            let row = rows
+                .get_mut(&rep.delivery_id)
+                .filter(|r| r.machine_id == *machine);
+            let (outcome, freed) = self
+                .apply_report(&mut *tx, row, rep, now, &mut events)
+                .await?;
+            if matches!(outcome, ReportOutcome::Ack(ReportAck { applied: true, .. })) {
+                wakes.push((machine.to_string(), freed));
+            }
+            outcomes.push(outcome);
+        }
+        let moved: std::collections::HashSet<&str> =
+            events.iter().map(|e| e.delivery_id.as_str()).collect();
+        let moved: Vec<&DeliveryRow> = rows
+            .values()
+            .filter(|r| moved.contains(r.id.as_str()))
+            .collect();
+        db::deliveries::record(&mut *tx, &moved, &events, now).await?;
         Ok(outcomes)
     }
 
-    /// One report inside a group's transaction; with the scenario whose concurrency slot it
-    /// freed, if any.
+    /// One report inside a group's transaction, its history row added to `events`; with the
+    /// scenario whose concurrency slot it freed, if any.
     async fn apply_report(
         &self,
         tx: &mut sqlx::AnyConnection,
         row: Option<&mut DeliveryRow>,
         rep: &Report,
         now: i64,
+        events: &mut Vec<NewEvent>,
     ) -> Result<(ReportOutcome, Option<String>)> {
         let Some(r) = row else {
             return Ok((ReportOutcome::NotFound, None));
@@ -625,11 +715,9 @@ impl Server {
         let s = self.scenario(tx, &r.scenario_id).await?;
         let was_busy = r.d.state.is_busy();
         let event = &rep.event;
-        match self
-            .transition(tx, r, event, rep.attempt, rep.seq, &rep.detail, &s, now)
-            .await?
-        {
-            Ok(action) => {
+        match self.advance(r, event, rep.attempt, rep.seq, &rep.detail, &s, now) {
+            Ok((action, e)) => {
+                events.push(e);
                 // A concurrency slot opened only if the scenario limits them.
                 let freed = s.max_concurrent.is_some() && was_busy && !r.d.state.is_busy();
                 let ack = ReportAck {

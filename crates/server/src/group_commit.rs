@@ -1,26 +1,45 @@
-//! Group commit for agents' reports. Each step of a delivery is reported and must be durable
-//! before it is acknowledged; one transaction per report made the write lock the fleet's
-//! bottleneck. Reports that arrive while a group is being written wait in a queue and are
-//! written together by one task, in one transaction (`Server::report_group`), so a burst of
-//! reports costs one lock hand-over and one commit instead of one each.
+//! Group commit for the delivery path's writes: agents' reports and the dispatches of polling
+//! machines. Each must be durable before it is answered; one transaction each made the write
+//! lock the fleet's bottleneck. Writes that arrive while a group is being written wait in a
+//! queue and are written together by one task, in one transaction (`Server::write_group`), so
+//! a burst costs one lock hand-over and one commit instead of one each.
+//!
+//! Should a group fail (a database error, or a panic), each of its writes is tried again
+//! alone, so one bad write fails only its own request.
 
 use super::Server;
 use super::dispatch::ReportOutcome;
 use anyhow::{Result, anyhow};
-use patchcast_proto::protocol::Report;
+use patchcast_proto::protocol::{AgentState, Report, Work};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most reports written in one transaction; a queue this deep holds the next groups.
+/// Most writes in one transaction; a queue this deep holds the next groups.
 const GROUP: usize = 256;
 const QUEUE: usize = 8 * GROUP;
 
-struct Queued {
-    report: (String, Report),
-    reply: oneshot::Sender<Result<ReportOutcome>>,
+/// One write of the delivery path.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// A machine's report on its delivery.
+    Report(String, Box<Report>),
+    /// A machine's poll that may start (or chase) a delivery.
+    Dispatch(String, AgentState),
 }
 
-/// Where reports wait for the writer.
+/// What a write came to.
+pub enum Done {
+    Report(ReportOutcome),
+    /// Work to hand out, and when a retry falls due.
+    Dispatch(Option<Work>, Option<i64>),
+}
+
+struct Queued {
+    job: Job,
+    reply: oneshot::Sender<Result<Done>>,
+}
+
+/// Where writes wait for the writer.
 pub struct Queue(mpsc::Sender<Queued>);
 
 /// The writer's end, handed to `spawn` once the server exists.
@@ -32,48 +51,56 @@ pub fn channel() -> (Queue, Writer) {
 }
 
 impl Queue {
-    /// Queues `rep` and waits until its group committed (or failed).
-    pub async fn submit(&self, machine: &str, rep: &Report) -> Result<ReportOutcome> {
+    /// Queues `job` and waits until its group committed (or failed).
+    pub async fn submit(&self, job: Job) -> Result<Done> {
         let (reply, answer) = oneshot::channel();
-        let queued = Queued {
-            report: (machine.to_string(), rep.clone()),
-            reply,
-        };
         self.0
-            .send(queued)
+            .send(Queued { job, reply })
             .await
-            .map_err(|_| anyhow!("the report writer has stopped"))?;
+            .map_err(|_| anyhow!("the delivery writer has stopped"))?;
         answer
             .await
-            .map_err(|_| anyhow!("the report writer stopped before answering"))?
+            .map_err(|_| anyhow!("the delivery writer stopped before answering"))?
     }
 }
 
+/// Writes `jobs` as one group in a task of its own: should writing it panic, that is an
+/// error of this group, and the writer goes on.
+async fn write(server: &Arc<Server>, jobs: Vec<Job>) -> Result<Vec<Done>> {
+    let s = server.clone();
+    tokio::spawn(async move { s.write_group(&jobs).await })
+        .await
+        .unwrap_or_else(|e| Err(anyhow!("the writer of a group failed: {e}")))
+}
+
 /// Starts the writer: it takes whatever is queued (up to `GROUP`), writes it as one group and
-/// answers each report with its own outcome.
+/// answers each write with its own outcome.
 pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(GROUP);
         while rx.recv_many(&mut batch, GROUP).await > 0 {
-            let (reports, replies): (Vec<_>, Vec<_>) =
-                batch.drain(..).map(|q| (q.report, q.reply)).unzip();
-            // A group of its own task: should writing one panic, that group fails (its
-            // agents send again) and the writer goes on with the next.
-            let s = server.clone();
-            let n = reports.len();
-            let written = tokio::spawn(async move { s.report_group(&reports).await })
-                .await
-                .unwrap_or_else(|e| Err(anyhow!("the writer of a report group failed: {e}")));
-            match written {
-                Ok(outcomes) => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok(outcome));
+            let (jobs, replies): (Vec<_>, Vec<_>) =
+                batch.drain(..).map(|q| (q.job, q.reply)).unzip();
+            let n = jobs.len();
+            match write(&server, jobs.clone()).await {
+                Ok(done) => {
+                    for (reply, d) in replies.into_iter().zip(done) {
+                        let _ = reply.send(Ok(d));
+                    }
+                }
+                Err(e) if n == 1 => {
+                    tracing::error!("a delivery write failed: {e:#}");
+                    for reply in replies {
+                        let _ = reply.send(Err(anyhow!("writing failed: {e:#}")));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(reports = n, "writing reports failed: {e:#}");
-                    for reply in replies {
-                        let _ = reply.send(Err(anyhow!("writing the report failed: {e:#}")));
+                    tracing::warn!(writes = n, "a group failed, writing each alone: {e:#}");
+                    for (job, reply) in jobs.into_iter().zip(replies) {
+                        let done = write(&server, vec![job]).await;
+                        let _ = reply.send(done.and_then(|mut d| {
+                            d.pop().ok_or_else(|| anyhow!("the write gave no outcome"))
+                        }));
                     }
                 }
             }

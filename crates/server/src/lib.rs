@@ -10,6 +10,7 @@ pub mod actions;
 pub mod api;
 pub mod autoupdate;
 pub mod backup;
+pub mod cache;
 pub mod caps;
 pub mod clock;
 pub mod cluster;
@@ -122,8 +123,10 @@ pub struct Server {
     /// The write lock, leader election and signals to other servers on the same
     /// PostgreSQL database (`cluster`).
     pub cluster: cluster::Cluster,
-    /// Agents' reports waiting to be written together (`group_commit`).
-    pub reports: group_commit::Queue,
+    /// Reports and dispatches waiting to be written together (`group_commit`).
+    pub writes: group_commit::Queue,
+    /// Small tables and credential hashes kept between their changes (`cache`).
+    pub cached: cache::Caches,
     /// Scenario specs read so far (a scenario never changes once created).
     pub specs: Mutex<HashMap<String, Arc<patchcast_core::model::scenario::Scenario>>>,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
@@ -156,6 +159,20 @@ impl Server {
         self.cluster.write().await
     }
 
+    /// After a change to group policies, the update-source list or relay roles: the copies
+    /// here and on the other servers are dropped (`cache`).
+    pub fn tables_changed(&self) {
+        self.cached.tables_changed();
+        self.cluster.signal(&cluster::Signal::Changed);
+    }
+
+    /// After a machine was removed: its credential is forgotten here and on the other servers.
+    pub fn machine_removed(&self, id: &str) {
+        self.cached.machine_removed(id);
+        self.cluster
+            .signal(&cluster::Signal::Removed(id.to_string()));
+    }
+
     /// Acts on a change another server made (`cluster::Signal`).
     fn heard(self: &Arc<Self>, s: cluster::Signal) {
         use cluster::Signal;
@@ -172,7 +189,10 @@ impl Server {
                     }
                 });
             }
+            Signal::Changed => self.cached.tables_changed(),
+            Signal::Removed(m) => self.cached.machine_removed(&m),
             Signal::Lost => {
+                self.cached.clear();
                 let machines: Vec<String> = {
                     let map = self.notify.lock().unwrap_or_else(|p| p.into_inner());
                     map.keys().cloned().collect()
@@ -260,7 +280,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let fingerprint = identity.fingerprint.clone();
     let tls_config = identity.server_config()?;
     let keys = keys::Keys::load(&db, &trusted, tls_dir, names, identity).await?;
-    let (reports, report_writer) = group_commit::channel();
+    let (writes, writer) = group_commit::channel();
     let server = Arc::new(Server {
         db,
         store: store::Store::open(
@@ -274,7 +294,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
         no_reply_margin: cfg.no_reply_margin,
         poll_ms: cfg.poll_ms,
         cluster,
-        reports,
+        writes,
+        cached: cache::Caches::default(),
         specs: Mutex::new(HashMap::new()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
@@ -300,7 +321,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         }
     });
     let recovered = server.recover().await?;
-    group_commit::spawn(server.clone(), report_writer);
+    group_commit::spawn(server.clone(), writer);
     ssh_worker::start_all(server.clone()).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;

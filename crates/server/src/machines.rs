@@ -147,7 +147,12 @@ impl Server {
         let Some((id, secret)) = bearer.split_once('.') else {
             return Ok(None);
         };
-        let stored = db::machines::secret_hash(&self.db, id).await?;
+        let key = id.to_string();
+        let stored = self
+            .cached
+            .agents
+            .get(&key, || db::machines::secret_hash(&self.db, id))
+            .await?;
         Ok(stored
             .filter(|h| constant_eq(h.as_bytes(), sha256_hex(secret).as_bytes()))
             .map(|_| id.to_string()))
@@ -245,6 +250,7 @@ impl Server {
         let mut tx = self.db.begin().await?;
         db::machines::remove(&mut tx, &id).await?;
         tx.commit().await?;
+        self.machine_removed(&id);
         tracing::info!(machine = %id, "machine removed");
         Ok(id)
     }

@@ -38,7 +38,7 @@ fn bad(e: anyhow::Error) -> ApiErr {
 }
 
 async fn policies(State(s): S, _: Admin) -> R<Response> {
-    Ok(Json(s.policies().await?).into_response())
+    Ok(Json(s.policies().await?.as_ref()).into_response())
 }
 
 async fn set_policy(State(s): S, _: Admin, Json(p): Json<GroupPolicy>) -> R<Response> {

@@ -196,7 +196,12 @@ impl Server {
 
     /// The stored list; empty (server only) when none was set.
     pub async fn source_list(&self) -> Result<SourcesView> {
-        Ok(match db::sources::list(&self.db).await? {
+        let stored = self
+            .cached
+            .sources
+            .get(|| db::sources::list(&self.db))
+            .await?;
+        Ok(match stored.as_ref().clone() {
             Some((list, updated_at)) => SourcesView {
                 list,
                 updated_at_ms: Some(updated_at),
@@ -314,6 +319,7 @@ impl Server {
         db::sources::replace(&mut tx, list, now).await?;
         tx.commit().await?;
         drop(_w);
+        self.tables_changed();
         self.wake_relays().await;
         Ok(Ok(SourcesView {
             list: list.clone(),
@@ -368,6 +374,7 @@ impl Server {
             db::sources::insert_role(&self.db, &id, role.enabled, &listen, now).await?;
         }
         drop(_w);
+        self.tables_changed();
         self.wake_relay(&id);
         Ok(self
             .relay_rows()
@@ -424,11 +431,11 @@ impl Server {
     }
 
     pub async fn is_relay(&self, machine: &str) -> bool {
-        db::sources::relay_enabled(&self.db, machine)
+        self.cached
+            .relay_roles
+            .get(|| db::sources::relay_roles(&self.db))
             .await
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+            .is_ok_and(|roles| roles.get(machine).copied().unwrap_or(false))
     }
 
     /// Wakes a relay's long poll, here and on the other servers (`cluster`).
@@ -541,10 +548,10 @@ impl Server {
         machine: &str,
         package: &str,
     ) -> Result<Option<(Plan, String, u64)>> {
-        let list = db::sources::list_in(tx).await?;
-        let Some(list) = list.filter(|l| !l.entries.is_empty()) else {
+        let list = self.source_list().await?.list;
+        if list.entries.is_empty() {
             return Ok(None);
-        };
+        }
         let Some((peer, inv)) = db::machines::addressing(tx, machine).await? else {
             return Ok(None);
         };
@@ -599,11 +606,11 @@ impl Server {
     /// categories' plans (`patchcast-agent doctor` checks them). Relays come without a token:
     /// the doctor checks the way to them, not content.
     pub async fn machine_sources(&self, machine: &str) -> Result<Vec<SourceTarget>> {
-        let mut conn = self.db.acquire().await?;
-        let list = db::sources::list_in(&mut conn).await?;
-        let Some(list) = list.filter(|l| !l.entries.is_empty()) else {
+        let list = self.source_list().await?.list;
+        if list.entries.is_empty() {
             return Ok(Vec::new());
-        };
+        }
+        let mut conn = self.db.acquire().await?;
         let Some((peer, inv)) = db::machines::addressing(&mut conn, machine).await? else {
             return Ok(Vec::new());
         };

@@ -102,11 +102,16 @@ impl Server {
         let mut tx = self.db.begin().await?;
         let version = db::policies::replace(&mut tx, p, self.now()).await?;
         tx.commit().await?;
+        self.tables_changed();
         Ok(version as u64)
     }
 
-    pub async fn policies(&self) -> Result<Vec<PolicyView>> {
-        db::policies::list(&self.db).await
+    /// Every group's policy; read on every check-in, so kept between changes (`cache`).
+    pub async fn policies(&self) -> Result<Arc<Vec<PolicyView>>> {
+        self.cached
+            .policies
+            .get(|| db::policies::list(&self.db))
+            .await
     }
 
     /// Names of the groups `m` is in: groups that resolve it, and its enrollment group.
@@ -130,8 +135,9 @@ impl Server {
         Ok(self
             .policies()
             .await?
-            .into_iter()
+            .iter()
             .filter(|p| groups.contains(&p.policy.group))
+            .cloned()
             .collect())
     }
 
@@ -144,8 +150,17 @@ impl Server {
         }))
     }
 
+    /// How a scenario was scheduled, if it was: written with the scenario and never changed,
+    /// so read once per process (a dispatch asks for every delivery).
     pub async fn scheduled(&self, scenario_id: &str) -> Result<Option<Scheduled>> {
-        db::scenarios::scheduled(&self.db, scenario_id).await
+        let found = self
+            .cached
+            .scheduled
+            .get(&scenario_id.to_string(), || async {
+                Ok(Some(db::scenarios::scheduled(&self.db, scenario_id).await?))
+            })
+            .await?;
+        Ok(found.flatten())
     }
 
     /// May `delivery` (of `scenario_id`, `package`) start on `machine` now? See the module doc.
@@ -167,11 +182,7 @@ impl Server {
         let Some(m) = self.machine(machine).await? else {
             return Ok(Gate::Open);
         };
-        let groups = Self::groups_of(&m);
-        let policies: Vec<PolicyView> = all
-            .into_iter()
-            .filter(|p| groups.contains(&p.policy.group))
-            .collect();
+        let policies = self.policies_of(&m).await?;
         if let Some(kind) = self.package_kind(package).await?
             && let Some(p) = policies.iter().find(|p| p.policy.holds(kind))
         {
@@ -229,8 +240,8 @@ impl Server {
         let now = self.now();
         let assignments = self.assignments().await?;
         let mut out = Vec::new();
-        for v in self.policies().await? {
-            let p = v.policy;
+        for v in self.policies().await?.iter() {
+            let p = v.policy.clone();
             if group.is_some_and(|g| g != p.group) {
                 continue;
             }

@@ -94,13 +94,12 @@ pub async fn relay_listen(db: &AnyPool, machine: &str) -> Result<Option<String>>
     )
 }
 
-/// Whether the machine's relay row is enabled; None without a row.
-pub async fn relay_enabled(db: &AnyPool, machine: &str) -> Result<Option<bool>> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT enabled FROM relays WHERE machine_id = $1")
-        .bind(machine)
-        .fetch_optional(db)
+/// The machines with a relay row, and whether it is enabled.
+pub async fn relay_roles(db: &AnyPool) -> Result<std::collections::HashMap<String, bool>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT machine_id, enabled FROM relays")
+        .fetch_all(db)
         .await?;
-    Ok(v.map(|e| e != 0))
+    Ok(rows.into_iter().map(|(m, e)| (m, e != 0)).collect())
 }
 
 /// Sets the role of a machine that has a relay row.
