@@ -9,8 +9,10 @@
 //! and `max_concurrent` checks race-free on PostgreSQL.
 
 use super::Server;
+use super::batch::Batch;
 use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent};
 use super::group_commit::{Done, Job};
+use super::lifecycle;
 use super::windows::Gate;
 use anyhow::{Context, Result};
 use patchcast_core::delivery::{Action, Event, Invalid, Policy, State, next};
@@ -97,6 +99,23 @@ impl Server {
         };
         db::deliveries::record(tx, &[r], &[e], now).await?;
         Ok(Ok(action))
+    }
+
+    /// Applies `event` to `r`; its writing waits for the end of the group (`batch`).
+    #[allow(clippy::too_many_arguments)]
+    fn defer(
+        &self,
+        b: &mut Batch,
+        r: &mut DeliveryRow,
+        event: &Event,
+        attempt: u32,
+        detail: &Detail,
+        scenario: &Scenario,
+        now: i64,
+    ) -> std::result::Result<Action, Invalid> {
+        let (action, e) = self.advance(r, event, attempt, 0, detail, scenario, now)?;
+        b.defer(r, e);
+        Ok(action)
     }
 
     /// Applies `event` to `r` in memory: the action to take and the history row to write with
@@ -209,6 +228,7 @@ impl Server {
     async fn work(
         &self,
         tx: &mut sqlx::AnyConnection,
+        b: &mut Batch,
         r: &DeliveryRow,
         s: &Scenario,
     ) -> Result<Work> {
@@ -221,7 +241,7 @@ impl Server {
             Some((_, v)) => db::packages::version(tx, &r.package_id, v)
                 .await?
                 .with_context(|| format!("version {v} is gone")),
-            None => db::packages::for_work(tx, &r.package_id).await,
+            None => b.package(tx, &r.package_id).await,
         }
         .with_context(|| format!("package {} is no longer published", r.package_id))?;
         Ok(Work {
@@ -316,15 +336,34 @@ impl Server {
         }
     }
 
-    /// One machine's look for work inside a group's transaction (`write_group`).
+    /// One machine's look for work inside a group's transaction (`write_group`), from and
+    /// into what the group's dispatches share (`batch`).
     async fn dispatch_in(
         &self,
         tx: &mut sqlx::AnyConnection,
+        b: &mut Batch,
         machine: &str,
         state: &AgentState,
         now: i64,
     ) -> Result<(Option<Work>, Option<i64>)> {
-        let rows = db::deliveries::unfinished_of_machine(&mut *tx, machine).await?;
+        let mut rows = b.unfinished.remove(machine).unwrap_or_default();
+        let found = self
+            .dispatch_rows(tx, b, machine, state, &mut rows, now)
+            .await;
+        b.unfinished.insert(machine.to_string(), rows);
+        found
+    }
+
+    /// `dispatch_in` over the machine's unfinished deliveries `rows`.
+    async fn dispatch_rows(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        b: &mut Batch,
+        machine: &str,
+        state: &AgentState,
+        rows: &mut [DeliveryRow],
+        now: i64,
+    ) -> Result<(Option<Work>, Option<i64>)> {
         match state {
             AgentState::Busy {
                 delivery_id,
@@ -336,6 +375,7 @@ impl Server {
                 }) {
                     let s = self.scenario(&mut *tx, &r.scenario_id).await?;
                     let deadline = now + self.deadline_ms(&s, r);
+                    b.flush(&mut *tx, now).await?;
                     db::deliveries::set_deadline(&mut *tx, &r.id, deadline).await?;
                 }
                 return Ok((None, None));
@@ -345,13 +385,12 @@ impl Server {
             }
             AgentState::Idle => {}
         }
-        let mut rows = rows;
         // An idle agent with a delivery in flight either never got the work (the reply was
         // lost: send it again, same attempt) or lost it after starting (no reply: E13).
         for r in rows.iter_mut().filter(|r| r.d.state.in_flight()) {
             let s = self.scenario(&mut *tx, &r.scenario_id).await?;
             if r.last_seq == 0 && r.d.state == State::Transferring {
-                let w = self.work(&mut *tx, r, &s).await?;
+                let w = self.work(&mut *tx, b, r, &s).await?;
                 return Ok((Some(w), None));
             }
             let detail = no_reply_detail(
@@ -359,8 +398,7 @@ impl Server {
                 "the agent reported idle while this delivery was in flight",
             );
             let attempt = r.d.attempt;
-            self.transition(&mut *tx, r, &Event::NoReply, attempt, 0, &detail, &s, now)
-                .await??;
+            self.defer(b, r, &Event::NoReply, attempt, &detail, &s, now)?;
         }
         if rows
             .iter()
@@ -398,29 +436,31 @@ impl Server {
             }
             // A package a successor replaces on this machine is never handed out; the next
             // package of the scenario may move at once.
-            if let Some(by) = self.superseded(&mut *tx, machine, &r.package_id).await? {
+            let applied_or_busy = b.applied_or_busy(&mut *tx, machine, now).await?;
+            if let Some(by) = self
+                .superseded(&mut *tx, &applied_or_busy, &r.package_id)
+                .await?
+            {
                 let s = self.scenario(&mut *tx, &r.scenario_id).await?;
                 let a = r.d.attempt;
                 tracing::info!(machine, delivery = %r.id, package = %r.package_id, by, "superseded");
                 let detail = Detail::default();
-                self.transition(
-                    &mut *tx,
-                    r,
-                    &Event::Superseded { by },
-                    a,
-                    0,
-                    &detail,
-                    &s,
-                    now,
-                )
-                .await??;
+                self.defer(b, r, &Event::Superseded { by }, a, &detail, &s, now)?;
                 seen.remove(&r.scenario_id);
                 continue;
             }
             // The packages it requires go first (`core::lifecycle::requirements`).
             let s = self.scenario(&mut *tx, &r.scenario_id).await?;
             if s.action.is_install() {
-                match self.required(&mut *tx, machine, &r.id).await? {
+                let requires = lifecycle::requiring(b.manifests.get(&r.id).map(String::as_str));
+                let required = match requires {
+                    Some(this) => {
+                        b.flush(&mut *tx, now).await?;
+                        self.required(&mut *tx, machine, &this).await?
+                    }
+                    None => (Requirements::Start, Vec::new()),
+                };
+                match required {
                     (Requirements::Start, _) => {}
                     (Requirements::Wait { requirement }, ids) => {
                         tracing::debug!(machine, delivery = %r.id, requirement, "waiting for a required package");
@@ -445,17 +485,7 @@ impl Server {
                             ..Detail::default()
                         };
                         let a = r.d.attempt;
-                        self.transition(
-                            &mut *tx,
-                            r,
-                            &Event::RequirementFailed,
-                            a,
-                            0,
-                            &detail,
-                            &s,
-                            now,
-                        )
-                        .await??;
+                        self.defer(b, r, &Event::RequirementFailed, a, &detail, &s, now)?;
                         // The next package of the scenario may move at once.
                         seen.remove(&r.scenario_id);
                         continue;
@@ -474,6 +504,7 @@ impl Server {
                 continue;
             }
             if let Some(max) = s.max_concurrent {
+                b.flush(&mut *tx, now).await?;
                 let busy = db::deliveries::busy_machines(&mut *tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {
                     continue;
@@ -488,31 +519,11 @@ impl Server {
             }
             if r.d.state == State::AwaitingRetry {
                 let a = r.d.attempt;
-                self.transition(
-                    &mut *tx,
-                    r,
-                    &Event::RetryDue,
-                    a,
-                    0,
-                    &Detail::default(),
-                    &s,
-                    now,
-                )
-                .await??;
+                self.defer(b, r, &Event::RetryDue, a, &Detail::default(), &s, now)?;
             }
             let a = r.d.attempt + 1;
-            self.transition(
-                &mut *tx,
-                r,
-                &Event::Dispatched,
-                a,
-                0,
-                &Detail::default(),
-                &s,
-                now,
-            )
-            .await??;
-            let w = self.work(&mut *tx, r, &s).await?;
+            self.defer(b, r, &Event::Dispatched, a, &Detail::default(), &s, now)?;
+            let w = self.work(&mut *tx, b, r, &s).await?;
             if let Err(refusal) = self.prepared(&w).await {
                 // The server cannot prepare this delivery: the machine's result says so (E01,
                 // E17) instead of the agent seeing an HTTP error it cannot name.
@@ -526,17 +537,7 @@ impl Server {
                     ..Detail::default()
                 };
                 let code = refusal.code;
-                self.transition(
-                    &mut *tx,
-                    r,
-                    &Event::Refused { code },
-                    a,
-                    0,
-                    &detail,
-                    &s,
-                    now,
-                )
-                .await??;
+                self.defer(b, r, &Event::Refused { code }, a, &detail, &s, now)?;
                 continue;
             }
             return Ok((Some(w), None));
@@ -625,10 +626,24 @@ impl Server {
                     .apply_reports(&mut tx, &reports, now, &mut wakes)
                     .await?;
             }
-            for j in jobs {
-                if let Job::Dispatch(machine, state) = j {
-                    dispatched.push(self.dispatch_in(&mut tx, machine, state, now).await?);
+            let machines: Vec<&str> = jobs
+                .iter()
+                .filter_map(|j| match j {
+                    Job::Dispatch(m, _) => Some(m.as_str()),
+                    Job::Report(..) => None,
+                })
+                .collect();
+            if !machines.is_empty() {
+                let mut b = Batch::read(&mut tx, &machines).await?;
+                for j in jobs {
+                    if let Job::Dispatch(machine, state) = j {
+                        dispatched.push(
+                            self.dispatch_in(&mut tx, &mut b, machine, state, now)
+                                .await?,
+                        );
+                    }
                 }
+                b.flush(&mut tx, now).await?;
             }
             tx.commit().await?;
         }

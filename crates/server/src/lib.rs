@@ -10,6 +10,7 @@ pub mod actions;
 pub mod api;
 pub mod autoupdate;
 pub mod backup;
+pub mod batch;
 pub mod cache;
 pub mod caps;
 pub mod clock;

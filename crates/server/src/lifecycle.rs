@@ -6,8 +6,10 @@
 use super::Server;
 use super::db;
 use anyhow::Result;
+use patchcast_core::delivery::State;
 use patchcast_core::lifecycle::{Delivered, Other, Requirements, requirements, superseded_by};
 use patchcast_core::model::package::{Package, resolve};
+use patchcast_core::pipeline::Action;
 
 /// The current version of a published package, resolved from its signed manifest.
 fn resolved(manifest: &str) -> Option<Package> {
@@ -15,16 +17,25 @@ fn resolved(manifest: &str) -> Option<Package> {
     resolve(&m.package).0
 }
 
+/// The package a delivery's manifest resolves to, when it requires anything (most require
+/// nothing: only a manifest that lists `requires` is resolved).
+pub(super) fn requiring(manifest: Option<&str>) -> Option<Package> {
+    manifest
+        .filter(|m| m.contains("\"requires\""))
+        .and_then(resolved)
+}
+
 impl Server {
     /// The id of the package that supersedes `package` on `machine`, if any.
+    /// `applied_or_busy`: the machine's packages applied or busy
+    /// (`db::deliveries::applied_or_busy_of_machines`).
     pub(super) async fn superseded(
         &self,
         tx: &mut sqlx::AnyConnection,
-        machine: &str,
+        applied_or_busy: &[(String, State, Action)],
         package: &str,
     ) -> Result<Option<String>> {
-        let others = db::deliveries::applied_or_busy_of_machine(tx, machine).await?;
-        let others: Vec<_> = others.into_iter().filter(|o| o.0 != package).collect();
+        let others: Vec<_> = applied_or_busy.iter().filter(|o| o.0 != package).collect();
         if others.is_empty() {
             return Ok(None);
         }
@@ -66,25 +77,15 @@ impl Server {
         Ok(superseded_by(&this, &others))
     }
 
-    /// Whether the delivery `delivery` (of an install) may start on `machine`, given the
-    /// packages its archive's manifest `requires:`; with those ids (empty when none), which
-    /// the dispatcher lets move ahead of it in its scenario.
+    /// Whether a delivery of `this` (an install) may start on `machine`, given the packages
+    /// it `requires:`; with those ids, which the dispatcher lets move ahead of it in its
+    /// scenario.
     pub(super) async fn required(
         &self,
         tx: &mut sqlx::AnyConnection,
         machine: &str,
-        delivery: &str,
+        this: &Package,
     ) -> Result<(Requirements, Vec<String>)> {
-        let Some(manifest) = db::deliveries::manifest_of(tx, delivery).await? else {
-            return Ok((Requirements::Start, Vec::new()));
-        };
-        // Most packages require nothing: resolve only a manifest that lists `requires`.
-        if !manifest.contains("\"requires\"") {
-            return Ok((Requirements::Start, Vec::new()));
-        }
-        let Some(this) = resolved(&manifest) else {
-            return Ok((Requirements::Start, Vec::new()));
-        };
         let ids: Vec<String> = this.requires.iter().map(|r| r.id.to_string()).collect();
         let mut rows = Vec::new();
         for id in &ids {
@@ -103,6 +104,6 @@ impl Server {
                 install: *install,
             })
             .collect();
-        Ok((requirements(&this, &delivered), ids))
+        Ok((requirements(this, &delivered), ids))
     }
 }

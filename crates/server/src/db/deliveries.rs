@@ -156,25 +156,43 @@ pub struct CodeCount {
     pub last: i64,
 }
 
-/// The machine's unfinished deliveries, in dispatch order (oldest scenario first, then
-/// position in the scenario).
-pub async fn unfinished_of_machine(
+/// `$1, $2, …`: `n` placeholders.
+fn marks(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The unfinished deliveries of `machines`, by machine, each machine's in dispatch order
+/// (oldest scenario first, then position).
+pub async fn unfinished_of_machines(
     tx: &mut AnyConnection,
-    machine: &str,
-) -> Result<Vec<DeliveryRow>> {
+    machines: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<DeliveryRow>>> {
+    let mut by_machine: std::collections::HashMap<String, Vec<DeliveryRow>> = machines
+        .iter()
+        .map(|m| (m.to_string(), Vec::new()))
+        .collect();
+    if machines.is_empty() {
+        return Ok(by_machine);
+    }
     let q = format!(
         "SELECT {COLUMNS} FROM {FROM} JOIN scenarios s ON s.id = d.scenario_id \
-         WHERE d.machine_id = $1 AND d.state NOT IN {} \
+         WHERE d.machine_id IN ({}) AND d.state NOT IN {} \
          ORDER BY s.created_at, d.scenario_id, d.position",
+        marks(machines.len()),
         list(TERMINAL)
     );
-    sqlx::query(AssertSqlSafe(q))
-        .bind(machine)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(row)
-        .collect()
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for m in machines {
+        query = query.bind(*m);
+    }
+    for r in query.fetch_all(&mut *tx).await?.iter() {
+        let r = row(r)?;
+        by_machine.entry(r.machine_id.clone()).or_default().push(r);
+    }
+    Ok(by_machine)
 }
 
 /// Whether `machine` has any unfinished delivery: an idle check-in without one needs no
@@ -191,31 +209,45 @@ pub async fn has_unfinished(pool: &AnyPool, machine: &str) -> Result<bool> {
         .is_some())
 }
 
-/// The latest delivery of each package on `machine` that is applied there or busy on it,
-/// with its scenario's action: what may supersede a package (`core::lifecycle`).
-pub async fn applied_or_busy_of_machine(
+/// What may supersede a package (`core::lifecycle`): per machine of `machines`, the latest
+/// delivery of each package applied there or busy on it, with its scenario's action.
+pub async fn applied_or_busy_of_machines(
     tx: &mut AnyConnection,
-    machine: &str,
-) -> Result<Vec<(String, State, patchcast_core::pipeline::Action)>> {
-    let mut states = vec![State::Applied];
-    states.extend(BUSY.iter().cloned());
-    let q = format!(
-        "SELECT d.package_id, d.delivery, s.spec FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
-         WHERE d.machine_id = $1 AND d.state IN {} ORDER BY s.created_at, d.scenario_id, d.position",
-        list(&states)
-    );
-    let rows = sqlx::query(AssertSqlSafe(q))
-        .bind(machine)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut latest: std::collections::BTreeMap<String, (State, patchcast_core::pipeline::Action)> =
-        std::collections::BTreeMap::new();
-    for r in &rows {
-        let d: Delivery = json(r, "delivery")?;
-        let spec: patchcast_core::model::scenario::Scenario = json(r, "spec")?;
-        latest.insert(r.try_get("package_id")?, (d.state, spec.action));
+    machines: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<(String, State, patchcast_core::pipeline::Action)>>>
+{
+    type Latest = std::collections::BTreeMap<String, (State, patchcast_core::pipeline::Action)>;
+    let mut latest: std::collections::HashMap<String, Latest> = machines
+        .iter()
+        .map(|m| (m.to_string(), Latest::new()))
+        .collect();
+    if !machines.is_empty() {
+        let mut states = vec![State::Applied];
+        states.extend(BUSY.iter().cloned());
+        let q = format!(
+            "SELECT d.machine_id, d.package_id, d.delivery, s.spec FROM deliveries d \
+             JOIN scenarios s ON s.id = d.scenario_id \
+             WHERE d.machine_id IN ({}) AND d.state IN {} ORDER BY s.created_at, d.scenario_id, d.position",
+            marks(machines.len()),
+            list(&states)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(q));
+        for m in machines {
+            query = query.bind(*m);
+        }
+        for r in &query.fetch_all(&mut *tx).await? {
+            let d: Delivery = json(r, "delivery")?;
+            let spec: patchcast_core::model::scenario::Scenario = json(r, "spec")?;
+            latest
+                .entry(r.try_get("machine_id")?)
+                .or_default()
+                .insert(r.try_get("package_id")?, (d.state, spec.action));
+        }
     }
-    Ok(latest.into_iter().map(|(p, (s, a))| (p, s, a)).collect())
+    Ok(latest
+        .into_iter()
+        .map(|(m, l)| (m, l.into_iter().map(|(p, (s, a))| (p, s, a)).collect()))
+        .collect())
 }
 
 /// Every delivery of `package` to `machine`, oldest scenario first: the version of the
@@ -246,16 +278,26 @@ pub async fn of_package_on_machine(
         .collect()
 }
 
-/// The signed manifest of the archive the delivery `id` delivers.
-pub async fn manifest_of(tx: &mut AnyConnection, id: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT v.manifest FROM deliveries d \
+/// The manifests of the archives the deliveries `ids` deliver, by delivery id (a delivery
+/// whose version is no longer published is left out).
+pub async fn manifests_of(
+    tx: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, String>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let q = format!(
+        "SELECT d.id, v.manifest FROM deliveries d \
          JOIN package_versions v ON v.id = d.package_id AND v.archive_sha256 = d.archive_sha256 \
-         WHERE d.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?)
+         WHERE d.id IN ({})",
+        marks(ids.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(q));
+    for id in ids {
+        query = query.bind(*id);
+    }
+    Ok(query.fetch_all(&mut *tx).await?.into_iter().collect())
 }
 
 /// The deliveries among `ids` (in no particular order; unknown ids are left out).
@@ -263,10 +305,9 @@ pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Deliv
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     let q = format!(
         "SELECT {COLUMNS} FROM {FROM} WHERE d.id IN ({})",
-        marks.join(", ")
+        marks(ids.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
     for id in ids {
@@ -325,7 +366,7 @@ pub async fn set_in_flight_deadlines(db: &AnyPool, deadline: i64) -> Result<u64>
 }
 
 /// Rows per statement in `record`: 10 parameters each, far below both backends' limits.
-const RECORD_CHUNK: usize = 200;
+const RECORD_CHUNK: usize = 50;
 
 /// `(CAST($1 AS TEXT), …), (…)`: `rows` rows of placeholders cast to `types`, numbered on from
 /// `$1`. The casts give PostgreSQL the column types of a `VALUES` list up front.
