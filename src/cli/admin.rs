@@ -1283,11 +1283,7 @@ impl RowsOut {
                     nested(&serde_json::to_string_pretty(d)?, 2)
                 )?;
             }
-            Format::Csv => write!(
-                self.out,
-                "{}",
-                crate::transport::csv::line(&csv_cells(d))
-            )?,
+            Format::Csv => write!(self.out, "{}", crate::transport::csv::line(&csv_cells(d)))?,
             Format::Table => {
                 self.table.widen(&row_cells(d, self.l));
                 let spool = self.spool.as_mut().expect("a spool for a table");

@@ -220,7 +220,10 @@ async fn paged_lists_and_streamed_exports(backend: Backend) {
     assert_eq!(hosts, sorted, "settings in host name order");
     let mut setting_ids: Vec<String> = r.settings.iter().map(|m| m.machine_id.clone()).collect();
     setting_ids.sort();
-    assert_eq!(setting_ids, ids, "a setting row for every machine of the group");
+    assert_eq!(
+        setting_ids, ids,
+        "a setting row for every machine of the group"
+    );
     assert!(r.settings.iter().all(|m| m.wanted > 0 && m.applied == 0));
     let one = admin
         .results_page(
@@ -465,7 +468,9 @@ async fn scenario_pages_and_streams(
 
 /// The rows of `whole` (a status or results answer) as JSON values.
 fn rows_json(rows: &[patchcast::transport::admin_api::DeliveryRow]) -> Vec<serde_json::Value> {
-    rows.iter().map(|d| serde_json::to_value(d).unwrap()).collect()
+    rows.iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect()
 }
 
 /// `scenario status` paged by cursor: 24 machines under 6 host names (so the key's ties are
@@ -531,7 +536,11 @@ async fn scenario_status_pages(backend: Backend) {
         }
     }
     assert_eq!(pages, 7);
-    assert_eq!(rows_json(&paged), rows_json(&whole), "the pages are the whole list");
+    assert_eq!(
+        rows_json(&paged),
+        rows_json(&whole),
+        "the pages are the whole list"
+    );
 
     // The default page holds all 48 (under 1,000), with no cursor.
     let default = admin.status(&id, "en").await.unwrap();
@@ -542,7 +551,11 @@ async fn scenario_status_pages(backend: Backend) {
     match admin.status_page(&id, "en", Some(7), Some("zz")).await {
         Err(patchcast::transport::client::CallError::Status { status, body, .. }) => {
             assert_eq!(status, 400);
-            assert!(body.error.contains("`next` of the page before"), "{}", body.error);
+            assert!(
+                body.error.contains("`next` of the page before"),
+                "{}",
+                body.error
+            );
         }
         other => panic!("a foreign cursor: {other:?}"),
     }

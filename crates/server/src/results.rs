@@ -273,7 +273,10 @@ impl Server {
         let total = counts.iter().map(|(_, _, _, n)| n).sum::<u64>();
         let packages = summarise(self, actions, counts).await?;
         let settings = self
-            .machine_settings(sel.lang, Some(sel.machine_id.as_str()).filter(|m| !m.is_empty()))
+            .machine_settings(
+                sel.lang,
+                Some(sel.machine_id.as_str()).filter(|m| !m.is_empty()),
+            )
             .await?;
         Ok((packages, settings, total))
     }
@@ -440,7 +443,8 @@ fn cursor(k: &db::reports::ScenarioKey) -> String {
 }
 
 fn parse_cursor(c: &str) -> Option<db::reports::ScenarioKey> {
-    let (hostname, machine_id, position, id) = serde_json::from_slice(&hex::decode(c).ok()?).ok()?;
+    let (hostname, machine_id, position, id) =
+        serde_json::from_slice(&hex::decode(c).ok()?).ok()?;
     Some(db::reports::ScenarioKey {
         hostname,
         machine_id,
