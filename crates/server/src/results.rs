@@ -582,3 +582,22 @@ impl Server {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_gives_back_its_key_and_nothing_else_passes() {
+        let k = db::reports::ScenarioKey {
+            hostname: "ホスト \"a\",b".into(),
+            machine_id: "m-1".into(),
+            position: i64::MIN,
+            id: "d-1".into(),
+        };
+        assert_eq!(parse_cursor(&cursor(&k)), Some(k));
+        for foreign in ["", "zz", "5b5d", &hex::encode("[\"a\",\"b\",\"c\",\"d\"]")] {
+            assert_eq!(parse_cursor(foreign), None, "{foreign}");
+        }
+    }
+}
