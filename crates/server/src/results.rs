@@ -424,7 +424,7 @@ pub struct StatusPage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("no scenario `{0}` on this server")]
+    #[error("no scenario `{0}` on this server: `patchcast scenario list` shows the ones it has")]
     NoScenario(String),
     #[error(
         "`{0}` is not a page cursor this server hands out: pass the `next` of the page before, \
