@@ -112,7 +112,7 @@ echo "== patchcast: deliver to $HOSTS hosts" >&2
 T0=$(now)
 SID=$("$PC" --json scenario run "$BENCH/scenario.yaml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 while :; do
-    ST=$("$PC" --json scenario status "$SID")
+    ST=$("$PC" --json scenario status "$SID" --limit 0)
     if echo "$ST" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["done"] else 1)'; then break; fi
     sleep 0.05
 done

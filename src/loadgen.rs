@@ -425,6 +425,14 @@ pub const REPORTS: &[(&str, &str)] = &[
     ),
     ("scenario page 1", "/scenarios/{scenario}"),
     (
+        "scenario status",
+        "/api/v1/admin/scenarios/{scenario}?lang=en",
+    ),
+    (
+        "scenario status --limit 0",
+        "/api/v1/admin/scenarios/{scenario}?lang=en&limit=0",
+    ),
+    (
         "results (all)",
         "/api/v1/admin/results?lang=en&history=false",
     ),

@@ -422,6 +422,16 @@ pub enum ScenarioCmd {
         /// Follow the scenario with progress bars until every delivery has ended.
         #[arg(long)]
         watch: bool,
+        /// At most this many deliveries (one page, at most 10,000); the counts cover every
+        /// delivery. Default: the server's page of 1,000.
+        #[arg(long, conflicts_with = "all")]
+        limit: Option<u64>,
+        /// Every delivery, read page by page and printed as the pages arrive.
+        #[arg(long)]
+        all: bool,
+        /// With --all: deliveries asked for a page (tests walk many pages with few rows).
+        #[arg(long, default_value_t = 5000, hide = true)]
+        page_size: u64,
         /// `en` or `ja` (default: from LANG).
         #[arg(long, env = "PATCHCAST_LANG")]
         lang: Option<String>,
@@ -857,29 +867,96 @@ pub fn scenario(cmd: ScenarioCmd, json: bool) -> Result<ExitCode> {
         ScenarioCmd::Status {
             id,
             watch,
+            limit,
+            all,
+            page_size,
             lang: l,
             connect,
         } => {
             let admin = connect.admin()?;
             let l = lang(l);
-            let st = rt()?.block_on(async {
-                if watch {
-                    watch_status(&admin, &id, l, json).await
-                } else {
-                    Ok(admin.status(&id, l.as_str()).await?)
-                }
-            })?;
-            if json {
-                print_json(&st)?;
+            let rt = rt()?;
+            if watch {
+                rt.block_on(watch_status(&admin, &id, l, json))?;
+            }
+            if all {
+                print_status_pages(&rt, &admin, &id, l, json, page_size)?;
             } else {
-                print_status(&st, l);
+                let st = rt.block_on(admin.status_page(&id, l.as_str(), limit, None))?;
+                if json {
+                    print_json(&st)?;
+                } else {
+                    print_status(&st, l);
+                    print_rows(&st.deliveries, l, false);
+                    print_more(&st, l);
+                }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<ScenarioStatus> {
+/// `scenario status --all`: every delivery, a page at a time, printed as the pages arrive
+/// (the counts are the first page's, read before its rows). The output is what one answer
+/// holding every delivery would print.
+fn print_status_pages(
+    rt: &tokio::runtime::Runtime,
+    admin: &Admin,
+    id: &str,
+    l: Lang,
+    json: bool,
+    page_size: u64,
+) -> Result<()> {
+    let page = |after: Option<String>| {
+        rt.block_on(admin.status_page(id, l.as_str(), Some(page_size.max(1)), after.as_deref()))
+    };
+    let mut st = page(None)?;
+    let head = if json {
+        let mut v = serde_json::to_value(&st)?;
+        let members = v.as_object_mut().expect("a status is an object");
+        members.remove("deliveries");
+        members.remove("next");
+        let pretty = serde_json::to_string_pretty(&v)?;
+        let inner = pretty
+            .strip_prefix("{\n")
+            .and_then(|p| p.strip_suffix("\n}"))
+            .expect("an object with members");
+        format!("{inner},\n")
+    } else {
+        print_status(&st, l);
+        String::new()
+    };
+    let mut out = RowsOut::start(if json { Format::Json } else { Format::Table }, l, &head)?;
+    loop {
+        for d in &st.deliveries {
+            out.row(d)?;
+        }
+        let Some(next) = st.next.take() else { break };
+        st = page(Some(next))?;
+    }
+    out.end("", false)
+}
+
+/// Under a page of a scenario's rows: how to see the rest, when there is more.
+fn print_more(st: &ScenarioStatus, l: Lang) {
+    if st.next.is_none() {
+        return;
+    }
+    let shown = st.deliveries.len();
+    match l {
+        Lang::En => println!(
+            "(first {shown} of {}; `patchcast scenario status {} --all` shows every delivery)",
+            st.total, st.id
+        ),
+        Lang::Ja => println!(
+            "(全 {} 件のうち最初の {shown} 件。すべては `patchcast scenario status {} --all`)",
+            st.total, st.id
+        ),
+    }
+}
+
+/// Follows a scenario's counts (no rows) with progress bars until every delivery has ended.
+async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     let mp = MultiProgress::with_draw_target(if json {
         ProgressDrawTarget::hidden()
@@ -900,7 +977,7 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
         })
         .collect();
     loop {
-        let st = admin.status(id, l.as_str()).await?;
+        let st = admin.status_page(id, l.as_str(), Some(0), None).await?;
         for (b, s) in bars.iter().zip(&states) {
             b.set_length(st.total);
             b.set_position(st.counts.get(*s).copied().unwrap_or(0));
@@ -909,12 +986,13 @@ async fn watch_status(admin: &Admin, id: &str, l: Lang, json: bool) -> Result<Sc
             for b in &bars {
                 b.finish();
             }
-            return Ok(st);
+            return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 
+/// A scenario's header line and its counts by state.
 fn print_status(st: &ScenarioStatus, l: Lang) {
     let done = match (st.done, l) {
         (false, _) => "",
@@ -942,7 +1020,6 @@ fn print_status(st: &ScenarioStatus, l: Lang) {
     for c in &counts {
         println!("  {}", t.line(c));
     }
-    print_rows(&st.deliveries, l, false);
 }
 
 /// A state's name in a table: the name itself in English (what `--json` and scripts see),
@@ -1156,12 +1233,95 @@ fn nested(pretty: &str, depth: usize) -> String {
     pretty.replace('\n', &format!("\n{}", "  ".repeat(depth)))
 }
 
-/// Every result, printed as it arrives (the output is what the whole answer at once would
+/// Delivery rows printed as they arrive (the output is what all of them at once would
 /// print): JSON and CSV rows go out one by one; the table's columns fit its widest cell, so
-/// its rows wait in a temporary file (not in memory) until the last one is known. Returns
-/// the answer without its rows, for the summary.
+/// its rows wait in a temporary file (not in memory) until the last one is known.
+struct RowsOut {
+    fmt: Format,
+    l: Lang,
+    out: std::io::BufWriter<super::Quiet<std::io::StdoutLock<'static>>>,
+    n: u64,
+    table: super::table::Table,
+    spool: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl RowsOut {
+    /// Starts the rows: the JSON array's opening (as the member `"deliveries"` of an object
+    /// whose earlier members were written already, `head` before it) or the CSV header.
+    fn start(fmt: Format, l: Lang, head: &str) -> Result<Self> {
+        use std::io::Write;
+        let spool = match fmt {
+            Format::Table => Some(std::io::BufWriter::new(
+                tempfile::tempfile().context("a temporary file for the table's rows")?,
+            )),
+            _ => None,
+        };
+        let mut out = std::io::BufWriter::new(super::Quiet(std::io::stdout().lock()));
+        match fmt {
+            Format::Json => write!(out, "{{\n{head}  \"deliveries\": [")?,
+            Format::Csv => write!(out, "{}", crate::transport::csv::line(&CSV_HEADER))?,
+            Format::Table => {}
+        }
+        Ok(RowsOut {
+            fmt,
+            l,
+            out,
+            n: 0,
+            table: rows_table(l),
+            spool,
+        })
+    }
+
+    fn row(&mut self, d: &DeliveryRow) -> std::io::Result<()> {
+        use std::io::Write;
+        match self.fmt {
+            Format::Json => {
+                let sep = if self.n == 0 { "\n    " } else { ",\n    " };
+                write!(
+                    self.out,
+                    "{sep}{}",
+                    nested(&serde_json::to_string_pretty(d)?, 2)
+                )?;
+            }
+            Format::Csv => write!(self.out, "{}", crate::transport::csv::line(&csv_cells(d)))?,
+            Format::Table => {
+                self.table.widen(&row_cells(d, self.l));
+                let spool = self.spool.as_mut().expect("a spool for a table");
+                serde_json::to_writer(&mut *spool, d)?;
+                spool.write_all(b"\n")?;
+            }
+        }
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Ends the rows: closes the JSON array, writing `tail` (the object's later members) and
+    /// the object's end after it, or prints the table.
+    fn end(mut self, tail: &str, history: bool) -> Result<()> {
+        use std::io::{BufRead, Seek, Write};
+        if self.fmt == Format::Json {
+            write!(self.out, "{}", if self.n == 0 { "]" } else { "\n  ]" })?;
+            writeln!(self.out, "{tail}\n}}")?;
+        }
+        self.out.flush()?;
+        drop(self.out);
+        if let Some(spool) = self.spool {
+            let mut file = spool.into_inner().map_err(|e| e.into_error())?;
+            file.rewind()?;
+            println!("{}", self.table.line(&rows_header(self.l)));
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line?;
+                let d: DeliveryRow = serde_json::from_str(&line)?;
+                print_row(&self.table, &d, &row_cells(&d, self.l), self.l, history);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every result, printed as it arrives ([`RowsOut`]). Returns the answer without its rows,
+/// for the summary.
 fn print_streamed(admin: &Admin, q: &ResultsQuery, fmt: Format, l: Lang) -> Result<Results> {
-    use std::io::{BufRead, Seek, Write};
     let rt = rt()?;
     let resp = rt.block_on(admin.results_response(q))?;
     let body = std::io::BufReader::with_capacity(
@@ -1173,67 +1333,18 @@ fn print_streamed(admin: &Admin, q: &ResultsQuery, fmt: Format, l: Lang) -> Resu
             at: 0,
         },
     );
-    let mut out = std::io::BufWriter::new(super::Quiet(std::io::stdout().lock()));
-    let mut n = 0u64;
-    let mut table = rows_table(l);
-    let mut spool = match fmt {
-        Format::Table => Some(std::io::BufWriter::new(
-            tempfile::tempfile().context("a temporary file for the table's rows")?,
-        )),
-        _ => None,
-    };
-    match fmt {
-        Format::Json => write!(out, "{{\n  \"deliveries\": [")?,
-        Format::Csv => write!(out, "{}", crate::transport::csv::line(&CSV_HEADER))?,
-        Format::Table => {}
+    let mut out = RowsOut::start(fmt, l, "")?;
+    let r = crate::transport::admin_api::read_results(body, |d| out.row(&d))
+        .context("reading the results as they arrived")?;
+    let mut tail = format!(
+        ",\n  \"packages\": {},\n  \"settings\": {}",
+        nested(&serde_json::to_string_pretty(&r.packages)?, 1),
+        nested(&serde_json::to_string_pretty(&r.settings)?, 1)
+    );
+    if let Some(total) = r.total {
+        tail.push_str(&format!(",\n  \"total\": {total}"));
     }
-    let r = crate::transport::admin_api::read_results(body, |d| {
-        match fmt {
-            Format::Json => {
-                let sep = if n == 0 { "\n    " } else { ",\n    " };
-                write!(
-                    out,
-                    "{sep}{}",
-                    nested(&serde_json::to_string_pretty(&d)?, 2)
-                )?;
-            }
-            Format::Csv => write!(out, "{}", crate::transport::csv::line(&csv_cells(&d)))?,
-            Format::Table => {
-                table.widen(&row_cells(&d, l));
-                let spool = spool.as_mut().expect("a spool for a table");
-                serde_json::to_writer(&mut *spool, &d)?;
-                spool.write_all(b"\n")?;
-            }
-        }
-        n += 1;
-        Ok(())
-    })
-    .context("reading the results as they arrived")?;
-    if fmt == Format::Json {
-        write!(out, "{}", if n == 0 { "]" } else { "\n  ]" })?;
-        write!(
-            out,
-            ",\n  \"packages\": {},\n  \"settings\": {}",
-            nested(&serde_json::to_string_pretty(&r.packages)?, 1),
-            nested(&serde_json::to_string_pretty(&r.settings)?, 1)
-        )?;
-        if let Some(total) = r.total {
-            write!(out, ",\n  \"total\": {total}")?;
-        }
-        writeln!(out, "\n}}")?;
-    }
-    out.flush()?;
-    drop(out);
-    if let Some(spool) = spool {
-        let mut file = spool.into_inner().map_err(|e| e.into_error())?;
-        file.rewind()?;
-        println!("{}", table.line(&rows_header(l)));
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line?;
-            let d: DeliveryRow = serde_json::from_str(&line)?;
-            print_row(&table, &d, &row_cells(&d, l), l, q.history);
-        }
-    }
+    out.end(&tail, q.history)?;
     Ok(r)
 }
 

@@ -197,6 +197,47 @@ async fn paged_lists_and_streamed_exports(backend: Backend) {
     assert!(dash.body.contains("fleet-pkg"), "{}", dash.body);
 
     scenario_pages_and_streams(&s, &mut web, &created.id, &unpaged).await;
+
+    // Time settings under a policy: every machine of the group (read 500 at a time, more
+    // than two batches), by host name; with `--machine` that machine's only.
+    admin
+        .set_policy(&patchcast::model::group_policy::load("p.yaml", "group: fleet\n").unwrap())
+        .await
+        .unwrap();
+    let r = admin
+        .results_page(
+            &ResultsQuery {
+                lang: "en".into(),
+                ..Default::default()
+            },
+            Some((1, 0)),
+        )
+        .await
+        .unwrap();
+    let hosts: Vec<&str> = r.settings.iter().map(|m| m.hostname.as_str()).collect();
+    let mut sorted = hosts.clone();
+    sorted.sort();
+    assert_eq!(hosts, sorted, "settings in host name order");
+    let mut setting_ids: Vec<String> = r.settings.iter().map(|m| m.machine_id.clone()).collect();
+    setting_ids.sort();
+    assert_eq!(
+        setting_ids, ids,
+        "a setting row for every machine of the group"
+    );
+    assert!(r.settings.iter().all(|m| m.wanted > 0 && m.applied == 0));
+    let one = admin
+        .results_page(
+            &ResultsQuery {
+                machine: Some(ids[7].clone()),
+                lang: "en".into(),
+                ..Default::default()
+            },
+            Some((1, 0)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.settings.len(), 1);
+    assert_eq!(one.settings[0].machine_id, ids[7]);
 }
 both_backends!(paged_lists_and_streamed_exports);
 
@@ -275,11 +316,33 @@ async fn scenario_pages_and_streams(
         "the scenario's pages, joined, are its deliveries in order"
     );
 
-    // The exports, streamed: the JSON is the unstreamed status's rows; the CSV the same rows.
-    let whole = web
-        .get_bearer(&format!("/api/v1/admin/scenarios/{id}?lang=en"), &s.token)
-        .await;
-    let whole: serde_json::Value = serde_json::from_str(&whole.body).unwrap();
+    // The status: counts of all, a page of 1,000 rows and the cursor of the rest; `scenario
+    // status --all` walks the pages (5,000 a page, and 300 a page) into the whole list.
+    let first = s.admin().status(id, "en").await.unwrap();
+    assert_eq!(first.total, MACHINES as u64);
+    assert_eq!(first.counts.get("pending"), Some(&(MACHINES as u64)));
+    assert_eq!(first.deliveries.len(), 1000);
+    assert!(first.next.is_some());
+    let all = |extra: &[&str]| {
+        let mut args = vec!["--json", "scenario", "status", id, "--all", "--lang", "en"];
+        args.extend(extra);
+        let out = s.cli(&args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let whole = all(&[]);
+    assert_eq!(whole, all(&["--page-size", "300"]), "any page size");
+    assert_eq!(whole["total"], MACHINES as u64);
+    assert!(whole.get("next").is_none());
+    let rows: Vec<&str> = whole["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["delivery_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, order, "--all: every delivery once, in order");
+
+    // The exports, streamed: the JSON is the whole status's rows; the CSV the same rows.
     let json = web
         .get_bearer(&format!("/export/scenarios/{id}/deliveries.json"), &s.token)
         .await;
@@ -402,6 +465,144 @@ async fn scenario_pages_and_streams(
         );
     }
 }
+
+/// The rows of `whole` (a status or results answer) as JSON values.
+fn rows_json(rows: &[patchcast::transport::admin_api::DeliveryRow]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect()
+}
+
+/// `scenario status` paged by cursor: 24 machines under 6 host names (so the key's ties are
+/// broken by machine id), two packages each (and by position): 48 deliveries.
+async fn scenario_status_pages(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    s.publish_sample("st-a").await;
+    s.publish_sample("st-b").await;
+    let token = s.group_token("st").await;
+    let anon = Client::new(&s.url, &s.fingerprint, None).unwrap();
+    for i in 0..24u32 {
+        let inv = inventory(&format!("st-{}", i % 6), i + 1);
+        SimAgent::enroll_with(&anon, &token, inv, Behaviour::Apply)
+            .await
+            .unwrap();
+    }
+    let admin = s.admin();
+    let id = admin
+        .run_scenario(&scenario("paged", "st", &["st-a", "st-b"]))
+        .await
+        .unwrap()
+        .id;
+    // What the status listed whole before it was paged: the scenario's results, in order.
+    let whole = admin
+        .results(&ResultsQuery {
+            scenario: Some(id.clone()),
+            lang: "en".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(whole.len(), 48);
+
+    let counts = admin.status_page(&id, "en", Some(0), None).await.unwrap();
+    assert!(counts.deliveries.is_empty() && counts.next.is_none());
+    assert_eq!(counts.total, 48);
+    assert_eq!(counts.counts.values().sum::<u64>(), 48);
+
+    // Pages of 7 by cursor: 6 full pages and one of 6, every row once, in order; each page
+    // carries the counts of every delivery.
+    let mut paged = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let p = admin
+            .status_page(&id, "en", Some(7), after.as_deref())
+            .await
+            .unwrap();
+        pages += 1;
+        assert_eq!(
+            (p.total, &p.counts, p.done),
+            (counts.total, &counts.counts, counts.done),
+            "page {pages}"
+        );
+        assert_eq!(p.deliveries.len(), if pages < 7 { 7 } else { 6 });
+        paged.extend(p.deliveries);
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 7);
+    assert_eq!(
+        rows_json(&paged),
+        rows_json(&whole),
+        "the pages are the whole list"
+    );
+
+    // The default page holds all 48 (under 1,000), with no cursor.
+    let default = admin.status(&id, "en").await.unwrap();
+    assert_eq!(rows_json(&default.deliveries), rows_json(&whole));
+    assert!(default.next.is_none());
+
+    // A cursor the server did not hand out, and a scenario it does not have.
+    match admin.status_page(&id, "en", Some(7), Some("zz")).await {
+        Err(patchcast::transport::client::CallError::Status { status, body, .. }) => {
+            assert_eq!(status, 400);
+            assert!(
+                body.error.contains("`next` of the page before"),
+                "{}",
+                body.error
+            );
+        }
+        other => panic!("a foreign cursor: {other:?}"),
+    }
+    match admin.status("no-such-scenario", "en").await {
+        Err(patchcast::transport::client::CallError::Status { status, .. }) => {
+            assert_eq!(status, 404)
+        }
+        other => panic!("an unknown scenario: {other:?}"),
+    }
+
+    // The CLI: `--all` (pages of 5) prints what the whole list printed, as a table and as
+    // JSON; `--limit` prints its page and says how to see the rest.
+    let run = |args: &[&str]| {
+        let out = s.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for json in [false, true] {
+        let mut args = vec!["scenario", "status", &id, "--lang", "en"];
+        if json {
+            args.push("--json");
+        }
+        let one_page = run(&args);
+        args.extend(["--all", "--page-size", "5"]);
+        let streamed = run(&args);
+        if json {
+            let a: serde_json::Value = serde_json::from_str(&streamed).unwrap();
+            let b: serde_json::Value = serde_json::from_str(&one_page).unwrap();
+            assert_eq!(a, b, "--all --json");
+            assert_eq!(a["deliveries"].as_array().unwrap().len(), 48);
+        } else {
+            assert_eq!(streamed, one_page, "--all");
+            assert!(streamed.contains(&format!("scenario {id} (paged): 48 deliveries")));
+        }
+    }
+    let five = run(&["scenario", "status", &id, "--limit", "5", "--lang", "en"]);
+    assert!(
+        five.contains(&format!(
+            "(first 5 of 48; `patchcast scenario status {id} --all` shows every delivery)"
+        )),
+        "{five}"
+    );
+    // Rows begin with their host name (`st-N`).
+    let rows = five.lines().filter(|l| l.starts_with("st-")).count();
+    assert_eq!(rows, 5, "the first five rows only: {five}");
+}
+both_backends!(scenario_status_pages);
 
 /// A machine's history and the audit, each longer than a page.
 async fn paged_history_and_audit(backend: Backend) {

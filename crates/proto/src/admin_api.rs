@@ -202,7 +202,11 @@ pub struct ScenarioStatus {
     pub total: u64,
     /// Every delivery is in a terminal state.
     pub done: bool,
+    /// One page of them, in `results`' order (hostname, machine, position).
     pub deliveries: Vec<DeliveryRow>,
+    /// The cursor of the next page (`after=`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One package on one machine, with what results show.
@@ -464,8 +468,28 @@ impl Admin {
         self.0.get(SCENARIOS).await
     }
 
+    /// A scenario's counts and the first page of its deliveries (the server's default size).
     pub async fn status(&self, id: &str, lang: &str) -> Result<ScenarioStatus, CallError> {
-        self.0.get(&format!("{SCENARIOS}/{id}?lang={lang}")).await
+        self.status_page(id, lang, None, None).await
+    }
+
+    /// A scenario's counts and `limit` of its deliveries (None: the server's default page,
+    /// 0: none) after `after`, the `next` of the page before.
+    pub async fn status_page(
+        &self,
+        id: &str,
+        lang: &str,
+        limit: Option<u64>,
+        after: Option<&str>,
+    ) -> Result<ScenarioStatus, CallError> {
+        let mut path = format!("{SCENARIOS}/{}?lang={}", encode(id), encode(lang));
+        if let Some(l) = limit {
+            path.push_str(&format!("&limit={l}"));
+        }
+        if let Some(a) = after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        self.0.get(&path).await
     }
 
     pub async fn results(&self, query: &ResultsQuery) -> Result<Results, CallError> {

@@ -652,21 +652,32 @@ async fn run_scenario(State(s): S, _: Admin, Json(sc): Json<Scenario>) -> R<Resp
 }
 
 #[derive(Deserialize)]
-struct LangQ {
+struct StatusQ {
     #[serde(default)]
     lang: Option<String>,
+    limit: Option<u64>,
+    after: Option<String>,
 }
 
 async fn scenario_status(
     State(s): S,
     _: Admin,
     Path(id): Path<String>,
-    Query(q): Query<LangQ>,
+    Query(q): Query<StatusQ>,
 ) -> R<Response> {
+    use crate::results::{StatusError, StatusPage};
     let lang = Lang::from_tag(q.lang.as_deref().unwrap_or("en"));
-    match s.scenario_status(&id, lang).await {
+    let page = StatusPage {
+        limit: q.limit,
+        after: q.after,
+    };
+    match s.scenario_status(&id, lang, &page).await {
         Ok(st) => Ok(Json(st).into_response()),
-        Err(e) => Err(ApiErr::new(StatusCode::NOT_FOUND, format!("{e:#}"), None)),
+        Err(e @ StatusError::NoScenario(_)) => {
+            Err(ApiErr::new(StatusCode::NOT_FOUND, e.to_string(), None))
+        }
+        Err(e @ StatusError::Cursor(_)) => Err(ApiErr::bad(e.to_string())),
+        Err(StatusError::Store(e)) => Err(e.into()),
     }
 }
 

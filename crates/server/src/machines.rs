@@ -347,7 +347,7 @@ impl Server {
         }
         db::machines::set_labels(&self.db, machine, &labels).await?;
         drop(_w);
-        Ok(self.machines().await?.into_iter().find(|m| m.id == machine))
+        self.machine_by_id(machine).await
     }
 
     pub async fn put_group(&self, g: &Group) -> Result<GroupView> {

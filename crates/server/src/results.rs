@@ -3,7 +3,7 @@
 
 use super::Server;
 use super::db;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use axum::body::Bytes;
 use futures_util::{Stream, StreamExt};
 use patchcast_core::delivery::Bucket;
@@ -164,8 +164,6 @@ pub const BATCH: usize = 500;
 pub struct Selection {
     scenario: String,
     machine_id: String,
-    /// The name as given (the time-setting rows are looked up by it).
-    machine: Option<String>,
     package: String,
     history: bool,
     lang: Lang,
@@ -186,7 +184,6 @@ impl Server {
         Ok(Selection {
             scenario: q.scenario.clone().unwrap_or_default(),
             machine_id,
-            machine: q.machine.clone(),
             package: q.package.clone().unwrap_or_default(),
             history: q.history,
             lang: q.lang,
@@ -276,7 +273,10 @@ impl Server {
         let total = counts.iter().map(|(_, _, _, n)| n).sum::<u64>();
         let packages = summarise(self, actions, counts).await?;
         let settings = self
-            .machine_settings(sel.lang, sel.machine.as_deref())
+            .machine_settings(
+                sel.lang,
+                Some(sel.machine_id.as_str()).filter(|m| !m.is_empty()),
+            )
             .await?;
         Ok((packages, settings, total))
     }
@@ -335,20 +335,48 @@ impl Server {
         Ok(db::scenarios::header(&self.db, id).await?.is_some())
     }
 
-    pub async fn scenario_status(&self, id: &str, lang: Lang) -> Result<ScenarioStatus> {
+    /// A scenario's deliveries counted by state (all of them) and one page of its rows:
+    /// `limit` (default [`STATUS_PAGE`], at most [`STATUS_PAGE_MAX`], 0 for counts only)
+    /// after the cursor `after` a previous page handed out as `next`.
+    pub async fn scenario_status(
+        &self,
+        id: &str,
+        lang: Lang,
+        page: &StatusPage,
+    ) -> Result<ScenarioStatus, StatusError> {
+        let after = match &page.after {
+            Some(c) => parse_cursor(c).ok_or_else(|| StatusError::Cursor(c.clone()))?,
+            None => db::reports::ScenarioKey::default(),
+        };
         let Some((name, created_at_ms)) = db::scenarios::header(&self.db, id).await? else {
-            bail!("no scenario `{id}` on this server");
+            return Err(StatusError::NoScenario(id.to_string()));
         };
         // Counted before the rows are read: deliveries only move towards their end, so rows
         // read after a count that says done are all ended too.
         let c = counts(self, id).await?;
-        let res = self
-            .results(&Query {
-                scenario: Some(id.to_string()),
-                lang,
-                ..Query::default()
-            })
-            .await?;
+        let limit = page.limit.unwrap_or(STATUS_PAGE).min(STATUS_PAGE_MAX) as usize;
+        let mut rows = Vec::new();
+        let mut next = None;
+        if limit > 0 {
+            // One row more than the page says whether there is a next one.
+            rows = db::reports::scenario_page(&self.db, id, &after, limit as i64 + 1).await?;
+            if rows.len() > limit {
+                rows.truncate(limit);
+                next = rows.last().map(|(_, _, k)| cursor(k));
+            }
+        }
+        let sel = Selection {
+            scenario: id.to_string(),
+            machine_id: String::new(),
+            package: String::new(),
+            history: false,
+            lang,
+        };
+        let mut actions = Actions::default();
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for (r, inventory, _) in rows {
+            deliveries.push(self.delivery((r, inventory), &sel, &mut actions).await?);
+        }
         Ok(ScenarioStatus {
             id: id.to_string(),
             name,
@@ -356,7 +384,8 @@ impl Server {
             total: c.total,
             done: c.done || c.total == 0,
             counts: c.states,
-            deliveries: res.deliveries,
+            deliveries,
+            next,
         })
     }
 
@@ -373,10 +402,55 @@ impl Server {
                 total: c.total,
                 done: c.done,
                 deliveries: Vec::new(),
+                next: None,
             });
         }
         Ok(out)
     }
+}
+
+/// Rows of `scenario status` a page holds unless the request says otherwise.
+pub const STATUS_PAGE: u64 = 1000;
+/// The most rows one page of `scenario status` holds, whatever the request asks.
+pub const STATUS_PAGE_MAX: u64 = 10_000;
+
+/// Which page of a scenario's deliveries `scenario_status` answers with.
+#[derive(Debug, Clone, Default)]
+pub struct StatusPage {
+    pub limit: Option<u64>,
+    /// The `next` of the page before; None: the first page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no scenario `{0}` on this server: `patchcast scenario list` shows the ones it has")]
+    NoScenario(String),
+    #[error(
+        "`{0}` is not a page cursor this server hands out: pass the `next` of the page before, \
+         or leave `after` out for the first page"
+    )]
+    Cursor(String),
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}
+
+/// A page key as the opaque cursor clients pass back: the hex of its JSON.
+fn cursor(k: &db::reports::ScenarioKey) -> String {
+    let json = serde_json::to_vec(&(&k.hostname, &k.machine_id, k.position, &k.id))
+        .expect("strings and a number serialise");
+    hex::encode(json)
+}
+
+fn parse_cursor(c: &str) -> Option<db::reports::ScenarioKey> {
+    let (hostname, machine_id, position, id) =
+        serde_json::from_slice(&hex::decode(c).ok()?).ok()?;
+    Some(db::reports::ScenarioKey {
+        hostname,
+        machine_id,
+        position,
+        id,
+    })
 }
 
 /// Deliveries of a scenario by state.
@@ -506,5 +580,24 @@ impl Server {
             );
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_gives_back_its_key_and_nothing_else_passes() {
+        let k = db::reports::ScenarioKey {
+            hostname: "ホスト \"a\",b".into(),
+            machine_id: "m-1".into(),
+            position: i64::MIN,
+            id: "d-1".into(),
+        };
+        assert_eq!(parse_cursor(&cursor(&k)), Some(k));
+        for foreign in ["", "zz", "5b5d", &hex::encode("[\"a\",\"b\",\"c\",\"d\"]")] {
+            assert_eq!(parse_cursor(foreign), None, "{foreign}");
+        }
     }
 }

@@ -208,51 +208,71 @@ impl Server {
         Ok(Some(wanted))
     }
 
-    /// The setting each machine should have and has, for `patchcast results`.
-    /// The machines whose time setting is worth listing: every machine under some policy;
-    /// without any policy only those whose row says something (found by the database
-    /// instead of visiting every machine), by hostname.
-    async fn machines_with_settings(&self) -> Result<Vec<MachineView>> {
-        if !self.policies().await?.is_empty() {
-            return self.machines().await;
-        }
-        let mut v = Vec::new();
-        for id in db::reports::machines_with_settings(&self.db).await? {
-            v.extend(self.machine_by_id(&id).await?);
-        }
-        v.sort_by(|a, b| (&a.hostname, &a.id).cmp(&(&b.hostname, &b.id)));
-        Ok(v)
-    }
-
+    /// The setting each machine should have and has, for `patchcast results` (`only`: that
+    /// machine's, by id), by hostname. Every machine under some policy is listed, read a batch
+    /// at a time with its setting row; without any policy only those whose row says something
+    /// (found by the database). Groups and policies are read once, not per machine.
     pub async fn machine_settings(
         &self,
         lang: Lang,
         only: Option<&str>,
     ) -> Result<Vec<MachineSetting>> {
+        let policies = self.policies().await?;
+        let groups = db::machines::groups(&self.db).await?;
         let mut out = Vec::new();
-        let machines = self.machines_with_settings().await?;
-        for m in machines {
-            if only.is_some_and(|o| o != m.id && o != m.hostname) {
-                continue;
-            }
-            let wanted = self.wanted_setting(&m).await?.version;
-            let row = self.setting_row(&m.id).await?;
+        let mut add = |mut m: MachineView, row: Setting| {
+            m.groups = groups
+                .iter()
+                .filter(|g| super::machines::in_group(g, &m))
+                .map(|g| g.name.clone())
+                .collect();
+            let in_groups = Self::groups_of(&m);
+            let wanted = policies
+                .iter()
+                .filter(|p| in_groups.contains(&p.policy.group))
+                .map(|p| p.version)
+                .max()
+                .unwrap_or(0);
             if wanted == 0 && row.applied == 0 && row.code.is_none() {
-                continue;
+                return;
             }
             let params = patchcast_core::errors::Params {
                 detail: Some(format!("setting version {wanted}")),
                 ..Default::default()
             };
             out.push(MachineSetting {
-                machine_id: m.id.clone(),
-                hostname: m.hostname.clone(),
+                machine_id: m.id,
+                hostname: m.hostname,
                 wanted,
                 applied: row.applied,
                 code: row.code,
                 rendered: row.code.map(|c| render(c, lang, &params)),
                 code_version: row.code_version,
             });
+        };
+        if let Some(id) = only {
+            if let Some(m) = db::machines::get(&self.db, id).await? {
+                add(m, self.setting_row(id).await?);
+            }
+        } else if policies.is_empty() {
+            for (m, row) in db::reports::machines_with_settings(&self.db).await? {
+                add(m, row);
+            }
+        } else {
+            let mut after = (String::new(), String::new());
+            loop {
+                let batch = db::reports::settings_after(
+                    &self.db,
+                    (&after.0, &after.1),
+                    super::results::BATCH,
+                )
+                .await?;
+                let Some((last, _)) = batch.last() else { break };
+                after = (last.hostname.clone(), last.id.clone());
+                for (m, row) in batch {
+                    add(m, row);
+                }
+            }
         }
         Ok(out)
     }

@@ -178,6 +178,17 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
          signer TEXT NOT NULL, signature TEXT NOT NULL, published_at BIGINT NOT NULL)",
         ],
     ),
+    (
+        47,
+        "a scenario's deliveries paged by machine",
+        &[
+            // `scenario status` pages by (hostname, machine, position, id): machines are
+            // walked by `machines_hostname` and each one's deliveries found by this index,
+            // so a page costs its own rows, not the whole scenario's sorted.
+            "CREATE INDEX deliveries_scenario_machine ON deliveries \
+         (scenario_id, machine_id, position, id)",
+        ],
+    ),
 ];
 
 /// The wall clock. Decisions read `Server::now()` (the one clock, which tests can move);

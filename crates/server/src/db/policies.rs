@@ -7,6 +7,7 @@ use anyhow::Result;
 use patchcast_core::errors::Code;
 use patchcast_core::model::group_policy::GroupPolicy;
 use patchcast_proto::schedule_api::{Assignment, PolicyView};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 /// A machine's time setting state; the default when none was recorded.
@@ -114,10 +115,12 @@ pub async fn setting(db: &AnyPool, machine: &str) -> Result<Option<Setting>> {
     .bind(machine)
     .fetch_optional(db)
     .await?;
-    let Some(r) = r else {
-        return Ok(None);
-    };
-    Ok(Some(Setting {
+    r.as_ref().map(setting_of).transpose()
+}
+
+/// A `machine_settings` row's `applied, code, code_version, code_session`.
+pub(super) fn setting_of(r: &AnyRow) -> Result<Setting> {
+    Ok(Setting {
         applied: r.try_get::<i64, _>("applied")? as u64,
         code: r
             .try_get::<Option<String>, _>("code")?
@@ -126,7 +129,7 @@ pub async fn setting(db: &AnyPool, machine: &str) -> Result<Option<Setting>> {
             .try_get::<Option<i64>, _>("code_version")?
             .map(|v| v as u64),
         code_session: r.try_get("code_session")?,
-    }))
+    })
 }
 
 pub async fn put_setting(

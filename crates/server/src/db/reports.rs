@@ -8,6 +8,7 @@
 
 use super::deliveries::{ResultRow, TERMINAL};
 use super::json;
+use super::policies::Setting;
 use anyhow::Result;
 use patchcast_proto::admin_api::MachineView;
 use sqlx::any::AnyRow;
@@ -269,14 +270,116 @@ pub async fn results_counts(
         .collect()
 }
 
-/// The machines whose time-setting row says something (a version applied, or a code).
-pub async fn machines_with_settings(db: &AnyPool) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT machine_id FROM machine_settings WHERE applied <> 0 OR code IS NOT NULL \
-         ORDER BY machine_id",
+/// Where a page of a scenario's deliveries starts: just after this delivery, in `results`'
+/// order within one scenario (hostname, machine, position, id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioKey {
+    pub hostname: String,
+    pub machine_id: String,
+    pub position: i64,
+    pub id: String,
+}
+
+impl Default for ScenarioKey {
+    /// Before every delivery (machine ids are never empty).
+    fn default() -> Self {
+        ScenarioKey {
+            hostname: String::new(),
+            machine_id: String::new(),
+            position: i64::MIN,
+            id: String::new(),
+        }
+    }
+}
+
+/// Up to `limit` deliveries of `scenario` after `after` (keyset, never OFFSET), each with
+/// its machine's inventory and its key. `CROSS JOIN` keeps SQLite walking machines in
+/// `(hostname, id)` order from the key and probing `deliveries_scenario_machine` for each,
+/// so a page reads about its own rows wherever it is; joined the other way it sorted every
+/// delivery of the scenario for each page (170 ms a page at 100,000, against 3 ms).
+pub async fn scenario_page(
+    db: &AnyPool,
+    scenario: &str,
+    after: &ScenarioKey,
+    limit: i64,
+) -> Result<Vec<(ResultRow, String, ScenarioKey)>> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.scenario_id, d.machine_id, m.hostname, d.package_id, d.delivery, d.detail, \
+         d.updated_at, d.position, m.inventory FROM machines m CROSS JOIN deliveries d \
+         WHERE d.machine_id = m.id AND d.scenario_id = $1 AND (m.hostname, m.id) >= ($2, $3) \
+         AND ((m.hostname, m.id) > ($2, $3) OR (d.position, d.id) > ($4, $5)) \
+         ORDER BY m.hostname, m.id, d.position, d.id LIMIT $6",
     )
+    .bind(scenario)
+    .bind(&after.hostname)
+    .bind(&after.machine_id)
+    .bind(after.position)
+    .bind(&after.id)
+    .bind(limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let row = result_row(r)?;
+            let key = ScenarioKey {
+                hostname: row.hostname.clone(),
+                machine_id: row.machine_id.clone(),
+                position: r.try_get("position")?,
+                id: row.id.clone(),
+            };
+            Ok((row, r.try_get("inventory")?, key))
+        })
+        .collect()
+}
+
+/// A machine's columns and its time-setting row's (a machine without a row reads as one
+/// that says nothing), over `m` and `ms`.
+const SETTING_COLUMNS: &str = "m.id, m.hostname, m.inventory, m.peer_addr, m.labels, m.enrolled_at, \
+     m.last_seen, m.agent_state, m.enroll_group, COALESCE(ms.applied, 0) AS applied, ms.code, \
+     ms.code_version, ms.code_session";
+
+fn machine_setting(r: &AnyRow) -> Result<(MachineView, Setting)> {
+    Ok((
+        super::machines::machine_view(r)?,
+        super::policies::setting_of(r)?,
+    ))
+}
+
+/// The machines whose time-setting row says something (a version applied, or a code), by
+/// `(hostname, id)`, each with that row, in one statement.
+pub async fn machines_with_settings(db: &AnyPool) -> Result<Vec<(MachineView, Setting)>> {
+    let q = format!(
+        "SELECT {SETTING_COLUMNS} FROM machine_settings ms JOIN machines m ON m.id = ms.machine_id \
+         WHERE ms.applied <> 0 OR ms.code IS NOT NULL ORDER BY m.hostname, m.id"
+    );
+    sqlx::query(AssertSqlSafe(q))
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(machine_setting)
+        .collect()
+}
+
+/// Up to `limit` machines after the key `(hostname, id)` (`("", "")`: from the first), in
+/// that order, each with its time-setting row, without their groups.
+pub async fn settings_after(
+    db: &AnyPool,
+    after: (&str, &str),
+    limit: usize,
+) -> Result<Vec<(MachineView, Setting)>> {
+    let q = format!(
+        "SELECT {SETTING_COLUMNS} FROM machines m LEFT JOIN machine_settings ms ON ms.machine_id = m.id \
+         WHERE (m.hostname, m.id) > ($1, $2) ORDER BY m.hostname, m.id LIMIT $3"
+    );
+    sqlx::query(AssertSqlSafe(q))
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit as i64)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(machine_setting)
+        .collect()
 }
 
 /// Retention: deletes up to `batch` history rows written before `before` that a later
