@@ -450,3 +450,59 @@ async fn silent_agent_gets_no_reply_then_retry(backend: Backend) {
     assert_eq!(st.deliveries[0].state, State::Applied);
 }
 both_backends!(silent_agent_gets_no_reply_then_retry);
+
+/// Polls arriving together are dispatched in one group (`server::batch`): the group reads
+/// once and writes at the end, yet `max_concurrent` still counts the machines the group
+/// itself just started, and a machine polling twice at once gets the one work item twice
+/// (the lost-reply case), dispatched once.
+async fn grouped_dispatches_keep_max_concurrent_and_dispatch_once(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    s.publish_sample("pkg-group").await;
+    let agents = s.enroll(40, "grouped", Behaviour::Apply).await;
+    let admin = s.admin();
+    let mut sc = scenario("grouped", "grouped", &["pkg-group"]);
+    sc.max_concurrent = Some(5);
+    let created = admin.run_scenario(&sc).await.unwrap();
+    // Every agent polls twice at once: 80 polls in flight together.
+    let polls = agents
+        .iter()
+        .flat_map(|a| [a.poll(AgentState::Idle, 0), a.poll(AgentState::Idle, 0)]);
+    let works: Vec<_> = futures_util::future::join_all(polls)
+        .await
+        .into_iter()
+        .map(|w| w.unwrap())
+        .collect();
+    let mut by_machine: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for (i, w) in works.iter().enumerate() {
+        if let Some(w) = w {
+            by_machine
+                .entry(agents[i / 2].machine_id.as_str())
+                .or_default()
+                .push(format!("{} attempt {}", w.delivery_id, w.attempt));
+        }
+    }
+    assert_eq!(by_machine.len(), 5, "machines given work: {by_machine:#?}");
+    for got in by_machine.values() {
+        assert!(
+            got.len() <= 2 && got.iter().all(|g| g == &got[0]),
+            "{got:?}"
+        );
+    }
+    let rows = crate::common::agent_harness::rows_with_history(&admin, &created.id).await;
+    let dispatched: usize = rows
+        .iter()
+        .map(|r| {
+            r.history
+                .iter()
+                .filter(|h| h.event["event"] == "dispatched")
+                .count()
+        })
+        .sum();
+    assert_eq!(dispatched, 5, "{rows:#?}");
+    // And the rollout goes on to the end, five at a time.
+    let st = drive(&admin, &created.id, &agents).await;
+    assert_eq!(st.counts.get("applied"), Some(&40), "{:?}", st.counts);
+}
+both_backends!(grouped_dispatches_keep_max_concurrent_and_dispatch_once);
