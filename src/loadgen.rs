@@ -194,33 +194,49 @@ impl SimAgent {
 
     /// The whole attempt: probe (not applied), fetch, execute (exit 0), verify per behaviour.
     pub async fn carry_out(&self, w: &Work) -> Result<ReportAck> {
-        self.report_until_heard(
-            w,
-            1,
-            Event::Probed {
-                verdict: Verdict::NotApplied,
-            },
-            Detail::default(),
-        )
-        .await?;
+        self.carry_out_through(w, None).await
+    }
+
+    /// `carry_out` where each request holds one of `slots` (a proxy's bounded connections)
+    /// while it is in flight, and none between requests (while a real agent installs).
+    pub async fn carry_out_through(
+        &self,
+        w: &Work,
+        slots: Option<&tokio::sync::Semaphore>,
+    ) -> Result<ReportAck> {
+        let slot = || async {
+            match slots {
+                Some(s) => Some(s.acquire().await.expect("never closed")),
+                None => None,
+            }
+        };
+        let probed = Event::Probed {
+            verdict: Verdict::NotApplied,
+        };
+        let s = slot().await;
+        self.report_until_heard(w, 1, probed, Detail::default())
+            .await?;
+        drop(s);
+        let s = slot().await;
         self.fetch(w).await?;
+        drop(s);
+        let s = slot().await;
         self.report_until_heard(w, 2, Event::Transferred, Detail::default())
             .await?;
+        drop(s);
         let executed = Detail {
             exit_code: Some(0),
             output_tail: Some("simulated install: ok\n".into()),
             ..Detail::default()
         };
-        self.report_until_heard(
-            w,
-            3,
-            Event::Executed {
-                execution: Execution::Succeeded { code: 0 },
-            },
-            executed,
-        )
-        .await?;
+        let execution = Event::Executed {
+            execution: Execution::Succeeded { code: 0 },
+        };
+        let s = slot().await;
+        self.report_until_heard(w, 3, execution, executed).await?;
+        drop(s);
         let (event, detail) = self.verify();
+        let _s = slot().await;
         self.report_until_heard(w, 4, event, detail).await
     }
 
@@ -647,13 +663,14 @@ async fn check_ins(
                 let a = &sims[i];
                 // From the arrival, not from the send: a queued check-in was late.
                 let t0 = Instant::now();
-                let _slot = slots.acquire().await.expect("never closed");
+                let slot = slots.acquire().await.expect("never closed");
                 let polled = a.poll(AgentState::Idle, 0).await;
+                drop(slot);
                 let us = t0.elapsed().as_micros() as u64;
                 let outcome = match polled {
                     Ok(Some(w)) => {
                         let t1 = Instant::now();
-                        let r = a.carry_out(&w).await;
+                        let r = a.carry_out_through(&w, Some(&slots)).await;
                         Some(r.map(|_| t1.elapsed().as_micros() as u64))
                     }
                     Ok(None) => None,

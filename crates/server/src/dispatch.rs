@@ -79,29 +79,8 @@ impl Server {
         }
     }
 
-    /// Applies `event` to `r` and persists the result with its history row. Nothing is written
-    /// when the state machine refuses the event.
-    #[allow(clippy::too_many_arguments)]
-    async fn transition(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        r: &mut DeliveryRow,
-        event: &Event,
-        attempt: u32,
-        seq: u32,
-        detail: &Detail,
-        scenario: &Scenario,
-        now: i64,
-    ) -> Result<Result<Action, Invalid>> {
-        let (action, e) = match self.advance(r, event, attempt, seq, detail, scenario, now) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        db::deliveries::record(tx, &[r], &[e], now).await?;
-        Ok(Ok(action))
-    }
-
-    /// Applies `event` to `r`; its writing waits for the end of the group (`batch`).
+    /// Applies `event` (a server-side one: seq 0) to `r`; its row and history row are written
+    /// with `b` (`Batch::flush`). Nothing is kept when the state machine refuses the event.
     #[allow(clippy::too_many_arguments)]
     fn defer(
         &self,
@@ -119,7 +98,7 @@ impl Server {
     }
 
     /// Applies `event` to `r` in memory: the action to take and the history row to write with
-    /// the row (`transition` writes at once; a report group writes all its rows together).
+    /// the row (`defer`; a group's reports write all theirs together).
     #[allow(clippy::too_many_arguments)]
     fn advance(
         &self,
@@ -210,9 +189,9 @@ impl Server {
         let s = self.scenario(tx, &r.scenario_id).await?;
         let attempt = r.d.attempt;
         let now = self.now();
-        let done = self
-            .transition(tx, &mut r, event, attempt, 0, &Detail::default(), &s, now)
-            .await?;
+        let mut b = Batch::default();
+        let done = self.defer(&mut b, &mut r, event, attempt, &Detail::default(), &s, now);
+        b.flush(tx, now).await?;
         Ok(Some(done.map(|_| r)))
     }
 
@@ -778,11 +757,12 @@ impl Server {
                 &cur.d.state,
                 "no report from the agent within the install timeout and margin",
             );
+            let mut b = Batch::default();
             if self
-                .transition(&mut tx, &mut cur, &Event::NoReply, a, 0, &detail, &s, now)
-                .await?
+                .defer(&mut b, &mut cur, &Event::NoReply, a, &detail, &s, now)
                 .is_ok()
             {
+                b.flush(&mut tx, now).await?;
                 tx.commit().await?;
                 n += 1;
                 tracing::warn!(delivery = %cur.id, machine = %cur.machine_id, code = ?cur.d.last_code, "no reply from the agent");
