@@ -108,6 +108,15 @@ impl SimAgent {
         })
     }
 
+    /// The same machine, talking to another server of the installation at `url`.
+    pub fn via(&self, url: &str) -> SimAgent {
+        SimAgent {
+            machine_id: self.machine_id.clone(),
+            client: self.client.with_base(url),
+            behaviour: self.behaviour.clone(),
+        }
+    }
+
     pub async fn poll(&self, state: AgentState, wait_ms: u64) -> Result<Option<Work>, CallError> {
         let r: PollResponse = self
             .client

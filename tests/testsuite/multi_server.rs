@@ -8,15 +8,20 @@
 //!
 //! PostgreSQL only: SQLite is one server process's own database by design (its file, its
 //! in-process write lock); several servers need the shared database, its advisory locks and
-//! its notifications (`server::cluster`).
+//! its notifications (`server::cluster`). The exception is the race for one concurrency
+//! slot, where the hot paths run under the shared write lock and row locks: on SQLite it
+//! races one server against itself.
 
 use crate::common::agent_harness::{AgentProc, rows_with_history};
-use crate::common::server_harness::{Backend, TestServer, scenario};
-use patchcast::core::delivery::State;
+use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use patchcast::core::delivery::{Event, Execution, State};
+use patchcast::core::identify::Verdict;
 use patchcast::loadgen::Behaviour;
 use patchcast::transport::admin_api::{Admin, ScenarioStatus};
-use patchcast::transport::protocol::AgentState;
+use patchcast::transport::protocol::{AgentState, Detail};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 const GROUP: &str = "multi";
@@ -213,6 +218,114 @@ async fn a_change_on_one_server_wakes_a_long_poll_on_the_other() {
     assert_eq!(work.package_id, "pkg-wake");
     assert_eq!(st.total, 1);
 }
+
+/// Machines racing for one `max_concurrent: 1` slot, each polling both servers at once and
+/// reporting to either (on SQLite: one server, polled twice at once): never two machines
+/// busy together, and a machine polling both gets each attempt from one dispatch (its second
+/// answer may only be the same attempt sent again, never a new one).
+async fn racing_polls_on_two_servers_keep_one_slot_and_one_dispatch_per_attempt(backend: Backend) {
+    const MACHINES: usize = 8;
+    let Some(a) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let b = (backend == Backend::Postgres).then(|| a.join());
+    let b_url = b.as_ref().map_or(a.url.clone(), |b| b.url.clone());
+    a.publish_sample("pkg-race").await;
+    let agents = a.enroll(MACHINES, "race", Behaviour::Apply).await;
+    let mut sc = scenario("race", "race", &["pkg-race"]);
+    sc.max_concurrent = Some(1);
+    let id = a.admin().run_scenario(&sc).await.unwrap().id;
+
+    // Machines between receiving their work and sending the report that frees the slot: a
+    // window inside the server's (dispatch committed .. that report committed).
+    let busy = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, on_a) in agents.into_iter().enumerate() {
+        let on_b = on_a.via(&b_url);
+        let (busy, most) = (busy.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let w = loop {
+                assert!(Instant::now() < deadline, "machine {i} never got its work");
+                let (x, y) = tokio::join!(
+                    on_a.poll(AgentState::Idle, 1000),
+                    on_b.poll(AgentState::Idle, 1000)
+                );
+                let (x, y) = (x.unwrap(), y.unwrap());
+                if let (Some(x), Some(y)) = (&x, &y) {
+                    assert_eq!(
+                        (&x.delivery_id, x.attempt),
+                        (&y.delivery_id, y.attempt),
+                        "machine {i} was dispatched twice at once"
+                    );
+                }
+                if let Some(w) = x.or(y) {
+                    break w;
+                }
+            };
+            let now = busy.fetch_add(1, SeqCst) + 1;
+            most.fetch_max(now, SeqCst);
+            let reporter = if i % 2 == 0 { &on_a } else { &on_b };
+            // The attempt up to its verification (`SimAgent::carry_out` without the last step).
+            let steps = [
+                Event::Probed {
+                    verdict: Verdict::NotApplied,
+                },
+                Event::Transferred,
+                Event::Executed {
+                    execution: Execution::Succeeded { code: 0 },
+                },
+            ];
+            for (seq, event) in (1..).zip(steps) {
+                let ack = reporter
+                    .report_until_heard(&w, seq, event, Detail::default())
+                    .await
+                    .unwrap();
+                assert!(ack.applied, "machine {i}: report {seq} was not applied");
+            }
+            busy.fetch_sub(1, SeqCst);
+            let (event, detail) = reporter.verify();
+            let ack = reporter
+                .report_until_heard(&w, 4, event, detail)
+                .await
+                .unwrap();
+            assert!(ack.applied, "machine {i}: the verification was not applied");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        most.load(SeqCst),
+        1,
+        "more than one machine held the scenario's one slot at once"
+    );
+    let st = a.admin().status(&id, "en").await.unwrap();
+    assert!(st.done, "{st:#?}");
+    assert_eq!(
+        st.counts.get("applied"),
+        Some(&(MACHINES as u64)),
+        "{st:#?}"
+    );
+    let rows = rows_with_history(&a.admin(), &id).await;
+    assert_eq!(rows.len(), MACHINES);
+    for r in &rows {
+        let dispatched = r
+            .history
+            .iter()
+            .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some("dispatched"))
+            .count();
+        assert_eq!(
+            dispatched, 1,
+            "one dispatch for one attempt: {:#?}",
+            r.history
+        );
+    }
+    drop(b);
+}
+
+both_backends!(racing_polls_on_two_servers_keep_one_slot_and_one_dispatch_per_attempt);
 
 /// `patchcast key list --json` on `s`, once its serial is `serial` (within 30 s).
 async fn trust_at(s: &TestServer, serial: u64) -> serde_json::Value {

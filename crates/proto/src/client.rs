@@ -97,6 +97,15 @@ impl Client {
         }
     }
 
+    /// The same client and credential, for another server of the installation (servers
+    /// sharing a database share one certificate).
+    pub fn with_base(&self, base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            ..self.clone()
+        }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

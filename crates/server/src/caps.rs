@@ -35,6 +35,11 @@ impl Default for Caps {
 }
 
 impl Caps {
+    /// Whether a cap limits how many transfers run at once.
+    pub fn limit_transfers(&self) -> bool {
+        self.max_transfers.is_some() || self.max_transfers_per_subnet.is_some()
+    }
+
     /// The subnet `addr` counts in.
     pub fn subnet(&self, addr: IpAddr) -> ipnet::IpNet {
         let prefix = match addr {
@@ -53,7 +58,7 @@ const RECHECK_MS: i64 = 1_000;
 impl Server {
     pub async fn transfer_gate(&self, m: &MachineView, now: i64) -> Result<Gate> {
         let c = &self.caps;
-        if c.max_transfers.is_none() && c.max_transfers_per_subnet.is_none() {
+        if !c.limit_transfers() {
             return Ok(Gate::Open);
         }
         let rows = super::db::deliveries::transfers_except(&self.db, &m.id).await?;

@@ -2,13 +2,17 @@
 //! correct across processes. Three mechanisms, all here so call sites stay one line (their
 //! statements are the store's, `db::locks`):
 //!
-//! - **The write lock** (`Cluster::write`): every state-changing transaction runs under it.
-//!   On SQLite it is the in-process mutex it always was (one process, one writer). On
-//!   PostgreSQL the holder also takes a session-level advisory lock on a dedicated
-//!   connection, so read-modify-writes are serialised across every server on the database
-//!   (handed between this process's writers while held, released in batches:
-//!   `WriteGuard::drop`); a server killed with SIGKILL drops that connection and PostgreSQL
-//!   releases the lock.
+//! - **The write lock** (`Cluster::write`, `Cluster::write_shared`): every state-changing
+//!   transaction runs under it, in one of two modes. *Exclusive* (administrators' actions,
+//!   rollouts, sources, keys…): alone, in this process and on PostgreSQL across every server.
+//!   *Shared* (the hot delivery paths: dispatch, reports, the no-reply sweeper, heartbeats):
+//!   concurrently with the other shared writers of every server, never with an exclusive
+//!   one; these paths lock the rows they decide on themselves (`SELECT … FOR UPDATE`, in the
+//!   store). In-process the two modes are a read-write lock; on PostgreSQL the holder also
+//!   takes a session-level advisory lock in the same mode on a dedicated connection, handed
+//!   between this process's writers while held and released in batches (`WriteGuard::drop`);
+//!   a server killed with SIGKILL drops that connection and PostgreSQL releases the lock. On
+//!   SQLite (one process, one writer) a shared guard is an exclusive one.
 //! - **The leader** (`Cluster::leader`): singleton background work (no-reply sweeper,
 //!   automatic-update and rollout ticker, SSH workers, history pruning) runs on the one server
 //!   holding another advisory lock on its own connection; when that server dies, the next one
@@ -24,12 +28,18 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{
+    Mutex, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore,
+    mpsc,
+};
 
 /// Advisory lock keys (per database): "patchcast" + 1 / 2.
 const WRITE_KEY: i64 = 0x7063_6173_7400_0001;
 const LEADER_KEY: i64 = 0x7063_6173_7400_0002;
 const CHANNEL: &str = "patchcast";
+/// Shared writers of one process at once: half the PostgreSQL pool (`db::connect`), as each
+/// may read through a second connection while its transaction holds one.
+const SHARED_WRITERS: usize = 8;
 /// How often a follower tries to become leader, and the leader checks its connection.
 const LEADER_EVERY: Duration = Duration::from_secs(1);
 
@@ -84,7 +94,10 @@ pub struct Cluster {
     /// The database URL when it is PostgreSQL (shared by several servers); None on SQLite.
     url: Option<String>,
     instance: String,
-    write: Arc<Mutex<Slot>>,
+    /// A shared writer looks at the slot under its mutex, an exclusive one owns it.
+    write: Writers,
+    /// Room for `SHARED_WRITERS` shared writers.
+    shared_room: Arc<Semaphore>,
     /// A task is queued to release the database lock (`WriteGuard::drop`).
     releasing: Arc<AtomicBool>,
     leader: Arc<AtomicBool>,
@@ -92,55 +105,140 @@ pub struct Cluster {
     out: std::sync::OnceLock<mpsc::UnboundedSender<String>>,
 }
 
-/// What the in-process mutex guards: the connection holding the database-wide lock, and
-/// whether it holds it now.
+/// The two kinds of write guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// With the other shared writers; the transaction locks the rows it decides on.
+    Shared,
+    /// Alone.
+    Exclusive,
+}
+
+impl Mode {
+    /// Whether holding the database lock in `self` mode lets a writer of `want` go on.
+    fn covers(self, want: Mode) -> bool {
+        self == Mode::Exclusive || want == Mode::Shared
+    }
+}
+
+/// The connection holding the database-wide lock, and the mode it holds it in now.
 #[derive(Default)]
 struct Slot {
     conn: Option<locks::Conn>,
-    held: bool,
+    held: Option<Mode>,
+}
+
+impl Slot {
+    /// Makes the connection hold the lock in a mode covering `want`: taken when not held,
+    /// or a shared one given up and taken exclusively (never upgraded in place, so two
+    /// servers upgrading at once cannot deadlock on each other's shared lock). The caller
+    /// is alone with the slot in the mode it asks for.
+    async fn hold(&mut self, url: &str, want: Mode) -> Result<()> {
+        if self.held.is_some_and(|m| m.covers(want)) {
+            return Ok(());
+        }
+        let mut retried = false;
+        loop {
+            // Out of the slot while the lock is taken: if this future is dropped meanwhile,
+            // so is the connection, and with it whatever it had locked.
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => locks::connect(url)
+                    .await
+                    .context("connecting for the database write lock")?,
+            };
+            let was = self.held.take();
+            let taken = async {
+                if let Some(m) = was {
+                    locks::unlock(&mut conn, WRITE_KEY, m == Mode::Shared).await?;
+                }
+                locks::lock(&mut conn, WRITE_KEY, want == Mode::Shared).await
+            }
+            .await;
+            match taken {
+                Ok(()) => {
+                    *self = Slot {
+                        conn: Some(conn),
+                        held: Some(want),
+                    };
+                    return Ok(());
+                }
+                // The connection is dropped, and with it any lock it held.
+                Err(e) if !retried => {
+                    retried = true;
+                    tracing::warn!("taking the database write lock: {e}; reconnecting");
+                }
+                Err(e) => return Err(e).context("taking the database write lock"),
+            }
+        }
+    }
+
+    /// Gives the database lock up; on failure closes the connection, which releases it.
+    async fn release(&mut self) {
+        let Some(m) = self.held.take() else {
+            return;
+        };
+        if let Some(c) = self.conn.as_mut()
+            && let Err(e) = locks::unlock(c, WRITE_KEY, m == Mode::Shared).await
+        {
+            // The next writer reconnects.
+            tracing::warn!("releasing the database write lock: {e}; reconnecting");
+            self.conn = None;
+        }
+    }
+}
+
+/// This process's side of the write lock: read for a shared writer, write for an exclusive
+/// one; inside, what this process holds of the database lock.
+type Writers = Arc<RwLock<Mutex<Slot>>>;
+
+/// This process's side of a guard.
+enum Local {
+    Shared {
+        slot: OwnedRwLockReadGuard<Mutex<Slot>>,
+        _room: OwnedSemaphorePermit,
+    },
+    Exclusive(OwnedRwLockWriteGuard<Mutex<Slot>>),
 }
 
 /// Held while a state-changing transaction runs; released on drop.
 pub struct WriteGuard {
-    slot: Option<OwnedMutexGuard<Slot>>,
-    release: Option<(Arc<Mutex<Slot>>, Arc<AtomicBool>)>,
+    local: Option<Local>,
+    release: Option<(Writers, Arc<AtomicBool>)>,
 }
 
 impl Drop for WriteGuard {
-    /// The next writer of this process goes on at once, still under the database lock;
-    /// the lock itself is released by a task queued behind the writers waiting now, so a
-    /// busy server pays one lock and unlock per batch of writes, and another server gets its
-    /// turn after each batch.
+    /// The next writers of this process go on at once, still under the database lock; the
+    /// lock itself is released by a task queued (as an exclusive writer) behind the writers
+    /// waiting now, so a busy server pays one lock and unlock per batch of writes, and
+    /// another server gets its turn after each batch.
     fn drop(&mut self) {
-        let Some(mut g) = self.slot.take() else {
+        let Some(local) = self.local.take() else {
             return;
         };
-        let Some((mutex, releasing)) = self.release.take().filter(|_| g.held) else {
+        let Some((lock, releasing)) = self.release.take() else {
             return;
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             // No runtime left to unlock with: closing the connection releases the lock.
-            *g = Slot::default();
+            match local {
+                Local::Exclusive(mut g) => *g.get_mut() = Slot::default(),
+                Local::Shared { slot, .. } => {
+                    if let Ok(mut s) = slot.try_lock() {
+                        *s = Slot::default();
+                    }
+                }
+            }
             return;
         };
-        drop(g);
+        drop(local);
         if releasing.swap(true, Ordering::AcqRel) {
             return;
         }
         rt.spawn(async move {
-            let mut g = mutex.lock().await;
+            let mut g = lock.write_owned().await;
             releasing.store(false, Ordering::Release);
-            if !g.held {
-                return;
-            }
-            g.held = false;
-            if let Some(c) = g.conn.as_mut()
-                && let Err(e) = locks::unlock(c, WRITE_KEY).await
-            {
-                // Closing the connection releases the lock; the next writer reconnects.
-                tracing::warn!("releasing the database write lock: {e}; reconnecting");
-                g.conn = None;
-            }
+            g.get_mut().release().await;
         });
     }
 }
@@ -151,7 +249,8 @@ impl Cluster {
         Cluster {
             url: shared.then(|| url.to_string()),
             instance: patchcast_pack::keys::random_hex(8).unwrap_or_else(|_| "0".into()),
-            write: Arc::new(Mutex::new(Slot::default())),
+            write: Arc::new(RwLock::new(Mutex::new(Slot::default()))),
+            shared_room: Arc::new(Semaphore::new(SHARED_WRITERS)),
             releasing: Arc::new(AtomicBool::new(false)),
             leader: Arc::new(AtomicBool::new(!shared)),
             out: std::sync::OnceLock::new(),
@@ -163,38 +262,51 @@ impl Cluster {
         self.url.is_some()
     }
 
-    /// The write lock: this process's mutex, and on PostgreSQL the database-wide one.
+    /// The exclusive write lock: alone in this process, and on PostgreSQL on the database.
     pub async fn write(&self) -> Result<WriteGuard> {
-        let mut g = self.write.clone().lock_owned().await;
-        if let Some(url) = &self.url
-            && !g.held
-        {
-            for attempt in 0..2 {
-                // Out of the mutex while the lock is taken: if this future is dropped
-                // meanwhile, so is the connection, and with it whatever it had locked.
-                let mut conn = match g.conn.take() {
-                    Some(c) => c,
-                    None => locks::connect(url)
-                        .await
-                        .context("connecting for the database write lock")?,
-                };
-                match locks::lock(&mut conn, WRITE_KEY).await {
-                    Ok(_) => {
-                        *g = Slot {
-                            conn: Some(conn),
-                            held: true,
-                        };
-                        break;
-                    }
-                    Err(e) if attempt == 0 => {
-                        tracing::warn!("taking the database write lock: {e}; reconnecting");
-                    }
-                    Err(e) => return Err(e).context("taking the database write lock"),
+        self.guard(Mode::Exclusive).await
+    }
+
+    /// The shared write lock, for transactions that lock the rows they decide on: with the
+    /// other shared writers of every server, never with an exclusive one. Exclusive on
+    /// SQLite, which has one writer and no row locks.
+    pub async fn write_shared(&self) -> Result<WriteGuard> {
+        self.guard(if self.shared() {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        })
+        .await
+    }
+
+    async fn guard(&self, want: Mode) -> Result<WriteGuard> {
+        let local = match want {
+            Mode::Shared => {
+                let room = self
+                    .shared_room
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .context("the write lock is closed")?;
+                let g = self.write.clone().read_owned().await;
+                if let Some(url) = &self.url {
+                    g.lock().await.hold(url, want).await?;
+                }
+                Local::Shared {
+                    slot: g,
+                    _room: room,
                 }
             }
-        }
+            Mode::Exclusive => {
+                let mut g = self.write.clone().write_owned().await;
+                if let Some(url) = &self.url {
+                    g.get_mut().hold(url, want).await?;
+                }
+                Local::Exclusive(g)
+            }
+        };
         Ok(WriteGuard {
-            slot: Some(g),
+            local: Some(local),
             release: self
                 .url
                 .as_ref()
@@ -322,5 +434,14 @@ mod tests {
         }
         assert_eq!(Signal::Lost.payload("a"), None);
         assert_eq!(Signal::parse("b other x", "a"), None);
+    }
+
+    #[test]
+    fn an_exclusive_hold_covers_both_modes_a_shared_one_only_shared() {
+        use Mode::*;
+        assert!(Exclusive.covers(Exclusive));
+        assert!(Exclusive.covers(Shared));
+        assert!(Shared.covers(Shared));
+        assert!(!Shared.covers(Exclusive));
     }
 }

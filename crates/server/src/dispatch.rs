@@ -4,9 +4,12 @@
 //! Every transition is written (new state plus an `events` row with attempt, seq, code and
 //! time) in one transaction that commits BEFORE the reply that acts on it, so a crash at any
 //! point either loses nothing or repeats an action the state machine refuses to count twice.
-//! Writes are serialised by one write lock (`Server::write`; across servers on PostgreSQL,
-//! `cluster`): SQLite has a single writer anyway, and it keeps "one delivery per machine"
-//! and `max_concurrent` checks race-free on PostgreSQL.
+//! These writes take the shared write lock (`Server::write_shared`; `cluster`) and lock the
+//! rows they decide on (the polling machines and their unfinished deliveries, the reported
+//! deliveries, the scenario before its `max_concurrent` count), so they run concurrently on
+//! every server sharing a PostgreSQL database and "one delivery per machine" and
+//! `max_concurrent` stay race-free; SQLite has a single writer anyway (ARCHITECTURE
+//! "Several servers").
 
 use super::Server;
 use super::batch::Batch;
@@ -471,7 +474,11 @@ impl Server {
                     }
                 }
             }
-            // Holds, windows and transfer caps (`windows::Server::gate`).
+            // Holds, windows and transfer caps (`windows::Server::gate`); the caps count
+            // every machine's transfers, one dispatch at a time.
+            if self.caps.limit_transfers() {
+                db::deliveries::lock_transfers(&mut *tx).await?;
+            }
             if let Gate::Wait { until, why } = self
                 .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)
                 .await?
@@ -483,6 +490,7 @@ impl Server {
                 continue;
             }
             if let Some(max) = s.max_concurrent {
+                db::scenarios::lock_row(&mut *tx, &r.scenario_id).await?;
                 b.flush(&mut *tx, now).await?;
                 let busy = db::deliveries::busy_machines(&mut *tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {
@@ -496,6 +504,8 @@ impl Server {
             {
                 continue;
             }
+            // The caps' and the scenario's locks may have waited.
+            let now = now.max(self.now());
             if r.d.state == State::AwaitingRetry {
                 let a = r.d.attempt;
                 self.defer(b, r, &Event::RetryDue, a, &Detail::default(), &s, now)?;
@@ -582,7 +592,8 @@ impl Server {
         }
     }
 
-    /// Writes one group (`group_commit`) in one transaction under the write lock: its reports
+    /// Writes one group (`group_commit`) in one transaction under the shared write lock, the
+    /// rows it decides on locked first (`db::deliveries::lock_group`): its reports
     /// first (so a machine's poll in the same group sees its report), then its dispatches; then
     /// wakes the machines the reports concern. A database error fails the whole group (nothing
     /// of it is committed). The outcomes come in the order of `jobs`.
@@ -597,14 +608,8 @@ impl Server {
         let mut wakes = Vec::new();
         let (mut outcomes, mut dispatched) = (Vec::new(), Vec::new());
         {
-            let _w = self.write().await?;
-            let now = self.now();
+            let _w = self.write_shared().await?;
             let mut tx = self.db.begin().await?;
-            if !reports.is_empty() {
-                outcomes = self
-                    .apply_reports(&mut tx, &reports, now, &mut wakes)
-                    .await?;
-            }
             let machines: Vec<&str> = jobs
                 .iter()
                 .filter_map(|j| match j {
@@ -612,6 +617,18 @@ impl Server {
                     Job::Report(..) => None,
                 })
                 .collect();
+            let reported: Vec<&str> = reports
+                .iter()
+                .map(|(_, r)| r.delivery_id.as_str())
+                .collect();
+            db::deliveries::lock_group(&mut tx, &machines, &reported).await?;
+            // After the locks: a transition is stamped no earlier than the ones it waited for.
+            let now = self.now();
+            if !reports.is_empty() {
+                outcomes = self
+                    .apply_reports(&mut tx, &reports, now, &mut wakes)
+                    .await?;
+            }
             if !machines.is_empty() {
                 let mut b = Batch::read(&mut tx, &machines).await?;
                 for j in jobs {
@@ -742,12 +759,13 @@ impl Server {
         let expired = db::deliveries::expired(&self.db, now).await?;
         let mut n = 0;
         for r in expired {
-            let _w = self.write().await?;
+            let _w = self.write_shared().await?;
             let mut tx = self.db.begin().await?;
-            // Re-read under the lock: a report may have moved it meanwhile.
-            let mut cur = db::deliveries::find(&mut tx, &r.id)
-                .await?
-                .with_context(|| format!("no delivery `{}`", r.id))?;
+            // Re-read, locked: a report may have moved it meanwhile. One locked by a report
+            // or a dispatch now is theirs to move; the next sweep looks again.
+            let Some(mut cur) = db::deliveries::claim(&mut tx, &r.id).await? else {
+                continue;
+            };
             if !cur.d.state.in_flight() || cur.deadline.is_none_or(|d| d >= now) {
                 continue;
             }

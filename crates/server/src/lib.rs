@@ -174,6 +174,13 @@ impl Server {
             .signal(&cluster::Signal::Removed(id.to_string()));
     }
 
+    /// The write lock of the hot delivery paths (dispatch, reports, the no-reply sweeper):
+    /// shared with each other on every server, never with an exclusive writer. Their
+    /// transactions lock the rows they decide on (ARCHITECTURE "Several servers").
+    pub async fn write_shared(&self) -> Result<cluster::WriteGuard> {
+        self.cluster.write_shared().await
+    }
+
     /// Acts on a change another server made (`cluster::Signal`).
     fn heard(self: &Arc<Self>, s: cluster::Signal) {
         use cluster::Signal;

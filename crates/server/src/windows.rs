@@ -173,10 +173,8 @@ impl Server {
         now: i64,
     ) -> Result<Gate> {
         let all = self.policies().await?;
-        let caps =
-            self.caps.max_transfers.is_some() || self.caps.max_transfers_per_subnet.is_some();
         // The common case of a server without policies or caps reads nothing per machine.
-        if all.is_empty() && !caps {
+        if all.is_empty() && !self.caps.limit_transfers() {
             return self.rollout_gate(scenario_id).await;
         }
         let Some(m) = self.machine(machine).await? else {

@@ -318,7 +318,23 @@ pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Deliv
 
 /// The delivery `id`, if there is one.
 pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
-    let q = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.id = $1");
+    find_in(tx, id, "").await
+}
+
+/// The delivery `id`, locked until the transaction ends, unless another transaction has it
+/// locked (PostgreSQL: `SKIP LOCKED`), when it is None as if it did not exist: whoever holds
+/// it is moving it.
+pub async fn claim(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow>> {
+    let lock = if super::row_locks(tx) {
+        " FOR UPDATE OF d SKIP LOCKED"
+    } else {
+        ""
+    };
+    find_in(tx, id, lock).await
+}
+
+async fn find_in(tx: &mut AnyConnection, id: &str, lock: &str) -> Result<Option<DeliveryRow>> {
+    let q = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.id = $1{lock}");
     sqlx::query(AssertSqlSafe(q))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -326,6 +342,77 @@ pub async fn find(tx: &mut AnyConnection, id: &str) -> Result<Option<DeliveryRow
         .as_ref()
         .map(row)
         .transpose()
+}
+
+/// Locks, until the transaction ends, the rows a group of delivery writes decides on
+/// (PostgreSQL; nothing on SQLite, whose one writer is alone): the rows of `machines` (those
+/// polling), then the deliveries `reported` and every unfinished delivery of `machines`, each
+/// set in id order. Taken before anything else in the transaction, so groups on several
+/// servers wait for each other instead of deadlocking: one dispatch per machine at a time,
+/// and no report, dispatch or sweep (`claim`) moves a delivery under another's decision.
+pub async fn lock_group(
+    tx: &mut AnyConnection,
+    machines: &[&str],
+    reported: &[&str],
+) -> Result<()> {
+    if !super::row_locks(tx) {
+        return Ok(());
+    }
+    let marks = |first: usize, n: usize| {
+        let m: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+        m.join(", ")
+    };
+    if !machines.is_empty() {
+        let q = format!(
+            "SELECT id FROM machines WHERE id IN ({}) ORDER BY id FOR UPDATE",
+            marks(1, machines.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(q));
+        for m in machines {
+            query = query.bind(*m);
+        }
+        query.fetch_all(&mut *tx).await?;
+    }
+    let mut any = Vec::new();
+    if !reported.is_empty() {
+        any.push(format!("id IN ({})", marks(1, reported.len())));
+    }
+    if !machines.is_empty() {
+        any.push(format!(
+            "(machine_id IN ({}) AND state NOT IN {})",
+            marks(reported.len() + 1, machines.len()),
+            list(TERMINAL)
+        ));
+    }
+    if any.is_empty() {
+        return Ok(());
+    }
+    let q = format!(
+        "SELECT id FROM deliveries WHERE {} ORDER BY id FOR UPDATE",
+        any.join(" OR ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for id in reported.iter().chain(machines) {
+        query = query.bind(*id);
+    }
+    query.fetch_all(&mut *tx).await?;
+    Ok(())
+}
+
+/// Advisory key of `lock_transfers` ("patchcast" + 3; 1 and 2 are `cluster`'s).
+const TRANSFERS_KEY: i64 = 0x7063_6173_7400_0003;
+
+/// Serialises the transfer caps' count-then-start until the transaction ends (PostgreSQL: a
+/// transaction-level advisory lock; nothing on SQLite): the running transfers are every
+/// machine's, so there is no one row to lock.
+pub async fn lock_transfers(tx: &mut AnyConnection) -> Result<()> {
+    if super::row_locks(tx) {
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) l")
+            .bind(TRANSFERS_KEY)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// In-flight deliveries whose deadline is before `now`.

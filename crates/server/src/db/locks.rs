@@ -17,21 +17,27 @@ pub async fn connect(url: &str) -> Result<AnyConnection> {
     Ok(AnyConnection::connect(url).await?)
 }
 
-/// Waits for the advisory lock `key`, held by this connection's session.
-pub async fn lock(c: &mut AnyConnection, key: i64) -> Result<()> {
-    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_lock($1)) l")
-        .bind(key)
-        .execute(c)
-        .await?;
+/// Waits for the advisory lock `key` (in shared mode when `shared`), held by this
+/// connection's session.
+pub async fn lock(c: &mut AnyConnection, key: i64, shared: bool) -> Result<()> {
+    let q = if shared {
+        "SELECT 1 FROM (SELECT pg_advisory_lock_shared($1)) l"
+    } else {
+        "SELECT 1 FROM (SELECT pg_advisory_lock($1)) l"
+    };
+    sqlx::query(q).bind(key).execute(c).await?;
     Ok(())
 }
 
-/// Releases the advisory lock `key` this connection's session holds.
-pub async fn unlock(c: &mut AnyConnection, key: i64) -> Result<()> {
-    sqlx::query("SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u")
-        .bind(key)
-        .execute(c)
-        .await?;
+/// Releases the advisory lock `key` this connection's session holds (in shared mode when
+/// `shared`).
+pub async fn unlock(c: &mut AnyConnection, key: i64, shared: bool) -> Result<()> {
+    let q = if shared {
+        "SELECT 1 FROM (SELECT pg_advisory_unlock_shared($1)) u"
+    } else {
+        "SELECT 1 FROM (SELECT pg_advisory_unlock($1)) u"
+    };
+    sqlx::query(q).bind(key).execute(c).await?;
     Ok(())
 }
 

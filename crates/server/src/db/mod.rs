@@ -8,9 +8,9 @@
 //! statements in one transaction. Callers keep the decisions (and the write lock); the store
 //! only reads and writes typed rows. Delivery state sets are rendered from
 //! `core::delivery::State` (`deliveries::TERMINAL`, …), never written out as SQL literals.
-//! No statement differs between the backends, so there is no dialect switch beyond SQLite's
-//! connection settings in `open` (and `reports::used_bytes`, the database's size, which the
-//! load generator reads).
+//! Statements differ between the backends only in SQLite's connection settings in `open`,
+//! `reports::used_bytes` (the database's size, which the load generator reads) and the row
+//! locks of the hot delivery paths (`FOR UPDATE`, PostgreSQL only: `row_locks`).
 //!
 //! Migrations are a small versioned runner: each entry runs once, in its own transaction,
 //! recorded in `schema_migrations` with the SHA-256 of its statements (`checksum`); every open
@@ -39,6 +39,13 @@ use std::time::Duration;
 
 /// The pool every store function takes (for callers outside the server that open a store).
 pub type Pool = AnyPool;
+
+/// Whether `c` locks rows (`SELECT … FOR UPDATE`): PostgreSQL. SQLite has one writer and
+/// no row locks; there every writer holds the exclusive write lock (`cluster`), so the
+/// locking statements are skipped.
+fn row_locks(c: &AnyConnection) -> bool {
+    !c.backend_name().eq_ignore_ascii_case("sqlite")
+}
 
 /// Ordered; never edit a released entry, append a new one.
 pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[

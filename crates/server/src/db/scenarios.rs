@@ -32,6 +32,19 @@ pub async fn spec(tx: &mut AnyConnection, id: &str) -> Result<Scenario> {
     json(&r, "spec")
 }
 
+/// Locks the scenario's row until the transaction ends (PostgreSQL; nothing on SQLite, whose
+/// one writer is alone): its `max_concurrent` count is read and raised by one dispatch at a
+/// time on every server.
+pub async fn lock_row(tx: &mut AnyConnection, id: &str) -> Result<()> {
+    if super::row_locks(tx) {
+        sqlx::query("SELECT id FROM scenarios WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn exists(tx: &mut AnyConnection, id: &str) -> Result<bool> {
     let found: Option<String> = sqlx::query_scalar("SELECT id FROM scenarios WHERE id = $1")
         .bind(id)
