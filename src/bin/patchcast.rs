@@ -1,12 +1,6 @@
 use clap::Parser;
 use std::process::ExitCode;
 
-// The server allocates per request on every worker thread; glibc's malloc spent about 12 % of
-// the server's time in its own bookkeeping during a 10,000-machine rollout (perf). ARCHITECTURE,
-// "Fleet scale", has the figures side by side.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // `patchcast agent …` is the agent program itself, so that `patchcast demo` can start real
     // agents from the one binary `cargo run` builds; `patchcast agent install` is the
