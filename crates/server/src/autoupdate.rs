@@ -14,7 +14,7 @@
 //! the agent's own identification on the machine decides.
 
 use super::Server;
-use super::db::{self, deliveries::NewDelivery};
+use super::db;
 use anyhow::{Result, bail};
 use patchcast_core::identify::{Facts, Verdict, identify};
 use patchcast_core::model::package::Package;
@@ -217,25 +217,9 @@ impl Server {
                 None => bail!("package `{p}` is not published on this server"),
             }
         }
-        let mut n = 0;
-        for m in machines {
-            for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
-                db::deliveries::insert_pending(
-                    &mut tx,
-                    &NewDelivery {
-                        id: &format!("d-{}", super::random_hex(8)?),
-                        scenario_id,
-                        machine_id: m,
-                        package_id: p.as_str(),
-                        position: pos as i64,
-                        archive_sha256: sha,
-                        now,
-                    },
-                )
-                .await?;
-                n += 1;
-            }
-        }
+        let new = super::scenarios::pending(scenario_id, machines, s, &shas, now)?;
+        db::deliveries::insert_pending(&mut tx, &new).await?;
+        let n = new.len() as u64;
         tx.commit().await?;
         if n > 0 {
             tracing::info!(scenario = %scenario_id, machines = machines.len(), deliveries = n, "scheduled deliveries created");

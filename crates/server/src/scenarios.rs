@@ -81,25 +81,9 @@ impl Server {
         let id = format!("s-{}", super::random_hex(6)?);
         let now = self.now();
         db::scenarios::insert(&mut tx, &id, s, now).await?;
-        let mut n = 0u64;
-        for m in &targets {
-            for (pos, (p, sha)) in s.packages.iter().zip(&shas).enumerate() {
-                db::deliveries::insert_pending(
-                    &mut tx,
-                    &NewDelivery {
-                        id: &format!("d-{}", super::random_hex(8)?),
-                        scenario_id: &id,
-                        machine_id: m,
-                        package_id: p.as_str(),
-                        position: pos as i64,
-                        archive_sha256: sha,
-                        now,
-                    },
-                )
-                .await?;
-                n += 1;
-            }
-        }
+        let new = pending(&id, &targets, s, &shas, now)?;
+        db::deliveries::insert_pending(&mut tx, &new).await?;
+        let n = new.len() as u64;
         let what = format!(
             "{} of {} on {} machines ({} deliveries): {}",
             if s.action == Action::Uninstall {
@@ -129,6 +113,32 @@ impl Server {
             machines: targets,
         })
     }
+}
+
+/// The pending deliveries of scenario `id` (its packages `s.packages`, archives `shas`) on
+/// `machines`, each machine's in the scenario's order.
+pub(crate) fn pending<'a>(
+    id: &'a str,
+    machines: &'a [String],
+    s: &'a Scenario,
+    shas: &'a [String],
+    now: i64,
+) -> Result<Vec<NewDelivery<'a>>> {
+    let mut new = Vec::with_capacity(machines.len() * s.packages.len());
+    for m in machines {
+        for (pos, (p, sha)) in s.packages.iter().zip(shas).enumerate() {
+            new.push(NewDelivery {
+                id: format!("d-{}", super::random_hex(8)?),
+                scenario_id: id,
+                machine_id: m,
+                package_id: p.as_str(),
+                position: pos as i64,
+                archive_sha256: sha,
+                now,
+            });
+        }
+    }
+    Ok(new)
 }
 
 /// The archive of version `version` of package `id` a scenario names (`ID@VERSION`); refused

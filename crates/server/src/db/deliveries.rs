@@ -115,7 +115,7 @@ pub struct NewEvent {
 /// A new pending delivery of a scenario.
 #[derive(Debug, Clone)]
 pub struct NewDelivery<'a> {
-    pub id: &'a str,
+    pub id: String,
     pub scenario_id: &'a str,
     pub machine_id: &'a str,
     pub package_id: &'a str,
@@ -629,26 +629,44 @@ pub async fn machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>>
     )
 }
 
-/// A fresh delivery (`Delivery::default()`, pending, no detail).
-pub async fn insert_pending(tx: &mut AnyConnection, d: &NewDelivery<'_>) -> Result<()> {
+/// Writes new pending deliveries, `RECORD_CHUNK` to a statement: a scenario for 100,000
+/// machines is 2,000 statements, not 100,000.
+pub async fn insert_pending(tx: &mut AnyConnection, new: &[NewDelivery<'_>]) -> Result<()> {
     let fresh = Delivery::default();
-    sqlx::query(
-        "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, attempt, \
-         last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, NULL, NULL, $8, $9, 0, $10)",
-    )
-    .bind(d.id)
-    .bind(d.scenario_id)
-    .bind(d.machine_id)
-    .bind(d.package_id)
-    .bind(d.position)
-    .bind(serde_json::to_string(&fresh)?)
-    .bind(fresh.state.name())
-    .bind(serde_json::to_string(&Detail::default())?)
-    .bind(d.now)
-    .bind(d.archive_sha256)
-        .execute(&mut *tx)
-        .await?;
+    let (delivery, detail) = (
+        serde_json::to_string(&fresh)?,
+        serde_json::to_string(&Detail::default())?,
+    );
+    for chunk in new.chunks(RECORD_CHUNK) {
+        let q = format!(
+            "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, \
+             attempt, last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+             0, 0, NULL, NULL, v.column8, v.column9, 0, v.column10 FROM (VALUES {}) AS v",
+            values(
+                chunk.len(),
+                &[
+                    "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT",
+                    "TEXT",
+                ],
+            )
+        );
+        let mut query = sqlx::query(AssertSqlSafe(q));
+        for d in chunk {
+            query = query
+                .bind(&d.id)
+                .bind(d.scenario_id)
+                .bind(d.machine_id)
+                .bind(d.package_id)
+                .bind(d.position)
+                .bind(&delivery)
+                .bind(fresh.state.name())
+                .bind(&detail)
+                .bind(d.now)
+                .bind(d.archive_sha256);
+        }
+        query.execute(&mut *tx).await?;
+    }
     Ok(())
 }
 
