@@ -218,7 +218,7 @@ impl Server {
             }
         }
         let new = super::scenarios::pending(scenario_id, machines, s, &shas, now)?;
-        db::deliveries::insert_pending(&mut tx, &new).await?;
+        super::scenarios::write_pending(&mut tx, &new).await?;
         let n = new.len() as u64;
         tx.commit().await?;
         if n > 0 {

@@ -1,28 +1,34 @@
-//! What the dispatches of one group (`group_commit`) share inside its transaction: reads
-//! made once for all its machines instead of once each, and transitions written together
-//! at the end (`db::deliveries::record`), so a group of 256 polls costs a handful of
-//! statements rather than five each.
+//! What the writes of one group (`group_commit`) share inside its transaction: transitions
+//! written together at the end, `db::deliveries::CHUNK` rows to a statement (`flush`), and,
+//! for its dispatches, reads made once for all its machines instead of once each (`read`),
+//! so a group of 256 polls and reports costs a handful of statements rather than a few each.
 //!
 //! The reads stay true within the group because a machine's deliveries are moved only by
-//! its own dispatch (the group's reports were applied before the reads). What a machine's
-//! own transitions make stale, it reads afresh (`touched`); before any read that could see
-//! another machine's deliveries, or a write of its own, the deferred transitions are written
-//! first (`flush`).
+//! its own dispatch (the group's reports were applied and flushed before the reads). What a
+//! machine's own transitions make stale, it reads afresh (`touched`); before any read that
+//! could see another machine's deliveries, or a write of its own, the deferred transitions are
+//! written first (`flush`).
 
-use super::db::{self, deliveries::DeliveryRow, deliveries::NewEvent, packages::WorkPackage};
+use super::db::{
+    self,
+    deliveries::{AppliedOrBusy, CHUNK, DeliveryRow, NewEvent},
+    packages::WorkPackage,
+};
 use anyhow::Result;
 use patchcast_core::delivery::State;
 use patchcast_core::pipeline::Action;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub type AppliedOrBusy = Vec<(String, State, Action)>;
+/// A machine's packages applied or busy there: the latest delivery of each, with its state
+/// and its scenario's action.
+pub type Latest = Vec<(String, State, Action)>;
 
 #[derive(Default)]
 pub struct Batch {
     /// Each machine's unfinished deliveries, moved in place by its dispatch.
     pub unfinished: HashMap<String, Vec<DeliveryRow>>,
-    /// Each machine's packages applied or busy, as read at the start of the group.
-    applied_or_busy: HashMap<String, AppliedOrBusy>,
+    /// Each machine's packages applied or busy, as read at the start of the dispatches.
+    applied_or_busy: HashMap<String, Latest>,
     /// The manifest each unfinished delivery's archive carries (immutable).
     pub manifests: HashMap<String, String>,
     /// Current packages, read once per group.
@@ -34,24 +40,49 @@ pub struct Batch {
     events: Vec<NewEvent>,
 }
 
+/// Per machine, the latest delivery of each package among `rows` (oldest scenario first).
+fn latest(rows: Vec<AppliedOrBusy>) -> HashMap<String, Latest> {
+    let mut by_machine: HashMap<String, BTreeMap<String, (State, Action)>> = HashMap::new();
+    for r in rows {
+        by_machine
+            .entry(r.machine_id)
+            .or_default()
+            .insert(r.package_id, (r.state, r.action));
+    }
+    by_machine
+        .into_iter()
+        .map(|(m, l)| (m, l.into_iter().map(|(p, (s, a))| (p, s, a)).collect()))
+        .collect()
+}
+
 impl Batch {
     /// Reads what the dispatches of `machines` need, three statements for all of them.
-    pub async fn read(tx: &mut sqlx::AnyConnection, machines: &[&str]) -> Result<Batch> {
-        let unfinished = db::deliveries::unfinished_of_machines(&mut *tx, machines).await?;
-        let ids: Vec<&str> = unfinished
+    /// Called after a `flush`, so what the group did before is in what it reads.
+    pub async fn read(&mut self, tx: &mut sqlx::AnyConnection, machines: &[&str]) -> Result<()> {
+        self.touched.clear();
+        self.unfinished = machines
+            .iter()
+            .map(|m| (m.to_string(), Vec::new()))
+            .collect();
+        for r in db::deliveries::unfinished_of_machines(&mut *tx, machines).await? {
+            self.unfinished
+                .entry(r.machine_id.clone())
+                .or_default()
+                .push(r);
+        }
+        let ids: Vec<&str> = self
+            .unfinished
             .values()
             .flatten()
             .map(|r| r.id.as_str())
             .collect();
-        let manifests = db::deliveries::manifests_of(&mut *tx, &ids).await?;
-        let applied_or_busy =
-            db::deliveries::applied_or_busy_of_machines(&mut *tx, machines).await?;
-        Ok(Batch {
-            unfinished,
-            applied_or_busy,
-            manifests,
-            ..Batch::default()
-        })
+        self.manifests = db::deliveries::manifests_of(&mut *tx, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        self.applied_or_busy =
+            latest(db::deliveries::applied_or_busy_of_machines(&mut *tx, machines).await?);
+        Ok(())
     }
 
     /// A transition to write with the group (`r` as it left it).
@@ -63,15 +94,17 @@ impl Batch {
 
     /// Writes the deferred transitions (each row once, as its last transition left it).
     pub async fn flush(&mut self, tx: &mut sqlx::AnyConnection, now: i64) -> Result<()> {
-        if self.events.is_empty() {
-            return Ok(());
-        }
         let mut last: HashMap<&str, &DeliveryRow> = HashMap::new();
         for r in &self.rows {
             last.insert(r.id.as_str(), r);
         }
         let rows: Vec<&DeliveryRow> = last.into_values().collect();
-        db::deliveries::record(&mut *tx, &rows, &self.events, now).await?;
+        for chunk in rows.chunks(CHUNK) {
+            db::deliveries::update(&mut *tx, chunk, now).await?;
+        }
+        for chunk in self.events.chunks(CHUNK) {
+            db::deliveries::insert_events(&mut *tx, chunk, now).await?;
+        }
         self.rows.clear();
         self.events.clear();
         Ok(())
@@ -84,15 +117,15 @@ impl Batch {
         tx: &mut sqlx::AnyConnection,
         machine: &str,
         now: i64,
-    ) -> Result<AppliedOrBusy> {
+    ) -> Result<Latest> {
         if !self.touched.contains(machine)
             && let Some(v) = self.applied_or_busy.get(machine)
         {
             return Ok(v.clone());
         }
         self.flush(&mut *tx, now).await?;
-        let mut fresh = db::deliveries::applied_or_busy_of_machines(&mut *tx, &[machine]).await?;
-        Ok(fresh.remove(machine).unwrap_or_default())
+        let fresh = db::deliveries::applied_or_busy_of_machines(&mut *tx, &[machine]).await?;
+        Ok(latest(fresh).remove(machine).unwrap_or_default())
     }
 
     /// The current package `id` as a work item carries it.
@@ -103,5 +136,37 @@ impl Batch {
         let p = db::packages::for_work(&mut *tx, id).await?;
         self.packages.insert(id.to_string(), p.clone());
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_delivery_of_each_package_wins_per_machine() {
+        let row = |m: &str, p: &str, s: State| AppliedOrBusy {
+            machine_id: m.into(),
+            package_id: p.into(),
+            state: s,
+            action: Action::Install,
+        };
+        let l = latest(vec![
+            row("m1", "a", State::Applied),
+            row("m2", "a", State::Transferring),
+            row("m1", "a", State::Executing),
+            row("m1", "b", State::Applied),
+        ]);
+        assert_eq!(
+            l["m1"],
+            vec![
+                ("a".to_string(), State::Executing, Action::Install),
+                ("b".to_string(), State::Applied, Action::Install),
+            ]
+        );
+        assert_eq!(
+            l["m2"],
+            vec![("a".to_string(), State::Transferring, Action::Install)]
+        );
     }
 }

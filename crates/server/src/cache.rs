@@ -8,6 +8,7 @@
 
 use crate::db::scenarios::Scheduled;
 use anyhow::Result;
+use patchcast_core::model::scenario::Scenario;
 use patchcast_core::sources::SourceList;
 use patchcast_proto::schedule_api::PolicyView;
 use std::collections::HashMap;
@@ -25,7 +26,9 @@ pub struct Caches {
     pub relay_roles: Cached<HashMap<String, bool>>,
     /// Agents' credential hashes by machine id.
     pub agents: CachedMap<String, String>,
-    /// How scenarios were scheduled (`db::scenarios::scheduled`; never changes).
+    /// Scenario specs and how scenarios were scheduled (`db::scenarios::scheduled`): neither
+    /// changes once written.
+    pub specs: CachedMap<String, Arc<Scenario>>,
     pub scheduled: CachedMap<String, Option<Scheduled>>,
 }
 

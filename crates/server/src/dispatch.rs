@@ -65,13 +65,14 @@ impl Server {
 
     /// A scenario's spec, read once per process: a scenario never changes once created.
     async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Arc<Scenario>> {
-        if let Some(s) = self.specs.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            return Ok(s.clone());
-        }
-        let s = Arc::new(db::scenarios::spec(tx, id).await?);
-        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
-        specs.insert(id.to_string(), s.clone());
-        Ok(s)
+        let spec = self
+            .cached
+            .specs
+            .get(&id.to_string(), || async {
+                Ok(Some(Arc::new(db::scenarios::spec(tx, id).await?)))
+            })
+            .await?;
+        spec.with_context(|| format!("no scenario `{id}`"))
     }
 
     fn policy(s: &Scenario) -> Policy {
@@ -593,7 +594,7 @@ impl Server {
     }
 
     /// Writes one group (`group_commit`) in one transaction under the shared write lock, the
-    /// rows it decides on locked first (`db::deliveries::lock_group`): its reports
+    /// rows it decides on locked first (`db::machines::lock`, `db::deliveries::lock`): its reports
     /// first (so a machine's poll in the same group sees its report), then its dispatches; then
     /// wakes the machines the reports concern. A database error fails the whole group (nothing
     /// of it is committed). The outcomes come in the order of `jobs`.
@@ -621,16 +622,19 @@ impl Server {
                 .iter()
                 .map(|(_, r)| r.delivery_id.as_str())
                 .collect();
-            db::deliveries::lock_group(&mut tx, &machines, &reported).await?;
+            db::machines::lock(&mut tx, &machines).await?;
+            db::deliveries::lock(&mut tx, &reported, &machines).await?;
             // After the locks: a transition is stamped no earlier than the ones it waited for.
             let now = self.now();
+            let mut b = Batch::default();
             if !reports.is_empty() {
                 outcomes = self
-                    .apply_reports(&mut tx, &reports, now, &mut wakes)
+                    .apply_reports(&mut tx, &mut b, &reports, now, &mut wakes)
                     .await?;
+                b.flush(&mut tx, now).await?;
             }
             if !machines.is_empty() {
-                let mut b = Batch::read(&mut tx, &machines).await?;
+                b.read(&mut tx, &machines).await?;
                 for j in jobs {
                     if let Job::Dispatch(machine, state) = j {
                         dispatched.push(
@@ -660,13 +664,14 @@ impl Server {
             .context("a write of the group has no outcome")
     }
 
-    /// The reports of a group, written together: one read of their rows, one write of the
-    /// rows they moved and their history (`db::deliveries::record`). A report repeated within
-    /// the group sees the row as the one before it left it. Adds to `wakes` the machines whose
-    /// report was applied, with the scenario whose concurrency slot it freed.
+    /// The reports of a group: one read of their rows; their transitions are deferred into
+    /// `b` and written together. A report repeated within the group sees the row as the one
+    /// before it left it. Adds to `wakes` the machines whose report was applied, with the
+    /// scenario whose concurrency slot it freed.
     async fn apply_reports(
         &self,
         tx: &mut sqlx::AnyConnection,
+        b: &mut Batch,
         group: &[(&str, &Report)],
         now: i64,
         wakes: &mut Vec<(String, Option<String>)>,
@@ -678,39 +683,29 @@ impl Server {
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect();
-        let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(group.len());
         for (machine, rep) in group {
             let row = rows
                 .get_mut(&rep.delivery_id)
                 .filter(|r| r.machine_id == *machine);
-            let (outcome, freed) = self
-                .apply_report(&mut *tx, row, rep, now, &mut events)
-                .await?;
+            let (outcome, freed) = self.apply_report(&mut *tx, b, row, rep, now).await?;
             if matches!(outcome, ReportOutcome::Ack(ReportAck { applied: true, .. })) {
                 wakes.push((machine.to_string(), freed));
             }
             outcomes.push(outcome);
         }
-        let moved: std::collections::HashSet<&str> =
-            events.iter().map(|e| e.delivery_id.as_str()).collect();
-        let moved: Vec<&DeliveryRow> = rows
-            .values()
-            .filter(|r| moved.contains(r.id.as_str()))
-            .collect();
-        db::deliveries::record(&mut *tx, &moved, &events, now).await?;
         Ok(outcomes)
     }
 
-    /// One report inside a group's transaction, its history row added to `events`; with the
+    /// One report inside a group's transaction, its transition deferred into `b`; with the
     /// scenario whose concurrency slot it freed, if any.
     async fn apply_report(
         &self,
         tx: &mut sqlx::AnyConnection,
+        b: &mut Batch,
         row: Option<&mut DeliveryRow>,
         rep: &Report,
         now: i64,
-        events: &mut Vec<NewEvent>,
     ) -> Result<(ReportOutcome, Option<String>)> {
         let Some(r) = row else {
             return Ok((ReportOutcome::NotFound, None));
@@ -728,7 +723,7 @@ impl Server {
         let event = &rep.event;
         match self.advance(r, event, rep.attempt, rep.seq, &rep.detail, &s, now) {
             Ok((action, e)) => {
-                events.push(e);
+                b.defer(r, e);
                 // A concurrency slot opened only if the scenario limits them.
                 let freed = s.max_concurrent.is_some() && was_busy && !r.d.state.is_busy();
                 let ack = ReportAck {

@@ -66,7 +66,7 @@ impl Queue {
 
 /// Writes `jobs` as one group in a task of its own: should writing it panic, that is an
 /// error of this group, and the writer goes on.
-async fn write(server: &Arc<Server>, jobs: Vec<Job>) -> Result<Vec<Done>> {
+async fn write(server: &Arc<Server>, jobs: Arc<[Job]>) -> Result<Vec<Done>> {
     let s = server.clone();
     tokio::spawn(async move { s.write_group(&jobs).await })
         .await
@@ -81,6 +81,7 @@ pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) {
         while rx.recv_many(&mut batch, GROUP).await > 0 {
             let (jobs, replies): (Vec<_>, Vec<_>) =
                 batch.drain(..).map(|q| (q.job, q.reply)).unzip();
+            let jobs: Arc<[Job]> = jobs.into();
             let n = jobs.len();
             match write(&server, jobs.clone()).await {
                 Ok(done) => {
@@ -96,8 +97,8 @@ pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) {
                 }
                 Err(e) => {
                     tracing::warn!(writes = n, "a group failed, writing each alone: {e:#}");
-                    for (job, reply) in jobs.into_iter().zip(replies) {
-                        let done = write(&server, vec![job]).await;
+                    for (job, reply) in jobs.iter().zip(replies) {
+                        let done = write(&server, Arc::from([job.clone()])).await;
                         let _ = reply.send(done.and_then(|mut d| {
                             d.pop().ok_or_else(|| anyhow!("the write gave no outcome"))
                         }));

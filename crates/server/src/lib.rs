@@ -128,8 +128,6 @@ pub struct Server {
     pub writes: group_commit::Queue,
     /// Small tables and credential hashes kept between their changes (`cache`).
     pub cached: cache::Caches,
-    /// Scenario specs read so far (a scenario never changes once created).
-    pub specs: Mutex<HashMap<String, Arc<patchcast_core::model::scenario::Scenario>>>,
     pub notify: Mutex<HashMap<String, Arc<Notify>>>,
     /// Last `seen` write per machine.
     pub seen: Mutex<HashMap<String, SeenWrite>>,
@@ -304,7 +302,6 @@ pub async fn start(cfg: Config) -> Result<Running> {
         cluster,
         writes,
         cached: cache::Caches::default(),
-        specs: Mutex::new(HashMap::new()),
         notify: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         seen_due: Mutex::new(HashMap::new()),

@@ -82,7 +82,7 @@ impl Server {
         let now = self.now();
         db::scenarios::insert(&mut tx, &id, s, now).await?;
         let new = pending(&id, &targets, s, &shas, now)?;
-        db::deliveries::insert_pending(&mut tx, &new).await?;
+        write_pending(&mut tx, &new).await?;
         let n = new.len() as u64;
         let what = format!(
             "{} of {} on {} machines ({} deliveries): {}",
@@ -113,6 +113,18 @@ impl Server {
             machines: targets,
         })
     }
+}
+
+/// Writes `new`, `db::deliveries::CHUNK` to a statement: a scenario for 100,000 machines is
+/// 2,000 statements, not 100,000.
+pub(crate) async fn write_pending(
+    tx: &mut sqlx::AnyConnection,
+    new: &[NewDelivery<'_>],
+) -> Result<()> {
+    for chunk in new.chunks(db::deliveries::CHUNK) {
+        db::deliveries::insert_pending(&mut *tx, chunk).await?;
+    }
+    Ok(())
 }
 
 /// The pending deliveries of scenario `id` (its packages `s.packages`, archives `shas`) on

@@ -433,7 +433,10 @@ impl Server {
     pub async fn is_relay(&self, machine: &str) -> bool {
         self.cached
             .relay_roles
-            .get(|| db::sources::relay_roles(&self.db))
+            .get(|| async {
+                let roles = db::sources::relay_roles(&self.db).await?;
+                Ok(roles.into_iter().collect())
+            })
             .await
             .is_ok_and(|roles| roles.get(machine).copied().unwrap_or(false))
     }

@@ -156,43 +156,27 @@ pub struct CodeCount {
     pub last: i64,
 }
 
-/// `$1, $2, …`: `n` placeholders.
-fn marks(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The unfinished deliveries of `machines`, by machine, each machine's in dispatch order
-/// (oldest scenario first, then position).
+/// The unfinished deliveries of `machines` (none given: none), each machine's in dispatch
+/// order (oldest scenario first, then position).
 pub async fn unfinished_of_machines(
     tx: &mut AnyConnection,
     machines: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<DeliveryRow>>> {
-    let mut by_machine: std::collections::HashMap<String, Vec<DeliveryRow>> = machines
-        .iter()
-        .map(|m| (m.to_string(), Vec::new()))
-        .collect();
+) -> Result<Vec<DeliveryRow>> {
     if machines.is_empty() {
-        return Ok(by_machine);
+        return Ok(Vec::new());
     }
     let q = format!(
         "SELECT {COLUMNS} FROM {FROM} JOIN scenarios s ON s.id = d.scenario_id \
-         WHERE d.machine_id IN ({}) AND d.state NOT IN {} \
+         WHERE d.machine_id IN {} AND d.state NOT IN {} \
          ORDER BY s.created_at, d.scenario_id, d.position",
-        marks(machines.len()),
+        super::placeholders(1, machines.len()),
         list(TERMINAL)
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
     for m in machines {
         query = query.bind(*m);
     }
-    for r in query.fetch_all(&mut *tx).await?.iter() {
-        let r = row(r)?;
-        by_machine.entry(r.machine_id.clone()).or_default().push(r);
-    }
-    Ok(by_machine)
+    query.fetch_all(&mut *tx).await?.iter().map(row).collect()
 }
 
 /// Whether `machine` has any unfinished delivery: an idle check-in without one needs no
@@ -209,45 +193,53 @@ pub async fn has_unfinished(pool: &AnyPool, machine: &str) -> Result<bool> {
         .is_some())
 }
 
-/// What may supersede a package (`core::lifecycle`): per machine of `machines`, the latest
-/// delivery of each package applied there or busy on it, with its scenario's action.
+/// A delivery applied on its machine or busy on it, with its scenario's action: what may
+/// supersede a package (`core::lifecycle`).
+#[derive(Debug, Clone)]
+pub struct AppliedOrBusy {
+    pub machine_id: String,
+    pub package_id: String,
+    pub state: State,
+    pub action: patchcast_core::pipeline::Action,
+}
+
+/// The deliveries applied on `machines` or busy on them (none given: none), oldest scenario
+/// first.
 pub async fn applied_or_busy_of_machines(
     tx: &mut AnyConnection,
     machines: &[&str],
-) -> Result<std::collections::HashMap<String, Vec<(String, State, patchcast_core::pipeline::Action)>>>
-{
-    type Latest = std::collections::BTreeMap<String, (State, patchcast_core::pipeline::Action)>;
-    let mut latest: std::collections::HashMap<String, Latest> = machines
+) -> Result<Vec<AppliedOrBusy>> {
+    if machines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut states = vec![State::Applied];
+    states.extend(BUSY.iter().cloned());
+    let q = format!(
+        "SELECT d.machine_id, d.package_id, d.delivery, s.spec FROM deliveries d \
+         JOIN scenarios s ON s.id = d.scenario_id \
+         WHERE d.machine_id IN {} AND d.state IN {} ORDER BY s.created_at, d.scenario_id, d.position",
+        super::placeholders(1, machines.len()),
+        list(&states)
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for m in machines {
+        query = query.bind(*m);
+    }
+    query
+        .fetch_all(&mut *tx)
+        .await?
         .iter()
-        .map(|m| (m.to_string(), Latest::new()))
-        .collect();
-    if !machines.is_empty() {
-        let mut states = vec![State::Applied];
-        states.extend(BUSY.iter().cloned());
-        let q = format!(
-            "SELECT d.machine_id, d.package_id, d.delivery, s.spec FROM deliveries d \
-             JOIN scenarios s ON s.id = d.scenario_id \
-             WHERE d.machine_id IN ({}) AND d.state IN {} ORDER BY s.created_at, d.scenario_id, d.position",
-            marks(machines.len()),
-            list(&states)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(q));
-        for m in machines {
-            query = query.bind(*m);
-        }
-        for r in &query.fetch_all(&mut *tx).await? {
+        .map(|r| {
             let d: Delivery = json(r, "delivery")?;
             let spec: patchcast_core::model::scenario::Scenario = json(r, "spec")?;
-            latest
-                .entry(r.try_get("machine_id")?)
-                .or_default()
-                .insert(r.try_get("package_id")?, (d.state, spec.action));
-        }
-    }
-    Ok(latest
-        .into_iter()
-        .map(|(m, l)| (m, l.into_iter().map(|(p, (s, a))| (p, s, a)).collect()))
-        .collect())
+            Ok(AppliedOrBusy {
+                machine_id: r.try_get("machine_id")?,
+                package_id: r.try_get("package_id")?,
+                state: d.state,
+                action: spec.action,
+            })
+        })
+        .collect()
 }
 
 /// Every delivery of `package` to `machine`, oldest scenario first: the version of the
@@ -278,26 +270,23 @@ pub async fn of_package_on_machine(
         .collect()
 }
 
-/// The manifests of the archives the deliveries `ids` deliver, by delivery id (a delivery
-/// whose version is no longer published is left out).
-pub async fn manifests_of(
-    tx: &mut AnyConnection,
-    ids: &[&str],
-) -> Result<std::collections::HashMap<String, String>> {
+/// (delivery id, manifest) of the archives the deliveries `ids` deliver (a delivery whose
+/// version is no longer published is left out).
+pub async fn manifests_of(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<(String, String)>> {
     if ids.is_empty() {
-        return Ok(Default::default());
+        return Ok(Vec::new());
     }
     let q = format!(
         "SELECT d.id, v.manifest FROM deliveries d \
          JOIN package_versions v ON v.id = d.package_id AND v.archive_sha256 = d.archive_sha256 \
-         WHERE d.id IN ({})",
-        marks(ids.len())
+         WHERE d.id IN {}",
+        super::placeholders(1, ids.len())
     );
     let mut query = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(q));
     for id in ids {
         query = query.bind(*id);
     }
-    Ok(query.fetch_all(&mut *tx).await?.into_iter().collect())
+    Ok(query.fetch_all(&mut *tx).await?)
 }
 
 /// The deliveries among `ids` (in no particular order; unknown ids are left out).
@@ -306,8 +295,8 @@ pub async fn find_many(tx: &mut AnyConnection, ids: &[&str]) -> Result<Vec<Deliv
         return Ok(Vec::new());
     }
     let q = format!(
-        "SELECT {COLUMNS} FROM {FROM} WHERE d.id IN ({})",
-        marks(ids.len())
+        "SELECT {COLUMNS} FROM {FROM} WHERE d.id IN {}",
+        super::placeholders(1, ids.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
     for id in ids {
@@ -344,43 +333,23 @@ async fn find_in(tx: &mut AnyConnection, id: &str, lock: &str) -> Result<Option<
         .transpose()
 }
 
-/// Locks, until the transaction ends, the rows a group of delivery writes decides on
-/// (PostgreSQL; nothing on SQLite, whose one writer is alone): the rows of `machines` (those
-/// polling), then the deliveries `reported` and every unfinished delivery of `machines`, each
-/// set in id order. Taken before anything else in the transaction, so groups on several
-/// servers wait for each other instead of deadlocking: one dispatch per machine at a time,
-/// and no report, dispatch or sweep (`claim`) moves a delivery under another's decision.
-pub async fn lock_group(
-    tx: &mut AnyConnection,
-    machines: &[&str],
-    reported: &[&str],
-) -> Result<()> {
+/// Locks, until the transaction ends, the deliveries `reported` and every unfinished delivery
+/// of `machines`, in id order (PostgreSQL; nothing on SQLite, whose one writer is alone). A
+/// group takes it right after `machines::lock` of its polling machines, before anything else,
+/// so groups on several servers wait for each other instead of deadlocking: no report,
+/// dispatch or sweep (`claim`) moves a delivery under another's decision.
+pub async fn lock(tx: &mut AnyConnection, reported: &[&str], machines: &[&str]) -> Result<()> {
     if !super::row_locks(tx) {
         return Ok(());
     }
-    let marks = |first: usize, n: usize| {
-        let m: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-        m.join(", ")
-    };
-    if !machines.is_empty() {
-        let q = format!(
-            "SELECT id FROM machines WHERE id IN ({}) ORDER BY id FOR UPDATE",
-            marks(1, machines.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(q));
-        for m in machines {
-            query = query.bind(*m);
-        }
-        query.fetch_all(&mut *tx).await?;
-    }
     let mut any = Vec::new();
     if !reported.is_empty() {
-        any.push(format!("id IN ({})", marks(1, reported.len())));
+        any.push(format!("id IN {}", super::placeholders(1, reported.len())));
     }
     if !machines.is_empty() {
         any.push(format!(
-            "(machine_id IN ({}) AND state NOT IN {})",
-            marks(reported.len() + 1, machines.len()),
+            "(machine_id IN {} AND state NOT IN {})",
+            super::placeholders(reported.len() + 1, machines.len()),
             list(TERMINAL)
         ));
     }
@@ -452,8 +421,10 @@ pub async fn set_in_flight_deadlines(db: &AnyPool, deadline: i64) -> Result<u64>
     Ok(r.rows_affected())
 }
 
-/// Rows per statement in `record`: 10 parameters each, far below both backends' limits.
-const RECORD_CHUNK: usize = 50;
+/// The most rows a caller gives one multi-row statement (`update`, `insert_events`,
+/// `insert_pending`): about 10 parameters a row, far below both backends' limits, and few
+/// enough that SQLite's bind, which looks each parameter up by a linear search, stays cheap.
+pub const CHUNK: usize = 50;
 
 /// `(CAST($1 AS TEXT), …), (…)`: `rows` rows of placeholders cast to `types`, numbered on from
 /// `$1`. The casts give PostgreSQL the column types of a `VALUES` list up front.
@@ -474,72 +445,72 @@ fn values(rows: usize, types: &[&str]) -> String {
     rows.join(", ")
 }
 
-/// Writes deliveries as they are after their transitions, and the transitions' history rows,
-/// in two statements per `RECORD_CHUNK` whatever their number: a group of reports costs the
-/// writer a few statements instead of two each. Each row appears once in `rows` (as it is
-/// after its last transition).
-pub async fn record(
-    tx: &mut AnyConnection,
-    rows: &[&DeliveryRow],
-    events: &[NewEvent],
-    now: i64,
-) -> Result<()> {
-    for chunk in rows.chunks(RECORD_CHUNK) {
-        // `column1`… are the names SQLite and PostgreSQL both give a VALUES list's columns.
-        let q = format!(
-            "UPDATE deliveries SET delivery = v.column2, state = v.column3, attempt = v.column4, \
+/// Writes up to `CHUNK` deliveries as they are after their transitions, in one statement
+/// (each row once, as its last transition left it).
+pub async fn update(tx: &mut AnyConnection, rows: &[&DeliveryRow], now: i64) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // `column1`… are the names SQLite and PostgreSQL both give a VALUES list's columns.
+    let q = format!(
+        "UPDATE deliveries SET delivery = v.column2, state = v.column3, attempt = v.column4, \
              last_seq = v.column5, deadline = v.column6, retry_at = v.column7, detail = v.column8, \
              updated_at = v.column9, events = v.column10 \
              FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
-            values(
-                chunk.len(),
-                &[
-                    "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "TEXT",
-                    "BIGINT", "BIGINT",
-                ],
-            )
-        );
-        let mut query = sqlx::query(AssertSqlSafe(q));
-        for r in chunk {
-            query = query
-                .bind(&r.id)
-                .bind(serde_json::to_string(&r.d)?)
-                .bind(r.d.state.name())
-                .bind(r.d.attempt as i64)
-                .bind(r.last_seq as i64)
-                .bind(r.deadline)
-                .bind(r.retry_at)
-                .bind(serde_json::to_string(&r.detail)?)
-                .bind(now)
-                .bind(r.events);
-        }
-        query.execute(&mut *tx).await?;
+        values(
+            rows.len(),
+            &[
+                "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "BIGINT",
+                "BIGINT",
+            ],
+        )
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for r in rows {
+        query = query
+            .bind(&r.id)
+            .bind(serde_json::to_string(&r.d)?)
+            .bind(r.d.state.name())
+            .bind(r.d.attempt as i64)
+            .bind(r.last_seq as i64)
+            .bind(r.deadline)
+            .bind(r.retry_at)
+            .bind(serde_json::to_string(&r.detail)?)
+            .bind(now)
+            .bind(r.events);
     }
-    for chunk in events.chunks(RECORD_CHUNK) {
-        let q = format!(
-            "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) VALUES {}",
-            values(
-                chunk.len(),
-                &[
-                    "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT",
-                ],
-            )
-        );
-        let mut query = sqlx::query(AssertSqlSafe(q));
-        for e in chunk {
-            query = query
-                .bind(&e.delivery_id)
-                .bind(e.n)
-                .bind(e.attempt as i64)
-                .bind(e.seq as i64)
-                .bind(serde_json::to_string(&e.event)?)
-                .bind(serde_json::to_string(&e.state)?)
-                .bind(e.code.map(|c| c.to_string()))
-                .bind(serde_json::to_string(&e.params)?)
-                .bind(now);
-        }
-        query.execute(&mut *tx).await?;
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Writes up to `CHUNK` transitions' history rows in one statement.
+pub async fn insert_events(tx: &mut AnyConnection, events: &[NewEvent], now: i64) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
     }
+    let q = format!(
+        "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) VALUES {}",
+        values(
+            events.len(),
+            &[
+                "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT",
+            ],
+        )
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for e in events {
+        query = query
+            .bind(&e.delivery_id)
+            .bind(e.n)
+            .bind(e.attempt as i64)
+            .bind(e.seq as i64)
+            .bind(serde_json::to_string(&e.event)?)
+            .bind(serde_json::to_string(&e.state)?)
+            .bind(e.code.map(|c| c.to_string()))
+            .bind(serde_json::to_string(&e.params)?)
+            .bind(now);
+    }
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -629,44 +600,43 @@ pub async fn machines_of(db: &AnyPool, scenario_id: &str) -> Result<Vec<String>>
     )
 }
 
-/// Writes new pending deliveries, `RECORD_CHUNK` to a statement: a scenario for 100,000
-/// machines is 2,000 statements, not 100,000.
+/// Writes up to `CHUNK` new pending deliveries in one statement.
 pub async fn insert_pending(tx: &mut AnyConnection, new: &[NewDelivery<'_>]) -> Result<()> {
+    if new.is_empty() {
+        return Ok(());
+    }
     let fresh = Delivery::default();
     let (delivery, detail) = (
         serde_json::to_string(&fresh)?,
         serde_json::to_string(&Detail::default())?,
     );
-    for chunk in new.chunks(RECORD_CHUNK) {
-        let q = format!(
-            "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, \
+    let q = format!(
+        "INSERT INTO deliveries (id, scenario_id, machine_id, package_id, position, delivery, state, \
              attempt, last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
              0, 0, NULL, NULL, v.column8, v.column9, 0, v.column10 FROM (VALUES {}) AS v",
-            values(
-                chunk.len(),
-                &[
-                    "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT",
-                    "TEXT",
-                ],
-            )
-        );
-        let mut query = sqlx::query(AssertSqlSafe(q));
-        for d in chunk {
-            query = query
-                .bind(&d.id)
-                .bind(d.scenario_id)
-                .bind(d.machine_id)
-                .bind(d.package_id)
-                .bind(d.position)
-                .bind(&delivery)
-                .bind(fresh.state.name())
-                .bind(&detail)
-                .bind(d.now)
-                .bind(d.archive_sha256);
-        }
-        query.execute(&mut *tx).await?;
+        values(
+            new.len(),
+            &[
+                "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT",
+            ],
+        )
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for d in new {
+        query = query
+            .bind(&d.id)
+            .bind(d.scenario_id)
+            .bind(d.machine_id)
+            .bind(d.package_id)
+            .bind(d.position)
+            .bind(&delivery)
+            .bind(fresh.state.name())
+            .bind(&detail)
+            .bind(d.now)
+            .bind(d.archive_sha256);
     }
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 

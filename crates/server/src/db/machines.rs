@@ -6,7 +6,7 @@ use anyhow::Result;
 use patchcast_proto::admin_api::{Group, MachineView};
 use patchcast_proto::protocol::Inventory;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
 /// An enrollment token as stored.
 #[derive(Debug, Clone)]
@@ -437,5 +437,24 @@ pub async fn set_os_language(
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    Ok(())
+}
+
+/// Locks the rows of `machines` until the transaction ends, in id order (PostgreSQL;
+/// nothing on SQLite): one dispatch per machine at a time across servers
+/// (`deliveries::lock` follows).
+pub async fn lock(tx: &mut AnyConnection, machines: &[&str]) -> Result<()> {
+    if machines.is_empty() || !super::row_locks(tx) {
+        return Ok(());
+    }
+    let q = format!(
+        "SELECT id FROM machines WHERE id IN {} ORDER BY id FOR UPDATE",
+        super::placeholders(1, machines.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for m in machines {
+        query = query.bind(*m);
+    }
+    query.fetch_all(&mut *tx).await?;
     Ok(())
 }

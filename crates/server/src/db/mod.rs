@@ -43,6 +43,12 @@ pub type Pool = AnyPool;
 /// Whether `c` locks rows (`SELECT … FOR UPDATE`): PostgreSQL. SQLite has one writer and
 /// no row locks; there every writer holds the exclusive write lock (`cluster`), so the
 /// locking statements are skipped.
+/// `($k, $k+1, …)`: `n` placeholders from `$first`.
+fn placeholders(first: usize, n: usize) -> String {
+    let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
+    format!("({})", p.join(", "))
+}
+
 fn row_locks(c: &AnyConnection) -> bool {
     !c.backend_name().eq_ignore_ascii_case("sqlite")
 }
@@ -408,6 +414,12 @@ pub async fn sqlite_snapshot(db: &std::path::Path, out: &std::path::Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_count_from_the_first() {
+        assert_eq!(placeholders(1, 3), "($1, $2, $3)");
+        assert_eq!(placeholders(4, 1), "($4)");
+    }
 
     #[test]
     fn checksum_is_sha256_of_statements_each_followed_by_a_separator() {

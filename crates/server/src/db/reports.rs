@@ -25,12 +25,6 @@ const LATEST: &str = "NOT EXISTS (SELECT 1 FROM deliveries o JOIN scenarios os O
      OR (os.created_at = s.created_at AND (o.scenario_id > d.scenario_id \
      OR (o.scenario_id = d.scenario_id AND o.position > d.position)))))";
 
-/// `($k, $k+1, …)`: `n` placeholders from `$first`.
-fn placeholders(first: usize, n: usize) -> String {
-    let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
-    format!("({})", p.join(", "))
-}
-
 /// One (package, scenario, state, count) row of the two counts below.
 fn count(r: &sqlx::any::AnyRow) -> Result<(String, String, String, u64)> {
     Ok((
@@ -62,7 +56,7 @@ pub async fn machines_in_states(db: &AnyPool, states: &[&str]) -> Result<Vec<i64
     let q = format!(
         "SELECT d.state, COUNT(DISTINCT d.machine_id) AS n FROM deliveries d \
          JOIN scenarios s ON s.id = d.scenario_id WHERE d.state IN {} AND {LATEST} GROUP BY d.state",
-        placeholders(1, states.len())
+        super::placeholders(1, states.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
     for s in states {
@@ -99,7 +93,7 @@ pub async fn current_of_machines(db: &AnyPool, machines: &[String]) -> Result<Ve
          d.updated_at FROM deliveries d JOIN scenarios s ON s.id = d.scenario_id \
          JOIN machines m ON m.id = d.machine_id WHERE d.machine_id IN {} AND {LATEST} \
          ORDER BY m.hostname, d.machine_id, d.package_id",
-        placeholders(1, machines.len())
+        super::placeholders(1, machines.len())
     );
     let mut query = sqlx::query(AssertSqlSafe(q));
     for m in machines {
@@ -426,12 +420,6 @@ pub async fn used_bytes(db: &AnyPool) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_count_from_the_first() {
-        assert_eq!(placeholders(1, 3), "($1, $2, $3)");
-        assert_eq!(placeholders(4, 1), "($4)");
-    }
 
     #[test]
     fn latest_compares_with_the_same_machine_and_package_only() {

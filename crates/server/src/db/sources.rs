@@ -94,8 +94,8 @@ pub async fn relay_listen(db: &AnyPool, machine: &str) -> Result<Option<String>>
     )
 }
 
-/// The machines with a relay row, and whether it is enabled.
-pub async fn relay_roles(db: &AnyPool) -> Result<std::collections::HashMap<String, bool>> {
+/// (machine, enabled) of every relay row.
+pub async fn relay_roles(db: &AnyPool) -> Result<Vec<(String, bool)>> {
     let rows: Vec<(String, i64)> = sqlx::query_as("SELECT machine_id, enabled FROM relays")
         .fetch_all(db)
         .await?;
