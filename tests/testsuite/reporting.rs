@@ -444,7 +444,6 @@ async fn scenario_pages_and_streams(
     // A reader that goes away (`patchcast results --csv | true`) ends it quietly, by SIGPIPE.
     #[cfg(unix)]
     {
-        use std::os::unix::process::ExitStatusExt;
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_patchcast"))
@@ -455,14 +454,7 @@ async fn scenario_pages_and_streams(
             .stderr(std::process::Stdio::piped())
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!err.contains("panicked"), "{err}");
-        assert_eq!(
-            o.status.signal(),
-            Some(libc::SIGPIPE),
-            "{:?} {err}",
-            o.status
-        );
+        crate::common::assert_ended_by_sigpipe(&o);
     }
 }
 

@@ -18,3 +18,17 @@ pub mod wine_env;
 /// and remove the same sample package. A tokio mutex, so an async test may hold it across
 /// `.await` and a failed test does not poison it for the next.
 pub static MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A command whose stdout reader went away ended by SIGPIPE, as `cat`/`head` would, and did
+/// not panic.
+pub fn assert_ended_by_sigpipe(o: &std::process::Output) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        o.status
+    );
+}
