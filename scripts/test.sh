@@ -4,6 +4,9 @@
 # Real servers that later tests need are installed and started here, once per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A run builds from clean once: incremental caches would only fill the disk (they took more
+# than half of a 12 GB target directory, and a CI machine ran out of space mid-build).
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*"; }
 
