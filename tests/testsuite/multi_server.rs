@@ -13,7 +13,9 @@
 //! races one server against itself.
 
 use crate::common::agent_harness::{AgentProc, rows_with_history};
+use crate::common::sample;
 use crate::common::server_harness::{Backend, TestServer, both_backends, scenario};
+use crate::common::web_client::WebClient;
 use patchcast::core::delivery::{Event, Execution, State};
 use patchcast::core::identify::Verdict;
 use patchcast::loadgen::Behaviour;
@@ -219,107 +221,132 @@ async fn a_change_on_one_server_wakes_a_long_poll_on_the_other() {
     assert_eq!(st.total, 1);
 }
 
-/// Machines racing for one `max_concurrent: 1` slot, each polling both servers at once and
-/// reporting to either (on SQLite: one server, polled twice at once): never two machines
-/// busy together, and a machine polling both gets each attempt from one dispatch (its second
-/// answer may only be the same attempt sent again, never a new one).
+/// Machines racing for the one `max_concurrent: 1` slot of each of two scenarios, each
+/// polling both servers at once and reporting to either (on SQLite: one server, polled twice
+/// at once): never two machines busy together in a scenario, and a machine polling both gets
+/// each attempt from one dispatch (its second answer may only be the same attempt sent
+/// again, never a new one). Machines done with one scenario walk only the other, so two
+/// groups may meet the two scenarios in opposite orders: no group may fail as a whole
+/// (a deadlock; `write_groups_retried`).
 async fn racing_polls_on_two_servers_keep_one_slot_and_one_dispatch_per_attempt(backend: Backend) {
     const MACHINES: usize = 8;
+    const PACKAGES: [&str; 2] = ["pkg-race", "pkg-race2"];
     let Some(a) = TestServer::start(backend, &[]).await else {
         return;
     };
     let b = (backend == Backend::Postgres).then(|| a.join());
     let b_url = b.as_ref().map_or(a.url.clone(), |b| b.url.clone());
-    a.publish_sample("pkg-race").await;
     let agents = a.enroll(MACHINES, "race", Behaviour::Apply).await;
-    let mut sc = scenario("race", "race", &["pkg-race"]);
-    sc.max_concurrent = Some(1);
-    let id = a.admin().run_scenario(&sc).await.unwrap().id;
+    let mut ids = Vec::new();
+    for (i, pkg) in PACKAGES.into_iter().enumerate() {
+        a.publish_sample(pkg).await;
+        let mut sc = scenario(&format!("race{i}"), "race", &[pkg]);
+        sc.max_concurrent = Some(1);
+        ids.push(a.admin().run_scenario(&sc).await.unwrap().id);
+    }
 
-    // Machines between receiving their work and sending the report that frees the slot: a
-    // window inside the server's (dispatch committed .. that report committed).
-    let busy = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    // Per scenario, machines between receiving their work and sending the report that frees
+    // the slot: a window inside the server's (dispatch committed .. that report committed).
+    let busy: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
+    let most: Arc<[AtomicUsize; 2]> = Arc::new(Default::default());
     let mut tasks = Vec::new();
     for (i, on_a) in agents.into_iter().enumerate() {
         let on_b = on_a.via(&b_url);
         let (busy, most) = (busy.clone(), most.clone());
         tasks.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(120);
-            let w = loop {
-                assert!(Instant::now() < deadline, "machine {i} never got its work");
-                let (x, y) = tokio::join!(
-                    on_a.poll(AgentState::Idle, 1000),
-                    on_b.poll(AgentState::Idle, 1000)
-                );
-                let (x, y) = (x.unwrap(), y.unwrap());
-                if let (Some(x), Some(y)) = (&x, &y) {
-                    assert_eq!(
-                        (&x.delivery_id, x.attempt),
-                        (&y.delivery_id, y.attempt),
-                        "machine {i} was dispatched twice at once"
+            for _ in PACKAGES {
+                let w = loop {
+                    assert!(Instant::now() < deadline, "machine {i} never got its work");
+                    let (x, y) = tokio::join!(
+                        on_a.poll(AgentState::Idle, 1000),
+                        on_b.poll(AgentState::Idle, 1000)
                     );
+                    let (x, y) = (x.unwrap(), y.unwrap());
+                    if let (Some(x), Some(y)) = (&x, &y) {
+                        assert_eq!(
+                            (&x.delivery_id, x.attempt),
+                            (&y.delivery_id, y.attempt),
+                            "machine {i} was dispatched twice at once"
+                        );
+                    }
+                    if let Some(w) = x.or(y) {
+                        break w;
+                    }
+                };
+                let k = PACKAGES.iter().position(|p| *p == w.package_id).unwrap();
+                let now = busy[k].fetch_add(1, SeqCst) + 1;
+                most[k].fetch_max(now, SeqCst);
+                let reporter = if i % 2 == 0 { &on_a } else { &on_b };
+                // The attempt up to its verification (`SimAgent::carry_out` without the last step).
+                let steps = [
+                    Event::Probed {
+                        verdict: Verdict::NotApplied,
+                    },
+                    Event::Transferred,
+                    Event::Executed {
+                        execution: Execution::Succeeded { code: 0 },
+                    },
+                ];
+                for (seq, event) in (1..).zip(steps) {
+                    let ack = reporter
+                        .report_until_heard(&w, seq, event, Detail::default())
+                        .await
+                        .unwrap();
+                    assert!(ack.applied, "machine {i}: report {seq} was not applied");
                 }
-                if let Some(w) = x.or(y) {
-                    break w;
-                }
-            };
-            let now = busy.fetch_add(1, SeqCst) + 1;
-            most.fetch_max(now, SeqCst);
-            let reporter = if i % 2 == 0 { &on_a } else { &on_b };
-            // The attempt up to its verification (`SimAgent::carry_out` without the last step).
-            let steps = [
-                Event::Probed {
-                    verdict: Verdict::NotApplied,
-                },
-                Event::Transferred,
-                Event::Executed {
-                    execution: Execution::Succeeded { code: 0 },
-                },
-            ];
-            for (seq, event) in (1..).zip(steps) {
+                busy[k].fetch_sub(1, SeqCst);
+                let (event, detail) = reporter.verify();
                 let ack = reporter
-                    .report_until_heard(&w, seq, event, Detail::default())
+                    .report_until_heard(&w, 4, event, detail)
                     .await
                     .unwrap();
-                assert!(ack.applied, "machine {i}: report {seq} was not applied");
+                assert!(ack.applied, "machine {i}: the verification was not applied");
             }
-            busy.fetch_sub(1, SeqCst);
-            let (event, detail) = reporter.verify();
-            let ack = reporter
-                .report_until_heard(&w, 4, event, detail)
-                .await
-                .unwrap();
-            assert!(ack.applied, "machine {i}: the verification was not applied");
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(
-        most.load(SeqCst),
-        1,
-        "more than one machine held the scenario's one slot at once"
-    );
-    let st = a.admin().status(&id, "en").await.unwrap();
-    assert!(st.done, "{st:#?}");
-    assert_eq!(
-        st.counts.get("applied"),
-        Some(&(MACHINES as u64)),
-        "{st:#?}"
-    );
-    let rows = rows_with_history(&a.admin(), &id).await;
-    assert_eq!(rows.len(), MACHINES);
-    for r in &rows {
-        let dispatched = r
-            .history
-            .iter()
-            .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some("dispatched"))
-            .count();
+    for (k, most) in most.iter().enumerate() {
         assert_eq!(
-            dispatched, 1,
-            "one dispatch for one attempt: {:#?}",
-            r.history
+            most.load(SeqCst),
+            1,
+            "more than one machine held scenario {k}'s one slot at once"
+        );
+    }
+    for id in &ids {
+        let st = a.admin().status(id, "en").await.unwrap();
+        assert!(st.done, "{st:#?}");
+        assert_eq!(
+            st.counts.get("applied"),
+            Some(&(MACHINES as u64)),
+            "{st:#?}"
+        );
+        let rows = rows_with_history(&a.admin(), id).await;
+        assert_eq!(rows.len(), MACHINES);
+        for r in &rows {
+            let dispatched = r
+                .history
+                .iter()
+                .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some("dispatched"))
+                .count();
+            assert_eq!(
+                dispatched, 1,
+                "one dispatch for one attempt: {:#?}",
+                r.history
+            );
+        }
+    }
+    for s in std::iter::once(&a).chain(b.as_ref()) {
+        let text = WebClient::new(&s.url, &s.fingerprint)
+            .get_bearer("/metrics", &s.token)
+            .await
+            .body;
+        assert_eq!(
+            sample(&text, "patchcast_write_groups_retried_total"),
+            Some(0.0),
+            "a group of writes failed as a whole (a deadlock?): {text}"
         );
     }
     drop(b);

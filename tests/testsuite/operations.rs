@@ -5,6 +5,7 @@
 //! refused at its line and column).
 
 use crate::common::agent_harness::{AgentProc, BIN as AGENT_BIN};
+use crate::common::sample;
 use crate::common::server_harness::{Backend, TestServer, bin, both_backends, scenario};
 use patchcast::core::delivery::State;
 use patchcast::transport::admin_api::ResultsQuery;
@@ -36,13 +37,6 @@ fn free_addr() -> String {
 }
 
 /// The value of the sample `name` (with its labels exactly as written), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (n, v) = l.rsplit_once(' ')?;
-        (n == name).then(|| v.parse().unwrap())
-    })
-}
-
 fn positive(text: &str, name: &str) -> f64 {
     match sample(text, name) {
         Some(v) if v > 0.0 => v,
@@ -148,6 +142,11 @@ async fn probes_and_metrics(backend: Backend) {
         "{text}"
     );
     positive(&text, "patchcast_check_ins_total");
+    assert_eq!(
+        sample(&text, "patchcast_write_groups_retried_total"),
+        Some(0.0),
+        "{text}"
+    );
     // The whole archive went out once (the agent keeps it: no second download).
     let archive_size = std::fs::read_dir(server.data.join("content"))
         .unwrap()

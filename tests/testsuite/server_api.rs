@@ -860,3 +860,54 @@ async fn a_revoked_token_enrolls_nothing(backend: Backend) {
     assert_eq!(code_of(admin.revoke_token(&revoked.id).await).0, 404);
 }
 both_backends!(a_revoked_token_enrolls_nothing);
+
+/// Regression: presence was written one statement per machine, 40 % of the writer's
+/// statements in a rollout; now `db::CHUNK` machines a statement. 120 machines heard at
+/// once, half of them in another state, each get their own state written.
+async fn regression_presence_of_many_machines_written_in_chunks(backend: Backend) {
+    let Some(s) = TestServer::start(backend, &[]).await else {
+        return;
+    };
+    let agents = s.enroll(120, "many", Behaviour::Apply).await;
+    let admin = s.admin();
+    let polls = agents.iter().enumerate().map(|(i, a)| {
+        let state = if i % 2 == 0 {
+            AgentState::Idle
+        } else {
+            AgentState::RebootPending {
+                delivery_id: format!("gone-{i}"),
+                attempt: 1,
+            }
+        };
+        async move { a.poll(state, 0).await.unwrap() }
+    });
+    futures_util::future::join_all(polls).await;
+    let want: std::collections::BTreeMap<String, &str> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let state = if i % 2 == 0 { "idle" } else { "reboot_pending" };
+            (a.machine_id.clone(), state)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let got: std::collections::BTreeMap<String, String> = admin
+            .machines()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.agent_state))
+            .collect();
+        let same = got.len() == want.len() && want.iter().all(|(id, st)| got[id] == *st);
+        if same {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "every machine's state written: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+both_backends!(regression_presence_of_many_machines_written_in_chunks);

@@ -1,5 +1,5 @@
 //! What the writes of one group (`group_commit`) share inside its transaction: transitions
-//! written together at the end, `db::deliveries::CHUNK` rows to a statement (`flush`), and,
+//! written together at the end, `db::CHUNK` rows to a statement (`flush`), and,
 //! for its dispatches, reads made once for all its machines instead of once each (`read`),
 //! so a group of 256 polls and reports costs a handful of statements rather than a few each.
 //!
@@ -10,8 +10,8 @@
 //! written first (`flush`).
 
 use super::db::{
-    self,
-    deliveries::{AppliedOrBusy, CHUNK, DeliveryRow, NewEvent},
+    self, CHUNK,
+    deliveries::{AppliedOrBusy, DeliveryRow, NewEvent},
     packages::WorkPackage,
 };
 use anyhow::Result;

@@ -491,7 +491,7 @@ impl Server {
                 continue;
             }
             if let Some(max) = s.max_concurrent {
-                db::scenarios::lock_row(&mut *tx, &r.scenario_id).await?;
+                // The scenario's row is locked (`lock_limited`).
                 b.flush(&mut *tx, now).await?;
                 let busy = db::deliveries::busy_machines(&mut *tx, &r.scenario_id, machine).await?;
                 if busy >= max as i64 {
@@ -635,6 +635,7 @@ impl Server {
             }
             if !machines.is_empty() {
                 b.read(&mut tx, &machines).await?;
+                self.lock_limited(&mut tx, &b).await?;
                 for j in jobs {
                     if let Job::Dispatch(machine, state) = j {
                         dispatched.push(
@@ -662,6 +663,25 @@ impl Server {
             })
             .collect::<Option<Vec<_>>>()
             .context("a write of the group has no outcome")
+    }
+
+    /// Locks the scenarios with a `max_concurrent` among the group's unfinished deliveries,
+    /// all at once in id order: taken as each dispatch reached one, two groups could take two
+    /// of them in opposite orders and deadlock.
+    async fn lock_limited(&self, tx: &mut sqlx::AnyConnection, b: &Batch) -> Result<()> {
+        let ids: std::collections::BTreeSet<&str> = b
+            .unfinished
+            .values()
+            .flatten()
+            .map(|r| r.scenario_id.as_str())
+            .collect();
+        let mut limited = Vec::new();
+        for id in ids {
+            if self.scenario(&mut *tx, id).await?.max_concurrent.is_some() {
+                limited.push(id);
+            }
+        }
+        db::scenarios::lock_rows(tx, &limited).await
     }
 
     /// The reports of a group: one read of their rows; their transitions are deferred into
@@ -787,8 +807,10 @@ impl Server {
 
     /// After a start: in-flight deliveries get a fresh deadline, so agents that carried on
     /// while the server was down can still report; the rest of the state is already in the DB.
+    /// Under the exclusive lock: another server on the database may be writing.
     pub async fn recover(&self) -> Result<u64> {
         let margin = self.no_reply_margin.as_millis() as i64;
+        let _w = self.write().await?;
         db::deliveries::set_in_flight_deadlines(&self.db, self.now() + margin).await
     }
 }

@@ -74,37 +74,47 @@ async fn write(server: &Arc<Server>, jobs: Arc<[Job]>) -> Result<Vec<Done>> {
 }
 
 /// Starts the writer: it takes whatever is queued (up to `GROUP`), writes it as one group and
-/// answers each write with its own outcome.
-pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) {
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(GROUP);
-        while rx.recv_many(&mut batch, GROUP).await > 0 {
-            let (jobs, replies): (Vec<_>, Vec<_>) =
-                batch.drain(..).map(|q| (q.job, q.reply)).unzip();
-            let jobs: Arc<[Job]> = jobs.into();
-            let n = jobs.len();
-            match write(&server, jobs.clone()).await {
-                Ok(done) => {
-                    for (reply, d) in replies.into_iter().zip(done) {
-                        let _ = reply.send(Ok(d));
-                    }
+/// answers each write with its own outcome. It runs on a thread of its own, with its own
+/// runtime: on the server's workers, each of its statements' replies waited in the run
+/// queue behind thousands of requests' tasks, and the one writer is the fleet's bottleneck.
+pub fn spawn(server: Arc<Server>, Writer(mut rx): Writer) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("patchcast-writer".into())
+        .spawn(move || rt.block_on(run(server, &mut rx)))?;
+    Ok(())
+}
+
+async fn run(server: Arc<Server>, rx: &mut mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(GROUP);
+    while rx.recv_many(&mut batch, GROUP).await > 0 {
+        let (jobs, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|q| (q.job, q.reply)).unzip();
+        let jobs: Arc<[Job]> = jobs.into();
+        let n = jobs.len();
+        match write(&server, jobs.clone()).await {
+            Ok(done) => {
+                for (reply, d) in replies.into_iter().zip(done) {
+                    let _ = reply.send(Ok(d));
                 }
-                Err(e) if n == 1 => {
-                    tracing::error!("a delivery write failed: {e:#}");
-                    for reply in replies {
-                        let _ = reply.send(Err(anyhow!("writing failed: {e:#}")));
-                    }
+            }
+            Err(e) if n == 1 => {
+                tracing::error!("a delivery write failed: {e:#}");
+                for reply in replies {
+                    let _ = reply.send(Err(anyhow!("writing failed: {e:#}")));
                 }
-                Err(e) => {
-                    tracing::warn!(writes = n, "a group failed, writing each alone: {e:#}");
-                    for (job, reply) in jobs.iter().zip(replies) {
-                        let done = write(&server, Arc::from([job.clone()])).await;
-                        let _ = reply.send(done.and_then(|mut d| {
-                            d.pop().ok_or_else(|| anyhow!("the write gave no outcome"))
-                        }));
-                    }
+            }
+            Err(e) => {
+                tracing::warn!(writes = n, "a group failed, writing each alone: {e:#}");
+                server.ops.groups_retried.inc();
+                for (job, reply) in jobs.iter().zip(replies) {
+                    let done = write(&server, Arc::from([job.clone()])).await;
+                    let _ = reply.send(done.and_then(|mut d| {
+                        d.pop().ok_or_else(|| anyhow!("the write gave no outcome"))
+                    }));
                 }
             }
         }
-    });
+    }
 }

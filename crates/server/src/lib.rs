@@ -326,7 +326,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
         }
     });
     let recovered = server.recover().await?;
-    group_commit::spawn(server.clone(), writer);
+    group_commit::spawn(server.clone(), writer)?;
     ssh_worker::start_all(server.clone()).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;

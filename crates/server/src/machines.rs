@@ -180,7 +180,9 @@ impl Server {
         }
     }
 
-    /// Writes the heard-from records waiting since the last flush, in one transaction.
+    /// Writes the heard-from records waiting since the last flush, in one transaction of
+    /// `db::CHUNK` machines to a statement (one statement per machine was 40 % of the
+    /// writer's statements in a rollout).
     pub async fn flush_seen(&self) -> Result<usize> {
         let due = std::mem::take(&mut *self.seen_due.lock().unwrap_or_else(|p| p.into_inner()));
         if due.is_empty() {
@@ -193,7 +195,9 @@ impl Server {
         // Every write holds the lock: SQLite refuses a write from a stale snapshot (BUSY_SNAPSHOT).
         let _w = self.write().await?;
         let mut tx = self.db.begin().await?;
-        db::machines::seen(&mut tx, &heard).await?;
+        for chunk in heard.chunks(db::CHUNK) {
+            db::machines::seen(&mut tx, chunk).await?;
+        }
         tx.commit().await?;
         Ok(heard.len())
     }

@@ -70,6 +70,9 @@ pub struct Ops {
     deliveries: Family<DeliveryLabels, Gauge>,
     pub check_ins: Counter,
     pub transfer_bytes: Counter,
+    /// Groups of delivery writes that failed as a whole (a deadlock, a database error) and
+    /// were written again one by one (`group_commit`).
+    pub groups_retried: Counter,
     requests: HistogramFamily<RouteLabels>,
     /// One scrape at a time: the deliveries gauge is cleared and refilled per scrape.
     scrape: tokio::sync::Mutex<()>,
@@ -96,6 +99,12 @@ impl Ops {
             "Content bytes sent to agents and relays",
             transfer_bytes.clone(),
         );
+        let groups_retried = Counter::default();
+        registry.register(
+            "write_groups_retried",
+            "Groups of delivery writes that failed together and were written one by one",
+            groups_retried.clone(),
+        );
         let requests: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -114,6 +123,7 @@ impl Ops {
             deliveries,
             check_ins,
             transfer_bytes,
+            groups_retried,
             requests,
             scrape: tokio::sync::Mutex::new(()),
         }

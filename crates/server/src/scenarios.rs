@@ -115,13 +115,13 @@ impl Server {
     }
 }
 
-/// Writes `new`, `db::deliveries::CHUNK` to a statement: a scenario for 100,000 machines is
+/// Writes `new`, `db::CHUNK` to a statement: a scenario for 100,000 machines is
 /// 2,000 statements, not 100,000.
 pub(crate) async fn write_pending(
     tx: &mut sqlx::AnyConnection,
     new: &[NewDelivery<'_>],
 ) -> Result<()> {
-    for chunk in new.chunks(db::deliveries::CHUNK) {
+    for chunk in new.chunks(db::CHUNK) {
         db::deliveries::insert_pending(&mut *tx, chunk).await?;
     }
     Ok(())

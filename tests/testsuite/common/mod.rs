@@ -32,3 +32,11 @@ pub fn assert_ended_by_sigpipe(o: &std::process::Output) {
         o.status
     );
 }
+
+/// The value of the metric `name` (with its labels, as printed) in an OpenMetrics text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().unwrap())
+    })
+}

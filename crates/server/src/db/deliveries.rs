@@ -421,30 +421,6 @@ pub async fn set_in_flight_deadlines(db: &AnyPool, deadline: i64) -> Result<u64>
     Ok(r.rows_affected())
 }
 
-/// The most rows a caller gives one multi-row statement (`update`, `insert_events`,
-/// `insert_pending`): about 10 parameters a row, far below both backends' limits, and few
-/// enough that SQLite's bind, which looks each parameter up by a linear search, stays cheap.
-pub const CHUNK: usize = 50;
-
-/// `(CAST($1 AS TEXT), …), (…)`: `rows` rows of placeholders cast to `types`, numbered on from
-/// `$1`. The casts give PostgreSQL the column types of a `VALUES` list up front.
-fn values(rows: usize, types: &[&str]) -> String {
-    let mut n = 0;
-    let rows: Vec<String> = (0..rows)
-        .map(|_| {
-            let cols: Vec<String> = types
-                .iter()
-                .map(|t| {
-                    n += 1;
-                    format!("CAST(${n} AS {t})")
-                })
-                .collect();
-            format!("({})", cols.join(", "))
-        })
-        .collect();
-    rows.join(", ")
-}
-
 /// Writes up to `CHUNK` deliveries as they are after their transitions, in one statement
 /// (each row once, as its last transition left it).
 pub async fn update(tx: &mut AnyConnection, rows: &[&DeliveryRow], now: i64) -> Result<()> {
@@ -457,7 +433,7 @@ pub async fn update(tx: &mut AnyConnection, rows: &[&DeliveryRow], now: i64) -> 
              last_seq = v.column5, deadline = v.column6, retry_at = v.column7, detail = v.column8, \
              updated_at = v.column9, events = v.column10 \
              FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
-        values(
+        super::values(
             rows.len(),
             &[
                 "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "BIGINT",
@@ -490,7 +466,7 @@ pub async fn insert_events(tx: &mut AnyConnection, events: &[NewEvent], now: i64
     }
     let q = format!(
         "INSERT INTO events (delivery_id, n, attempt, seq, event, state, code, params, at) VALUES {}",
-        values(
+        super::values(
             events.len(),
             &[
                 "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT",
@@ -615,7 +591,7 @@ pub async fn insert_pending(tx: &mut AnyConnection, new: &[NewDelivery<'_>]) -> 
              attempt, last_seq, deadline, retry_at, detail, updated_at, events, archive_sha256) \
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
              0, 0, NULL, NULL, v.column8, v.column9, 0, v.column10 FROM (VALUES {}) AS v",
-        values(
+        super::values(
             new.len(),
             &[
                 "TEXT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "TEXT",

@@ -175,20 +175,22 @@ pub async fn secret_hash(db: &AnyPool, id: &str) -> Result<Option<String>> {
     )
 }
 
-/// Records when and where from each machine was last heard, and its agent's state: one
-/// statement per machine, all in the caller's transaction.
+/// Records when and where from up to `CHUNK` machines were last heard, and their agents'
+/// states (id, heard at, peer address, state), in one statement.
 pub async fn seen(tx: &mut AnyConnection, heard: &[(String, i64, String, String)]) -> Result<()> {
-    for (id, now, peer_addr, state) in heard {
-        sqlx::query(
-            "UPDATE machines SET last_seen = $1, peer_addr = $2, agent_state = $3 WHERE id = $4",
-        )
-        .bind(now)
-        .bind(peer_addr)
-        .bind(state)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    if heard.is_empty() {
+        return Ok(());
     }
+    let q = format!(
+        "UPDATE machines SET last_seen = v.column2, peer_addr = v.column3, agent_state = v.column4 \
+         FROM (VALUES {}) AS v WHERE machines.id = v.column1",
+        super::values(heard.len(), &["TEXT", "BIGINT", "TEXT", "TEXT"])
+    );
+    let mut query = sqlx::query(AssertSqlSafe(q));
+    for (id, at, peer_addr, state) in heard {
+        query = query.bind(id).bind(at).bind(peer_addr).bind(state);
+    }
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 

@@ -40,15 +40,40 @@ use std::time::Duration;
 /// The pool every store function takes (for callers outside the server that open a store).
 pub type Pool = AnyPool;
 
-/// Whether `c` locks rows (`SELECT … FOR UPDATE`): PostgreSQL. SQLite has one writer and
-/// no row locks; there every writer holds the exclusive write lock (`cluster`), so the
-/// locking statements are skipped.
 /// `($k, $k+1, …)`: `n` placeholders from `$first`.
 fn placeholders(first: usize, n: usize) -> String {
     let p: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
     format!("({})", p.join(", "))
 }
 
+/// The most rows a caller gives one multi-row statement (`deliveries::update`,
+/// `insert_events`, `insert_pending`, `machines::seen`): at most 10 parameters a row, far
+/// below both backends' limits, and few enough that SQLite's bind, which looks each
+/// parameter up by a linear search, stays cheap.
+pub const CHUNK: usize = 50;
+
+/// `(CAST($1 AS TEXT), …), (…)`: `rows` rows of placeholders cast to `types`, numbered on from
+/// `$1`. The casts give PostgreSQL the column types of a `VALUES` list up front.
+pub(crate) fn values(rows: usize, types: &[&str]) -> String {
+    let mut n = 0;
+    let rows: Vec<String> = (0..rows)
+        .map(|_| {
+            let cols: Vec<String> = types
+                .iter()
+                .map(|t| {
+                    n += 1;
+                    format!("CAST(${n} AS {t})")
+                })
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect();
+    rows.join(", ")
+}
+
+/// Whether `c` locks rows (`SELECT … FOR UPDATE`): PostgreSQL. SQLite has one writer and
+/// no row locks; there every writer holds the exclusive write lock (`cluster`), so the
+/// locking statements are skipped.
 fn row_locks(c: &AnyConnection) -> bool {
     !c.backend_name().eq_ignore_ascii_case("sqlite")
 }
