@@ -40,9 +40,13 @@ pub struct Batch {
     events: Vec<NewEvent>,
 }
 
-/// Per machine, the latest delivery of each package among `rows` (oldest scenario first).
-fn latest(rows: Vec<AppliedOrBusy>) -> HashMap<String, Latest> {
-    let mut by_machine: HashMap<String, BTreeMap<String, (State, Action)>> = HashMap::new();
+/// Per machine of `machines`, the latest delivery of each package among `rows` (oldest
+/// scenario first); an empty list for a machine with none, which is an answer too.
+fn latest(machines: &[&str], rows: Vec<AppliedOrBusy>) -> HashMap<String, Latest> {
+    let mut by_machine: HashMap<String, BTreeMap<String, (State, Action)>> = machines
+        .iter()
+        .map(|m| (m.to_string(), BTreeMap::new()))
+        .collect();
     for r in rows {
         by_machine
             .entry(r.machine_id)
@@ -80,8 +84,10 @@ impl Batch {
             .await?
             .into_iter()
             .collect();
-        self.applied_or_busy =
-            latest(db::deliveries::applied_or_busy_of_machines(&mut *tx, machines).await?);
+        self.applied_or_busy = latest(
+            machines,
+            db::deliveries::applied_or_busy_of_machines(&mut *tx, machines).await?,
+        );
         Ok(())
     }
 
@@ -125,7 +131,9 @@ impl Batch {
         }
         self.flush(&mut *tx, now).await?;
         let fresh = db::deliveries::applied_or_busy_of_machines(&mut *tx, &[machine]).await?;
-        Ok(latest(fresh).remove(machine).unwrap_or_default())
+        Ok(latest(&[machine], fresh)
+            .remove(machine)
+            .unwrap_or_default())
     }
 
     /// The current package `id` as a work item carries it.
@@ -151,12 +159,15 @@ mod tests {
             state: s,
             action: Action::Install,
         };
-        let l = latest(vec![
-            row("m1", "a", State::Applied),
-            row("m2", "a", State::Transferring),
-            row("m1", "a", State::Executing),
-            row("m1", "b", State::Applied),
-        ]);
+        let l = latest(
+            &["m1", "m2"],
+            vec![
+                row("m1", "a", State::Applied),
+                row("m2", "a", State::Transferring),
+                row("m1", "a", State::Executing),
+                row("m1", "b", State::Applied),
+            ],
+        );
         assert_eq!(
             l["m1"],
             vec![
@@ -168,5 +179,15 @@ mod tests {
             l["m2"],
             vec![("a".to_string(), State::Transferring, Action::Install)]
         );
+    }
+
+    /// Regression: a machine with nothing applied or busy (every machine of a first rollout)
+    /// had no entry, so each of its dispatches flushed the group's writes and read again:
+    /// one read and two writes per dispatch instead of per group.
+    #[test]
+    fn regression_a_machine_with_nothing_applied_is_answered_from_the_group_read() {
+        let l = latest(&["fresh", "m2"], Vec::new());
+        assert_eq!(l.get("fresh"), Some(&Vec::new()));
+        assert_eq!(l.len(), 2);
     }
 }

@@ -9,7 +9,7 @@
 use super::Server;
 use super::windows::Gate;
 use anyhow::Result;
-use patchcast_proto::admin_api::MachineView;
+use sqlx::AnyConnection;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,12 +56,19 @@ impl Caps {
 const RECHECK_MS: i64 = 1_000;
 
 impl Server {
-    pub async fn transfer_gate(&self, m: &MachineView, now: i64) -> Result<Gate> {
+    /// May a transfer to `machine` start now under the caps? Counted in `tx`, after its
+    /// group's writes are flushed: a pool read missed the group's own dispatches.
+    pub async fn transfer_gate(
+        &self,
+        tx: &mut AnyConnection,
+        machine: &str,
+        now: i64,
+    ) -> Result<Gate> {
         let c = &self.caps;
-        if !c.limit_transfers() {
+        let Some(m) = self.machine(machine).await? else {
             return Ok(Gate::Open);
-        }
-        let rows = super::db::deliveries::transfers_except(&self.db, &m.id).await?;
+        };
+        let rows = super::db::deliveries::transfers_except(tx, &m.id).await?;
         let wait = |why: String| Gate::Wait {
             until: Some(now + RECHECK_MS),
             why,

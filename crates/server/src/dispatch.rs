@@ -253,49 +253,42 @@ impl Server {
         })
     }
 
-    /// Whether the server can carry `w` through: room on its own disk above the reserve (it
-    /// records every step; FAQ Q3: E17), then the archive ready to serve (E01).
-    async fn prepared(&self, w: &Work) -> std::result::Result<(), Refusal> {
+    /// Why the server cannot carry `w` through, if it cannot: too little room on its own disk
+    /// above the reserve (it records every step; FAQ Q3: E17), or the archive not ready to
+    /// serve (E01).
+    fn unprepared(&self, w: &Work) -> Option<Refusal> {
         match self.store.free_bytes() {
             Ok(free) => {
                 if let Some(r) = faults::server_disk(free, self.reserve) {
-                    return Err(r);
+                    return Some(r);
                 }
             }
             Err(e) => tracing::warn!("reading the server's free disk space: {e:#}"),
         }
-        self.content_ready(w).await
+        self.content_missing(w)
     }
 
-    /// Whether the archive of `w` can be served: present in the content store, readable, of
-    /// the published size. Else the refusal the delivery ends with (E01).
-    async fn content_ready(&self, w: &Work) -> std::result::Result<(), Refusal> {
+    /// Why the archive of `w` cannot be served, if it cannot: absent from the content store,
+    /// unreadable, or not of the published size (E01).
+    fn content_missing(&self, w: &Work) -> Option<Refusal> {
         let path = self.store.path_of(&w.archive_sha256);
         let file = Some(path.display().to_string());
-        let checked = async {
-            let f = tokio::fs::File::open(&path).await?;
-            f.metadata().await
-        }
-        .await;
-        match checked {
-            Ok(m) if m.len() == w.archive_size => Ok(()),
-            Ok(m) => Err(Fault::ContentUnavailable.refusal(
-                file,
-                format!(
-                    "{} is {} bytes in the content store, not the published {}",
-                    path.display(),
-                    m.len(),
-                    w.archive_size
-                ),
-            )),
-            Err(e) => Err(Fault::ContentUnavailable.refusal(
-                file,
-                format!(
-                    "{} cannot be read from the content store: {e}",
-                    path.display()
-                ),
-            )),
-        }
+        // Blocking, on the writer's own thread (`group_commit`): cheaper than two hand-offs
+        // to tokio's blocking pool for every dispatch.
+        let detail = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(m) if m.len() == w.archive_size => return None,
+            Ok(m) => format!(
+                "{} is {} bytes in the content store, not the published {}",
+                path.display(),
+                m.len(),
+                w.archive_size
+            ),
+            Err(e) => format!(
+                "{} cannot be read from the content store: {e}",
+                path.display()
+            ),
+        };
+        Some(Fault::ContentUnavailable.refusal(file, detail))
     }
 
     /// One look for work for `machine`; also returns when a retry falls due (to wait until then).
@@ -475,15 +468,18 @@ impl Server {
                     }
                 }
             }
-            // Holds, windows and transfer caps (`windows::Server::gate`); the caps count
-            // every machine's transfers, one dispatch at a time.
-            if self.caps.limit_transfers() {
-                db::deliveries::lock_transfers(&mut *tx).await?;
-            }
-            if let Gate::Wait { until, why } = self
+            // Holds and windows (`windows::Server::gate`), then the transfer caps: they
+            // count every machine's transfers, this group's dispatches included, one
+            // dispatch at a time.
+            let mut gate = self
                 .gate(machine, &r.scenario_id, &r.package_id, &r.id, now)
-                .await?
-            {
+                .await?;
+            if gate == Gate::Open && self.caps.limit_transfers() {
+                db::deliveries::lock_transfers(&mut *tx).await?;
+                b.flush(&mut *tx, now).await?;
+                gate = self.transfer_gate(&mut *tx, machine, now).await?;
+            }
+            if let Gate::Wait { until, why } = gate {
                 tracing::debug!(machine, delivery = %r.id, why, "not starting yet");
                 if let Some(t) = until {
                     next_due = Some(next_due.map_or(t, |n: i64| n.min(t)));
@@ -514,7 +510,7 @@ impl Server {
             let a = r.d.attempt + 1;
             self.defer(b, r, &Event::Dispatched, a, &Detail::default(), &s, now)?;
             let w = self.work(&mut *tx, b, r, &s).await?;
-            if let Err(refusal) = self.prepared(&w).await {
+            if let Some(refusal) = self.unprepared(&w) {
                 // The server cannot prepare this delivery: the machine's result says so (E01,
                 // E17) instead of the agent seeing an HTTP error it cannot name.
                 tracing::error!(delivery = %r.id, machine, code = %refusal.code, file = ?refusal.params.file, detail = ?refusal.params.detail, "cannot prepare the delivery");

@@ -627,14 +627,17 @@ pub async fn updated_at(db: &AnyPool, id: &str) -> Result<i64> {
 }
 
 /// (machine, address the server sees it at) of each transferring delivery not on `machine`.
-pub async fn transfers_except(db: &AnyPool, machine: &str) -> Result<Vec<(String, String)>> {
+pub async fn transfers_except(
+    tx: &mut AnyConnection,
+    machine: &str,
+) -> Result<Vec<(String, String)>> {
     Ok(sqlx::query_as(
         "SELECT d.machine_id, m.peer_addr FROM deliveries d JOIN machines m ON m.id = d.machine_id \
          WHERE d.state = $1 AND d.machine_id <> $2",
     )
     .bind(State::Transferring.name())
     .bind(machine)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?)
 }
 
