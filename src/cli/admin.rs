@@ -1121,7 +1121,7 @@ fn print_row(t: &super::table::Table, d: &DeliveryRow, row: &[String], l: Lang, 
                 h.n,
                 h.attempt,
                 h.seq,
-                h.event.get("event").and_then(|e| e.as_str()).unwrap_or("?"),
+                h.name(),
                 state_word(&h.state, l),
                 h.code.map(|c| format!(" [{c}]")).unwrap_or_default()
             );

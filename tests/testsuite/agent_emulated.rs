@@ -305,11 +305,7 @@ async fn a_wrong_ms_number_loops_until_the_breaker_names_the_ms_check() {
     assert_eq!(rule, "MS10-064 in the installed-update list", "{r:#?}");
     assert_eq!(r.last_code, Some(Code::E24), "{r:#?}");
     assert_eq!(r.unverified_runs, 3, "{r:#?}");
-    let runs = r
-        .history
-        .iter()
-        .filter(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("executed"))
-        .count();
+    let runs = r.history.iter().filter(|h| h.name() == "executed").count();
     assert_eq!(
         runs, 3,
         "three installs, then the breaker: {:#?}",

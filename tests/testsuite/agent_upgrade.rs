@@ -176,11 +176,7 @@ async fn an_agent_upgrades_itself_to_another_build(backend: Backend) {
         std::fs::read(PathBuf::from(format!("{}.previous", exe.display()))).unwrap() == old_bytes
     );
     // The history shows the restart's check-in as the execution, then the verification.
-    let events: Vec<&str> = row
-        .history
-        .iter()
-        .filter_map(|h| h.event.get("event").and_then(|e| e.as_str()))
-        .collect();
+    let events: Vec<&str> = row.history.iter().map(|h| h.name()).collect();
     assert!(
         events.ends_with(&["executed", "verified"]),
         "{events:?}\n{:#?}",

@@ -142,11 +142,7 @@ async fn actions_from_the_cli_are_audited(backend: Backend) {
         for r in rows_of(&s, sc).await {
             assert_eq!(r.state.name(), "cancelled", "{r:#?}");
             assert_eq!(r.attempts, 0, "never handed out: {r:#?}");
-            let events: Vec<&str> = r
-                .history
-                .iter()
-                .filter_map(|h| h.event.get("event").and_then(|e| e.as_str()))
-                .collect();
+            let events: Vec<&str> = r.history.iter().map(|h| h.name()).collect();
             assert_eq!(events, vec!["cancel"], "{r:#?}");
         }
     }

@@ -411,9 +411,8 @@ fn check(out: &mut TrialOutcome, fleet: &[Agent], rows: &[DeliveryRow]) {
             ));
         }
         for h in applied {
-            let event = h.event.get("event").and_then(|e| e.as_str());
             let verdict = h.event.pointer("/verdict/verdict").and_then(|e| e.as_str());
-            if !matches!(event, Some("verified" | "probed")) || verdict != Some("applied") {
+            if !matches!(h.name(), "verified" | "probed") || verdict != Some("applied") {
                 v.push(format!(
                     "{who}: applied without a passing identification: {}",
                     h.event

@@ -180,9 +180,7 @@ async fn uninstall_is_verified_as_not_applied(backend: Backend) {
         "{s:#?}"
     );
     assert!(
-        s.history
-            .iter()
-            .any(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("reset")),
+        s.history.iter().any(|h| h.name() == "reset"),
         "{:#?}",
         s.history
     );
@@ -263,11 +261,7 @@ async fn next_boot_runs_only_after_the_machine_starts_again(backend: Backend) {
     let rows = wait_done(&admin, &id, &agent).await;
     assert_eq!(rows[0].state, State::Applied, "{:#?}", rows[0]);
     assert!(tool.exists());
-    let events: Vec<&str> = rows[0]
-        .history
-        .iter()
-        .filter_map(|h| h.event.get("event").and_then(|e| e.as_str()))
-        .collect();
+    let events: Vec<&str> = rows[0].history.iter().map(|h| h.name()).collect();
     let staged = events.iter().position(|e| *e == "staged_for_boot");
     let executed = events.iter().position(|e| *e == "executed");
     assert!(

@@ -46,7 +46,7 @@ async fn agent_of(server: &TestServer) -> AgentProc {
 fn dispatched_at(row: &DeliveryRow) -> Option<i64> {
     row.history
         .iter()
-        .find(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("dispatched"))
+        .find(|h| h.name() == "dispatched")
         .map(|h| h.at_ms)
 }
 

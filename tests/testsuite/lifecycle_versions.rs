@@ -266,9 +266,7 @@ async fn a_superseded_package_is_never_delivered(backend: Backend) {
     // Never handed to the agent: no attempt, nothing ran.
     assert_eq!(o.attempts, 0, "{o:#?}");
     assert!(
-        !o.history
-            .iter()
-            .any(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("dispatched")),
+        !o.history.iter().any(|h| h.name() == "dispatched"),
         "{:#?}",
         o.history
     );

@@ -155,12 +155,7 @@ async fn sigkill_one_of_two_servers_mid_rollout_loses_nothing_and_repeats_nothin
     assert_eq!(machines.len(), 6, "one delivery per machine");
     for r in &rows {
         assert_eq!(r.state, State::Applied, "{r:#?}");
-        let count = |e: &str| {
-            r.history
-                .iter()
-                .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some(e))
-                .count()
-        };
+        let count = |e: &str| r.history.iter().filter(|h| h.name() == e).count();
         assert_eq!(count("executed"), 1, "{:#?}", r.history);
         assert_eq!(count("verified"), 1, "{:#?}", r.history);
     }
@@ -329,7 +324,7 @@ async fn racing_polls_on_two_servers_keep_one_slot_and_one_dispatch_per_attempt(
             let dispatched = r
                 .history
                 .iter()
-                .filter(|h| h.event.get("event").and_then(|v| v.as_str()) == Some("dispatched"))
+                .filter(|h| h.name() == "dispatched")
                 .count();
             assert_eq!(
                 dispatched, 1,

@@ -467,3 +467,47 @@ fn the_server_config_schema_is_current() {
         assert!(keys.contains_key(key), "{key} missing: {keys:?}");
     }
 }
+
+/// One TLS connection to `url` with `config`, an HTTP request on it (so the session ticket that
+/// follows the handshake is read), and how its handshake went.
+fn handshake(url: &str, config: &std::sync::Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("https://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    conn.handshake_kind().unwrap()
+}
+
+/// An agent that reconnects (a server restart, a proxy's idle timeout) resumes its TLS
+/// session from the server's ticket instead of a full handshake, however many agents the
+/// server has seen since: tickets are stateless, not a 256-entry cache.
+#[tokio::test]
+async fn regression_reconnecting_agents_resume_their_tls_session() {
+    let Some(server) = TestServer::start(Backend::Sqlite, &[]).await else {
+        return;
+    };
+    let (url, fingerprint) = (server.url.clone(), server.fingerprint.clone());
+    tokio::task::spawn_blocking(move || {
+        let agent = || {
+            std::sync::Arc::new(
+                patchcast::transport::tls::pinned_client_config(&fingerprint).unwrap(),
+            )
+        };
+        let first = agent();
+        assert_eq!(handshake(&url, &first), rustls::HandshakeKind::Full);
+        // More agents than the stateful cache would hold come and go in between.
+        for _ in 0..300 {
+            handshake(&url, &agent());
+        }
+        assert_eq!(handshake(&url, &first), rustls::HandshakeKind::Resumed);
+    })
+    .await
+    .unwrap();
+}

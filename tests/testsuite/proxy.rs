@@ -164,10 +164,7 @@ async fn an_agent_enrolls_and_receives_work_through_the_proxy() {
         agent.log()
     );
     assert!(
-        rows[0]
-            .history
-            .iter()
-            .any(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("transferred")),
+        rows[0].history.iter().any(|h| h.name() == "transferred"),
         "the archive was fetched: {:#?}",
         rows[0].history
     );

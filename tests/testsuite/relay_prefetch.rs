@@ -106,7 +106,7 @@ async fn relay_serves_its_neighbour_after_prefetch(backend: Backend) {
     let dispatched = d
         .history
         .iter()
-        .find(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("dispatched"))
+        .find(|h| h.name() == "dispatched")
         .expect("a dispatch");
     assert!(
         cached_at <= dispatched.at_ms,

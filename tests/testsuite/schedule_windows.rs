@@ -168,7 +168,7 @@ impl Env {
 fn dispatched_at(r: &DeliveryRow) -> Vec<i64> {
     r.history
         .iter()
-        .filter(|h| h.event.get("event").and_then(|e| e.as_str()) == Some("dispatched"))
+        .filter(|h| h.name() == "dispatched")
         .map(|h| h.at_ms)
         .collect()
 }

@@ -273,6 +273,16 @@ pub struct HistoryEntry {
     pub at_ms: i64,
 }
 
+impl HistoryEntry {
+    /// The event's name (`dispatched`, `executed`, …), or `?` for an entry without one.
+    pub fn name(&self) -> &str {
+        self.event
+            .get("event")
+            .and_then(|e| e.as_str())
+            .unwrap_or("?")
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PackageSummary {
     pub package_id: String,

@@ -61,6 +61,10 @@ impl Identity {
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .context("loading the server certificate")?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Stateless session tickets: an agent whose connection dropped (a restart, a load
+        // balancer's idle timeout) resumes without a full handshake. The default stateful cache
+        // holds 256 sessions, far fewer than a fleet; keys rotate every six hours.
+        cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         Ok(cfg)
     }
 }

@@ -446,17 +446,5 @@ pub async fn set_os_language(
 /// nothing on SQLite): one dispatch per machine at a time across servers
 /// (`deliveries::lock` follows).
 pub async fn lock(tx: &mut AnyConnection, machines: &[&str]) -> Result<()> {
-    if machines.is_empty() || !super::row_locks(tx) {
-        return Ok(());
-    }
-    let q = format!(
-        "SELECT id FROM machines WHERE id IN {} ORDER BY id FOR UPDATE",
-        super::placeholders(1, machines.len())
-    );
-    let mut query = sqlx::query(AssertSqlSafe(q));
-    for m in machines {
-        query = query.bind(*m);
-    }
-    query.fetch_all(&mut *tx).await?;
-    Ok(())
+    super::lock_ids(tx, "machines", machines).await
 }

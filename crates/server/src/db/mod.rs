@@ -78,6 +78,24 @@ fn row_locks(c: &AnyConnection) -> bool {
     !c.backend_name().eq_ignore_ascii_case("sqlite")
 }
 
+/// Locks the rows of `table` with `ids` until the transaction ends, in id order (so two
+/// transactions locking overlapping sets wait instead of deadlocking); nothing on SQLite.
+async fn lock_ids(tx: &mut AnyConnection, table: &'static str, ids: &[&str]) -> Result<()> {
+    if ids.is_empty() || !row_locks(tx) {
+        return Ok(());
+    }
+    let q = format!(
+        "SELECT id FROM {table} WHERE id IN {} ORDER BY id FOR UPDATE",
+        placeholders(1, ids.len())
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query.fetch_all(&mut *tx).await?;
+    Ok(())
+}
+
 /// Ordered; never edit a released entry, append a new one.
 pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
     (

@@ -4,7 +4,7 @@
 use super::json;
 use anyhow::{Context, Result};
 use patchcast_core::model::scenario::Scenario;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 
 /// What created a scheduled delivery's scenario.
 #[derive(Debug, Clone)]
@@ -36,19 +36,7 @@ pub async fn spec(tx: &mut AnyConnection, id: &str) -> Result<Scenario> {
 /// (PostgreSQL; nothing on SQLite, whose one writer is alone): their `max_concurrent` counts
 /// are read and raised by one group at a time on every server.
 pub async fn lock_rows(tx: &mut AnyConnection, ids: &[&str]) -> Result<()> {
-    if ids.is_empty() || !super::row_locks(tx) {
-        return Ok(());
-    }
-    let q = format!(
-        "SELECT id FROM scenarios WHERE id IN {} ORDER BY id FOR UPDATE",
-        super::placeholders(1, ids.len())
-    );
-    let mut query = sqlx::query(AssertSqlSafe(q));
-    for id in ids {
-        query = query.bind(*id);
-    }
-    query.fetch_all(&mut *tx).await?;
-    Ok(())
+    super::lock_ids(tx, "scenarios", ids).await
 }
 
 pub async fn exists(tx: &mut AnyConnection, id: &str) -> Result<bool> {

@@ -591,7 +591,7 @@ pub async fn machine(
                 .map(|e| {
                     json!({
                         "at": time(e.at_ms), "attempt": e.attempt, "seq": e.seq,
-                        "event": e.event.get("event").and_then(|x| x.as_str()).unwrap_or("?"),
+                        "event": e.name(),
                         "state": state_label(&e.state, lang),
                         "code": e.code.map(|c| code_view(c, lang, &e.params)),
                     })
