@@ -90,10 +90,6 @@ impl Fleet {
     }
 }
 
-fn event_name(e: &serde_json::Value) -> &str {
-    e.get("event").and_then(|v| v.as_str()).unwrap_or("?")
-}
-
 /// Applied only right after an identification that said so, and each delivery applied once;
 /// every report (attempt, seq) recorded once.
 fn assert_applied_only_when_verified(rows: &[DeliveryRow]) {
@@ -103,7 +99,7 @@ fn assert_applied_only_when_verified(rows: &[DeliveryRow]) {
         if let Some(h) = applied.first() {
             let verdict = h.event.pointer("/verdict/verdict");
             assert!(
-                matches!(event_name(&h.event), "verified" | "probed")
+                matches!(h.name(), "verified" | "probed")
                     && verdict.and_then(|v| v.as_str()) == Some("applied"),
                 "applied without a passing identification: {:#?}",
                 r.history
@@ -155,11 +151,7 @@ async fn applied_everywhere_and_the_loop_named(backend: Backend) {
                 assert!(rule.contains("pcshell.dll"), "the rule is named: {rule}");
                 assert_eq!(r.unverified_runs, 3, "{r:#?}");
                 assert_eq!(r.last_code, Some(Code::E24));
-                let runs = r
-                    .history
-                    .iter()
-                    .filter(|h| event_name(&h.event) == "executed")
-                    .count();
+                let runs = r.history.iter().filter(|h| h.name() == "executed").count();
                 assert_eq!(
                     runs, 3,
                     "three installs, then the breaker: {:#?}",
