@@ -219,7 +219,7 @@ impl Server {
     }
 
     /// Cancels the scenario's waiting deliveries in `tx`; how many.
-    async fn cancel_waiting(&self, tx: &mut sqlx::AnyConnection, scenario: &str) -> Result<u64> {
+    async fn cancel_waiting(&self, tx: &mut db::Conn, scenario: &str) -> Result<u64> {
         let mut n = 0;
         for d in db::deliveries::waiting_of(tx, scenario).await? {
             if let Some(Ok(_)) = self.admin_event(tx, &d, &Event::Cancel).await? {

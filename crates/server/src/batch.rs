@@ -62,7 +62,7 @@ fn latest(machines: &[&str], rows: Vec<AppliedOrBusy>) -> HashMap<String, Latest
 impl Batch {
     /// Reads what the dispatches of `machines` need, three statements for all of them.
     /// Called after a `flush`, so what the group did before is in what it reads.
-    pub async fn read(&mut self, tx: &mut sqlx::AnyConnection, machines: &[&str]) -> Result<()> {
+    pub async fn read(&mut self, tx: &mut db::Conn, machines: &[&str]) -> Result<()> {
         self.touched.clear();
         self.unfinished = machines
             .iter()
@@ -99,7 +99,7 @@ impl Batch {
     }
 
     /// Writes the deferred transitions (each row once, as its last transition left it).
-    pub async fn flush(&mut self, tx: &mut sqlx::AnyConnection, now: i64) -> Result<()> {
+    pub async fn flush(&mut self, tx: &mut db::Conn, now: i64) -> Result<()> {
         let mut last: HashMap<&str, &DeliveryRow> = HashMap::new();
         for r in &self.rows {
             last.insert(r.id.as_str(), r);
@@ -120,7 +120,7 @@ impl Batch {
     /// transitions made that stale.
     pub async fn applied_or_busy(
         &mut self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         machine: &str,
         now: i64,
     ) -> Result<Latest> {
@@ -137,7 +137,7 @@ impl Batch {
     }
 
     /// The current package `id` as a work item carries it.
-    pub async fn package(&mut self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<WorkPackage> {
+    pub async fn package(&mut self, tx: &mut db::Conn, id: &str) -> Result<WorkPackage> {
         if let Some(p) = self.packages.get(id) {
             return Ok(p.clone());
         }

@@ -8,8 +8,8 @@
 
 use super::Server;
 use super::windows::Gate;
+use crate::db;
 use anyhow::Result;
-use sqlx::AnyConnection;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,12 +58,7 @@ const RECHECK_MS: i64 = 1_000;
 impl Server {
     /// May a transfer to `machine` start now under the caps? Counted in `tx`, after its
     /// group's writes are flushed: a pool read missed the group's own dispatches.
-    pub async fn transfer_gate(
-        &self,
-        tx: &mut AnyConnection,
-        machine: &str,
-        now: i64,
-    ) -> Result<Gate> {
+    pub async fn transfer_gate(&self, tx: &mut db::Conn, machine: &str, now: i64) -> Result<Gate> {
         let c = &self.caps;
         let Some(m) = self.machine(machine).await? else {
             return Ok(Gate::Open);

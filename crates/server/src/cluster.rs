@@ -23,7 +23,7 @@
 //!   another and a trust statement accepted on one is trusted by all. A server ignores its
 //!   own signals (it acted on them locally already).
 
-use super::db::{Pool, locks};
+use super::db::{Conn, Pool, locks};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,7 +124,7 @@ impl Mode {
 /// The connection holding the database-wide lock, and the mode it holds it in now.
 #[derive(Default)]
 struct Slot {
-    conn: Option<locks::Conn>,
+    conn: Option<Conn>,
     held: Option<Mode>,
 }
 
@@ -342,7 +342,7 @@ impl Cluster {
 }
 
 async fn elect(url: String, leader: Arc<AtomicBool>) {
-    let mut conn: Option<locks::Conn> = None;
+    let mut conn: Option<Conn> = None;
     loop {
         let held = leader.load(Ordering::Relaxed);
         let r = async {

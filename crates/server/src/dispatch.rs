@@ -64,7 +64,7 @@ impl Server {
     }
 
     /// A scenario's spec, read once per process: a scenario never changes once created.
-    async fn scenario(&self, tx: &mut sqlx::AnyConnection, id: &str) -> Result<Arc<Scenario>> {
+    async fn scenario(&self, tx: &mut db::Conn, id: &str) -> Result<Arc<Scenario>> {
         let spec = self
             .cached
             .specs
@@ -183,7 +183,7 @@ impl Server {
     /// None: no such delivery; Err: the state machine refuses the event in its state.
     pub(crate) async fn admin_event(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         id: &str,
         event: &Event,
     ) -> Result<Option<Result<DeliveryRow, Invalid>>> {
@@ -210,7 +210,7 @@ impl Server {
 
     async fn work(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         b: &mut Batch,
         r: &DeliveryRow,
         s: &Scenario,
@@ -316,7 +316,7 @@ impl Server {
     /// into what the group's dispatches share (`batch`).
     async fn dispatch_in(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         b: &mut Batch,
         machine: &str,
         state: &AgentState,
@@ -333,7 +333,7 @@ impl Server {
     /// `dispatch_in` over the machine's unfinished deliveries `rows`.
     async fn dispatch_rows(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         b: &mut Batch,
         machine: &str,
         state: &AgentState,
@@ -664,7 +664,7 @@ impl Server {
     /// Locks the scenarios with a `max_concurrent` among the group's unfinished deliveries,
     /// all at once in id order: taken as each dispatch reached one, two groups could take two
     /// of them in opposite orders and deadlock.
-    async fn lock_limited(&self, tx: &mut sqlx::AnyConnection, b: &Batch) -> Result<()> {
+    async fn lock_limited(&self, tx: &mut db::Conn, b: &Batch) -> Result<()> {
         let ids: std::collections::BTreeSet<&str> = b
             .unfinished
             .values()
@@ -686,7 +686,7 @@ impl Server {
     /// scenario whose concurrency slot it freed.
     async fn apply_reports(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         b: &mut Batch,
         group: &[(&str, &Report)],
         now: i64,
@@ -717,7 +717,7 @@ impl Server {
     /// scenario whose concurrency slot it freed, if any.
     async fn apply_report(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         b: &mut Batch,
         row: Option<&mut DeliveryRow>,
         rep: &Report,

@@ -52,7 +52,7 @@ struct Trust {
 impl Trust {
     /// The `--trust-key` keys (hex) with the stored chain replayed over them, without
     /// checking signers again (they were checked when accepted).
-    async fn from_db(db: &sqlx::AnyPool, hexes: &[String]) -> Result<Trust> {
+    async fn from_db(db: &db::Pool, hexes: &[String]) -> Result<Trust> {
         let mut set = TrustSet::initial(hexes);
         let chain = db::trust::chain(db).await?;
         for (serial, s) in &chain {
@@ -79,7 +79,7 @@ impl Trust {
 impl Keys {
     /// Reads the stored chain again: another server on the database may have accepted a
     /// statement (`cluster`).
-    pub async fn reload(&self, db: &sqlx::AnyPool) -> Result<()> {
+    pub async fn reload(&self, db: &db::Pool) -> Result<()> {
         let t = Trust::from_db(db, &self.configured).await?;
         *self.trust.write().expect("trust lock") = t;
         Ok(())
@@ -88,7 +88,7 @@ impl Keys {
     /// The trusted set from the `--trust-key` keys and the stored chain; the prepared
     /// renewal, if any.
     pub async fn load(
-        db: &sqlx::AnyPool,
+        db: &db::Pool,
         configured: &[VerifyingKey],
         tls_dir: PathBuf,
         names: Vec<String>,

@@ -113,7 +113,7 @@ pub struct ServerInfo {
 pub type SeenWrite = (i64, (String, String));
 
 pub struct Server {
-    pub db: sqlx::AnyPool,
+    pub db: db::Pool,
     pub store: store::Store,
     /// Publisher keys (with their trust statements) and the certificate renewal (`keys`).
     pub keys: keys::Keys,

@@ -31,7 +31,7 @@ impl Server {
     /// (`db::deliveries::applied_or_busy_of_machines`).
     pub(super) async fn superseded(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         applied_or_busy: &[(String, State, Action)],
         package: &str,
     ) -> Result<Option<String>> {
@@ -82,7 +82,7 @@ impl Server {
     /// scenario.
     pub(super) async fn required(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         machine: &str,
         this: &Package,
     ) -> Result<(Requirements, Vec<String>)> {

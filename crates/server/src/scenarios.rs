@@ -117,10 +117,7 @@ impl Server {
 
 /// Writes `new`, `db::CHUNK` to a statement: a scenario for 100,000 machines is
 /// 2,000 statements, not 100,000.
-pub(crate) async fn write_pending(
-    tx: &mut sqlx::AnyConnection,
-    new: &[NewDelivery<'_>],
-) -> Result<()> {
+pub(crate) async fn write_pending(tx: &mut db::Conn, new: &[NewDelivery<'_>]) -> Result<()> {
     for chunk in new.chunks(db::CHUNK) {
         db::deliveries::insert_pending(&mut *tx, chunk).await?;
     }
@@ -156,12 +153,7 @@ pub(crate) fn pending<'a>(
 /// The archive of version `version` of package `id` a scenario names (`ID@VERSION`); refused
 /// when that version is not published, or is older than the current one without the
 /// scenario's `rollback` (`core::lifecycle::publish`, as for a publish).
-async fn pinned(
-    tx: &mut sqlx::AnyConnection,
-    id: &str,
-    version: &str,
-    rollback: bool,
-) -> Result<String> {
+async fn pinned(tx: &mut db::Conn, id: &str, version: &str, rollback: bool) -> Result<String> {
     use patchcast_core::lifecycle::{Publish, publish};
     let Some(old) = db::packages::version(tx, id, version).await? else {
         bail!(

@@ -547,7 +547,7 @@ impl Server {
 
     async fn plan_for(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         machine: &str,
         package: &str,
     ) -> Result<Option<(Plan, String, u64)>> {
@@ -576,7 +576,7 @@ impl Server {
     /// The ordered sources for one work item; None: the server only (no entry matched).
     pub async fn work_sources(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         machine: &str,
         package: &str,
     ) -> Result<Option<WorkSources>> {
@@ -639,7 +639,7 @@ impl Server {
     /// Whether `machine`'s delivery of `package` waits for a relay to cache it first.
     pub async fn held_for_relay(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut db::Conn,
         machine: &str,
         package: &str,
     ) -> Result<bool> {

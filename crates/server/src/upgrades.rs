@@ -5,12 +5,11 @@ use super::db;
 use anyhow::{Context, Result};
 use patchcast_core::machine_names;
 use patchcast_core::sources::Source;
-use sqlx::{AnyConnection, AnyPool};
 
 /// Ordered; never edit a released entry, append a new one.
 const UPGRADES: &[&str] = &["machine names to ids", "machine os and language columns"];
 
-pub async fn run(pool: &AnyPool) -> Result<()> {
+pub async fn run(pool: &db::Pool) -> Result<()> {
     let done = db::upgrades::done(pool).await?;
     for &name in UPGRADES.iter().filter(|u| !done.iter().any(|d| d == *u)) {
         let mut tx = pool.begin().await?;
@@ -31,7 +30,7 @@ pub async fn run(pool: &AnyPool) -> Result<()> {
 /// could claim a name; they are ids from now on. A name that stands for one machine becomes
 /// its id; one that does not is kept as written, matches nothing (only ids are compared) and
 /// is logged for the administrator to rewrite.
-async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
+async fn names_to_ids(tx: &mut db::Conn) -> Result<()> {
     let machines = db::machines::names(tx).await?;
     let to_id = |what: &str, name: &mut String| match machine_names::resolve(
         name,
@@ -59,7 +58,7 @@ async fn names_to_ids(tx: &mut AnyConnection) -> Result<()> {
 
 /// Migration 10 added `machines.os` and `machines.language`, copies of the inventory's; the
 /// machines enrolled before it get them from their stored inventory.
-async fn os_and_language(tx: &mut AnyConnection) -> Result<()> {
+async fn os_and_language(tx: &mut db::Conn) -> Result<()> {
     for (id, inventory) in db::machines::inventories(tx).await? {
         let inv: patchcast_proto::protocol::Inventory = serde_json::from_str(&inventory)
             .with_context(|| format!("machine {id}: unreadable inventory"))?;

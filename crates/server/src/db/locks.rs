@@ -6,8 +6,6 @@ use anyhow::Result;
 use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, AnyPool, Connection};
 
-/// A connection holding session-level locks.
-pub type Conn = AnyConnection;
 /// A connection listening for notifications.
 pub type Listener = PgListener;
 

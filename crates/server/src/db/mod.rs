@@ -39,6 +39,9 @@ use std::time::Duration;
 
 /// The pool every store function takes (for callers outside the server that open a store).
 pub type Pool = AnyPool;
+/// A connection or open transaction, as the store functions take it: modules outside `db`
+/// name this and `Pool`, never sqlx's types.
+pub type Conn = AnyConnection;
 
 /// `($k, $k+1, …)`: `n` placeholders from `$first`.
 fn placeholders(first: usize, n: usize) -> String {
@@ -457,6 +460,52 @@ pub async fn sqlite_snapshot(db: &std::path::Path, out: &std::path::Path) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every source file below `dir` (recursively), skipping `skip`.
+    fn sources(dir: &std::path::Path, skip: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p == skip {
+                continue;
+            }
+            if p.is_dir() {
+                sources(&p, skip, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// One store: no statement and no sqlx type outside `db`, in the server or the CLI.
+    #[test]
+    fn sql_stays_in_the_store() {
+        let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        sources(&server.join("src"), &server.join("src/db"), &mut files);
+        sources(
+            &server.join("../../src"),
+            &server.join("src/db"),
+            &mut files,
+        );
+        assert!(files.len() > 20, "{files:?}");
+        let leaks: Vec<String> = files
+            .iter()
+            .filter(|f| {
+                let text = std::fs::read_to_string(f).unwrap();
+                [
+                    "sqlx::",
+                    "\"SELECT ",
+                    "\"INSERT INTO",
+                    "\"UPDATE ",
+                    "\"DELETE FROM",
+                ]
+                .iter()
+                .any(|needle| text.contains(needle))
+            })
+            .map(|f| f.display().to_string())
+            .collect();
+        assert!(leaks.is_empty(), "SQL or sqlx outside db: {leaks:?}");
+    }
 
     #[test]
     fn placeholders_count_from_the_first() {
